@@ -1,0 +1,161 @@
+//! What the engine is asked to do: the commands of the event log.
+//!
+//! A command carries everything the engine needs to decide, including the timestamp and
+//! the margin the risk step already locked, so that executing it depends on nothing but
+//! the book's state. Replaying the same commands therefore yields the same events.
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Lots, Ticks, Units};
+
+/// An order id, unique across the exchange, minted before the order is logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderId(pub u64);
+
+/// An account number. The public user name maps to it outside the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UserId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl Side {
+    pub fn opposite(self) -> Self {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+
+    /// +1 for a buy, −1 for a sell: the sign a fill adds to a position.
+    pub fn sign(self) -> i128 {
+        match self {
+            Side::Buy => 1,
+            Side::Sell => -1,
+        }
+    }
+
+    /// Whether a resting order at `resting` is acceptable to an order of this side
+    /// limited at `limit`.
+    pub fn accepts(self, limit: Ticks, resting: Ticks) -> bool {
+        match self {
+            Side::Buy => resting <= limit,
+            Side::Sell => resting >= limit,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TimeInForce {
+    /// Good till cancelled: the unfilled rest rests.
+    Gtc,
+    /// Immediate or cancel: the unfilled rest is cancelled.
+    Ioc,
+    /// Fill or kill: fills entirely now or is rejected.
+    Fok,
+    /// Rejected if any part would match on arrival.
+    PostOnly,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OrderType {
+    Limit { price: Ticks, tif: TimeInForce },
+    /// Fills now within the protection band; the rest is cancelled.
+    Market,
+}
+
+/// A client-chosen id: 1–36 bytes of `[A-Za-z0-9._:/-]`, stored inline (no allocation).
+/// Serialized as its text, and validated again when read back.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientOrderId {
+    len: u8,
+    bytes: [u8; 36],
+}
+
+impl ClientOrderId {
+    /// # Errors
+    /// When the text is empty, longer than 36 bytes or has a character outside the set.
+    pub fn new(text: &str) -> Result<Self, InvalidClientOrderId> {
+        let ok = (1..=36).contains(&text.len())
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b));
+        if !ok {
+            return Err(InvalidClientOrderId);
+        }
+        let mut bytes = [0; 36];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Ok(Self { len: text.len() as u8, bytes })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Constructed only from validated ASCII.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl Serialize for ClientOrderId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientOrderId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Debug for ClientOrderId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("clientOrderId must be 1-36 characters of A-Z a-z 0-9 . _ : / -")]
+pub struct InvalidClientOrderId;
+
+/// A new order as logged (`OrderSubmitted`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    pub id: OrderId,
+    pub user: UserId,
+    pub side: Side,
+    pub kind: OrderType,
+    pub quantity: Lots,
+    pub leverage: u32,
+    pub reduce_only: bool,
+    pub client_order_id: Option<ClientOrderId>,
+    /// Margin the risk step locked for this order; the engine releases or moves exactly it.
+    pub locked_margin: Units,
+    /// Milliseconds since the Unix epoch, stamped when the order was accepted.
+    pub timestamp: i64,
+}
+
+/// One entry of a symbol's command log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Place(NewOrder),
+    /// Cancel one open order of `user`.
+    Cancel { id: OrderId, user: UserId, timestamp: i64 },
+    /// Cancel every open order of `user` on this symbol.
+    CancelAll { user: UserId, timestamp: i64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_order_ids_are_validated() {
+        assert_eq!(ClientOrderId::new("my-1.a:b/c_d").unwrap().as_str(), "my-1.a:b/c_d");
+        assert!(ClientOrderId::new("").is_err());
+        assert!(ClientOrderId::new(&"x".repeat(37)).is_err());
+        assert!(ClientOrderId::new("has space").is_err());
+        assert!(ClientOrderId::new("ünï").is_err());
+        assert_eq!(ClientOrderId::new(&"x".repeat(36)).unwrap().as_str().len(), 36);
+    }
+}

@@ -1,0 +1,26 @@
+//! The matching engine: pure, deterministic, integer-only.
+//!
+//! One [`Market`] per symbol holds the order book, the positions on that symbol and the
+//! symbol's event sequence. [`Market::execute`] takes a [`Command`] (as logged) and
+//! appends [`Event`]s (as published). No I/O, no async, no clock: the shard runtime, the
+//! event log and the state stores are built around it and never inside it.
+//!
+//! Reading order: [`units`] (the integers), [`symbol`] (the only decimal edge),
+//! [`command`] and [`event`] (the vocabulary), [`book`] (the data structure),
+//! [`position`] (margin and PnL), [`market`] (the rules), [`snapshot`].
+
+pub mod book;
+pub mod command;
+pub mod event;
+pub mod market;
+pub mod position;
+pub mod snapshot;
+pub mod symbol;
+pub mod units;
+
+pub use book::{Book, Resting};
+pub use command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
+pub use event::{CancelReason, Cancelled, Event, FillUpdate, Placed, PositionState, Trade};
+pub use market::{CommandError, Market};
+pub use snapshot::SnapshotError;
+pub use symbol::SymbolSpec;

@@ -1,0 +1,278 @@
+//! A symbol's contract specification and the exact conversions at its edges.
+//!
+//! This is the only place where decimals meet the engine's integers. Every conversion is
+//! exact or an error: a price that is not a multiple of the tick or a quantity that is not
+//! a multiple of the lot is refused, never rounded.
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+use super::units::{self, Lots, Ticks, Units, MAX_LOTS, MAX_TICKS, RATE_ONE, UNITS_PER_USDT};
+
+/// What a symbol trades like. Built (and validated) by [`SymbolSpec::new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymbolSpec {
+    pub name: String,
+    /// Stable 32-bit key derived from the name; part of every id the symbol mints.
+    pub key: u32,
+    pub tick_size: Decimal,
+    pub lot_size: Decimal,
+    pub max_leverage: u32,
+    pub maker_fee: Decimal,
+    pub taker_fee: Decimal,
+    pub protection_band: Decimal,
+    /// Index of the shard that owns the symbol.
+    pub shard: usize,
+    /// Money units of one tick times one lot (`tick_size × lot_size × 1e8`).
+    pub(crate) units_per_tick_lot: i64,
+    pub(crate) maker_fee_rate: i64,
+    pub(crate) taker_fee_rate: i64,
+    pub(crate) band_rate: i64,
+}
+
+/// Why a value could not be taken as given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{field} must be positive")]
+    NotPositive { field: &'static str },
+    #[error("{field} has more precision than 1e-8")]
+    TooPrecise { field: &'static str },
+    #[error("tick_size × lot_size must be a whole number of 1e-8 USDT")]
+    TickLotProduct,
+    #[error("{field} must be between {min} and {max}")]
+    OutOfRange { field: &'static str, min: String, max: String },
+    #[error("symbol name must be 1-32 characters of A-Z, 0-9 and '-'")]
+    BadName,
+}
+
+/// Why a decimal from a client is not a valid price or quantity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("must be greater than zero")]
+    NotPositive,
+    #[error("must be a multiple of {0}")]
+    NotMultiple(Decimal),
+    #[error("is too large")]
+    TooLarge,
+}
+
+impl SymbolSpec {
+    /// Validates a specification and derives its integer forms.
+    ///
+    /// # Errors
+    /// A [`SpecError`] naming the offending field.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        tick_size: Decimal,
+        lot_size: Decimal,
+        max_leverage: u32,
+        maker_fee: Decimal,
+        taker_fee: Decimal,
+        protection_band: Decimal,
+        shard: usize,
+    ) -> Result<Self, SpecError> {
+        let name_ok = !name.is_empty()
+            && name.len() <= 32
+            && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(SpecError::BadName);
+        }
+        for (field, v) in [("tick_size", tick_size), ("lot_size", lot_size)] {
+            if v <= Decimal::ZERO {
+                return Err(SpecError::NotPositive { field });
+            }
+        }
+        let units_per_tick_lot = exact_scaled(tick_size * lot_size, UNITS_PER_USDT)
+            .filter(|u| *u > 0)
+            .ok_or(SpecError::TickLotProduct)?;
+        if !(1..=1000).contains(&max_leverage) {
+            return Err(out_of_range("max_leverage", "1", "1000"));
+        }
+        let rate = |field: &'static str, v: Decimal, min: Decimal| -> Result<i64, SpecError> {
+            if v < min || v >= Decimal::ONE {
+                return Err(out_of_range(field, &min.to_string(), "1 (exclusive)"));
+            }
+            exact_scaled(v, RATE_ONE).ok_or(SpecError::TooPrecise { field })
+        };
+        let maker_fee_rate = rate("maker_fee", maker_fee, Decimal::NEGATIVE_ONE / Decimal::TEN)?;
+        let taker_fee_rate = rate("taker_fee", taker_fee, Decimal::ZERO)?;
+        if maker_fee_rate + taker_fee_rate < 0 {
+            return Err(out_of_range("maker_fee", "-taker_fee", "1"));
+        }
+        let band_rate = rate("protection_band", protection_band, Decimal::ZERO)?;
+        if band_rate == 0 {
+            return Err(SpecError::NotPositive { field: "protection_band" });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key: symbol_key(name),
+            tick_size,
+            lot_size,
+            max_leverage,
+            maker_fee,
+            taker_fee,
+            protection_band,
+            shard,
+            units_per_tick_lot,
+            maker_fee_rate,
+            taker_fee_rate,
+            band_rate,
+        })
+    }
+
+    /// A client's price as ticks: positive, a multiple of the tick, within bounds.
+    ///
+    /// # Errors
+    /// [`ValueError`] saying what is wrong with it.
+    pub fn price_to_ticks(&self, price: Decimal) -> Result<Ticks, ValueError> {
+        to_steps(price, self.tick_size, MAX_TICKS)
+    }
+
+    /// A client's quantity as lots: positive, a multiple of the lot, within bounds.
+    ///
+    /// # Errors
+    /// [`ValueError`] saying what is wrong with it.
+    pub fn quantity_to_lots(&self, quantity: Decimal) -> Result<Lots, ValueError> {
+        to_steps(quantity, self.lot_size, MAX_LOTS)
+    }
+
+    pub fn ticks_to_price(&self, ticks: Ticks) -> Decimal {
+        Decimal::from(ticks) * self.tick_size
+    }
+
+    pub fn lots_to_quantity(&self, lots: impl Into<i128>) -> Decimal {
+        Decimal::from_i128_with_scale(lots.into(), 0) * self.lot_size
+    }
+
+    /// `price × quantity` in money units, exact.
+    pub fn notional(&self, price: Ticks, qty: Lots) -> i128 {
+        i128::from(price) * i128::from(qty) * i128::from(self.units_per_tick_lot)
+    }
+
+    /// Margin for `qty` at `price` with `leverage`: notional ÷ leverage, rounded up.
+    pub fn margin(&self, price: Ticks, qty: Lots, leverage: u32) -> i128 {
+        units::div_ceil(self.notional(price, qty), i128::from(leverage.max(1)))
+    }
+
+    /// Fee on a notional at the maker or taker rate, rounded up (a rebate rounds towards 0).
+    pub fn fee(&self, notional: i128, maker: bool) -> i128 {
+        let rate = if maker { self.maker_fee_rate } else { self.taker_fee_rate };
+        units::div_ceil(notional * i128::from(rate), i128::from(RATE_ONE))
+    }
+
+    /// Farthest price a MARKET order may reach from `reference`: the protection band,
+    /// rounded inwards to a tick (a buy never pays more than the band allows).
+    pub fn band_limit(&self, reference: Ticks, buy: bool) -> Ticks {
+        let reach = units::narrow(units::div_floor(
+            i128::from(reference) * i128::from(self.band_rate),
+            i128::from(RATE_ONE),
+        ));
+        if buy { (reference + reach).min(MAX_TICKS) } else { (reference - reach).max(1) }
+    }
+}
+
+/// Money units as a decimal USDT amount.
+pub fn units_to_usdt(units: impl Into<i128>) -> Decimal {
+    Decimal::from_i128_with_scale(units.into(), 8).normalize()
+}
+
+/// A USDT amount as money units, if it has at most 8 decimals and fits.
+pub fn usdt_to_units(amount: Decimal) -> Option<Units> {
+    exact_scaled(amount, UNITS_PER_USDT)
+}
+
+fn out_of_range(field: &'static str, min: &str, max: &str) -> SpecError {
+    SpecError::OutOfRange { field, min: min.to_owned(), max: max.to_owned() }
+}
+
+/// `v × scale` if that is a whole number fitting an i64.
+fn exact_scaled(v: Decimal, scale: i64) -> Option<i64> {
+    let scaled = v.checked_mul(Decimal::from(scale))?;
+    if scaled.fract().is_zero() { scaled.to_i64() } else { None }
+}
+
+fn to_steps(v: Decimal, step: Decimal, max: i64) -> Result<i64, ValueError> {
+    if v <= Decimal::ZERO {
+        return Err(ValueError::NotPositive);
+    }
+    let steps = v.checked_div(step).ok_or(ValueError::TooLarge)?;
+    if !steps.fract().is_zero() {
+        return Err(ValueError::NotMultiple(step.normalize()));
+    }
+    steps.to_i64().filter(|s| *s <= max).ok_or(ValueError::TooLarge)
+}
+
+/// FNV-1a of the name: stable across builds, platforms and shard-map reorderings.
+fn symbol_key(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+#[cfg(test)]
+pub(crate) fn btc() -> SymbolSpec {
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    SymbolSpec::new("BTC-PERP", d("0.1"), d("0.001"), 100, d("0.0002"), d("0.0005"), d("0.05"), 0)
+        .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prices_and_quantities_must_be_exact_multiples() {
+        let s = btc();
+        assert_eq!(s.price_to_ticks(d("50000.5")), Ok(500_005));
+        assert_eq!(s.price_to_ticks(d("50000.55")), Err(ValueError::NotMultiple(d("0.1"))));
+        assert_eq!(s.price_to_ticks(d("0")), Err(ValueError::NotPositive));
+        assert_eq!(s.price_to_ticks(d("-1")), Err(ValueError::NotPositive));
+        assert_eq!(s.price_to_ticks(d("1e20")), Err(ValueError::TooLarge));
+        assert_eq!(s.quantity_to_lots(d("0.010")), Ok(10));
+        assert_eq!(s.quantity_to_lots(d("0.0105")), Err(ValueError::NotMultiple(d("0.001"))));
+        assert_eq!(s.ticks_to_price(500_005), d("50000.5"));
+        assert_eq!(s.lots_to_quantity(10), d("0.010"));
+    }
+
+    #[test]
+    fn money_math_rounds_in_the_exchanges_favour() {
+        let s = btc();
+        // 50000.5 × 0.010 = 500.005 USDT notional.
+        assert_eq!(s.notional(500_005, 10), 50_000_500_000);
+        // ÷ 3 = 166.668333333.. → rounded up.
+        assert_eq!(s.margin(500_005, 10, 3), 16_666_833_334);
+        // 0.0005 × 500.005 = 0.2500025 exact; 0.0002 × 0.001 BTC at 0.1 = 2e-8 exact.
+        assert_eq!(s.fee(50_000_500_000, false), 25_000_250);
+        assert_eq!(s.fee(s.notional(1, 1), true), 2); // 0.0001 USDT × 0.0002 = 2e-8 exactly
+        assert_eq!(s.fee(7, true), 1); // 7e-8 × 0.0002 rounds up to 1e-8
+        assert_eq!(units_to_usdt(25_000_250), d("0.2500025"));
+        assert_eq!(usdt_to_units(d("0.000000001")), None);
+    }
+
+    #[test]
+    fn band_rounds_inwards() {
+        let s = btc();
+        assert_eq!(s.band_limit(1000, true), 1050);
+        assert_eq!(s.band_limit(1000, false), 950);
+        assert_eq!(s.band_limit(19, true), 19); // 5% of 19 ticks is less than one tick
+        assert_eq!(s.band_limit(1, false), 1);
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        let ok = |tick: &str, lot: &str, lev| {
+            SymbolSpec::new("X", d(tick), d(lot), lev, d("0"), d("0.001"), d("0.05"), 0)
+        };
+        assert!(ok("0.1", "0.001", 100).is_ok());
+        assert_eq!(ok("0.0001", "0.00001", 10), Err(SpecError::TickLotProduct));
+        assert_eq!(ok("0", "0.001", 10), Err(SpecError::NotPositive { field: "tick_size" }));
+        assert!(matches!(ok("0.1", "0.001", 0), Err(SpecError::OutOfRange { .. })));
+        assert_eq!(
+            SymbolSpec::new("btc", d("1"), d("1"), 1, d("0"), d("0"), d("0.05"), 0),
+            Err(SpecError::BadName)
+        );
+    }
+}
