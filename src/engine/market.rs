@@ -220,11 +220,12 @@ impl Market {
             if filled == order.quantity || !order.side.accepts(limit, maker.price) {
                 break;
             }
-            let qty = self.room(maker, size_of(&moved, maker.user)).min(order.quantity - filled);
-            if qty > 0 && maker.reduce_only {
-                moved.push((maker.user, maker.side.sign() * i128::from(qty)));
-                moved.push((order.user, order.side.sign() * i128::from(qty)));
-            }
+            let size = if maker.reduce_only { size_of(&moved, maker.user) } else { 0 };
+            let qty = self.room(maker, size).min(order.quantity - filled);
+            // Any fill moves positions, and a later reduce-only maker of the same user
+            // sees the moved one.
+            moved.push((maker.user, maker.side.sign() * i128::from(qty)));
+            moved.push((order.user, order.side.sign() * i128::from(qty)));
             filled += qty;
         }
         filled
