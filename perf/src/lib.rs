@@ -1,0 +1,5 @@
+//! Benchmarks and the load generator. Nothing here runs in CI; results go to RESULTS.md.
+
+pub mod alloc;
+pub mod rng;
+pub mod workload;
