@@ -163,7 +163,7 @@ impl RefModel {
         }
         let limit = match o.kind {
             OrderType::Limit { price, .. } => {
-                if price < 1 || price > MAX_TICKS {
+                if !(1..=MAX_TICKS).contains(&price) {
                     return Err(CancelReason::InvalidOrder);
                 }
                 price
@@ -192,7 +192,7 @@ impl RefModel {
         if let OrderType::Limit { tif: TimeInForce::Fok, .. } = o.kind {
             let mut trial = self.clone();
             let mut scratch = Vec::new();
-            let (remaining, _) = trial.sweep(&o, limit, &mut scratch);
+            let (remaining, _) = trial.sweep(o, limit, &mut scratch);
             if remaining > 0 {
                 return Err(CancelReason::FokUnfillable);
             }
@@ -460,11 +460,11 @@ impl Ledger {
                 }
                 Event::OrderCancelled(c) => {
                     *self.locked.entry(c.user).or_default() -= i128::from(c.released_margin);
-                    if c.reason != CancelReason::DuplicateOrderId {
-                        if let Some(entry) = self.orders.get_mut(&c.order_id) {
-                            assert_eq!(entry.1, c.filled, "cancel reports what trades filled");
-                            entry.2 = true;
-                        }
+                    if c.reason != CancelReason::DuplicateOrderId
+                        && let Some(entry) = self.orders.get_mut(&c.order_id)
+                    {
+                        assert_eq!(entry.1, c.filled, "cancel reports what trades filled");
+                        entry.2 = true;
                     }
                 }
                 Event::OrderPlaced(p) => {
