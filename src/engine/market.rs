@@ -220,13 +220,23 @@ impl Market {
             if filled == order.quantity || !order.side.accepts(limit, maker.price) {
                 break;
             }
-            let size = if maker.reduce_only { size_of(&moved, maker.user) } else { 0 };
-            let qty = self.room(maker, size).min(order.quantity - filled);
-            // Any fill moves positions, and a later reduce-only maker of the same user
-            // sees the moved one.
-            moved.push((maker.user, maker.side.sign() * i128::from(qty)));
-            moved.push((order.user, order.side.sign() * i128::from(qty)));
-            filled += qty;
+            // A reduce-only maker may fill in several steps when it trades with its own
+            // owner (the position it reduces is moved back by the taker side), exactly as
+            // the matching loop revisits it while it stays at the head of the queue.
+            let mut left = *maker;
+            while filled < order.quantity && left.remaining > 0 {
+                let size = if maker.reduce_only { size_of(&moved, maker.user) } else { 0 };
+                let qty = self.room(&left, size).min(order.quantity - filled);
+                if qty == 0 {
+                    break;
+                }
+                // Any fill moves positions, and a later reduce-only maker of the same
+                // user sees the moved one.
+                moved.push((maker.user, maker.side.sign() * i128::from(qty)));
+                moved.push((order.user, order.side.sign() * i128::from(qty)));
+                left.remaining -= qty;
+                filled += qty;
+            }
         }
         filled
     }
