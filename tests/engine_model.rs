@@ -329,6 +329,7 @@ impl RefModel {
         }
         released += i128::from(part) - kept;
         let fee = ceil_div(value(q) * if maker { MAKER_RATE } else { TAKER_RATE }, 100_000_000);
+        p.fees += fee;
         FillUpdate {
             user,
             order_id: id,

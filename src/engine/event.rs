@@ -91,8 +91,12 @@ pub struct PositionState {
     pub cost: i128,
     /// Margin held by the position, in units.
     pub margin: i128,
-    /// Realized PnL accumulated over the position's life (fees excluded), in units.
+    /// Realized PnL accumulated on this symbol (fees excluded), in units.
     pub realized_pnl: i128,
+    /// Fees paid on this symbol (negative: rebates received), in units. With
+    /// `realized_pnl` this makes an account's balance a function of the logs alone:
+    /// deposits + Σ over symbols of (realized PnL − fees).
+    pub fees: i128,
     pub leverage: u32,
 }
 

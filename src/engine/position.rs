@@ -78,6 +78,7 @@ pub fn apply_fill(
     released += order_margin - to_position;
 
     let fee = spec.fee(notional(spec, price, qty), maker);
+    pos.fees += fee;
     FillEffect { pnl: narrow(pnl), fee: narrow(fee), margin_released: narrow(released) }
 }
 
