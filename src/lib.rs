@@ -1,9 +1,18 @@
 //! A thread-per-core perpetual-futures exchange core.
 //!
 //! - [`engine`]: the pure matching engine (books, positions, margin, snapshots).
-//! - [`shard_map`]: the listed symbols and their owning shards.
-//! - [`ids`]: the public UUIDs minted from engine numbers.
+//! - [`accounts`]: users, keys, balances, margin locks (the risk step).
+//! - [`shard`]: one core's share: its books, its accounts, the order path.
+//! - [`server`]: executors, the channel mesh, HTTP.
+//! - [`api`]: request parsing, errors, JSON shapes.
+//! - [`config`], [`shard_map`], [`ids`], [`metrics`].
 
+pub mod accounts;
+pub mod api;
+pub mod config;
 pub mod engine;
 pub mod ids;
+pub mod metrics;
+pub mod server;
+pub mod shard;
 pub mod shard_map;

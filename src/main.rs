@@ -1,21 +1,59 @@
-//! The `exchange` binary.
+//! The `exchange` binary: `serve` (default), and the operations commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use exchange::shard_map::ShardMap;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "A thread-per-core perpetual-futures exchange")]
+struct Cli {
+    /// TOML configuration file; environment variables (EXCHANGE_*) override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the exchange (the default).
+    Serve,
+    /// Apply the PostgreSQL schema (needs EXCHANGE_POSTGRES_URL).
+    Migrate,
+    /// Rebuild hot state from the checkpoint and the log (needs EXCHANGE_REDIS_URL).
+    RebuildState,
+    /// Run one consistency check (needs EXCHANGE_REDIS_URL).
+    Check,
+}
 
 fn main() -> ExitCode {
-    let path = std::env::var_os("EXCHANGE_SHARD_MAP").map_or_else(|| PathBuf::from("shards/default.toml"), PathBuf::from);
-    match ShardMap::load(&path) {
-        Ok(map) => {
-            for s in &map.symbols {
-                println!("{} tick {} lot {} shard {}", s.name, s.tick_size, s.lot_size, s.shard);
-            }
-            ExitCode::SUCCESS
-        }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    let cli = Cli::parse();
+    let config = match exchange::config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("error: shard map: {e}");
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => exchange::server::run(config),
+        Cmd::Migrate | Cmd::RebuildState | Cmd::Check => Err(anyhow::anyhow!(
+            "this command works on the external stores (PostgreSQL, Redis), which this build does not support yet; \
+             the embedded mode rebuilds its state from the log at every start"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::command::{ClientOrderId, OrderId, Side, UserId};
 use super::units::{Lots, Ticks, Units};
 
+// Trades are the big variant and also the common one; events go into a reused buffer,
+// so boxing them would add an allocation per trade to save space nobody pays for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The order rests in the book after matching (possibly partly filled).

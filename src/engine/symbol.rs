@@ -145,6 +145,11 @@ impl SymbolSpec {
         Decimal::from_i128_with_scale(lots.into(), 0) * self.lot_size
     }
 
+    /// Money units of one tick times one lot.
+    pub fn units_per_tick_lot(&self) -> i64 {
+        self.units_per_tick_lot
+    }
+
     /// `price × quantity` in money units, exact.
     pub fn notional(&self, price: Ticks, qty: Lots) -> i128 {
         i128::from(price) * i128::from(qty) * i128::from(self.units_per_tick_lot)

@@ -1,0 +1,84 @@
+//! The API's errors and their one mapping to HTTP status and JSON code.
+
+use crate::shard::protocol::HttpReply;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    InvalidRequest(String),
+    UnknownSymbol,
+    Unauthorized,
+    NotFound,
+    OrderNotOpen,
+    UserExists,
+    TransferConflict,
+    InsufficientMargin,
+    InsufficientBalance,
+    ReduceOnlyRejected,
+    RateLimited,
+    Unavailable(String),
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidRequest(_) | Self::UnknownSymbol => 400,
+            Self::Unauthorized => 401,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::OrderNotOpen | Self::UserExists | Self::TransferConflict => 409,
+            Self::InsufficientMargin | Self::InsufficientBalance | Self::ReduceOnlyRejected => 422,
+            Self::RateLimited => 429,
+            Self::Unavailable(_) => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "INVALID_REQUEST",
+            Self::UnknownSymbol => "UNKNOWN_SYMBOL",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::NotFound => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::OrderNotOpen => "ORDER_NOT_OPEN",
+            Self::UserExists => "USER_EXISTS",
+            Self::TransferConflict => "TRANSFER_CONFLICT",
+            Self::InsufficientMargin => "INSUFFICIENT_MARGIN",
+            Self::InsufficientBalance => "INSUFFICIENT_BALANCE",
+            Self::ReduceOnlyRejected => "REDUCE_ONLY_REJECTED",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::InvalidRequest(m) => m.clone(),
+            Self::UnknownSymbol => "symbol is not listed".into(),
+            Self::Unauthorized => "missing or invalid key".into(),
+            Self::NotFound => "not found".into(),
+            Self::MethodNotAllowed => "method not allowed on this path".into(),
+            Self::OrderNotOpen => "order is not open".into(),
+            Self::UserExists => "user already exists".into(),
+            Self::TransferConflict => "transferId was already used for a different transfer".into(),
+            Self::InsufficientMargin => "available balance is less than the required margin".into(),
+            Self::InsufficientBalance => "available balance is less than the withdrawal".into(),
+            Self::ReduceOnlyRejected => "reduceOnly order would increase or flip the position".into(),
+            Self::RateLimited => "order rate limit exceeded".into(),
+            Self::Unavailable(m) => m.clone(),
+        }
+    }
+
+    pub fn reply(&self) -> HttpReply {
+        let body = serde_json::json!({ "code": self.code(), "message": self.message() });
+        HttpReply {
+            status: self.status(),
+            body: body.to_string().into_bytes(),
+            retry_after: (*self == Self::RateLimited).then_some(1),
+        }
+    }
+}
+
+pub fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest(message.into())
+}

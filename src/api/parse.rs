@@ -1,0 +1,389 @@
+//! Turning an HTTP request into an [`ApiRequest`] and the shard that must answer it.
+//!
+//! Runs on whichever shard accepted the connection. Everything that can be checked
+//! without state is checked here (JSON shape, decimals against tick and lot, leverage,
+//! ids), so a bad request is answered before it costs another core anything.
+
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::error::{invalid, ApiError};
+use crate::accounts::{partition_of, partition_of_name, user_of_key};
+use crate::engine::symbol::usdt_to_units;
+use crate::engine::units::MAX_NOTIONAL;
+use crate::engine::{ClientOrderId, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
+use crate::ids::{self, IdKind};
+use crate::shard::protocol::{ApiRequest, OrderRef};
+use crate::shard_map::ShardMap;
+
+/// Where a request must be answered.
+#[derive(Debug)]
+pub enum Routed {
+    /// By the owner of a symbol.
+    Symbol(usize, ApiRequest),
+    /// By the owner of an account partition.
+    Partition(u32, ApiRequest),
+    Symbols,
+    Health,
+    Metrics,
+}
+
+pub struct Input<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+    pub admin_key: Option<&'a str>,
+    pub body: &'a mut [u8],
+}
+
+pub struct Limits<'a> {
+    pub map: &'a ShardMap,
+    pub admin_key: Option<&'a str>,
+    pub max_json_depth: usize,
+}
+
+/// # Errors
+/// The [`ApiError`] to answer with.
+pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> {
+    let segments: Vec<&str> = input.path.trim_end_matches('/').split('/').skip(1).collect();
+    let query = Query::parse(input.query);
+    let map = limits.map;
+    let method = input.method;
+    let private = || -> Result<(String, u32), ApiError> {
+        let key = input.api_key.ok_or(ApiError::Unauthorized)?;
+        let user = user_of_key(key).ok_or(ApiError::Unauthorized)?;
+        Ok((key.to_owned(), partition_of(user)))
+    };
+    let routed = match (method, segments.as_slice()) {
+        ("GET", ["health"]) => Routed::Health,
+        ("GET", ["metrics"]) => Routed::Metrics,
+        ("GET", ["v1", "symbols"]) => Routed::Symbols,
+        ("GET", ["v1", "depth"]) => {
+            let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
+            Routed::Symbol(symbol, ApiRequest::Depth { symbol, limit: query.limit(50, 1_000)? })
+        }
+        ("GET", ["v1", "trades"]) => {
+            let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
+            Routed::Symbol(symbol, ApiRequest::Trades { symbol, limit: query.limit(100, 1_000)? })
+        }
+        ("POST", ["v1", "orders"]) => {
+            let (key, _) = private()?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let body: OrderBody = parse_json(input.body)?;
+            let (symbol, order) = body.validate(map)?;
+            Routed::Symbol(symbol, ApiRequest::PlaceOrder { key, symbol, order })
+        }
+        ("GET", ["v1", "orders", "history"]) => {
+            private()?;
+            return Err(ApiError::Unavailable("order history needs cold storage (PostgreSQL), which is not configured".into()));
+        }
+        ("GET", ["v1", "orders"]) => {
+            let (key, p) = private()?;
+            Routed::Partition(p, ApiRequest::OpenOrders { key, symbol: query.symbol(map)? })
+        }
+        ("DELETE", ["v1", "orders"]) => {
+            let (key, p) = private()?;
+            Routed::Partition(p, ApiRequest::CancelAll { key, symbol: query.symbol(map)? })
+        }
+        ("GET" | "DELETE", ["v1", "orders", rest @ ..]) => {
+            let (key, p) = private()?;
+            let target = match rest {
+                ["by-client-id", cid] => OrderRef::Client(ClientOrderId::new(cid).map_err(|e| invalid(e.to_string()))?),
+                [id] => order_ref(id),
+                _ => return Err(ApiError::NotFound),
+            };
+            let req = if method == "GET" { ApiRequest::GetOrder { key, target } } else { ApiRequest::CancelOrder { key, target } };
+            Routed::Partition(p, req)
+        }
+        ("GET", ["v1", "fills"]) => {
+            let (key, p) = private()?;
+            Routed::Partition(p, ApiRequest::Fills { key, symbol: query.symbol(map)?, limit: query.limit(100, 10_000)? })
+        }
+        ("GET", ["v1", "balance"]) => {
+            let (key, p) = private()?;
+            Routed::Partition(p, ApiRequest::Balance { key })
+        }
+        ("GET", ["v1", "positions"]) => {
+            let (key, p) = private()?;
+            Routed::Partition(p, ApiRequest::Positions { key })
+        }
+        ("POST", ["admin", "v1", "users"]) => {
+            admin(input.admin_key, limits.admin_key)?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let body: UserBody = parse_json(input.body)?;
+            Routed::Partition(partition_of_name(&body.user_id), ApiRequest::CreateUser { name: body.user_id })
+        }
+        ("POST", ["admin", "v1", "deposits"]) => {
+            admin(input.admin_key, limits.admin_key)?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let body: DepositBody = parse_json(input.body)?;
+            if body.currency != "USDT" {
+                return Err(invalid("currency must be USDT"));
+            }
+            let amount = decimal(&body.amount, "amount")?;
+            let amount = usdt_to_units(amount).ok_or_else(|| invalid("amount has more than 8 decimals or is too large"))?;
+            if amount == 0 {
+                return Err(invalid("amount must not be zero"));
+            }
+            if body.transfer_id.is_empty() || body.transfer_id.len() > 64 {
+                return Err(invalid("transferId must be 1-64 characters"));
+            }
+            let p = partition_of_name(&body.user_id);
+            Routed::Partition(p, ApiRequest::Transfer { name: body.user_id, amount, transfer_id: body.transfer_id })
+        }
+        (_, ["health" | "metrics"] | ["v1", ..] | ["admin", ..]) if known_path(&segments) => {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        _ => return Err(ApiError::NotFound),
+    };
+    Ok(routed)
+}
+
+fn known_path(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        ["health"] | ["metrics"] | ["v1", "symbols" | "depth" | "trades" | "orders" | "fills" | "balance" | "positions"]
+            | ["v1", "orders", ..] | ["admin", "v1", "users" | "deposits"]
+    )
+}
+
+fn admin(given: Option<&str>, configured: Option<&str>) -> Result<(), ApiError> {
+    let (Some(given), Some(configured)) = (given, configured) else { return Err(ApiError::Unauthorized) };
+    let ok: bool = given.as_bytes().ct_eq(configured.as_bytes()).into();
+    if ok { Ok(()) } else { Err(ApiError::Unauthorized) }
+}
+
+/// An order id from a URL; one that is not ours becomes an id that matches nothing.
+fn order_ref(text: &str) -> OrderRef {
+    text.parse::<uuid::Uuid>()
+        .ok()
+        .and_then(|u| ids::decode(IdKind::Order, &u))
+        .map_or(OrderRef::Id(OrderId(u64::MAX), 0), |(key, n)| OrderRef::Id(OrderId(n), key))
+}
+
+/// Refuses JSON nested deeper than `max` before any parser sees it.
+fn check_depth(body: &[u8], max: usize) -> Result<(), ApiError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(invalid(format!("JSON nested deeper than {max}")));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &mut [u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(invalid("a JSON body is required"));
+    }
+    simd_json::serde::from_slice(body).map_err(|e| invalid(format!("invalid JSON body: {e}")))
+}
+
+fn decimal(text: &str, field: &str) -> Result<Decimal, ApiError> {
+    let ok = !text.is_empty() && text.len() <= 40 && text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    let value = if ok { Decimal::from_str(text).ok() } else { None };
+    value.ok_or_else(|| invalid(format!("{field} must be a decimal string")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserBody {
+    user_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DepositBody {
+    user_id: String,
+    currency: String,
+    amount: String,
+    transfer_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderBody {
+    symbol: String,
+    side: String,
+    #[serde(rename = "type")]
+    kind: String,
+    price: Option<String>,
+    quantity: String,
+    leverage: Option<u32>,
+    time_in_force: Option<String>,
+    reduce_only: Option<bool>,
+    client_order_id: Option<String>,
+}
+
+impl OrderBody {
+    fn validate(self, map: &ShardMap) -> Result<(usize, NewOrder), ApiError> {
+        let symbol = map.symbols.iter().position(|s| s.name == self.symbol).ok_or(ApiError::UnknownSymbol)?;
+        let spec = &map.symbols[symbol];
+        let side = match self.side.as_str() {
+            "BUY" => Side::Buy,
+            "SELL" => Side::Sell,
+            _ => return Err(invalid("side must be BUY or SELL")),
+        };
+        let quantity = spec
+            .quantity_to_lots(decimal(&self.quantity, "quantity")?)
+            .map_err(|e| invalid(format!("quantity {e}")))?;
+        let leverage = self.leverage.unwrap_or(1);
+        if !(1..=spec.max_leverage).contains(&leverage) {
+            return Err(invalid(format!("leverage must be between 1 and {}", spec.max_leverage)));
+        }
+        let kind = match (self.kind.as_str(), self.price, self.time_in_force.as_deref()) {
+            ("LIMIT", None, _) => return Err(invalid("price is required for LIMIT orders")),
+            ("LIMIT", Some(price), tif) => {
+                let price = spec.price_to_ticks(decimal(&price, "price")?).map_err(|e| invalid(format!("price {e}")))?;
+                let tif = match tif.unwrap_or("GTC") {
+                    "GTC" => TimeInForce::Gtc,
+                    "IOC" => TimeInForce::Ioc,
+                    "FOK" => TimeInForce::Fok,
+                    "POST_ONLY" => TimeInForce::PostOnly,
+                    _ => return Err(invalid("timeInForce must be GTC, IOC, FOK or POST_ONLY")),
+                };
+                if spec.notional(price, quantity) > i128::from(MAX_NOTIONAL) {
+                    return Err(invalid("order notional is too large"));
+                }
+                OrderType::Limit { price, tif }
+            }
+            ("MARKET", None, None) => OrderType::Market,
+            ("MARKET", Some(_), _) => return Err(invalid("price is not allowed for MARKET orders")),
+            ("MARKET", None, Some(_)) => return Err(invalid("timeInForce is not allowed for MARKET orders")),
+            _ => return Err(invalid("type must be LIMIT or MARKET")),
+        };
+        let client_order_id = self
+            .client_order_id
+            .map(|c| ClientOrderId::new(&c))
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        Ok((
+            symbol,
+            NewOrder {
+                id: OrderId(0),
+                user: UserId(0),
+                side,
+                kind,
+                quantity,
+                leverage,
+                reduce_only: self.reduce_only.unwrap_or(false),
+                client_order_id,
+                locked_margin: 0,
+                timestamp: 0,
+            },
+        ))
+    }
+}
+
+struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        Self { pairs: q.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default() }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+
+    fn symbol(&self, map: &ShardMap) -> Result<Option<usize>, ApiError> {
+        self.get("symbol")
+            .map(|s| map.symbols.iter().position(|x| x.name == s).ok_or(ApiError::UnknownSymbol))
+            .transpose()
+    }
+
+    fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.get("limit") {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| invalid(format!("limit must be between 1 and {max}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> ShardMap {
+        ShardMap::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shards/default.toml")).unwrap()
+    }
+
+    fn post(body: &str) -> Result<Routed, ApiError> {
+        let mut bytes = body.as_bytes().to_vec();
+        let map = map();
+        let input = Input {
+            method: "POST",
+            path: "/v1/orders",
+            query: None,
+            api_key: Some("0000000100000001.000000000000000000000000000000000000000000000000"),
+            admin_key: None,
+            body: &mut bytes,
+        };
+        route(input, &Limits { map: &map, admin_key: None, max_json_depth: 8 })
+    }
+
+    fn error(body: &str) -> ApiError {
+        post(body).unwrap_err()
+    }
+
+    #[test]
+    fn orders_are_validated_at_the_edge() {
+        let ok = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.5","quantity":"0.010","leverage":10}"#;
+        assert!(matches!(post(ok), Ok(Routed::Symbol(0, ApiRequest::PlaceOrder { .. }))));
+        for bad in [
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.55","quantity":"0.010"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.5","quantity":"0.0105"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":50000.5,"quantity":"0.010"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","quantity":"0.010"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1","quantity":"0"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1","quantity":"-1"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1","quantity":"0.001","leverage":101}"#,
+            r#"{"symbol":"BTC-PERP","side":"HOLD","type":"LIMIT","price":"1","quantity":"0.001"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"99999999999999999999999999999","quantity":"0.001"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1e5","quantity":"0.001"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"MARKET","price":"1","quantity":"0.001"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1","quantity":"0.001","clientOrderId":"no spaces"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1000000000","quantity":"1000000"}"#,
+            r#"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["#,
+            r#"{"symbol":"BTC-PERP""#,
+            "",
+        ] {
+            assert!(matches!(error(bad), ApiError::InvalidRequest(_)), "{bad}: {:?}", error(bad));
+        }
+        assert_eq!(error(r#"{"symbol":"DOGE-PERP","side":"BUY","type":"MARKET","quantity":"1"}"#), ApiError::UnknownSymbol);
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert!(check_depth(br#"{"a":"[[[[[[[[[[[[[[[[[[[["}"#, 2).is_ok());
+        assert!(check_depth(br#"{"a":[[1]]}"#, 2).is_err());
+        assert!(check_depth(br#"{"a":"\"[[[["}"#, 1).is_ok());
+    }
+}

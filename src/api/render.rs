@@ -1,0 +1,151 @@
+//! JSON shapes of the API (camelCase, decimals as strings), rendered from engine and
+//! account state.
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::accounts::{Account, Fill, OrderView};
+use crate::engine::symbol::units_to_usdt;
+use crate::engine::{OrderType, PositionState, Side, SymbolSpec, TimeInForce};
+use crate::ids::{self, IdKind};
+use crate::shard::protocol::HttpReply;
+use crate::shard_map::ShardMap;
+
+pub fn ok(body: &impl Serialize) -> HttpReply {
+    HttpReply { status: 200, body: serde_json::to_vec(body).unwrap_or_default(), retry_after: None }
+}
+
+pub fn side(s: Side) -> &'static str {
+    match s {
+        Side::Buy => "BUY",
+        Side::Sell => "SELL",
+    }
+}
+
+fn tif(t: TimeInForce) -> &'static str {
+    match t {
+        TimeInForce::Gtc => "GTC",
+        TimeInForce::Ioc => "IOC",
+        TimeInForce::Fok => "FOK",
+        TimeInForce::PostOnly => "POST_ONLY",
+    }
+}
+
+pub fn order_uuid(spec: &SymbolSpec, id: crate::engine::OrderId) -> String {
+    ids::encode(IdKind::Order, spec.key, id.0).to_string()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderJson {
+    order_id: String,
+    client_order_id: Option<String>,
+    symbol: String,
+    side: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time_in_force: Option<&'static str>,
+    price: Option<String>,
+    quantity: String,
+    filled_quantity: String,
+    avg_fill_price: Option<String>,
+    status: &'static str,
+    reason: Option<&'static str>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
+    let spec = &map.symbols[v.symbol];
+    let (price, time_in_force, kind) = match v.kind {
+        OrderType::Limit { price, tif: t } => (Some(spec.ticks_to_price(price).to_string()), Some(tif(t)), "LIMIT"),
+        OrderType::Market => (None, None, "MARKET"),
+    };
+    let avg_fill_price = (v.filled > 0).then(|| {
+        let ticks = Decimal::from_i128_with_scale(v.filled_value, 0) / Decimal::from(v.filled);
+        (ticks * spec.tick_size).round_dp(8).normalize().to_string()
+    });
+    OrderJson {
+        order_id: order_uuid(spec, v.id),
+        client_order_id: v.client_order_id.map(|c| c.as_str().to_owned()),
+        symbol: spec.name.clone(),
+        side: side(v.side),
+        kind,
+        time_in_force,
+        price,
+        quantity: spec.lots_to_quantity(v.quantity).to_string(),
+        filled_quantity: spec.lots_to_quantity(v.filled).to_string(),
+        avg_fill_price,
+        status: v.status.as_str(),
+        reason: v.reason.map(|r| r.as_str()),
+        created_at: v.created_at,
+        updated_at: v.updated_at,
+    }
+}
+
+pub fn balance(a: &Account) -> serde_json::Value {
+    serde_json::json!({
+        "currency": "USDT",
+        "total": units_to_usdt(a.total).to_string(),
+        "available": units_to_usdt(a.available()).to_string(),
+        "locked": units_to_usdt(a.locked).to_string(),
+    })
+}
+
+pub fn position(spec: &SymbolSpec, p: &PositionState, last: Option<i64>) -> serde_json::Value {
+    let size = p.size.abs();
+    let entry_ticks = Decimal::from_i128_with_scale(p.cost, 0)
+        / Decimal::from(spec.units_per_tick_lot())
+        / Decimal::from_i128_with_scale(size, 0);
+    let unrealized = last.map_or(0, |px| {
+        let value = i128::from(px) * size * i128::from(spec.units_per_tick_lot());
+        if p.size > 0 { value - p.cost } else { p.cost - value }
+    });
+    serde_json::json!({
+        "symbol": spec.name,
+        "side": if p.size > 0 { "LONG" } else { "SHORT" },
+        "size": spec.lots_to_quantity(size).to_string(),
+        "entryPrice": (entry_ticks * spec.tick_size).round_dp(8).normalize().to_string(),
+        "leverage": p.leverage,
+        "margin": units_to_usdt(p.margin).to_string(),
+        "unrealizedPnl": units_to_usdt(unrealized).to_string(),
+        "realizedPnl": units_to_usdt(p.realized_pnl).to_string(),
+    })
+}
+
+pub fn fill(map: &ShardMap, f: &Fill) -> serde_json::Value {
+    let spec = &map.symbols[f.symbol];
+    serde_json::json!({
+        "tradeId": ids::encode(IdKind::Trade, spec.key, f.trade_seq).to_string(),
+        "orderId": order_uuid(spec, f.order_id),
+        "symbol": spec.name,
+        "side": side(f.side),
+        "price": spec.ticks_to_price(f.price).to_string(),
+        "quantity": spec.lots_to_quantity(f.quantity).to_string(),
+        "fee": units_to_usdt(f.fee).to_string(),
+        "feeCurrency": "USDT",
+        "realizedPnl": units_to_usdt(f.pnl).to_string(),
+        "liquidity": if f.maker { "MAKER" } else { "TAKER" },
+        "time": f.time,
+    })
+}
+
+pub fn symbols(map: &ShardMap, shards: usize) -> serde_json::Value {
+    serde_json::Value::Array(
+        map.symbols
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "symbol": s.name,
+                    "tickSize": s.tick_size.normalize().to_string(),
+                    "lotSize": s.lot_size.normalize().to_string(),
+                    "maxLeverage": s.max_leverage,
+                    "makerFee": s.maker_fee.normalize().to_string(),
+                    "takerFee": s.taker_fee.normalize().to_string(),
+                    "shard": s.shard % shards.max(1),
+                })
+            })
+            .collect(),
+    )
+}
+

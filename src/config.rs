@@ -1,0 +1,201 @@
+//! Configuration: an optional TOML file (`--config PATH`), then environment variables.
+//!
+//! Every key can be set in the file; the environment overrides it. The variable names in
+//! the table below are an interface (deployment units and outside checks use them) and
+//! do not change.
+//!
+//! | variable | key | default |
+//! |---|---|---|
+//! | `EXCHANGE_HTTP_ADDR` | `http_addr` | `127.0.0.1:8080` |
+//! | `EXCHANGE_DATA_DIR` | `data_dir` | `./data` |
+//! | `EXCHANGE_ADMIN_KEY` | `admin_key` | none: admin API disabled |
+//! | `EXCHANGE_CORES` | `cores` | all online cores |
+//! | `EXCHANGE_SHARD_MAP` | `shard_map` | `shards/default.toml` |
+//! | `EXCHANGE_KAFKA_BROKERS` | `kafka.brokers` | unset: embedded journal |
+//! | `EXCHANGE_REDIS_URL` | `redis.url` | unset: in-process hot state |
+//! | `EXCHANGE_POSTGRES_URL` | `postgres.url` | unset: no cold storage |
+//! | `EXCHANGE_CHECK_INTERVAL_SECS` | `check_interval_secs` | `300` |
+//! | `EXCHANGE_RATE_LIMIT` | `rate_limit` | `100` (orders/s per user; 0 = off) |
+//! | `EXCHANGE_IO_MEMORY_KIB` | `io_memory_kib` | `512` (locked memory per core) |
+//! | `EXCHANGE_SNAPSHOT_EVERY` | `snapshot_every` | `100000` (commands per stream) |
+//! | `EXCHANGE_MAX_CONNECTIONS` | `limits.max_connections_per_core` | `10000` |
+//! | `EXCHANGE_IDLE_TIMEOUT_SECS` | `limits.idle_timeout_secs` | `60` |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_key: Option<String>,
+    pub cores: Option<Vec<usize>>,
+    pub shard_map: PathBuf,
+    pub kafka: Kafka,
+    pub redis: Redis,
+    pub postgres: Postgres,
+    pub check_interval_secs: u64,
+    pub rate_limit: u32,
+    pub io_memory_kib: usize,
+    pub snapshot_every: u64,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    pub brokers: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redis {
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Postgres {
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_connections_per_core: usize,
+    pub idle_timeout_secs: u64,
+    pub max_json_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: 64 * 1024, max_connections_per_core: 10_000, idle_timeout_secs: 60, max_json_depth: 8 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            admin_key: None,
+            cores: None,
+            shard_map: PathBuf::from("shards/default.toml"),
+            kafka: Kafka::default(),
+            redis: Redis::default(),
+            postgres: Postgres::default(),
+            check_interval_secs: 300,
+            rate_limit: 100,
+            io_memory_kib: 512,
+            snapshot_every: 100_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (if any), then applies the environment.
+    ///
+    /// # Errors
+    /// A message naming the file or variable at fault.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn parse<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}"))
+        }
+        let set = |name: &str| var(name).filter(|v| !v.is_empty());
+        if let Some(v) = set("EXCHANGE_HTTP_ADDR") {
+            self.http_addr = parse("EXCHANGE_HTTP_ADDR", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = set("EXCHANGE_ADMIN_KEY") {
+            self.admin_key = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_CORES") {
+            let cores = v.split(',').map(|c| parse("EXCHANGE_CORES", c)).collect::<anyhow::Result<Vec<usize>>>()?;
+            self.cores = Some(cores);
+        }
+        if let Some(v) = set("EXCHANGE_SHARD_MAP") {
+            self.shard_map = PathBuf::from(v);
+        }
+        if let Some(v) = set("EXCHANGE_KAFKA_BROKERS") {
+            self.kafka.brokers = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_REDIS_URL") {
+            self.redis.url = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_POSTGRES_URL") {
+            self.postgres.url = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_CHECK_INTERVAL_SECS") {
+            self.check_interval_secs = parse("EXCHANGE_CHECK_INTERVAL_SECS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_RATE_LIMIT") {
+            self.rate_limit = parse("EXCHANGE_RATE_LIMIT", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_IO_MEMORY_KIB") {
+            self.io_memory_kib = parse("EXCHANGE_IO_MEMORY_KIB", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_SNAPSHOT_EVERY") {
+            self.snapshot_every = parse("EXCHANGE_SNAPSHOT_EVERY", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_MAX_CONNECTIONS") {
+            self.limits.max_connections_per_core = parse("EXCHANGE_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_IDLE_TIMEOUT_SECS") {
+            self.limits.idle_timeout_secs = parse("EXCHANGE_IDLE_TIMEOUT_SECS", &v)?;
+        }
+        Ok(())
+    }
+
+    /// The cores to run shards on: configured, or every online core.
+    pub fn shard_cores(&self) -> Vec<usize> {
+        self.cores.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| {
+            (0..std::thread::available_parallelism().map_or(1, usize::from)).collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c: Config = toml::from_str("rate_limit = 5\ndata_dir = \"/x\"\n[kafka]\nbrokers = \"k:1\"").unwrap();
+        let env = |name: &str| match name {
+            "EXCHANGE_RATE_LIMIT" => Some("0".to_owned()),
+            "EXCHANGE_CORES" => Some("0,1".to_owned()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.rate_limit, 0);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.cores, Some(vec![0, 1]));
+        assert_eq!(c.kafka.brokers.as_deref(), Some("k:1"));
+        let bad = |name: &str| (name == "EXCHANGE_HTTP_ADDR").then(|| "nope".to_owned());
+        let err = Config::default().apply_env(bad).unwrap_err().to_string();
+        assert!(err.contains("EXCHANGE_HTTP_ADDR"), "{err}");
+    }
+}

@@ -1,0 +1,85 @@
+//! Prometheus metrics, named `exchange_<thing>_<unit>`, labelled by shard.
+//!
+//! One registry for the process; each shard takes its own handles (plain atomics
+//! underneath) at start and is their only writer, so recording costs no contention.
+//! `/metrics` on any shard renders every shard's series.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    orders: Family<ShardLabel, Counter>,
+    ack: Family<ShardLabel, Histogram>,
+    fsync: Family<ShardLabel, Histogram>,
+    queue: Family<ShardLabel, Gauge>,
+    requests: Family<ShardLabel, Counter>,
+}
+
+/// One shard's handles.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    pub orders: Counter,
+    pub ack_seconds: Histogram,
+    pub fsync_seconds: Histogram,
+    pub queue_depth: Gauge,
+    pub requests: Counter,
+}
+
+fn latency() -> Histogram {
+    // 10 µs .. ~5 s
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let orders = Family::<ShardLabel, Counter>::default();
+        let ack = Family::<ShardLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        let fsync = Family::<ShardLabel, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        let queue = Family::<ShardLabel, Gauge>::default();
+        let requests = Family::<ShardLabel, Counter>::default();
+        registry.register("exchange_orders", "Orders acknowledged", orders.clone());
+        registry.register("exchange_order_ack_seconds", "Time from request to order acknowledgement", ack.clone());
+        registry.register("exchange_log_fsync_seconds", "Event log group-commit (write + fdatasync) time", fsync.clone());
+        registry.register("exchange_shard_queue_depth", "Commands waiting for the log on the shard", queue.clone());
+        registry.register("exchange_http_requests", "HTTP requests served", requests.clone());
+        Self { registry: Arc::new(registry), orders, ack, fsync, queue, requests }
+    }
+
+    pub fn shard(&self, shard: usize) -> ShardMetrics {
+        let label = ShardLabel { shard: shard.to_string() };
+        ShardMetrics {
+            orders: self.orders.get_or_create(&label).clone(),
+            ack_seconds: self.ack.get_or_create(&label).clone(),
+            fsync_seconds: self.fsync.get_or_create(&label).clone(),
+            queue_depth: self.queue.get_or_create(&label).clone(),
+            requests: self.requests.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

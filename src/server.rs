@@ -1,0 +1,334 @@
+//! Process shape: one pinned glommio executor per configured core, joined by a channel
+//! mesh, each accepting HTTP on the same port (SO_REUSEPORT) and owning its shard.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use exchange_io::http::HyperIo;
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
+use glommio::{LocalExecutorBuilder, Placement};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request as HttpRequest, Response};
+use rustc_hash::FxHashMap;
+
+use crate::accounts::Accounts;
+use crate::api::error::{invalid, ApiError};
+use crate::api::parse::{self, Input, Limits, Routed};
+use crate::api::render;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shard::protocol::{ApiRequest, HttpReply, Message, Reply, Request};
+use crate::shard::rpc::Rpc;
+use crate::shard::{handlers, startup, Shard};
+use crate::shard_map::ShardMap;
+
+/// Process-wide state every shard may read: health, shutdown, start barrier.
+#[derive(Default)]
+pub struct Health {
+    pub stopping: AtomicBool,
+    pub event_log_down: AtomicUsize,
+    pub inflight: AtomicUsize,
+    arrived: AtomicUsize,
+}
+
+impl Health {
+    /// Waits until every shard has arrived `round` times.
+    async fn barrier(&self, round: usize, shards: usize) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while self.arrived.load(Ordering::Acquire) < round * shards {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Raises the locked-memory soft limit to the hard limit: glommio registers its I/O
+/// buffers (`io_memory_kib` per core) as locked memory.
+fn raise_memlock() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
+    }
+}
+
+/// Runs the exchange until SIGTERM/SIGINT.
+///
+/// # Errors
+/// Start-up failures (config, shard map, logs, executors), with context.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let map = Arc::new(ShardMap::load(&config.shard_map)?);
+    if config.kafka.brokers.is_some() || config.redis.url.is_some() || config.postgres.url.is_some() {
+        tracing::warn!("Kafka, Redis and PostgreSQL are not supported by this build yet; running embedded");
+    }
+    if config.admin_key.is_none() {
+        tracing::warn!("EXCHANGE_ADMIN_KEY is not set: the admin API is disabled");
+    }
+    raise_memlock();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("data dir {}", config.data_dir.display()))?;
+    let cores = config.shard_cores();
+    let shards = cores.len();
+    let config = Arc::new(config);
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    {
+        let health = health.clone();
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "stopping: no new connections, finishing in-flight requests");
+                health.stopping.store(true, Ordering::Release);
+            }
+        });
+    }
+    let mesh = MeshBuilder::<Message, _>::full(shards, 1024);
+    let mut handles = Vec::new();
+    for (id, core) in cores.iter().copied().enumerate() {
+        let (map, config, metrics, health, mesh) = (map.clone(), config.clone(), metrics.clone(), health.clone(), mesh.clone());
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
+            .name(&format!("shard-{id}"))
+            .io_memory(config.io_memory_kib * 1024)
+            .spawn(move || async move {
+                let result = shard_main(id, shards, map, config, metrics, health.clone(), mesh).await;
+                if let Err(e) = &result {
+                    tracing::error!(shard = id, error = format!("{e:#}"), "shard failed");
+                    health.stopping.store(true, Ordering::Release);
+                }
+                result
+            })
+            .map_err(|e| anyhow::anyhow!("starting the executor for shard {id} on core {core} (see README: memlock): {e}"))?;
+        handles.push(handle);
+    }
+    let mut failure = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(anyhow::anyhow!("executor: {e}")),
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+async fn shard_main(
+    id: usize,
+    shards: usize,
+    map: Arc<ShardMap>,
+    config: Arc<Config>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>,
+) -> anyhow::Result<()> {
+    let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
+    let now_micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let shard = Rc::new(Shard {
+        id,
+        shards,
+        map,
+        rpc: Rpc::new(senders),
+        accounts: RefCell::new(Accounts::new(config.rate_limit, now_micros)),
+        account_logs: RefCell::new(FxHashMap::default()),
+        streams: RefCell::new(FxHashMap::default()),
+        metrics: metrics.shard(id),
+        all_metrics: metrics,
+        health: health.clone(),
+        config,
+    });
+    listen_mesh(&shard, receivers);
+    startup::recover_accounts(&shard).await?;
+    health.barrier(1, shards).await;
+    startup::recover_symbols(&shard).await?;
+    health.barrier(2, shards).await;
+    serve(shard).await
+}
+
+/// One task per peer: replies complete waiting callers; requests are handled. Results
+/// and risk steps are handled inline (they never wait), so they apply in arrival order;
+/// the rest get a task of their own so the loop never stalls.
+fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
+    for (_, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(message) = rx.recv().await {
+                match message {
+                    Message::Reply { id, body } => shard.rpc.complete(id, body),
+                    Message::Request { from, id, body } => {
+                        let inline = matches!(
+                            body,
+                            Request::Apply { .. } | Request::Reserve { .. } | Request::Release { .. } | Request::LastPrices
+                        );
+                        if inline {
+                            let reply = handlers::handle(shard.clone(), body).await;
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move { shard.rpc.reply(from, id, reply).await }).detach();
+                        } else {
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let reply = handlers::handle(shard.clone(), body).await;
+                                shard.rpc.reply(from, id, reply).await;
+                            })
+                            .detach();
+                        }
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
+    let listener = glommio::net::TcpListener::bind(shard.config.http_addr)
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", shard.config.http_addr))?;
+    tracing::info!(shard = shard.id, addr = %shard.config.http_addr, "serving");
+    let connections = Rc::new(Cell::new(0usize));
+    loop {
+        if shard.health.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else { continue };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        if connections.get() >= shard.config.limits.max_connections_per_core {
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        connections.set(connections.get() + 1);
+        let (shard, connections) = (shard.clone(), connections.clone());
+        glommio::spawn_local(async move {
+            connection(shard, stream).await;
+            connections.set(connections.get() - 1);
+        })
+        .detach();
+    }
+    drop(listener);
+    // Finish what is in flight, then leave; every acknowledged command is already durable.
+    for _ in 0..100 {
+        if shard.health.inflight.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(shard = shard.id, "stopped");
+    Ok(())
+}
+
+async fn connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
+    let io = HyperIo::new(stream);
+    let last_read = io.last_read();
+    let idle = Duration::from_secs(shard.config.limits.idle_timeout_secs.max(1));
+    let service = hyper::service::service_fn(move |req| {
+        let shard = shard.clone();
+        async move { Ok::<_, Infallible>(respond(&shard, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).max_buf_size(16 * 1024).serve_connection(io, service);
+    let watchdog = async {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            if last_read.get().elapsed() > idle {
+                break;
+            }
+        }
+    };
+    futures_lite::future::or(
+        async {
+            let _ = conn.await;
+        },
+        watchdog,
+    )
+    .await;
+}
+
+struct InFlight<'a>(&'a Shard);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.health.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn respond(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> Response<Full<Bytes>> {
+    shard.health.inflight.fetch_add(1, Ordering::AcqRel);
+    let _guard = InFlight(shard);
+    shard.metrics.requests.inc();
+    let reply = answer(shard, req).await;
+    let mut response = Response::builder()
+        .status(reply.status)
+        .header("content-type", if reply.status == 200 && reply.body.first() != Some(&b'{') && reply.body.first() != Some(&b'[') { "text/plain; version=0.0.4" } else { "application/json" });
+    if let Some(secs) = reply.retry_after {
+        response = response.header("retry-after", secs.to_string());
+    }
+    response.body(Full::new(Bytes::from(reply.body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+async fn answer(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> HttpReply {
+    let (parts, body) = req.into_parts();
+    let limit = shard.config.limits.max_body_bytes;
+    let collected = futures_lite::future::or(async { Some(Limited::new(body, limit).collect().await) }, async {
+        glommio::timer::sleep(Duration::from_secs(10)).await;
+        None
+    })
+    .await;
+    let mut body = match collected {
+        Some(Ok(b)) => b.to_bytes().to_vec(),
+        Some(Err(_)) => return invalid(format!("body larger than {limit} bytes or unreadable")).reply(),
+        None => return invalid("body not received in time").reply(),
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let input = Input {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        api_key: header("x-api-key"),
+        admin_key: header("x-admin-key"),
+        body: &mut body,
+    };
+    let limits = Limits { map: &shard.map, admin_key: shard.config.admin_key.as_deref(), max_json_depth: shard.config.limits.max_json_depth };
+    let routed = match parse::route(input, &limits) {
+        Ok(r) => r,
+        Err(e) => return e.reply(),
+    };
+    let (to, req): (usize, ApiRequest) = match routed {
+        Routed::Health => return health(shard),
+        Routed::Metrics => {
+            return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None };
+        }
+        Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
+        Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), req),
+        Routed::Partition(partition, req) => (shard.partition_owner(partition), req),
+    };
+    match shard.ask(to, Request::Api(req)).await {
+        Some(Reply::Http(reply)) => reply,
+        _ => ApiError::Unavailable("shard unavailable".into()).reply(),
+    }
+}
+
+fn health(shard: &Shard) -> HttpReply {
+    let log_ok = shard.health.event_log_down.load(Ordering::Acquire) == 0;
+    render::ok(&serde_json::json!({
+        "status": if log_ok { "ok" } else { "degraded" },
+        "components": {
+            "eventLog": if log_ok { "ok" } else { "down" },
+            "stateStore": "ok",
+            "coldStore": "disabled",
+        },
+    }))
+}

@@ -1,0 +1,387 @@
+//! What a shard does with each request it owns the answer to.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use super::protocol::{ApiRequest, HttpReply, OrderRef, Reply, Request, ReserveError};
+use super::Shard;
+use crate::accounts::{AccountRecord, AdminError, OrderStatus, OrderView, RiskError, TransferPlan};
+use crate::api::error::ApiError;
+use crate::api::render;
+use crate::engine::units::narrow;
+use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, OrderType, UserId};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Reply>>> {
+    Box::pin(async move {
+        match req {
+            Request::Api(api) => Reply::Http(api_request(&shard, api).await.unwrap_or_else(|e| e.reply())),
+            Request::Reserve { key, order, symbol } => Reply::Reserved(reserve(&shard, &key, order, symbol)),
+            Request::Release { order } => {
+                shard.accounts.borrow_mut().release(&order);
+                Reply::Done
+            }
+            Request::Apply { symbol, logged, replayed, events } => {
+                apply(&shard, symbol, logged, replayed, &events);
+                Reply::Done
+            }
+            Request::Cancel { symbol, user, id } => {
+                Reply::Cancelled(cancel(&shard, symbol, Command::Cancel { id, user, timestamp: now_ms() }).await)
+            }
+            Request::CancelAll { symbol, user } => {
+                Reply::Cancelled(cancel(&shard, symbol, Command::CancelAll { user, timestamp: now_ms() }).await)
+            }
+            Request::LastPrices => {
+                let streams = shard.streams.borrow();
+                Reply::LastPrices(streams.iter().map(|(i, s)| (*i, s.market.borrow().last_price())).collect())
+            }
+        }
+    })
+}
+
+/// Applies a symbol's results to the accounts owned here. Synchronous on purpose: results
+/// must be applied in the order they arrive.
+pub fn apply(shard: &Shard, symbol: usize, logged: Option<NewOrder>, replayed: bool, events: &[Event]) {
+    let mut accounts = shard.accounts.borrow_mut();
+    if let Some(o) = logged {
+        if replayed { accounts.replay_order(&o, symbol) } else { accounts.confirm(o.user, o.id) }
+    }
+    accounts.apply_events(symbol, events);
+}
+
+fn reserve(shard: &Shard, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
+    let mut accounts = shard.accounts.borrow_mut();
+    let user = accounts.authenticate(key).ok_or(ReserveError::Unauthorized)?;
+    let now = order.timestamp;
+    match accounts.reserve(user, &mut order, symbol, now) {
+        Ok(()) => Ok(order),
+        Err(RiskError::Unauthorized) => Err(ReserveError::Unauthorized),
+        Err(RiskError::RateLimited) => Err(ReserveError::RateLimited),
+        Err(RiskError::InsufficientMargin) => Err(ReserveError::InsufficientMargin),
+        Err(RiskError::Duplicate(id)) => {
+            let reply = accounts
+                .user(user)
+                .and_then(|a| a.order(id))
+                .map_or_else(|| ApiError::Unavailable("order is being placed; retry".into()).reply(), |v| render::ok(&render::order(&shard.map, v)));
+            Err(ReserveError::Duplicate(reply))
+        }
+    }
+}
+
+async fn cancel(shard: &Rc<Shard>, symbol: usize, command: Command) -> Result<Option<Vec<OrderId>>, ()> {
+    let stream = shard.stream(symbol).ok_or(())?;
+    let outcome = stream.submit(command).await.map_err(|_| ())?;
+    for ack in outcome.applied {
+        let _ = ack.await;
+    }
+    Ok(outcome.result.ok().map(|()| {
+        outcome
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::OrderCancelled(c) => Some(c.order_id),
+                _ => None,
+            })
+            .collect()
+    }))
+}
+
+async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, ApiError> {
+    match req {
+        ApiRequest::PlaceOrder { key, symbol, order } => place_order(shard, key, symbol, order).await,
+        ApiRequest::Depth { symbol, limit } => {
+            let stream = shard.stream(symbol).ok_or(ApiError::UnknownSymbol)?;
+            let market = stream.market.borrow();
+            let spec = market.spec();
+            let side = |s| {
+                market
+                    .book()
+                    .depth(s)
+                    .take(limit)
+                    .map(|(p, q)| [spec.ticks_to_price(p).to_string(), spec.lots_to_quantity(q).to_string()])
+                    .collect::<Vec<_>>()
+            };
+            Ok(render::ok(&serde_json::json!({
+                "symbol": spec.name,
+                "seq": market.seq(),
+                "bids": side(crate::engine::Side::Buy),
+                "asks": side(crate::engine::Side::Sell),
+            })))
+        }
+        ApiRequest::Trades { symbol, limit } => {
+            let stream = shard.stream(symbol).ok_or(ApiError::UnknownSymbol)?;
+            let spec = &shard.map.symbols[symbol];
+            let trades: Vec<_> = stream
+                .trades
+                .borrow()
+                .iter()
+                .take(limit)
+                .map(|t| {
+                    serde_json::json!({
+                        "tradeId": crate::ids::encode(crate::ids::IdKind::Trade, spec.key, t.seq).to_string(),
+                        "price": spec.ticks_to_price(t.price).to_string(),
+                        "quantity": spec.lots_to_quantity(t.quantity).to_string(),
+                        "takerSide": render::side(t.taker_side),
+                        "time": t.time,
+                    })
+                })
+                .collect();
+            Ok(render::ok(&trades))
+        }
+        ApiRequest::CreateUser { name } => create_user(shard, &name).await,
+        ApiRequest::Transfer { name, amount, transfer_id } => transfer(shard, &name, amount, &transfer_id).await,
+        ApiRequest::CancelOrder { key, target } => {
+            let user = authenticate(shard, &key)?;
+            let view = find(shard, user, target)?;
+            if !view.status.is_open() {
+                return Err(ApiError::OrderNotOpen);
+            }
+            let owner = shard.symbol_owner(view.symbol);
+            match shard.ask(owner, Request::Cancel { symbol: view.symbol, user, id: view.id }).await {
+                Some(Reply::Cancelled(Ok(Some(_)))) => {}
+                Some(Reply::Cancelled(Ok(None))) => return Err(ApiError::OrderNotOpen),
+                _ => return Err(ApiError::Unavailable("event log unavailable".into())),
+            }
+            let after = find(shard, user, OrderRef::Id(view.id, shard.map.symbols[view.symbol].key))?;
+            Ok(render::ok(&render::order(&shard.map, &after)))
+        }
+        ApiRequest::CancelAll { key, symbol } => {
+            let user = authenticate(shard, &key)?;
+            let symbols: Vec<usize> = match symbol {
+                Some(s) => vec![s],
+                None => {
+                    let accounts = shard.accounts.borrow();
+                    let mut s: Vec<usize> = accounts.user(user).map(|a| a.open_orders(None).iter().map(|o| o.symbol).collect()).unwrap_or_default();
+                    s.sort_unstable();
+                    s.dedup();
+                    s
+                }
+            };
+            let mut cancelled = Vec::new();
+            for s in symbols {
+                match shard.ask(shard.symbol_owner(s), Request::CancelAll { symbol: s, user }).await {
+                    Some(Reply::Cancelled(Ok(ids))) => {
+                        let spec = &shard.map.symbols[s];
+                        cancelled.extend(ids.unwrap_or_default().into_iter().map(|id| render::order_uuid(spec, id)));
+                    }
+                    _ => return Err(ApiError::Unavailable("event log unavailable".into())),
+                }
+            }
+            Ok(render::ok(&serde_json::json!({ "cancelled": cancelled })))
+        }
+        ApiRequest::GetOrder { key, target } => {
+            let user = authenticate(shard, &key)?;
+            Ok(render::ok(&render::order(&shard.map, &find(shard, user, target)?)))
+        }
+        ApiRequest::OpenOrders { key, symbol } => {
+            let user = authenticate(shard, &key)?;
+            let accounts = shard.accounts.borrow();
+            let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+            let open: Vec<_> = account.open_orders(symbol).into_iter().map(|v| render::order(&shard.map, v)).collect();
+            Ok(render::ok(&open))
+        }
+        ApiRequest::Fills { key, symbol, limit } => {
+            let user = authenticate(shard, &key)?;
+            let accounts = shard.accounts.borrow();
+            let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+            let fills: Vec<_> = account
+                .fills
+                .iter()
+                .filter(|f| symbol.is_none_or(|s| s == f.symbol))
+                .take(limit)
+                .map(|f| render::fill(&shard.map, f))
+                .collect();
+            Ok(render::ok(&fills))
+        }
+        ApiRequest::Balance { key } => {
+            let user = authenticate(shard, &key)?;
+            let accounts = shard.accounts.borrow();
+            Ok(render::ok(&render::balance(accounts.user(user).ok_or(ApiError::Unauthorized)?)))
+        }
+        ApiRequest::Positions { key } => {
+            let user = authenticate(shard, &key)?;
+            let positions: Vec<(usize, crate::engine::PositionState)> = {
+                let accounts = shard.accounts.borrow();
+                let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+                account.positions.iter().filter(|(_, p)| p.size != 0).map(|(s, p)| (*s, *p)).collect()
+            };
+            let mut owners: Vec<usize> = positions.iter().map(|(s, _)| shard.symbol_owner(*s)).collect();
+            owners.sort_unstable();
+            owners.dedup();
+            let mut last = Vec::new();
+            for owner in owners {
+                if let Some(Reply::LastPrices(p)) = shard.ask(owner, Request::LastPrices).await {
+                    last.extend(p);
+                }
+            }
+            let price_of = |s: usize| last.iter().find(|(i, _)| *i == s).and_then(|(_, p)| *p);
+            let out: Vec<_> =
+                positions.iter().map(|(s, p)| render::position(&shard.map.symbols[*s], p, price_of(*s))).collect();
+            Ok(render::ok(&out))
+        }
+    }
+}
+
+fn authenticate(shard: &Shard, key: &str) -> Result<UserId, ApiError> {
+    shard.accounts.borrow().authenticate(key).ok_or(ApiError::Unauthorized)
+}
+
+fn find(shard: &Shard, user: UserId, target: OrderRef) -> Result<OrderView, ApiError> {
+    let accounts = shard.accounts.borrow();
+    let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+    let view = match target {
+        OrderRef::Id(id, key) => account.order(id).filter(|v| shard.map.symbols[v.symbol].key == key),
+        OrderRef::Client(cid) => account.order_by_client_id(&cid),
+    };
+    view.cloned().ok_or(ApiError::NotFound)
+}
+
+/// The order path on the symbol's owner (see the module doc of [`super`]).
+async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: NewOrder) -> Result<HttpReply, ApiError> {
+    let started = std::time::Instant::now();
+    let stream = shard.stream(symbol).ok_or(ApiError::UnknownSymbol)?;
+    order.timestamp = now_ms();
+    let spec = &shard.map.symbols[symbol];
+    let lock_price = match order.kind {
+        OrderType::Limit { price, .. } => Some(price),
+        OrderType::Market => stream.market.borrow().market_limit(order.side),
+    };
+    // A reduce-only order can only release margin, so it locks none.
+    order.locked_margin = match lock_price {
+        Some(price) if !order.reduce_only => {
+            i64::try_from(spec.margin(price, order.quantity, order.leverage)).map_err(|_| crate::api::error::invalid("order is too large"))?
+        }
+        _ => 0,
+    };
+    let user = crate::accounts::user_of_key(&key).ok_or(ApiError::Unauthorized)?;
+    let order = match shard.ask(shard.account_owner(user), Request::Reserve { key, order, symbol }).await {
+        Some(Reply::Reserved(Ok(order))) => order,
+        Some(Reply::Reserved(Err(e))) => {
+            return Err(match e {
+                ReserveError::Unauthorized => ApiError::Unauthorized,
+                ReserveError::RateLimited => ApiError::RateLimited,
+                ReserveError::InsufficientMargin => ApiError::InsufficientMargin,
+                ReserveError::Duplicate(reply) => return Ok(reply),
+            });
+        }
+        _ => return Err(ApiError::Unavailable("account owner unavailable".into())),
+    };
+    let outcome = match stream.submit(Command::Place(order)).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let _ = shard.ask(shard.account_owner(order.user), Request::Release { order }).await;
+            return Err(ApiError::Unavailable(e));
+        }
+    };
+    for ack in outcome.applied {
+        let _ = ack.await;
+    }
+    let view = taker_view(symbol, &order, &outcome.events);
+    shard.metrics.orders.inc();
+    shard.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
+    if view.reason == Some(CancelReason::ReduceOnlyRejected) {
+        return Err(ApiError::ReduceOnlyRejected);
+    }
+    Ok(render::ok(&render::order(&shard.map, &view)))
+}
+
+/// The taker's order as its command's events left it.
+fn taker_view(symbol: usize, order: &NewOrder, events: &[Event]) -> OrderView {
+    let mut view = OrderView {
+        id: order.id,
+        symbol,
+        client_order_id: order.client_order_id,
+        side: order.side,
+        kind: order.kind,
+        quantity: order.quantity,
+        filled: 0,
+        filled_value: 0,
+        status: OrderStatus::New,
+        reason: None,
+        created_at: order.timestamp,
+        updated_at: order.timestamp,
+        logged: true,
+    };
+    for e in events {
+        match e {
+            Event::TradeExecuted(t) if t.taker().order_id == order.id => {
+                view.filled += t.quantity;
+                view.filled_value += i128::from(t.price) * i128::from(t.quantity);
+            }
+            Event::OrderCancelled(c) if c.order_id == order.id => {
+                view.status = if c.reason.is_rejection() { OrderStatus::Rejected } else { OrderStatus::Cancelled };
+                view.reason = Some(c.reason);
+            }
+            _ => {}
+        }
+    }
+    if view.reason.is_none() {
+        view.status = if view.filled == view.quantity {
+            OrderStatus::Filled
+        } else if view.filled > 0 {
+            OrderStatus::PartiallyFilled
+        } else {
+            OrderStatus::New
+        };
+    }
+    view
+}
+
+async fn log_account_record(shard: &Rc<Shard>, partition: u32, record: &AccountRecord) -> Result<(), ApiError> {
+    let journal = shard.account_logs.borrow().get(&partition).cloned().ok_or_else(|| ApiError::Unavailable("partition not owned here".into()))?;
+    let bytes = postcard::to_allocvec(record).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let mut journal = journal.write().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    journal.append(&bytes).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    journal.commit().await.map_err(|e| ApiError::Unavailable(format!("event log unavailable: {e}")))
+}
+
+async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiError> {
+    let mut secret = [0u8; 24];
+    getrandom::getrandom(&mut secret).map_err(|e| ApiError::Unavailable(format!("no randomness: {e}")))?;
+    let (record, key) = shard.accounts.borrow_mut().create_user(name, secret).map_err(admin_error)?;
+    let partition = crate::accounts::partition_of_name(name);
+    if let Err(e) = log_account_record(shard, partition, &record).await {
+        shard.accounts.borrow_mut().release_user(name);
+        return Err(e);
+    }
+    shard.accounts.borrow_mut().apply(&record, true);
+    tracing::info!(user = name, "user created");
+    Ok(render::ok(&serde_json::json!({ "userId": name, "apiKey": key })))
+}
+
+async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str) -> Result<HttpReply, ApiError> {
+    let plan = shard.accounts.borrow_mut().transfer(name, transfer_id, amount, now_ms()).map_err(admin_error)?;
+    let user = match plan {
+        TransferPlan::Done(user) => user,
+        TransferPlan::Log(record) => {
+            let partition = crate::accounts::partition_of_name(name);
+            if let Err(e) = log_account_record(shard, partition, &record).await {
+                shard.accounts.borrow_mut().release_transfer(&record);
+                return Err(e);
+            }
+            shard.accounts.borrow_mut().apply(&record, true);
+            tracing::info!(user = name, transfer_id, amount = narrow(i128::from(amount)), "transfer applied");
+            match record {
+                AccountRecord::Transfer { user, .. } => user,
+                AccountRecord::UserCreated { user, .. } => user,
+            }
+        }
+    };
+    let accounts = shard.accounts.borrow();
+    Ok(render::ok(&render::balance(accounts.user(user).ok_or(ApiError::NotFound)?)))
+}
+
+fn admin_error(e: AdminError) -> ApiError {
+    match e {
+        AdminError::InvalidName => crate::api::error::invalid("userId must be 1-64 characters of A-Z a-z 0-9 . _ - @"),
+        AdminError::UserExists => ApiError::UserExists,
+        AdminError::UnknownUser => ApiError::NotFound,
+        AdminError::TransferConflict => ApiError::TransferConflict,
+        AdminError::InsufficientBalance => ApiError::InsufficientBalance,
+        AdminError::InvalidAmount => crate::api::error::invalid("invalid amount or transferId"),
+    }
+}

@@ -1,0 +1,128 @@
+//! A shard: one core's share of the exchange.
+//!
+//! A shard owns the books of its symbols (`shard_map` entry modulo the number of shards)
+//! and the account partitions `p` with `p % shards == id`. Nothing it owns is reachable
+//! from another core except by sending it a [`protocol::Request`] over the mesh.
+//!
+//! The order path, for `POST /v1/orders` accepted on any core:
+//! 1. the accepting core parses and validates, and forwards to the symbol's owner;
+//! 2. the owner asks the user's account owner to reserve (auth, rate limit, available
+//!    check, margin lock: one step on one core);
+//! 3. the owner appends the command to the symbol's log; group commit makes it durable;
+//! 4. the owner matches it, in log order, and sends the results to the account owners of
+//!    everyone involved, in log order, waiting for them to be applied;
+//! 5. the client gets the order as matched.
+//!
+//! If step 3 fails, the lock is released and the client gets 503.
+
+pub mod handlers;
+pub mod protocol;
+pub mod rpc;
+pub mod startup;
+pub mod stream;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use exchange_io::journal::Journal;
+use rustc_hash::FxHashMap;
+
+use crate::accounts::{partition_of, partition_of_name, Accounts, PARTITIONS};
+use crate::config::Config;
+use crate::engine::{Event, NewOrder, UserId};
+use crate::metrics::{Metrics, ShardMetrics};
+use crate::shard_map::ShardMap;
+use protocol::{Reply, Request};
+use rpc::{Pending, Rpc};
+use stream::SymbolStream;
+
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub map: Arc<ShardMap>,
+    pub config: Arc<Config>,
+    pub rpc: Rpc,
+    pub accounts: RefCell<Accounts>,
+    /// Account partition logs owned here. Admin writes are rare: one commit per request.
+    pub account_logs: RefCell<FxHashMap<u32, Rc<glommio::sync::RwLock<Journal>>>>,
+    pub streams: RefCell<FxHashMap<usize, Rc<SymbolStream>>>,
+    pub metrics: ShardMetrics,
+    pub all_metrics: Metrics,
+    pub health: Arc<crate::server::Health>,
+}
+
+impl Shard {
+    pub fn symbol_owner(&self, symbol: usize) -> usize {
+        self.map.symbols[symbol].shard % self.shards
+    }
+
+    pub fn partition_owner(&self, partition: u32) -> usize {
+        partition as usize % self.shards
+    }
+
+    pub fn account_owner(&self, user: UserId) -> usize {
+        self.partition_owner(partition_of(user))
+    }
+
+    pub fn owns_partition(&self, partition: u32) -> bool {
+        partition < PARTITIONS && self.partition_owner(partition) == self.id
+    }
+
+    pub fn name_owner(&self, name: &str) -> usize {
+        self.partition_owner(partition_of_name(name))
+    }
+
+    pub fn stream(&self, symbol: usize) -> Option<Rc<SymbolStream>> {
+        self.streams.borrow().get(&symbol).cloned()
+    }
+
+    /// Asks the shard `to` (this one included) and waits for the answer.
+    pub async fn ask(self: &Rc<Self>, to: usize, req: Request) -> Option<Reply> {
+        if to == self.id { Some(handlers::handle(self.clone(), req).await) } else { self.rpc.call(to, req).await }
+    }
+
+    /// Sends a symbol's results to the account owners involved, in log order. Applies
+    /// them at once when the owner is this shard; otherwise returns the pending
+    /// acknowledgements.
+    pub async fn forward_results(
+        self: &Rc<Self>,
+        symbol: usize,
+        logged: Option<NewOrder>,
+        replayed: bool,
+        events: &[Event],
+    ) -> Vec<Pending> {
+        let mut owners: Vec<usize> = Vec::with_capacity(2);
+        let mut add = |user: UserId| {
+            let owner = self.account_owner(user);
+            if !owners.contains(&owner) {
+                owners.push(owner);
+            }
+        };
+        if let Some(o) = &logged {
+            add(o.user);
+        }
+        for e in events {
+            match e {
+                Event::OrderPlaced(p) => add(p.user),
+                Event::OrderCancelled(c) => add(c.user),
+                Event::TradeExecuted(t) => {
+                    add(t.buyer.user);
+                    add(t.seller.user);
+                }
+            }
+        }
+        let mut pending = Vec::new();
+        for owner in owners {
+            let ours = |u: UserId| self.account_owner(u) == owner;
+            let logged = logged.filter(|o| ours(o.user));
+            if owner == self.id {
+                handlers::apply(self, symbol, logged, replayed, events);
+            } else {
+                let events = events.to_vec();
+                pending.push(self.rpc.send(owner, Request::Apply { symbol, logged, replayed, events }).await);
+            }
+        }
+        pending
+    }
+}

@@ -1,0 +1,82 @@
+//! Bringing a shard's state back from its logs.
+//!
+//! Two phases, with every shard finishing the first before any starts the second:
+//! 1. account partitions: users and transfers, from each owned partition's log;
+//! 2. symbols: each owned symbol's command log is replayed through a fresh book, and
+//!    the results go to the account owners exactly as they did when first executed.
+//!
+//! The log is the only truth: whatever was acknowledged is in it, and a torn tail (a
+//! write the crash interrupted, never acknowledged) is cut before anything is replayed.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use anyhow::Context;
+use exchange_io::journal::{recover, Journal};
+
+use super::stream::{self, SymbolStream};
+use super::Shard;
+use crate::accounts::{AccountRecord, PARTITIONS};
+use crate::engine::{Command, Market};
+
+pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut records = 0usize;
+    for partition in (0..PARTITIONS).filter(|p| shard.owns_partition(*p)) {
+        let dir = shard.config.data_dir.join("accounts").join(format!("{partition:02}"));
+        let found = recover(&dir)?;
+        if found.cut_bytes > 0 {
+            tracing::warn!(partition, cut_bytes = found.cut_bytes, "cut a torn tail from the account log");
+        }
+        for bytes in &found.records {
+            let record: AccountRecord = postcard::from_bytes(bytes)
+                .with_context(|| format!("{}: undecodable account record", dir.display()))?;
+            shard.accounts.borrow_mut().apply(&record, false);
+        }
+        records += found.records.len();
+        let journal = Journal::open(&dir, found.first_offset + found.records.len() as u64).await?;
+        shard.account_logs.borrow_mut().insert(partition, Rc::new(glommio::sync::RwLock::new(journal)));
+    }
+    tracing::info!(shard = shard.id, records, ms = started.elapsed().as_millis() as u64, "account logs replayed");
+    Ok(())
+}
+
+pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    for (index, spec) in shard.map.symbols.iter().enumerate() {
+        if shard.symbol_owner(index) != shard.id {
+            continue;
+        }
+        let started = Instant::now();
+        let dir = shard.config.data_dir.join("symbols").join(&spec.name);
+        let found = recover(&dir)?;
+        if found.cut_bytes > 0 {
+            tracing::warn!(symbol = spec.name, cut_bytes = found.cut_bytes, "cut a torn tail from the command log");
+        }
+        let (stream, jobs) = SymbolStream::new(index, Market::new(spec.clone()));
+        let mut acks = Vec::new();
+        for bytes in &found.records {
+            let command: Command = postcard::from_bytes(bytes)
+                .with_context(|| format!("{}: undecodable command", dir.display()))?;
+            acks.extend(stream.execute(shard, &command, true).await.applied);
+            if acks.len() >= 1024 {
+                for ack in acks.drain(..) {
+                    let _ = ack.await;
+                }
+            }
+        }
+        for ack in acks {
+            let _ = ack.await;
+        }
+        let journal = Journal::open(&dir, found.first_offset + found.records.len() as u64).await?;
+        shard.streams.borrow_mut().insert(index, stream.clone());
+        glommio::spawn_local(stream::run(shard.clone(), stream, journal, jobs)).detach();
+        tracing::info!(
+            shard = shard.id,
+            symbol = spec.name,
+            commands = found.records.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "command log replayed"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! A symbol's command stream on its owner shard: group commit, then matching in log order.
+//!
+//! Requests hand their command to the stream's committer task and wait. The committer
+//! takes everything that queued up while the previous batch was being written, appends
+//! it to the journal, commits once (one write + one fdatasync for the whole batch), and
+//! only then executes the commands against the book, in log order, and forwards their
+//! results to the account owners, in the same order. A command the log did not accept
+//! is never executed.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Instant;
+
+use exchange_io::journal::Journal;
+use futures_channel::{mpsc, oneshot};
+use futures_lite::StreamExt;
+
+use super::rpc::Pending;
+use super::Shard;
+use crate::engine::{Command, CommandError, Event, Market, Side};
+
+/// A public trade for `/v1/trades`.
+#[derive(Clone, Copy, Debug)]
+pub struct PublicTrade {
+    pub seq: u64,
+    pub price: i64,
+    pub quantity: i64,
+    pub taker_side: Side,
+    pub time: i64,
+}
+
+pub const RECENT_TRADES: usize = 1_000;
+
+/// What happened to a command.
+pub struct Outcome {
+    pub result: Result<(), CommandError>,
+    pub events: Vec<Event>,
+    /// Acknowledgements of the account owners that applied the events.
+    pub applied: Vec<Pending>,
+}
+
+pub struct Job {
+    pub command: Command,
+    pub done: oneshot::Sender<Result<Outcome, String>>,
+}
+
+pub struct SymbolStream {
+    pub index: usize,
+    pub market: RefCell<Market>,
+    pub trades: RefCell<VecDeque<PublicTrade>>,
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl SymbolStream {
+    pub fn new(index: usize, market: Market) -> (Rc<Self>, mpsc::UnboundedReceiver<Job>) {
+        let (queue, rx) = mpsc::unbounded();
+        let stream = Rc::new(Self { index, market: RefCell::new(market), trades: RefCell::default(), queue });
+        (stream, rx)
+    }
+
+    /// Logs and executes a command; resolves once it is durable and executed.
+    pub async fn submit(&self, command: Command) -> Result<Outcome, String> {
+        let (done, rx) = oneshot::channel();
+        self.queue.unbounded_send(Job { command, done }).map_err(|_| "shard is stopping".to_owned())?;
+        rx.await.map_err(|_| "shard is stopping".to_owned())?
+    }
+
+    /// Executes one logged command and forwards its results (at start and at run time).
+    pub async fn execute(&self, shard: &Rc<Shard>, command: &Command, replayed: bool) -> Outcome {
+        let mut events = Vec::new();
+        let result = self.market.borrow_mut().execute(command, &mut events);
+        self.remember_trades(&events);
+        let logged = match command {
+            Command::Place(o) => Some(*o),
+            _ => None,
+        };
+        let applied = shard.forward_results(self.index, logged, replayed, &events).await;
+        Outcome { result, events, applied }
+    }
+
+    fn remember_trades(&self, events: &[Event]) {
+        let mut trades = self.trades.borrow_mut();
+        for e in events {
+            if let Event::TradeExecuted(t) = e {
+                trades.push_front(PublicTrade {
+                    seq: t.seq,
+                    price: t.price,
+                    quantity: t.quantity,
+                    taker_side: t.taker_side,
+                    time: t.timestamp,
+                });
+            }
+        }
+        trades.truncate(RECENT_TRADES);
+    }
+}
+
+/// The committer task of one stream.
+pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: Journal, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = jobs.next().await {
+        let mut batch = vec![first];
+        while let Ok(job) = jobs.try_recv() {
+            batch.push(job);
+        }
+        shard.metrics.queue_depth.set(batch.len() as i64);
+        let mut accepted = Vec::with_capacity(batch.len());
+        for job in batch {
+            match postcard::to_allocvec(&job.command).map_err(|e| e.to_string()).and_then(|bytes| {
+                journal.append(&bytes).map_err(|e| e.to_string())
+            }) {
+                Ok(_) => accepted.push(job),
+                Err(e) => {
+                    let _ = job.done.send(Err(e));
+                }
+            }
+        }
+        let started = Instant::now();
+        let committed = journal.commit().await;
+        shard.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        match committed {
+            Err(e) => {
+                tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
+                for job in accepted {
+                    let _ = job.done.send(Err(format!("event log unavailable: {e}")));
+                }
+            }
+            Ok(()) => {
+                for job in accepted {
+                    let outcome = stream.execute(&shard, &job.command, false).await;
+                    let _ = job.done.send(Ok(outcome));
+                }
+            }
+        }
+        shard.metrics.queue_depth.set(0);
+    }
+}
+
