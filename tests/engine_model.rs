@@ -319,16 +319,16 @@ impl RefModel {
             p.realized_pnl += pnl;
             released += margin_part;
         }
+        let fee = ceil_div(value(q) * if maker { MAKER_RATE } else { TAKER_RATE }, 100_000_000);
         let mut kept = 0;
         if open > 0 {
-            kept = ceil_div(value(open), i128::from(lev)).min(i128::from(part));
+            kept = ceil_div(value(open), i128::from(lev)).min((i128::from(part) - fee).max(0));
             p.size += dir * open;
             p.cost += value(open);
             p.margin += kept;
             p.leverage = lev;
         }
         released += i128::from(part) - kept;
-        let fee = ceil_div(value(q) * if maker { MAKER_RATE } else { TAKER_RATE }, 100_000_000);
         p.fees += fee;
         FillUpdate {
             user,

@@ -6,8 +6,8 @@
 //! stays with the open size, so the realized PnL over a position's whole life is exact.
 //!
 //! Margin follows the same shape: an opening fill moves margin from the order's lock into
-//! the position (never more than the order locked, never more than the fill needs at its
-//! own price); a closing fill releases the position's margin pro rata, rounded down, and
+//! the position (never more than the fill needs at its own price, never more than the
+//! order's lock less the fill's fee, which the lock pays first); a closing fill releases the position's margin pro rata, rounded down, and
 //! the last close releases all of it.
 
 use super::command::Side;
@@ -65,19 +65,20 @@ pub fn apply_fill(
         released += margin_share;
     }
 
+    let fee = spec.fee(notional(spec, price, qty), maker);
     let order_margin = i128::from(order_margin);
     let mut to_position = 0;
     if opening > 0 {
+        // The fee is paid out of the order's lock first, so a fill never takes the
+        // available balance below zero.
         let needed = div_ceil(notional(spec, price, opening), i128::from(leverage.max(1)));
-        to_position = needed.min(order_margin);
+        to_position = needed.min((order_margin - fee).max(0));
         pos.size += sign * opening;
         pos.cost += notional(spec, price, opening);
         pos.margin += to_position;
         pos.leverage = leverage;
     }
     released += order_margin - to_position;
-
-    let fee = spec.fee(notional(spec, price, qty), maker);
     pos.fees += fee;
     FillEffect { pnl: narrow(pnl), fee: narrow(fee), margin_released: narrow(released) }
 }
@@ -105,17 +106,22 @@ mod tests {
     // BTC-PERP: one tick × one lot = 0.1 × 0.001 = 0.0001 USDT = 10,000 units.
     const U: i64 = 10_000;
 
+    /// Taker fee (0.0005) on `ticks × lots`, in units.
+    fn taker_fee(ticks: i64, lots: i64) -> i64 {
+        div_ceil(i128::from(ticks * lots * U * 5), 10_000) as i64
+    }
+
     #[test]
     fn open_add_and_close_at_a_profit() {
         let s = btc();
         let mut p = PositionState::default();
-        // Buy 10 lots at 1000 ticks, leverage 10: notional 10,000 × U, margin 1,000 × U.
-        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 10, 1000 * U, false);
-        // Taker fee 0.0005 × 1 USDT notional.
-        assert_eq!(e, FillEffect { pnl: 0, fee: 50_000, margin_released: 0 });
+        // Buy 10 lots at 1000 ticks, leverage 10: notional 1 USDT, margin 0.1 USDT; the
+        // lock also covers the taker fee.
+        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 10, 1000 * U + taker_fee(1000, 10), false);
+        assert_eq!(e, FillEffect { pnl: 0, fee: 50_000, margin_released: 50_000 });
         assert_eq!((p.size, p.cost, p.margin), (10, 10_000 * i128::from(U), 1000 * i128::from(U)));
         // Add 10 at 1100: entry becomes 1050.
-        apply_fill(&s, &mut p, Side::Buy, 1100, 10, 10, 1100 * U, false);
+        apply_fill(&s, &mut p, Side::Buy, 1100, 10, 10, 1100 * U + taker_fee(1100, 10), false);
         assert_eq!(p.cost / p.size, 1050 * i128::from(U));
         // Sell all 20 at 1200: pnl = 20 × 150 ticks.
         let e = apply_fill(&s, &mut p, Side::Sell, 1200, 20, 10, 0, true);
@@ -123,21 +129,35 @@ mod tests {
         assert_eq!(e.margin_released, 2100 * U);
         assert_eq!((p.size, p.cost, p.margin), (0, 0, 0));
         assert_eq!(p.realized_pnl, i128::from(20 * 150 * U));
+        assert_eq!(p.fees, i128::from(50_000 + taker_fee(1100, 10) + div_ceil(i128::from(1200 * 20 * U * 2), 10_000) as i64));
+    }
+
+    #[test]
+    fn the_fee_is_paid_out_of_the_lock_first() {
+        let s = btc();
+        let mut p = PositionState::default();
+        // Locked exactly the margin: the position gets the margin less the fee, and the
+        // fee is released to be charged, so the available balance cannot go negative.
+        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 1, 10_000 * U, false);
+        assert_eq!(e.fee, 50_000);
+        assert_eq!(e.margin_released, 50_000);
+        assert_eq!(p.margin, i128::from(10_000 * U - 50_000));
     }
 
     #[test]
     fn flip_from_long_to_short_in_one_fill() {
         let s = btc();
         let mut p = PositionState::default();
-        apply_fill(&s, &mut p, Side::Buy, 1000, 3, 1, 3000 * U, false);
-        // Sell 5 at 900 with leverage 2, having locked 5 × 900 ÷ 2.
-        let e = apply_fill(&s, &mut p, Side::Sell, 900, 5, 2, 2250 * U, false);
+        apply_fill(&s, &mut p, Side::Buy, 1000, 3, 1, 3000 * U + taker_fee(1000, 3), false);
+        // Sell 5 at 900 with leverage 2, having locked 5 × 900 ÷ 2 plus the fee.
+        let fee = taker_fee(900, 5);
+        let e = apply_fill(&s, &mut p, Side::Sell, 900, 5, 2, 2250 * U + fee, false);
         assert_eq!(e.pnl, -3 * 100 * U);
         assert_eq!(p.size, -2);
         assert_eq!(p.cost, 1800 * i128::from(U));
         assert_eq!(p.margin, 900 * i128::from(U)); // 2 × 900 ÷ 2
-        // Released: the long's 3,000 plus the order's 2,250 less the 900 now in the short.
-        assert_eq!(e.margin_released, (3000 + 2250 - 900) * U);
+        // Released: the long's 3,000 plus the order's 2,250 and fee less the 900 now in the short.
+        assert_eq!(e.margin_released, (3000 + 2250 - 900) * U + fee);
         assert_eq!(p.leverage, 2);
     }
 
@@ -146,8 +166,8 @@ mod tests {
         let s = btc();
         let mut p = PositionState::default();
         // Entry cost 10 + 11 + 11 ticks·lot over 3 lots: not divisible.
-        apply_fill(&s, &mut p, Side::Buy, 10, 1, 1, 10 * U, false);
-        apply_fill(&s, &mut p, Side::Buy, 11, 2, 1, 22 * U, false);
+        apply_fill(&s, &mut p, Side::Buy, 10, 1, 1, 10 * U + 10, false);
+        apply_fill(&s, &mut p, Side::Buy, 11, 2, 1, 22 * U + 20, false);
         let mut total = 0;
         for _ in 0..3 {
             total += apply_fill(&s, &mut p, Side::Sell, 12, 1, 1, 0, false).pnl;
@@ -161,7 +181,7 @@ mod tests {
     fn short_closes_and_margin_released_pro_rata() {
         let s = btc();
         let mut p = PositionState::default();
-        apply_fill(&s, &mut p, Side::Sell, 1000, 4, 4, 1000 * U, false);
+        apply_fill(&s, &mut p, Side::Sell, 1000, 4, 4, 1000 * U + taker_fee(1000, 4), false);
         assert_eq!(p.margin, 1000 * i128::from(U));
         let e = apply_fill(&s, &mut p, Side::Buy, 1100, 1, 4, 275 * U, false);
         assert_eq!(e.pnl, -100 * U);
@@ -173,14 +193,16 @@ mod tests {
     fn opening_margin_never_exceeds_the_order_lock() {
         let s = btc();
         let mut p = PositionState::default();
-        // A sell limited at 1000 filled at 1200 needs 1200 but locked only 1000.
-        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 1, 1, 1000 * U, true);
-        assert_eq!(p.margin, 1000 * i128::from(U));
-        assert_eq!(e.margin_released, 0);
+        // A sell limited at 1000 filled at 1200 needs 1200 but locked only 1000 (+ fee):
+        // the position gets what is left after the fee.
+        let fee = div_ceil(i128::from(1200 * U * 2), 10_000) as i64;
+        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 1, 1, 1000 * U + 500, true);
+        assert_eq!(p.margin, i128::from(1000 * U + 500 - fee));
+        assert_eq!(e.margin_released, fee);
         // A buy locked at 1050 filled at 1000 returns the difference.
         let mut q = PositionState::default();
-        let e = apply_fill(&s, &mut q, Side::Buy, 1000, 1, 1, 1050 * U, false);
-        assert_eq!(e.margin_released, 50 * U);
+        let e = apply_fill(&s, &mut q, Side::Buy, 1000, 1, 1, 1050 * U + taker_fee(1050, 1), false);
+        assert_eq!(e.margin_released, 50 * U + taker_fee(1050, 1));
     }
 
     #[test]

@@ -250,10 +250,13 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
         OrderType::Limit { price, .. } => Some(price),
         OrderType::Market => stream.market.borrow().market_limit(order.side),
     };
-    // A reduce-only order can only release margin, so it locks none.
+    // The lock is the margin plus the taker fee at the order's price, so the position
+    // gets its full margin and the fee never comes out of the available balance. A
+    // reduce-only order can only release margin, so it locks none.
     order.locked_margin = match lock_price {
         Some(price) if !order.reduce_only => {
-            i64::try_from(spec.margin(price, order.quantity, order.leverage)).map_err(|_| crate::api::error::invalid("order is too large"))?
+            let lock = spec.margin(price, order.quantity, order.leverage) + spec.fee(spec.notional(price, order.quantity), false);
+            i64::try_from(lock).map_err(|_| crate::api::error::invalid("order is too large"))?
         }
         _ => 0,
     };
