@@ -1,0 +1,329 @@
+//! Black-box tests of the HTTP API against the real binary (embedded mode).
+
+mod common;
+
+use common::{dec, Server, ADMIN};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+const BUY: &str = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000","quantity":"0.010","leverage":10,"clientOrderId":"buy-1"}"#;
+
+#[test]
+fn every_endpoint_answers_as_documented() {
+    let s = Server::start();
+    let alice = s.funded("alice", "10000");
+    let bob = s.funded("bob", "10000");
+
+    let (status, symbols) = s.request("GET", "/v1/symbols", &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(symbols[0]["symbol"], "BTC-PERP");
+    assert_eq!(symbols[0]["tickSize"], "0.1");
+    assert_eq!(symbols[1]["lotSize"], "0.01");
+
+    // A resting buy, then a sell that crosses it partly.
+    let (status, placed) = s.order(&alice, BUY);
+    assert_eq!(status, 200, "{placed}");
+    assert_eq!(placed["status"], "NEW");
+    assert_eq!(placed["clientOrderId"], "buy-1");
+    let id = placed["orderId"].as_str().unwrap().to_owned();
+    let sell = s.limit(&bob, "SELL", "49990", "0.004");
+    assert_eq!(sell["status"], "FILLED");
+    assert_eq!(sell["avgFillPrice"], "50000", "trades at the maker's price");
+
+    let (_, order) = s.get(&alice, &format!("/v1/orders/{id}"));
+    assert_eq!((order["status"].as_str(), order["filledQuantity"].as_str()), (Some("PARTIALLY_FILLED"), Some("0.004")));
+    let (_, by_cid) = s.get(&alice, "/v1/orders/by-client-id/buy-1");
+    assert_eq!(by_cid["orderId"], id.as_str());
+    let (_, open) = s.get(&alice, "/v1/orders?symbol=BTC-PERP");
+    assert_eq!(open.as_array().unwrap().len(), 1);
+
+    let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP&limit=5", &[], None);
+    assert_eq!(depth["bids"], serde_json::json!([["50000.0", "0.006"]]));
+    assert_eq!(depth["asks"], serde_json::json!([]));
+    let (_, trades) = s.request("GET", "/v1/trades?symbol=BTC-PERP", &[], None);
+    assert_eq!(trades[0]["takerSide"], "SELL");
+    assert_eq!(trades[0]["quantity"], "0.004");
+
+    let (_, fills) = s.get(&alice, "/v1/fills");
+    assert_eq!(fills[0]["liquidity"], "MAKER");
+    assert_eq!(fills[0]["fee"], "0.04"); // 200 USDT × 0.0002
+    let (_, fills) = s.get(&bob, "/v1/fills?symbol=BTC-PERP&limit=1");
+    assert_eq!(fills[0]["liquidity"], "TAKER");
+    assert_eq!(fills[0]["fee"], "0.1");
+
+    let (_, positions) = s.get(&alice, "/v1/positions");
+    assert_eq!(positions[0]["side"], "LONG");
+    assert_eq!(positions[0]["size"], "0.004");
+    assert_eq!(positions[0]["entryPrice"], "50000");
+    let (_, positions) = s.get(&bob, "/v1/positions");
+    assert_eq!(positions[0]["side"], "SHORT");
+
+    let (_, balance) = s.get(&alice, "/v1/balance");
+    assert_eq!(dec(&balance["total"]), dec(&balance["available"]) + dec(&balance["locked"]));
+    assert_eq!(dec(&balance["total"]), Decimal::from(10000) - "0.04".parse::<Decimal>().unwrap());
+
+    let (status, cancelled) = s.delete(&alice, &format!("/v1/orders/{id}"));
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "CANCELLED");
+    let (status, again) = s.delete(&alice, &format!("/v1/orders/{id}"));
+    assert_eq!((status, again["code"].as_str()), (409, Some("ORDER_NOT_OPEN")));
+
+    // Cancel by client id, and cancel-all.
+    let (_, o) = s.order(&alice, &BUY.replace("buy-1", "buy-2").replace("50000", "49000"));
+    assert_eq!(o["status"], "NEW");
+    let (status, c) = s.delete(&alice, "/v1/orders/by-client-id/buy-2");
+    assert_eq!((status, c["status"].as_str()), (200, Some("CANCELLED")));
+    let a = s.limit(&alice, "BUY", "48000", "0.001");
+    let b = s.limit(&alice, "BUY", "48001", "0.001");
+    let (status, all) = s.delete(&alice, "/v1/orders?symbol=BTC-PERP");
+    assert_eq!(status, 200);
+    let mut ids: Vec<&str> = all["cancelled"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let mut want = vec![a["orderId"].as_str().unwrap(), b["orderId"].as_str().unwrap()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    let (_, open) = s.get(&alice, "/v1/orders");
+    assert_eq!(open, serde_json::json!([]));
+    let (_, balance) = s.get(&alice, "/v1/balance");
+    let (_, positions) = s.get(&alice, "/v1/positions");
+    assert_eq!(dec(&balance["locked"]), dec(&positions[0]["margin"]), "only the position holds margin now");
+
+    let (status, history) = s.get(&alice, "/v1/orders/history");
+    assert_eq!((status, history["code"].as_str()), (503, Some("UNAVAILABLE")));
+    let (status, health) = s.request("GET", "/health", &[], None);
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, metrics) = s.request("GET", "/metrics", &[], None);
+    assert_eq!(status, 200);
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("exchange_orders_total"), "{text}");
+    assert!(text.contains("exchange_log_fsync_seconds_bucket"));
+    assert!(text.contains("exchange_shard_queue_depth"));
+}
+
+#[test]
+fn keys_are_required_and_orders_are_private() {
+    let s = Server::start();
+    let alice = s.funded("alice", "1000");
+    let bob = s.funded("bob", "1000");
+    let (_, order) = s.order(&alice, &BUY.replace("0.010", "0.001"));
+    let id = order["orderId"].as_str().unwrap();
+    for key in ["", "nonsense", "0000000000000001.000000000000000000000000000000000000000000000000"] {
+        for (method, path) in [
+            ("GET", "/v1/balance"),
+            ("GET", "/v1/positions"),
+            ("GET", "/v1/fills"),
+            ("GET", "/v1/orders"),
+            ("DELETE", "/v1/orders"),
+            ("GET", &format!("/v1/orders/{id}") as &str),
+        ] {
+            let headers: &[(&str, &str)] = if key.is_empty() { &[] } else { &[("x-api-key", key)] };
+            let (status, body) = s.request(method, path, headers, None);
+            assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHORIZED")), "{method} {path} with {key:?}");
+        }
+        let headers: &[(&str, &str)] = if key.is_empty() { &[] } else { &[("x-api-key", key)] };
+        assert_eq!(s.request("POST", "/v1/orders", headers, Some(BUY)).0, 401);
+    }
+    // Another user's order is indistinguishable from an unknown one.
+    let (status, body) = s.get(&bob, &format!("/v1/orders/{id}"));
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+    assert_eq!(s.delete(&bob, &format!("/v1/orders/{id}")).0, 404);
+    assert_eq!(s.get(&bob, "/v1/orders/by-client-id/buy-1").0, 404);
+    assert_eq!(s.get(&bob, "/v1/orders/0e018470-b6b2-8000-8276-61226b83fb19").0, 404);
+    assert_eq!(s.get(&bob, "/v1/orders/not-a-uuid").0, 404);
+    let (_, still) = s.get(&alice, &format!("/v1/orders/{id}"));
+    assert_eq!(still["status"], "NEW", "bob's cancel did nothing");
+    // Admin endpoints want the admin key.
+    for headers in [&[][..], &[("x-admin-key", "wrong")][..], &[("x-api-key", alice.as_str())][..]] {
+        let (status, _) = s.request("POST", "/admin/v1/users", headers, Some(r#"{"userId":"mallory"}"#));
+        assert_eq!(status, 401);
+    }
+}
+
+#[test]
+fn client_order_id_makes_resubmission_idempotent() {
+    let s = Server::start();
+    let alice = s.funded("alice", "10000");
+    let (_, first) = s.order(&alice, BUY);
+    let (status, second) = s.order(&alice, &BUY.replace("50000", "40000"));
+    assert_eq!(status, 200);
+    assert_eq!(second, first, "the original order, unchanged");
+    let (_, open) = s.get(&alice, "/v1/orders");
+    assert_eq!(open.as_array().unwrap().len(), 1, "no second order");
+    // Still the same after it is closed.
+    s.delete(&alice, &format!("/v1/orders/{}", first["orderId"].as_str().unwrap()));
+    let (_, third) = s.order(&alice, BUY);
+    assert_eq!(third["orderId"], first["orderId"]);
+    assert_eq!(third["status"], "CANCELLED");
+}
+
+#[test]
+fn rate_limit_answers_429_with_retry_after() {
+    let s = Server::start_with(&[("EXCHANGE_RATE_LIMIT", "5")]);
+    let alice = s.funded("alice", "100000");
+    let mut accepted = 0;
+    let mut limited = 0;
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let body = BUY.replace("buy-1", &format!("r-{i}")).replace("50000", "40000");
+        let (status, reply) = s.order(&alice, &body);
+        match status {
+            200 => accepted += 1,
+            429 => {
+                assert_eq!(reply["code"], "RATE_LIMITED");
+                limited += 1;
+            }
+            other => panic!("{other}: {reply}"),
+        }
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(limited > 0, "20 orders at 5/s must hit the limit");
+    assert!(accepted <= 5 * (seconds as usize + 1), "{accepted} accepted in {seconds}s");
+    let response = ureq::post(&s.url("/v1/orders"))
+        .set("x-api-key", &alice)
+        .send_string(&BUY.replace("buy-1", "r-x").replace("50000", "40000"));
+    if let Err(ureq::Error::Status(429, r)) = response {
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    let (_, open) = s.get(&alice, "/v1/orders");
+    assert!(open.as_array().unwrap().len() <= accepted + 1);
+}
+
+#[test]
+fn malformed_requests_get_json_errors_and_change_nothing() {
+    let s = Server::start();
+    let alice = s.funded("alice", "1000");
+    s.limit(&alice, "BUY", "40000", "0.001");
+    let before = (s.get(&alice, "/v1/balance").1, s.get(&alice, "/v1/orders").1, s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None).1);
+    let huge = format!(r#"{{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1","quantity":"0.001","pad":"{}"}}"#, "x".repeat(100_000));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies = [
+        "not json",
+        "{",
+        "[]",
+        "null",
+        r#"{"symbol":"BTC-PERP"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000.05","quantity":"0.001"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.0001"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":40000,"quantity":"0.001"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":0.001}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","leverage":"10"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","leverage":0}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","leverage":-1}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","leverage":99999999999999999999}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1e400","quantity":"0.001"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"99999999999999999999999999999999999999","quantity":"0.001"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"999999999999999"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"-40000","quantity":"0.001"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"STOP","price":"40000","quantity":"0.001"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","timeInForce":"GTD"}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","clientOrderId":""}"#,
+        r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","reduceOnly":"yes"}"#,
+        huge.as_str(),
+        deep.as_str(),
+    ];
+    for body in bodies {
+        let (status, reply) = s.order(&alice, body);
+        assert_eq!(status, 400, "{}: {reply}", &body[..body.len().min(80)]);
+        assert_eq!(reply["code"], "INVALID_REQUEST");
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (status, reply) = s.order(&alice, r#"{"symbol":"XRP-PERP","side":"BUY","type":"MARKET","quantity":"1"}"#);
+    assert_eq!((status, reply["code"].as_str()), (400, Some("UNKNOWN_SYMBOL")));
+    let (status, reply) = s.order(&alice, r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"1","leverage":1}"#);
+    assert_eq!((status, reply["code"].as_str()), (422, Some("INSUFFICIENT_MARGIN")));
+    for (method, path) in [("GET", "/nowhere"), ("GET", "/v1/depth?symbol=BTC-PERP&limit=0"), ("GET", "/v1/depth"), ("PUT", "/v1/orders")] {
+        let (status, reply) = s.request(method, path, &[("x-api-key", alice.as_str())], None);
+        assert!((400..500).contains(&status), "{method} {path}: {status}");
+        assert!(reply["code"].is_string(), "{method} {path}: {reply}");
+    }
+    let after = (s.get(&alice, "/v1/balance").1, s.get(&alice, "/v1/orders").1, s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None).1);
+    assert_eq!(before, after);
+}
+
+#[test]
+fn admin_users_and_transfers() {
+    let s = Server::start();
+    s.user("carol");
+    let (status, body) = s.request("POST", "/admin/v1/users", &[("x-admin-key", ADMIN)], Some(r#"{"userId":"carol"}"#));
+    assert_eq!((status, body["code"].as_str()), (409, Some("USER_EXISTS")));
+    let (status, first) = s.deposit("carol", "100.5", "t-1");
+    assert_eq!((status, first["total"].as_str()), (200, Some("100.5")));
+    let (status, again) = s.deposit("carol", "100.5", "t-1");
+    assert_eq!((status, &again), (200, &first), "a repeated transfer changes nothing");
+    assert_eq!(s.deposit("carol", "5", "t-1").0, 409);
+    let (status, body) = s.deposit("carol", "-200", "w-1");
+    assert_eq!((status, body["code"].as_str()), (422, Some("INSUFFICIENT_BALANCE")));
+    let (status, body) = s.deposit("carol", "-0.5", "w-2");
+    assert_eq!((status, body["available"].as_str()), (200, Some("100")));
+    assert_eq!(s.deposit("dave", "1", "t-9").0, 404);
+    assert_eq!(s.deposit("carol", "0.000000001", "t-10").0, 400);
+}
+
+/// A small deterministic generator, so a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn money_invariants_hold_after_a_random_stream() {
+    let s = Server::start();
+    let users: Vec<(String, String)> = (0..4).map(|i| (format!("u{i}"), s.funded(&format!("u{i}"), "2000"))).collect();
+    let mut rng = Lcg(7);
+    for i in 0..400 {
+        let (_, key) = &users[rng.next(4) as usize];
+        let symbol = if rng.next(2) == 0 { ("BTC-PERP", 50_000, "0.1", "0.001") } else { ("ETH-PERP", 3_000, "0.01", "0.01") };
+        let side = if rng.next(2) == 0 { "BUY" } else { "SELL" };
+        let ticks = rng.next(200) as i64 - 100; // within ±0.2% (BTC) / ±0.03% (ETH)
+        let price = Decimal::from(symbol.1) + Decimal::from(ticks) * symbol.2.parse::<Decimal>().unwrap();
+        let qty = Decimal::from(rng.next(5) + 1) * symbol.3.parse::<Decimal>().unwrap();
+        let leverage = rng.next(5) + 1;
+        let body = match rng.next(10) {
+            0 => format!(r#"{{"symbol":"{}","side":"{side}","type":"MARKET","quantity":"{qty}","leverage":{leverage}}}"#, symbol.0),
+            1 => format!(r#"{{"symbol":"{}","side":"{side}","type":"LIMIT","price":"{price}","quantity":"{qty}","leverage":{leverage},"timeInForce":"IOC"}}"#, symbol.0),
+            2 => {
+                s.delete(key, &format!("/v1/orders?symbol={}", symbol.0));
+                continue;
+            }
+            _ => format!(r#"{{"symbol":"{}","side":"{side}","type":"LIMIT","price":"{price}","quantity":"{qty}","leverage":{leverage}}}"#, symbol.0),
+        };
+        let (status, reply) = s.order(key, &body);
+        assert!(status == 200 || (status == 422 && reply["code"] == "INSUFFICIENT_MARGIN"), "order {i}: {status} {reply}");
+    }
+    let mut fees_total = Decimal::ZERO;
+    for (name, key) in &users {
+        let (_, b) = s.get(key, "/v1/balance");
+        let (total, available, locked) = (dec(&b["total"]), dec(&b["available"]), dec(&b["locked"]));
+        assert_eq!(total, available + locked, "{name}: {b}");
+        assert!(available >= Decimal::ZERO && locked >= Decimal::ZERO, "{name}: {b}");
+        let (_, fills) = s.get(key, "/v1/fills?limit=10000");
+        let fills = fills.as_array().unwrap();
+        let pnl: Decimal = fills.iter().map(|f| dec(&f["realizedPnl"])).sum();
+        let fees: Decimal = fills.iter().map(|f| dec(&f["fee"])).sum();
+        fees_total += fees;
+        assert_eq!(total, Decimal::from(2000) + pnl - fees, "{name}: total = deposits + realized PnL - fees");
+        // Locked = open orders' reserves + position margin: with no open orders, only margin.
+        s.delete(key, "/v1/orders");
+        let (_, b) = s.get(key, "/v1/balance");
+        let (_, positions) = s.get(key, "/v1/positions");
+        let margin: Decimal = positions.as_array().unwrap().iter().map(|p| dec(&p["margin"])).sum();
+        assert_eq!(dec(&b["locked"]), margin, "{name}: {b} {positions}");
+    }
+    assert!(fees_total > Decimal::ZERO, "the stream traded");
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let mut s = Server::start();
+    let alice = s.funded("alice", "1000");
+    s.limit(&alice, "BUY", "40000", "0.001");
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[allow(dead_code)]
+fn _unused(_: Value) {}

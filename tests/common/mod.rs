@@ -1,0 +1,183 @@
+//! Black-box test harness: starts the real `exchange` binary on a free port with its own
+//! data directory, talks HTTP to it, and cleans up after itself.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "test-admin-key";
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub data: PathBuf,
+    env: Vec<(String, String)>,
+    agent: ureq::Agent,
+}
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra environment variables.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let data = std::env::temp_dir().join(format!(
+            "exchange-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            data,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_exchange"));
+        cmd.arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("EXCHANGE_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("EXCHANGE_DATA_DIR", &self.data)
+            .env("EXCHANGE_ADMIN_KEY", ADMIN)
+            .env("EXCHANGE_CORES", "0,1")
+            .env("EXCHANGE_RATE_LIMIT", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start the exchange binary"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.agent.get(&self.url("/health")).call()
+                && r.status() == 200
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("exchange exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "exchange did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait")
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, Value) {
+        let mut req = self.agent.request(method, &self.url(path));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.set("content-type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        self.request("GET", path, &[("x-api-key", key)], None)
+    }
+
+    pub fn delete(&self, key: &str, path: &str) -> (u16, Value) {
+        self.request("DELETE", path, &[("x-api-key", key)], None)
+    }
+
+    pub fn post(&self, key: &str, path: &str, body: &str) -> (u16, Value) {
+        self.request("POST", path, &[("x-api-key", key)], Some(body))
+    }
+
+    /// Creates a user and returns its API key.
+    pub fn user(&self, name: &str) -> String {
+        let (status, body) = self.request("POST", "/admin/v1/users", &[("x-admin-key", ADMIN)], Some(&format!(r#"{{"userId":"{name}"}}"#)));
+        assert_eq!(status, 200, "{body}");
+        body["apiKey"].as_str().expect("apiKey").to_owned()
+    }
+
+    pub fn deposit(&self, name: &str, amount: &str, transfer: &str) -> (u16, Value) {
+        let body = format!(r#"{{"userId":"{name}","currency":"USDT","amount":"{amount}","transferId":"{transfer}"}}"#);
+        self.request("POST", "/admin/v1/deposits", &[("x-admin-key", ADMIN)], Some(&body))
+    }
+
+    /// A funded user.
+    pub fn funded(&self, name: &str, amount: &str) -> String {
+        let key = self.user(name);
+        assert_eq!(self.deposit(name, amount, &format!("fund-{name}")).0, 200);
+        key
+    }
+
+    pub fn order(&self, key: &str, body: &str) -> (u16, Value) {
+        self.post(key, "/v1/orders", body)
+    }
+
+    pub fn limit(&self, key: &str, side: &str, price: &str, qty: &str) -> Value {
+        let (status, body) = self.order(
+            key,
+            &format!(r#"{{"symbol":"BTC-PERP","side":"{side}","type":"LIMIT","price":"{price}","quantity":"{qty}","leverage":10}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+pub fn dec(v: &Value) -> rust_decimal::Decimal {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a decimal string: {v}"))
+}
