@@ -18,6 +18,7 @@
 //! | `EXCHANGE_RATE_LIMIT` | `rate_limit` | `100` (orders/s per user; 0 = off) |
 //! | `EXCHANGE_IO_MEMORY_KIB` | `io_memory_kib` | `512` (locked memory per core) |
 //! | `EXCHANGE_SNAPSHOT_EVERY` | `snapshot_every` | `100000` (commands per stream) |
+//! | `EXCHANGE_SPIN_MICROS` | `spin_micros` | `0` (busy-poll before sleeping) |
 //! | `EXCHANGE_MAX_CONNECTIONS` | `limits.max_connections_per_core` | `10000` |
 //! | `EXCHANGE_IDLE_TIMEOUT_SECS` | `limits.idle_timeout_secs` | `60` |
 
@@ -41,6 +42,8 @@ pub struct Config {
     pub rate_limit: u32,
     pub io_memory_kib: usize,
     pub snapshot_every: u64,
+    /// How long an idle shard busy-polls before it sleeps: trades CPU for wake-up latency.
+    pub spin_micros: u64,
     pub limits: Limits,
 }
 
@@ -92,6 +95,7 @@ impl Default for Config {
             rate_limit: 100,
             io_memory_kib: 512,
             snapshot_every: 100_000,
+            spin_micros: 0,
             limits: Limits::default(),
         }
     }
@@ -159,6 +163,9 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_SNAPSHOT_EVERY") {
             self.snapshot_every = parse("EXCHANGE_SNAPSHOT_EVERY", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_SPIN_MICROS") {
+            self.spin_micros = parse("EXCHANGE_SPIN_MICROS", &v)?;
         }
         if let Some(v) = set("EXCHANGE_MAX_CONNECTIONS") {
             self.limits.max_connections_per_core = parse("EXCHANGE_MAX_CONNECTIONS", &v)?;

@@ -95,6 +95,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
+            .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
                 let result = shard_main(id, shards, map, config, metrics, health.clone(), mesh).await;
                 if let Err(e) = &result {

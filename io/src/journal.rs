@@ -9,7 +9,8 @@
 //! the stream. A segment is closed at [`SEGMENT_BYTES`] and a new one started.
 //!
 //! Durability: [`Journal::append`] only buffers; [`Journal::commit`] writes the buffer
-//! and `fdatasync`s it. The shard calls `commit` once per batch of requests (group
+//! to a file opened with `O_DSYNC` (the write returns once the data is on stable
+//! storage, like write + `fdatasync`). The shard calls `commit` once per batch of requests (group
 //! commit) and acknowledges nothing before it returns.
 //!
 //! Recovery ([`recover`], synchronous, at start): every record is checked. A torn or
@@ -208,7 +209,7 @@ impl Journal {
                 }
                 written += n;
             }
-            self.file.fdatasync().await.map_err(|e| JournalError::Write(e.to_string()))
+            Ok(())
         }
         .await;
         match result {
@@ -241,10 +242,14 @@ impl Journal {
 }
 
 async fn open_append(path: &Path) -> Result<BufferedFile, JournalError> {
+    // O_DSYNC: a write completes only once its data (and the size that makes it
+    // readable) is on stable storage, so a commit is one write instead of write +
+    // fdatasync: half the io_uring operations per batch.
     let file = GlommioOpen::new()
         .create(true)
         .write(true)
         .read(true)
+        .custom_flags(libc::O_DSYNC)
         .buffered_open(path)
         .await
         .map_err(|e| JournalError::Write(format!("{}: {e}", path.display())))?;
