@@ -28,8 +28,8 @@ use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, Order
 pub const PARTITIONS: u32 = 64;
 /// Closed orders kept per user for lookups and clientOrderId idempotency.
 pub const CLOSED_ORDERS_KEPT: usize = 1_000;
-/// Fills kept per user for `/v1/fills`.
-pub const FILLS_KEPT: usize = 10_000;
+/// Fills kept per user in hot state for `/v1/fills` (older ones belong to cold storage).
+pub const FILLS_KEPT: usize = 1_000;
 
 pub fn partition_of_name(name: &str) -> u32 {
     let h = name.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
@@ -48,7 +48,7 @@ pub enum AccountRecord {
     Transfer { user: UserId, transfer_id: String, amount: Units, timestamp: i64 },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
     New,
     PartiallyFilled,
@@ -74,7 +74,7 @@ impl OrderStatus {
 }
 
 /// An order as its owner sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OrderView {
     pub id: OrderId,
     pub symbol: usize,
@@ -91,10 +91,12 @@ pub struct OrderView {
     pub updated_at: i64,
     /// False between the margin lock and the log's confirmation.
     pub logged: bool,
+    /// What the risk step locked for it (only needed until it is logged).
+    pub reserved: i64,
 }
 
 /// One of the user's fills.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fill {
     pub trade_seq: u64,
     pub order_id: OrderId,
@@ -108,7 +110,7 @@ pub struct Fill {
     pub time: i64,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Account {
     pub name: String,
     key_hash: [u8; 32],
@@ -201,6 +203,25 @@ pub struct Accounts {
     /// Order numbers are `partition << 52 | counter`; the counter starts at the clock in
     /// microseconds, so numbers minted after a restart never repeat earlier ones.
     order_counter: u64,
+    /// Per symbol: the log offset after the last command whose results were applied.
+    applied: FxHashMap<usize, u64>,
+    /// Per (partition, symbol): results below this offset are already in the partition's
+    /// snapshot and are skipped on replay.
+    floors: FxHashMap<(u32, usize), u64>,
+    /// Applies since the last snapshot, to skip snapshots when nothing changed.
+    pub dirty: bool,
+}
+
+/// One account partition's state, as snapshotted.
+#[derive(Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Offset in the partition's own log up to which records are included.
+    pub log_offset: u64,
+    /// Per symbol name: offset in its command log up to which results are included.
+    pub applied: Vec<(String, u64)>,
+    pub next_number: u32,
+    pub users: Vec<(UserId, Account)>,
+    pub transfers: Vec<(String, (UserId, Units))>,
 }
 
 impl Accounts {
@@ -212,7 +233,79 @@ impl Accounts {
             transfers: FxHashMap::default(),
             rate_limit,
             order_counter: now_micros,
+            applied: FxHashMap::default(),
+            floors: FxHashMap::default(),
+            dirty: false,
         }
+    }
+
+    /// The state of one partition, for a snapshot. `symbols` names symbol indexes.
+    pub fn partition_state(&self, partition: u32, log_offset: u64, symbols: &[String]) -> PartitionState {
+        let mut users: Vec<(UserId, Account)> = self
+            .users
+            .iter()
+            .filter(|(u, _)| partition_of(**u) == partition)
+            .map(|(u, a)| {
+                // Reservations not yet confirmed by the log are not state: if their order
+                // is logged, replaying the log locks them again.
+                let mut a = a.clone();
+                let pending: Vec<OrderId> = a.orders.values().filter(|v| !v.logged).map(|v| v.id).collect();
+                for id in pending {
+                    if let Some(v) = a.orders.remove(&id) {
+                        a.locked -= i128::from(v.reserved);
+                        if let Some(cid) = v.client_order_id {
+                            a.client_ids.remove(&cid);
+                        }
+                    }
+                }
+                (*u, a)
+            })
+            .collect();
+        users.sort_unstable_by_key(|(u, _)| *u);
+        let mut transfers: Vec<(String, (UserId, Units))> = self
+            .transfers
+            .iter()
+            .filter(|(_, (u, _))| partition_of(*u) == partition)
+            .map(|(t, v)| (t.clone(), *v))
+            .collect();
+        transfers.sort_unstable();
+        let applied = self.applied.iter().filter_map(|(s, o)| symbols.get(*s).map(|n| (n.clone(), *o))).collect();
+        PartitionState {
+            log_offset,
+            applied,
+            next_number: self.next_number.get(&partition).copied().unwrap_or(1),
+            users,
+            transfers,
+        }
+    }
+
+    /// Installs a partition's snapshot; its results floors make replay skip what it holds.
+    pub fn install(&mut self, partition: u32, state: PartitionState, symbol_index: impl Fn(&str) -> Option<usize>) {
+        self.next_number.insert(partition, state.next_number);
+        for (name, offset) in state.applied {
+            if let Some(s) = symbol_index(&name) {
+                self.floors.insert((partition, s), offset);
+            }
+        }
+        for (t, v) in state.transfers {
+            self.transfers.insert(t, v);
+        }
+        for (user, account) in state.users {
+            self.names.insert(account.name.clone(), user);
+            self.users.insert(user, account);
+        }
+    }
+
+    /// Whether results of `symbol` at `offset` are new for `user` (not in a snapshot).
+    fn fresh(&self, user: UserId, symbol: usize, offset: u64) -> bool {
+        self.floors.get(&(partition_of(user), symbol)).is_none_or(|floor| offset >= *floor)
+    }
+
+    /// Records that a symbol's results up to `offset` (inclusive) have been applied here.
+    pub fn mark_applied(&mut self, symbol: usize, offset: u64) {
+        let next = self.applied.entry(symbol).or_insert(0);
+        *next = (*next).max(offset + 1);
+        self.dirty = true;
     }
 
     pub fn user(&self, user: UserId) -> Option<&Account> {
@@ -380,6 +473,7 @@ impl Accounts {
                 created_at: order.timestamp,
                 updated_at: order.timestamp,
                 logged,
+                reserved: order.locked_margin,
             },
         );
     }
@@ -403,17 +497,23 @@ impl Accounts {
     }
 
     /// A logged order replayed at start: lock and track it as the risk step did.
-    pub fn replay_order(&mut self, order: &NewOrder, symbol: usize) {
+    pub fn replay_order(&mut self, order: &NewOrder, symbol: usize, offset: u64) {
+        if !self.fresh(order.user, symbol, offset) {
+            return;
+        }
         if let Some(account) = self.users.get_mut(&order.user) {
             account.locked += i128::from(order.locked_margin);
             Self::track(account, order, symbol, true);
         }
     }
 
-    /// Applies a symbol's result events to the users owned here.
-    pub fn apply_events(&mut self, symbol: usize, events: &[Event]) {
+    /// Applies a symbol's result events (of the command at `offset`) to the users owned
+    /// here, skipping those a snapshot already holds.
+    pub fn apply_events(&mut self, symbol: usize, offset: u64, events: &[Event]) {
         for event in events {
             match event {
+                Event::OrderPlaced(p) if !self.fresh(p.user, symbol, offset) => {}
+                Event::OrderCancelled(c) if !self.fresh(c.user, symbol, offset) => {}
                 Event::OrderPlaced(p) => {
                     if let Some(view) = self.view(p.user, p.order_id) {
                         view.status = if p.filled > 0 { OrderStatus::PartiallyFilled } else { OrderStatus::New };
@@ -422,6 +522,9 @@ impl Accounts {
                 }
                 Event::TradeExecuted(t) => {
                     for (update, side) in [(&t.buyer, Side::Buy), (&t.seller, Side::Sell)] {
+                        if !self.fresh(update.user, symbol, offset) {
+                            continue;
+                        }
                         let maker = side != t.taker_side;
                         let Some(account) = self.users.get_mut(&update.user) else { continue };
                         account.total += i128::from(update.pnl) - i128::from(update.fee);

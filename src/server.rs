@@ -36,9 +36,34 @@ pub struct Health {
     pub event_log_down: AtomicUsize,
     pub inflight: AtomicUsize,
     arrived: AtomicUsize,
+    /// At start only: per account partition, how far its snapshot holds each symbol's
+    /// results (`None`: no snapshot).
+    applied: std::sync::Mutex<FxHashMap<u32, Option<SymbolOffsets>>>,
 }
 
+/// Per symbol name, a log offset.
+type SymbolOffsets = Vec<(String, u64)>;
+
 impl Health {
+    pub fn record_applied(&self, partition: u32, applied: Option<SymbolOffsets>) {
+        if let Ok(mut map) = self.applied.lock() {
+            map.insert(partition, applied);
+        }
+    }
+
+    /// The offset of `symbol`'s log up to which every partition's snapshot holds its
+    /// results: a symbol snapshot at or before it can be restored.
+    pub fn applied_everywhere(&self, symbol: &str) -> u64 {
+        let Ok(map) = self.applied.lock() else { return 0 };
+        if map.len() < crate::accounts::PARTITIONS as usize {
+            return 0;
+        }
+        map.values()
+            .map(|a| a.as_ref().and_then(|v| v.iter().find(|(s, _)| s == symbol).map(|(_, o)| *o)).unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+
     /// Waits until every shard has arrived `round` times.
     async fn barrier(&self, round: usize, shards: usize) {
         self.arrived.fetch_add(1, Ordering::AcqRel);
@@ -140,6 +165,7 @@ async fn shard_main(
         metrics: metrics.shard(id),
         all_metrics: metrics,
         health: health.clone(),
+        snapshotting: Cell::new(false),
         config,
     });
     listen_mesh(&shard, receivers);

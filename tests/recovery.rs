@@ -24,7 +24,20 @@ fn state(s: &Server, keys: &[String]) -> Vec<Value> {
 
 #[test]
 fn kill_9_mid_stream_loses_no_acknowledged_order() {
-    let mut s = Server::start();
+    kill_9_mid_stream(&[]);
+}
+
+#[test]
+fn kill_9_mid_stream_with_frequent_snapshots() {
+    let s = kill_9_mid_stream(&[("EXCHANGE_SNAPSHOT_EVERY", "25")]);
+    let snaps = |dir: &str| std::fs::read_dir(s.data.join("snapshots").join(dir)).map(|d| d.count()).unwrap_or(0);
+    assert!(snaps("symbols") > 0 && snaps("accounts") > 0, "snapshots were taken");
+    let files = std::fs::read_dir(s.data.join("snapshots/symbols/BTC-PERP")).unwrap().count();
+    assert!((1..=3).contains(&files), "old snapshots are pruned: {files}");
+}
+
+fn kill_9_mid_stream(env: &[(&str, &str)]) -> Server {
+    let mut s = Server::start_with(env);
     let keys: Vec<String> = (0..4).map(|i| s.funded(&format!("k{i}"), "100000")).collect();
     let acked: Arc<Mutex<Vec<(usize, Value)>>> = Arc::default();
     let url = s.url("/v1/orders");
@@ -34,7 +47,7 @@ fn kill_9_mid_stream_loses_no_acknowledged_order() {
         threads.push(std::thread::spawn(move || {
             let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(5)).build();
             for i in 0..100_000u64 {
-                let side = if (i + t as u64) % 2 == 0 { "BUY" } else { "SELL" };
+                let side = if (i + t as u64).is_multiple_of(2) { "BUY" } else { "SELL" };
                 let price = 50_000 + (i * 7 + t as u64 * 13) % 40;
                 let body = format!(
                     r#"{{"symbol":"BTC-PERP","side":"{side}","type":"LIMIT","price":"{price}","quantity":"0.001","leverage":5,"clientOrderId":"t{t}-{i}"}}"#
@@ -71,6 +84,14 @@ fn kill_9_mid_stream_loses_no_acknowledged_order() {
     let before = state(&s, &keys);
     s.restart();
     assert_eq!(state(&s, &keys), before);
+    // Nor does trading on after it and restarting again.
+    for (i, key) in keys.iter().enumerate() {
+        s.limit(key, if i % 2 == 0 { "BUY" } else { "SELL" }, "50020", "0.002");
+    }
+    let before = state(&s, &keys);
+    s.restart();
+    assert_eq!(state(&s, &keys), before);
+    s
 }
 
 #[test]

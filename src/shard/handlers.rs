@@ -25,8 +25,11 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
                 shard.accounts.borrow_mut().release(&order);
                 Reply::Done
             }
-            Request::Apply { symbol, logged, replayed, events } => {
-                apply(&shard, symbol, logged, replayed, &events);
+            Request::Apply { symbol, offset, logged, replayed, events, snapshot } => {
+                apply(&shard, symbol, offset, logged, replayed, &events);
+                if snapshot {
+                    super::snapshots::snapshot_accounts_soon(&shard);
+                }
                 Reply::Done
             }
             Request::Cancel { symbol, user, id } => {
@@ -45,12 +48,13 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
 
 /// Applies a symbol's results to the accounts owned here. Synchronous on purpose: results
 /// must be applied in the order they arrive.
-pub fn apply(shard: &Shard, symbol: usize, logged: Option<NewOrder>, replayed: bool, events: &[Event]) {
+pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event]) {
     let mut accounts = shard.accounts.borrow_mut();
     if let Some(o) = logged {
-        if replayed { accounts.replay_order(&o, symbol) } else { accounts.confirm(o.user, o.id) }
+        if replayed { accounts.replay_order(&o, symbol, offset) } else { accounts.confirm(o.user, o.id) }
     }
-    accounts.apply_events(symbol, events);
+    accounts.apply_events(symbol, offset, events);
+    accounts.mark_applied(symbol, offset);
 }
 
 fn reserve(shard: &Shard, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
@@ -308,6 +312,7 @@ fn taker_view(symbol: usize, order: &NewOrder, events: &[Event]) -> OrderView {
         created_at: order.timestamp,
         updated_at: order.timestamp,
         logged: true,
+        reserved: 0,
     };
     for e in events {
         match e {
@@ -334,46 +339,73 @@ fn taker_view(symbol: usize, order: &NewOrder, events: &[Event]) -> OrderView {
     view
 }
 
-async fn log_account_record(shard: &Rc<Shard>, partition: u32, record: &AccountRecord) -> Result<(), ApiError> {
+/// Runs an admin change on a partition under its log's lock: prepare, log, apply (or
+/// undo). Holding the lock throughout means a snapshot never sees half of one.
+async fn with_partition_log<T>(
+    shard: &Rc<Shard>,
+    partition: u32,
+    prepare: impl FnOnce(&mut crate::accounts::Accounts) -> Result<(Option<AccountRecord>, T), ApiError>,
+    undo: impl FnOnce(&mut crate::accounts::Accounts, &AccountRecord),
+) -> Result<T, ApiError> {
     let journal = shard.account_logs.borrow().get(&partition).cloned().ok_or_else(|| ApiError::Unavailable("partition not owned here".into()))?;
-    let bytes = postcard::to_allocvec(record).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let mut journal = journal.write().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    journal.append(&bytes).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    journal.commit().await.map_err(|e| ApiError::Unavailable(format!("event log unavailable: {e}")))
+    let (record, value) = prepare(&mut shard.accounts.borrow_mut())?;
+    let Some(record) = record else { return Ok(value) };
+    let bytes = postcard::to_allocvec(&record).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let logged = match journal.append(&bytes) {
+        Ok(_) => journal.commit().await.map_err(|e| ApiError::Unavailable(format!("event log unavailable: {e}"))),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    };
+    let mut accounts = shard.accounts.borrow_mut();
+    match logged {
+        Ok(()) => {
+            accounts.apply(&record, true);
+            accounts.dirty = true;
+            Ok(value)
+        }
+        Err(e) => {
+            undo(&mut accounts, &record);
+            Err(e)
+        }
+    }
 }
 
 async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiError> {
     let mut secret = [0u8; 24];
     getrandom::getrandom(&mut secret).map_err(|e| ApiError::Unavailable(format!("no randomness: {e}")))?;
-    let (record, key) = shard.accounts.borrow_mut().create_user(name, secret).map_err(admin_error)?;
     let partition = crate::accounts::partition_of_name(name);
-    if let Err(e) = log_account_record(shard, partition, &record).await {
-        shard.accounts.borrow_mut().release_user(name);
-        return Err(e);
-    }
-    shard.accounts.borrow_mut().apply(&record, true);
+    let key = with_partition_log(
+        shard,
+        partition,
+        |accounts| {
+            let (record, key) = accounts.create_user(name, secret).map_err(admin_error)?;
+            Ok((Some(record), key))
+        },
+        |accounts, _| accounts.release_user(name),
+    )
+    .await?;
     tracing::info!(user = name, "user created");
     Ok(render::ok(&serde_json::json!({ "userId": name, "apiKey": key })))
 }
 
 async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str) -> Result<HttpReply, ApiError> {
-    let plan = shard.accounts.borrow_mut().transfer(name, transfer_id, amount, now_ms()).map_err(admin_error)?;
-    let user = match plan {
-        TransferPlan::Done(user) => user,
-        TransferPlan::Log(record) => {
-            let partition = crate::accounts::partition_of_name(name);
-            if let Err(e) = log_account_record(shard, partition, &record).await {
-                shard.accounts.borrow_mut().release_transfer(&record);
-                return Err(e);
+    let partition = crate::accounts::partition_of_name(name);
+    let user = with_partition_log(
+        shard,
+        partition,
+        |accounts| match accounts.transfer(name, transfer_id, amount, now_ms()).map_err(admin_error)? {
+            TransferPlan::Done(user) => Ok((None, user)),
+            TransferPlan::Log(record) => {
+                let user = match &record {
+                    AccountRecord::Transfer { user, .. } | AccountRecord::UserCreated { user, .. } => *user,
+                };
+                Ok((Some(record), user))
             }
-            shard.accounts.borrow_mut().apply(&record, true);
-            tracing::info!(user = name, transfer_id, amount = narrow(i128::from(amount)), "transfer applied");
-            match record {
-                AccountRecord::Transfer { user, .. } => user,
-                AccountRecord::UserCreated { user, .. } => user,
-            }
-        }
-    };
+        },
+        |accounts, record| accounts.release_transfer(record),
+    )
+    .await?;
+    tracing::info!(user = name, transfer_id, amount = narrow(i128::from(amount)), "transfer");
     let accounts = shard.accounts.borrow();
     Ok(render::ok(&render::balance(accounts.user(user).ok_or(ApiError::NotFound)?)))
 }

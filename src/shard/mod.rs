@@ -18,6 +18,7 @@
 pub mod handlers;
 pub mod protocol;
 pub mod rpc;
+pub mod snapshots;
 pub mod startup;
 pub mod stream;
 
@@ -50,6 +51,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     pub all_metrics: Metrics,
     pub health: Arc<crate::server::Health>,
+    /// An account snapshot is being written.
+    pub snapshotting: std::cell::Cell<bool>,
 }
 
 impl Shard {
@@ -88,6 +91,7 @@ impl Shard {
     pub async fn forward_results(
         self: &Rc<Self>,
         symbol: usize,
+        offset: u64,
         logged: Option<NewOrder>,
         replayed: bool,
         events: &[Event],
@@ -117,10 +121,11 @@ impl Shard {
             let ours = |u: UserId| self.account_owner(u) == owner;
             let logged = logged.filter(|o| ours(o.user));
             if owner == self.id {
-                handlers::apply(self, symbol, logged, replayed, events);
+                handlers::apply(self, symbol, offset, logged, replayed, events);
             } else {
                 let events = events.to_vec();
-                pending.push(self.rpc.send(owner, Request::Apply { symbol, logged, replayed, events }).await);
+                let req = Request::Apply { symbol, offset, logged, replayed, events, snapshot: false };
+                pending.push(self.rpc.send(owner, req).await);
             }
         }
         pending

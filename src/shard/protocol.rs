@@ -46,8 +46,10 @@ pub enum Request {
     Reserve { key: String, order: NewOrder, symbol: usize },
     /// The order could not be logged: unlock.
     Release { order: NewOrder },
-    /// A symbol's results, in log order, for the users owned by the receiver.
-    Apply { symbol: usize, logged: Option<NewOrder>, replayed: bool, events: Vec<Event> },
+    /// A symbol's results of the command at `offset`, in log order, for the users owned
+    /// by the receiver. With no events and `snapshot`, it says the symbol was just
+    /// snapshotted at `offset + 1`: time for the receiver to snapshot its accounts.
+    Apply { symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: Vec<Event>, snapshot: bool },
     /// Log and execute a cancel on the symbol's owner.
     Cancel { symbol: usize, user: UserId, id: OrderId },
     CancelAll { symbol: usize, user: UserId },

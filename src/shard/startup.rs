@@ -15,6 +15,7 @@ use anyhow::Context;
 use exchange_io::journal::{recover, Journal};
 
 use super::stream::{self, SymbolStream};
+use super::snapshots;
 use super::Shard;
 use crate::accounts::{AccountRecord, PARTITIONS};
 use crate::engine::{Command, Market};
@@ -28,12 +29,22 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
         if found.cut_bytes > 0 {
             tracing::warn!(partition, cut_bytes = found.cut_bytes, "cut a torn tail from the account log");
         }
-        for bytes in &found.records {
+        let mut from = found.first_offset;
+        let mut applied = None;
+        if let Some(state) = snapshots::load_partition(shard, partition) {
+            from = state.log_offset;
+            applied = Some(state.applied.clone());
+            let map = &shard.map;
+            shard.accounts.borrow_mut().install(partition, state, |name| map.symbols.iter().position(|s| s.name == name));
+        }
+        shard.health.record_applied(partition, applied);
+        let skip = usize::try_from(from.saturating_sub(found.first_offset)).unwrap_or(usize::MAX);
+        for bytes in found.records.iter().skip(skip) {
             let record: AccountRecord = postcard::from_bytes(bytes)
                 .with_context(|| format!("{}: undecodable account record", dir.display()))?;
             shard.accounts.borrow_mut().apply(&record, false);
         }
-        records += found.records.len();
+        records += found.records.len().saturating_sub(skip);
         let journal = Journal::open(&dir, found.first_offset + found.records.len() as u64).await?;
         shard.account_logs.borrow_mut().insert(partition, Rc::new(glommio::sync::RwLock::new(journal)));
     }
@@ -52,9 +63,22 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         if found.cut_bytes > 0 {
             tracing::warn!(symbol = spec.name, cut_bytes = found.cut_bytes, "cut a torn tail from the command log");
         }
-        let (stream, jobs) = SymbolStream::new(index, Market::new(spec.clone()));
+        let covered = shard.health.applied_everywhere(&spec.name);
+        let (market, from, trades) = match snapshots::load_symbol(shard, &spec.name, covered) {
+            Some(snap) => {
+                let market = Market::restore(spec.clone(), &snap.market)
+                    .with_context(|| format!("{}: snapshot at {}", spec.name, snap.offset))?;
+                (market, snap.offset, snap.trades)
+            }
+            None => (Market::new(spec.clone()), found.first_offset, Vec::new()),
+        };
+        let (stream, jobs) = SymbolStream::new(index, market);
+        stream.next.set(from);
+        stream.snapshot_at.set(from);
+        stream.trades.borrow_mut().extend(trades);
+        let skip = usize::try_from(from.saturating_sub(found.first_offset)).unwrap_or(usize::MAX);
         let mut acks = Vec::new();
-        for bytes in &found.records {
+        for bytes in found.records.iter().skip(skip) {
             let command: Command = postcard::from_bytes(bytes)
                 .with_context(|| format!("{}: undecodable command", dir.display()))?;
             acks.extend(stream.execute(shard, &command, true).await.applied);
@@ -73,7 +97,8 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         tracing::info!(
             shard = shard.id,
             symbol = spec.name,
-            commands = found.records.len(),
+            snapshot_offset = from,
+            replayed = found.records.len().saturating_sub(skip),
             ms = started.elapsed().as_millis() as u64,
             "command log replayed"
         );

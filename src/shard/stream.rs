@@ -7,7 +7,7 @@
 //! results to the account owners, in the same order. A command the log did not accept
 //! is never executed.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
@@ -21,7 +21,7 @@ use super::Shard;
 use crate::engine::{Command, CommandError, Event, Market, Side};
 
 /// A public trade for `/v1/trades`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PublicTrade {
     pub seq: u64,
     pub price: i64,
@@ -49,13 +49,24 @@ pub struct SymbolStream {
     pub index: usize,
     pub market: RefCell<Market>,
     pub trades: RefCell<VecDeque<PublicTrade>>,
+    /// Log offset of the next command to execute.
+    pub next: Cell<u64>,
+    /// Offset of the last snapshot taken.
+    pub snapshot_at: Cell<u64>,
     queue: mpsc::UnboundedSender<Job>,
 }
 
 impl SymbolStream {
     pub fn new(index: usize, market: Market) -> (Rc<Self>, mpsc::UnboundedReceiver<Job>) {
         let (queue, rx) = mpsc::unbounded();
-        let stream = Rc::new(Self { index, market: RefCell::new(market), trades: RefCell::default(), queue });
+        let stream = Rc::new(Self {
+            index,
+            market: RefCell::new(market),
+            trades: RefCell::default(),
+            next: Cell::new(0),
+            snapshot_at: Cell::new(0),
+            queue,
+        });
         (stream, rx)
     }
 
@@ -69,13 +80,15 @@ impl SymbolStream {
     /// Executes one logged command and forwards its results (at start and at run time).
     pub async fn execute(&self, shard: &Rc<Shard>, command: &Command, replayed: bool) -> Outcome {
         let mut events = Vec::new();
+        let offset = self.next.get();
+        self.next.set(offset + 1);
         let result = self.market.borrow_mut().execute(command, &mut events);
         self.remember_trades(&events);
         let logged = match command {
             Command::Place(o) => Some(*o),
             _ => None,
         };
-        let applied = shard.forward_results(self.index, logged, replayed, &events).await;
+        let applied = shard.forward_results(self.index, offset, logged, replayed, &events).await;
         Outcome { result, events, applied }
     }
 
@@ -129,6 +142,9 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: Journa
                 for job in accepted {
                     let outcome = stream.execute(&shard, &job.command, false).await;
                     let _ = job.done.send(Ok(outcome));
+                }
+                if stream.next.get() - stream.snapshot_at.get() >= shard.config.snapshot_every.max(1) {
+                    super::snapshots::snapshot_symbol(&shard, &stream).await;
                 }
             }
         }

@@ -1,0 +1,173 @@
+//! Snapshots, so that a restart replays only the tail of each log.
+//!
+//! - A symbol is snapshotted by its owner every `snapshot_every` commands: the market's
+//!   state (versioned, see [`crate::engine::snapshot`]) and its recent public trades, at
+//!   the offset of the next command. Right after, the owner tells every shard, in order
+//!   with the results it already sent, that it got that far.
+//! - On that word, each shard snapshots its account partitions (one file per partition,
+//!   so a change in the number of cores re-homes them freely). A partition snapshot
+//!   records, per symbol, the offset up to which results are included.
+//! - At start, account partitions load first. A symbol then restores its newest snapshot
+//!   that no partition is behind, and replays from there; each partition skips results
+//!   its snapshot already holds.
+//!
+//! Files are written on a helper thread (write, fsync, rename, fsync directory) so the
+//! shard never blocks on the disk; the newest few are kept. Logs are never truncated:
+//! they are the history; snapshots only shorten the replay.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use super::protocol::Request;
+use super::stream::{PublicTrade, SymbolStream};
+use super::Shard;
+use crate::accounts::{PartitionState, PARTITIONS};
+
+const SYMBOL_MAGIC: &[u8; 6] = b"EXSYMS";
+const ACCOUNT_MAGIC: &[u8; 6] = b"EXACCT";
+const VERSION: u16 = 1;
+const KEEP: usize = 3;
+
+#[derive(Serialize, Deserialize)]
+pub struct SymbolSnapshot {
+    /// Offset of the first command not included.
+    pub offset: u64,
+    pub market: Vec<u8>,
+    pub trades: Vec<PublicTrade>,
+}
+
+pub fn symbol_dir(shard: &Shard, name: &str) -> PathBuf {
+    shard.config.data_dir.join("snapshots").join("symbols").join(name)
+}
+
+pub fn partition_dir(shard: &Shard, partition: u32) -> PathBuf {
+    shard.config.data_dir.join("snapshots").join("accounts").join(format!("{partition:02}"))
+}
+
+fn encode<T: Serialize>(magic: &[u8; 6], value: &T) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    // Plain owned data into a Vec: cannot fail.
+    postcard::to_io(value, &mut out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
+    out
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(magic: &[u8; 6], bytes: &[u8]) -> Option<T> {
+    let rest = bytes.strip_prefix(magic.as_slice())?;
+    let (version, body) = rest.split_first_chunk::<2>()?;
+    (u16::from_le_bytes(*version) == VERSION).then(|| postcard::from_bytes(body).ok())?
+}
+
+/// Snapshot files of a directory, newest first.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "snap")).collect())
+        .unwrap_or_default();
+    found.sort();
+    found.reverse();
+    found
+}
+
+/// Writes a snapshot durably on a helper thread and prunes old ones.
+fn write(dir: PathBuf, name: String, bytes: Vec<u8>) {
+    std::thread::spawn(move || {
+        let result = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!("{name}.tmp"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(&name))?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            for old in files(&dir).into_iter().skip(KEEP) {
+                let _ = std::fs::remove_file(old);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(dir = %dir.display(), error = %e, "snapshot write failed");
+        }
+    });
+}
+
+/// Takes a symbol snapshot and tells every shard.
+pub async fn snapshot_symbol(shard: &Rc<Shard>, stream: &Rc<SymbolStream>) {
+    let offset = stream.next.get();
+    stream.snapshot_at.set(offset);
+    let snapshot = SymbolSnapshot {
+        offset,
+        market: stream.market.borrow().snapshot(),
+        trades: stream.trades.borrow().iter().copied().collect(),
+    };
+    let name = shard.map.symbols[stream.index].name.clone();
+    write(symbol_dir(shard, &name), format!("{offset:020}.snap"), encode(SYMBOL_MAGIC, &snapshot));
+    tracing::info!(symbol = name, offset, "symbol snapshot");
+    for to in 0..shard.shards {
+        let req = Request::Apply {
+            symbol: stream.index,
+            offset: offset.saturating_sub(1),
+            logged: None,
+            replayed: false,
+            events: Vec::new(),
+            snapshot: true,
+        };
+        if to == shard.id {
+            super::handlers::apply(shard, stream.index, offset.saturating_sub(1), None, false, &[]);
+            snapshot_accounts_soon(shard);
+        } else {
+            drop(shard.rpc.send(to, req).await);
+        }
+    }
+}
+
+/// Snapshots the account partitions owned here, unless one is already being taken.
+pub fn snapshot_accounts_soon(shard: &Rc<Shard>) {
+    if shard.snapshotting.replace(true) {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        snapshot_accounts(&shard).await;
+        shard.snapshotting.set(false);
+    })
+    .detach();
+}
+
+async fn snapshot_accounts(shard: &Rc<Shard>) {
+    let logs: Vec<(u32, Rc<glommio::sync::RwLock<exchange_io::journal::Journal>>)> =
+        shard.account_logs.borrow().iter().map(|(p, j)| (*p, j.clone())).collect();
+    // Hold every partition's log lock so no admin change is half-done in the snapshot.
+    let mut guards = Vec::with_capacity(logs.len());
+    for (partition, log) in &logs {
+        match log.write().await {
+            Ok(guard) => guards.push((*partition, guard)),
+            Err(_) => return,
+        }
+    }
+    let symbols: Vec<String> = shard.map.symbols.iter().map(|s| s.name.clone()).collect();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    let mut accounts = shard.accounts.borrow_mut();
+    for (partition, guard) in &guards {
+        let state = accounts.partition_state(*partition, guard.next_offset(), &symbols);
+        write(partition_dir(shard, *partition), format!("{stamp:024}.snap"), encode(ACCOUNT_MAGIC, &state));
+    }
+    accounts.dirty = false;
+    tracing::info!(shard = shard.id, partitions = guards.len(), "account snapshot");
+}
+
+/// The newest readable account snapshot of a partition.
+pub fn load_partition(shard: &Shard, partition: u32) -> Option<PartitionState> {
+    debug_assert!(partition < PARTITIONS);
+    files(&partition_dir(shard, partition)).iter().find_map(|f| decode(ACCOUNT_MAGIC, &std::fs::read(f).ok()?))
+}
+
+/// The newest readable symbol snapshot at or before `offset`.
+pub fn load_symbol(shard: &Shard, name: &str, at_most: u64) -> Option<SymbolSnapshot> {
+    files(&symbol_dir(shard, name))
+        .iter()
+        .filter_map(|f| decode::<SymbolSnapshot>(SYMBOL_MAGIC, &std::fs::read(f).ok()?))
+        .find(|s| s.offset <= at_most)
+}
