@@ -136,26 +136,35 @@ pub fn snapshot_accounts_soon(shard: &Rc<Shard>) {
     .detach();
 }
 
+/// Each partition is snapshotted on its own, under its log's lock (so no admin change is
+/// half-done in it) and with its own offsets; the shard serves requests in between, so a
+/// snapshot never stalls it for more than one partition's worth.
 async fn snapshot_accounts(shard: &Rc<Shard>) {
-    let logs: Vec<(u32, Rc<glommio::sync::RwLock<exchange_io::journal::Journal>>)> =
+    let mut logs: Vec<(u32, Rc<glommio::sync::RwLock<exchange_io::journal::Journal>>)> =
         shard.account_logs.borrow().iter().map(|(p, j)| (*p, j.clone())).collect();
-    // Hold every partition's log lock so no admin change is half-done in the snapshot.
-    let mut guards = Vec::with_capacity(logs.len());
-    for (partition, log) in &logs {
-        match log.write().await {
-            Ok(guard) => guards.push((*partition, guard)),
-            Err(_) => return,
-        }
-    }
+    logs.sort_unstable_by_key(|(p, _)| *p);
     let symbols: Vec<String> = shard.map.symbols.iter().map(|s| s.name.clone()).collect();
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
-    let mut accounts = shard.accounts.borrow_mut();
-    for (partition, guard) in &guards {
-        let state = accounts.partition_state(*partition, guard.next_offset(), &symbols);
-        write(partition_dir(shard, *partition), format!("{stamp:024}.snap"), encode(ACCOUNT_MAGIC, &state));
+    let started = std::time::Instant::now();
+    let mut bytes_total = 0;
+    for (partition, log) in &logs {
+        let Ok(guard) = log.write().await else { return };
+        let mut bytes = ACCOUNT_MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        shard.accounts.borrow().partition_snapshot(*partition, guard.next_offset(), &symbols, &mut bytes);
+        drop(guard);
+        bytes_total += bytes.len();
+        write(partition_dir(shard, *partition), format!("{stamp:024}.snap"), bytes);
+        futures_lite::future::yield_now().await;
     }
-    accounts.dirty = false;
-    tracing::info!(shard = shard.id, partitions = guards.len(), "account snapshot");
+    shard.accounts.borrow_mut().dirty = false;
+    tracing::info!(
+        shard = shard.id,
+        partitions = logs.len(),
+        bytes = bytes_total,
+        ms = started.elapsed().as_millis() as u64,
+        "account snapshot"
+    );
 }
 
 /// The newest readable account snapshot of a partition.

@@ -2,9 +2,10 @@
 //!
 //! `cargo run --release -p perf --bin load -- --help`
 //!
-//! Open loop (`--rate N`): requests are scheduled at a fixed arrival rate and each
-//! latency is measured from its *scheduled* time, so a stalled server is charged for
-//! every request it delayed (coordinated omission corrected). Closed loop (`--rate 0`):
+//! Open loop (`--rate N`): requests are scheduled at a fixed arrival rate and a request
+//! that had to wait for its connection's previous answer is timed from its *scheduled*
+//! time, so a stalled server is charged for every request it delayed (coordinated
+//! omission corrected). Closed loop (`--rate 0`):
 //! every connection sends its next request as soon as the last one is answered, which
 //! measures maximum throughput.
 //!
@@ -152,7 +153,7 @@ async fn setup(args: &Args) -> Vec<String> {
     let mut conn = connect(&args.addr).await;
     let mut keys = Vec::with_capacity(args.users);
     for i in 0..args.users {
-        let name = format!("load-{}-{i}", args.seed);
+        let name = format!("load-{}-{}-{i}", args.seed, std::process::id());
         let admin = [("x-admin-key", args.admin_key.as_str())];
         let (status, body) = call(&mut conn, "POST", "/admin/v1/users", &admin, format!(r#"{{"userId":"{name}"}}"#)).await;
         if status != 200 {
@@ -175,6 +176,7 @@ async fn worker(args: Args, index: usize, keys: Rc<Vec<String>>, start: Instant,
     // Open loop: this connection's share of the schedule is every `connections`-th slot.
     let interval = (args.rate > 0).then(|| Duration::from_nanos(1_000_000_000 * args.connections as u64 / args.rate));
     let mut slot = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / args.connections as f64));
+    let mut free_at = start;
     loop {
         let scheduled = match interval {
             Some(i) => {
@@ -183,7 +185,11 @@ async fn worker(args: Args, index: usize, keys: Rc<Vec<String>>, start: Instant,
                 if s > Instant::now() {
                     tokio::time::sleep_until(s.into()).await;
                 }
-                s
+                // The latency clock starts at the scheduled time when this connection was
+                // still busy with an earlier request then (the server held us up: that
+                // wait is charged to it), and at the actual send otherwise (tokio's timer
+                // wakes up to a millisecond late: that delay is ours, not the server's).
+                if free_at > s { s } else { Instant::now() }
             }
             None => Instant::now(),
         };
@@ -194,6 +200,7 @@ async fn worker(args: Args, index: usize, keys: Rc<Vec<String>>, start: Instant,
         let (user, method, path, body) = next_order(&mut rng, &syms, &mut resting, user);
         let (status, reply) = call(&mut conn, &method, &path, &[("x-api-key", &keys[user])], body).await;
         let done = Instant::now();
+        free_at = done;
         if scheduled >= measure_from {
             if status == 200 || (method == "DELETE" && status == 409) {
                 tally.ok += 1;
