@@ -21,6 +21,7 @@
 //! | `EXCHANGE_SPIN_MICROS` | `spin_micros` | `0` (busy-poll before sleeping) |
 //! | `EXCHANGE_MAX_CONNECTIONS` | `limits.max_connections_per_core` | `10000` |
 //! | `EXCHANGE_IDLE_TIMEOUT_SECS` | `limits.idle_timeout_secs` | `60` |
+//! | `EXCHANGE_HEADER_TIMEOUT_SECS` | `limits.header_timeout_secs` | `10` |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,12 +72,13 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_connections_per_core: usize,
     pub idle_timeout_secs: u64,
+    pub header_timeout_secs: u64,
     pub max_json_depth: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 64 * 1024, max_connections_per_core: 10_000, idle_timeout_secs: 60, max_json_depth: 8 }
+        Self { max_body_bytes: 64 * 1024, max_connections_per_core: 10_000, idle_timeout_secs: 60, header_timeout_secs: 10, max_json_depth: 8 }
     }
 }
 
@@ -172,6 +174,9 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_IDLE_TIMEOUT_SECS") {
             self.limits.idle_timeout_secs = parse("EXCHANGE_IDLE_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_HEADER_TIMEOUT_SECS") {
+            self.limits.header_timeout_secs = parse("EXCHANGE_HEADER_TIMEOUT_SECS", &v)?;
         }
         Ok(())
     }

@@ -260,17 +260,23 @@ async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
 
 async fn connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
     let io = HyperIo::new(stream);
-    let last_read = io.last_read();
+    let activity = io.activity();
     let idle = Duration::from_secs(shard.config.limits.idle_timeout_secs.max(1));
+    let header_timeout = Duration::from_secs(shard.config.limits.header_timeout_secs.max(1));
+    let seen = activity.clone();
     let service = hyper::service::service_fn(move |req| {
+        seen.headers_done();
         let shard = shard.clone();
         async move { Ok::<_, Infallible>(respond(&shard, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).max_buf_size(16 * 1024).serve_connection(io, service);
+    // Closes connections that stay silent (idle keep-alive) or send a request's headers
+    // too slowly (slowloris). Request bodies have their own deadline in `answer`.
     let watchdog = async {
         loop {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            if last_read.get().elapsed() > idle {
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+            let slow = activity.request_started.get().is_some_and(|t| t.elapsed() > header_timeout);
+            if slow || activity.last_read.get().elapsed() > idle {
                 break;
             }
         }

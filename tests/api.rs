@@ -325,5 +325,46 @@ fn sigterm_stops_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
-#[allow(dead_code)]
-fn _unused(_: Value) {}
+/// Whether the server closes the connection within `within` (reads until EOF or reset).
+fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn idle_and_slow_connections_are_closed() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let s = Server::start_with(&[("EXCHANGE_IDLE_TIMEOUT_SECS", "1"), ("EXCHANGE_HEADER_TIMEOUT_SECS", "2")]);
+    let addr = format!("127.0.0.1:{}", s.port);
+    // Idle: connects and says nothing.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_within(&mut idle, Duration::from_secs(5)), "an idle connection is closed");
+    // Slowloris: keeps sending header bytes, never finishing the request.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in b"GET /health HTTP/1.1\r\nX-Slow: ".iter().chain([b'a'; 64].iter()) {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    assert!(closed || closed_within(&mut slow, Duration::from_secs(1)), "a trickling request is cut off");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // A normal client is unaffected.
+    assert_eq!(s.request("GET", "/health", &[], None).0, 200);
+}

@@ -17,17 +17,33 @@ use futures_lite::{AsyncRead, AsyncWrite};
 /// A socket as hyper wants it.
 pub struct HyperIo<T> {
     inner: T,
-    last_read: Rc<Cell<Instant>>,
+    activity: Rc<Activity>,
+}
+
+/// What a connection watchdog needs to know.
+#[derive(Debug)]
+pub struct Activity {
+    /// When the peer last sent bytes.
+    pub last_read: Cell<Instant>,
+    /// When the peer started sending a request whose headers are not complete yet.
+    pub request_started: Cell<Option<Instant>>,
+}
+
+impl Activity {
+    /// The server calls this when a request's headers are complete.
+    pub fn headers_done(&self) {
+        self.request_started.set(None);
+    }
 }
 
 impl<T> HyperIo<T> {
     pub fn new(inner: T) -> Self {
-        Self { inner, last_read: Rc::new(Cell::new(Instant::now())) }
+        Self { inner, activity: Rc::new(Activity { last_read: Cell::new(Instant::now()), request_started: Cell::new(None) }) }
     }
 
-    /// When the peer last sent bytes; shared, so a watchdog can read it.
-    pub fn last_read(&self) -> Rc<Cell<Instant>> {
-        self.last_read.clone()
+    /// Shared with the watchdog and the request handler.
+    pub fn activity(&self) -> Rc<Activity> {
+        self.activity.clone()
     }
 }
 
@@ -47,7 +63,11 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
         match Pin::new(&mut self.inner).poll_read(cx, slice) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    self.last_read.set(Instant::now());
+                    let now = Instant::now();
+                    self.activity.last_read.set(now);
+                    if self.activity.request_started.get().is_none() {
+                        self.activity.request_started.set(Some(now));
+                    }
                 }
                 // SAFETY: `n` bytes were just written by the read.
                 unsafe { buf.advance(n) };
