@@ -95,6 +95,28 @@ pub struct OrderView {
     pub reserved: i64,
 }
 
+impl OrderView {
+    /// A new order, before any result of it is known.
+    pub fn new(order: &NewOrder, symbol: usize, logged: bool) -> Self {
+        Self {
+            id: order.id,
+            symbol,
+            client_order_id: order.client_order_id,
+            side: order.side,
+            kind: order.kind,
+            quantity: order.quantity,
+            filled: 0,
+            filled_value: 0,
+            status: OrderStatus::New,
+            reason: None,
+            created_at: order.timestamp,
+            updated_at: order.timestamp,
+            logged,
+            reserved: order.locked_margin,
+        }
+    }
+}
+
 /// One of the user's fills.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Fill {
@@ -208,8 +230,6 @@ pub struct Accounts {
     /// Per (partition, symbol): results below this offset are already in the partition's
     /// snapshot and are skipped on replay.
     floors: FxHashMap<(u32, usize), u64>,
-    /// Applies since the last snapshot, to skip snapshots when nothing changed.
-    pub dirty: bool,
 }
 
 /// [`PartitionState`] borrowed from the live state, field for field, for writing.
@@ -293,13 +313,117 @@ impl Accounts {
             order_counter: now_micros,
             applied: FxHashMap::default(),
             floors: FxHashMap::default(),
-            dirty: false,
         }
     }
 
+
+
+    /// Whether results of `symbol` at `offset` are new for `user` (not in a snapshot).
+    fn fresh(&self, user: UserId, symbol: usize, offset: u64) -> bool {
+        self.floors.get(&(partition_of(user), symbol)).is_none_or(|floor| offset >= *floor)
+    }
+
+
+
+    pub fn user_by_name(&self, name: &str) -> Option<UserId> {
+        self.names.get(name).copied()
+    }
+
+
+
+
+
+
+
+
+    fn track(account: &mut Account, order: &NewOrder, symbol: usize, logged: bool) {
+        if let Some(cid) = order.client_order_id {
+            account.client_ids.insert(cid, order.id);
+        }
+        account.orders.insert(order.id, OrderView::new(order, symbol, logged));
+    }
+
+
+
+
+
+    fn view(&mut self, user: UserId, id: OrderId) -> Option<&mut OrderView> {
+        self.users.get_mut(&user)?.orders.get_mut(&id)
+    }
+
+    /// Every user owned here, for invariant checks.
+    pub fn users(&self) -> impl Iterator<Item = (&UserId, &Account)> {
+        self.users.iter()
+    }
+}
+
+/// Hot state: balances, margin locks, positions, open orders and rate-limit counters,
+/// with the one atomic risk step. The in-process [`Accounts`] is the implementation the
+/// embedded mode uses; the shard sees only this trait.
+pub trait HotState {
     /// One partition's state as snapshot bytes (the encoding of [`PartitionState`]),
     /// written straight from the live state: no copy of the accounts is made.
-    pub fn partition_snapshot(&self, partition: u32, log_offset: u64, symbols: &[String], out: &mut Vec<u8>) {
+    fn partition_snapshot(&self, partition: u32, log_offset: u64, symbols: &[String], out: &mut Vec<u8>);
+
+    /// Installs a partition's snapshot; its results floors make replay skip what it holds.
+    fn install(&mut self, partition: u32, state: PartitionState, symbol_index: &dyn Fn(&str) -> Option<usize>);
+
+    /// Records that a symbol's results up to `offset` (inclusive) have been applied here.
+    fn mark_applied(&mut self, symbol: usize, offset: u64);
+
+    fn user(&self, user: UserId) -> Option<&Account>;
+
+    /// Checks an API key of the form `<user hex>.<secret hex>` in constant time.
+    fn authenticate(&self, key: &str) -> Option<UserId>;
+
+    /// Prepares a new user: the record to log and the API key to hand out once.
+    ///
+    /// # Errors
+    /// An invalid or taken name.
+    fn create_user(&mut self, name: &str, secret: [u8; 24]) -> Result<(AccountRecord, String), AdminError>;
+
+    /// Forgets a prepared user whose record could not be logged.
+    fn release_user(&mut self, name: &str);
+
+    /// Prepares a deposit or withdrawal. A withdrawal takes effect at once (so no order
+    /// can lock the same money meanwhile) and is undone by [`Self::release_transfer`].
+    ///
+    /// # Errors
+    /// Unknown user, a reused transferId, or a withdrawal beyond `available`.
+    fn transfer(&mut self, name: &str, transfer_id: &str, amount: Units, now: i64) -> Result<TransferPlan, AdminError>;
+
+    /// Undoes a prepared transfer whose record could not be logged.
+    fn release_transfer(&mut self, record: &AccountRecord);
+
+    /// Applies a logged record. `live` says it was prepared by this process (a
+    /// withdrawal already took effect); on replay it is false.
+    fn apply(&mut self, record: &AccountRecord, live: bool);
+
+    /// The risk step: rate limit, idempotency, available check and margin lock, in one
+    /// go. Returns the new order's number.
+    ///
+    /// # Errors
+    /// [`RiskError`]; then nothing changed.
+    fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError>;
+
+    /// The order reached the log.
+    fn confirm(&mut self, user: UserId, id: OrderId);
+
+    /// The order could not be logged: unlock its margin and forget it.
+    fn release(&mut self, order: &NewOrder);
+
+    /// A logged order replayed at start: lock and track it as the risk step did.
+    fn replay_order(&mut self, order: &NewOrder, symbol: usize, offset: u64);
+
+    /// Applies a symbol's result events (of the command at `offset`) to the users owned
+    /// here, skipping those a snapshot already holds.
+    fn apply_events(&mut self, symbol: usize, offset: u64, events: &[Event]);
+}
+
+impl HotState for Accounts {
+    /// One partition's state as snapshot bytes (the encoding of [`PartitionState`]),
+    /// written straight from the live state: no copy of the accounts is made.
+    fn partition_snapshot(&self, partition: u32, log_offset: u64, symbols: &[String], out: &mut Vec<u8>) {
         let mut users: Vec<(UserId, AccountRef<'_>)> = self
             .users
             .iter()
@@ -324,7 +448,7 @@ impl Accounts {
     }
 
     /// Installs a partition's snapshot; its results floors make replay skip what it holds.
-    pub fn install(&mut self, partition: u32, state: PartitionState, symbol_index: impl Fn(&str) -> Option<usize>) {
+    fn install(&mut self, partition: u32, state: PartitionState, symbol_index: &dyn Fn(&str) -> Option<usize>) {
         self.next_number.insert(partition, state.next_number);
         for (name, offset) in state.applied {
             if let Some(s) = symbol_index(&name) {
@@ -340,28 +464,18 @@ impl Accounts {
         }
     }
 
-    /// Whether results of `symbol` at `offset` are new for `user` (not in a snapshot).
-    fn fresh(&self, user: UserId, symbol: usize, offset: u64) -> bool {
-        self.floors.get(&(partition_of(user), symbol)).is_none_or(|floor| offset >= *floor)
-    }
-
     /// Records that a symbol's results up to `offset` (inclusive) have been applied here.
-    pub fn mark_applied(&mut self, symbol: usize, offset: u64) {
+    fn mark_applied(&mut self, symbol: usize, offset: u64) {
         let next = self.applied.entry(symbol).or_insert(0);
         *next = (*next).max(offset + 1);
-        self.dirty = true;
     }
 
-    pub fn user(&self, user: UserId) -> Option<&Account> {
+    fn user(&self, user: UserId) -> Option<&Account> {
         self.users.get(&user)
     }
 
-    pub fn user_by_name(&self, name: &str) -> Option<UserId> {
-        self.names.get(name).copied()
-    }
-
     /// Checks an API key of the form `<user hex>.<secret hex>` in constant time.
-    pub fn authenticate(&self, key: &str) -> Option<UserId> {
+    fn authenticate(&self, key: &str) -> Option<UserId> {
         let user = user_of_key(key)?;
         let account = self.users.get(&user)?;
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
@@ -372,7 +486,7 @@ impl Accounts {
     ///
     /// # Errors
     /// An invalid or taken name.
-    pub fn create_user(&mut self, name: &str, secret: [u8; 24]) -> Result<(AccountRecord, String), AdminError> {
+    fn create_user(&mut self, name: &str, secret: [u8; 24]) -> Result<(AccountRecord, String), AdminError> {
         let valid = (1..=64).contains(&name.len())
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
         if !valid {
@@ -393,7 +507,7 @@ impl Accounts {
     }
 
     /// Forgets a prepared user whose record could not be logged.
-    pub fn release_user(&mut self, name: &str) {
+    fn release_user(&mut self, name: &str) {
         if let Some(user) = self.names.get(name)
             && !self.users.contains_key(user)
         {
@@ -406,7 +520,7 @@ impl Accounts {
     ///
     /// # Errors
     /// Unknown user, a reused transferId, or a withdrawal beyond `available`.
-    pub fn transfer(&mut self, name: &str, transfer_id: &str, amount: Units, now: i64) -> Result<TransferPlan, AdminError> {
+    fn transfer(&mut self, name: &str, transfer_id: &str, amount: Units, now: i64) -> Result<TransferPlan, AdminError> {
         let user = self.user_by_name(name).filter(|u| self.users.contains_key(u)).ok_or(AdminError::UnknownUser)?;
         if transfer_id.is_empty() || transfer_id.len() > 64 {
             return Err(AdminError::InvalidAmount);
@@ -429,7 +543,7 @@ impl Accounts {
     }
 
     /// Undoes a prepared transfer whose record could not be logged.
-    pub fn release_transfer(&mut self, record: &AccountRecord) {
+    fn release_transfer(&mut self, record: &AccountRecord) {
         if let AccountRecord::Transfer { user, transfer_id, amount, .. } = record {
             self.transfers.remove(transfer_id);
             if *amount < 0
@@ -442,7 +556,7 @@ impl Accounts {
 
     /// Applies a logged record. `live` says it was prepared by this process (a
     /// withdrawal already took effect); on replay it is false.
-    pub fn apply(&mut self, record: &AccountRecord, live: bool) {
+    fn apply(&mut self, record: &AccountRecord, live: bool) {
         match record {
             AccountRecord::UserCreated { name, user, key_hash } => {
                 let partition = partition_of(*user);
@@ -467,7 +581,7 @@ impl Accounts {
     ///
     /// # Errors
     /// [`RiskError`]; then nothing changed.
-    pub fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError> {
+    fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError> {
         let limit = self.rate_limit;
         let account = self.users.get_mut(&user).ok_or(RiskError::Unauthorized)?;
         if let Some(cid) = &order.client_order_id
@@ -497,40 +611,15 @@ impl Accounts {
         Ok(())
     }
 
-    fn track(account: &mut Account, order: &NewOrder, symbol: usize, logged: bool) {
-        if let Some(cid) = order.client_order_id {
-            account.client_ids.insert(cid, order.id);
-        }
-        account.orders.insert(
-            order.id,
-            OrderView {
-                id: order.id,
-                symbol,
-                client_order_id: order.client_order_id,
-                side: order.side,
-                kind: order.kind,
-                quantity: order.quantity,
-                filled: 0,
-                filled_value: 0,
-                status: OrderStatus::New,
-                reason: None,
-                created_at: order.timestamp,
-                updated_at: order.timestamp,
-                logged,
-                reserved: order.locked_margin,
-            },
-        );
-    }
-
     /// The order reached the log.
-    pub fn confirm(&mut self, user: UserId, id: OrderId) {
+    fn confirm(&mut self, user: UserId, id: OrderId) {
         if let Some(view) = self.users.get_mut(&user).and_then(|a| a.orders.get_mut(&id)) {
             view.logged = true;
         }
     }
 
     /// The order could not be logged: unlock its margin and forget it.
-    pub fn release(&mut self, order: &NewOrder) {
+    fn release(&mut self, order: &NewOrder) {
         if let Some(account) = self.users.get_mut(&order.user) {
             account.locked -= i128::from(order.locked_margin);
             account.orders.remove(&order.id);
@@ -541,7 +630,7 @@ impl Accounts {
     }
 
     /// A logged order replayed at start: lock and track it as the risk step did.
-    pub fn replay_order(&mut self, order: &NewOrder, symbol: usize, offset: u64) {
+    fn replay_order(&mut self, order: &NewOrder, symbol: usize, offset: u64) {
         if !self.fresh(order.user, symbol, offset) {
             return;
         }
@@ -553,7 +642,7 @@ impl Accounts {
 
     /// Applies a symbol's result events (of the command at `offset`) to the users owned
     /// here, skipping those a snapshot already holds.
-    pub fn apply_events(&mut self, symbol: usize, offset: u64, events: &[Event]) {
+    fn apply_events(&mut self, symbol: usize, offset: u64, events: &[Event]) {
         for event in events {
             match event {
                 Event::OrderPlaced(p) if !self.fresh(p.user, symbol, offset) => {}
@@ -620,16 +709,8 @@ impl Accounts {
             }
         }
     }
-
-    fn view(&mut self, user: UserId, id: OrderId) -> Option<&mut OrderView> {
-        self.users.get_mut(&user)?.orders.get_mut(&id)
-    }
-
-    /// Every user owned here, for invariant checks.
-    pub fn users(&self) -> impl Iterator<Item = (&UserId, &Account)> {
-        self.users.iter()
-    }
 }
+
 
 /// The user a key claims to be (checked by [`Accounts::authenticate`] on the owner).
 pub fn user_of_key(key: &str) -> Option<UserId> {
@@ -665,7 +746,7 @@ mod tests {
         let state: PartitionState = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(state.log_offset, 7);
         let mut b = Accounts::new(0, 0);
-        b.install(partition_of(user), state, |_| Some(0));
+        b.install(partition_of(user), state, &|_| Some(0));
         let restored = b.user(user).unwrap();
         assert_eq!(b.authenticate(&key), Some(user));
         assert_eq!((restored.total, restored.locked), (1_000, 100), "only the logged order's lock");

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use exchange_io::http::HyperIo;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::{LocalExecutorBuilder, Placement};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request as HttpRequest, Response};
 use rustc_hash::FxHashMap;
@@ -159,7 +159,7 @@ async fn shard_main(
         shards,
         map,
         rpc: Rpc::new(senders),
-        accounts: RefCell::new(Accounts::new(config.rate_limit, now_micros)),
+        accounts: RefCell::new(Box::new(Accounts::new(config.rate_limit, now_micros))),
         account_logs: RefCell::new(FxHashMap::default()),
         streams: RefCell::new(FxHashMap::default()),
         metrics: metrics.shard(id),
@@ -315,14 +315,14 @@ async fn respond(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> Response<Full
 async fn answer(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> HttpReply {
     let (parts, body) = req.into_parts();
     let limit = shard.config.limits.max_body_bytes;
-    let collected = futures_lite::future::or(async { Some(Limited::new(body, limit).collect().await) }, async {
+    let collected = futures_lite::future::or(async { Some(read_body(body, limit).await) }, async {
         glommio::timer::sleep(Duration::from_secs(10)).await;
         None
     })
     .await;
     let mut body = match collected {
-        Some(Ok(b)) => b.to_bytes().to_vec(),
-        Some(Err(_)) => return invalid(format!("body larger than {limit} bytes or unreadable")).reply(),
+        Some(Ok(b)) => b,
+        Some(Err(())) => return invalid(format!("body larger than {limit} bytes or unreadable")).reply(),
         None => return invalid("body not received in time").reply(),
     };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -352,6 +352,26 @@ async fn answer(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> HttpReply {
         Some(Reply::Http(reply)) => reply,
         _ => ApiError::Unavailable("shard unavailable".into()).reply(),
     }
+}
+
+/// Reads a body of at most `limit` bytes. A larger one is read on and dropped (up to 16
+/// times the limit) so that the client, still sending, can read the 400 that follows
+/// instead of a connection reset.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ()> {
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= limit {
+                out.extend_from_slice(data);
+            } else if seen > limit.saturating_mul(16) {
+                return Err(());
+            }
+        }
+    }
+    if seen > limit { Err(()) } else { Ok(out) }
 }
 
 fn health(shard: &Shard) -> HttpReply {

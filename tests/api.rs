@@ -4,7 +4,6 @@ mod common;
 
 use common::{dec, Server, ADMIN};
 use rust_decimal::Decimal;
-use serde_json::Value;
 
 const BUY: &str = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000","quantity":"0.010","leverage":10,"clientOrderId":"buy-1"}"#;
 

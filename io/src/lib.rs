@@ -8,3 +8,42 @@
 
 pub mod http;
 pub mod journal;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// An append-only, durable log of one stream (a symbol's commands, an account
+/// partition's records). The shard appends, commits once per batch, and acknowledges
+/// nothing a commit has not returned for. Implemented by the embedded
+/// [`journal::Journal`]; a Kafka producer is the other implementation the design plans.
+pub trait EventLog {
+    /// Buffers a record and returns its offset; nothing is durable yet.
+    ///
+    /// # Errors
+    /// When the record cannot be logged at all (too large).
+    fn append(&mut self, payload: &[u8]) -> Result<u64, journal::JournalError>;
+
+    /// Makes every appended record durable.
+    ///
+    /// # Errors
+    /// When the log cannot accept writes; then none of the pending records may be
+    /// acknowledged.
+    fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<(), journal::JournalError>> + '_>>;
+
+    /// The offset the next appended record will get.
+    fn next_offset(&self) -> u64;
+}
+
+impl EventLog for journal::Journal {
+    fn append(&mut self, payload: &[u8]) -> Result<u64, journal::JournalError> {
+        journal::Journal::append(self, payload)
+    }
+
+    fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<(), journal::JournalError>> + '_>> {
+        Box::pin(journal::Journal::commit(self))
+    }
+
+    fn next_offset(&self) -> u64 {
+        journal::Journal::next_offset(self)
+    }
+}

@@ -298,22 +298,7 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
 
 /// The taker's order as its command's events left it.
 fn taker_view(symbol: usize, order: &NewOrder, events: &[Event]) -> OrderView {
-    let mut view = OrderView {
-        id: order.id,
-        symbol,
-        client_order_id: order.client_order_id,
-        side: order.side,
-        kind: order.kind,
-        quantity: order.quantity,
-        filled: 0,
-        filled_value: 0,
-        status: OrderStatus::New,
-        reason: None,
-        created_at: order.timestamp,
-        updated_at: order.timestamp,
-        logged: true,
-        reserved: 0,
-    };
+    let mut view = OrderView::new(order, symbol, true);
     for e in events {
         match e {
             Event::TradeExecuted(t) if t.taker().order_id == order.id => {
@@ -344,12 +329,12 @@ fn taker_view(symbol: usize, order: &NewOrder, events: &[Event]) -> OrderView {
 async fn with_partition_log<T>(
     shard: &Rc<Shard>,
     partition: u32,
-    prepare: impl FnOnce(&mut crate::accounts::Accounts) -> Result<(Option<AccountRecord>, T), ApiError>,
-    undo: impl FnOnce(&mut crate::accounts::Accounts, &AccountRecord),
+    prepare: impl FnOnce(&mut dyn crate::accounts::HotState) -> Result<(Option<AccountRecord>, T), ApiError>,
+    undo: impl FnOnce(&mut dyn crate::accounts::HotState, &AccountRecord),
 ) -> Result<T, ApiError> {
     let journal = shard.account_logs.borrow().get(&partition).cloned().ok_or_else(|| ApiError::Unavailable("partition not owned here".into()))?;
     let mut journal = journal.write().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let (record, value) = prepare(&mut shard.accounts.borrow_mut())?;
+    let (record, value) = prepare(shard.accounts.borrow_mut().as_mut())?;
     let Some(record) = record else { return Ok(value) };
     let bytes = postcard::to_allocvec(&record).map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let logged = match journal.append(&bytes) {
@@ -360,11 +345,10 @@ async fn with_partition_log<T>(
     match logged {
         Ok(()) => {
             accounts.apply(&record, true);
-            accounts.dirty = true;
             Ok(value)
         }
         Err(e) => {
-            undo(&mut accounts, &record);
+            undo(accounts.as_mut(), &record);
             Err(e)
         }
     }

@@ -26,10 +26,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use exchange_io::journal::Journal;
+use exchange_io::EventLog;
 use rustc_hash::FxHashMap;
 
-use crate::accounts::{partition_of, partition_of_name, Accounts, PARTITIONS};
+use crate::accounts::{partition_of, partition_of_name, HotState, PARTITIONS};
 use crate::config::Config;
 use crate::engine::{Event, NewOrder, UserId};
 use crate::metrics::{Metrics, ShardMetrics};
@@ -38,15 +38,18 @@ use protocol::{Reply, Request};
 use rpc::{Pending, Rpc};
 use stream::SymbolStream;
 
+/// A stream's event log, whichever implementation was configured at start.
+pub type Log = Box<dyn EventLog>;
+
 pub struct Shard {
     pub id: usize,
     pub shards: usize,
     pub map: Arc<ShardMap>,
     pub config: Arc<Config>,
     pub rpc: Rpc,
-    pub accounts: RefCell<Accounts>,
+    pub accounts: RefCell<Box<dyn HotState>>,
     /// Account partition logs owned here. Admin writes are rare: one commit per request.
-    pub account_logs: RefCell<FxHashMap<u32, Rc<glommio::sync::RwLock<Journal>>>>,
+    pub account_logs: RefCell<FxHashMap<u32, Rc<glommio::sync::RwLock<Log>>>>,
     pub streams: RefCell<FxHashMap<usize, Rc<SymbolStream>>>,
     pub metrics: ShardMetrics,
     pub all_metrics: Metrics,

@@ -140,7 +140,7 @@ pub fn snapshot_accounts_soon(shard: &Rc<Shard>) {
 /// half-done in it) and with its own offsets; the shard serves requests in between, so a
 /// snapshot never stalls it for more than one partition's worth.
 async fn snapshot_accounts(shard: &Rc<Shard>) {
-    let mut logs: Vec<(u32, Rc<glommio::sync::RwLock<exchange_io::journal::Journal>>)> =
+    let mut logs: Vec<(u32, Rc<glommio::sync::RwLock<super::Log>>)> =
         shard.account_logs.borrow().iter().map(|(p, j)| (*p, j.clone())).collect();
     logs.sort_unstable_by_key(|(p, _)| *p);
     let symbols: Vec<String> = shard.map.symbols.iter().map(|s| s.name.clone()).collect();
@@ -157,7 +157,6 @@ async fn snapshot_accounts(shard: &Rc<Shard>) {
         write(partition_dir(shard, *partition), format!("{stamp:024}.snap"), bytes);
         futures_lite::future::yield_now().await;
     }
-    shard.accounts.borrow_mut().dirty = false;
     tracing::info!(
         shard = shard.id,
         partitions = logs.len(),

@@ -35,7 +35,7 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
             from = state.log_offset;
             applied = Some(state.applied.clone());
             let map = &shard.map;
-            shard.accounts.borrow_mut().install(partition, state, |name| map.symbols.iter().position(|s| s.name == name));
+            shard.accounts.borrow_mut().install(partition, state, &|name| map.symbols.iter().position(|s| s.name == name));
         }
         shard.health.record_applied(partition, applied);
         let skip = usize::try_from(from.saturating_sub(found.first_offset)).unwrap_or(usize::MAX);
@@ -45,7 +45,7 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
             shard.accounts.borrow_mut().apply(&record, false);
         }
         records += found.records.len().saturating_sub(skip);
-        let journal = Journal::open(&dir, found.first_offset + found.records.len() as u64).await?;
+        let journal: super::Log = Box::new(Journal::open(&dir, found.first_offset + found.records.len() as u64).await?);
         shard.account_logs.borrow_mut().insert(partition, Rc::new(glommio::sync::RwLock::new(journal)));
     }
     tracing::info!(shard = shard.id, records, ms = started.elapsed().as_millis() as u64, "account logs replayed");
@@ -91,7 +91,7 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         for ack in acks {
             let _ = ack.await;
         }
-        let journal = Journal::open(&dir, found.first_offset + found.records.len() as u64).await?;
+        let journal: super::Log = Box::new(Journal::open(&dir, found.first_offset + found.records.len() as u64).await?);
         shard.streams.borrow_mut().insert(index, stream.clone());
         glommio::spawn_local(stream::run(shard.clone(), stream, journal, jobs)).detach();
         tracing::info!(

@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
 
-use exchange_io::journal::Journal;
 use futures_channel::{mpsc, oneshot};
 use futures_lite::StreamExt;
 
@@ -110,7 +109,7 @@ impl SymbolStream {
 }
 
 /// The committer task of one stream.
-pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: Journal, mut jobs: mpsc::UnboundedReceiver<Job>) {
+pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super::Log, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = jobs.next().await {
         let mut batch = vec![first];
         while let Ok(job) = jobs.try_recv() {
