@@ -17,30 +17,35 @@ use std::pin::Pin;
 /// nothing a commit has not returned for. Implemented by the embedded
 /// [`journal::Journal`]; a Kafka producer is the other implementation the design plans.
 pub trait EventLog {
-    /// Buffers a record and returns its offset; nothing is durable yet.
+    /// Buffers a record; nothing is durable yet.
     ///
     /// # Errors
     /// When the record cannot be logged at all (too large).
-    fn append(&mut self, payload: &[u8]) -> Result<u64, journal::JournalError>;
+    fn append(&mut self, payload: &[u8]) -> Result<(), journal::JournalError>;
 
-    /// Makes every appended record durable.
+    /// Makes every appended record durable and returns their offsets, in append order
+    /// (consecutive in a file journal; a shared Kafka partition may interleave others).
     ///
     /// # Errors
     /// When the log cannot accept writes; then none of the pending records may be
     /// acknowledged.
-    fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<(), journal::JournalError>> + '_>>;
+    fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<Vec<u64>, journal::JournalError>> + '_>>;
 
     /// The offset the next appended record will get.
     fn next_offset(&self) -> u64;
 }
 
 impl EventLog for journal::Journal {
-    fn append(&mut self, payload: &[u8]) -> Result<u64, journal::JournalError> {
-        journal::Journal::append(self, payload)
+    fn append(&mut self, payload: &[u8]) -> Result<(), journal::JournalError> {
+        journal::Journal::append(self, payload).map(|_| ())
     }
 
-    fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<(), journal::JournalError>> + '_>> {
-        Box::pin(journal::Journal::commit(self))
+    fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<Vec<u64>, journal::JournalError>> + '_>> {
+        Box::pin(async move {
+            let first = journal::Journal::next_offset(self);
+            journal::Journal::commit(self).await?;
+            Ok((first..journal::Journal::next_offset(self)).collect())
+        })
     }
 
     fn next_offset(&self) -> u64 {

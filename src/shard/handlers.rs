@@ -343,7 +343,7 @@ async fn with_partition_log<T>(
     };
     let mut accounts = shard.accounts.borrow_mut();
     match logged {
-        Ok(()) => {
+        Ok(_) => {
             accounts.apply(&record, true);
             Ok(value)
         }

@@ -60,8 +60,16 @@ fn decode<T: for<'de> Deserialize<'de>>(magic: &[u8; 6], bytes: &[u8]) -> Option
     (u16::from_le_bytes(*version) == VERSION).then(|| postcard::from_bytes(body).ok())?
 }
 
-/// Snapshot files of a directory, newest first.
+/// Snapshot files of a directory, newest first. Leftovers of writes a crash interrupted
+/// (`.tmp`) are removed on the way.
 fn files(dir: &Path) -> Vec<PathBuf> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "tmp") && e.metadata().is_ok_and(|m| m.modified().is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 60))) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "snap")).collect())
         .unwrap_or_default();

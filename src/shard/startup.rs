@@ -78,10 +78,11 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         stream.trades.borrow_mut().extend(trades);
         let skip = usize::try_from(from.saturating_sub(found.first_offset)).unwrap_or(usize::MAX);
         let mut acks = Vec::new();
-        for bytes in found.records.iter().skip(skip) {
+        for (i, bytes) in found.records.iter().enumerate().skip(skip) {
             let command: Command = postcard::from_bytes(bytes)
                 .with_context(|| format!("{}: undecodable command", dir.display()))?;
-            acks.extend(stream.execute(shard, &command, true).await.applied);
+            let offset = found.first_offset + i as u64;
+            acks.extend(stream.execute(shard, &command, offset, true).await.applied);
             if acks.len() >= 1024 {
                 for ack in acks.drain(..) {
                     let _ = ack.await;

@@ -76,10 +76,10 @@ impl SymbolStream {
         rx.await.map_err(|_| "shard is stopping".to_owned())?
     }
 
-    /// Executes one logged command and forwards its results (at start and at run time).
-    pub async fn execute(&self, shard: &Rc<Shard>, command: &Command, replayed: bool) -> Outcome {
+    /// Executes one logged command (at log `offset`) and forwards its results, at start
+    /// and at run time.
+    pub async fn execute(&self, shard: &Rc<Shard>, command: &Command, offset: u64, replayed: bool) -> Outcome {
         let mut events = Vec::new();
-        let offset = self.next.get();
         self.next.set(offset + 1);
         let result = self.market.borrow_mut().execute(command, &mut events);
         self.remember_trades(&events);
@@ -131,19 +131,20 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
         let committed = journal.commit().await;
         shard.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
         match committed {
-            Err(e) => {
-                tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
-                for job in accepted {
-                    let _ = job.done.send(Err(format!("event log unavailable: {e}")));
-                }
-            }
-            Ok(()) => {
-                for job in accepted {
-                    let outcome = stream.execute(&shard, &job.command, false).await;
+            Ok(offsets) if offsets.len() == accepted.len() => {
+                for (job, offset) in accepted.into_iter().zip(offsets) {
+                    let outcome = stream.execute(&shard, &job.command, offset, false).await;
                     let _ = job.done.send(Ok(outcome));
                 }
                 if stream.next.get() - stream.snapshot_at.get() >= shard.config.snapshot_every.max(1) {
                     super::snapshots::snapshot_symbol(&shard, &stream).await;
+                }
+            }
+            failed => {
+                let e = failed.map_or_else(|e| e.to_string(), |o| format!("log returned {} offsets for {} records", o.len(), accepted.len()));
+                tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
+                for job in accepted {
+                    let _ = job.done.send(Err(format!("event log unavailable: {e}")));
                 }
             }
         }
