@@ -12,6 +12,8 @@
 //! | `EXCHANGE_CORES` | `cores` | all online cores |
 //! | `EXCHANGE_SHARD_MAP` | `shard_map` | `shards/default.toml` |
 //! | `EXCHANGE_KAFKA_BROKERS` | `kafka.brokers` | unset: embedded journal |
+//! | `EXCHANGE_KAFKA_PARTITIONS` | `kafka.partitions` | `8` (per topic created) |
+//! | `EXCHANGE_KAFKA_TIMEOUT_MS` | `kafka.timeout_ms` | `2000` (then 503) |
 //! | `EXCHANGE_REDIS_URL` | `redis.url` | unset: in-process hot state |
 //! | `EXCHANGE_POSTGRES_URL` | `postgres.url` | unset: no cold storage |
 //! | `EXCHANGE_CHECK_INTERVAL_SECS` | `check_interval_secs` | `300` |
@@ -48,10 +50,20 @@ pub struct Config {
     pub limits: Limits,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kafka {
     pub brokers: Option<String>,
+    /// Partitions of each topic the exchange creates.
+    pub partitions: i32,
+    /// How long a command may wait for the broker before it is answered 503.
+    pub timeout_ms: u64,
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Self { brokers: None, partitions: 8, timeout_ms: 2_000 }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -147,6 +159,12 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_KAFKA_BROKERS") {
             self.kafka.brokers = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_KAFKA_PARTITIONS") {
+            self.kafka.partitions = parse("EXCHANGE_KAFKA_PARTITIONS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_KAFKA_TIMEOUT_MS") {
+            self.kafka.timeout_ms = parse("EXCHANGE_KAFKA_TIMEOUT_MS", &v)?;
         }
         if let Some(v) = set("EXCHANGE_REDIS_URL") {
             self.redis.url = Some(v);

@@ -90,8 +90,13 @@ fn raise_memlock() {
 /// Start-up failures (config, shard map, logs, executors), with context.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let map = Arc::new(ShardMap::load(&config.shard_map)?);
-    if config.kafka.brokers.is_some() || config.redis.url.is_some() || config.postgres.url.is_some() {
-        tracing::warn!("Kafka, Redis and PostgreSQL are not supported by this build yet; running embedded");
+    if config.redis.url.is_some() || config.postgres.url.is_some() {
+        tracing::warn!("Redis and PostgreSQL are not supported by this build yet; hot state stays in-process");
+    }
+    if let Some(brokers) = &config.kafka.brokers {
+        futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &crate::shard::logs::TOPICS, config.kafka.partitions))
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(brokers, "event log: Kafka");
     }
     if config.admin_key.is_none() {
         tracing::warn!("EXCHANGE_ADMIN_KEY is not set: the admin API is disabled");
@@ -166,6 +171,15 @@ async fn shard_main(
         all_metrics: metrics,
         health: health.clone(),
         snapshotting: Cell::new(false),
+        kafka: match &config.kafka.brokers {
+            Some(brokers) => Some(crate::shard::logs::KafkaBackend {
+                brokers: brokers.clone(),
+                partitions: config.kafka.partitions,
+                producer: exchange_io::kafka::producer(brokers, Duration::from_millis(config.kafka.timeout_ms))
+                    .map_err(anyhow::Error::msg)?,
+            }),
+            None => None,
+        },
         config,
     });
     listen_mesh(&shard, receivers);

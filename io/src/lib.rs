@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod journal;
+pub mod kafka;
 
 use std::future::Future;
 use std::pin::Pin;

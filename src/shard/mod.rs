@@ -16,6 +16,7 @@
 //! If step 3 fails, the lock is released and the client gets 503.
 
 pub mod handlers;
+pub mod logs;
 pub mod protocol;
 pub mod rpc;
 pub mod snapshots;
@@ -54,6 +55,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     pub all_metrics: Metrics,
     pub health: Arc<crate::server::Health>,
+    /// Kafka, when it is the event log; `None`: the embedded journal.
+    pub kafka: Option<logs::KafkaBackend>,
     /// An account snapshot is being written.
     pub snapshotting: std::cell::Cell<bool>,
 }

@@ -1,0 +1,214 @@
+//! Kafka as the event log, through rdkafka (librdkafka), without tokio.
+//!
+//! - One idempotent producer per shard (`enable.idempotence=true`, so `acks=all` and
+//!   ordered retries), batching with `linger.ms` and compression. Sends are never awaited
+//!   one at a time: a stream appends every record of a batch, then awaits all of their
+//!   delivery reports together. The reports complete from librdkafka's own thread, so
+//!   they can be awaited on a glommio core.
+//! - A stream writes one partition of a topic, chosen from its key with Kafka's own
+//!   partitioner (murmur2), so any producer keyed the same way lands in the same place.
+//!   Several streams may share a partition; readers filter by key.
+//! - Replay reads a partition from an offset up to the high watermark it found when it
+//!   started, with a plain consumer assignment (no group, no committed offsets: the
+//!   exchange keeps its own offsets in its snapshots).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::util::NaiveRuntime;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::journal::JournalError;
+use crate::EventLog;
+
+pub type Producer = FutureProducer<DefaultClientContext, NaiveRuntime>;
+
+/// Producer settings. `timeout` bounds how long a record may wait for the broker before
+/// its delivery fails (and the request it carries is answered 503).
+pub fn producer(brokers: &str, timeout: Duration) -> Result<Producer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("batch.num.messages", "10000")
+        .set("compression.codec", "lz4")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .set("socket.timeout.ms", timeout.as_millis().max(10).to_string())
+        .create()
+        .map_err(|e| format!("kafka producer for {brokers}: {e}"))
+}
+
+/// Creates the topics that do not exist yet.
+pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("kafka admin client for {brokers}: {e}"))?;
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&new, &opts).await.map_err(|e| format!("creating topics: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("creating topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// Kafka's default partitioner for a key: murmur2, made positive, modulo the count.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+/// One stream's records in one partition of a topic.
+pub struct KafkaLog {
+    producer: Producer,
+    topic: String,
+    partition: i32,
+    key: String,
+    pending: Vec<DeliveryFuture>,
+    next_offset: u64,
+}
+
+impl KafkaLog {
+    pub fn new(producer: Producer, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
+        Self { producer, topic: topic.to_owned(), partition, key: key.to_owned(), pending: Vec::new(), next_offset }
+    }
+}
+
+impl EventLog for KafkaLog {
+    fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
+        let record = FutureRecord::to(&self.topic).partition(self.partition).key(&self.key).payload(payload);
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| JournalError::Write(e.to_string()))?;
+        self.pending.push(delivery);
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<Vec<u64>, JournalError>> + '_>> {
+        let pending = std::mem::take(&mut self.pending);
+        Box::pin(async move {
+            let mut offsets = Vec::with_capacity(pending.len());
+            let mut failure = None;
+            // Await every report, even after a failure, so none is left behind.
+            for delivery in pending {
+                match delivery.await {
+                    Ok(Ok(d)) => offsets.push(u64::try_from(d.offset).unwrap_or(0)),
+                    Ok(Err((e, _))) => failure = Some(e.to_string()),
+                    Err(_) => failure = Some("producer closed".into()),
+                }
+            }
+            if let Some(e) = failure {
+                return Err(JournalError::Write(e));
+            }
+            if let Some(last) = offsets.last() {
+                self.next_offset = last + 1;
+            }
+            Ok(offsets)
+        })
+    }
+
+    fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+}
+
+/// Every record of `partition` from `from` on, as `(offset, key, payload)`, up to the
+/// end the partition had when reading began. Returns the end offset too.
+///
+/// # Errors
+/// When the broker cannot be reached or the read stalls.
+pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64) -> Result<(Vec<(u64, Vec<u8>, Vec<u8>)>, u64), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "exchange-replay")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(|e| format!("{topic}/{partition}: watermarks: {e}"))?;
+    let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0));
+    let start = from.max(low);
+    let mut records = Vec::new();
+    if start >= high {
+        return Ok((records, high));
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start as i64)).map_err(|e| e.to_string())?;
+    consumer.assign(&tpl).map_err(|e| format!("{topic}/{partition}: assign: {e}"))?;
+    let mut idle = 0;
+    while records.last().is_none_or(|(o, _, _)| o + 1 < high) {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                idle = 0;
+                let offset = u64::try_from(m.offset()).unwrap_or(0);
+                records.push((offset, m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
+            }
+            Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
+            None => {
+                idle += 1;
+                if idle > 40 {
+                    return Err(format!("{topic}/{partition}: no records for 20 s before offset {high}"));
+                }
+            }
+        }
+    }
+    Ok((records, high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitioner_matches_kafka() {
+        // Values from Kafka's Utils.murmur2 (org.apache.kafka.common.utils).
+        assert_eq!(murmur2(b"21") as i32, -973_932_308);
+        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58_897_971);
+        assert_eq!(murmur2(b"abc") as i32, 479_470_107);
+        assert!((0..8).contains(&partition_for(b"BTC-PERP", 8)));
+    }
+}

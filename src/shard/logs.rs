@@ -1,0 +1,64 @@
+//! Opening a stream's event log, embedded or Kafka, chosen once at start.
+//!
+//! A stream is a symbol's command log or an account partition's log. Embedded, each has
+//! its own directory of segment files. In Kafka, symbol commands go to `orders.submitted`
+//! keyed by symbol and account records to `accounts.adjusted` keyed by partition, each
+//! in the partition Kafka's partitioner gives the key; a stream reads back only its key.
+
+use anyhow::Context;
+use exchange_io::journal::{recover, Journal};
+use exchange_io::kafka::{self, KafkaLog, Producer};
+
+use super::{Log, Shard};
+
+pub const COMMANDS_TOPIC: &str = "orders.submitted";
+pub const ACCOUNTS_TOPIC: &str = "accounts.adjusted";
+pub const PLACED_TOPIC: &str = "orders.placed";
+pub const CANCELLED_TOPIC: &str = "orders.cancelled";
+pub const TRADES_TOPIC: &str = "trades.executed";
+pub const TOPICS: [&str; 5] = [COMMANDS_TOPIC, PLACED_TOPIC, CANCELLED_TOPIC, TRADES_TOPIC, ACCOUNTS_TOPIC];
+
+/// The Kafka connection of a shard.
+pub struct KafkaBackend {
+    pub brokers: String,
+    pub partitions: i32,
+    pub producer: Producer,
+}
+
+#[derive(Clone, Copy)]
+pub enum Stream<'a> {
+    Symbol(&'a str),
+    Accounts(u32),
+}
+
+/// A stream's records from offset `from` on, as `(offset, payload)`, and its log
+/// positioned after them.
+pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Result<(Vec<(u64, Vec<u8>)>, Log)> {
+    match &shard.kafka {
+        None => {
+            let dir = match stream {
+                Stream::Symbol(name) => shard.config.data_dir.join("symbols").join(name),
+                Stream::Accounts(p) => shard.config.data_dir.join("accounts").join(format!("{p:02}")),
+            };
+            let found = recover(&dir)?;
+            if found.cut_bytes > 0 {
+                tracing::warn!(log = %dir.display(), cut_bytes = found.cut_bytes, "cut a torn tail from the log");
+            }
+            let end = found.first_offset + found.records.len() as u64;
+            let records = (found.first_offset..).zip(found.records).filter(|(o, _)| *o >= from).collect();
+            Ok((records, Box::new(Journal::open(&dir, end).await?)))
+        }
+        Some(k) => {
+            let (topic, key) = match stream {
+                Stream::Symbol(name) => (COMMANDS_TOPIC, name.to_owned()),
+                Stream::Accounts(p) => (ACCOUNTS_TOPIC, format!("accounts-{p:02}")),
+            };
+            let partition = kafka::partition_for(key.as_bytes(), k.partitions);
+            let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("reading {topic} for {key}"))?;
+            let records = found.into_iter().filter(|(_, k, _)| k == key.as_bytes()).map(|(o, _, p)| (o, p)).collect();
+            Ok((records, Box::new(KafkaLog::new(k.producer.clone(), topic, partition, &key, end))))
+        }
+    }
+}
