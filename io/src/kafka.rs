@@ -150,12 +150,19 @@ impl EventLog for KafkaLog {
     }
 }
 
-/// Every record of `partition` from `from` on, as `(offset, key, payload)`, up to the
-/// end the partition had when reading began. Returns the end offset too.
+/// A record read back from a partition.
+pub struct Record {
+    pub offset: u64,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// Every record of `partition` from `from` on, up to the end the partition had when
+/// reading began. Returns the end offset too.
 ///
 /// # Errors
 /// When the broker cannot be reached or the read stalls.
-pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64) -> Result<(Vec<(u64, Vec<u8>, Vec<u8>)>, u64), String> {
+pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64) -> Result<(Vec<Record>, u64), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "exchange-replay")
@@ -177,12 +184,16 @@ pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64) -> 
     tpl.add_partition_offset(topic, partition, Offset::Offset(start as i64)).map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| format!("{topic}/{partition}: assign: {e}"))?;
     let mut idle = 0;
-    while records.last().is_none_or(|(o, _, _)| o + 1 < high) {
+    while records.last().is_none_or(|r: &Record| r.offset + 1 < high) {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 idle = 0;
                 let offset = u64::try_from(m.offset()).unwrap_or(0);
-                records.push((offset, m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()));
+                records.push(Record {
+                    offset,
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                });
             }
             Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
             None => {

@@ -57,7 +57,7 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
             let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("reading {topic} for {key}"))?;
-            let records = found.into_iter().filter(|(_, k, _)| k == key.as_bytes()).map(|(o, _, p)| (o, p)).collect();
+            let records = found.into_iter().filter(|r| r.key == key.as_bytes()).map(|r| (r.offset, r.payload)).collect();
             Ok((records, Box::new(KafkaLog::new(k.producer.clone(), topic, partition, &key, end))))
         }
     }
