@@ -16,6 +16,10 @@ pub enum IdKind {
     Order = 0x0e01,
     Trade = 0x0e02,
     Event = 0x0e03,
+    /// A logged command (`orders.submitted`), numbered per symbol.
+    Command = 0x0e04,
+    /// An account record (`accounts.adjusted`), numbered per account partition.
+    Account = 0x0e05,
 }
 
 /// The UUID of `n` of the given kind on the symbol with `symbol_key`.

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod server;
 pub mod shard;
 pub mod shard_map;
+pub mod wire;

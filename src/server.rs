@@ -171,6 +171,7 @@ async fn shard_main(
         all_metrics: metrics,
         health: health.clone(),
         snapshotting: Cell::new(false),
+        wire_seq: Cell::new(0),
         kafka: match &config.kafka.brokers {
             Some(brokers) => Some(crate::shard::logs::KafkaBackend {
                 brokers: brokers.clone(),

@@ -336,7 +336,7 @@ async fn with_partition_log<T>(
     let mut journal = journal.write().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let (record, value) = prepare(shard.accounts.borrow_mut().as_mut())?;
     let Some(record) = record else { return Ok(value) };
-    let bytes = postcard::to_allocvec(&record).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let bytes = shard.encode_account(&record, partition);
     let logged = match journal.append(&bytes) {
         Ok(_) => journal.commit().await.map_err(|e| ApiError::Unavailable(format!("event log unavailable: {e}"))),
         Err(e) => Err(ApiError::Unavailable(e.to_string())),

@@ -30,7 +30,8 @@ use std::sync::Arc;
 use exchange_io::EventLog;
 use rustc_hash::FxHashMap;
 
-use crate::accounts::{partition_of, partition_of_name, HotState, PARTITIONS};
+use crate::accounts::{partition_of, partition_of_name, AccountRecord, HotState, PARTITIONS};
+use crate::wire;
 use crate::config::Config;
 use crate::engine::{Event, NewOrder, UserId};
 use crate::metrics::{Metrics, ShardMetrics};
@@ -57,6 +58,8 @@ pub struct Shard {
     pub health: Arc<crate::server::Health>,
     /// Kafka, when it is the event log; `None`: the embedded journal.
     pub kafka: Option<logs::KafkaBackend>,
+    /// Last number given to a record on Kafka.
+    pub wire_seq: std::cell::Cell<u64>,
     /// An account snapshot is being written.
     pub snapshotting: std::cell::Cell<bool>,
 }
@@ -80,6 +83,50 @@ impl Shard {
 
     pub fn name_owner(&self, name: &str) -> usize {
         self.partition_owner(partition_of_name(name))
+    }
+
+    /// A command as its log stores it: compact postcard in the embedded journal, JSON on
+    /// Kafka (where any tool may read it).
+    pub fn encode_command(&self, symbol: usize, command: &crate::engine::Command) -> Vec<u8> {
+        if self.kafka.is_some() {
+            wire::encode_command(&self.map.symbols[symbol], command, self.next_wire_seq())
+        } else {
+            postcard::to_allocvec(command).unwrap_or_default()
+        }
+    }
+
+    /// # Errors
+    /// A record the exchange did not write.
+    pub fn decode_command(&self, symbol: usize, bytes: &[u8]) -> Result<crate::engine::Command, String> {
+        if self.kafka.is_some() {
+            wire::decode_command(&self.map.symbols[symbol], bytes)
+        } else {
+            postcard::from_bytes(bytes).map_err(|e| e.to_string())
+        }
+    }
+
+    pub fn encode_account(&self, record: &AccountRecord, partition: u32) -> Vec<u8> {
+        if self.kafka.is_some() {
+            wire::encode_account(record, partition, self.next_wire_seq())
+        } else {
+            postcard::to_allocvec(record).unwrap_or_default()
+        }
+    }
+
+    /// # Errors
+    /// A record the exchange did not write.
+    pub fn decode_account(&self, bytes: &[u8]) -> Result<AccountRecord, String> {
+        if self.kafka.is_some() { wire::decode_account(bytes) } else { postcard::from_bytes(bytes).map_err(|e| e.to_string()) }
+    }
+
+    /// Numbers records on Kafka: increasing, started from the clock so a restart never
+    /// repeats a number.
+    fn next_wire_seq(&self) -> u64 {
+        let n = self.wire_seq.get().max(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64),
+        );
+        self.wire_seq.set(n + 1);
+        n
     }
 
     pub fn stream(&self, symbol: usize) -> Option<Rc<SymbolStream>> {

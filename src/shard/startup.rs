@@ -35,7 +35,9 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
         shard.health.record_applied(partition, applied);
         let (found, journal) = logs::open(shard, Stream::Accounts(partition), from).await?;
         for (offset, bytes) in &found {
-            let record: AccountRecord = postcard::from_bytes(bytes)
+            let record: AccountRecord = shard
+                .decode_account(bytes)
+                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("account partition {partition}: undecodable record at {offset}"))?;
             shard.accounts.borrow_mut().apply(&record, false);
         }
@@ -68,7 +70,9 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         stream.trades.borrow_mut().extend(trades);
         let mut acks = Vec::new();
         for (offset, bytes) in &found {
-            let command: Command = postcard::from_bytes(bytes)
+            let command: Command = shard
+                .decode_command(index, bytes)
+                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{}: undecodable command at {offset}", spec.name))?;
             acks.extend(stream.execute(shard, &command, *offset, true).await.applied);
             if acks.len() >= 1024 {

@@ -118,9 +118,7 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
         shard.metrics.queue_depth.set(batch.len() as i64);
         let mut accepted = Vec::with_capacity(batch.len());
         for job in batch {
-            match postcard::to_allocvec(&job.command).map_err(|e| e.to_string()).and_then(|bytes| {
-                journal.append(&bytes).map_err(|e| e.to_string())
-            }) {
+            match journal.append(&shard.encode_command(stream.index, &job.command)).map_err(|e| e.to_string()) {
                 Ok(_) => accepted.push(job),
                 Err(e) => {
                     let _ = job.done.send(Err(e));
