@@ -14,6 +14,7 @@
 //! | `EXCHANGE_KAFKA_BROKERS` | `kafka.brokers` | unset: embedded journal |
 //! | `EXCHANGE_KAFKA_PARTITIONS` | `kafka.partitions` | `8` (per topic created) |
 //! | `EXCHANGE_KAFKA_TIMEOUT_MS` | `kafka.timeout_ms` | `2000` (then 503) |
+//! | `EXCHANGE_KAFKA_TOPIC_PREFIX` | `kafka.topic_prefix` | empty |
 //! | `EXCHANGE_REDIS_URL` | `redis.url` | unset: in-process hot state |
 //! | `EXCHANGE_POSTGRES_URL` | `postgres.url` | unset: no cold storage |
 //! | `EXCHANGE_CHECK_INTERVAL_SECS` | `check_interval_secs` | `300` |
@@ -58,11 +59,13 @@ pub struct Kafka {
     pub partitions: i32,
     /// How long a command may wait for the broker before it is answered 503.
     pub timeout_ms: u64,
+    /// Prepended to every topic name.
+    pub topic_prefix: String,
 }
 
 impl Default for Kafka {
     fn default() -> Self {
-        Self { brokers: None, partitions: 8, timeout_ms: 2_000 }
+        Self { brokers: None, partitions: 8, timeout_ms: 2_000, topic_prefix: String::new() }
     }
 }
 
@@ -162,6 +165,9 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_KAFKA_PARTITIONS") {
             self.kafka.partitions = parse("EXCHANGE_KAFKA_PARTITIONS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_KAFKA_TOPIC_PREFIX") {
+            self.kafka.topic_prefix = v;
         }
         if let Some(v) = set("EXCHANGE_KAFKA_TIMEOUT_MS") {
             self.kafka.timeout_ms = parse("EXCHANGE_KAFKA_TIMEOUT_MS", &v)?;

@@ -94,7 +94,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("Redis and PostgreSQL are not supported by this build yet; hot state stays in-process");
     }
     if let Some(brokers) = &config.kafka.brokers {
-        futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &crate::shard::logs::TOPICS, config.kafka.partitions))
+        let topics = crate::shard::logs::topics(&config.kafka.topic_prefix);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &topics, config.kafka.partitions))
             .map_err(anyhow::Error::msg)?;
         tracing::info!(brokers, "event log: Kafka");
     }
@@ -176,6 +178,7 @@ async fn shard_main(
             Some(brokers) => Some(crate::shard::logs::KafkaBackend {
                 brokers: brokers.clone(),
                 partitions: config.kafka.partitions,
+                topic_prefix: config.kafka.topic_prefix.clone(),
                 producer: exchange_io::kafka::producer(brokers, Duration::from_millis(config.kafka.timeout_ms))
                     .map_err(anyhow::Error::msg)?,
             }),

@@ -100,7 +100,8 @@ fn kill_9_mid_stream(env: &[(&str, &str)]) -> Server {
 
 #[test]
 fn a_corrupt_last_journal_record_is_cut_not_replayed() {
-    let mut s = Server::start();
+    // About the embedded journal's files, so on the embedded journal in every mode.
+    let mut s = Server::start_embedded(&[]);
     let alice = s.funded("alice", "100000");
     let first = s.limit(&alice, "BUY", "40000", "0.001");
     let last = s.limit(&alice, "BUY", "40001", "0.001");
@@ -138,20 +139,15 @@ fn moving_a_symbol_to_another_shard_keeps_its_data() {
     let before = state(&s, &keys);
     let (_, symbols) = s.request("GET", "/v1/symbols", &[], None);
     assert_eq!(symbols[0]["shard"], 0);
-    s.kill9();
     let moved = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/shards/default.toml"))
         .unwrap()
         .replacen("shard = 0", "shard = 1", 1);
     let map = s.data.with_extension("moved.toml");
     std::fs::write(&map, moved).unwrap();
-    let mut moved_server = Server::start_with(&[("EXCHANGE_SHARD_MAP", map.to_str().unwrap())]);
-    // Same data directory: point the new process at the old one.
-    moved_server.kill9();
-    std::fs::remove_dir_all(&moved_server.data).ok();
-    std::fs::rename(&s.data, &moved_server.data).unwrap();
-    moved_server.restart();
+    s.restart_with(&[("EXCHANGE_SHARD_MAP", map.to_str().unwrap())]);
+    let moved_server = &s;
     let (_, symbols) = moved_server.request("GET", "/v1/symbols", &[], None);
     assert_eq!(symbols[0]["shard"], 1, "BTC-PERP now lives on shard 1");
-    assert_eq!(state(&moved_server, &keys), before);
+    assert_eq!(state(moved_server, &keys), before);
     std::fs::remove_file(&map).ok();
 }

@@ -23,6 +23,19 @@ pub struct KafkaBackend {
     pub brokers: String,
     pub partitions: i32,
     pub producer: Producer,
+    /// Prepended to every topic name (several exchanges on one cluster, tests).
+    pub topic_prefix: String,
+}
+
+impl KafkaBackend {
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+}
+
+/// Every topic the exchange uses, with a prefix.
+pub fn topics(prefix: &str) -> Vec<String> {
+    TOPICS.iter().map(|t| format!("{prefix}{t}")).collect()
 }
 
 #[derive(Clone, Copy)]
@@ -50,9 +63,10 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
         }
         Some(k) => {
             let (topic, key) = match stream {
-                Stream::Symbol(name) => (COMMANDS_TOPIC, name.to_owned()),
-                Stream::Accounts(p) => (ACCOUNTS_TOPIC, format!("accounts-{p:02}")),
+                Stream::Symbol(name) => (k.topic(COMMANDS_TOPIC), name.to_owned()),
+                Stream::Accounts(p) => (k.topic(ACCOUNTS_TOPIC), format!("accounts-{p:02}")),
             };
+            let topic = topic.as_str();
             let partition = kafka::partition_for(key.as_bytes(), k.partitions);
             let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from)
                 .map_err(anyhow::Error::msg)

@@ -19,6 +19,19 @@ pub struct Server {
     pub data: PathBuf,
     env: Vec<(String, String)>,
     agent: ureq::Agent,
+    /// The broker when the suite runs in Kafka mode (`EXCHANGE_TEST_KAFKA_BROKERS`).
+    pub kafka: Option<String>,
+}
+
+/// The broker the suite runs against, if it runs in Kafka mode. A broker that is named
+/// but not reachable fails the test rather than skipping it.
+pub fn kafka_brokers() -> Option<String> {
+    let brokers = std::env::var("EXCHANGE_TEST_KAFKA_BROKERS").ok().filter(|b| !b.is_empty())?;
+    let reachable = brokers
+        .split(',')
+        .any(|b| std::net::TcpStream::connect_timeout(&b.parse().expect("broker host:port"), Duration::from_secs(2)).is_ok());
+    assert!(reachable, "EXCHANGE_TEST_KAFKA_BROKERS={brokers} but no broker answers");
+    Some(brokers)
 }
 
 static N: AtomicUsize = AtomicUsize::new(0);
@@ -32,8 +45,18 @@ impl Server {
         Self::start_with(&[])
     }
 
-    /// Starts a server with extra environment variables.
+    /// Starts a server with extra environment variables, in the suite's mode (embedded,
+    /// or Kafka with topics of its own).
     pub fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_in(env, kafka_brokers())
+    }
+
+    /// Starts a server on the embedded journal whatever the suite's mode.
+    pub fn start_embedded(env: &[(&str, &str)]) -> Self {
+        Self::start_in(env, None)
+    }
+
+    fn start_in(env: &[(&str, &str)], kafka: Option<String>) -> Self {
         let data = std::env::temp_dir().join(format!(
             "exchange-test-{}-{}",
             std::process::id(),
@@ -46,7 +69,14 @@ impl Server {
             data,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build(),
+            kafka,
         };
+        if let Some(brokers) = server.kafka.clone() {
+            let prefix = format!("{}.", server.data.file_name().and_then(|n| n.to_str()).unwrap_or("t"));
+            server.env.push(("EXCHANGE_KAFKA_BROKERS".into(), brokers));
+            server.env.push(("EXCHANGE_KAFKA_TOPIC_PREFIX".into(), prefix));
+            server.env.push(("EXCHANGE_KAFKA_PARTITIONS".into(), "2".into()));
+        }
         server.spawn();
         server
     }
@@ -67,7 +97,7 @@ impl Server {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("start the exchange binary"));
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = self.agent.get(&self.url("/health")).call()
                 && r.status() == 200
@@ -103,6 +133,13 @@ impl Server {
 
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// Restarts on the same data (and topics) with more environment.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        self.env.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         self.spawn();
     }
 
