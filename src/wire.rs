@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounts::AccountRecord;
 use crate::engine::symbol::{units_to_usdt, usdt_to_units};
-use crate::engine::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, SymbolSpec, TimeInForce, UserId};
+use crate::engine::{ClientOrderId, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, SymbolSpec, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -236,6 +236,79 @@ pub fn decode_account(bytes: &[u8]) -> Result<AccountRecord, String> {
     }
 }
 
+fn position_json(spec: &SymbolSpec, p: &PositionState) -> serde_json::Value {
+    serde_json::json!({
+        "size": spec.lots_to_quantity(p.size).to_string(),
+        "cost": units_to_usdt(p.cost).to_string(),
+        "margin": units_to_usdt(p.margin).to_string(),
+        "realizedPnl": units_to_usdt(p.realized_pnl).to_string(),
+        "fees": units_to_usdt(p.fees).to_string(),
+        "leverage": p.leverage,
+    })
+}
+
+fn update_json(spec: &SymbolSpec, u: &FillUpdate) -> serde_json::Value {
+    serde_json::json!({
+        "userId": account_id(u.user),
+        "orderId": ids::encode(IdKind::Order, spec.key, u.order_id.0).to_string(),
+        "pnl": units_to_usdt(u.pnl).to_string(),
+        "fee": units_to_usdt(u.fee).to_string(),
+        "marginReleased": units_to_usdt(u.margin_released).to_string(),
+        "position": position_json(spec, &u.position),
+    })
+}
+
+/// A result event as JSON, with the topic it belongs to. Ids derive from the symbol's
+/// sequence, so a result republished after a restart is recognisably the same event.
+pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>) {
+    let event_id = ids::encode(IdKind::Event, spec.key, event.seq()).to_string();
+    let order = |id: OrderId| ids::encode(IdKind::Order, spec.key, id.0).to_string();
+    let (topic, json) = match event {
+        Event::OrderPlaced(p) => (
+            crate::shard::logs::PLACED_TOPIC,
+            serde_json::json!({
+                "eventId": event_id, "eventType": "OrderPlaced", "symbol": spec.name, "seq": p.seq,
+                "timestamp": p.timestamp, "orderId": order(p.order_id), "userId": account_id(p.user),
+                "side": side(p.side), "price": spec.ticks_to_price(p.price).to_string(),
+                "quantity": spec.lots_to_quantity(p.quantity).to_string(),
+                "filledQuantity": spec.lots_to_quantity(p.filled).to_string(),
+                "lockedMargin": units_to_usdt(p.locked_margin).to_string(), "leverage": p.leverage,
+                "reduceOnly": p.reduce_only, "clientOrderId": p.client_order_id.map(|c| c.as_str().to_owned()),
+            }),
+        ),
+        Event::OrderCancelled(c) => (
+            crate::shard::logs::CANCELLED_TOPIC,
+            serde_json::json!({
+                "eventId": event_id, "eventType": "OrderCancelled", "symbol": spec.name, "seq": c.seq,
+                "timestamp": c.timestamp, "orderId": order(c.order_id), "userId": account_id(c.user),
+                "side": side(c.side), "quantity": spec.lots_to_quantity(c.quantity).to_string(),
+                "filledQuantity": spec.lots_to_quantity(c.filled).to_string(),
+                "releasedMargin": units_to_usdt(c.released_margin).to_string(), "reason": c.reason.as_str(),
+            }),
+        ),
+        Event::TradeExecuted(t) => (
+            crate::shard::logs::TRADES_TOPIC,
+            serde_json::json!({
+                "eventId": event_id, "eventType": "TradeExecuted", "symbol": spec.name, "seq": t.seq,
+                "timestamp": t.timestamp,
+                "trade": {
+                    "tradeId": ids::encode(IdKind::Trade, spec.key, t.seq).to_string(),
+                    "symbol": spec.name,
+                    "price": spec.ticks_to_price(t.price).to_string(),
+                    "quantity": spec.lots_to_quantity(t.quantity).to_string(),
+                    "buyerOrderId": order(t.buyer.order_id),
+                    "sellerOrderId": order(t.seller.order_id),
+                    "takerSide": side(t.taker_side),
+                    "timestamp": t.timestamp,
+                },
+                "buyerUpdate": update_json(spec, &t.buyer),
+                "sellerUpdate": update_json(spec, &t.seller),
+            }),
+        ),
+    };
+    (topic, serde_json::to_vec(&json).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +344,38 @@ mod tests {
             assert!(text.contains(field), "{text} lacks {field}");
         }
         assert!(decode_command(&spec, br#"{"eventType":"OrderSubmitted"}"#).is_err());
+    }
+
+    #[test]
+    fn trades_carry_the_seed_fields() {
+        let spec = btc();
+        let mut market = crate::engine::Market::new(spec.clone());
+        let mut events = Vec::new();
+        for (id, user, side) in [(1, 1, Side::Sell), (2, 2, Side::Buy)] {
+            let order = NewOrder {
+                id: OrderId(id),
+                user: UserId(user),
+                side,
+                kind: OrderType::Limit { price: 1000, tif: TimeInForce::Gtc },
+                quantity: 2,
+                leverage: 1,
+                reduce_only: false,
+                client_order_id: None,
+                locked_margin: 30_000,
+                timestamp: 7,
+            };
+            market.execute(&Command::Place(order), &mut events).unwrap();
+        }
+        let (topic, bytes) = encode_event(&spec, &events[1]);
+        assert_eq!(topic, "trades.executed");
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for path in ["/trade/tradeId", "/trade/price", "/trade/buyerOrderId", "/trade/sellerOrderId", "/buyerUpdate/pnl", "/sellerUpdate/marginReleased", "/buyerUpdate/position/size", "/seq"] {
+            assert!(v.pointer(path).is_some(), "{path} missing in {v}");
+        }
+        assert_eq!(v["trade"]["price"], "100.0");
+        let (again, _) = encode_event(&spec, &events[1]);
+        assert_eq!(again, topic);
+        assert_eq!(encode_event(&spec, &events[1]).1, bytes, "same event, same bytes and id");
     }
 
     #[test]

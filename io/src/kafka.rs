@@ -150,6 +150,13 @@ impl EventLog for KafkaLog {
     }
 }
 
+/// Sends a record without waiting for it: for results, which can always be derived
+/// again from the command log. Returns whether librdkafka took it.
+pub fn publish(producer: &Producer, topic: &str, partition: i32, key: &str, payload: &[u8]) -> bool {
+    let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
+    producer.send_result(record).is_ok()
+}
+
 /// A record read back from a partition.
 pub struct Record {
     pub offset: u64,

@@ -31,6 +31,17 @@ impl KafkaBackend {
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)
     }
+
+    /// Publishes a symbol's result events to their topics, keyed by symbol.
+    pub fn publish(&self, spec: &crate::engine::SymbolSpec, events: &[crate::engine::Event]) {
+        let partition = kafka::partition_for(spec.name.as_bytes(), self.partitions);
+        for event in events {
+            let (topic, bytes) = crate::wire::encode_event(spec, event);
+            if !kafka::publish(&self.producer, &self.topic(topic), partition, &spec.name, &bytes) {
+                tracing::warn!(symbol = spec.name, topic, "result not queued for Kafka");
+            }
+        }
+    }
 }
 
 /// Every topic the exchange uses, with a prefix.

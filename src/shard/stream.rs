@@ -83,6 +83,9 @@ impl SymbolStream {
         self.next.set(offset + 1);
         let result = self.market.borrow_mut().execute(command, &mut events);
         self.remember_trades(&events);
+        if let Some(kafka) = &shard.kafka {
+            kafka.publish(&shard.map.symbols[self.index], &events);
+        }
         let logged = match command {
             Command::Place(o) => Some(*o),
             _ => None,
