@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: unit tests, property tests and black-box tests,
-# then prints one closing line with the totals over all test binaries.
+# Runs every test of the workspace on the embedded event log, then the black-box suite
+# again with Kafka as the event log, against a local tansu broker (started here if none
+# answers on 127.0.0.1:9092; installed the first time). Prints one closing line with
+# the totals over both runs.
 set -uo pipefail
 cd "$(dirname "$0")"
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+broker=""
+cleanup() {
+  rm -f "$log"
+  if [ -n "$broker" ]; then kill "$broker" 2>/dev/null; fi
+}
+trap cleanup EXIT
+
+if ! broker=$(scripts/kafka-broker.sh); then
+  echo "tests: 0 passed, 1 failed (no Kafka broker could be started)"
+  exit 1
+fi
+export EXCHANGE_KAFKA_TEST_BROKER=127.0.0.1:9092
+
+echo "== tests, embedded event log"
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+
+echo "== black-box tests, Kafka event log"
+EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --test api --test recovery "$@" 2>&1 | tee -a "$log"
+kafka_status=${PIPESTATUS[0]}
+[ "$kafka_status" -ne 0 ] && status=$kafka_status
+
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '^test result: .* ([0-9]+) failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi

@@ -179,6 +179,7 @@ async fn shard_main(
                 brokers: brokers.clone(),
                 partitions: config.kafka.partitions,
                 topic_prefix: config.kafka.topic_prefix.clone(),
+                read_cache: RefCell::default(),
                 producer: exchange_io::kafka::producer(brokers, Duration::from_millis(config.kafka.timeout_ms))
                     .map_err(anyhow::Error::msg)?,
             }),

@@ -183,35 +183,38 @@ pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64) -> 
         .map_err(|e| format!("{topic}/{partition}: watermarks: {e}"))?;
     let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0));
     let start = from.max(low);
-    let mut records = Vec::new();
-    if start >= high {
-        return Ok((records, high));
-    }
+    let mut records: Vec<Record> = Vec::new();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(start as i64)).map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| format!("{topic}/{partition}: assign: {e}"))?;
-    let mut idle = 0;
-    while records.last().is_none_or(|r: &Record| r.offset + 1 < high) {
-        match consumer.poll(Duration::from_millis(500)) {
+    // The high watermark is where reading must at least get to; past it, reading goes on
+    // until the partition stays quiet, because a broker may report a watermark behind
+    // what it has acknowledged (tansu 0.6 reports the last batch's base offset + 1).
+    let mut waited = Duration::ZERO;
+    loop {
+        let reached = records.last().map_or(start, |r| r.offset + 1) >= high;
+        let wait = if reached { Duration::from_millis(100) } else { Duration::from_millis(500) };
+        match consumer.poll(wait) {
             Some(Ok(m)) => {
-                idle = 0;
-                let offset = u64::try_from(m.offset()).unwrap_or(0);
+                waited = Duration::ZERO;
                 records.push(Record {
-                    offset,
+                    offset: u64::try_from(m.offset()).unwrap_or(0),
                     key: m.key().unwrap_or_default().to_vec(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 });
             }
             Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
+            None if reached => break,
             None => {
-                idle += 1;
-                if idle > 40 {
+                waited += wait;
+                if waited > Duration::from_secs(20) {
                     return Err(format!("{topic}/{partition}: no records for 20 s before offset {high}"));
                 }
             }
         }
     }
-    Ok((records, high))
+    let end = records.last().map_or(start.max(high), |r| (r.offset + 1).max(high));
+    Ok((records, end))
 }
 
 #[cfg(test)]

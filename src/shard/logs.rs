@@ -25,7 +25,11 @@ pub struct KafkaBackend {
     pub producer: Producer,
     /// Prepended to every topic name (several exchanges on one cluster, tests).
     pub topic_prefix: String,
+    /// At start only: partitions already read, `(from, records, end)`.
+    pub read_cache: std::cell::RefCell<rustc_hash::FxHashMap<(String, i32), std::rc::Rc<PartitionRead>>>,
 }
+
+type PartitionRead = (u64, Vec<kafka::Record>, u64);
 
 impl KafkaBackend {
     pub fn topic(&self, name: &str) -> String {
@@ -79,11 +83,26 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
             };
             let topic = topic.as_str();
             let partition = kafka::partition_for(key.as_bytes(), k.partitions);
-            let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("reading {topic} for {key}"))?;
-            let records = found.into_iter().filter(|r| r.key == key.as_bytes()).map(|r| (r.offset, r.payload)).collect();
-            Ok((records, Box::new(KafkaLog::new(k.producer.clone(), topic, partition, &key, end))))
+            // Streams sharing a partition (every account partition does) read it once.
+            let cached = k.read_cache.borrow().get(&(topic.to_owned(), partition)).filter(|c| c.0 <= from).cloned();
+            let read = match cached {
+                Some(read) => read,
+                None => {
+                    let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("reading {topic} for {key}"))?;
+                    let read = std::rc::Rc::new((from, found, end));
+                    k.read_cache.borrow_mut().insert((topic.to_owned(), partition), read.clone());
+                    read
+                }
+            };
+            let records = read
+                .1
+                .iter()
+                .filter(|r| r.key == key.as_bytes() && r.offset >= from)
+                .map(|r| (r.offset, r.payload.clone()))
+                .collect();
+            Ok((records, Box::new(KafkaLog::new(k.producer.clone(), topic, partition, &key, read.2))))
         }
     }
 }

@@ -44,11 +44,17 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
         records += found.len();
         shard.account_logs.borrow_mut().insert(partition, Rc::new(glommio::sync::RwLock::new(journal)));
     }
+    if let Some(k) = &shard.kafka {
+        k.read_cache.borrow_mut().clear();
+    }
     tracing::info!(shard = shard.id, records, ms = started.elapsed().as_millis() as u64, "account logs replayed");
     Ok(())
 }
 
 pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    if let Some(k) = &shard.kafka {
+        k.read_cache.borrow_mut().clear();
+    }
     for (index, spec) in shard.map.symbols.iter().enumerate() {
         if shard.symbol_owner(index) != shard.id {
             continue;

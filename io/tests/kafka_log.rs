@@ -1,0 +1,49 @@
+//! The Kafka event log against a real broker (`EXCHANGE_KAFKA_TEST_BROKER`, which
+//! `test.sh` starts): what a commit acknowledges is what a replay reads back.
+
+use std::time::Duration;
+
+use exchange_io::kafka::{self, KafkaLog};
+use exchange_io::EventLog;
+
+fn broker() -> String {
+    std::env::var("EXCHANGE_KAFKA_TEST_BROKER").expect("EXCHANGE_KAFKA_TEST_BROKER must name the test broker (test.sh starts one)")
+}
+
+#[test]
+fn committed_records_read_back_in_order_with_their_offsets() {
+    let brokers = broker();
+    let topic = format!("log-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], 2)).unwrap();
+    let producer = kafka::producer(&brokers, Duration::from_secs(5)).unwrap();
+    let p = kafka::partition_for(b"A", 2);
+    let mut a = KafkaLog::new(producer.clone(), &topic, p, "A", 0);
+    let mut b = KafkaLog::new(producer, &topic, p, "B", 0);
+    let mut committed = Vec::new();
+    for batch in 0..20 {
+        for i in 0..(batch % 7 + 1) {
+            a.append(format!("a-{batch}-{i}").as_bytes()).unwrap();
+            b.append(format!("b-{batch}-{i}").as_bytes()).unwrap();
+        }
+        let offsets = futures_lite::future::block_on(a.commit()).unwrap();
+        let other = futures_lite::future::block_on(b.commit()).unwrap();
+        assert_eq!(offsets.len(), (batch % 7 + 1) as usize);
+        assert_eq!(other.len(), offsets.len());
+        for (i, o) in offsets.iter().enumerate() {
+            committed.push((*o, format!("a-{batch}-{i}")));
+        }
+    }
+    let (records, end) = kafka::read_partition(&brokers, &topic, p, 0).unwrap();
+    let mine: Vec<(u64, String)> = records
+        .iter()
+        .filter(|r| r.key == b"A")
+        .map(|r| (r.offset, String::from_utf8(r.payload.clone()).unwrap()))
+        .collect();
+    assert_eq!(mine, committed);
+    assert!(end > committed.last().unwrap().0);
+    // Reading from the middle gives the tail.
+    let from = committed[10].0;
+    let (tail, _) = kafka::read_partition(&brokers, &topic, p, from).unwrap();
+    let tail: Vec<u64> = tail.iter().filter(|r| r.key == b"A").map(|r| r.offset).collect();
+    assert_eq!(tail, committed[10..].iter().map(|c| c.0).collect::<Vec<_>>());
+}
