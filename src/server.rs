@@ -180,8 +180,11 @@ async fn shard_main(
                 partitions: config.kafka.partitions,
                 topic_prefix: config.kafka.topic_prefix.clone(),
                 read_cache: RefCell::default(),
-                producer: exchange_io::kafka::producer(brokers, Duration::from_millis(config.kafka.timeout_ms))
-                    .map_err(anyhow::Error::msg)?,
+                timeout: Duration::from_millis(config.kafka.timeout_ms),
+                producer: RefCell::new(
+                    exchange_io::kafka::producer(brokers, Duration::from_millis(config.kafka.timeout_ms))
+                        .map_err(anyhow::Error::msg)?,
+                ),
             }),
             None => None,
         },

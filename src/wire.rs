@@ -14,9 +14,24 @@ use crate::engine::symbol::{units_to_usdt, usdt_to_units};
 use crate::engine::{ClientOrderId, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, SymbolSpec, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
 
+/// A record of a symbol's command log: a command, or the voiding of an earlier record
+/// whose fate was in doubt (sent while the log failed, then found in it: the client was
+/// told 503, so it must count as never logged). Replays skip voided records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamRecord {
+    Command(Command),
+    Void(u64),
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "eventType", rename_all_fields = "camelCase")]
 enum CommandJson {
+    CommandVoided {
+        event_id: String,
+        symbol: String,
+        voided_offset: u64,
+        seq: u64,
+    },
     OrderSubmitted {
         event_id: String,
         order_id: String,
@@ -81,10 +96,17 @@ fn decimal(text: &str) -> Result<Decimal, String> {
     text.parse().map_err(|e| format!("{text:?}: {e}"))
 }
 
-/// A command as an `orders.submitted` record; `seq` numbers the symbol's commands.
-pub fn encode_command(spec: &SymbolSpec, command: &Command, seq: u64) -> Vec<u8> {
+/// A command log record as an `orders.submitted` record; `seq` numbers the symbol's.
+pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec<u8> {
     let event_id = ids::encode(IdKind::Command, spec.key, seq).to_string();
-    let json = match *command {
+    let command = match *record {
+        StreamRecord::Command(c) => c,
+        StreamRecord::Void(offset) => {
+            let json = CommandJson::CommandVoided { event_id, symbol: spec.name.clone(), voided_offset: offset, seq };
+            return serde_json::to_vec(&json).unwrap_or_default();
+        }
+    };
+    let json = match command {
         Command::Place(o) => {
             let (kind, price, time_in_force) = match o.kind {
                 OrderType::Limit { price, tif: t } => ("LIMIT", Some(spec.ticks_to_price(price).to_string()), Some(tif(t).to_owned())),
@@ -128,11 +150,15 @@ pub fn encode_command(spec: &SymbolSpec, command: &Command, seq: u64) -> Vec<u8>
     serde_json::to_vec(&json).unwrap_or_default()
 }
 
-/// Reads an `orders.submitted` record back into the command it was made from.
+/// Reads an `orders.submitted` record back into what it was made from.
 ///
 /// # Errors
 /// A message saying which field is not what the exchange writes.
-pub fn decode_command(spec: &SymbolSpec, bytes: &[u8]) -> Result<Command, String> {
+pub fn decode_command(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> {
+    decode_json(spec, bytes)
+}
+
+fn decode_json(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> {
     let order_number = |text: &str| -> Result<OrderId, String> {
         let uuid: uuid::Uuid = text.parse().map_err(|e| format!("orderId {text:?}: {e}"))?;
         match ids::decode(IdKind::Order, &uuid) {
@@ -140,7 +166,8 @@ pub fn decode_command(spec: &SymbolSpec, bytes: &[u8]) -> Result<Command, String
             _ => Err(format!("orderId {text} is not an order of {}", spec.name)),
         }
     };
-    match serde_json::from_slice::<CommandJson>(bytes).map_err(|e| e.to_string())? {
+    let command = match serde_json::from_slice::<CommandJson>(bytes).map_err(|e| e.to_string())? {
+        CommandJson::CommandVoided { voided_offset, .. } => return Ok(StreamRecord::Void(voided_offset)),
         CommandJson::OrderSubmitted {
             order_id,
             user_id,
@@ -175,7 +202,7 @@ pub fn decode_command(spec: &SymbolSpec, bytes: &[u8]) -> Result<Command, String
                 },
                 (other, _, _) => return Err(format!("type {other:?} with its price and timeInForce")),
             };
-            Ok(Command::Place(NewOrder {
+            Command::Place(NewOrder {
                 id: order_number(&order_id)?,
                 user: parse_account(&user_id)?,
                 side,
@@ -186,15 +213,16 @@ pub fn decode_command(spec: &SymbolSpec, bytes: &[u8]) -> Result<Command, String
                 client_order_id: client_order_id.map(|c| ClientOrderId::new(&c)).transpose().map_err(|e| e.to_string())?,
                 locked_margin: usdt_to_units(decimal(&locked_margin)?).ok_or_else(|| format!("lockedMargin {locked_margin}"))?,
                 timestamp,
-            }))
+            })
         }
         CommandJson::CancelRequested { order_id: Some(id), user_id, timestamp, .. } => {
-            Ok(Command::Cancel { id: order_number(&id)?, user: parse_account(&user_id)?, timestamp })
+            Command::Cancel { id: order_number(&id)?, user: parse_account(&user_id)?, timestamp }
         }
         CommandJson::CancelRequested { order_id: None, user_id, timestamp, .. } => {
-            Ok(Command::CancelAll { user: parse_account(&user_id)?, timestamp })
+            Command::CancelAll { user: parse_account(&user_id)?, timestamp }
         }
-    }
+    };
+    Ok(StreamRecord::Command(command))
 }
 
 /// An account record as an `accounts.adjusted` record; `seq` numbers the partition's.
@@ -336,10 +364,12 @@ mod tests {
             Command::Cancel { id: order.id, user: order.user, timestamp: 5 },
             Command::CancelAll { user: order.user, timestamp: 6 },
         ] {
-            let bytes = encode_command(&spec, &command, 42);
-            assert_eq!(decode_command(&spec, &bytes), Ok(command), "{}", String::from_utf8_lossy(&bytes));
+            let bytes = encode_command(&spec, &StreamRecord::Command(command), 42);
+            assert_eq!(decode_command(&spec, &bytes), Ok(StreamRecord::Command(command)), "{}", String::from_utf8_lossy(&bytes));
         }
-        let text = String::from_utf8(encode_command(&spec, &Command::Place(order), 42)).unwrap();
+        let void = encode_command(&spec, &StreamRecord::Void(17), 43);
+        assert_eq!(decode_command(&spec, &void), Ok(StreamRecord::Void(17)));
+        let text = String::from_utf8(encode_command(&spec, &StreamRecord::Command(Command::Place(order)), 42)).unwrap();
         for field in [r#""eventType":"OrderSubmitted""#, r#""price":"50000.5""#, r#""quantity":"0.010""#, r#""lockedMargin":"0.2500025""#, r#""seq":42"#] {
             assert!(text.contains(field), "{text} lacks {field}");
         }

@@ -100,6 +100,8 @@ fn murmur2(data: &[u8]) -> u32 {
 
 /// One stream's records in one partition of a topic.
 pub struct KafkaLog {
+    brokers: String,
+    timeout: Duration,
     producer: Producer,
     topic: String,
     partition: i32,
@@ -109,8 +111,17 @@ pub struct KafkaLog {
 }
 
 impl KafkaLog {
-    pub fn new(producer: Producer, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
-        Self { producer, topic: topic.to_owned(), partition, key: key.to_owned(), pending: Vec::new(), next_offset }
+    pub fn new(brokers: &str, timeout: Duration, producer: Producer, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            timeout,
+            producer,
+            topic: topic.to_owned(),
+            partition,
+            key: key.to_owned(),
+            pending: Vec::new(),
+            next_offset,
+        }
     }
 }
 
@@ -136,6 +147,13 @@ impl EventLog for KafkaLog {
                 }
             }
             if let Some(e) = failure {
+                // An idempotent producer whose sends timed out may be fenced for good
+                // (a broker that cannot bump its epoch answers ProducerFenced): start
+                // over with a new one, which gets a new producer id.
+                match producer(&self.brokers, self.timeout) {
+                    Ok(fresh) => self.producer = fresh,
+                    Err(err) => tracing::warn!(error = %err, "could not renew the Kafka producer"),
+                }
                 return Err(JournalError::Write(e));
             }
             if let Some(last) = offsets.last() {
@@ -148,6 +166,25 @@ impl EventLog for KafkaLog {
     fn next_offset(&self) -> u64 {
         self.next_offset
     }
+
+    fn read_back(&mut self, from: u64, patience: Duration) -> crate::ReadBack<'_> {
+        let (brokers, topic, partition, key) = (self.brokers.clone(), self.topic.clone(), self.partition, self.key.clone());
+        let (tx, rx) = futures_channel::oneshot::channel();
+        // The consumer blocks: read on a helper thread, not on the shard's core.
+        std::thread::spawn(move || {
+            let read = read_partition(&brokers, &topic, partition, from, patience).map(|(records, _)| {
+                records.into_iter().filter(|r| r.key == key.as_bytes()).map(|r| (r.offset, r.payload)).collect()
+            });
+            let _ = tx.send(read);
+        });
+        Box::pin(async move {
+            match rx.await {
+                Ok(Ok(records)) => Ok(records),
+                Ok(Err(e)) => Err(JournalError::Write(e)),
+                Err(_) => Err(JournalError::Write("read-back thread ended".into())),
+            }
+        })
+    }
 }
 
 /// Sends a record without waiting for it: for results, which can always be derived
@@ -155,6 +192,12 @@ impl EventLog for KafkaLog {
 pub fn publish(producer: &Producer, topic: &str, partition: i32, key: &str, payload: &[u8]) -> bool {
     let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
     producer.send_result(record).is_ok()
+}
+
+/// Whether a producer hit an error it cannot recover from (it must be replaced).
+pub fn is_fatal(producer: &Producer) -> bool {
+    use rdkafka::producer::Producer as _;
+    producer.client().fatal_error().is_some()
 }
 
 /// A record read back from a partition.
@@ -168,18 +211,20 @@ pub struct Record {
 /// reading began. Returns the end offset too.
 ///
 /// # Errors
-/// When the broker cannot be reached or the read stalls.
-pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64) -> Result<(Vec<Record>, u64), String> {
+/// When the broker cannot be reached, or stays silent for `patience`.
+pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64, patience: Duration) -> Result<(Vec<Record>, u64), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "exchange-replay")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
+        .set("socket.timeout.ms", patience.as_millis().max(1_100).to_string())
+        .set("fetch.wait.max.ms", "50")
         .create()
         .map_err(|e| format!("kafka consumer: {e}"))?;
     let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .fetch_watermarks(topic, partition, patience)
         .map_err(|e| format!("{topic}/{partition}: watermarks: {e}"))?;
     let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0));
     let start = from.max(low);
@@ -207,8 +252,8 @@ pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64) -> 
             None if reached => break,
             None => {
                 waited += wait;
-                if waited > Duration::from_secs(20) {
-                    return Err(format!("{topic}/{partition}: no records for 20 s before offset {high}"));
+                if waited > patience {
+                    return Err(format!("{topic}/{partition}: no records for {patience:?} before offset {high}"));
                 }
             }
         }

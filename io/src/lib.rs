@@ -12,6 +12,10 @@ pub mod kafka;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
+
+/// Records read back from a log: `(offset, payload)`.
+pub type ReadBack<'a> = Pin<Box<dyn Future<Output = Result<Vec<(u64, Vec<u8>)>, journal::JournalError>> + 'a>>;
 
 /// An append-only, durable log of one stream (a symbol's commands, an account
 /// partition's records). The shard appends, commits once per batch, and acknowledges
@@ -34,6 +38,17 @@ pub trait EventLog {
 
     /// The offset the next appended record will get.
     fn next_offset(&self) -> u64;
+
+    /// This stream's records from offset `from` on, as `(offset, payload)`: after a
+    /// failed commit, what the log holds anyway. A file journal finds none (its next
+    /// commit overwrites a failed one's bytes, and a torn tail is cut at start).
+    ///
+    /// # Errors
+    /// When the log cannot be read within `patience`.
+    fn read_back(&mut self, from: u64, patience: Duration) -> ReadBack<'_> {
+        let _ = (from, patience);
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 impl EventLog for journal::Journal {

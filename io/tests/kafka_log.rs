@@ -17,8 +17,9 @@ fn committed_records_read_back_in_order_with_their_offsets() {
     futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], 2)).unwrap();
     let producer = kafka::producer(&brokers, Duration::from_secs(5)).unwrap();
     let p = kafka::partition_for(b"A", 2);
-    let mut a = KafkaLog::new(producer.clone(), &topic, p, "A", 0);
-    let mut b = KafkaLog::new(producer, &topic, p, "B", 0);
+    let t = Duration::from_secs(5);
+    let mut a = KafkaLog::new(&brokers, t, producer.clone(), &topic, p, "A", 0);
+    let mut b = KafkaLog::new(&brokers, t, producer, &topic, p, "B", 0);
     let mut committed = Vec::new();
     for batch in 0..20 {
         for i in 0..(batch % 7 + 1) {
@@ -33,7 +34,7 @@ fn committed_records_read_back_in_order_with_their_offsets() {
             committed.push((*o, format!("a-{batch}-{i}")));
         }
     }
-    let (records, end) = kafka::read_partition(&brokers, &topic, p, 0).unwrap();
+    let (records, end) = kafka::read_partition(&brokers, &topic, p, 0, Duration::from_secs(10)).unwrap();
     let mine: Vec<(u64, String)> = records
         .iter()
         .filter(|r| r.key == b"A")
@@ -43,7 +44,10 @@ fn committed_records_read_back_in_order_with_their_offsets() {
     assert!(end > committed.last().unwrap().0);
     // Reading from the middle gives the tail.
     let from = committed[10].0;
-    let (tail, _) = kafka::read_partition(&brokers, &topic, p, from).unwrap();
+    let (tail, _) = kafka::read_partition(&brokers, &topic, p, from, Duration::from_secs(10)).unwrap();
     let tail: Vec<u64> = tail.iter().filter(|r| r.key == b"A").map(|r| r.offset).collect();
     assert_eq!(tail, committed[10..].iter().map(|c| c.0).collect::<Vec<_>>());
+    // The stream's own read-back sees only its key.
+    let back = futures_lite::future::block_on(a.read_back(from, Duration::from_secs(10))).unwrap();
+    assert_eq!(back.iter().map(|r| r.0).collect::<Vec<_>>(), tail);
 }

@@ -22,7 +22,10 @@ pub const TOPICS: [&str; 5] = [COMMANDS_TOPIC, PLACED_TOPIC, CANCELLED_TOPIC, TR
 pub struct KafkaBackend {
     pub brokers: String,
     pub partitions: i32,
-    pub producer: Producer,
+    pub timeout: std::time::Duration,
+    /// Shared by the shard's streams at start and by result publishing; replaced when
+    /// it fails for good.
+    pub producer: std::cell::RefCell<Producer>,
     /// Prepended to every topic name (several exchanges on one cluster, tests).
     pub topic_prefix: String,
     /// At start only: partitions already read, `(from, records, end)`.
@@ -39,9 +42,16 @@ impl KafkaBackend {
     /// Publishes a symbol's result events to their topics, keyed by symbol.
     pub fn publish(&self, spec: &crate::engine::SymbolSpec, events: &[crate::engine::Event]) {
         let partition = kafka::partition_for(spec.name.as_bytes(), self.partitions);
+        if kafka::is_fatal(&self.producer.borrow()) {
+            match kafka::producer(&self.brokers, self.timeout) {
+                Ok(fresh) => *self.producer.borrow_mut() = fresh,
+                Err(e) => tracing::warn!(error = %e, "could not renew the results producer"),
+            }
+        }
+        let producer = self.producer.borrow();
         for event in events {
             let (topic, bytes) = crate::wire::encode_event(spec, event);
-            if !kafka::publish(&self.producer, &self.topic(topic), partition, &spec.name, &bytes) {
+            if !kafka::publish(&producer, &self.topic(topic), partition, &spec.name, &bytes) {
                 tracing::warn!(symbol = spec.name, topic, "result not queued for Kafka");
             }
         }
@@ -88,7 +98,7 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
             let read = match cached {
                 Some(read) => read,
                 None => {
-                    let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from)
+                    let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from, std::time::Duration::from_secs(30))
                         .map_err(anyhow::Error::msg)
                         .with_context(|| format!("reading {topic} for {key}"))?;
                     let read = std::rc::Rc::new((from, found, end));
@@ -102,7 +112,8 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                 .filter(|r| r.key == key.as_bytes() && r.offset >= from)
                 .map(|r| (r.offset, r.payload.clone()))
                 .collect();
-            Ok((records, Box::new(KafkaLog::new(k.producer.clone(), topic, partition, &key, read.2))))
+            let log = KafkaLog::new(&k.brokers, k.timeout, k.producer.borrow().clone(), topic, partition, &key, read.2);
+            Ok((records, Box::new(log)))
         }
     }
 }

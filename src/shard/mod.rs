@@ -31,7 +31,7 @@ use exchange_io::EventLog;
 use rustc_hash::FxHashMap;
 
 use crate::accounts::{partition_of, partition_of_name, AccountRecord, HotState, PARTITIONS};
-use crate::wire;
+use crate::wire::{self, StreamRecord};
 use crate::config::Config;
 use crate::engine::{Event, NewOrder, UserId};
 use crate::metrics::{Metrics, ShardMetrics};
@@ -87,17 +87,17 @@ impl Shard {
 
     /// A command as its log stores it: compact postcard in the embedded journal, JSON on
     /// Kafka (where any tool may read it).
-    pub fn encode_command(&self, symbol: usize, command: &crate::engine::Command) -> Vec<u8> {
+    pub fn encode_command(&self, symbol: usize, record: &StreamRecord) -> Vec<u8> {
         if self.kafka.is_some() {
-            wire::encode_command(&self.map.symbols[symbol], command, self.next_wire_seq())
+            wire::encode_command(&self.map.symbols[symbol], record, self.next_wire_seq())
         } else {
-            postcard::to_allocvec(command).unwrap_or_default()
+            postcard::to_allocvec(record).unwrap_or_default()
         }
     }
 
     /// # Errors
     /// A record the exchange did not write.
-    pub fn decode_command(&self, symbol: usize, bytes: &[u8]) -> Result<crate::engine::Command, String> {
+    pub fn decode_command(&self, symbol: usize, bytes: &[u8]) -> Result<StreamRecord, String> {
         if self.kafka.is_some() {
             wire::decode_command(&self.map.symbols[symbol], bytes)
         } else {

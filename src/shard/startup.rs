@@ -18,7 +18,8 @@ use super::logs::{self, Stream};
 use super::snapshots;
 use super::Shard;
 use crate::accounts::{AccountRecord, PARTITIONS};
-use crate::engine::{Command, Market};
+use crate::engine::Market;
+use crate::wire::StreamRecord;
 
 pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -74,13 +75,28 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         stream.next.set(from);
         stream.snapshot_at.set(from);
         stream.trades.borrow_mut().extend(trades);
-        let mut acks = Vec::new();
+        let mut records = Vec::with_capacity(found.len());
         for (offset, bytes) in &found {
-            let command: Command = shard
+            let record = shard
                 .decode_command(index, bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{}: undecodable command at {offset}", spec.name))?;
-            acks.extend(stream.execute(shard, &command, *offset, true).await.applied);
+            records.push((*offset, record));
+        }
+        // Records voided later in the log were never acknowledged: they do not count.
+        let voided: rustc_hash::FxHashSet<u64> =
+            records.iter().filter_map(|(_, r)| if let StreamRecord::Void(o) = r { Some(*o) } else { None }).collect();
+        let mut acks = Vec::new();
+        for (offset, record) in &records {
+            let StreamRecord::Command(command) = record else {
+                stream.next.set(stream.next.get().max(offset + 1));
+                continue;
+            };
+            if voided.contains(offset) {
+                stream.next.set(stream.next.get().max(offset + 1));
+                continue;
+            }
+            acks.extend(stream.execute(shard, command, *offset, true).await.applied);
             if acks.len() >= 1024 {
                 for ack in acks.drain(..) {
                     let _ = ack.await;

@@ -18,6 +18,7 @@ use futures_lite::StreamExt;
 use super::rpc::Pending;
 use super::Shard;
 use crate::engine::{Command, CommandError, Event, Market, Side};
+use crate::wire::StreamRecord;
 
 /// A public trade for `/v1/trades`.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -112,17 +113,41 @@ impl SymbolStream {
 }
 
 /// The committer task of one stream.
+///
+/// After a failed commit the records sent may still have reached the log (a broker can
+/// persist a batch whose acknowledgement never arrived). Their clients were told 503,
+/// so before anything else is logged the stream reads back what the log holds past the
+/// last command it executed and appends a void for each such record: replays skip them,
+/// and the book never holds an order its client was told failed. Until that succeeds
+/// the stream answers 503 and the health check says degraded.
 pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super::Log, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut in_doubt: Option<u64> = None;
     while let Some(first) = jobs.next().await {
         let mut batch = vec![first];
         while let Ok(job) = jobs.try_recv() {
             batch.push(job);
         }
         shard.metrics.queue_depth.set(batch.len() as i64);
+        if let Some(from) = in_doubt {
+            match settle(&shard, &stream, &mut journal, from).await {
+                Ok(()) => {
+                    in_doubt = None;
+                    shard.health.event_log_down.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    tracing::info!(symbol = stream.index, "event log back; in-doubt records voided");
+                }
+                Err(e) => {
+                    for job in batch {
+                        let _ = job.done.send(Err(format!("event log unavailable: {e}")));
+                    }
+                    continue;
+                }
+            }
+        }
         let mut accepted = Vec::with_capacity(batch.len());
         for job in batch {
-            match journal.append(&shard.encode_command(stream.index, &job.command)).map_err(|e| e.to_string()) {
-                Ok(_) => accepted.push(job),
+            let record = StreamRecord::Command(job.command);
+            match journal.append(&shard.encode_command(stream.index, &record)).map_err(|e| e.to_string()) {
+                Ok(()) => accepted.push(job),
                 Err(e) => {
                     let _ = job.done.send(Err(e));
                 }
@@ -144,6 +169,10 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
             failed => {
                 let e = failed.map_or_else(|e| e.to_string(), |o| format!("log returned {} offsets for {} records", o.len(), accepted.len()));
                 tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
+                if in_doubt.is_none() {
+                    in_doubt = Some(stream.next.get());
+                    shard.health.event_log_down.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
                 for job in accepted {
                     let _ = job.done.send(Err(format!("event log unavailable: {e}")));
                 }
@@ -153,3 +182,30 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
     }
 }
 
+/// Voids every command the log holds at or after `from` that was never executed.
+async fn settle(shard: &Rc<Shard>, stream: &Rc<SymbolStream>, journal: &mut super::Log, from: u64) -> Result<(), String> {
+    let patience = std::time::Duration::from_millis(shard.config.kafka.timeout_ms.max(100));
+    let found = journal.read_back(from, patience).await.map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    for (offset, bytes) in &found {
+        records.push((*offset, shard.decode_command(stream.index, bytes)?));
+    }
+    let voided: Vec<u64> = records.iter().filter_map(|(_, r)| if let StreamRecord::Void(o) = r { Some(*o) } else { None }).collect();
+    let doubtful: Vec<u64> = records
+        .iter()
+        .filter(|(o, r)| matches!(r, StreamRecord::Command(_)) && !voided.contains(o))
+        .map(|(o, _)| *o)
+        .collect();
+    for offset in &doubtful {
+        journal.append(&shard.encode_command(stream.index, &StreamRecord::Void(*offset))).map_err(|e| e.to_string())?;
+    }
+    let offsets = journal.commit().await.map_err(|e| e.to_string())?;
+    let last = records.iter().map(|(o, _)| *o).chain(offsets).max();
+    if let Some(last) = last {
+        stream.next.set(stream.next.get().max(last + 1));
+    }
+    if !doubtful.is_empty() {
+        tracing::warn!(symbol = stream.index, voided = doubtful.len(), "voided commands the log took after reporting failure");
+    }
+    Ok(())
+}

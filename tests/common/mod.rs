@@ -56,6 +56,11 @@ impl Server {
         Self::start_in(env, None)
     }
 
+    /// Starts a server with Kafka (at `brokers`) as its event log, whatever the mode.
+    pub fn start_kafka(brokers: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_in(env, Some(brokers.to_owned()))
+    }
+
     fn start_in(env: &[(&str, &str)], kafka: Option<String>) -> Self {
         let data = std::env::temp_dir().join(format!(
             "exchange-test-{}-{}",
@@ -212,6 +217,50 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// A tansu broker of a test's own (so it can be frozen without disturbing others).
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+}
+
+impl Broker {
+    pub fn start() -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let home = std::env::var("HOME").unwrap_or_default();
+        let tansu = ["tansu".to_owned(), format!("{home}/.cargo/bin/tansu")]
+            .into_iter()
+            .find(|t| Command::new(t).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
+            .expect("the tansu broker must be installed (scripts/kafka-broker.sh installs it)");
+        let child = Command::new(tansu)
+            .args(["broker", "--listener-url", &format!("tcp://{addr}"), "--advertised-listener-url", &format!("tcp://{addr}")])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, addr }
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the broker: an outage without data loss.
+    pub fn freeze(&self, frozen: bool) {
+        unsafe { libc::kill(self.child.id() as i32, if frozen { libc::SIGSTOP } else { libc::SIGCONT }) };
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.freeze(false);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
