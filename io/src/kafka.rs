@@ -31,6 +31,14 @@ use crate::EventLog;
 
 pub type Producer = FutureProducer<DefaultClientContext, NaiveRuntime>;
 
+/// How long librdkafka waits to fill a batch (`linger.ms`, fractions allowed). The
+/// exchange batches already (a group commit appends all its records before awaiting any),
+/// so the default is 0: latency first. `EXCHANGE_KAFKA_LINGER_MS` trades it for
+/// throughput.
+fn linger_ms() -> String {
+    std::env::var("EXCHANGE_KAFKA_LINGER_MS").ok().filter(|v| v.parse::<f64>().is_ok()).unwrap_or_else(|| "0".into())
+}
+
 /// Producer settings. `timeout` bounds how long a record may wait for the broker before
 /// its delivery fails (and the request it carries is answered 503).
 pub fn producer(brokers: &str, timeout: Duration) -> Result<Producer, String> {
@@ -38,7 +46,7 @@ pub fn producer(brokers: &str, timeout: Duration) -> Result<Producer, String> {
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", linger_ms())
         .set("batch.num.messages", "10000")
         .set("compression.codec", "lz4")
         .set("max.in.flight.requests.per.connection", "5")
