@@ -46,6 +46,9 @@ pub enum AccountRecord {
     UserCreated { name: String, user: UserId, key_hash: [u8; 32] },
     /// A deposit (positive) or withdrawal (negative), idempotent by `transfer_id`.
     Transfer { user: UserId, transfer_id: String, amount: Units, timestamp: i64 },
+    /// The record at `offset` reached the log after its request was answered 503: it
+    /// does not count (see the symbol streams' voids).
+    Voided { offset: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,8 +212,8 @@ pub enum AdminError {
 /// What a transfer request turned into.
 #[derive(Debug)]
 pub enum TransferPlan {
-    /// Log this record, then [`Accounts::apply`] it.
-    Log(AccountRecord),
+    /// Log this record (a transfer of this user), then apply it.
+    Log(UserId, AccountRecord),
     /// Already done: answer as the first time.
     Done(UserId),
 }
@@ -539,7 +542,7 @@ impl HotState for Accounts {
             account.total += i128::from(amount);
         }
         self.transfers.insert(transfer_id.to_owned(), (user, amount));
-        Ok(TransferPlan::Log(AccountRecord::Transfer { user, transfer_id: transfer_id.to_owned(), amount, timestamp: now }))
+        Ok(TransferPlan::Log(user, AccountRecord::Transfer { user, transfer_id: transfer_id.to_owned(), amount, timestamp: now }))
     }
 
     /// Undoes a prepared transfer whose record could not be logged.
@@ -573,6 +576,7 @@ impl HotState for Accounts {
                     a.total += i128::from(*amount);
                 }
             }
+            AccountRecord::Voided { .. } => {}
         }
     }
 
@@ -774,7 +778,7 @@ mod tests {
         let mut a = Accounts::new(rate, 1_000_000);
         let (rec, key) = a.create_user("alice", [7; 24]).unwrap();
         a.apply(&rec, true);
-        let TransferPlan::Log(t) = a.transfer("alice", "t-1", 1_000, 0).unwrap() else { panic!() };
+        let TransferPlan::Log(_, t) = a.transfer("alice", "t-1", 1_000, 0).unwrap() else { panic!() };
         a.apply(&t, true);
         let user = a.user_by_name("alice").unwrap();
         (a, user, key)
@@ -824,7 +828,7 @@ mod tests {
         assert!(matches!(a.transfer("alice", "t-1", 1_000, 0), Ok(TransferPlan::Done(u)) if u == user));
         assert_eq!(a.transfer("alice", "t-1", 5, 0).unwrap_err(), AdminError::TransferConflict);
         assert_eq!(a.transfer("alice", "w-1", -1_001, 0).unwrap_err(), AdminError::InsufficientBalance);
-        let TransferPlan::Log(w) = a.transfer("alice", "w-2", -300, 0).unwrap() else { panic!() };
+        let TransferPlan::Log(_, w) = a.transfer("alice", "w-2", -300, 0).unwrap() else { panic!() };
         assert_eq!(a.user(user).unwrap().total, 700, "a withdrawal holds the money at once");
         a.release_transfer(&w);
         assert_eq!(a.user(user).unwrap().total, 1_000);

@@ -174,6 +174,7 @@ async fn shard_main(
         health: health.clone(),
         snapshotting: Cell::new(false),
         wire_seq: Cell::new(0),
+        account_in_doubt: RefCell::default(),
         kafka: match &config.kafka.brokers {
             Some(brokers) => Some(crate::shard::logs::KafkaBackend {
                 brokers: brokers.clone(),

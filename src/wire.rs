@@ -66,6 +66,7 @@ enum CommandJson {
 enum AccountJson {
     UserCreated { event_id: String, user_id: String, account_id: String, key_hash: String },
     BalanceAdjusted { event_id: String, account_id: String, transfer_id: String, currency: String, amount: String, timestamp: i64 },
+    RecordVoided { event_id: String, voided_offset: u64 },
 }
 
 fn account_id(user: UserId) -> String {
@@ -240,6 +241,7 @@ pub fn encode_account(record: &AccountRecord, partition: u32, seq: u64) -> Vec<u
             amount: units_to_usdt(*amount).to_string(),
             timestamp: *timestamp,
         },
+        AccountRecord::Voided { offset } => AccountJson::RecordVoided { event_id, voided_offset: *offset },
     };
     serde_json::to_vec(&json).unwrap_or_default()
 }
@@ -261,6 +263,7 @@ pub fn decode_account(bytes: &[u8]) -> Result<AccountRecord, String> {
             amount: usdt_to_units(decimal(&amount)?).ok_or_else(|| format!("amount {amount}"))?,
             timestamp,
         }),
+        AccountJson::RecordVoided { voided_offset, .. } => Ok(AccountRecord::Voided { offset: voided_offset }),
     }
 }
 
@@ -413,6 +416,7 @@ mod tests {
         for record in [
             AccountRecord::UserCreated { name: "alice".into(), user: UserId(1 << 32 | 1), key_hash: [9; 32] },
             AccountRecord::Transfer { user: UserId(3), transfer_id: "t-1".into(), amount: -150_000_000, timestamp: 1 },
+            AccountRecord::Voided { offset: 12 },
         ] {
             assert_eq!(decode_account(&encode_account(&record, 1, 2)), Ok(record));
         }

@@ -27,6 +27,8 @@ fn broker_outage_answers_503_then_resumes_by_itself() {
     let (_, health) = s.request("GET", "/health", &[], None);
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(s.get(&alice, "/v1/balance").1, balance_before, "the refused order holds no margin");
+    let (status, reply) = s.deposit("alice", "500", "t-during");
+    assert_eq!((status, reply["code"].as_str()), (503, Some("UNAVAILABLE")), "{reply}");
 
     broker.freeze(false);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -41,6 +43,11 @@ fn broker_outage_answers_503_then_resumes_by_itself() {
     };
     assert_eq!(after["status"], "NEW");
     assert_eq!(s.request("GET", "/health", &[], None).1["status"], "ok");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.deposit("alice", "7", "t-after").0 != 200 {
+        assert!(Instant::now() < deadline, "admin writes did not resume");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // The order answered 503 is nowhere, now or after a replay of the log.
     for round in 0..2 {
@@ -49,6 +56,8 @@ fn broker_outage_answers_503_then_resumes_by_itself() {
         assert_eq!(s.get(&alice, "/v1/orders/by-client-id/during").0, 404, "round {round}");
         let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);
         assert_eq!(depth["bids"], serde_json::json!([["40000.0", "0.002"]]), "round {round}");
+        let (_, balance) = s.get(&alice, "/v1/balance");
+        assert_eq!(balance["total"], "1007", "the deposit answered 503 never counts (round {round})");
         s.restart();
     }
 }

@@ -334,6 +334,12 @@ async fn with_partition_log<T>(
 ) -> Result<T, ApiError> {
     let journal = shard.account_logs.borrow().get(&partition).cloned().ok_or_else(|| ApiError::Unavailable("partition not owned here".into()))?;
     let mut journal = journal.write().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let in_doubt = shard.account_in_doubt.borrow().get(&partition).copied();
+    if let Some(from) = in_doubt {
+        settle_partition(shard, partition, &mut journal, from).await.map_err(|e| ApiError::Unavailable(format!("event log unavailable: {e}")))?;
+        shard.account_in_doubt.borrow_mut().remove(&partition);
+    }
+    let before = journal.next_offset();
     let (record, value) = prepare(shard.accounts.borrow_mut().as_mut())?;
     let Some(record) = record else { return Ok(value) };
     let bytes = shard.encode_account(&record, partition);
@@ -349,9 +355,28 @@ async fn with_partition_log<T>(
         }
         Err(e) => {
             undo(accounts.as_mut(), &record);
+            shard.account_in_doubt.borrow_mut().entry(partition).or_insert(before);
             Err(e)
         }
     }
+}
+
+/// Voids what a partition's log took at or after `from` although its requests were
+/// answered 503 (as the symbol streams do; see `stream::run`).
+async fn settle_partition(shard: &Rc<Shard>, partition: u32, journal: &mut super::Log, from: u64) -> Result<(), String> {
+    let patience = std::time::Duration::from_millis(shard.config.kafka.timeout_ms.max(100));
+    let found = journal.read_back(from, patience).await.map_err(|e| e.to_string())?;
+    let records: Vec<(u64, AccountRecord)> =
+        found.iter().map(|(o, b)| shard.decode_account(b).map(|r| (*o, r))).collect::<Result<_, _>>()?;
+    let voided: Vec<u64> =
+        records.iter().filter_map(|(_, r)| if let AccountRecord::Voided { offset } = r { Some(*offset) } else { None }).collect();
+    for (offset, record) in &records {
+        if !matches!(record, AccountRecord::Voided { .. }) && !voided.contains(offset) {
+            journal.append(&shard.encode_account(&AccountRecord::Voided { offset: *offset }, partition)).map_err(|e| e.to_string())?;
+            tracing::warn!(partition, offset, "voided an account record the log took after reporting failure");
+        }
+    }
+    journal.commit().await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiError> {
@@ -379,10 +404,7 @@ async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str)
         partition,
         |accounts| match accounts.transfer(name, transfer_id, amount, now_ms()).map_err(admin_error)? {
             TransferPlan::Done(user) => Ok((None, user)),
-            TransferPlan::Log(record) => {
-                let user = match &record {
-                    AccountRecord::Transfer { user, .. } | AccountRecord::UserCreated { user, .. } => *user,
-                };
+            TransferPlan::Log(user, record) => {
                 Ok((Some(record), user))
             }
         },

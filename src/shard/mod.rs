@@ -58,6 +58,9 @@ pub struct Shard {
     pub health: Arc<crate::server::Health>,
     /// Kafka, when it is the event log; `None`: the embedded journal.
     pub kafka: Option<logs::KafkaBackend>,
+    /// Account partitions whose last log write failed, with the offset it may have
+    /// reached the log at: settled before the partition logs anything new.
+    pub account_in_doubt: RefCell<FxHashMap<u32, u64>>,
     /// Last number given to a record on Kafka.
     pub wire_seq: std::cell::Cell<u64>,
     /// An account snapshot is being written.

@@ -35,12 +35,22 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
         }
         shard.health.record_applied(partition, applied);
         let (found, journal) = logs::open(shard, Stream::Accounts(partition), from).await?;
+        let mut decoded = Vec::with_capacity(found.len());
         for (offset, bytes) in &found {
             let record: AccountRecord = shard
                 .decode_account(bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("account partition {partition}: undecodable record at {offset}"))?;
-            shard.accounts.borrow_mut().apply(&record, false);
+            decoded.push((*offset, record));
+        }
+        let voided: rustc_hash::FxHashSet<u64> = decoded
+            .iter()
+            .filter_map(|(_, r)| if let AccountRecord::Voided { offset } = r { Some(*offset) } else { None })
+            .collect();
+        for (offset, record) in &decoded {
+            if !voided.contains(offset) {
+                shard.accounts.borrow_mut().apply(record, false);
+            }
         }
         records += found.len();
         shard.account_logs.borrow_mut().insert(partition, Rc::new(glommio::sync::RwLock::new(journal)));
