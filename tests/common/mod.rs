@@ -79,7 +79,9 @@ impl Server {
         if let Some(brokers) = server.kafka.clone() {
             let prefix = format!("{}.", server.data.file_name().and_then(|n| n.to_str()).unwrap_or("t"));
             server.env.push(("EXCHANGE_KAFKA_BROKERS".into(), brokers));
-            server.env.push(("EXCHANGE_KAFKA_TOPIC_PREFIX".into(), prefix));
+            if !server.env.iter().any(|(k, _)| k == "EXCHANGE_KAFKA_TOPIC_PREFIX") {
+                server.env.push(("EXCHANGE_KAFKA_TOPIC_PREFIX".into(), prefix));
+            }
             server.env.push(("EXCHANGE_KAFKA_PARTITIONS".into(), "2".into()));
         }
         server.spawn();
