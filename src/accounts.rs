@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::engine::units::Units;
-use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, OrderType, PositionState, Side, TimeInForce, UserId};
+use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, OrderType, PositionState, Side, UserId};
 
 /// Account partitions. Part of the data layout: changing it re-homes every user.
 pub const PARTITIONS: u32 = 64;
@@ -354,10 +354,6 @@ impl Accounts {
         self.users.get_mut(&user)?.orders.get_mut(&id)
     }
 
-    /// Every user owned here, for invariant checks.
-    pub fn users(&self) -> impl Iterator<Item = (&UserId, &Account)> {
-        self.users.iter()
-    }
 }
 
 /// Hot state: balances, margin locks, positions, open orders and rate-limit counters,
@@ -725,17 +721,11 @@ pub fn user_of_key(key: &str) -> Option<UserId> {
     u64::from_str_radix(user, 16).ok().map(UserId)
 }
 
-/// Whether an order type rests (for views of MARKET orders, which have no price).
-pub fn limit_price(kind: &OrderType) -> Option<(i64, TimeInForce)> {
-    match *kind {
-        OrderType::Limit { price, tif } => Some((price, tif)),
-        OrderType::Market => None,
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::TimeInForce;
 
     #[test]
     fn partition_snapshots_round_trip_without_pending_reservations() {

@@ -180,17 +180,6 @@ impl Book {
         self.levels(side).iter().rev().map(|l| (l.price, l.total))
     }
 
-    /// Bytes held by the book's own structures, for memory accounting.
-    pub fn heap_bytes(&self) -> usize {
-        use std::mem::size_of;
-        // hashbrown: one (key, value) bucket plus one control byte per bucket.
-        let index = self.index.capacity() * (size_of::<(OrderId, u32)>() + 1);
-        self.slots.capacity() * size_of::<Slot>()
-            + self.free.capacity() * size_of::<u32>()
-            + index
-            + (self.bids.capacity() + self.asks.capacity()) * size_of::<Level>()
-    }
-
     fn alloc(&mut self, order: Resting) -> u32 {
         let slot = Slot { order, prev: NIL, next: NIL };
         match self.free.pop() {

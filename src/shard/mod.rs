@@ -30,7 +30,7 @@ use std::sync::Arc;
 use exchange_io::EventLog;
 use rustc_hash::FxHashMap;
 
-use crate::accounts::{partition_of, partition_of_name, AccountRecord, HotState, PARTITIONS};
+use crate::accounts::{partition_of, AccountRecord, HotState, PARTITIONS};
 use crate::wire::{self, StreamRecord};
 use crate::config::Config;
 use crate::engine::{Event, NewOrder, UserId};
@@ -84,9 +84,6 @@ impl Shard {
         partition < PARTITIONS && self.partition_owner(partition) == self.id
     }
 
-    pub fn name_owner(&self, name: &str) -> usize {
-        self.partition_owner(partition_of_name(name))
-    }
 
     /// A command as its log stores it: compact postcard in the embedded journal, JSON on
     /// Kafka (where any tool may read it).
