@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on the embedded event log, then the black-box suite
 # again with Kafka as the event log, against a local tansu broker (started here if none
-# answers on 127.0.0.1:9092; installed the first time). Prints one closing line with
-# the totals over both runs.
+# answers on 127.0.0.1:9092; installed the first time). Redis (127.0.0.1:6379) is
+# started if it does not answer. Prints one closing line with the totals over both runs.
 set -uo pipefail
 cd "$(dirname "$0")"
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
@@ -19,6 +19,11 @@ if ! broker=$(scripts/kafka-broker.sh); then
   exit 1
 fi
 export EXCHANGE_KAFKA_TEST_BROKER=127.0.0.1:9092
+if ! scripts/redis.sh; then
+  echo "tests: 0 passed, 1 failed (no Redis could be started)"
+  exit 1
+fi
+export EXCHANGE_TEST_REDIS_URL=redis://127.0.0.1:6379
 
 echo "== tests, embedded event log"
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"

@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod ids;
 pub mod metrics;
+pub mod redis_state;
 pub mod server;
 pub mod shard;
 pub mod shard_map;
