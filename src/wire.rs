@@ -77,22 +77,6 @@ fn parse_account(text: &str) -> Result<UserId, String> {
     u64::from_str_radix(text, 16).map(UserId).map_err(|e| format!("userId {text:?}: {e}"))
 }
 
-fn side(s: Side) -> &'static str {
-    match s {
-        Side::Buy => "BUY",
-        Side::Sell => "SELL",
-    }
-}
-
-fn tif(t: TimeInForce) -> &'static str {
-    match t {
-        TimeInForce::Gtc => "GTC",
-        TimeInForce::Ioc => "IOC",
-        TimeInForce::Fok => "FOK",
-        TimeInForce::PostOnly => "POST_ONLY",
-    }
-}
-
 fn decimal(text: &str) -> Result<Decimal, String> {
     text.parse().map_err(|e| format!("{text:?}: {e}"))
 }
@@ -110,7 +94,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
     let json = match command {
         Command::Place(o) => {
             let (kind, price, time_in_force) = match o.kind {
-                OrderType::Limit { price, tif: t } => ("LIMIT", Some(spec.ticks_to_price(price).to_string()), Some(tif(t).to_owned())),
+                OrderType::Limit { price, tif: t } => ("LIMIT", Some(spec.ticks_to_price(price).to_string()), Some(t.as_str().to_owned())),
                 OrderType::Market => ("MARKET", None, None),
             };
             CommandJson::OrderSubmitted {
@@ -118,7 +102,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
                 order_id: ids::encode(IdKind::Order, spec.key, o.id.0).to_string(),
                 user_id: account_id(o.user),
                 symbol: spec.name.clone(),
-                side: side(o.side).to_owned(),
+                side: o.side.as_str().to_owned(),
                 kind: kind.to_owned(),
                 price,
                 quantity: spec.lots_to_quantity(o.quantity).to_string(),
@@ -300,7 +284,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
             serde_json::json!({
                 "eventId": event_id, "eventType": "OrderPlaced", "symbol": spec.name, "seq": p.seq,
                 "timestamp": p.timestamp, "orderId": order(p.order_id), "userId": account_id(p.user),
-                "side": side(p.side), "price": spec.ticks_to_price(p.price).to_string(),
+                "side": p.side.as_str(), "price": spec.ticks_to_price(p.price).to_string(),
                 "quantity": spec.lots_to_quantity(p.quantity).to_string(),
                 "filledQuantity": spec.lots_to_quantity(p.filled).to_string(),
                 "lockedMargin": units_to_usdt(p.locked_margin).to_string(), "leverage": p.leverage,
@@ -312,7 +296,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
             serde_json::json!({
                 "eventId": event_id, "eventType": "OrderCancelled", "symbol": spec.name, "seq": c.seq,
                 "timestamp": c.timestamp, "orderId": order(c.order_id), "userId": account_id(c.user),
-                "side": side(c.side), "quantity": spec.lots_to_quantity(c.quantity).to_string(),
+                "side": c.side.as_str(), "quantity": spec.lots_to_quantity(c.quantity).to_string(),
                 "filledQuantity": spec.lots_to_quantity(c.filled).to_string(),
                 "releasedMargin": units_to_usdt(c.released_margin).to_string(), "reason": c.reason.as_str(),
             }),
@@ -329,7 +313,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
                     "quantity": spec.lots_to_quantity(t.quantity).to_string(),
                     "buyerOrderId": order(t.buyer.order_id),
                     "sellerOrderId": order(t.seller.order_id),
-                    "takerSide": side(t.taker_side),
+                    "takerSide": t.taker_side.as_str(),
                     "timestamp": t.timestamp,
                 },
                 "buyerUpdate": update_json(spec, &t.buyer),

@@ -6,29 +6,13 @@ use serde::Serialize;
 
 use crate::accounts::{Account, Fill, OrderView};
 use crate::engine::symbol::units_to_usdt;
-use crate::engine::{OrderType, PositionState, Side, SymbolSpec, TimeInForce};
+use crate::engine::{OrderType, PositionState, SymbolSpec};
 use crate::ids::{self, IdKind};
 use crate::shard::protocol::HttpReply;
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {
     HttpReply { status: 200, body: serde_json::to_vec(body).unwrap_or_default(), retry_after: None }
-}
-
-pub fn side(s: Side) -> &'static str {
-    match s {
-        Side::Buy => "BUY",
-        Side::Sell => "SELL",
-    }
-}
-
-fn tif(t: TimeInForce) -> &'static str {
-    match t {
-        TimeInForce::Gtc => "GTC",
-        TimeInForce::Ioc => "IOC",
-        TimeInForce::Fok => "FOK",
-        TimeInForce::PostOnly => "POST_ONLY",
-    }
 }
 
 pub fn order_uuid(spec: &SymbolSpec, id: crate::engine::OrderId) -> String {
@@ -58,7 +42,7 @@ pub struct OrderJson {
 pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
     let spec = &map.symbols[v.symbol];
     let (price, time_in_force, kind) = match v.kind {
-        OrderType::Limit { price, tif: t } => (Some(spec.ticks_to_price(price).to_string()), Some(tif(t)), "LIMIT"),
+        OrderType::Limit { price, tif: t } => (Some(spec.ticks_to_price(price).to_string()), Some(t.as_str()), "LIMIT"),
         OrderType::Market => (None, None, "MARKET"),
     };
     let avg_fill_price = (v.filled > 0).then(|| {
@@ -69,7 +53,7 @@ pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
         order_id: order_uuid(spec, v.id),
         client_order_id: v.client_order_id.map(|c| c.as_str().to_owned()),
         symbol: spec.name.clone(),
-        side: side(v.side),
+        side: v.side.as_str(),
         kind,
         time_in_force,
         price,
@@ -119,7 +103,7 @@ pub fn fill(map: &ShardMap, f: &Fill) -> serde_json::Value {
         "tradeId": ids::encode(IdKind::Trade, spec.key, f.trade_seq).to_string(),
         "orderId": order_uuid(spec, f.order_id),
         "symbol": spec.name,
-        "side": side(f.side),
+        "side": f.side.as_str(),
         "price": spec.ticks_to_price(f.price).to_string(),
         "quantity": spec.lots_to_quantity(f.quantity).to_string(),
         "fee": units_to_usdt(f.fee).to_string(),

@@ -30,6 +30,14 @@ impl Side {
         }
     }
 
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "BUY",
+            Side::Sell => "SELL",
+        }
+    }
+
     /// +1 for a buy, −1 for a sell: the sign a fill adds to a position.
     pub fn sign(self) -> i128 {
         match self {
@@ -58,6 +66,18 @@ pub enum TimeInForce {
     Fok,
     /// Rejected if any part would match on arrival.
     PostOnly,
+}
+
+impl TimeInForce {
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeInForce::Gtc => "GTC",
+            TimeInForce::Ioc => "IOC",
+            TimeInForce::Fok => "FOK",
+            TimeInForce::PostOnly => "POST_ONLY",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -129,7 +129,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
                         "tradeId": crate::ids::encode(crate::ids::IdKind::Trade, spec.key, t.seq).to_string(),
                         "price": spec.ticks_to_price(t.price).to_string(),
                         "quantity": spec.lots_to_quantity(t.quantity).to_string(),
-                        "takerSide": render::side(t.taker_side),
+                        "takerSide": t.taker_side.as_str(),
                         "time": t.time,
                     })
                 })
