@@ -12,10 +12,12 @@ fn connection() -> redis::Connection {
         .unwrap_or_else(|e| panic!("Redis at {url} is required for these tests: {e}"))
 }
 
-/// A user no other test (or earlier run) touches.
+/// A user no other test (or earlier run) touches: the clock for runs, a counter for
+/// the tests of this run (two of them can read the same clock value).
 fn fresh_user() -> UserId {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    UserId(nanos ^ (u64::from(std::process::id()) << 40))
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    UserId((micros << 8) | N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 fn balance(c: &mut redis::Connection, user: UserId) -> (i64, i64, i64) {
