@@ -141,6 +141,8 @@ pub fn frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), JournalError> {
 /// An open stream, positioned at its end. Lives on one glommio executor.
 pub struct Journal {
     dir: PathBuf,
+    /// The current segment.
+    path: PathBuf,
     file: BufferedFile,
     /// Byte length of the current segment.
     segment_len: u64,
@@ -162,7 +164,7 @@ impl Journal {
             None => (dir.join(segment_name(next_offset)), 0),
         };
         let file = open_append(&path).await?;
-        Ok(Self { dir: dir.to_owned(), file, segment_len: len, next_offset, buffer: Vec::new(), buffered: 0 })
+        Ok(Self { dir: dir.to_owned(), path, file, segment_len: len, next_offset, buffer: Vec::new(), buffered: 0 })
     }
 
     /// Buffers a record; returns its offset. Nothing is durable before [`Self::commit`].
@@ -222,8 +224,13 @@ impl Journal {
                 Ok(())
             }
             Err(e) => {
-                // Whatever reached the file is past segment_len and will be overwritten
-                // by the next commit or cut as a torn tail at the next start.
+                // Whatever reached the file is past segment_len: cut it now, so that a
+                // crash before the next commit cannot replay records whose requests
+                // were answered 503 (the next commit would overwrite them anyway).
+                let cut = OpenOptions::new().write(true).open(&self.path).and_then(|f| f.set_len(self.segment_len));
+                if let Err(cut) = cut {
+                    tracing::error!(path = %self.path.display(), error = %cut, "could not cut a failed write");
+                }
                 Err(e)
             }
         }
@@ -236,6 +243,7 @@ impl Journal {
     async fn roll(&mut self) -> Result<(), JournalError> {
         let path = self.dir.join(segment_name(self.next_offset));
         self.file = open_append(&path).await?;
+        self.path = path;
         self.segment_len = 0;
         sync_dir(&self.dir)
     }
