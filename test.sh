@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace on the embedded event log, then the black-box suite
-# again with Kafka as the event log, against a local tansu broker (started here if none
-# answers on 127.0.0.1:9092; installed the first time). Redis (127.0.0.1:6379) is
-# started if it does not answer. Prints one closing line with the totals over both runs.
+# Runs every test of the workspace on the embedded defaults, then the black-box suite
+# again with Kafka as the event log (a local tansu broker, started here if none answers
+# on 127.0.0.1:9092; installed the first time), then with Kafka and Redis as the hot
+# state: a single Redis (127.0.0.1:6379) and a 3-master Redis Cluster (127.0.0.1:7000-
+# 7002), each started if it does not answer. Prints one closing line with the totals.
 set -uo pipefail
 cd "$(dirname "$0")"
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
@@ -19,7 +20,7 @@ if ! broker=$(scripts/kafka-broker.sh); then
   exit 1
 fi
 export EXCHANGE_KAFKA_TEST_BROKER=127.0.0.1:9092
-if ! scripts/redis.sh; then
+if ! scripts/redis.sh || ! scripts/redis-cluster.sh; then
   echo "tests: 0 passed, 1 failed (no Redis could be started)"
   exit 1
 fi
@@ -33,6 +34,14 @@ echo "== black-box tests, Kafka event log"
 EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --test api --test recovery "$@" 2>&1 | tee -a "$log"
 kafka_status=${PIPESTATUS[0]}
 [ "$kafka_status" -ne 0 ] && status=$kafka_status
+
+for redis in redis://127.0.0.1:6379 redis://127.0.0.1:7000; do
+  echo "== black-box tests, Kafka event log, Redis hot state at $redis"
+  EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 EXCHANGE_TEST_HOT_REDIS=$redis \
+    cargo test -p exchange --locked --test api --test recovery --test hot_state "$@" 2>&1 | tee -a "$log"
+  redis_status=${PIPESTATUS[0]}
+  [ "$redis_status" -ne 0 ] && status=$redis_status
+done
 
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '^test result: .* ([0-9]+) failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')

@@ -15,7 +15,9 @@
 //! | `EXCHANGE_KAFKA_PARTITIONS` | `kafka.partitions` | `8` (per topic created) |
 //! | `EXCHANGE_KAFKA_TIMEOUT_MS` | `kafka.timeout_ms` | `2000` (then 503) |
 //! | `EXCHANGE_KAFKA_TOPIC_PREFIX` | `kafka.topic_prefix` | empty |
-//! | `EXCHANGE_REDIS_URL` | `redis.url` | unset: in-process hot state |
+//! | `EXCHANGE_REDIS_URL` | `redis.url` | unset: in-process hot state (a cluster is detected) |
+//! | `EXCHANGE_REDIS_TIMEOUT_MS` | `redis.timeout_ms` | `1000` (then 503 and rebuild) |
+//! | `EXCHANGE_REDIS_PREFIX` | `redis.prefix` | empty (prepended to every key) |
 //! | `EXCHANGE_POSTGRES_URL` | `postgres.url` | unset: no cold storage |
 //! | `EXCHANGE_CHECK_INTERVAL_SECS` | `check_interval_secs` | `300` |
 //! | `EXCHANGE_RATE_LIMIT` | `rate_limit` | `100` (orders/s per user; 0 = off) |
@@ -69,10 +71,21 @@ impl Default for Kafka {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Redis {
+    /// A server, or any node of a cluster (several, comma-separated, are seeds).
     pub url: Option<String>,
+    /// How long a call may wait before the hot state is taken as lost (503, rebuild).
+    pub timeout_ms: u64,
+    /// Prepended to every key, so several exchanges can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for Redis {
+    fn default() -> Self {
+        Self { url: None, timeout_ms: 1_000, prefix: String::new() }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -174,6 +187,12 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_REDIS_URL") {
             self.redis.url = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_REDIS_TIMEOUT_MS") {
+            self.redis.timeout_ms = parse("EXCHANGE_REDIS_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_REDIS_PREFIX") {
+            self.redis.prefix = v;
         }
         if let Some(v) = set("EXCHANGE_POSTGRES_URL") {
             self.postgres.url = Some(v);

@@ -44,10 +44,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Cmd::Serve) {
-        Cmd::Serve => exchange::server::run(config),
-        Cmd::Migrate | Cmd::RebuildState | Cmd::Check => Err(anyhow::anyhow!(
-            "this command works on the external stores (PostgreSQL, Redis), which this build does not support yet; \
-             the embedded mode rebuilds its state from the log at every start"
+        Cmd::Serve => exchange::server::run(config, exchange::server::Mode::Serve),
+        Cmd::RebuildState => exchange::server::run(config, exchange::server::Mode::RebuildState),
+        Cmd::Migrate | Cmd::Check => Err(anyhow::anyhow!(
+            "this command works on PostgreSQL (cold storage), which this build does not support yet"
         )),
     };
     match result {

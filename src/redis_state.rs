@@ -1,54 +1,114 @@
-//! Hot state in Redis: the key layout and the Lua scripts of the risk step and of
-//! settlement. (The shard does not use them yet: the in-process [`crate::accounts`]
-//! is the hot state today; this is the layer the Redis implementation is built on.)
+//! Hot state in Redis: the key layout and the Lua scripts.
 //!
 //! - Every key of a user carries the hash tag `{u:<account id>}`, so all of them live in
-//!   one slot of a Redis Cluster and one script can touch them atomically.
+//!   one slot of a Redis Cluster and one script can touch them atomically. A prefix
+//!   (`EXCHANGE_REDIS_PREFIX`) lets several exchanges share one Redis.
 //! - Money is integer 1e-8 USDT. Scripts never compute with it: Lua numbers are
 //!   doubles, exact only up to 2^53. They pass the amounts the exchange computed, as
 //!   strings, to `HINCRBY`/`INCRBY` (exact 64-bit arithmetic in Redis) and only test
 //!   the *sign* of what those return, which a double always gets right.
-//! - Settlement is idempotent: every application carries the symbol's event sequence,
-//!   and a user's `applied` hash keeps the last one applied per symbol (events of a
-//!   symbol arrive in sequence order), so a replayed event changes nothing.
+//! - Settlement is idempotent: each write of a command's results carries the symbol and
+//!   the command's log offset, and a user's `applied` hash keeps the last offset applied
+//!   per symbol, so a replayed write changes nothing.
 
-use crate::engine::{OrderId, UserId};
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use crate::engine::{ClientOrderId, OrderId, UserId};
+
+/// Key names, under an optional prefix.
+#[derive(Clone, Debug, Default)]
+pub struct Keys {
+    prefix: String,
+}
 
 fn tag(user: UserId) -> String {
     format!("{{u:{:016x}}}", user.0)
 }
 
-/// `total`, `available`, `locked` of the user's USDT balance.
-pub fn balance_key(user: UserId) -> String {
-    format!("balance:{}:USDT", tag(user))
-}
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
 
-/// Orders counted in one second, for the rate limit.
-pub fn rate_key(user: UserId, second: i64) -> String {
-    format!("rate:{}:{second}", tag(user))
-}
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 
-/// What an open order still holds locked.
-pub fn lock_key(user: UserId, order: OrderId) -> String {
-    format!("margin_lock:{}:{}", tag(user), order.0)
-}
+    /// `total`, `available`, `locked` of the user's USDT balance.
+    pub fn balance(&self, user: UserId) -> String {
+        format!("{}balance:{}:USDT", self.prefix, tag(user))
+    }
 
-/// Last event sequence applied, per symbol.
-pub fn applied_key(user: UserId) -> String {
-    format!("applied:{}", tag(user))
-}
+    /// Orders counted in one second, for the rate limit.
+    pub fn rate(&self, user: UserId, second: i64) -> String {
+        format!("{}rate:{}:{second}", self.prefix, tag(user))
+    }
 
-/// The user's position on a symbol.
-pub fn position_key(user: UserId, symbol: &str) -> String {
-    format!("position:{}:{symbol}", tag(user))
+    /// What an open order locked when it was placed.
+    pub fn lock(&self, user: UserId, order: OrderId) -> String {
+        format!("{}{}", self.lock_prefix(user), order.0)
+    }
+
+    /// Last command offset applied, per symbol.
+    pub fn applied(&self, user: UserId) -> String {
+        format!("{}applied:{}", self.prefix, tag(user))
+    }
+
+    /// The user's position on a symbol: `size`, `cost`, `margin`, `realizedPnl`, `fees`,
+    /// `leverage`.
+    pub fn position(&self, user: UserId, symbol: &str) -> String {
+        format!("{}position:{}:{symbol}", self.prefix, tag(user))
+    }
+
+    /// The ids of the user's open orders.
+    pub fn active(&self, user: UserId) -> String {
+        format!("{}orders:active:{}", self.prefix, tag(user))
+    }
+
+    /// One order, as JSON.
+    pub fn order(&self, user: UserId, order: OrderId) -> String {
+        format!("{}{}", self.order_prefix(user), order.0)
+    }
+
+    /// The order a clientOrderId names.
+    pub fn client_order(&self, user: UserId, cid: &ClientOrderId) -> String {
+        format!("{}{}", self.client_order_prefix(user), cid.as_str())
+    }
+
+    pub fn order_prefix(&self, user: UserId) -> String {
+        format!("{}order:{}:", self.prefix, tag(user))
+    }
+
+    pub fn lock_prefix(&self, user: UserId) -> String {
+        format!("{}margin_lock:{}:", self.prefix, tag(user))
+    }
+
+    pub fn client_order_prefix(&self, user: UserId) -> String {
+        format!("{}client_order:{}:", self.prefix, tag(user))
+    }
+
+    /// The user's latest fills, newest first, as JSON.
+    pub fn fills(&self, user: UserId) -> String {
+        format!("{}fills:{}", self.prefix, tag(user))
+    }
+
+    /// Present while an account partition's hot state is whole. Partitions are spread
+    /// over the cluster's slots, so losing any node loses some of these.
+    pub fn marker(&self, partition: u32) -> String {
+        format!("{}hot:{{p:{partition:02}}}", self.prefix)
+    }
 }
 
 /// The risk step in one round trip: rate limit, available check, margin lock.
 ///
-/// KEYS: balance, rate, lock. ARGV: rate limit (0: off), amount.
-/// Returns 0 (locked), 1 (rate limited), 2 (insufficient margin), 3 (already reserved).
-/// A refusal changes nothing.
+/// KEYS: balance, rate, lock. ARGV: rate limit (0: off), amount, minus the amount (Redis
+/// parses neither `--5` nor `-0`, so Rust writes both signs).
+/// Returns 0 (locked), 1 (rate limited), 2 (insufficient margin), 3 (already reserved),
+/// 4 (no balance: the hot state of this user is missing). A refusal changes nothing.
 pub const RESERVE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 4 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return 3 end
 local limit = tonumber(ARGV[1])
 if limit > 0 then
@@ -59,7 +119,7 @@ if limit > 0 then
     return 1
   end
 end
-if redis.call('HINCRBY', KEYS[1], 'available', '-' .. ARGV[2]) < 0 then
+if redis.call('HINCRBY', KEYS[1], 'available', ARGV[3]) < 0 then
   redis.call('HINCRBY', KEYS[1], 'available', ARGV[2])
   if limit > 0 then redis.call('DECR', KEYS[2]) end
   return 2
@@ -69,48 +129,114 @@ redis.call('SET', KEYS[3], ARGV[2])
 return 0
 ";
 
-/// Applies one event's effect on one user, once.
+/// A list of writes to one user's keys, applied atomically, at most once per (symbol,
+/// offset) when guarded.
 ///
-/// KEYS: balance, applied, lock, position. ARGV: symbol, seq, total delta, margin
-/// released, lock consumed, then position fields (size, cost, margin, realizedPnl, fees,
-/// leverage) or nothing to leave the position alone.
-/// Returns 1 if applied, 0 if this sequence was already applied.
-pub const APPLY: &str = r"
-local last = redis.call('HGET', KEYS[2], ARGV[1])
-if last and tonumber(last) >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'total', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'locked', '-' .. ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'available', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'available', ARGV[4])
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  if redis.call('INCRBY', KEYS[3], '-' .. ARGV[5]) <= 0 then redis.call('DEL', KEYS[3]) end
+/// KEYS: the keys the writes name; `KEYS[1]` is the user's `applied` hash.
+/// ARGV: guard symbol (empty: unguarded), guard offset, index of a key that must exist
+/// (0: none), then the writes, each as command, key index, argument count, arguments.
+/// The pseudo-command `FORGET_OPEN` (arguments: the user's order, lock and clientOrderId
+/// key prefixes) deletes every order the user's open-order set names, with its lock and
+/// clientOrderId, and the set: what a rebuild does before it writes the orders the log
+/// knows (keys of one user share a slot, so naming them here is cluster-safe).
+/// Returns 1 (written), 0 (this offset was already applied), -1 (the required key is
+/// missing: the user's hot state was lost; nothing written).
+pub const WRITE: &str = r"
+local required = tonumber(ARGV[3])
+if required > 0 and redis.call('EXISTS', KEYS[required]) == 0 then return -1 end
+if ARGV[1] ~= '' then
+  local last = redis.call('HGET', KEYS[1], ARGV[1])
+  if last and tonumber(last) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
-if #ARGV >= 11 then
-  redis.call('HSET', KEYS[4], 'size', ARGV[6], 'cost', ARGV[7], 'margin', ARGV[8],
-    'realizedPnl', ARGV[9], 'fees', ARGV[10], 'leverage', ARGV[11])
+local i = 4
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 2])
+  local key = KEYS[tonumber(ARGV[i + 1])]
+  if ARGV[i] == 'FORGET_OPEN' then
+    for _, id in ipairs(redis.call('SMEMBERS', key)) do
+      local order = redis.call('GET', ARGV[i + 3] .. id)
+      if order then
+        local ok, view = pcall(cjson.decode, order)
+        if ok and type(view.client_order_id) == 'string' then redis.call('DEL', ARGV[i + 5] .. view.client_order_id) end
+      end
+      redis.call('DEL', ARGV[i + 3] .. id, ARGV[i + 4] .. id)
+    end
+    redis.call('DEL', key)
+  else
+    redis.call(ARGV[i], key, unpack(ARGV, i + 3, i + 2 + n))
+  end
+  i = i + 3 + n
 end
 return 1
 ";
 
-/// A deposit or withdrawal (negative), idempotent by its transfer id.
-///
-/// KEYS: balance, transfer marker. ARGV: amount. Returns 0 (applied), 1 (already
-/// applied), 2 (a withdrawal beyond available: nothing changed).
-pub const TRANSFER: &str = r"
-if redis.call('SET', KEYS[2], ARGV[1], 'NX') == false then return 1 end
-if redis.call('HINCRBY', KEYS[1], 'available', ARGV[1]) < 0 then
-  local undo
-  if string.sub(ARGV[1], 1, 1) == '-' then undo = string.sub(ARGV[1], 2) else undo = '-' .. ARGV[1] end
-  redis.call('HINCRBY', KEYS[1], 'available', undo)
-  redis.call('DEL', KEYS[2])
-  return 2
-end
-redis.call('HINCRBY', KEYS[1], 'total', ARGV[1])
-return 0
-";
+pub static RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE));
+pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE));
 
-/// The marker of an applied transfer.
-pub fn transfer_key(user: UserId, transfer_id: &str) -> String {
-    format!("transfer:{}:{transfer_id}", tag(user))
+/// Builds one [`WRITE`] call for one user.
+#[derive(Debug)]
+pub struct Writes {
+    keys: Vec<String>,
+    ops: Vec<String>,
+    guard: Option<(String, u64)>,
+    required: usize,
+}
+
+impl Writes {
+    /// Writes to `user`'s keys (their `applied` hash is `KEYS[1]`).
+    pub fn new(keys: &Keys, user: UserId) -> Self {
+        Self { keys: vec![keys.applied(user)], ops: Vec::new(), guard: None, required: 0 }
+    }
+
+    /// Applied once per (symbol, offset), in increasing offset order.
+    #[must_use]
+    pub fn guarded(mut self, symbol: &str, offset: u64) -> Self {
+        self.guard = Some((symbol.to_owned(), offset));
+        self
+    }
+
+    /// Nothing is written unless `key` exists.
+    #[must_use]
+    pub fn requiring(mut self, key: String) -> Self {
+        self.required = self.key_index(key);
+        self
+    }
+
+    fn key_index(&mut self, key: String) -> usize {
+        match self.keys.iter().position(|k| *k == key) {
+            Some(i) => i + 1,
+            None => {
+                self.keys.push(key);
+                self.keys.len()
+            }
+        }
+    }
+
+    /// Adds `command key args...`.
+    pub fn op<I, A>(&mut self, command: &str, key: String, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = A>,
+        A: ToString,
+    {
+        let index = self.key_index(key);
+        let args: Vec<String> = args.into_iter().map(|a| a.to_string()).collect();
+        self.ops.push(command.to_owned());
+        self.ops.push(index.to_string());
+        self.ops.push(args.len().to_string());
+        self.ops.extend(args);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The script call.
+    pub fn into_op(self) -> exchange_io::redis::Op {
+        let (symbol, offset) = self.guard.unwrap_or_default();
+        let mut args = vec![symbol, offset.to_string(), self.required.to_string()];
+        args.extend(self.ops);
+        exchange_io::redis::Op::Script { script: &WRITE_SCRIPT, keys: self.keys, args }
+    }
 }

@@ -35,6 +35,8 @@ pub struct Health {
     pub stopping: AtomicBool,
     pub event_log_down: AtomicUsize,
     pub inflight: AtomicUsize,
+    /// Per shard, the state of its partitions' hot state (`shard::hot::{DISABLED, ..}`).
+    pub hot: Vec<std::sync::atomic::AtomicU8>,
     arrived: AtomicUsize,
     /// At start only: per account partition, how far its snapshot holds each symbol's
     /// results (`None`: no snapshot).
@@ -88,11 +90,18 @@ fn raise_memlock() {
 ///
 /// # Errors
 /// Start-up failures (config, shard map, logs, executors), with context.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let map = Arc::new(ShardMap::load(&config.shard_map)?);
-    if config.redis.url.is_some() || config.postgres.url.is_some() {
-        tracing::warn!("Redis and PostgreSQL are not supported by this build yet; hot state stays in-process");
+    if config.postgres.url.is_some() {
+        tracing::warn!("PostgreSQL is not supported by this build yet; there is no cold storage");
     }
+    let redis = match &config.redis.url {
+        Some(url) => {
+            tracing::info!(url, "hot state: Redis");
+            Some(exchange_io::redis::RedisBridge::start(url, Duration::from_millis(config.redis.timeout_ms)).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
     if let Some(brokers) = &config.kafka.brokers {
         let topics = crate::shard::logs::topics(&config.kafka.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -109,7 +118,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let shards = cores.len();
     let config = Arc::new(config);
     let metrics = Metrics::new();
-    let health = Arc::new(Health::default());
+    let initial = if redis.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
+    let health = Arc::new(Health { hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(initial)).collect(), ..Health::default() });
     {
         let health = health.clone();
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
@@ -124,12 +134,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     for (id, core) in cores.iter().copied().enumerate() {
         let (map, config, metrics, health, mesh) = (map.clone(), config.clone(), metrics.clone(), health.clone(), mesh.clone());
+        let redis = redis.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
-                let result = shard_main(id, shards, map, config, metrics, health.clone(), mesh).await;
+                let result = shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, mode }, mesh).await;
                 if let Err(e) = &result {
                     tracing::error!(shard = id, error = format!("{e:#}"), "shard failed");
                     health.stopping.store(true, Ordering::Release);
@@ -150,15 +161,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     failure.map_or(Ok(()), Err)
 }
 
-async fn shard_main(
+/// What a shard starts with.
+struct Startup {
     id: usize,
     shards: usize,
     map: Arc<ShardMap>,
     config: Arc<Config>,
     metrics: Metrics,
     health: Arc<Health>,
-    mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>,
-) -> anyhow::Result<()> {
+    redis: Option<exchange_io::redis::RedisBridge>,
+    mode: Mode,
+}
+
+/// What the process is started for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    /// Replay the logs, write the hot state to Redis, exit.
+    RebuildState,
+}
+
+async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
+    let Startup { id, shards, map, config, metrics, health, redis, mode } = start;
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
     let now_micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let shard = Rc::new(Shard {
@@ -175,6 +199,7 @@ async fn shard_main(
         snapshotting: Cell::new(false),
         wire_seq: Cell::new(0),
         account_in_doubt: RefCell::default(),
+        redis: redis.map(|bridge| crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix))),
         kafka: match &config.kafka.brokers {
             Some(brokers) => Some(crate::shard::logs::KafkaBackend {
                 brokers: brokers.clone(),
@@ -196,7 +221,32 @@ async fn shard_main(
     health.barrier(1, shards).await;
     startup::recover_symbols(&shard).await?;
     health.barrier(2, shards).await;
+    if mode == Mode::RebuildState {
+        return rebuild_state(&shard).await;
+    }
+    if shard.redis.is_some() {
+        glommio::spawn_local(crate::shard::hot::watch(shard.clone())).detach();
+    }
     serve(shard).await
+}
+
+/// `exchange rebuild-state`: the logs are replayed (above); write every user to Redis.
+async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
+    if shard.redis.is_none() {
+        anyhow::bail!("rebuild-state needs EXCHANGE_REDIS_URL");
+    }
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        match crate::shard::hot::rebuild(shard).await {
+            Ok(users) => {
+                tracing::info!(shard = shard.id, users, ms = started.elapsed().as_millis() as u64, "hot state written");
+                return Ok(());
+            }
+            Err(e) if std::time::Instant::now() > deadline => anyhow::bail!("rebuilding the hot state: {e}"),
+            Err(_) => glommio::timer::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// One task per peer: replies complete waiting callers; requests are handled. Results
@@ -210,10 +260,9 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
                 match message {
                     Message::Reply { id, body } => shard.rpc.complete(id, body),
                     Message::Request { from, id, body } => {
-                        let inline = matches!(
-                            body,
-                            Request::Apply { .. } | Request::Reserve { .. } | Request::Release { .. } | Request::LastPrices
-                        );
+                        // With Redis a risk step waits for it: a task of its own.
+                        let inline = matches!(body, Request::Apply { .. } | Request::Release { .. } | Request::LastPrices)
+                            || (matches!(body, Request::Reserve { .. }) && shard.redis.is_none());
                         if inline {
                             let reply = handlers::handle(shard.clone(), body).await;
                             let shard = shard.clone();
@@ -398,12 +447,19 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ()> {
 }
 
 fn health(shard: &Shard) -> HttpReply {
+    use crate::shard::hot::{DISABLED, READY, REBUILDING};
     let log_ok = shard.health.event_log_down.load(Ordering::Acquire) == 0;
+    let worst = shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)).filter(|s| *s != DISABLED).min();
+    let state = match worst {
+        None | Some(READY) => "ok",
+        Some(REBUILDING) => "rebuilding",
+        Some(_) => "down",
+    };
     render::ok(&serde_json::json!({
-        "status": if log_ok { "ok" } else { "degraded" },
+        "status": if log_ok && state == "ok" { "ok" } else { "degraded" },
         "components": {
             "eventLog": if log_ok { "ok" } else { "down" },
-            "stateStore": "ok",
+            "stateStore": state,
             "coldStore": "disabled",
         },
     }))

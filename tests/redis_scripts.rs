@@ -2,7 +2,8 @@
 //! default `redis://127.0.0.1:6379`; unreachable is a failure, not a skip).
 
 use exchange::engine::{OrderId, UserId};
-use exchange::redis_state::*;
+use exchange::redis_state::{Keys, Writes, RESERVE};
+use exchange_io::redis::Op;
 use redis::{Commands, Script};
 
 fn connection() -> redis::Connection {
@@ -20,23 +21,45 @@ fn fresh_user() -> UserId {
     UserId((micros << 8) | N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
+fn keys() -> Keys {
+    Keys::new("test:")
+}
+
 fn balance(c: &mut redis::Connection, user: UserId) -> (i64, i64, i64) {
     let (t, a, l): (Option<i64>, Option<i64>, Option<i64>) =
-        redis::cmd("HMGET").arg(balance_key(user)).arg("total").arg("available").arg("locked").query(c).unwrap();
+        redis::cmd("HMGET").arg(keys().balance(user)).arg("total").arg("available").arg("locked").query(c).unwrap();
     (t.unwrap_or(0), a.unwrap_or(0), l.unwrap_or(0))
 }
 
-fn transfer(c: &mut redis::Connection, user: UserId, id: &str, amount: i64) -> i64 {
-    Script::new(TRANSFER).key(balance_key(user)).key(transfer_key(user, id)).arg(amount.to_string()).invoke(c).unwrap()
+fn run(c: &mut redis::Connection, writes: Writes) -> i64 {
+    let Op::Script { script, keys, args } = writes.into_op() else { unreachable!() };
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    for a in args {
+        inv.arg(a);
+    }
+    inv.invoke(c).unwrap()
+}
+
+/// Credits `amount` to total and available (creating the balance).
+fn deposit(c: &mut redis::Connection, user: UserId, amount: i64) {
+    let mut w = Writes::new(&keys(), user);
+    w.op("HINCRBY", keys().balance(user), ["total".to_owned(), amount.to_string()]);
+    w.op("HINCRBY", keys().balance(user), ["available".to_owned(), amount.to_string()]);
+    w.op("HINCRBY", keys().balance(user), ["locked", "0"]);
+    assert_eq!(run(c, w), 1);
 }
 
 fn reserve(c: &mut redis::Connection, user: UserId, order: u64, limit: u32, amount: i64) -> i64 {
     Script::new(RESERVE)
-        .key(balance_key(user))
-        .key(rate_key(user, 1))
-        .key(lock_key(user, OrderId(order)))
+        .key(keys().balance(user))
+        .key(keys().rate(user, 1))
+        .key(keys().lock(user, OrderId(order)))
         .arg(limit)
         .arg(amount.to_string())
+        .arg((-amount).to_string())
         .invoke(c)
         .unwrap()
 }
@@ -45,27 +68,25 @@ fn reserve(c: &mut redis::Connection, user: UserId, order: u64, limit: u32, amou
 fn reserve_locks_exactly_and_refusals_change_nothing() {
     let mut c = connection();
     let user = fresh_user();
-    assert_eq!(transfer(&mut c, user, "t-1", 1_000), 0);
-    assert_eq!(transfer(&mut c, user, "t-1", 1_000), 1, "a repeated transfer changes nothing");
+    assert_eq!(reserve(&mut c, user, 1, 0, 1), 4, "no balance: the user's hot state is missing");
+    deposit(&mut c, user, 1_000);
     assert_eq!(reserve(&mut c, user, 1, 0, 600), 0);
     assert_eq!(balance(&mut c, user), (1_000, 400, 600));
     assert_eq!(reserve(&mut c, user, 1, 0, 1), 3, "the same order twice");
     assert_eq!(reserve(&mut c, user, 2, 0, 401), 2);
     assert_eq!(balance(&mut c, user), (1_000, 400, 600), "a refusal changes nothing");
-    let lock: i64 = c.get(lock_key(user, OrderId(1))).unwrap();
+    let lock: i64 = c.get(keys().lock(user, OrderId(1))).unwrap();
     assert_eq!(lock, 600);
-    assert_eq!(transfer(&mut c, user, "w-1", -401), 2);
+    assert_eq!(reserve(&mut c, user, 3, 0, 0), 0, "a reduce-only order locks nothing");
     assert_eq!(balance(&mut c, user), (1_000, 400, 600));
-    assert_eq!(transfer(&mut c, user, "w-2", -400), 0);
-    assert_eq!(balance(&mut c, user), (600, 0, 600));
 }
 
 #[test]
 fn the_rate_limit_counts_only_accepted_orders() {
     let mut c = connection();
     let user = fresh_user();
-    transfer(&mut c, user, "t", 100);
-    let _: () = c.del(rate_key(user, 1)).unwrap();
+    deposit(&mut c, user, 100);
+    let _: () = c.del(keys().rate(user, 1)).unwrap();
     assert_eq!(reserve(&mut c, user, 1, 2, 500), 2, "refused for margin: not counted");
     assert_eq!(reserve(&mut c, user, 2, 2, 1), 0);
     assert_eq!(reserve(&mut c, user, 3, 2, 1), 0);
@@ -74,39 +95,28 @@ fn the_rate_limit_counts_only_accepted_orders() {
 }
 
 #[test]
-fn settlement_applies_each_event_once() {
+fn settlement_applies_each_offset_once_and_never_to_a_lost_user() {
     let mut c = connection();
     let user = fresh_user();
-    transfer(&mut c, user, "t", 10_000);
-    reserve(&mut c, user, 7, 0, 1_050);
-    let apply = |c: &mut redis::Connection, seq: u64| -> i64 {
-        Script::new(APPLY)
-            .key(balance_key(user))
-            .key(applied_key(user))
-            .key(lock_key(user, OrderId(7)))
-            .key(position_key(user, "BTC-PERP"))
-            .arg("BTC-PERP")
-            .arg(seq)
-            .arg("-5") // pnl - fee
-            .arg("55") // margin released
-            .arg("1050") // the order's whole lock consumed
-            .arg("10")
-            .arg("10000")
-            .arg("995")
-            .arg("0")
-            .arg("5")
-            .arg("1")
-            .invoke(c)
-            .unwrap()
+    let settle = |c: &mut redis::Connection, offset: u64| {
+        let mut w = Writes::new(&keys(), user).guarded("BTC-PERP", offset).requiring(keys().balance(user));
+        w.op("HINCRBY", keys().balance(user), ["total", "-5"]);
+        w.op("HINCRBY", keys().balance(user), ["locked", "-55"]);
+        w.op("HINCRBY", keys().balance(user), ["available", "50"]);
+        w.op("HSET", keys().position(user, "BTC-PERP"), ["size", "10"]);
+        run(c, w)
     };
-    assert_eq!(apply(&mut c, 3), 1);
-    assert_eq!(apply(&mut c, 3), 0, "a replayed event changes nothing");
-    assert_eq!(apply(&mut c, 2), 0, "nor does an older one");
-    // total 9,995; locked 1,050 - 55 = 995 (the position's margin); available the rest.
+    assert_eq!(settle(&mut c, 3), -1, "a user whose balance is gone is not written");
+    assert!(!c.exists::<_, bool>(keys().position(user, "BTC-PERP")).unwrap(), "nothing half-written");
+    deposit(&mut c, user, 10_000);
+    assert_eq!(reserve(&mut c, user, 7, 0, 1_050), 0);
+    assert_eq!(settle(&mut c, 3), 1);
+    assert_eq!(settle(&mut c, 3), 0, "a replayed write changes nothing");
+    assert_eq!(settle(&mut c, 2), 0, "nor does an older one");
     assert_eq!(balance(&mut c, user), (9_995, 9_000, 995));
-    assert!(!c.exists::<_, bool>(lock_key(user, OrderId(7))).unwrap(), "a fully consumed lock is gone");
-    let size: String = c.hget(position_key(user, "BTC-PERP"), "size").unwrap();
+    let size: String = c.hget(keys().position(user, "BTC-PERP"), "size").unwrap();
     assert_eq!(size, "10");
+    assert_eq!(settle(&mut c, 4), 1, "the next offset applies");
 }
 
 #[test]
@@ -114,7 +124,7 @@ fn amounts_beyond_double_precision_stay_exact() {
     let mut c = connection();
     let user = fresh_user();
     let big = (1_i64 << 60) + 1; // not representable as a double
-    assert_eq!(transfer(&mut c, user, "t", big), 0);
+    deposit(&mut c, user, big);
     assert_eq!(reserve(&mut c, user, 1, 0, 1), 0);
     assert_eq!(balance(&mut c, user), (big, big - 1, 1));
     assert_eq!(reserve(&mut c, user, 2, 0, big), 2, "one unit short, and the check sees it");
@@ -124,7 +134,40 @@ fn amounts_beyond_double_precision_stay_exact() {
 #[test]
 fn every_key_of_a_user_shares_one_cluster_slot() {
     let user = UserId(0xabc);
-    let tag = |k: String| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
-    let keys = [balance_key(user), rate_key(user, 5), lock_key(user, OrderId(1)), applied_key(user), position_key(user, "X"), transfer_key(user, "t")];
-    assert!(keys.iter().all(|k| tag(k.clone()) == "{u:0000000000000abc}"), "{keys:?}");
+    let k = keys();
+    let cid = exchange::engine::ClientOrderId::new("c-1").unwrap();
+    let all = [
+        k.balance(user),
+        k.rate(user, 5),
+        k.lock(user, OrderId(1)),
+        k.applied(user),
+        k.position(user, "X"),
+        k.active(user),
+        k.order(user, OrderId(2)),
+        k.client_order(user, &cid),
+        k.fills(user),
+    ];
+    let tag = |k: &String| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+    assert!(all.iter().all(|k| tag(k) == "{u:0000000000000abc}" && k.starts_with("test:")), "{all:?}");
+}
+
+#[test]
+fn a_rebuild_forgets_open_orders_the_log_does_not_know() {
+    let mut c = connection();
+    let user = fresh_user();
+    let k = keys();
+    let cid = exchange::engine::ClientOrderId::new("gone-1").unwrap();
+    let _: () = c.set(k.order(user, OrderId(9)), r#"{"client_order_id":"gone-1"}"#).unwrap();
+    let _: () = c.set(k.client_order(user, &cid), 9).unwrap();
+    let _: () = c.set(k.lock(user, OrderId(9)), 100).unwrap();
+    let _: () = c.sadd(k.active(user), 9).unwrap();
+    let mut w = Writes::new(&k, user);
+    w.op("FORGET_OPEN", k.active(user), [k.order_prefix(user), k.lock_prefix(user), k.client_order_prefix(user)]);
+    w.op("SADD", k.active(user), [10]);
+    assert_eq!(run(&mut c, w), 1);
+    for gone in [k.order(user, OrderId(9)), k.client_order(user, &cid), k.lock(user, OrderId(9))] {
+        assert!(!c.exists::<_, bool>(&gone).unwrap(), "{gone} is left over");
+    }
+    let open: Vec<u64> = c.smembers(k.active(user)).unwrap();
+    assert_eq!(open, vec![10]);
 }

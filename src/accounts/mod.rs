@@ -362,9 +362,25 @@ pub trait HotState {
     /// Applies a symbol's result events (of the command at `offset`) to the users owned
     /// here, skipping those a snapshot already holds.
     fn apply_events(&mut self, symbol: usize, offset: u64, events: &[Event]);
+
+    /// The users of these partitions.
+    fn users_in(&self, partitions: &[u32]) -> Vec<UserId>;
+
+    /// Per symbol, the offset after the last command whose results are applied here.
+    fn applied_offsets(&self) -> Vec<(usize, u64)>;
 }
 
 impl HotState for Accounts {
+    fn users_in(&self, partitions: &[u32]) -> Vec<UserId> {
+        let mut users: Vec<UserId> = self.users.keys().copied().filter(|u| partitions.contains(&partition_of(*u))).collect();
+        users.sort_unstable();
+        users
+    }
+
+    fn applied_offsets(&self) -> Vec<(usize, u64)> {
+        self.applied.iter().map(|(s, o)| (*s, *o)).collect()
+    }
+
     /// One partition's state as snapshot bytes (the encoding of [`PartitionState`]),
     /// written straight from the live state: no copy of the accounts is made.
     fn partition_snapshot(&self, partition: u32, log_offset: u64, symbols: &[String], out: &mut Vec<u8>) {

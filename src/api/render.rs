@@ -4,7 +4,7 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::accounts::{Account, Fill, OrderView};
+use crate::accounts::{Fill, OrderView};
 use crate::engine::symbol::units_to_usdt;
 use crate::engine::{OrderType, PositionState, SymbolSpec};
 use crate::ids::{self, IdKind};
@@ -67,12 +67,12 @@ pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
     }
 }
 
-pub fn balance(a: &Account) -> serde_json::Value {
+pub fn balance(total: i128, available: i128, locked: i128) -> serde_json::Value {
     serde_json::json!({
         "currency": "USDT",
-        "total": units_to_usdt(a.total).to_string(),
-        "available": units_to_usdt(a.available()).to_string(),
-        "locked": units_to_usdt(a.locked).to_string(),
+        "total": units_to_usdt(total).to_string(),
+        "available": units_to_usdt(available).to_string(),
+        "locked": units_to_usdt(locked).to_string(),
     })
 }
 

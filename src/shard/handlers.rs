@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use super::protocol::{ApiRequest, HttpReply, OrderRef, Reply, Request, ReserveError};
-use super::Shard;
+use super::{hot, Shard};
 use crate::accounts::{AccountRecord, AdminError, OrderStatus, OrderView, RiskError, TransferPlan};
 use crate::api::error::ApiError;
 use crate::api::render;
@@ -20,9 +20,10 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
     Box::pin(async move {
         match req {
             Request::Api(api) => Reply::Http(api_request(&shard, api).await.unwrap_or_else(|e| e.reply())),
-            Request::Reserve { key, order, symbol } => Reply::Reserved(reserve(&shard, &key, order, symbol)),
+            Request::Reserve { key, order, symbol } => Reply::Reserved(reserve(&shard, &key, order, symbol).await),
             Request::Release { order } => {
                 shard.accounts.borrow_mut().release(&order);
+                hot::release(&shard, &order);
                 Reply::Done
             }
             Request::Apply { symbol, offset, logged, replayed, events, snapshot } => {
@@ -49,20 +50,41 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
 /// Applies a symbol's results to the accounts owned here. Synchronous on purpose: results
 /// must be applied in the order they arrive.
 pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event]) {
-    let mut accounts = shard.accounts.borrow_mut();
-    if let Some(o) = logged {
-        if replayed { accounts.replay_order(&o, symbol, offset) } else { accounts.confirm(o.user, o.id) }
+    let before = hot::before(shard, logged.as_ref(), events);
+    {
+        let mut accounts = shard.accounts.borrow_mut();
+        if let Some(o) = logged {
+            if replayed { accounts.replay_order(&o, symbol, offset) } else { accounts.confirm(o.user, o.id) }
+        }
+        accounts.apply_events(symbol, offset, events);
+        accounts.mark_applied(symbol, offset);
     }
-    accounts.apply_events(symbol, offset, events);
-    accounts.mark_applied(symbol, offset);
+    hot::settle(shard, symbol, offset, logged.as_ref(), events, &before);
 }
 
-fn reserve(shard: &Shard, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
+/// The risk step: the ledger's (which also numbers the order), then Redis's when it is
+/// the hot state; a refusal by either leaves both as they were.
+async fn reserve(shard: &Shard, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
+    let order = reserve_in_ledger(shard, key, &mut order, symbol).map(|()| order)?;
+    let refused = match hot::reserve(shard, &order).await {
+        hot::Reserved::Locked => return Ok(order),
+        hot::Reserved::RateLimited => ReserveError::RateLimited,
+        hot::Reserved::InsufficientMargin => ReserveError::InsufficientMargin,
+        hot::Reserved::Unavailable => ReserveError::Unavailable,
+    };
+    shard.accounts.borrow_mut().release(&order);
+    Err(refused)
+}
+
+fn reserve_in_ledger(shard: &Shard, key: &str, order: &mut NewOrder, symbol: usize) -> Result<(), ReserveError> {
     let mut accounts = shard.accounts.borrow_mut();
     let user = accounts.authenticate(key).ok_or(ReserveError::Unauthorized)?;
+    if shard.hot_ready(user).is_err() {
+        return Err(ReserveError::Unavailable);
+    }
     let now = order.timestamp;
-    match accounts.reserve(user, &mut order, symbol, now) {
-        Ok(()) => Ok(order),
+    match accounts.reserve(user, order, symbol, now) {
+        Ok(()) => Ok(()),
         Err(RiskError::Unauthorized) => Err(ReserveError::Unauthorized),
         Err(RiskError::RateLimited) => Err(ReserveError::RateLimited),
         Err(RiskError::InsufficientMargin) => Err(ReserveError::InsufficientMargin),
@@ -140,7 +162,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
         ApiRequest::Transfer { name, amount, transfer_id } => transfer(shard, &name, amount, &transfer_id).await,
         ApiRequest::CancelOrder { key, target } => {
             let user = authenticate(shard, &key)?;
-            let view = find(shard, user, target)?;
+            let view = find(shard, user, target).await?;
             if !view.status.is_open() {
                 return Err(ApiError::OrderNotOpen);
             }
@@ -150,7 +172,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
                 Some(Reply::Cancelled(Ok(None))) => return Err(ApiError::OrderNotOpen),
                 _ => return Err(ApiError::Unavailable("event log unavailable".into())),
             }
-            let after = find(shard, user, OrderRef::Id(view.id, shard.map.symbols[view.symbol].key))?;
+            let after = find(shard, user, OrderRef::Id(view.id, shard.map.symbols[view.symbol].key)).await?;
             Ok(render::ok(&render::order(&shard.map, &after)))
         }
         ApiRequest::CancelAll { key, symbol } => {
@@ -179,21 +201,32 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
         }
         ApiRequest::GetOrder { key, target } => {
             let user = authenticate(shard, &key)?;
-            Ok(render::ok(&render::order(&shard.map, &find(shard, user, target)?)))
+            Ok(render::ok(&render::order(&shard.map, &find(shard, user, target).await?)))
         }
         ApiRequest::OpenOrders { key, symbol } => {
             let user = authenticate(shard, &key)?;
-            let accounts = shard.accounts.borrow();
-            let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
-            let open: Vec<_> = account.open_orders(symbol).into_iter().map(|v| render::order(&shard.map, v)).collect();
+            let open: Vec<OrderView> = if shard.redis.is_some() {
+                hot::open_orders(shard, user, symbol).await?
+            } else {
+                let accounts = shard.accounts.borrow();
+                let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+                account.open_orders(symbol).into_iter().cloned().collect()
+            };
+            let open: Vec<_> = open.iter().map(|v| render::order(&shard.map, v)).collect();
             Ok(render::ok(&open))
         }
         ApiRequest::Fills { key, symbol, limit } => {
             let user = authenticate(shard, &key)?;
-            let accounts = shard.accounts.borrow();
-            let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
-            let fills: Vec<_> = account
-                .fills
+            let mut fills: Vec<crate::accounts::Fill> = if shard.redis.is_some() {
+                hot::fills(shard, user).await?
+            } else {
+                let accounts = shard.accounts.borrow();
+                accounts.user(user).ok_or(ApiError::Unauthorized)?.fills.iter().cloned().collect()
+            };
+            // Newest first. Kept per user in arrival order, which a restart (replaying one
+            // symbol's log after another) does not reproduce across symbols.
+            fills.sort_by_key(|f| std::cmp::Reverse((f.time, f.symbol, f.trade_seq)));
+            let fills: Vec<_> = fills
                 .iter()
                 .filter(|f| symbol.is_none_or(|s| s == f.symbol))
                 .take(limit)
@@ -203,12 +236,13 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
         }
         ApiRequest::Balance { key } => {
             let user = authenticate(shard, &key)?;
-            let accounts = shard.accounts.borrow();
-            Ok(render::ok(&render::balance(accounts.user(user).ok_or(ApiError::Unauthorized)?)))
+            balance(shard, user).await
         }
         ApiRequest::Positions { key } => {
             let user = authenticate(shard, &key)?;
-            let positions: Vec<(usize, crate::engine::PositionState)> = {
+            let positions: Vec<(usize, crate::engine::PositionState)> = if shard.redis.is_some() {
+                hot::positions(shard, user).await?
+            } else {
                 let accounts = shard.accounts.borrow();
                 let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
                 account.positions.iter().filter(|(_, p)| p.size != 0).map(|(s, p)| (*s, *p)).collect()
@@ -230,18 +264,44 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
     }
 }
 
+/// The key's user, once its hot state can answer.
 fn authenticate(shard: &Shard, key: &str) -> Result<UserId, ApiError> {
-    shard.accounts.borrow().authenticate(key).ok_or(ApiError::Unauthorized)
+    let user = shard.accounts.borrow().authenticate(key).ok_or(ApiError::Unauthorized)?;
+    shard.hot_ready(user)?;
+    Ok(user)
 }
 
-fn find(shard: &Shard, user: UserId, target: OrderRef) -> Result<OrderView, ApiError> {
-    let accounts = shard.accounts.borrow();
-    let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
-    let view = match target {
-        OrderRef::Id(id, key) => account.order(id).filter(|v| shard.map.symbols[v.symbol].key == key),
-        OrderRef::Client(cid) => account.order_by_client_id(&cid),
+async fn balance(shard: &Shard, user: UserId) -> Result<HttpReply, ApiError> {
+    let (total, available, locked) = if shard.redis.is_some() {
+        hot::balance(shard, user).await?
+    } else {
+        let accounts = shard.accounts.borrow();
+        let a = accounts.user(user).ok_or(ApiError::NotFound)?;
+        (a.total, a.available(), a.locked)
     };
-    view.cloned().ok_or(ApiError::NotFound)
+    Ok(render::ok(&render::balance(total, available, locked)))
+}
+
+async fn find(shard: &Shard, user: UserId, target: OrderRef) -> Result<OrderView, ApiError> {
+    let view = if shard.redis.is_some() {
+        match target {
+            OrderRef::Id(id, _) => hot::order(shard, user, id).await?,
+            OrderRef::Client(cid) => hot::order_by_client_id(shard, user, &cid).await?,
+        }
+    } else {
+        let accounts = shard.accounts.borrow();
+        let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+        match target {
+            OrderRef::Id(id, _) => account.order(id),
+            OrderRef::Client(cid) => account.order_by_client_id(&cid),
+        }
+        .cloned()
+    };
+    let key_matches = |v: &OrderView| match target {
+        OrderRef::Id(_, key) => shard.map.symbols[v.symbol].key == key,
+        OrderRef::Client(_) => true,
+    };
+    view.filter(|v| v.logged && key_matches(v)).ok_or(ApiError::NotFound)
 }
 
 /// The order path on the symbol's owner (see the module doc of [`super`]).
@@ -272,6 +332,7 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
                 ReserveError::Unauthorized => ApiError::Unauthorized,
                 ReserveError::RateLimited => ApiError::RateLimited,
                 ReserveError::InsufficientMargin => ApiError::InsufficientMargin,
+                ReserveError::Unavailable => ApiError::Unavailable("hot state (Redis) unavailable; retry".into()),
                 ReserveError::Duplicate(reply) => return Ok(reply),
             });
         }
@@ -351,6 +412,12 @@ async fn with_partition_log<T>(
     match logged {
         Ok(_) => {
             accounts.apply(&record, true);
+            drop(accounts);
+            match &record {
+                AccountRecord::UserCreated { user, .. } => hot::balance_changed(shard, *user, 0),
+                AccountRecord::Transfer { user, amount, .. } => hot::balance_changed(shard, *user, *amount),
+                AccountRecord::Voided { .. } => {}
+            }
             Ok(value)
         }
         Err(e) => {
@@ -383,6 +450,7 @@ async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiErro
     let mut secret = [0u8; 24];
     getrandom::getrandom(&mut secret).map_err(|e| ApiError::Unavailable(format!("no randomness: {e}")))?;
     let partition = crate::accounts::partition_of_name(name);
+    shard.hot_ready_in(partition)?;
     let key = with_partition_log(
         shard,
         partition,
@@ -399,6 +467,7 @@ async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiErro
 
 async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str) -> Result<HttpReply, ApiError> {
     let partition = crate::accounts::partition_of_name(name);
+    shard.hot_ready_in(partition)?;
     let user = with_partition_log(
         shard,
         partition,
@@ -412,8 +481,7 @@ async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str)
     )
     .await?;
     tracing::info!(user = name, transfer_id, amount = narrow(i128::from(amount)), "transfer");
-    let accounts = shard.accounts.borrow();
-    Ok(render::ok(&render::balance(accounts.user(user).ok_or(ApiError::NotFound)?)))
+    balance(shard, user).await
 }
 
 fn admin_error(e: AdminError) -> ApiError {

@@ -16,6 +16,7 @@
 //! If step 3 fails, the lock is released and the client gets 503.
 
 pub mod handlers;
+pub mod hot;
 pub mod logs;
 pub mod protocol;
 pub mod rpc;
@@ -56,6 +57,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     pub all_metrics: Metrics,
     pub health: Arc<crate::server::Health>,
+    /// Redis, when it is the hot state; `None`: the ledger answers.
+    pub redis: Option<hot::RedisHot>,
     /// Kafka, when it is the event log; `None`: the embedded journal.
     pub kafka: Option<logs::KafkaBackend>,
     /// Account partitions whose last log write failed, with the offset it may have

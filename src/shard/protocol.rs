@@ -63,6 +63,8 @@ pub enum ReserveError {
     RateLimited,
     /// clientOrderId already used: the original order, rendered.
     Duplicate(HttpReply),
+    /// The hot state cannot answer now (Redis lost or being rebuilt).
+    Unavailable,
     InsufficientMargin,
 }
 

@@ -34,6 +34,13 @@ pub fn kafka_brokers() -> Option<String> {
     Some(brokers)
 }
 
+/// The Redis the suite keeps its hot state in, if it runs in Redis mode
+/// (`EXCHANGE_TEST_HOT_REDIS`: a server, or a node of a cluster). Each server gets keys
+/// of its own under a prefix.
+pub fn hot_redis() -> Option<String> {
+    std::env::var("EXCHANGE_TEST_HOT_REDIS").ok().filter(|u| !u.is_empty())
+}
+
 static N: AtomicUsize = AtomicUsize::new(0);
 
 fn free_port() -> u16 {
@@ -84,6 +91,13 @@ impl Server {
             }
             server.env.push(("EXCHANGE_KAFKA_PARTITIONS".into(), "2".into()));
         }
+        if let Some(url) = hot_redis()
+            && !server.env.iter().any(|(k, _)| k == "EXCHANGE_REDIS_URL")
+        {
+            let prefix = format!("{}:", server.data.file_name().and_then(|n| n.to_str()).unwrap_or("t"));
+            server.env.push(("EXCHANGE_REDIS_URL".into(), url));
+            server.env.push(("EXCHANGE_REDIS_PREFIX".into(), prefix));
+        }
         server.spawn();
         server
     }
@@ -106,8 +120,10 @@ impl Server {
         self.child = Some(cmd.spawn().expect("start the exchange binary"));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // Healthy: the logs replayed and, with Redis, the hot state written.
             if let Ok(r) = self.agent.get(&self.url("/health")).call()
                 && r.status() == 200
+                && r.into_json::<Value>().is_ok_and(|h| h["status"] == "ok")
             {
                 return;
             }
@@ -117,6 +133,11 @@ impl Server {
             assert!(Instant::now() < deadline, "exchange did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The environment the server was started with, beyond the harness's own.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -268,4 +289,69 @@ impl Drop for Broker {
 
 pub fn dec(v: &Value) -> rust_decimal::Decimal {
     v.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a decimal string: {v}"))
+}
+
+/// A Redis of a test's own (so it can be emptied, frozen or restarted without disturbing
+/// others): `redis-server` on a free port, without persistence.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let mut server = Self { child: None, port: free_port() };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/redis.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.connection().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
+    }
+
+    /// Kills it and starts an empty one on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) it: unreachable without losing data.
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.stop();
+    }
 }

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use exchange::engine::{OrderId, UserId};
-use exchange::redis_state::{balance_key, lock_key, rate_key, RESERVE};
+use exchange::redis_state::{Keys, RESERVE};
 use futures_channel::{mpsc, oneshot};
 use futures_lite::StreamExt;
 use hdrhistogram::Histogram;
@@ -34,7 +34,8 @@ fn script_for(call: &Call) -> redis::ScriptInvocation<'static> {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     let script = SCRIPT.get_or_init(|| redis::Script::new(RESERVE));
     let mut inv = script.prepare_invoke();
-    inv.key(balance_key(call.user)).key(rate_key(call.user, 0)).key(lock_key(call.user, OrderId(call.order))).arg(0).arg("1");
+    let keys = Keys::new("");
+    inv.key(keys.balance(call.user)).key(keys.rate(call.user, 0)).key(keys.lock(call.user, OrderId(call.order))).arg(0).arg("1").arg("-1");
     inv
 }
 
@@ -67,16 +68,18 @@ fn batch_client(mut rx: mpsc::UnboundedReceiver<Call>) {
             while let Ok(call) = rx.try_recv() {
                 calls.push(call);
             }
+            let keys = Keys::new("");
             let mut pipe = redis::pipe();
             for call in &calls {
                 pipe.cmd("EVALSHA")
                     .arg(script.get_hash())
                     .arg(3)
-                    .arg(balance_key(call.user))
-                    .arg(rate_key(call.user, 0))
-                    .arg(lock_key(call.user, OrderId(call.order)))
+                    .arg(keys.balance(call.user))
+                    .arg(keys.rate(call.user, 0))
+                    .arg(keys.lock(call.user, OrderId(call.order)))
                     .arg(0)
-                    .arg("1");
+                    .arg("1")
+                    .arg("-1");
             }
             let results: Vec<i64> = pipe.query(&mut conn).unwrap_or_default();
             for (call, r) in calls.into_iter().zip(results.into_iter().chain(std::iter::repeat(-1))) {
@@ -137,7 +140,7 @@ fn main() {
     let mut conn = redis::Client::open(URL).and_then(|c| c.get_connection()).expect("Redis at 127.0.0.1:6379");
     for t in 0..levels.iter().copied().max().unwrap_or(1) {
         let user = UserId(0x0b00_0000 + t as u64);
-        let _: () = redis::cmd("HSET").arg(balance_key(user)).arg("available").arg(i64::MAX / 2).query(&mut conn).expect("fund");
+        let _: () = redis::cmd("HSET").arg(Keys::new("").balance(user)).arg("available").arg(i64::MAX / 2).query(&mut conn).expect("fund");
     }
     println!("{:<6} {:>11} {:>12} {:>9} {:>9} {:>9}", "client", "concurrency", "calls/s", "p50 us", "p99 us", "p99.9 us");
     for &c in &levels {

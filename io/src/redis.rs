@@ -1,0 +1,210 @@
+//! Redis (single server or Cluster) for glommio shards.
+//!
+//! redis-rs has no glommio runtime, so its tokio client runs on one helper thread (a
+//! current-thread tokio runtime) and the shards hand it operations over a channel. Two
+//! ways of doing that were measured (`perf/src/bin/redis_client.rs`, `perf/RESULTS.md`):
+//! this one, and a synchronous connection on the helper thread that sends whatever is
+//! queued as one pipeline. They perform the same (both pipeline what is in flight; Redis
+//! is the limit), and only the tokio client comes with a Cluster implementation
+//! (`cluster-async`), so this is it.
+//!
+//! Order is part of the contract: operations reach Redis in the order they were handed
+//! over (one channel, tasks first polled in spawn order on a current-thread runtime,
+//! one multiplexed connection per server). The exchange relies on it: a write handed
+//! over before a read is seen by that read, without waiting for the write's reply.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_channel::{mpsc, oneshot};
+use futures_lite::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
+
+/// One connection, to a single server or to a cluster (slots routed by key).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
+/// What the helper thread runs: a command, or a script (EVALSHA, loading it on NOSCRIPT).
+pub enum Op {
+    Cmd(Cmd),
+    Script { script: &'static Script, keys: Vec<String>, args: Vec<String> },
+}
+
+type Job = Box<dyn FnOnce(Option<Conn>, Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// The handle shards keep: cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct RedisBridge {
+    tx: mpsc::UnboundedSender<Job>,
+    /// Whether the helper thread has a connection (set once it connects).
+    connected: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn run_op<T: FromRedisValue>(mut conn: Conn, op: Op) -> redis::RedisResult<T> {
+    match op {
+        Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
+        Op::Script { script, keys, args } => {
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            for a in args {
+                inv.arg(a);
+            }
+            inv.invoke_async(&mut conn).await
+        }
+    }
+}
+
+/// A cluster answers `cluster_enabled:1` in `INFO cluster`; then the URL (or the comma
+/// separated URLs) are its seeds.
+async fn connect(urls: &[String], timeout: Duration) -> redis::RedisResult<Conn> {
+    let first = redis::Client::open(urls[0].as_str())?;
+    let mut probe = first.get_multiplexed_async_connection_with_config(
+        &redis::AsyncConnectionConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout),
+    )
+    .await?;
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await?;
+    if info.contains("cluster_enabled:1") {
+        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .build()?;
+        Ok(Conn::Cluster(client.get_async_connection().await?))
+    } else {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(2);
+        Ok(Conn::Single(ConnectionManager::new_with_config(first, config).await?))
+    }
+}
+
+impl RedisBridge {
+    /// Starts the helper thread; it connects in the background (and keeps trying), so a
+    /// Redis that is down at start only means operations fail until it is up.
+    ///
+    /// # Errors
+    /// An unparsable URL, or no thread.
+    pub fn start(urls: &str, timeout: Duration) -> Result<Self, String> {
+        let urls: Vec<String> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        if urls.is_empty() {
+            return Err("no Redis URL".into());
+        }
+        for url in &urls {
+            redis::Client::open(url.as_str()).map_err(|e| format!("Redis URL {url}: {e}"))?;
+        }
+        let (tx, mut rx) = mpsc::unbounded::<Job>();
+        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = connected.clone();
+        std::thread::Builder::new()
+            .name("redis".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "no tokio runtime for Redis");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let conn: Arc<std::sync::Mutex<Option<Conn>>> = Arc::default();
+                    let slot = conn.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            match connect(&urls, timeout).await {
+                                Ok(c) => {
+                                    let kind = if matches!(c, Conn::Cluster(_)) { "cluster" } else { "single server" };
+                                    tracing::info!(url = urls[0], kind, "Redis connected");
+                                    if let Ok(mut s) = slot.lock() {
+                                        *s = Some(c);
+                                    }
+                                    flag.store(true, std::sync::atomic::Ordering::Release);
+                                    return;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(url = urls[0], error = %e, "Redis not reachable; retrying");
+                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                                }
+                            }
+                        }
+                    });
+                    while let Some(job) = rx.next().await {
+                        let c = conn.lock().ok().and_then(|c| c.clone());
+                        tokio::spawn(job(c, timeout));
+                    }
+                });
+            })
+            .map_err(|e| format!("Redis thread: {e}"))?;
+        Ok(Self { tx, connected })
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Hands `op` over now (in order with every earlier one); `done` runs on the helper
+    /// thread with its result. Errors are strings: the caller only reports them.
+    pub fn submit<T, F>(&self, op: Op, done: F)
+    where
+        T: FromRedisValue + Send + 'static,
+        F: FnOnce(Result<T, String>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |conn, timeout| {
+            Box::pin(async move {
+                let result = match conn {
+                    None => Err("Redis not connected".to_owned()),
+                    Some(conn) => match tokio::time::timeout(timeout, run_op::<T>(conn, op)).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("Redis did not answer within {} ms", timeout.as_millis())),
+                    },
+                };
+                done(result);
+            })
+        });
+        if let Err(e) = self.tx.unbounded_send(job) {
+            // The helper thread is gone: the job is dropped unrun; say so to its owner.
+            let job = e.into_inner();
+            drop(job);
+        }
+    }
+
+    /// Hands `op` over now and returns its reply, to await on any executor.
+    pub fn call<T: FromRedisValue + Send + 'static>(&self, op: Op) -> impl Future<Output = Result<T, String>> + use<T> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(op, move |r| {
+            let _ = tx.send(r);
+        });
+        async move { rx.await.unwrap_or_else(|_| Err("Redis client stopped".into())) }
+    }
+}

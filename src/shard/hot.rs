@@ -1,0 +1,533 @@
+//! Redis as the hot state (`EXCHANGE_REDIS_URL`): where balances, margin locks,
+//! positions, open orders, fills and rate-limit counters live, where the risk step runs,
+//! and where account reads come from.
+//!
+//! Each account owner still keeps its partitions' *ledger* (the in-process
+//! [`crate::accounts::Accounts`]): the logs replayed, kept current as results arrive. It
+//! authenticates keys, hands out order numbers, and is what Redis is rebuilt from, so a
+//! lost Redis never needs the log read again while the process lives (and
+//! `exchange rebuild-state` replays the log into it first). Redis is never behind it for
+//! a reader:
+//!
+//! - the risk step is one Lua script ([`RESERVE`](crate::redis_state::RESERVE)): rate
+//!   limit, available check and margin lock, atomically, one round trip, awaited;
+//! - results are written by the account owner with one idempotent script per user and
+//!   command ([`WRITE`](crate::redis_state::WRITE), guarded by the command's offset),
+//!   handed over in log order and *not* awaited: every operation reaches Redis in the
+//!   order it was handed over (see [`exchange_io::redis`]) and every read of a user is
+//!   handed over by the same owner, so a read issued after an acknowledgement sees it.
+//!   The order path therefore waits for exactly one Redis round trip.
+//!
+//! Losing Redis (emptied, restarted, a cluster node gone, or unreachable) is noticed by a
+//! failed or refused script, or by the partition markers a watchdog checks every 250 ms.
+//! The owner then answers 503 to orders and account reads of its partitions, rewrites
+//! every user of them from the ledger once Redis answers, and resumes.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exchange_io::redis::{Op, RedisBridge};
+
+use super::Shard;
+use crate::accounts::{Account, Fill, OrderView, PARTITIONS};
+use crate::api::error::ApiError;
+use crate::engine::{CancelReason, Event, NewOrder, PositionState, UserId};
+use crate::redis_state::{Keys, Writes, RESERVE_SCRIPT};
+use crate::server::Health;
+
+/// No Redis configured: the ledger is the hot state.
+pub const DISABLED: u8 = 0;
+/// Redis is missing data or unreachable; writes are skipped until it is rebuilt.
+pub const STALE: u8 = 1;
+/// Being rewritten from the ledger; results are written, requests wait.
+pub const REBUILDING: u8 = 2;
+pub const READY: u8 = 3;
+
+/// How long a closed order stays readable in Redis (the ledger keeps the latest 500).
+const CLOSED_TTL_SECS: u32 = 86_400;
+
+pub struct RedisHot {
+    pub bridge: RedisBridge,
+    pub keys: Keys,
+    /// A write of the rebuild in progress failed.
+    rebuild_failed: Arc<AtomicBool>,
+}
+
+impl RedisHot {
+    pub fn new(bridge: RedisBridge, keys: Keys) -> Self {
+        Self { bridge, keys, rebuild_failed: Arc::default() }
+    }
+}
+
+/// What a risk step in Redis said.
+pub enum Reserved {
+    Locked,
+    RateLimited,
+    InsufficientMargin,
+    /// Redis cannot answer for this user now: 503.
+    Unavailable,
+}
+
+/// Marks a shard's hot state lost (from any thread), once.
+fn lost(health: &Health, shard: usize, why: &str) {
+    if health.hot[shard].compare_exchange(READY, STALE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        tracing::warn!(shard, why, "hot state lost: answering 503 until Redis is rebuilt");
+    }
+}
+
+/// Reports what a write did: a lost user or a failed call makes the state stale.
+fn report(health: Arc<Health>, shard: usize, failed: Arc<AtomicBool>) -> impl FnOnce(Result<i64, String>) + Send + 'static {
+    move |result| match result {
+        Ok(-1) => lost(&health, shard, "a user's balance is missing"),
+        Ok(_) => {}
+        Err(e) => {
+            failed.store(true, Ordering::Release);
+            lost(&health, shard, &e);
+        }
+    }
+}
+
+impl Shard {
+    fn hot_state(&self, shard: usize) -> u8 {
+        self.health.hot[shard].load(Ordering::Acquire)
+    }
+
+    /// Whether the hot state of `user`'s partition can answer now (always, without Redis).
+    ///
+    /// # Errors
+    /// 503 while it is lost or being rebuilt.
+    pub fn hot_ready(&self, user: UserId) -> Result<(), ApiError> {
+        self.hot_ready_in(crate::accounts::partition_of(user))
+    }
+
+    /// [`Self::hot_ready`] for an account partition.
+    ///
+    /// # Errors
+    /// 503 while it is lost or being rebuilt.
+    pub fn hot_ready_in(&self, partition: u32) -> Result<(), ApiError> {
+        match self.hot_state(self.partition_owner(partition)) {
+            DISABLED | READY => Ok(()),
+            REBUILDING => Err(ApiError::Unavailable("hot state is being rebuilt; retry".into())),
+            _ => Err(ApiError::Unavailable("hot state (Redis) unavailable; retry".into())),
+        }
+    }
+
+    fn hot_lost(&self, why: &str) {
+        lost(&self.health, self.id, why);
+    }
+
+    fn submit_writes(&self, hot: &RedisHot, writes: Writes) {
+        if writes.is_empty() {
+            return;
+        }
+        hot.bridge.submit(writes.into_op(), report(self.health.clone(), self.id, hot.rebuild_failed.clone()));
+    }
+
+    /// Writes to Redis are skipped while it is stale: the rebuild will write everything.
+    fn writing(&self) -> Option<&RedisHot> {
+        self.redis.as_ref().filter(|_| matches!(self.hot_state(self.id), READY | REBUILDING))
+    }
+}
+
+/// The risk step in Redis for an order the ledger has just reserved.
+pub async fn reserve(shard: &Shard, order: &NewOrder) -> Reserved {
+    let Some(hot) = &shard.redis else { return Reserved::Locked };
+    let user = order.user;
+    let keys = vec![hot.keys.balance(user), hot.keys.rate(user, order.timestamp.div_euclid(1000)), hot.keys.lock(user, order.id)];
+    let args = vec![shard.config.rate_limit.to_string(), order.locked_margin.to_string(), (-order.locked_margin).to_string()];
+    match hot.bridge.call::<i64>(Op::Script { script: &RESERVE_SCRIPT, keys, args }).await {
+        Ok(0) => Reserved::Locked,
+        Ok(1) => Reserved::RateLimited,
+        Ok(2) => Reserved::InsufficientMargin,
+        Ok(4) => {
+            shard.hot_lost("a user's balance is missing");
+            Reserved::Unavailable
+        }
+        Ok(other) => {
+            shard.hot_lost(&format!("reserve answered {other}"));
+            Reserved::Unavailable
+        }
+        Err(e) => {
+            shard.hot_lost(&e);
+            Reserved::Unavailable
+        }
+    }
+}
+
+/// Unlocks an order that could not be logged (its reserve succeeded).
+pub fn release(shard: &Shard, order: &NewOrder) {
+    let Some(hot) = shard.writing() else { return };
+    let mut w = Writes::new(&hot.keys, order.user);
+    if order.locked_margin != 0 {
+        w.op("HINCRBY", hot.keys.balance(order.user), ["locked".to_owned(), (-order.locked_margin).to_string()]);
+        w.op("HINCRBY", hot.keys.balance(order.user), ["available".to_owned(), order.locked_margin.to_string()]);
+    }
+    w.op("DEL", hot.keys.lock(order.user, order.id), [""; 0]);
+    shard.submit_writes(hot, w);
+}
+
+/// A new user's empty balance, or a logged transfer.
+pub fn balance_changed(shard: &Shard, user: UserId, amount: i64) {
+    let Some(hot) = shard.writing() else { return };
+    let mut w = Writes::new(&hot.keys, user);
+    for field in ["total", "available", "locked"] {
+        let delta = if field == "locked" { 0 } else { amount };
+        w.op("HINCRBY", hot.keys.balance(user), [field.to_owned(), delta.to_string()]);
+    }
+    shard.submit_writes(hot, w);
+}
+
+/// The users of a command's results owned here, with their ledger balance (total,
+/// locked) before the results are applied.
+pub fn before(shard: &Shard, logged: Option<&NewOrder>, events: &[Event]) -> Vec<(UserId, i128, i128)> {
+    if shard.writing().is_none() {
+        return Vec::new();
+    }
+    let mut users: Vec<UserId> = logged.map(|o| o.user).into_iter().collect();
+    for e in events {
+        match e {
+            Event::OrderPlaced(p) => users.push(p.user),
+            Event::OrderCancelled(c) => users.push(c.user),
+            Event::TradeExecuted(t) => users.extend([t.buyer.user, t.seller.user]),
+        }
+    }
+    users.sort_unstable();
+    users.dedup();
+    let accounts = shard.accounts.borrow();
+    users
+        .into_iter()
+        .filter(|u| shard.account_owner(*u) == shard.id)
+        .filter_map(|u| accounts.user(u).map(|a| (u, a.total, a.locked)))
+        .collect()
+}
+
+/// Writes what a command's results (already applied to the ledger) did to each user.
+pub fn settle(shard: &Shard, symbol: usize, offset: u64, logged: Option<&NewOrder>, events: &[Event], before: &[(UserId, i128, i128)]) {
+    let Some(hot) = shard.writing() else { return };
+    let name = &shard.map.symbols[symbol].name;
+    let accounts = shard.accounts.borrow();
+    for &(user, total, locked) in before {
+        let Some(account) = accounts.user(user) else { continue };
+        let balance = hot.keys.balance(user);
+        let mut w = Writes::new(&hot.keys, user).guarded(name, offset).requiring(balance.clone());
+        let (dt, dl) = (account.total - total, account.locked - locked);
+        for (field, delta) in [("total", dt), ("locked", dl), ("available", dt - dl)] {
+            if delta != 0 {
+                w.op("HINCRBY", balance.clone(), [field.to_owned(), delta.to_string()]);
+            }
+        }
+        let mut orders = Vec::new();
+        let mut fills = 0usize;
+        if let Some(o) = logged.filter(|o| o.user == user) {
+            orders.push(o.id);
+        }
+        for e in events {
+            match e {
+                Event::OrderPlaced(p) if p.user == user => orders.push(p.order_id),
+                Event::OrderCancelled(c) if c.user == user && c.reason != CancelReason::DuplicateOrderId => orders.push(c.order_id),
+                Event::TradeExecuted(t) => {
+                    for u in [&t.buyer, &t.seller] {
+                        if u.user == user {
+                            orders.push(u.order_id);
+                            fills += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        orders.sort_unstable();
+        orders.dedup();
+        for id in orders {
+            match account.orders.get(&id).filter(|v| v.logged) {
+                Some(view) => write_order(&mut w, &hot.keys, user, view, false),
+                None => {
+                    w.op("SREM", hot.keys.active(user), [id.0]);
+                    w.op("DEL", hot.keys.lock(user, id), [""; 0]);
+                }
+            }
+        }
+        if fills > 0 {
+            if let Some(p) = account.positions.get(&symbol) {
+                w.op("HSET", hot.keys.position(user, name), position_fields(p));
+            }
+            // The ledger's fills are newest first: push the new ones oldest first.
+            for fill in account.fills.iter().take(fills).rev() {
+                w.op("LPUSH", hot.keys.fills(user), [json(fill)]);
+            }
+            w.op("LTRIM", hot.keys.fills(user), [0, crate::accounts::FILLS_KEPT as i64 - 1]);
+        }
+        shard.submit_writes(hot, w);
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn write_order(w: &mut Writes, keys: &Keys, user: UserId, view: &OrderView, rebuilding: bool) {
+    let key = keys.order(user, view.id);
+    w.op("SET", key.clone(), [json(view)]);
+    let cid = view.client_order_id.map(|c| keys.client_order(user, &c));
+    if let Some(cid) = &cid {
+        w.op("SET", cid.clone(), [view.id.0]);
+    }
+    if view.status.is_open() {
+        w.op("SADD", keys.active(user), [view.id.0]);
+        if rebuilding {
+            w.op("SET", keys.lock(user, view.id), [view.reserved]);
+        }
+    } else {
+        w.op("SREM", keys.active(user), [view.id.0]);
+        w.op("DEL", keys.lock(user, view.id), [""; 0]);
+        w.op("EXPIRE", key, [CLOSED_TTL_SECS]);
+        if let Some(cid) = cid {
+            w.op("EXPIRE", cid, [CLOSED_TTL_SECS]);
+        }
+    }
+}
+
+fn position_fields(p: &PositionState) -> Vec<String> {
+    [
+        ("size", p.size.to_string()),
+        ("cost", p.cost.to_string()),
+        ("margin", p.margin.to_string()),
+        ("realizedPnl", p.realized_pnl.to_string()),
+        ("fees", p.fees.to_string()),
+        ("leverage", p.leverage.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_owned(), v])
+    .collect()
+}
+
+/// Every key of one user, rewritten from the ledger.
+fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account, applied: &[(usize, u64)]) -> Writes {
+    let mut w = Writes::new(keys, user);
+    w.op("DEL", keys.applied(user), [""; 0]);
+    w.op("FORGET_OPEN", keys.active(user), [keys.order_prefix(user), keys.lock_prefix(user), keys.client_order_prefix(user)]);
+    w.op("DEL", keys.fills(user), [""; 0]);
+    w.op(
+        "HSET",
+        keys.balance(user),
+        ["total".to_owned(), account.total.to_string(), "available".to_owned(), account.available().to_string(), "locked".to_owned(), account.locked.to_string()],
+    );
+    for (symbol, spec) in shard.map.symbols.iter().enumerate() {
+        w.op("DEL", keys.position(user, &spec.name), [""; 0]);
+        if let Some(p) = account.positions.get(&symbol) {
+            w.op("HSET", keys.position(user, &spec.name), position_fields(p));
+        }
+    }
+    for (symbol, next) in applied {
+        if *next > 0 {
+            w.op("HSET", keys.applied(user), [shard.map.symbols[*symbol].name.clone(), (next - 1).to_string()]);
+        }
+    }
+    for view in account.orders.values().filter(|v| v.logged) {
+        write_order(&mut w, keys, user, view, true);
+    }
+    for fill in &account.fills {
+        w.op("RPUSH", keys.fills(user), [json(fill)]);
+    }
+    w
+}
+
+/// Rewrites every user of the partitions owned here from the ledger, then sets their
+/// markers. Requests for them wait (503) meanwhile; results keep being written, queued
+/// behind each user's rewrite, so nothing that happens during the rebuild is lost.
+///
+/// # Errors
+/// Redis unreachable, or a write failed: the state stays stale.
+pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
+    let Some(hot) = &shard.redis else { return Ok(0) };
+    let started = Instant::now();
+    hot.bridge.call::<String>(Op::Cmd(redis::cmd("PING"))).await?;
+    shard.health.hot[shard.id].store(REBUILDING, Ordering::Release);
+    hot.rebuild_failed.store(false, Ordering::Release);
+    let partitions: Vec<u32> = (0..PARTITIONS).filter(|p| shard.owns_partition(*p)).collect();
+    let users = shard.accounts.borrow().users_in(&partitions);
+    let pending = Arc::new(AtomicUsize::new(0));
+    for chunk in users.chunks(256) {
+        {
+            let accounts = shard.accounts.borrow();
+            let applied = accounts.applied_offsets();
+            for user in chunk {
+                let Some(account) = accounts.user(*user) else { continue };
+                let writes = rebuild_user(shard, &hot.keys, *user, account, &applied);
+                pending.fetch_add(1, Ordering::AcqRel);
+                let (pending, failed) = (pending.clone(), hot.rebuild_failed.clone());
+                hot.bridge.submit::<i64, _>(writes.into_op(), move |r| {
+                    if r.is_err() {
+                        failed.store(true, Ordering::Release);
+                    }
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        }
+        // Let the shard serve between chunks, and keep the queue to Redis short.
+        while pending.load(Ordering::Acquire) > 4096 {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        glommio::yield_if_needed().await;
+    }
+    while pending.load(Ordering::Acquire) > 0 {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    let markers: Vec<_> =
+        partitions.iter().map(|p| hot.bridge.call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
+    for m in markers {
+        m.await?;
+    }
+    if hot.rebuild_failed.load(Ordering::Acquire) {
+        shard.health.hot[shard.id].store(STALE, Ordering::Release);
+        return Err("a write of the rebuild failed".into());
+    }
+    if shard.health.hot[shard.id].compare_exchange(REBUILDING, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return Err("hot state lost again during the rebuild".into());
+    }
+    tracing::info!(shard = shard.id, users = users.len(), ms = started.elapsed().as_millis() as u64, "hot state rebuilt in Redis");
+    Ok(users.len())
+}
+
+/// Checks the partition markers; rebuilds when the state is stale.
+pub async fn watch(shard: Rc<Shard>) {
+    let Some(hot) = &shard.redis else { return };
+    let mut last_error = String::new();
+    while !shard.health.stopping.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        match shard.hot_state(shard.id) {
+            STALE => match rebuild(&shard).await {
+                Ok(_) => last_error.clear(),
+                Err(e) => {
+                    if e != last_error {
+                        tracing::warn!(shard = shard.id, error = e, "hot state rebuild failed; retrying");
+                        last_error = e;
+                    }
+                }
+            },
+            READY => {
+                let checks: Vec<_> = (0..PARTITIONS)
+                    .filter(|p| shard.owns_partition(*p))
+                    .map(|p| hot.bridge.call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
+                    .collect();
+                for c in checks {
+                    match c.await {
+                        Ok(true) => {}
+                        Ok(false) => shard.hot_lost("a partition marker is gone (Redis emptied or restarted)"),
+                        Err(e) => shard.hot_lost(&e),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads answer from Redis; a failed read makes the state stale and answers 503.
+async fn read<T: redis::FromRedisValue + Send + 'static>(shard: &Shard, op: Op) -> Result<T, ApiError> {
+    let hot = shard.redis.as_ref().ok_or_else(|| ApiError::Unavailable("no Redis".into()))?;
+    hot.bridge.call(op).await.map_err(|e| {
+        shard.hot_lost(&e);
+        ApiError::Unavailable("hot state (Redis) unavailable; retry".into())
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(shard: &Shard, text: &str) -> Result<T, ApiError> {
+    serde_json::from_str(text).map_err(|e| {
+        shard.hot_lost(&format!("unreadable value in Redis: {e}"));
+        ApiError::Unavailable("hot state (Redis) unreadable".into())
+    })
+}
+
+/// `(total, available, locked)`.
+pub async fn balance(shard: &Shard, user: UserId) -> Result<(i128, i128, i128), ApiError> {
+    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
+    let cmd = redis::cmd("HMGET").arg(keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
+    let (t, a, l): (Option<i64>, Option<i64>, Option<i64>) = read(shard, Op::Cmd(cmd)).await?;
+    match (t, a, l) {
+        (Some(t), Some(a), Some(l)) => Ok((t.into(), a.into(), l.into())),
+        _ => {
+            shard.hot_lost("a user's balance is missing");
+            Err(ApiError::Unavailable("hot state (Redis) unavailable; retry".into()))
+        }
+    }
+}
+
+pub async fn order(shard: &Shard, user: UserId, id: crate::engine::OrderId) -> Result<Option<OrderView>, ApiError> {
+    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
+    let text: Option<String> = read(shard, Op::Cmd(redis::Cmd::get(keys.order(user, id)))).await?;
+    text.map(|t| parse(shard, &t)).transpose()
+}
+
+pub async fn order_by_client_id(shard: &Shard, user: UserId, cid: &crate::engine::ClientOrderId) -> Result<Option<OrderView>, ApiError> {
+    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
+    let id: Option<u64> = read(shard, Op::Cmd(redis::Cmd::get(keys.client_order(user, cid)))).await?;
+    match id {
+        Some(id) => order(shard, user, crate::engine::OrderId(id)).await,
+        None => Ok(None),
+    }
+}
+
+/// Open orders, oldest first.
+pub async fn open_orders(shard: &Shard, user: UserId, symbol: Option<usize>) -> Result<Vec<OrderView>, ApiError> {
+    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
+    let ids: Vec<u64> = read(shard, Op::Cmd(redis::Cmd::smembers(keys.active(user)))).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let order_keys: Vec<String> = ids.iter().map(|id| keys.order(user, crate::engine::OrderId(*id))).collect();
+    let texts: Vec<Option<String>> = read(shard, Op::Cmd(redis::cmd("MGET").arg(order_keys).to_owned())).await?;
+    let mut open = Vec::with_capacity(texts.len());
+    for text in texts.into_iter().flatten() {
+        let view: OrderView = parse(shard, &text)?;
+        if view.status.is_open() && symbol.is_none_or(|s| s == view.symbol) {
+            open.push(view);
+        }
+    }
+    open.sort_by_key(|o| (o.created_at, o.id));
+    Ok(open)
+}
+
+/// The latest fills, newest first.
+pub async fn fills(shard: &Shard, user: UserId) -> Result<Vec<Fill>, ApiError> {
+    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
+    let texts: Vec<String> = read(shard, Op::Cmd(redis::Cmd::lrange(keys.fills(user), 0, -1))).await?;
+    texts.iter().map(|t| parse(shard, t)).collect()
+}
+
+/// Open positions, by symbol.
+pub async fn positions(shard: &Shard, user: UserId) -> Result<Vec<(usize, PositionState)>, ApiError> {
+    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
+    let hot = shard.redis.as_ref().ok_or(ApiError::NotFound)?;
+    let calls: Vec<_> = shard
+        .map
+        .symbols
+        .iter()
+        .map(|s| hot.bridge.call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(keys.position(user, &s.name)))))
+        .collect();
+    let mut out = Vec::new();
+    for (symbol, call) in calls.into_iter().enumerate() {
+        let fields = call.await.map_err(|e| {
+            shard.hot_lost(&e);
+            ApiError::Unavailable("hot state (Redis) unavailable; retry".into())
+        })?;
+        if fields.is_empty() {
+            continue;
+        }
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<i128>().ok()).unwrap_or(0);
+        let p = PositionState {
+            size: get("size"),
+            cost: get("cost"),
+            margin: get("margin"),
+            realized_pnl: get("realizedPnl"),
+            fees: get("fees"),
+            leverage: u32::try_from(get("leverage")).unwrap_or(0),
+        };
+        if p.size != 0 {
+            out.push((symbol, p));
+        }
+    }
+    Ok(out)
+}
