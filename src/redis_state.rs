@@ -94,6 +94,12 @@ impl Keys {
         format!("{}fills:{}", self.prefix, tag(user))
     }
 
+    /// Set when the exchange stopped cleanly with this partition's hot state whole: the
+    /// ledger's fingerprint then, so the next start can skip the rebuild if it matches.
+    pub fn clean(&self, partition: u32) -> String {
+        format!("{}clean:{{p:{partition:02}}}", self.prefix)
+    }
+
     /// Present while an account partition's hot state is whole. Partitions are spread
     /// over the cluster's slots, so losing any node loses some of these.
     pub fn marker(&self, partition: u32) -> String {

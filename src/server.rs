@@ -241,6 +241,7 @@ async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
         match crate::shard::hot::rebuild(shard).await {
             Ok(users) => {
                 tracing::info!(shard = shard.id, users, ms = started.elapsed().as_millis() as u64, "hot state written");
+                crate::shard::hot::mark_clean(shard).await;
                 return Ok(());
             }
             Err(e) if std::time::Instant::now() > deadline => anyhow::bail!("rebuilding the hot state: {e}"),
@@ -326,6 +327,7 @@ async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
         }
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
+    crate::shard::hot::mark_clean(&shard).await;
     tracing::info!(shard = shard.id, "stopped");
     Ok(())
 }

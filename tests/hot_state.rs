@@ -191,3 +191,24 @@ fn delete_prefixed(url: &str, prefix: &str) -> usize {
     }
     deleted
 }
+
+#[test]
+fn a_clean_stop_lets_the_next_start_skip_the_rebuild() {
+    let redis = RedisServer::start();
+    let mut s = with_redis(&redis);
+    let keys = trade(&s);
+    let before = state(&s, &keys);
+    assert!(s.terminate().success());
+    let k = exchange::redis_state::Keys::new("");
+    let mut conn = redis.connection().unwrap();
+    let marks: Vec<Option<String>> = (0..64).map(|p| redis::cmd("GET").arg(k.clean(p)).query(&mut conn).unwrap()).collect();
+    assert!(marks.iter().all(|m| m.as_deref().is_some_and(|m| m.contains("users="))), "{marks:?}");
+    s.restart();
+    let left: Vec<Option<String>> = (0..64).map(|p| redis::cmd("GET").arg(k.clean(p)).query(&mut conn).unwrap()).collect();
+    assert!(left.iter().all(Option::is_none), "a start consumes the marks, so a later crash cannot reuse them");
+    assert_eq!(state(&s, &keys), before);
+    s.limit(&keys[0], "BUY", "40000", "0.001");
+    // A crash leaves no marks: the next start rebuilds.
+    s.restart();
+    assert_eq!(s.get(&keys[0], "/v1/orders").1.as_array().unwrap().len(), 3);
+}

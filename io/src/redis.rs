@@ -60,7 +60,7 @@ pub enum Op {
     Script { script: &'static Script, keys: Vec<String>, args: Vec<String> },
 }
 
-type Job = Box<dyn FnOnce(Option<Conn>, Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+type Job = Box<dyn FnOnce(Option<Conn>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// The handle shards keep: cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -68,6 +68,8 @@ pub struct RedisBridge {
     tx: mpsc::UnboundedSender<Job>,
     /// Whether the helper thread has a connection (set once it connects).
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// How long an operation may take, from being handed over to its reply.
+    timeout: Duration,
 }
 
 async fn run_op<T: FromRedisValue>(mut conn: Conn, op: Op) -> redis::RedisResult<T> {
@@ -161,12 +163,12 @@ impl RedisBridge {
                     });
                     while let Some(job) = rx.next().await {
                         let c = conn.lock().ok().and_then(|c| c.clone());
-                        tokio::spawn(job(c, timeout));
+                        tokio::spawn(job(c));
                     }
                 });
             })
             .map_err(|e| format!("Redis thread: {e}"))?;
-        Ok(Self { tx, connected })
+        Ok(Self { tx, connected, timeout })
     }
 
     pub fn connected(&self) -> bool {
@@ -180,7 +182,17 @@ impl RedisBridge {
         T: FromRedisValue + Send + 'static,
         F: FnOnce(Result<T, String>) + Send + 'static,
     {
-        let job: Job = Box::new(move |conn, timeout| {
+        self.submit_within(op, self.timeout, done);
+    }
+
+    /// [`Self::submit`] with a deadline of its own (bulk writes that queue behind each
+    /// other need longer than one request).
+    pub fn submit_within<T, F>(&self, op: Op, timeout: Duration, done: F)
+    where
+        T: FromRedisValue + Send + 'static,
+        F: FnOnce(Result<T, String>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |conn| {
             Box::pin(async move {
                 let result = match conn {
                     None => Err("Redis not connected".to_owned()),

@@ -47,6 +47,9 @@ pub const READY: u8 = 3;
 
 /// How long a closed order stays readable in Redis (the ledger keeps the latest 500).
 const CLOSED_TTL_SECS: u32 = 86_400;
+/// How long one user's rewrite may take, queue included, before a rebuild counts as
+/// failed.
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RedisHot {
     pub bridge: RedisBridge,
@@ -253,10 +256,8 @@ pub fn settle(shard: &Shard, symbol: usize, offset: u64, logged: Option<&NewOrde
             if let Some(p) = account.positions.get(&symbol) {
                 w.op("HSET", hot.keys.position(user, name), position_fields(p));
             }
-            // The ledger's fills are newest first: push the new ones oldest first.
-            for fill in account.fills.iter().take(fills).rev() {
-                w.op("LPUSH", hot.keys.fills(user), [json(fill)]);
-            }
+            // The ledger's fills are newest first: pushed oldest first, they end up so.
+            w.op("LPUSH", hot.keys.fills(user), account.fills.iter().take(fills).rev().map(json));
             w.op("LTRIM", hot.keys.fills(user), [0, crate::accounts::FILLS_KEPT as i64 - 1]);
         }
         shard.submit_writes(hot, w);
@@ -267,24 +268,29 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// An order's keys. A rebuild starts from no open orders, so it neither removes one from
+/// the open set nor deletes its lock.
 fn write_order(w: &mut Writes, keys: &Keys, user: UserId, view: &OrderView, rebuilding: bool) {
     let key = keys.order(user, view.id);
-    w.op("SET", key.clone(), [json(view)]);
     let cid = view.client_order_id.map(|c| keys.client_order(user, &c));
-    if let Some(cid) = &cid {
-        w.op("SET", cid.clone(), [view.id.0]);
-    }
     if view.status.is_open() {
+        w.op("SET", key, [json(view)]);
+        if let Some(cid) = cid {
+            w.op("SET", cid, [view.id.0]);
+        }
         w.op("SADD", keys.active(user), [view.id.0]);
         if rebuilding {
             w.op("SET", keys.lock(user, view.id), [view.reserved]);
         }
     } else {
-        w.op("SREM", keys.active(user), [view.id.0]);
-        w.op("DEL", keys.lock(user, view.id), [""; 0]);
-        w.op("EXPIRE", key, [CLOSED_TTL_SECS]);
+        let ttl = CLOSED_TTL_SECS.to_string();
+        w.op("SET", key, [json(view), "EX".to_owned(), ttl.clone()]);
         if let Some(cid) = cid {
-            w.op("EXPIRE", cid, [CLOSED_TTL_SECS]);
+            w.op("SET", cid, [view.id.0.to_string(), "EX".to_owned(), ttl]);
+        }
+        if !rebuilding {
+            w.op("SREM", keys.active(user), [view.id.0]);
+            w.op("DEL", keys.lock(user, view.id), [""; 0]);
         }
     }
 }
@@ -320,16 +326,19 @@ fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account, app
             w.op("HSET", keys.position(user, &spec.name), position_fields(p));
         }
     }
-    for (symbol, next) in applied {
-        if *next > 0 {
-            w.op("HSET", keys.applied(user), [shard.map.symbols[*symbol].name.clone(), (next - 1).to_string()]);
-        }
+    let offsets: Vec<String> = applied
+        .iter()
+        .filter(|(_, next)| *next > 0)
+        .flat_map(|(symbol, next)| [shard.map.symbols[*symbol].name.clone(), (next - 1).to_string()])
+        .collect();
+    if !offsets.is_empty() {
+        w.op("HSET", keys.applied(user), offsets);
     }
     for view in account.orders.values().filter(|v| v.logged) {
         write_order(&mut w, keys, user, view, true);
     }
-    for fill in &account.fills {
-        w.op("RPUSH", keys.fills(user), [json(fill)]);
+    if !account.fills.is_empty() {
+        w.op("RPUSH", keys.fills(user), account.fills.iter().map(json));
     }
     w
 }
@@ -358,7 +367,8 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
                 let writes = rebuild_user(shard, &hot.keys, *user, account, &applied);
                 pending.fetch_add(1, Ordering::AcqRel);
                 let (pending, failed) = (pending.clone(), hot.rebuild_failed.clone());
-                hot.bridge.submit::<i64, _>(writes.into_op(), move |r| {
+                // Queued behind each other: a deadline for the bulk, not for one call.
+                hot.bridge.submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
                     if r.is_err() {
                         failed.store(true, Ordering::Release);
                     }
@@ -367,7 +377,7 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
             }
         }
         // Let the shard serve between chunks, and keep the queue to Redis short.
-        while pending.load(Ordering::Acquire) > 4096 {
+        while pending.load(Ordering::Acquire) > 512 {
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
         glommio::yield_if_needed().await;
@@ -391,9 +401,57 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
     Ok(users.len())
 }
 
+/// What the ledger of the partitions owned here has applied: equal fingerprints at a
+/// clean stop and at the next start mean Redis already holds what the logs say.
+fn fingerprint(shard: &Shard) -> String {
+    let accounts = shard.accounts.borrow();
+    let mut applied = accounts.applied_offsets();
+    applied.sort_unstable();
+    let partitions: Vec<u32> = (0..PARTITIONS).filter(|p| shard.owns_partition(*p)).collect();
+    let users = accounts.users_in(&partitions).len();
+    let offsets: Vec<String> = applied.iter().map(|(s, o)| format!("{}={o}", shard.map.symbols[*s].name)).collect();
+    format!("shards={} users={users} {}", shard.shards, offsets.join(","))
+}
+
+/// At a clean stop, with everything written: leaves the fingerprint for the next start.
+pub async fn mark_clean(shard: &Shard) {
+    let Some(hot) = &shard.redis else { return };
+    if shard.hot_state(shard.id) != READY {
+        return;
+    }
+    let print = fingerprint(shard);
+    let sets: Vec<_> = (0..PARTITIONS)
+        .filter(|p| shard.owns_partition(*p))
+        .map(|p| hot.bridge.call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
+        .collect();
+    for s in sets {
+        if let Err(e) = s.await {
+            tracing::warn!(shard = shard.id, error = e, "could not mark the hot state clean; the next start rebuilds it");
+            return;
+        }
+    }
+}
+
+/// At start: whether Redis is as a clean stop left it, with the same logs behind it. The
+/// marks are consumed either way, so a crash after this start never reuses them.
+async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
+    let print = fingerprint(shard);
+    let mut whole = true;
+    for p in (0..PARTITIONS).filter(|p| shard.owns_partition(*p)) {
+        let clean = hot.bridge.call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
+        let marker = hot.bridge.call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
+        let same = matches!(clean.await, Ok(Some(c)) if c == print);
+        whole &= same && matches!(marker.await, Ok(true));
+    }
+    whole && shard.health.hot[shard.id].compare_exchange(STALE, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
+}
+
 /// Checks the partition markers; rebuilds when the state is stale.
 pub async fn watch(shard: Rc<Shard>) {
     let Some(hot) = &shard.redis else { return };
+    if resume_clean(&shard, hot).await {
+        tracing::info!(shard = shard.id, "hot state in Redis is as the last clean stop left it: no rebuild");
+    }
     let mut last_error = String::new();
     while !shard.health.stopping.load(Ordering::Acquire) {
         glommio::timer::sleep(Duration::from_millis(250)).await;
