@@ -26,6 +26,8 @@ pub struct Metrics {
     fsync: Family<ShardLabel, Histogram>,
     queue: Family<ShardLabel, Gauge>,
     requests: Family<ShardLabel, Counter>,
+    hot_state: Family<ShardLabel, Gauge>,
+    rebuilds: Family<ShardLabel, Counter>,
 }
 
 /// One shard's handles.
@@ -36,6 +38,8 @@ pub struct ShardMetrics {
     pub fsync_seconds: Histogram,
     pub queue_depth: Gauge,
     pub requests: Counter,
+    /// Complete rewrites of the shard's hot state into Redis.
+    pub hot_rebuilds: Counter,
 }
 
 fn latency() -> Histogram {
@@ -56,7 +60,15 @@ impl Metrics {
         registry.register("exchange_log_fsync_seconds", "Event log group-commit (write + fdatasync) time", fsync.clone());
         registry.register("exchange_shard_queue_depth", "Commands waiting for the log on the shard", queue.clone());
         registry.register("exchange_http_requests", "HTTP requests served", requests.clone());
-        Self { registry: Arc::new(registry), orders, ack, fsync, queue, requests }
+        let hot_state = Family::<ShardLabel, Gauge>::default();
+        let rebuilds = Family::<ShardLabel, Counter>::default();
+        registry.register(
+            "exchange_hot_state",
+            "State of the shard's hot state: 0 in-process, 1 Redis lost, 2 being rebuilt, 3 Redis ready",
+            hot_state.clone(),
+        );
+        registry.register("exchange_hot_state_rebuilds", "Complete rewrites of the shard's hot state into Redis", rebuilds.clone());
+        Self { registry: Arc::new(registry), orders, ack, fsync, queue, requests, hot_state, rebuilds }
     }
 
     pub fn shard(&self, shard: usize) -> ShardMetrics {
@@ -67,6 +79,15 @@ impl Metrics {
             fsync_seconds: self.fsync.get_or_create(&label).clone(),
             queue_depth: self.queue.get_or_create(&label).clone(),
             requests: self.requests.get_or_create(&label).clone(),
+            hot_rebuilds: self.rebuilds.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Records the hot state of each shard (read at render time: it changes from other
+    /// threads).
+    pub fn set_hot_states(&self, states: impl Iterator<Item = u8>) {
+        for (shard, state) in states.enumerate() {
+            self.hot_state.get_or_create(&ShardLabel { shard: shard.to_string() }).set(i64::from(state));
         }
     }
 

@@ -416,6 +416,7 @@ async fn answer(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> HttpReply {
     let (to, req): (usize, ApiRequest) = match routed {
         Routed::Health => return health(shard),
         Routed::Metrics => {
+            shard.all_metrics.set_hot_states(shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)));
             return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None };
         }
         Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),

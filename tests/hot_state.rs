@@ -68,7 +68,18 @@ fn an_emptied_redis_is_noticed_and_rebuilt_exactly() {
     let (status, body) = s.get(&keys[0], "/v1/balance");
     assert_eq!(status, 503, "a balance that is gone is not made up: {body}");
     assert_eq!(body["code"], "UNAVAILABLE");
+    // The other shard notices by its watchdog (every 250 ms).
+    std::thread::sleep(Duration::from_millis(600));
     wait_healthy(&s);
+    let (_, metrics) = s.request("GET", "/metrics", &[], None);
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(metrics.contains("exchange_hot_state{shard=\"0\"} 3"), "{metrics}");
+    let rebuilds: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("exchange_hot_state_rebuilds_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(rebuilds >= 3, "one rebuild per shard at start, and one more at least: {rebuilds}\n{metrics}");
     assert_eq!(state(&s, &keys), before);
     // And it trades on.
     s.limit(&keys[1], "SELL", "49000", "0.001");

@@ -54,7 +54,12 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// What the helper thread runs: a command, or a script (EVALSHA, loading it on NOSCRIPT).
+/// What the helper thread runs: a command, or a script by its hash (`EVALSHA`).
+///
+/// A script Redis does not have fails (`NOSCRIPT`) instead of being loaded and retried
+/// as redis-rs's `invoke_async` does: that retry would send it after operations handed
+/// over later, breaking the order this module promises. Load scripts first
+/// ([`load_script`]); a Redis that lost them (restarted) lost its data too.
 pub enum Op {
     Cmd(Cmd),
     Script { script: &'static Script, keys: Vec<String>, args: Vec<String> },
@@ -76,16 +81,14 @@ async fn run_op<T: FromRedisValue>(mut conn: Conn, op: Op) -> redis::RedisResult
     match op {
         Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
         Op::Script { script, keys, args } => {
-            let mut inv = script.prepare_invoke();
-            for k in keys {
-                inv.key(k);
-            }
-            for a in args {
-                inv.arg(a);
-            }
-            inv.invoke_async(&mut conn).await
+            redis::cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args).query_async(&mut conn).await
         }
     }
+}
+
+/// Loads a script (on every master of a cluster), so that [`Op::Script`] finds it.
+pub fn load_script(code: &str) -> Op {
+    Op::Cmd(redis::cmd("SCRIPT").arg("LOAD").arg(code).to_owned())
 }
 
 /// A cluster answers `cluster_enabled:1` in `INFO cluster`; then the URL (or the comma

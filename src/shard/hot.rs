@@ -34,7 +34,7 @@ use super::Shard;
 use crate::accounts::{Account, Fill, OrderView, PARTITIONS};
 use crate::api::error::ApiError;
 use crate::engine::{CancelReason, Event, NewOrder, PositionState, UserId};
-use crate::redis_state::{Keys, Writes, RESERVE_SCRIPT};
+use crate::redis_state::{Keys, Writes, RESERVE, RESERVE_SCRIPT, WRITE};
 use crate::server::Health;
 
 /// No Redis configured: the ledger is the hot state.
@@ -343,6 +343,15 @@ fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account, app
     w
 }
 
+/// Redis answers, and has the scripts (a restarted Redis has none).
+async fn prepare(hot: &RedisHot) -> Result<(), String> {
+    let loads = [RESERVE, WRITE].map(|code| hot.bridge.call::<redis::Value>(exchange_io::redis::load_script(code)));
+    for load in loads {
+        load.await?;
+    }
+    Ok(())
+}
+
 /// Rewrites every user of the partitions owned here from the ledger, then sets their
 /// markers. Requests for them wait (503) meanwhile; results keep being written, queued
 /// behind each user's rewrite, so nothing that happens during the rebuild is lost.
@@ -352,7 +361,7 @@ fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account, app
 pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
     let Some(hot) = &shard.redis else { return Ok(0) };
     let started = Instant::now();
-    hot.bridge.call::<String>(Op::Cmd(redis::cmd("PING"))).await?;
+    prepare(hot).await?;
     shard.health.hot[shard.id].store(REBUILDING, Ordering::Release);
     hot.rebuild_failed.store(false, Ordering::Release);
     let partitions: Vec<u32> = (0..PARTITIONS).filter(|p| shard.owns_partition(*p)).collect();
@@ -397,6 +406,7 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
     if shard.health.hot[shard.id].compare_exchange(REBUILDING, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return Err("hot state lost again during the rebuild".into());
     }
+    shard.metrics.hot_rebuilds.inc();
     tracing::info!(shard = shard.id, users = users.len(), ms = started.elapsed().as_millis() as u64, "hot state rebuilt in Redis");
     Ok(users.len())
 }
@@ -435,6 +445,9 @@ pub async fn mark_clean(shard: &Shard) {
 /// At start: whether Redis is as a clean stop left it, with the same logs behind it. The
 /// marks are consumed either way, so a crash after this start never reuses them.
 async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
+    if prepare(hot).await.is_err() {
+        return false;
+    }
     let print = fingerprint(shard);
     let mut whole = true;
     for p in (0..PARTITIONS).filter(|p| shard.owns_partition(*p)) {
