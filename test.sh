@@ -3,7 +3,8 @@
 # again with Kafka as the event log (a local tansu broker, started here if none answers
 # on 127.0.0.1:9092; installed the first time), then with Kafka and Redis as the hot
 # state: a single Redis (127.0.0.1:6379) and a 3-master Redis Cluster (127.0.0.1:7000-
-# 7002), each started if it does not answer. Prints one closing line with the totals.
+# 7002), each started if it does not answer. PostgreSQL (127.0.0.1:5432, database test)
+# is started if it does not answer. Prints one closing line with the totals.
 set -uo pipefail
 cd "$(dirname "$0")"
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
@@ -24,6 +25,11 @@ if ! scripts/redis.sh || ! scripts/redis-cluster.sh; then
   echo "tests: 0 passed, 1 failed (no Redis could be started)"
   exit 1
 fi
+if ! scripts/postgres.sh; then
+  echo "tests: 0 passed, 1 failed (no PostgreSQL could be started)"
+  exit 1
+fi
+export EXCHANGE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 export EXCHANGE_TEST_REDIS_URL=redis://127.0.0.1:6379
 
 echo "== tests, embedded event log"

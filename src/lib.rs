@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod cold;
 pub mod config;
 pub mod engine;
 pub mod ids;

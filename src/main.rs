@@ -19,7 +19,7 @@ struct Cli {
 enum Cmd {
     /// Run the exchange (the default).
     Serve,
-    /// Apply the PostgreSQL schema (needs EXCHANGE_POSTGRES_URL).
+    /// Apply the PostgreSQL schema in migrations/ (needs EXCHANGE_POSTGRES_URL).
     Migrate,
     /// Rebuild hot state from the checkpoint and the log (needs EXCHANGE_REDIS_URL).
     RebuildState,
@@ -46,8 +46,9 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => exchange::server::run(config, exchange::server::Mode::Serve),
         Cmd::RebuildState => exchange::server::run(config, exchange::server::Mode::RebuildState),
-        Cmd::Migrate | Cmd::Check => Err(anyhow::anyhow!(
-            "this command works on PostgreSQL (cold storage), which this build does not support yet"
+        Cmd::Migrate => exchange::cold::migrate_command(&config),
+        Cmd::Check => Err(anyhow::anyhow!(
+            "the consistency check is not in this build yet"
         )),
     };
     match result {

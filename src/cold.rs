@@ -1,0 +1,64 @@
+//! Cold storage in PostgreSQL (layer 3): the schema and its migrations.
+//!
+//! The schema lives in `migrations/` as numbered SQL files, embedded in the binary and
+//! applied by refinery (over tokio-postgres, on the sidecar's tokio runtime), which
+//! records what it applied in `refinery_schema_history`: `exchange migrate` applies
+//! what is missing, and running it again changes nothing.
+
+use anyhow::Context;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Applies the migrations PostgreSQL at `url` does not have yet; returns their names.
+///
+/// # Errors
+/// PostgreSQL unreachable, or a migration failed (it is rolled back).
+pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
+    let (mut client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connecting to PostgreSQL ({})", redact(url)))?;
+    let driver = tokio::spawn(connection);
+    let report = embedded::migrations::runner().run_async(&mut client).await.context("applying migrations")?;
+    drop(client);
+    let _ = driver.await;
+    Ok(report.applied_migrations().iter().map(ToString::to_string).collect())
+}
+
+/// `exchange migrate`.
+///
+/// # Errors
+/// No `EXCHANGE_POSTGRES_URL`, or [`migrate`] failed.
+pub fn migrate_command(config: &crate::config::Config) -> anyhow::Result<()> {
+    let url = config.postgres.url.as_deref().context("EXCHANGE_POSTGRES_URL is not set")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let applied = rt.block_on(migrate(url))?;
+    if applied.is_empty() {
+        println!("schema up to date");
+    }
+    for name in applied {
+        println!("applied {name}");
+    }
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+    }
+}
