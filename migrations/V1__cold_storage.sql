@@ -2,7 +2,8 @@
 -- log in batches. Money and quantities are NUMERIC (exact), in USDT and in the symbol's
 -- units as the API shows them. Ids are the API's UUIDs.
 
--- One row per order, kept current: its final status and filled quantity.
+-- One row per order: what it was submitted with, where in the log, and (kept current
+-- from its trades and its closing) its filled quantity and status.
 CREATE TABLE orders (
     id               UUID PRIMARY KEY,
     user_id          TEXT NOT NULL,          -- account id: the 16 hex digits of the API key
@@ -16,15 +17,25 @@ CREATE TABLE orders (
     filled_quantity  NUMERIC NOT NULL DEFAULT 0,
     leverage         INTEGER NOT NULL,
     reduce_only      BOOLEAN NOT NULL,
-    status           TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'NEW',
     reason           TEXT,
     created_at       TIMESTAMPTZ NOT NULL,
     updated_at       TIMESTAMPTZ NOT NULL,
-    -- Per-symbol sequence of the last event that changed the row: later events win, a
-    -- replayed one changes nothing.
-    last_seq         BIGINT NOT NULL
+    -- The OrderSubmitted record's place in orders.submitted (a CommandVoided names it).
+    kafka_partition  INTEGER NOT NULL,
+    kafka_offset     BIGINT NOT NULL
 );
 CREATE INDEX orders_user_time ON orders (user_id, created_at DESC);
+CREATE INDEX orders_log_place ON orders (kafka_partition, kafka_offset);
+
+-- How orders ended unfilled or partly filled (orders.cancelled). Kept apart from
+-- `orders` because topics are read independently: a closing may be read before the
+-- order's submission, and the order's status is recomputed from both.
+CREATE TABLE order_closures (
+    order_id         UUID PRIMARY KEY,
+    reason           TEXT NOT NULL,
+    closed_at        TIMESTAMPTZ NOT NULL
+);
 
 -- One row per trade.
 CREATE TABLE trades (
@@ -45,6 +56,8 @@ CREATE TABLE trades (
     executed_at      TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX trades_symbol_time ON trades (symbol, executed_at DESC);
+CREATE INDEX trades_buyer_order ON trades (buyer_order_id);
+CREATE INDEX trades_seller_order ON trades (seller_order_id);
 
 -- Balances per user and currency at a known log position (the checkpoint hot state is
 -- rebuilt from, with the log's tail after it).

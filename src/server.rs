@@ -35,6 +35,8 @@ pub struct Health {
     pub stopping: AtomicBool,
     pub event_log_down: AtomicUsize,
     pub inflight: AtomicUsize,
+    /// Cold storage (`cold::writer::{DISABLED, DOWN, OK}`).
+    pub cold: std::sync::atomic::AtomicU8,
     /// Per shard, the state of its partitions' hot state (`shard::hot::{DISABLED, ..}`).
     pub hot: Vec<std::sync::atomic::AtomicU8>,
     arrived: AtomicUsize,
@@ -92,9 +94,7 @@ fn raise_memlock() {
 /// Start-up failures (config, shard map, logs, executors), with context.
 pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let map = Arc::new(ShardMap::load(&config.shard_map)?);
-    if config.postgres.url.is_some() {
-        tracing::warn!("PostgreSQL is not supported by this build yet; there is no cold storage");
-    }
+
     let redis = match &config.redis.url {
         Some(url) => {
             tracing::info!(url, "hot state: Redis");
@@ -120,6 +120,15 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let initial = if redis.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
     let health = Arc::new(Health { hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(initial)).collect(), ..Health::default() });
+    match (&config.postgres.url, &config.kafka.brokers) {
+        (Some(url), Some(brokers)) => {
+            health.cold.store(crate::cold::writer::DOWN, Ordering::Release);
+            crate::cold::writer::start(brokers.clone(), config.kafka.topic_prefix.clone(), url.clone(), health.clone())?;
+            tracing::info!("cold storage: PostgreSQL, written from the event log");
+        }
+        (Some(_), None) => tracing::warn!("cold storage follows the Kafka event log: EXCHANGE_POSTGRES_URL is ignored without EXCHANGE_KAFKA_BROKERS"),
+        _ => {}
+    }
     {
         let health = health.clone();
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
@@ -458,12 +467,17 @@ fn health(shard: &Shard) -> HttpReply {
         Some(REBUILDING) => "rebuilding",
         Some(_) => "down",
     };
+    let cold = match shard.health.cold.load(Ordering::Acquire) {
+        crate::cold::writer::OK => "ok",
+        crate::cold::writer::DOWN => "down",
+        _ => "disabled",
+    };
     render::ok(&serde_json::json!({
         "status": if log_ok && state == "ok" { "ok" } else { "degraded" },
         "components": {
             "eventLog": if log_ok { "ok" } else { "down" },
             "stateStore": state,
-            "coldStore": "disabled",
+            "coldStore": cold,
         },
     }))
 }

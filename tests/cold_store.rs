@@ -107,3 +107,84 @@ fn migrate_without_postgres_fails_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("EXCHANGE_POSTGRES_URL"));
 }
+
+mod common;
+
+/// The broker the writer tests read from (the suite's; unreachable is a failure).
+fn broker() -> String {
+    let addr = std::env::var("EXCHANGE_KAFKA_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(2)).is_ok(),
+        "a Kafka broker at {addr} is required (scripts/kafka-broker.sh)"
+    );
+    addr
+}
+
+fn count(db: &Database, sql: &str) -> i64 {
+    runtime().block_on(async { connect(&db.url).await.query_one(sql, &[]).await.unwrap().get(0) })
+}
+
+/// Waits until PostgreSQL holds `orders` orders and `trades` trades.
+fn wait_for_rows(db: &Database, orders: i64, trades: i64) {
+    let started = std::time::Instant::now();
+    loop {
+        let got = (count(db, "SELECT count(*) FROM orders"), count(db, "SELECT count(*) FROM trades"));
+        if got == (orders, trades) {
+            return;
+        }
+        assert!(got.0 <= orders && got.1 <= trades, "more rows than acknowledged: {got:?} > {:?}", (orders, trades));
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "rows {got:?}, expected {:?}", (orders, trades));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_writer_stores_every_acknowledged_order_and_trade_exactly_once() {
+    let db = Database::create();
+    let mut s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &db.url)]);
+    let alice = s.funded("alice", "1000000");
+    let bob = s.funded("bob", "1000000");
+    let mut acked = 0;
+    let trade = |s: &common::Server, round: usize| {
+        for i in 0..10 {
+            let price = 50_000 - (i % 4) * 10;
+            s.limit(&alice, "BUY", &price.to_string(), "0.002");
+            s.limit(&bob, "SELL", "49990", if (i + round).is_multiple_of(3) { "0.003" } else { "0.001" });
+        }
+        20
+    };
+    acked += trade(&s, 0);
+    let open = s.get(&alice, "/v1/orders").1;
+    let cancelled = open[0]["orderId"].as_str().unwrap().to_owned();
+    assert_eq!(s.delete(&alice, &format!("/v1/orders/{cancelled}")).0, 200);
+    let trades = |s: &common::Server| s.get(&alice, "/v1/fills?limit=1000").1.as_array().unwrap().len() as i64;
+    wait_for_rows(&db, acked, trades(&s));
+    let status = |id: &str| -> String {
+        runtime().block_on(async {
+            let c = connect(&db.url).await;
+            let id: uuid::Uuid = id.parse().unwrap();
+            c.query_one("SELECT status FROM orders WHERE id = $1", &[&id]).await.unwrap().get(0)
+        })
+    };
+    // Every order's status agrees with the API once the writer has caught up with the
+    // closings and trades (read from their own topics).
+    let agree = |s: &common::Server| {
+        [&alice, &bob].iter().all(|key| {
+            s.get(key, "/v1/orders").1.as_array().unwrap().iter().all(|o| status(o["orderId"].as_str().unwrap()) == o["status"])
+        }) && status(&cancelled) == "CANCELLED"
+    };
+    let started = std::time::Instant::now();
+    while !agree(&s) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "statuses in PostgreSQL differ from the API");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let filled = count(&db, "SELECT count(*) FROM orders WHERE status = 'FILLED'");
+    assert!(filled > 0, "some orders filled");
+    // A crash of the exchange (and of its writer) mid-stream, then more trading: still
+    // exactly one row per acknowledged order and per trade.
+    s.kill9();
+    s.restart();
+    acked += trade(&s, 1);
+    wait_for_rows(&db, acked, trades(&s));
+    assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM orders"), acked);
+}

@@ -270,6 +270,81 @@ pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64, pat
     Ok((records, end))
 }
 
+/// A record with where it was read.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Follows every partition of some topics from given offsets, for consumers that keep
+/// their own positions (no consumer group, no committed offsets: the PostgreSQL writer
+/// stores them with its rows).
+pub struct Tail {
+    consumer: BaseConsumer,
+}
+
+impl Tail {
+    /// `from(topic, partition)`: the offset to start at (`None`: the beginning).
+    ///
+    /// # Errors
+    /// The broker unreachable or a topic unknown.
+    pub fn new(brokers: &str, topics: &[String], from: &dyn Fn(&str, i32) -> Option<i64>, patience: Duration) -> Result<Self, String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "exchange-tail")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .create()
+            .map_err(|e| format!("kafka consumer: {e}"))?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), patience).map_err(|e| format!("{topic}: metadata: {e}"))?;
+            let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+            if partitions == 0 {
+                return Err(format!("{topic}: no partitions"));
+            }
+            for p in 0..partitions as i32 {
+                let offset = from(topic, p).map_or(Offset::Beginning, Offset::Offset);
+                tpl.add_partition_offset(topic, p, offset).map_err(|e| e.to_string())?;
+            }
+        }
+        consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+        Ok(Self { consumer })
+    }
+
+    /// Up to `max` records, waiting at most `wait` for the first and then for the rest.
+    ///
+    /// # Errors
+    /// A fetch error from the broker.
+    pub fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Located>, String> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.consumer.poll(left.min(Duration::from_millis(100))) {
+                Some(Ok(m)) => out.push(Located {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                }),
+                Some(Err(e)) => return Err(e.to_string()),
+                None if !out.is_empty() => break,
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

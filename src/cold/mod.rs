@@ -7,6 +7,9 @@
 
 use anyhow::Context;
 
+pub mod records;
+pub mod writer;
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
@@ -19,9 +22,18 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
     let (mut client, connection) =
         tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connecting to PostgreSQL ({})", redact(url)))?;
     let driver = tokio::spawn(connection);
-    let report = embedded::migrations::runner().run_async(&mut client).await.context("applying migrations")?;
+    let applied = migrate_client(&mut client).await?;
     drop(client);
     let _ = driver.await;
+    Ok(applied)
+}
+
+/// [`migrate`] on an open connection.
+///
+/// # Errors
+/// A migration failed (it is rolled back).
+pub async fn migrate_client(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
+    let report = embedded::migrations::runner().run_async(client).await.context("applying migrations")?;
     Ok(report.applied_migrations().iter().map(ToString::to_string).collect())
 }
 

@@ -1,0 +1,275 @@
+//! The event log's JSON records (`src/wire.rs` writes them) as the rows cold storage
+//! keeps. Only what the tables need is read; unknown fields are ignored.
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// A new order (`OrderSubmitted` on `orders.submitted`), with its place in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub user_id: String,
+    pub symbol: String,
+    pub client_order_id: Option<String>,
+    pub side: String,
+    pub kind: String,
+    pub time_in_force: Option<String>,
+    pub price: Option<Decimal>,
+    pub quantity: Decimal,
+    pub leverage: i32,
+    pub reduce_only: bool,
+    pub created_ms: i64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TradeRow {
+    pub id: Uuid,
+    pub symbol: String,
+    pub seq: i64,
+    pub price: Decimal,
+    pub quantity: Decimal,
+    pub taker_side: String,
+    pub buyer_id: String,
+    pub buyer_order_id: Uuid,
+    pub buyer_fee: Decimal,
+    pub buyer_pnl: Decimal,
+    pub seller_id: String,
+    pub seller_order_id: Uuid,
+    pub seller_fee: Decimal,
+    pub seller_pnl: Decimal,
+    pub executed_ms: i64,
+}
+
+/// An order that left the book (or never entered it) unfilled or partly filled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosureRow {
+    pub order_id: Uuid,
+    pub reason: String,
+    pub closed_ms: i64,
+}
+
+/// What one record means for cold storage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    Order(OrderRow),
+    /// The command at this offset of this partition of `orders.submitted` never counted.
+    Voided { partition: i32, offset: i64 },
+    Trade(TradeRow),
+    Closure(ClosureRow),
+    /// Nothing to store (a cancel request, a placement).
+    Nothing,
+}
+
+// Parsed and converted at once, one record at a time: the size of the variants costs
+// nothing worth boxing for (here and below).
+#[allow(clippy::large_enum_variant)]
+#[derive(Deserialize)]
+#[serde(tag = "eventType", rename_all_fields = "camelCase")]
+enum CommandJson {
+    OrderSubmitted {
+        order_id: Uuid,
+        user_id: String,
+        symbol: String,
+        side: String,
+        #[serde(rename = "type")]
+        kind: String,
+        price: Option<Decimal>,
+        quantity: Decimal,
+        leverage: i32,
+        timestamp: i64,
+        time_in_force: Option<String>,
+        reduce_only: bool,
+        client_order_id: Option<String>,
+    },
+    CancelRequested {},
+    CommandVoided {
+        voided_offset: i64,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Update {
+    user_id: String,
+    order_id: Uuid,
+    pnl: Decimal,
+    fee: Decimal,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TradeJson {
+    trade_id: Uuid,
+    symbol: String,
+    price: Decimal,
+    quantity: Decimal,
+    taker_side: String,
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Deserialize)]
+#[serde(tag = "eventType", rename_all_fields = "camelCase")]
+enum ResultJson {
+    TradeExecuted { seq: i64, timestamp: i64, trade: TradeJson, buyer_update: Update, seller_update: Update },
+    OrderCancelled { order_id: Uuid, reason: String, timestamp: i64 },
+    OrderPlaced {},
+}
+
+/// Reads a record of `orders.submitted` (`partition`, `offset`: where it was read).
+///
+/// # Errors
+/// A record the exchange did not write.
+pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String> {
+    Ok(match serde_json::from_slice::<CommandJson>(bytes).map_err(|e| e.to_string())? {
+        CommandJson::OrderSubmitted {
+            order_id,
+            user_id,
+            symbol,
+            side,
+            kind,
+            price,
+            quantity,
+            leverage,
+            timestamp,
+            time_in_force,
+            reduce_only,
+            client_order_id,
+        } => Row::Order(OrderRow {
+            id: order_id,
+            user_id,
+            symbol,
+            client_order_id,
+            side,
+            kind,
+            time_in_force,
+            price,
+            quantity,
+            leverage,
+            reduce_only,
+            created_ms: timestamp,
+            partition,
+            offset,
+        }),
+        CommandJson::CancelRequested {} => Row::Nothing,
+        CommandJson::CommandVoided { voided_offset } => Row::Voided { partition, offset: voided_offset },
+    })
+}
+
+/// Reads a record of `trades.executed`, `orders.cancelled` or `orders.placed`.
+///
+/// # Errors
+/// A record the exchange did not write.
+pub fn result(bytes: &[u8]) -> Result<Row, String> {
+    Ok(match serde_json::from_slice::<ResultJson>(bytes).map_err(|e| e.to_string())? {
+        ResultJson::TradeExecuted { seq, timestamp, trade, buyer_update: b, seller_update: s } => Row::Trade(TradeRow {
+            id: trade.trade_id,
+            symbol: trade.symbol,
+            seq,
+            price: trade.price,
+            quantity: trade.quantity,
+            taker_side: trade.taker_side,
+            buyer_id: b.user_id,
+            buyer_order_id: b.order_id,
+            buyer_fee: b.fee,
+            buyer_pnl: b.pnl,
+            seller_id: s.user_id,
+            seller_order_id: s.order_id,
+            seller_fee: s.fee,
+            seller_pnl: s.pnl,
+            executed_ms: timestamp,
+        }),
+        ResultJson::OrderCancelled { order_id, reason, timestamp } => {
+            Row::Closure(ClosureRow { order_id, reason, closed_ms: timestamp })
+        }
+        ResultJson::OrderPlaced {} => Row::Nothing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{
+        CancelReason, Cancelled, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, TimeInForce,
+        Trade, UserId,
+    };
+    use crate::shard_map::ShardMap;
+    use crate::wire::{self, StreamRecord};
+
+    fn spec() -> crate::engine::SymbolSpec {
+        ShardMap::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/shards/default.toml"))).unwrap().symbols[0].clone()
+    }
+
+    #[test]
+    fn an_order_submitted_reads_back_exactly() {
+        let spec = spec();
+        let order = NewOrder {
+            id: OrderId(77),
+            user: UserId(0xab),
+            side: Side::Buy,
+            kind: OrderType::Limit { price: 500_005, tif: TimeInForce::Gtc },
+            quantity: 12,
+            leverage: 10,
+            reduce_only: false,
+            client_order_id: Some(crate::engine::ClientOrderId::new("c-1").unwrap()),
+            locked_margin: 1,
+            timestamp: 1_700_000_000_123,
+        };
+        let bytes = wire::encode_command(&spec, &StreamRecord::Command(Command::Place(order)), 5);
+        let Row::Order(row) = command(&bytes, 3, 41).unwrap() else { panic!("not an order") };
+        assert_eq!(row.id, crate::ids::encode(crate::ids::IdKind::Order, spec.key, 77));
+        assert_eq!(row.user_id, "00000000000000ab");
+        assert_eq!(row.price, Some(spec.ticks_to_price(500_005)));
+        assert_eq!(row.quantity, spec.lots_to_quantity(12));
+        assert_eq!((row.partition, row.offset, row.created_ms), (3, 41, 1_700_000_000_123));
+        assert_eq!(row.client_order_id.as_deref(), Some("c-1"));
+        let void = wire::encode_command(&spec, &StreamRecord::Void(41), 6);
+        assert_eq!(command(&void, 3, 42).unwrap(), Row::Voided { partition: 3, offset: 41 });
+    }
+
+    #[test]
+    fn trades_and_closures_read_back_exactly() {
+        let spec = spec();
+        let update = |user, order, fee| FillUpdate {
+            user: UserId(user),
+            order_id: OrderId(order),
+            pnl: -250,
+            fee,
+            margin_released: 0,
+            position: PositionState::default(),
+        };
+        let trade = Event::TradeExecuted(Trade {
+            seq: 9,
+            price: 500_000,
+            quantity: 3,
+            taker_side: Side::Sell,
+            buyer: update(1, 10, 2_000),
+            seller: update(2, 11, 5_000),
+            timestamp: 5,
+        });
+        let (_, bytes) = wire::encode_event(&spec, &trade);
+        let Row::Trade(row) = result(&bytes).unwrap() else { panic!("not a trade") };
+        assert_eq!(row.id, crate::ids::encode(crate::ids::IdKind::Trade, spec.key, 9));
+        assert_eq!(row.buyer_fee, Decimal::new(2_000, 8));
+        assert_eq!(row.seller_pnl, Decimal::new(-250, 8));
+        assert_eq!(row.quantity, spec.lots_to_quantity(3));
+        assert_eq!(row.taker_side, "SELL");
+        let cancel = Event::OrderCancelled(Cancelled {
+            seq: 10,
+            order_id: OrderId(10),
+            user: UserId(1),
+            side: Side::Buy,
+            quantity: 5,
+            filled: 3,
+            released_margin: 7,
+            reason: CancelReason::UserRequest,
+            timestamp: 6,
+        });
+        let (_, bytes) = wire::encode_event(&spec, &cancel);
+        let Row::Closure(row) = result(&bytes).unwrap() else { panic!("not a closure") };
+        assert_eq!(row.reason, CancelReason::UserRequest.as_str());
+        assert_eq!(row.closed_ms, 6);
+    }
+}
