@@ -120,15 +120,19 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let initial = if redis.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
     let health = Arc::new(Health { hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(initial)).collect(), ..Health::default() });
-    match (&config.postgres.url, &config.kafka.brokers) {
+    let cold = match (&config.postgres.url, &config.kafka.brokers) {
         (Some(url), Some(brokers)) => {
             health.cold.store(crate::cold::writer::DOWN, Ordering::Release);
             crate::cold::writer::start(brokers.clone(), config.kafka.topic_prefix.clone(), url.clone(), health.clone())?;
             tracing::info!("cold storage: PostgreSQL, written from the event log");
+            Some(crate::cold::reader::ColdReader::start(url.clone())?)
         }
-        (Some(_), None) => tracing::warn!("cold storage follows the Kafka event log: EXCHANGE_POSTGRES_URL is ignored without EXCHANGE_KAFKA_BROKERS"),
-        _ => {}
-    }
+        (Some(_), None) => {
+            tracing::warn!("cold storage follows the Kafka event log: EXCHANGE_POSTGRES_URL is ignored without EXCHANGE_KAFKA_BROKERS");
+            None
+        }
+        _ => None,
+    };
     {
         let health = health.clone();
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
@@ -144,12 +148,14 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     for (id, core) in cores.iter().copied().enumerate() {
         let (map, config, metrics, health, mesh) = (map.clone(), config.clone(), metrics.clone(), health.clone(), mesh.clone());
         let redis = redis.clone();
+        let cold = cold.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
-                let result = shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, mode }, mesh).await;
+                let result =
+                    shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, mode }, mesh).await;
                 if let Err(e) = &result {
                     tracing::error!(shard = id, error = format!("{e:#}"), "shard failed");
                     health.stopping.store(true, Ordering::Release);
@@ -179,6 +185,7 @@ struct Startup {
     metrics: Metrics,
     health: Arc<Health>,
     redis: Option<exchange_io::redis::RedisBridge>,
+    cold: Option<crate::cold::reader::ColdReader>,
     mode: Mode,
 }
 
@@ -191,7 +198,7 @@ pub enum Mode {
 }
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
-    let Startup { id, shards, map, config, metrics, health, redis, mode } = start;
+    let Startup { id, shards, map, config, metrics, health, redis, cold, mode } = start;
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
     let now_micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let shard = Rc::new(Shard {
@@ -209,6 +216,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         wire_seq: Cell::new(0),
         account_in_doubt: RefCell::default(),
         redis: redis.map(|bridge| crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix))),
+        cold: cold.clone(),
         kafka: match &config.kafka.brokers {
             Some(brokers) => Some(crate::shard::logs::KafkaBackend {
                 brokers: brokers.clone(),

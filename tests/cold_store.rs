@@ -178,6 +178,24 @@ fn the_writer_stores_every_acknowledged_order_and_trade_exactly_once() {
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "statuses in PostgreSQL differ from the API");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The history endpoint answers from these rows: newest first, as the API shows orders.
+    let (status_code, history) = s.get(&alice, "/v1/orders/history?limit=1000");
+    assert_eq!(status_code, 200, "{history}");
+    let history = history.as_array().unwrap().clone();
+    assert_eq!(history.len(), 10, "alice placed 10 orders");
+    assert!(history.windows(2).all(|w| w[0]["createdAt"].as_i64() >= w[1]["createdAt"].as_i64()), "newest first");
+    for h in &history {
+        let (_, now) = s.get(&alice, &format!("/v1/orders/{}", h["orderId"].as_str().unwrap()));
+        for field in ["orderId", "symbol", "side", "type", "price", "quantity", "filledQuantity", "avgFillPrice", "status", "createdAt"] {
+            assert_eq!(h[field], now[field], "{field}: history {h} vs API {now}");
+        }
+    }
+    assert_eq!(s.get(&alice, "/v1/orders/history?limit=3").1.as_array().unwrap().len(), 3);
+    assert_eq!(s.get(&alice, "/v1/orders/history?symbol=ETH-PERP").1, serde_json::json!([]));
+    let oldest = history.last().unwrap()["createdAt"].as_i64().unwrap();
+    let before = s.get(&alice, &format!("/v1/orders/history?before={oldest}")).1;
+    assert_eq!(before, serde_json::json!([]), "nothing before the first order");
+    assert_eq!(s.get(&alice, "/v1/orders/history?before=soon").0, 400);
     let filled = count(&db, "SELECT count(*) FROM orders WHERE status = 'FILLED'");
     assert!(filled > 0, "some orders filled");
     // A crash of the exchange (and of its writer) mid-stream, then more trading: still

@@ -78,8 +78,12 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             Routed::Symbol(symbol, ApiRequest::PlaceOrder { key, symbol, order })
         }
         ("GET", ["v1", "orders", "history"]) => {
-            private()?;
-            return Err(ApiError::Unavailable("order history needs cold storage (PostgreSQL), which is not configured".into()));
+            let (key, p) = private()?;
+            let before = match query.get("before") {
+                None => None,
+                Some(v) => Some(v.parse::<i64>().ok().filter(|ms| *ms > 0).ok_or_else(|| invalid("before must be a time in ms"))?),
+            };
+            Routed::Partition(p, ApiRequest::History { key, symbol: query.symbol(map)?, limit: query.limit(100, 1_000)?, before })
         }
         ("GET", ["v1", "orders"]) => {
             let (key, p) = private()?;

@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 
+pub mod reader;
 pub mod records;
 pub mod writer;
 

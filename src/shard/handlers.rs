@@ -238,6 +238,20 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
             let user = authenticate(shard, &key)?;
             balance(shard, user).await
         }
+        ApiRequest::History { key, symbol, limit, before } => {
+            let user = shard.accounts.borrow().authenticate(&key).ok_or(ApiError::Unauthorized)?;
+            let reader = shard.cold.as_ref().ok_or_else(|| {
+                ApiError::Unavailable("order history needs cold storage (PostgreSQL and Kafka), which is not configured".into())
+            })?;
+            let query = crate::cold::reader::HistoryQuery {
+                user_id: format!("{:016x}", user.0),
+                symbol: symbol.map(|s| shard.map.symbols[s].name.clone()),
+                limit,
+                before,
+            };
+            let orders = reader.history(query).await.map_err(|e| ApiError::Unavailable(format!("cold storage unavailable: {e}")))?;
+            Ok(render::ok(&orders))
+        }
         ApiRequest::Positions { key } => {
             let user = authenticate(shard, &key)?;
             let positions: Vec<(usize, crate::engine::PositionState)> = if shard.redis.is_some() {

@@ -30,6 +30,8 @@ pub enum ApiRequest {
     GetOrder { key: String, target: OrderRef },
     OpenOrders { key: String, symbol: Option<usize> },
     Fills { key: String, symbol: Option<usize>, limit: usize },
+    /// From cold storage; `before`: only orders created before this time (ms).
+    History { key: String, symbol: Option<usize>, limit: usize, before: Option<i64> },
     Balance { key: String },
     Positions { key: String },
     CreateUser { name: String },
