@@ -28,6 +28,10 @@ pub struct Metrics {
     requests: Family<ShardLabel, Counter>,
     hot_state: Family<ShardLabel, Gauge>,
     rebuilds: Family<ShardLabel, Counter>,
+    /// How far cold storage trails the event log, in ms (0 when caught up).
+    pub cold_lag_ms: Gauge,
+    /// Records of the event log stored in cold storage.
+    pub cold_records: Counter,
 }
 
 /// One shard's handles.
@@ -68,7 +72,15 @@ impl Metrics {
             hot_state.clone(),
         );
         registry.register("exchange_hot_state_rebuilds", "Complete rewrites of the shard's hot state into Redis", rebuilds.clone());
-        Self { registry: Arc::new(registry), orders, ack, fsync, queue, requests, hot_state, rebuilds }
+        let cold_lag_ms = Gauge::default();
+        let cold_records = Counter::default();
+        registry.register(
+            "exchange_cold_store_lag_milliseconds",
+            "Age of the newest record in the last batch stored in PostgreSQL when it committed; 0 when caught up",
+            cold_lag_ms.clone(),
+        );
+        registry.register("exchange_cold_store_records", "Event log records stored in PostgreSQL", cold_records.clone());
+        Self { registry: Arc::new(registry), orders, ack, fsync, queue, requests, hot_state, rebuilds, cold_lag_ms, cold_records }
     }
 
     pub fn shard(&self, shard: usize) -> ShardMetrics {

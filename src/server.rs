@@ -123,7 +123,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let cold = match (&config.postgres.url, &config.kafka.brokers) {
         (Some(url), Some(brokers)) => {
             health.cold.store(crate::cold::writer::DOWN, Ordering::Release);
-            crate::cold::writer::start(brokers.clone(), config.kafka.topic_prefix.clone(), url.clone(), health.clone())?;
+            crate::cold::writer::start(brokers.clone(), config.kafka.topic_prefix.clone(), url.clone(), health.clone(), metrics.clone())?;
             tracing::info!("cold storage: PostgreSQL, written from the event log");
             Some(crate::cold::reader::ColdReader::start(url.clone())?)
         }
@@ -478,6 +478,7 @@ fn health(shard: &Shard) -> HttpReply {
     let cold = match shard.health.cold.load(Ordering::Acquire) {
         crate::cold::writer::OK => "ok",
         crate::cold::writer::DOWN => "down",
+        crate::cold::writer::LAGGING => "lagging",
         _ => "disabled",
     };
     render::ok(&serde_json::json!({

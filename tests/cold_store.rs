@@ -206,3 +206,37 @@ fn the_writer_stores_every_acknowledged_order_and_trade_exactly_once() {
     wait_for_rows(&db, acked, trades(&s));
     assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM orders"), acked);
 }
+
+#[test]
+fn postgres_down_for_30_s_fails_no_order_and_the_tables_catch_up() {
+    let db = Database::create();
+    let proxy = common::Proxy::start("127.0.0.1:5432");
+    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &url)]);
+    let alice = s.funded("alice", "1000000");
+    let bob = s.funded("bob", "1000000");
+    let cold = |s: &common::Server| s.request("GET", "/health", &[], None).1["components"]["coldStore"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    while cold(&s) != "ok" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "cold storage never came up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    proxy.cut();
+    // Trading goes on for 30 s with PostgreSQL unreachable: every order is acknowledged.
+    let mut acked = 0;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        s.limit(&alice, "BUY", "50000", "0.001");
+        s.limit(&bob, "SELL", "50000", "0.001");
+        acked += 2;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(cold(&s), "down");
+    assert_eq!(count(&db, "SELECT count(*) FROM orders"), 0, "nothing reached PostgreSQL through the cut");
+    proxy.restore();
+    let trades = s.get(&alice, "/v1/fills?limit=10000").1.as_array().unwrap().len() as i64;
+    assert_eq!(trades * 2, acked, "every pair traded");
+    wait_for_rows(&db, acked, trades);
+    let (_, metrics) = s.request("GET", "/metrics", &[], None);
+    assert!(metrics.as_str().unwrap().contains("exchange_cold_store_records_total"), "{metrics}");
+}

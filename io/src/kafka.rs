@@ -276,6 +276,8 @@ pub struct Located {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// When the producer wrote it (ms since the epoch), if the broker says.
+    pub timestamp_ms: Option<i64>,
     pub payload: Vec<u8>,
 }
 
@@ -334,6 +336,7 @@ impl Tail {
                     topic: m.topic().to_owned(),
                     partition: m.partition(),
                     offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 }),
                 Some(Err(e)) => return Err(e.to_string()),

@@ -20,7 +20,10 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
+use anyhow::Context;
+
 use super::records::{self, Row};
+use crate::metrics::Metrics;
 use crate::engine::CancelReason;
 use crate::server::Health;
 use crate::shard::logs::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
@@ -29,6 +32,13 @@ use crate::shard::logs::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
 pub const DISABLED: u8 = 0;
 pub const DOWN: u8 = 1;
 pub const OK: u8 = 2;
+/// Storing, but more than [`LAGGING_MS`] behind the log.
+pub const LAGGING: u8 = 3;
+pub const LAGGING_MS: i64 = 5_000;
+
+/// A batch that has not committed by then counts as failed (connection dropped and
+/// retried): a PostgreSQL that hangs is as down as one that refuses.
+const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const BATCH: usize = 1_000;
 const BATCH_WAIT: Duration = Duration::from_secs(1);
@@ -37,12 +47,14 @@ const BATCH_WAIT: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 /// No thread.
-pub fn start(brokers: String, topic_prefix: String, url: String, health: Arc<Health>) -> anyhow::Result<()> {
-    std::thread::Builder::new().name("cold-writer".into()).spawn(move || run(&brokers, &topic_prefix, &url, &health))?;
+pub fn start(brokers: String, topic_prefix: String, url: String, health: Arc<Health>, metrics: Metrics) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("cold-writer".into())
+        .spawn(move || run(&brokers, &topic_prefix, &url, &health, &metrics))?;
     Ok(())
 }
 
-fn run(brokers: &str, prefix: &str, url: &str, health: &Health) {
+fn run(brokers: &str, prefix: &str, url: &str, health: &Health, metrics: &Metrics) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         tracing::error!("no tokio runtime for the cold-storage writer");
         return;
@@ -53,7 +65,7 @@ fn run(brokers: &str, prefix: &str, url: &str, health: &Health) {
         if health.stopping.load(Ordering::Acquire) {
             return;
         }
-        match rt.block_on(follow(brokers, &topics, prefix, url, health)) {
+        match rt.block_on(follow(brokers, &topics, prefix, url, health, metrics)) {
             Ok(()) => return,
             Err(e) => {
                 health.cold.store(DOWN, Ordering::Release);
@@ -68,7 +80,7 @@ fn run(brokers: &str, prefix: &str, url: &str, health: &Health) {
 }
 
 /// Connects, then stores batch after batch until stopped or an error.
-async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, health: &Health) -> anyhow::Result<()> {
+async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, health: &Health, metrics: &Metrics) -> anyhow::Result<()> {
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     super::migrate_client(&mut client).await?;
@@ -88,10 +100,19 @@ async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, healt
     while !health.stopping.load(Ordering::Acquire) {
         let batch = tail.next_batch(BATCH, BATCH_WAIT).map_err(anyhow::Error::msg)?;
         if batch.is_empty() {
+            metrics.cold_lag_ms.set(0);
+            health.cold.store(OK, Ordering::Release);
             continue;
         }
-        // Until it commits: the records are read and must not be skipped.
-        store(&mut client, prefix, &batch).await?;
+        // A batch that does not commit ends this connection: the next one starts again
+        // from the offsets committed with the rows, so the batch is read again.
+        tokio::time::timeout(STORE_TIMEOUT, store(&mut client, prefix, &batch)).await.context("PostgreSQL did not answer")??;
+        metrics.cold_records.inc_by(batch.len() as u64);
+        let newest = batch.iter().filter_map(|r| r.timestamp_ms).max().unwrap_or(0);
+        let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(0);
+        let lag = if newest > 0 { (now - newest).max(0) } else { 0 };
+        metrics.cold_lag_ms.set(lag);
+        health.cold.store(if lag > LAGGING_MS { LAGGING } else { OK }, Ordering::Release);
     }
     Ok(())
 }

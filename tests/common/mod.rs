@@ -355,3 +355,68 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A TCP proxy to a service, which a test can cut (every connection closed, new ones
+/// refused) and restore: the service is down for whoever goes through it, and nobody
+/// else.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicUsize::new(0));
+        let (target, flag, epoch) = (target.to_owned(), cut.clone(), generation.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if flag.load(Ordering::Acquire) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let born = epoch.load(Ordering::Acquire);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let epoch = epoch.clone();
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            if epoch.load(Ordering::Acquire) != born {
+                                break;
+                            }
+                            match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if std::io::Write::write_all(&mut to, &buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, cut, generation }
+    }
+
+    /// Closes every connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::Release);
+    }
+}
