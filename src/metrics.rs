@@ -32,6 +32,9 @@ pub struct Metrics {
     pub cold_lag_ms: Gauge,
     /// Records of the event log stored in cold storage.
     pub cold_records: Counter,
+    pub consistency_checks: Counter,
+    /// Users whose hot state differed from the log and was rewritten.
+    pub consistency_repairs: Counter,
 }
 
 /// One shard's handles.
@@ -80,7 +83,28 @@ impl Metrics {
             cold_lag_ms.clone(),
         );
         registry.register("exchange_cold_store_records", "Event log records stored in PostgreSQL", cold_records.clone());
-        Self { registry: Arc::new(registry), orders, ack, fsync, queue, requests, hot_state, rebuilds, cold_lag_ms, cold_records }
+        let consistency_checks = Counter::default();
+        let consistency_repairs = Counter::default();
+        registry.register("exchange_consistency_checks", "Consistency checks run (per shard)", consistency_checks.clone());
+        registry.register(
+            "exchange_consistency_repairs",
+            "Users whose hot state differed from the log and was rewritten",
+            consistency_repairs.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            orders,
+            ack,
+            fsync,
+            queue,
+            requests,
+            hot_state,
+            rebuilds,
+            cold_lag_ms,
+            cold_records,
+            consistency_checks,
+            consistency_repairs,
+        }
     }
 
     pub fn shard(&self, shard: usize) -> ShardMetrics {

@@ -109,8 +109,11 @@ impl Keys {
 
 /// The risk step in one round trip: rate limit, available check, margin lock.
 ///
-/// KEYS: balance, rate, lock. ARGV: rate limit (0: off), amount, minus the amount (Redis
-/// parses neither `--5` nor `-0`, so Rust writes both signs).
+/// KEYS: balance, rate, lock, open-order set. ARGV: rate limit (0: off), amount, minus
+/// the amount (Redis parses neither `--5` nor `-0`, so Rust writes both signs), order id.
+/// The order joins the open set at once, so a lock whose order never reaches the log (a
+/// crash in between) is still found: by a rebuild, which forgets what that set names,
+/// and by the consistency check.
 /// Returns 0 (locked), 1 (rate limited), 2 (insufficient margin), 3 (already reserved),
 /// 4 (no balance: the hot state of this user is missing). A refusal changes nothing.
 pub const RESERVE: &str = r"
@@ -132,6 +135,7 @@ if redis.call('HINCRBY', KEYS[1], 'available', ARGV[3]) < 0 then
 end
 redis.call('HINCRBY', KEYS[1], 'locked', ARGV[2])
 redis.call('SET', KEYS[3], ARGV[2])
+if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[4]) end
 return 0
 ";
 

@@ -437,6 +437,7 @@ async fn answer(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> HttpReply {
             return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None };
         }
         Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
+        Routed::Check => return check(shard).await,
         Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), req),
         Routed::Partition(partition, req) => (shard.partition_owner(partition), req),
     };
@@ -464,6 +465,23 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ()> {
         }
     }
     if seen > limit { Err(()) } else { Ok(out) }
+}
+
+/// `POST /admin/v1/check`: one consistency check on every shard, reported together.
+async fn check(shard: &Rc<Shard>) -> HttpReply {
+    let mut users = 0;
+    let mut repaired = Vec::new();
+    for to in 0..shard.shards {
+        match shard.ask(to, Request::Check).await {
+            Some(Reply::Checked(Ok(r))) => {
+                users += r.users;
+                repaired.extend(r.repaired);
+            }
+            Some(Reply::Checked(Err(e))) => return ApiError::Unavailable(format!("shard {to}: {e}")).reply(),
+            _ => return ApiError::Unavailable(format!("shard {to} did not answer")).reply(),
+        }
+    }
+    render::ok(&serde_json::json!({ "clean": repaired.is_empty(), "users": users, "repaired": repaired }))
 }
 
 fn health(shard: &Shard) -> HttpReply {

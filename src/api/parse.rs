@@ -29,6 +29,8 @@ pub enum Routed {
     Symbols,
     Health,
     Metrics,
+    /// A consistency check on every shard.
+    Check,
 }
 
 pub struct Input<'a> {
@@ -114,6 +116,10 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
         ("GET", ["v1", "positions"]) => {
             let (key, p) = private()?;
             Routed::Partition(p, ApiRequest::Positions { key })
+        }
+        ("POST", ["admin", "v1", "check"]) => {
+            admin(input.admin_key, limits.admin_key)?;
+            Routed::Check
         }
         ("POST", ["admin", "v1", "users"]) => {
             admin(input.admin_key, limits.admin_key)?;

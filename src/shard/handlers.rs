@@ -39,6 +39,7 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
             Request::CancelAll { symbol, user } => {
                 Reply::Cancelled(cancel(&shard, symbol, Command::CancelAll { user, timestamp: now_ms() }).await)
             }
+            Request::Check => Reply::Checked(hot::check(&shard).await),
             Request::LastPrices => {
                 let streams = shard.streams.borrow();
                 Reply::LastPrices(streams.iter().map(|(i, s)| (*i, s.market.borrow().last_price())).collect())

@@ -138,8 +138,18 @@ impl Shard {
 pub async fn reserve(shard: &Shard, order: &NewOrder) -> Reserved {
     let Some(hot) = &shard.redis else { return Reserved::Locked };
     let user = order.user;
-    let keys = vec![hot.keys.balance(user), hot.keys.rate(user, order.timestamp.div_euclid(1000)), hot.keys.lock(user, order.id)];
-    let args = vec![shard.config.rate_limit.to_string(), order.locked_margin.to_string(), (-order.locked_margin).to_string()];
+    let keys = vec![
+        hot.keys.balance(user),
+        hot.keys.rate(user, order.timestamp.div_euclid(1000)),
+        hot.keys.lock(user, order.id),
+        hot.keys.active(user),
+    ];
+    let args = vec![
+        shard.config.rate_limit.to_string(),
+        order.locked_margin.to_string(),
+        (-order.locked_margin).to_string(),
+        order.id.0.to_string(),
+    ];
     match hot.bridge.call::<i64>(Op::Script { script: &RESERVE_SCRIPT, keys, args }).await {
         Ok(0) => Reserved::Locked,
         Ok(1) => Reserved::RateLimited,
@@ -168,6 +178,7 @@ pub fn release(shard: &Shard, order: &NewOrder) {
         w.op("HINCRBY", hot.keys.balance(order.user), ["available".to_owned(), order.locked_margin.to_string()]);
     }
     w.op("DEL", hot.keys.lock(order.user, order.id), [""; 0]);
+    w.op("SREM", hot.keys.active(order.user), [order.id.0]);
     shard.submit_writes(hot, w);
 }
 
@@ -459,9 +470,12 @@ async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
     whole && shard.health.hot[shard.id].compare_exchange(STALE, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
 
-/// Checks the partition markers; rebuilds when the state is stale.
+/// Checks the partition markers; rebuilds when the state is stale; runs the consistency
+/// check every `EXCHANGE_CHECK_INTERVAL_SECS` (0: never).
 pub async fn watch(shard: Rc<Shard>) {
     let Some(hot) = &shard.redis else { return };
+    let interval = Duration::from_secs(shard.config.check_interval_secs);
+    let mut last_check = Instant::now();
     if resume_clean(&shard, hot).await {
         tracing::info!(shard = shard.id, "hot state in Redis is as the last clean stop left it: no rebuild");
     }
@@ -488,6 +502,13 @@ pub async fn watch(shard: Rc<Shard>) {
                         Ok(true) => {}
                         Ok(false) => shard.hot_lost("a partition marker is gone (Redis emptied or restarted)"),
                         Err(e) => shard.hot_lost(&e),
+                    }
+                }
+                if !interval.is_zero() && last_check.elapsed() >= interval {
+                    last_check = Instant::now();
+                    match check(&shard).await {
+                        Ok(r) => tracing::info!(shard = shard.id, users = r.users, repaired = r.repaired.len(), "consistency check"),
+                        Err(e) => tracing::warn!(shard = shard.id, error = e, "consistency check failed"),
                     }
                 }
             }
@@ -584,21 +605,121 @@ pub async fn positions(shard: &Shard, user: UserId) -> Result<Vec<(usize, Positi
             shard.hot_lost(&e);
             ApiError::Unavailable("hot state (Redis) unavailable; retry".into())
         })?;
-        if fields.is_empty() {
-            continue;
-        }
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<i128>().ok()).unwrap_or(0);
-        let p = PositionState {
-            size: get("size"),
-            cost: get("cost"),
-            margin: get("margin"),
-            realized_pnl: get("realizedPnl"),
-            fees: get("fees"),
-            leverage: u32::try_from(get("leverage")).unwrap_or(0),
-        };
-        if p.size != 0 {
+        if let Some(p) = parse_position(&fields).filter(|p| p.size != 0) {
             out.push((symbol, p));
         }
     }
     Ok(out)
+}
+
+/// A position hash as Redis returns it (`None`: no hash).
+fn parse_position(fields: &[(String, String)]) -> Option<PositionState> {
+    if fields.is_empty() {
+        return None;
+    }
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<i128>().ok()).unwrap_or(0);
+    Some(PositionState {
+        size: get("size"),
+        cost: get("cost"),
+        margin: get("margin"),
+        realized_pnl: get("realizedPnl"),
+        fees: get("fees"),
+        leverage: u32::try_from(get("leverage")).unwrap_or(0),
+    })
+}
+
+/// What one consistency check found and repaired.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub users: usize,
+    pub repaired: Vec<Repair>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Repair {
+    /// Account id (the 16 hex digits of the user's API key).
+    pub user: String,
+    pub found: Vec<String>,
+}
+
+type Balance = (Option<i64>, Option<i64>, Option<i64>);
+
+/// One consistency check of the users owned here: Redis against the ledger (the logs'
+/// truth). Each user's Redis reads are issued in the same step as the ledger is read, so
+/// they see exactly the writes issued before: a user in the middle of trading is not a
+/// false alarm. A user that differs is logged, counted and rewritten from the ledger;
+/// that also removes margin locks of orders the log never got (a crash between the
+/// risk step and the log), which stay in the user's open-order set.
+///
+/// # Errors
+/// No Redis, the hot state not ready, or Redis failing.
+pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
+    let Some(hot) = &shard.redis else { return Err("no Redis: the hot state is the ledger itself".into()) };
+    if shard.hot_state(shard.id) != READY {
+        return Err("the hot state is not ready".into());
+    }
+    let partitions: Vec<u32> = (0..PARTITIONS).filter(|p| shard.owns_partition(*p)).collect();
+    let users = shard.accounts.borrow().users_in(&partitions);
+    let mut report = CheckReport { users: users.len(), repaired: Vec::new() };
+    for chunk in users.chunks(256) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        {
+            let accounts = shard.accounts.borrow();
+            for &user in chunk {
+                let Some(a) = accounts.user(user) else { continue };
+                let mut open: Vec<u64> = a.orders.values().filter(|v| !v.logged || v.status.is_open()).map(|v| v.id.0).collect();
+                open.sort_unstable();
+                let ledger_positions: Vec<Option<PositionState>> =
+                    (0..shard.map.symbols.len()).map(|s| a.positions.get(&s).copied()).collect();
+                let cmd = redis::cmd("HMGET").arg(hot.keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
+                let balance = hot.bridge.call::<Balance>(Op::Cmd(cmd));
+                let active = hot.bridge.call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
+                let positions: Vec<_> = shard
+                    .map
+                    .symbols
+                    .iter()
+                    .map(|s| hot.bridge.call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
+                    .collect();
+                let expected = ((a.total, a.available(), a.locked), open, ledger_positions);
+                pending.push((user, expected, balance, active, positions));
+            }
+        }
+        for (user, (ledger_balance, ledger_open, ledger_positions), balance, active, positions) in pending {
+            let mut found = Vec::new();
+            let (t, a, l) = balance.await?;
+            let redis_balance = (t.map(i128::from), a.map(i128::from), l.map(i128::from));
+            let (lt, la, ll) = ledger_balance;
+            if redis_balance != (Some(lt), Some(la), Some(ll)) {
+                found.push(format!("balance (total, available, locked): Redis {redis_balance:?}, log {:?}", (lt, la, ll)));
+            }
+            let mut open = active.await?;
+            open.sort_unstable();
+            if open != ledger_open {
+                let leaked: Vec<u64> = open.iter().filter(|id| !ledger_open.contains(id)).copied().collect();
+                found.push(format!("open orders: Redis {open:?}, log {ledger_open:?} (unknown to the log: {leaked:?})"));
+            }
+            for ((symbol, call), ledger) in positions.into_iter().enumerate().zip(ledger_positions) {
+                let redis = parse_position(&call.await?);
+                if redis != ledger {
+                    found.push(format!("position {}: Redis {redis:?}, log {ledger:?}", shard.map.symbols[symbol].name));
+                }
+            }
+            if found.is_empty() {
+                continue;
+            }
+            let account = format!("{:016x}", user.0);
+            tracing::warn!(shard = shard.id, user = account, found = ?found, "hot state differs from the log: repaired");
+            {
+                let accounts = shard.accounts.borrow();
+                if let Some(a) = accounts.user(user) {
+                    let writes = rebuild_user(shard, &hot.keys, user, a, &accounts.applied_offsets());
+                    shard.submit_writes(hot, writes);
+                }
+            }
+            shard.all_metrics.consistency_repairs.inc();
+            report.repaired.push(Repair { user: account, found });
+        }
+    }
+    shard.all_metrics.consistency_checks.inc();
+    Ok(report)
 }

@@ -57,6 +57,8 @@ pub enum Request {
     CancelAll { symbol: usize, user: UserId },
     /// Last trade prices of the symbols the receiver owns.
     LastPrices,
+    /// One consistency check of the receiver's users.
+    Check,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,7 @@ pub enum Reply {
     /// Ids cancelled, or `None` if the order was not open; `Err` if the log is down.
     Cancelled(Result<Option<Vec<OrderId>>, ()>),
     LastPrices(Vec<(usize, Option<i64>)>),
+    Checked(Result<super::hot::CheckReport, String>),
 }
 
 #[derive(Debug)]
