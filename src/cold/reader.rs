@@ -78,8 +78,9 @@ async fn history(url: &str, client: &mut Option<tokio_postgres::Client>, q: &His
         .query(
             "SELECT o.id, o.client_order_id, o.symbol, o.side, o.type, o.time_in_force, o.price::text, o.quantity::text,
                     o.filled_quantity::text,
-                    (SELECT (sum(t.price * t.quantity) / nullif(sum(t.quantity), 0))::text FROM trades t
-                      WHERE t.buyer_order_id = o.id OR t.seller_order_id = o.id),
+                    (SELECT (sum(f.price * f.quantity) / nullif(sum(f.quantity), 0))::text FROM (
+                        SELECT price, quantity FROM trades WHERE buyer_order_id = o.id
+                        UNION ALL SELECT price, quantity FROM trades WHERE seller_order_id = o.id) f),
                     o.status, o.reason,
                     (extract(epoch FROM o.created_at) * 1000)::int8, (extract(epoch FROM o.updated_at) * 1000)::int8
              FROM orders o

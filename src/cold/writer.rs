@@ -83,14 +83,7 @@ fn run(brokers: &str, prefix: &str, url: &str, health: &Health, metrics: &Metric
 async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, health: &Health, metrics: &Metrics) -> anyhow::Result<()> {
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    super::migrate_client(&mut client).await?;
-    client
-        .batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS stage_orders (LIKE orders INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-             CREATE TEMP TABLE IF NOT EXISTS stage_trades (LIKE trades) ON COMMIT DELETE ROWS;
-             CREATE TEMP TABLE IF NOT EXISTS stage_closures (LIKE order_closures) ON COMMIT DELETE ROWS;",
-        )
-        .await?;
+    prepare(&mut client).await?;
     let rows = client.query("SELECT topic, kafka_partition, next_offset FROM writer_offsets", &[]).await?;
     let stored: Vec<(String, i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     let from = |topic: &str, partition: i32| stored.iter().find(|(t, p, _)| t == topic && *p == partition).map(|(_, _, o)| *o);
@@ -117,12 +110,28 @@ async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, healt
     Ok(())
 }
 
+/// Applies the schema and creates this connection's staging tables.
+///
+/// # Errors
+/// PostgreSQL failing.
+pub async fn prepare(client: &mut Client) -> anyhow::Result<()> {
+    super::migrate_client(client).await?;
+    client
+        .batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS stage_orders (LIKE orders INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+             CREATE TEMP TABLE IF NOT EXISTS stage_trades (LIKE trades) ON COMMIT DELETE ROWS;
+             CREATE TEMP TABLE IF NOT EXISTS stage_closures (LIKE order_closures) ON COMMIT DELETE ROWS;",
+        )
+        .await?;
+    Ok(())
+}
+
 fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// One batch, one transaction.
-async fn store(client: &mut Client, prefix: &str, batch: &[Located]) -> anyhow::Result<()> {
+/// One batch, one transaction (the staging tables of [`prepare`] must exist).
+pub async fn store(client: &mut Client, prefix: &str, batch: &[Located]) -> anyhow::Result<()> {
     let commands = format!("{prefix}{COMMANDS_TOPIC}");
     let mut orders = Vec::new();
     let mut trades = Vec::new();
@@ -214,15 +223,19 @@ async fn store(client: &mut Client, prefix: &str, batch: &[Located]) -> anyhow::
         tx.execute("DELETE FROM orders WHERE kafka_partition = $1 AND kafka_offset = $2", &[partition, offset]).await?;
     }
     tx.execute(
-        "WITH affected AS (
+        // Set-based and MATERIALIZED: computed once, then joined by id (inlined, the
+        // planner evaluated per-order subqueries once per pair of a nested loop).
+        "WITH affected AS MATERIALIZED (
              SELECT id FROM stage_orders UNION SELECT order_id FROM stage_closures
              UNION SELECT buyer_order_id FROM stage_trades UNION SELECT seller_order_id FROM stage_trades),
-         fills AS (
-             SELECT a.id,
-                    COALESCE((SELECT sum(quantity) FROM trades t WHERE t.buyer_order_id = a.id), 0)
-                  + COALESCE((SELECT sum(quantity) FROM trades t WHERE t.seller_order_id = a.id), 0) AS filled,
-                    (SELECT max(executed_at) FROM trades t WHERE t.buyer_order_id = a.id OR t.seller_order_id = a.id) AS last_fill
-             FROM affected a)
+         fills AS MATERIALIZED (
+             SELECT a.id, COALESCE(sum(t.quantity), 0) AS filled, max(t.executed_at) AS last_fill
+             FROM affected a LEFT JOIN (
+                 SELECT buyer_order_id AS id, quantity, executed_at FROM trades WHERE buyer_order_id IN (SELECT id FROM affected)
+                 UNION ALL
+                 SELECT seller_order_id, quantity, executed_at FROM trades WHERE seller_order_id IN (SELECT id FROM affected)
+             ) t ON t.id = a.id
+             GROUP BY a.id)
          UPDATE orders o SET
              filled_quantity = f.filled,
              reason = c.reason,
