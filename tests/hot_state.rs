@@ -187,7 +187,11 @@ fn deleting_its_keys_on_the_suites_redis_is_repaired() {
     let url = s.env().iter().find(|(k, _)| k == "EXCHANGE_REDIS_URL").map(|(_, v)| v.clone()).unwrap();
     let prefix = s.env().iter().find(|(k, _)| k == "EXCHANGE_REDIS_PREFIX").map(|(_, v)| v.clone()).unwrap();
     let rebuilt = rebuilds(&s);
+    // Deleting key by key is not atomic: held still meanwhile, the exchange cannot start
+    // rebuilding halfway and have the rest of the deletion undo part of its work.
+    s.signal(libc::SIGSTOP);
     let deleted = delete_prefixed(&url, &prefix);
+    s.signal(libc::SIGCONT);
     assert!(deleted > 10, "only {deleted} keys deleted");
     wait_rebuilt(&s, rebuilt);
     assert_eq!(state(&s, &keys), before);
