@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use exchange_io::redis::{Op, RedisBridge};
 
 use super::Shard;
-use crate::accounts::{Account, Fill, OrderView, PARTITIONS};
+use crate::accounts::{Account, Fill, OrderView};
 use crate::api::error::ApiError;
 use crate::engine::{CancelReason, Event, NewOrder, PositionState, UserId};
 use crate::redis_state::{Keys, Writes, RESERVE, RESERVE_SCRIPT, WRITE};
@@ -375,7 +375,7 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
     prepare(hot).await?;
     shard.health.hot[shard.id].store(REBUILDING, Ordering::Release);
     hot.rebuild_failed.store(false, Ordering::Release);
-    let partitions: Vec<u32> = (0..PARTITIONS).filter(|p| shard.owns_partition(*p)).collect();
+    let partitions: Vec<u32> = shard.owned_partitions().collect();
     let users = shard.accounts.borrow().users_in(&partitions);
     let pending = Arc::new(AtomicUsize::new(0));
     for chunk in users.chunks(256) {
@@ -428,7 +428,7 @@ fn fingerprint(shard: &Shard) -> String {
     let accounts = shard.accounts.borrow();
     let mut applied = accounts.applied_offsets();
     applied.sort_unstable();
-    let partitions: Vec<u32> = (0..PARTITIONS).filter(|p| shard.owns_partition(*p)).collect();
+    let partitions: Vec<u32> = shard.owned_partitions().collect();
     let users = accounts.users_in(&partitions).len();
     let offsets: Vec<String> = applied.iter().map(|(s, o)| format!("{}={o}", shard.map.symbols[*s].name)).collect();
     format!("shards={} users={users} {}", shard.shards, offsets.join(","))
@@ -441,8 +441,8 @@ pub async fn mark_clean(shard: &Shard) {
         return;
     }
     let print = fingerprint(shard);
-    let sets: Vec<_> = (0..PARTITIONS)
-        .filter(|p| shard.owns_partition(*p))
+    let sets: Vec<_> = shard
+        .owned_partitions()
         .map(|p| hot.bridge.call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
         .collect();
     for s in sets {
@@ -461,7 +461,7 @@ async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
     }
     let print = fingerprint(shard);
     let mut whole = true;
-    for p in (0..PARTITIONS).filter(|p| shard.owns_partition(*p)) {
+    for p in shard.owned_partitions() {
         let clean = hot.bridge.call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
         let marker = hot.bridge.call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
         let same = matches!(clean.await, Ok(Some(c)) if c == print);
@@ -493,8 +493,8 @@ pub async fn watch(shard: Rc<Shard>) {
                 }
             },
             READY => {
-                let checks: Vec<_> = (0..PARTITIONS)
-                    .filter(|p| shard.owns_partition(*p))
+                let checks: Vec<_> = shard
+                    .owned_partitions()
                     .map(|p| hot.bridge.call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
                     .collect();
                 for c in checks {
@@ -591,8 +591,8 @@ pub async fn fills(shard: &Shard, user: UserId) -> Result<Vec<Fill>, ApiError> {
 
 /// Open positions, by symbol.
 pub async fn positions(shard: &Shard, user: UserId) -> Result<Vec<(usize, PositionState)>, ApiError> {
-    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
     let hot = shard.redis.as_ref().ok_or(ApiError::NotFound)?;
+    let keys = &hot.keys;
     let calls: Vec<_> = shard
         .map
         .symbols
@@ -658,7 +658,7 @@ pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
     if shard.hot_state(shard.id) != READY {
         return Err("the hot state is not ready".into());
     }
-    let partitions: Vec<u32> = (0..PARTITIONS).filter(|p| shard.owns_partition(*p)).collect();
+    let partitions: Vec<u32> = shard.owned_partitions().collect();
     let users = shard.accounts.borrow().users_in(&partitions);
     let mut report = CheckReport { users: users.len(), repaired: Vec::new() };
     for chunk in users.chunks(256) {

@@ -89,6 +89,11 @@ impl Shard {
         partition < PARTITIONS && self.partition_owner(partition) == self.id
     }
 
+    /// The account partitions this shard owns.
+    pub fn owned_partitions(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..PARTITIONS).filter(|p| self.owns_partition(*p))
+    }
+
 
     /// A command as its log stores it: compact postcard in the embedded journal, JSON on
     /// Kafka (where any tool may read it).

@@ -17,14 +17,14 @@ use super::stream::{self, SymbolStream};
 use super::logs::{self, Stream};
 use super::snapshots;
 use super::Shard;
-use crate::accounts::{AccountRecord, PARTITIONS};
+use crate::accounts::AccountRecord;
 use crate::engine::Market;
 use crate::wire::StreamRecord;
 
 pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut records = 0usize;
-    for partition in (0..PARTITIONS).filter(|p| shard.owns_partition(*p)) {
+    for partition in shard.owned_partitions() {
         let mut from = 0;
         let mut applied = None;
         if let Some(state) = snapshots::load_partition(shard, partition) {
