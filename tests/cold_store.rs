@@ -244,3 +244,216 @@ fn postgres_down_for_30_s_fails_no_order_and_the_tables_catch_up() {
     let (_, metrics) = s.request("GET", "/metrics", &[], None);
     assert!(metrics.as_str().unwrap().contains("exchange_cold_store_records_total"), "{metrics}");
 }
+
+/// Alice and bob each send `per_side` one-lot orders at one price from two threads each:
+/// every buy meets a sell, so `per_side` trades.
+fn trade_pairs(s: &common::Server, alice: &str, bob: &str, per_side: usize) {
+    std::thread::scope(|scope| {
+        for (key, side) in [(alice, "BUY"), (alice, "BUY"), (bob, "SELL"), (bob, "SELL")] {
+            scope.spawn(move || {
+                for _ in 0..per_side / 2 {
+                    s.limit(key, side, "50000", "0.001");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn the_writer_killed_while_catching_up_resumes_exactly() {
+    let db = Database::create();
+    let proxy = common::Proxy::start("127.0.0.1:5432");
+    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let mut s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &url)]);
+    let alice = s.funded("alice", "10000000");
+    let bob = s.funded("bob", "10000000");
+    let (mut orders, mut trades) = (0, 0);
+    let mut interrupted = 0;
+    // A backlog builds while PostgreSQL is cut off; the exchange (and its writer) is
+    // killed as soon as some of it, not all, is stored: between or inside batches.
+    for _ in 0..3 {
+        let before = orders;
+        proxy.cut();
+        trade_pairs(&s, &alice, &bob, 800);
+        orders += 1_600;
+        trades += 800;
+        proxy.restore();
+        let started = std::time::Instant::now();
+        let stored = loop {
+            let n = count(&db, "SELECT count(*) FROM orders");
+            if n > before {
+                break n;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "the writer never resumed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        s.kill9();
+        if stored < orders {
+            interrupted += 1;
+        }
+        s.restart();
+        wait_for_rows(&db, orders, trades);
+        assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM orders"), orders);
+        assert_eq!(count(&db, "SELECT count(*) FROM orders WHERE status <> 'FILLED'"), 0, "every order filled");
+        if interrupted > 0 {
+            break;
+        }
+    }
+    assert!(interrupted > 0, "the writer was never caught with part of the backlog stored");
+    let positions = s.get(&alice, "/v1/positions").1;
+    assert_eq!(common::dec(&positions[0]["size"]), rust_decimal::Decimal::new(trades, 3), "{positions}");
+}
+
+mod writer {
+    //! The writer's batches against a real PostgreSQL, records built as the exchange
+    //! writes them: out of order across topics, replayed, voided.
+    use exchange::cold::writer::ColdStore;
+    use exchange::engine::{
+        CancelReason, Cancelled, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, TimeInForce,
+        Trade, UserId,
+    };
+    use exchange::shard::logs::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
+    use exchange::wire::{self, StreamRecord};
+    use exchange_io::kafka::Located;
+    use rust_decimal::Decimal;
+
+    fn spec() -> exchange::engine::SymbolSpec {
+        let map = exchange::shard_map::ShardMap::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/shards/default.toml"
+        )));
+        map.unwrap().symbols[0].clone()
+    }
+
+    fn at(topic: &str, offset: i64, payload: Vec<u8>) -> Located {
+        Located { topic: topic.into(), partition: 0, offset, timestamp_ms: None, payload }
+    }
+
+    fn order(id: u64, side: Side, quantity: i64, tif: TimeInForce, offset: i64) -> Located {
+        let spec = spec();
+        let o = NewOrder {
+            id: OrderId(id),
+            user: UserId(id % 2),
+            side,
+            kind: OrderType::Limit { price: 500_000, tif },
+            quantity,
+            leverage: 10,
+            reduce_only: false,
+            client_order_id: None,
+            locked_margin: 1,
+            timestamp: 1_795_000_000_000 + offset,
+        };
+        at(COMMANDS_TOPIC, offset, wire::encode_command(&spec, &StreamRecord::Command(Command::Place(o)), id))
+    }
+
+    /// `buyer` buys `quantity` lots at `price` ticks from `seller`.
+    fn trade(seq: u64, buyer: u64, seller: u64, price: i64, quantity: i64, offset: i64) -> Located {
+        let update = |order: u64| FillUpdate {
+            user: UserId(order % 2),
+            order_id: OrderId(order),
+            pnl: 0,
+            fee: 1,
+            margin_released: 0,
+            position: PositionState::default(),
+        };
+        let t = Event::TradeExecuted(Trade {
+            seq,
+            price,
+            quantity,
+            taker_side: Side::Buy,
+            buyer: update(buyer),
+            seller: update(seller),
+            timestamp: 1_795_000_001_000 + offset,
+        });
+        at(TRADES_TOPIC, offset, wire::encode_event(&spec(), &t).1)
+    }
+
+    fn closed(seq: u64, id: u64, reason: CancelReason, offset: i64) -> Located {
+        let c = Event::OrderCancelled(Cancelled {
+            seq,
+            order_id: OrderId(id),
+            user: UserId(id % 2),
+            side: Side::Buy,
+            quantity: 1,
+            filled: 0,
+            released_margin: 0,
+            reason,
+            timestamp: 1_795_000_002_000 + offset,
+        });
+        at(CANCELLED_TOPIC, offset, wire::encode_event(&spec(), &c).1)
+    }
+
+    #[test]
+    fn results_before_their_orders_replays_and_voids_end_exactly() {
+        let db = super::Database::create();
+        super::runtime().block_on(async {
+            let mut cold = ColdStore::new(super::connect(&db.url).await).await.unwrap();
+            let (a, b, c, d, e, f, v) = (1, 2, 3, 4, 5, 6, 7);
+            // Results read before the orders they belong to.
+            let results = [trade(1, a, b, 500_000, 4, 0), trade(2, a, c, 500_010, 6, 1)];
+            let closings = [closed(3, d, CancelReason::Unfilled, 0)];
+            cold.store("", &[results[0].clone(), closings[0].clone(), results[1].clone()]).await.unwrap();
+            // Then the orders, a void of one of them, and a trade of orders just stored.
+            let tif = TimeInForce::Gtc;
+            cold.store(
+                "",
+                &[
+                    order(a, Side::Buy, 10, tif, 0),
+                    order(b, Side::Sell, 4, tif, 1),
+                    order(c, Side::Sell, 6, tif, 2),
+                    order(d, Side::Buy, 5, TimeInForce::Ioc, 3),
+                    order(e, Side::Buy, 1, TimeInForce::PostOnly, 4),
+                    order(f, Side::Sell, 8, tif, 5),
+                    order(v, Side::Buy, 1, tif, 6),
+                    at(COMMANDS_TOPIC, 7, wire::encode_command(&spec(), &StreamRecord::Void(6), 8)),
+                    trade(4, d, f, 500_000, 3, 2),
+                    closed(5, e, CancelReason::WouldTake, 1),
+                ],
+            )
+            .await
+            .unwrap();
+            // A replay republishes the same results at later offsets: nothing changes.
+            let replayed = [trade(1, a, b, 500_000, 4, 3), trade(2, a, c, 500_010, 6, 4), trade(4, d, f, 500_000, 3, 5)];
+            let mut again = replayed.to_vec();
+            again.push(closed(3, d, CancelReason::Unfilled, 2));
+            again.push(closed(5, e, CancelReason::WouldTake, 3));
+            cold.store("", &again).await.unwrap();
+
+            let client = super::connect(&db.url).await;
+            let rows = client
+                .query("SELECT id, status, filled_quantity, filled_notional / nullif(filled_quantity, 0) FROM orders", &[])
+                .await
+                .unwrap();
+            let spec = spec();
+            let get = |id: u64| {
+                let uuid = exchange::ids::encode(exchange::ids::IdKind::Order, spec.key, id);
+                rows.iter()
+                    .find(|r| r.get::<_, uuid::Uuid>(0) == uuid)
+                    .map(|r| (r.get::<_, String>(1), r.get::<_, Decimal>(2), r.get::<_, Option<Decimal>>(3)))
+            };
+            let lots = |n| spec.lots_to_quantity(n);
+            let avg_a = (spec.ticks_to_price(500_000) * Decimal::from(4) + spec.ticks_to_price(500_010) * Decimal::from(6))
+                / Decimal::from(10);
+            let (status, filled, avg) = get(a).unwrap();
+            assert_eq!((status.as_str(), filled), ("FILLED", lots(10)));
+            assert_eq!(avg.unwrap().normalize(), avg_a.normalize());
+            assert_eq!(get(b).unwrap().0, "FILLED");
+            assert_eq!(get(c).unwrap().0, "FILLED");
+            assert_eq!(get(d).unwrap().0, "CANCELLED", "an IOC rest closed before its order was read");
+            assert_eq!(get(d).unwrap().1, lots(3));
+            assert_eq!(get(e).unwrap().0, "REJECTED");
+            assert_eq!((get(f).unwrap().0.as_str(), get(f).unwrap().1), ("PARTIALLY_FILLED", lots(3)));
+            assert_eq!(get(v), None, "a voided command is no order");
+            assert_eq!(rows.len(), 6);
+            let count = |sql: &'static str| {
+                let client = &client;
+                async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+            };
+            assert_eq!(count("SELECT count(*) FROM trades").await, 3);
+            assert_eq!(count("SELECT count(*) FROM pending_order_changes").await, 0, "everything found its order");
+            let offsets = cold.offsets().await.unwrap();
+            let next = |topic: &str| offsets.iter().find(|(t, _, _)| t == topic).map(|o| o.2);
+            assert_eq!((next(COMMANDS_TOPIC), next(TRADES_TOPIC), next(CANCELLED_TOPIC)), (Some(8), Some(6), Some(4)));
+        });
+    }
+}

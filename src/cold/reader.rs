@@ -78,9 +78,7 @@ async fn history(url: &str, client: &mut Option<tokio_postgres::Client>, q: &His
         .query(
             "SELECT o.id, o.client_order_id, o.symbol, o.side, o.type, o.time_in_force, o.price::text, o.quantity::text,
                     o.filled_quantity::text,
-                    (SELECT (sum(f.price * f.quantity) / nullif(sum(f.quantity), 0))::text FROM (
-                        SELECT price, quantity FROM trades WHERE buyer_order_id = o.id
-                        UNION ALL SELECT price, quantity FROM trades WHERE seller_order_id = o.id) f),
+                    (o.filled_notional / nullif(o.filled_quantity, 0))::text,
                     o.status, o.reason,
                     (extract(epoch FROM o.created_at) * 1000)::int8, (extract(epoch FROM o.updated_at) * 1000)::int8
              FROM orders o

@@ -4,27 +4,32 @@
 //! It runs on a thread of its own (the sidecar's tokio runtime), never on the order
 //! path: PostgreSQL down or slow changes nothing for trading. Each batch (≤ 1,000
 //! records, or what arrived within 1 s) is one transaction: binary `COPY` into
-//! temporary staging tables, upserts from them (`ON CONFLICT DO NOTHING`, so a record
-//! read twice adds nothing), the affected orders' filled quantity and status recomputed
-//! from their trades and closing, and the next offset of every partition read, all
-//! committed together. After any crash the writer resumes from the offsets committed
-//! with the rows: no row twice, none missing. A batch that fails is retried (after
-//! reconnecting) until it commits; the log keeps what the writer has not stored.
+//! temporary staging tables, then one pipelined round trip that upserts from them
+//! (`ON CONFLICT DO NOTHING`, so a record read twice adds nothing), adds the trades
+//! and closings actually inserted to their orders' running sums and status, and
+//! stores the next offset of every partition read, all committed together. After any
+//! crash the writer resumes from the offsets committed with the rows: no row twice,
+//! none missing. A batch that fails is retried (after reconnecting) until it commits;
+//! the log keeps what the writer has not stored.
+//!
+//! The work per batch does not grow with the history: nothing is summed again from
+//! `trades`, and the only lookups are by primary key.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use exchange_io::kafka::{Located, Tail};
+use futures_lite::future::try_zip;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use anyhow::Context;
 
 use super::records::{self, Row};
-use crate::metrics::Metrics;
 use crate::engine::CancelReason;
+use crate::metrics::Metrics;
 use crate::server::Health;
 use crate::shard::logs::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
 
@@ -81,11 +86,10 @@ fn run(brokers: &str, prefix: &str, url: &str, health: &Health, metrics: &Metric
 
 /// Connects, then stores batch after batch until stopped or an error.
 async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, health: &Health, metrics: &Metrics) -> anyhow::Result<()> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    prepare(&mut client).await?;
-    let rows = client.query("SELECT topic, kafka_partition, next_offset FROM writer_offsets", &[]).await?;
-    let stored: Vec<(String, i32, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let mut cold = ColdStore::new(client).await?;
+    let stored = cold.offsets().await?;
     let from = |topic: &str, partition: i32| stored.iter().find(|(t, p, _)| t == topic && *p == partition).map(|(_, _, o)| *o);
     let tail = Tail::new(brokers, topics, &from, Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
     health.cold.store(OK, Ordering::Release);
@@ -99,7 +103,7 @@ async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, healt
         }
         // A batch that does not commit ends this connection: the next one starts again
         // from the offsets committed with the rows, so the batch is read again.
-        tokio::time::timeout(STORE_TIMEOUT, store(&mut client, prefix, &batch)).await.context("PostgreSQL did not answer")??;
+        tokio::time::timeout(STORE_TIMEOUT, cold.store(prefix, &batch)).await.context("PostgreSQL did not answer")??;
         metrics.cold_records.inc_by(batch.len() as u64);
         let newest = batch.iter().filter_map(|r| r.timestamp_ms).max().unwrap_or(0);
         let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(0);
@@ -110,97 +114,180 @@ async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, healt
     Ok(())
 }
 
-/// Applies the schema and creates this connection's staging tables.
-///
-/// # Errors
-/// PostgreSQL failing.
-pub async fn prepare(client: &mut Client) -> anyhow::Result<()> {
-    super::migrate_client(client).await?;
-    client
-        .batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS stage_orders (LIKE orders INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-             CREATE TEMP TABLE IF NOT EXISTS stage_trades (LIKE trades) ON COMMIT DELETE ROWS;
-             CREATE TEMP TABLE IF NOT EXISTS stage_closures (LIKE order_closures) ON COMMIT DELETE ROWS;",
-        )
-        .await?;
-    Ok(())
+/// A connection ready to store batches: schema applied, staging tables made, the
+/// statements prepared.
+pub struct ColdStore {
+    client: Client,
+    voids: Statement,
+    fold: Statement,
+    offsets: Statement,
+}
+
+impl ColdStore {
+    /// Applies the schema, creates this connection's staging tables, and turns off
+    /// waiting for the WAL flush at commit.
+    ///
+    /// `synchronous_commit = off` loses nothing: a PostgreSQL crash can forget the last
+    /// batches it confirmed, but each batch's offsets are in its own transaction, so they
+    /// are forgotten together and the writer reads those records from the log again.
+    ///
+    /// # Errors
+    /// PostgreSQL failing.
+    pub async fn new(mut client: Client) -> anyhow::Result<Self> {
+        super::migrate_client(&mut client).await?;
+        client
+            .batch_execute(
+                "SET synchronous_commit = off;
+                 CREATE TEMP TABLE IF NOT EXISTS stage_orders (LIKE orders INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE IF NOT EXISTS stage_trades (LIKE trades) ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE IF NOT EXISTS stage_closures (LIKE order_closures) ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE IF NOT EXISTS stage_changes (LIKE pending_order_changes) ON COMMIT DELETE ROWS;",
+            )
+            .await?;
+        let voids = client
+            .prepare(
+                "DELETE FROM orders o USING unnest($1::int4[], $2::int8[]) v(p, o)
+                 WHERE o.kafka_partition = v.p AND o.kafka_offset = v.o",
+            )
+            .await?;
+        let fold = client.prepare(FOLD).await?;
+        let offsets = client
+            .prepare(
+                "INSERT INTO writer_offsets (topic, kafka_partition, next_offset)
+                 SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[])
+                 ON CONFLICT (topic, kafka_partition) DO UPDATE
+                 SET next_offset = GREATEST(writer_offsets.next_offset, EXCLUDED.next_offset)",
+            )
+            .await?;
+        Ok(Self { client, voids, fold, offsets })
+    }
+
+    /// Where the writer is: (topic, partition, next offset) of every partition stored.
+    ///
+    /// # Errors
+    /// PostgreSQL failing.
+    pub async fn offsets(&self) -> anyhow::Result<Vec<(String, i32, i64)>> {
+        let rows = self.client.query("SELECT topic, kafka_partition, next_offset FROM writer_offsets", &[]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
 }
 
 fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// One batch, one transaction (the staging tables of [`prepare`] must exist).
-pub async fn store(client: &mut Client, prefix: &str, batch: &[Located]) -> anyhow::Result<()> {
-    let commands = format!("{prefix}{COMMANDS_TOPIC}");
-    let mut orders = Vec::new();
-    let mut trades = Vec::new();
-    let mut closures = Vec::new();
-    let mut voids = Vec::new();
-    for r in batch {
-        let row = if r.topic == commands { records::command(&r.payload, r.partition, r.offset) } else { records::result(&r.payload) };
-        match row {
-            Ok(Row::Order(o)) => orders.push(o),
-            Ok(Row::Trade(t)) => trades.push(t),
-            // Like the accounts: a duplicate-id refusal says nothing of the order it names.
-            Ok(Row::Closure(c)) if c.reason != CancelReason::DuplicateOrderId.as_str() => closures.push(c),
-            Ok(Row::Voided { partition, offset }) => voids.push((partition, offset)),
-            Ok(_) => {}
-            Err(e) => tracing::error!(topic = r.topic, partition = r.partition, offset = r.offset, error = e, "unreadable record skipped"),
+/// What one batch stores, read from its records.
+#[derive(Default)]
+struct Rows {
+    orders: Vec<records::OrderRow>,
+    trades: Vec<records::TradeRow>,
+    closures: Vec<records::ClosureRow>,
+    voids: Vec<(i32, i64)>,
+}
+
+impl Rows {
+    fn read(prefix: &str, batch: &[Located]) -> Self {
+        let commands = format!("{prefix}{COMMANDS_TOPIC}");
+        let mut rows = Self::default();
+        for r in batch {
+            let row = if r.topic == commands {
+                records::command(&r.payload, r.partition, r.offset)
+            } else {
+                records::result(&r.payload)
+            };
+            match row {
+                Ok(Row::Order(o)) => rows.orders.push(o),
+                Ok(Row::Trade(t)) => rows.trades.push(t),
+                // Like the accounts: a duplicate-id refusal says nothing of the order it names.
+                Ok(Row::Closure(c)) if c.reason != CancelReason::DuplicateOrderId.as_str() => rows.closures.push(c),
+                Ok(Row::Voided { partition, offset }) => rows.voids.push((partition, offset)),
+                Ok(_) => {}
+                Err(e) => tracing::error!(
+                    topic = r.topic,
+                    partition = r.partition,
+                    offset = r.offset,
+                    error = e,
+                    "unreadable record skipped"
+                ),
+            }
         }
+        rows
     }
-    let tx = client.transaction().await?;
-    let sink = tx
-        .copy_in(
-            "COPY stage_orders (id, user_id, symbol, client_order_id, side, type, time_in_force, price, quantity, leverage, \
-             reduce_only, created_at, updated_at, kafka_partition, kafka_offset) FROM STDIN BINARY",
-        )
-        .await?;
-    let types = [
-        Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC,
-        Type::INT4, Type::BOOL, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::INT8,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
+}
+
+/// Binary `COPY` of `rows` into a staging table (nothing sent for no rows). Each row
+/// has one point in time, `at(row)`, lent to `values` with the row.
+async fn copy<T, const N: usize>(
+    tx: &tokio_postgres::Transaction<'_>,
+    statement: &str,
+    types: &[Type; N],
+    rows: &[T],
+    at: impl Fn(&T) -> i64,
+    values: impl for<'a> Fn(&'a T, &'a SystemTime) -> [&'a (dyn ToSql + Sync); N],
+) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let writer = BinaryCopyInWriter::new(tx.copy_in(statement).await?, types);
     futures_lite::pin!(writer);
-    for o in &orders {
-        let at = time(o.created_ms);
-        let row: [&(dyn ToSql + Sync); 15] = [
-            &o.id, &o.user_id, &o.symbol, &o.client_order_id, &o.side, &o.kind, &o.time_in_force, &o.price, &o.quantity,
-            &o.leverage, &o.reduce_only, &at, &at, &o.partition, &o.offset,
-        ];
-        writer.as_mut().write(&row).await?;
+    for row in rows {
+        let time = time(at(row));
+        writer.as_mut().write(&values(row, &time)).await?;
     }
     writer.finish().await?;
-    let sink = tx
-        .copy_in(
-            "COPY stage_trades (id, symbol, seq, price, quantity, taker_side, buyer_id, buyer_order_id, buyer_fee, buyer_pnl, \
-             seller_id, seller_order_id, seller_fee, seller_pnl, executed_at) FROM STDIN BINARY",
-        )
-        .await?;
-    let types = [
-        Type::UUID, Type::TEXT, Type::INT8, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TEXT, Type::UUID, Type::NUMERIC,
-        Type::NUMERIC, Type::TEXT, Type::UUID, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    futures_lite::pin!(writer);
-    for t in &trades {
-        let at = time(t.executed_ms);
-        let row: [&(dyn ToSql + Sync); 15] = [
-            &t.id, &t.symbol, &t.seq, &t.price, &t.quantity, &t.taker_side, &t.buyer_id, &t.buyer_order_id, &t.buyer_fee,
-            &t.buyer_pnl, &t.seller_id, &t.seller_order_id, &t.seller_fee, &t.seller_pnl, &at,
-        ];
-        writer.as_mut().write(&row).await?;
-    }
-    writer.finish().await?;
-    let sink = tx.copy_in("COPY stage_closures (order_id, reason, closed_at) FROM STDIN BINARY").await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::UUID, Type::TEXT, Type::TIMESTAMPTZ]);
-    futures_lite::pin!(writer);
-    for c in &closures {
-        let at = time(c.closed_ms);
-        writer.as_mut().write(&[&c.order_id, &c.reason, &at]).await?;
-    }
-    writer.finish().await?;
-    let rejections: Vec<&str> = [
+    Ok(())
+}
+
+/// Stores the batch's rows from the staging tables, all in one round trip: new orders
+/// (taking what was pending for them), new trades and closings as changes to their
+/// orders, then the changes applied to the orders there are, the rest kept pending.
+/// Only rows actually inserted count, so results republished by a replay add nothing;
+/// the running sums never re-read `trades`, so a batch costs the same however long the
+/// history is.
+const APPLY: &str = "
+WITH new AS (INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (id) DO NOTHING RETURNING id),
+     taken AS (DELETE FROM pending_order_changes p USING new WHERE p.order_id = new.id RETURNING p.*)
+INSERT INTO stage_changes SELECT * FROM taken;
+
+WITH t AS (INSERT INTO trades SELECT * FROM stage_trades ON CONFLICT (id) DO NOTHING
+           RETURNING buyer_order_id, seller_order_id, price, quantity, executed_at)
+INSERT INTO stage_changes (order_id, filled, notional, at)
+SELECT buyer_order_id, quantity, price * quantity, executed_at FROM t
+UNION ALL SELECT seller_order_id, quantity, price * quantity, executed_at FROM t;
+
+WITH c AS (INSERT INTO order_closures SELECT * FROM stage_closures ON CONFLICT (order_id) DO NOTHING
+           RETURNING order_id, reason, closed_at)
+INSERT INTO stage_changes SELECT order_id, 0, 0, closed_at, reason FROM c;
+";
+
+/// Applies `stage_changes` to the orders ($1: the reasons that make a closing a
+/// rejection); what finds no order yet waits in `pending_order_changes`.
+const FOLD: &str = "
+WITH a AS MATERIALIZED (
+    SELECT order_id, sum(filled) AS filled, sum(notional) AS notional, max(at) AS at, max(reason) AS reason
+    FROM stage_changes GROUP BY order_id),
+upd AS (
+    UPDATE orders o SET
+        filled_quantity = o.filled_quantity + a.filled,
+        filled_notional = o.filled_notional + a.notional,
+        reason = COALESCE(a.reason, o.reason),
+        status = CASE
+            WHEN COALESCE(a.reason, o.reason) = ANY($1) THEN 'REJECTED'
+            WHEN COALESCE(a.reason, o.reason) IS NOT NULL THEN 'CANCELLED'
+            WHEN o.filled_quantity + a.filled >= o.quantity THEN 'FILLED'
+            WHEN o.filled_quantity + a.filled > 0 THEN 'PARTIALLY_FILLED'
+            ELSE 'NEW' END,
+        updated_at = GREATEST(o.updated_at, a.at)
+    -- The id list steers the planner to the primary key: its row estimates of the
+    -- growing table lag, and it would otherwise hash all of `orders`.
+    FROM a WHERE o.id = a.order_id AND o.id = ANY(ARRAY(SELECT order_id FROM a))
+    RETURNING o.id)
+INSERT INTO pending_order_changes
+SELECT s.* FROM stage_changes s WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = s.order_id)";
+
+/// The closing reasons that mean an order was refused rather than ended.
+fn rejections() -> Vec<&'static str> {
+    [
         CancelReason::WouldTake,
         CancelReason::FokUnfillable,
         CancelReason::NoLiquidity,
@@ -212,60 +299,83 @@ pub async fn store(client: &mut Client, prefix: &str, batch: &[Located]) -> anyh
     .iter()
     .filter(|r| r.is_rejection())
     .map(|r| r.as_str())
-    .collect();
-    tx.batch_execute(
-        "INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (id) DO NOTHING;
-         INSERT INTO trades SELECT * FROM stage_trades ON CONFLICT (id) DO NOTHING;
-         INSERT INTO order_closures SELECT * FROM stage_closures ON CONFLICT (order_id) DO NOTHING;",
-    )
-    .await?;
-    for (partition, offset) in &voids {
-        tx.execute("DELETE FROM orders WHERE kafka_partition = $1 AND kafka_offset = $2", &[partition, offset]).await?;
-    }
-    tx.execute(
-        // Set-based and MATERIALIZED: computed once, then joined by id (inlined, the
-        // planner evaluated per-order subqueries once per pair of a nested loop).
-        "WITH affected AS MATERIALIZED (
-             SELECT id FROM stage_orders UNION SELECT order_id FROM stage_closures
-             UNION SELECT buyer_order_id FROM stage_trades UNION SELECT seller_order_id FROM stage_trades),
-         fills AS MATERIALIZED (
-             SELECT a.id, COALESCE(sum(t.quantity), 0) AS filled, max(t.executed_at) AS last_fill
-             FROM affected a LEFT JOIN (
-                 SELECT buyer_order_id AS id, quantity, executed_at FROM trades WHERE buyer_order_id IN (SELECT id FROM affected)
-                 UNION ALL
-                 SELECT seller_order_id, quantity, executed_at FROM trades WHERE seller_order_id IN (SELECT id FROM affected)
-             ) t ON t.id = a.id
-             GROUP BY a.id)
-         UPDATE orders o SET
-             filled_quantity = f.filled,
-             reason = c.reason,
-             status = CASE
-                 WHEN c.reason = ANY($1) THEN 'REJECTED'
-                 WHEN c.reason IS NOT NULL THEN 'CANCELLED'
-                 WHEN f.filled >= o.quantity THEN 'FILLED'
-                 WHEN f.filled > 0 THEN 'PARTIALLY_FILLED'
-                 ELSE 'NEW' END,
-             updated_at = GREATEST(o.created_at, c.closed_at, f.last_fill)
-         FROM fills f LEFT JOIN order_closures c ON c.order_id = f.id
-         WHERE o.id = f.id",
-        &[&rejections],
-    )
-    .await?;
-    let mut next: Vec<(&str, i32, i64)> = Vec::new();
-    for r in batch {
-        match next.iter_mut().find(|(t, p, _)| *t == r.topic && *p == r.partition) {
-            Some(entry) => entry.2 = entry.2.max(r.offset + 1),
-            None => next.push((&r.topic, r.partition, r.offset + 1)),
-        }
-    }
-    for (topic, partition, offset) in next {
-        tx.execute(
-            "INSERT INTO writer_offsets (topic, kafka_partition, next_offset) VALUES ($1, $2, $3)
-             ON CONFLICT (topic, kafka_partition) DO UPDATE SET next_offset = GREATEST(writer_offsets.next_offset, EXCLUDED.next_offset)",
-            &[&topic, &partition, &offset],
+    .collect()
+}
+
+const COPY_ORDERS: &str = "COPY stage_orders (id, user_id, symbol, client_order_id, side, type, time_in_force, price, \
+    quantity, leverage, reduce_only, created_at, updated_at, kafka_partition, kafka_offset) FROM STDIN BINARY";
+const ORDER_TYPES: [Type; 15] = [
+    Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::NUMERIC, Type::NUMERIC,
+    Type::INT4, Type::BOOL, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT4, Type::INT8,
+];
+const COPY_TRADES: &str = "COPY stage_trades (id, symbol, seq, price, quantity, taker_side, buyer_id, buyer_order_id, \
+    buyer_fee, buyer_pnl, seller_id, seller_order_id, seller_fee, seller_pnl, executed_at) FROM STDIN BINARY";
+const TRADE_TYPES: [Type; 15] = [
+    Type::UUID, Type::TEXT, Type::INT8, Type::NUMERIC, Type::NUMERIC, Type::TEXT, Type::TEXT, Type::UUID, Type::NUMERIC,
+    Type::NUMERIC, Type::TEXT, Type::UUID, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ,
+];
+
+impl ColdStore {
+    /// One batch, one transaction.
+    ///
+    /// # Errors
+    /// PostgreSQL failing; nothing of the batch is then stored.
+    pub async fn store(&mut self, prefix: &str, batch: &[Located]) -> anyhow::Result<()> {
+        let rows = Rows::read(prefix, batch);
+        let tx = self.client.transaction().await?;
+        let (orders, trades) = (&rows.orders, &rows.trades);
+        copy(&tx, COPY_ORDERS, &ORDER_TYPES, orders, |o| o.created_ms, |o, at| {
+            [
+                &o.id, &o.user_id, &o.symbol, &o.client_order_id, &o.side, &o.kind, &o.time_in_force, &o.price, &o.quantity,
+                &o.leverage, &o.reduce_only, at, at, &o.partition, &o.offset,
+            ]
+        })
+        .await?;
+        copy(&tx, COPY_TRADES, &TRADE_TYPES, trades, |t| t.executed_ms, |t, at| {
+            [
+                &t.id, &t.symbol, &t.seq, &t.price, &t.quantity, &t.taker_side, &t.buyer_id, &t.buyer_order_id, &t.buyer_fee,
+                &t.buyer_pnl, &t.seller_id, &t.seller_order_id, &t.seller_fee, &t.seller_pnl, at,
+            ]
+        })
+        .await?;
+        copy(
+            &tx,
+            "COPY stage_closures (order_id, reason, closed_at) FROM STDIN BINARY",
+            &[Type::UUID, Type::TEXT, Type::TIMESTAMPTZ],
+            &rows.closures,
+            |c| c.closed_ms,
+            |c, at| [&c.order_id, &c.reason, at],
         )
         .await?;
+        let mut next: Vec<(&str, i32, i64)> = Vec::new();
+        for r in batch {
+            match next.iter_mut().find(|(t, p, _)| *t == r.topic && *p == r.partition) {
+                Some(entry) => entry.2 = entry.2.max(r.offset + 1),
+                None => next.push((&r.topic, r.partition, r.offset + 1)),
+            }
+        }
+        let (topics, (partitions, offsets)): (Vec<&str>, (Vec<i32>, Vec<i64>)) =
+            next.into_iter().map(|(t, p, o)| (t, (p, o))).unzip();
+        let (void_partitions, void_offsets): (Vec<i32>, Vec<i64>) = rows.voids.iter().copied().unzip();
+        let rejections = rejections();
+        let (void_params, fold_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 1]) =
+            ([&void_partitions, &void_offsets], [&rejections]);
+        let offset_params: [&(dyn ToSql + Sync); 3] = [&topics, &partitions, &offsets];
+        // Sent together (tokio-postgres pipelines what is awaited together) and executed
+        // in this order: one round trip for the whole batch after the copies. A void
+        // (rare: only after the broker timed out) is deleted between the inserts and
+        // the fold, in a round trip of its own.
+        let apply = tx.batch_execute(APPLY);
+        let fold = tx.execute(&self.fold, &fold_params);
+        let offsets = tx.execute(&self.offsets, &offset_params);
+        if rows.voids.is_empty() {
+            try_zip(apply, try_zip(fold, offsets)).await?;
+        } else {
+            apply.await?;
+            tx.execute(&self.voids, &void_params).await?;
+            try_zip(fold, offsets).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
-    tx.commit().await?;
-    Ok(())
 }

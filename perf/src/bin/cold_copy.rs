@@ -124,15 +124,17 @@ fn main() {
         let c = connect(&admin).await;
         c.batch_execute("DROP DATABASE IF EXISTS exchange_bench_copy").await.unwrap();
         c.batch_execute("CREATE DATABASE exchange_bench_copy").await.unwrap();
+        let mut cold = exchange::cold::writer::ColdStore::new(connect(&url).await).await.unwrap();
         let mut client = connect(&url).await;
-        exchange::cold::writer::prepare(&mut client).await.unwrap();
+        // Like the writer's connection, so that the ratio is the method's alone.
+        client.batch_execute("SET synchronous_commit = off").await.unwrap();
         let mut results = Vec::new();
         for (name, copy) in [("one INSERT per row (baseline)", false), ("writer: binary COPY + upsert", true)] {
-            client.batch_execute("TRUNCATE orders, trades, order_closures, writer_offsets").await.unwrap();
+            client.batch_execute("TRUNCATE orders, trades, order_closures, pending_order_changes, writer_offsets").await.unwrap();
             let started = Instant::now();
             for chunk in batch.chunks(1_000) {
                 if copy {
-                    exchange::cold::writer::store(&mut client, "", chunk).await.unwrap();
+                    cold.store("", chunk).await.unwrap();
                 } else {
                     insert_rows(&mut client, chunk).await;
                 }
