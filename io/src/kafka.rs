@@ -215,6 +215,13 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// How far before the offset it wants a reader starts (and drops what comes before it).
+/// A fetch is meant to return the whole batch that holds the offset asked for; tansu
+/// 0.6 returns the batch after it instead, so a read starting inside a batch the
+/// producer sent (up to `batch.num.messages`, 10,000, records) would miss the rest of
+/// it. With Apache Kafka this only reads a little more.
+const REREAD: u64 = 10_000;
+
 /// Every record of `partition` from `from` on, up to the end the partition had when
 /// reading began. Returns the end offset too.
 ///
@@ -238,7 +245,8 @@ pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64, pat
     let start = from.max(low);
     let mut records: Vec<Record> = Vec::new();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start as i64)).map_err(|e| e.to_string())?;
+    let reread = start.saturating_sub(REREAD).max(low);
+    tpl.add_partition_offset(topic, partition, Offset::Offset(reread as i64)).map_err(|e| e.to_string())?;
     consumer.assign(&tpl).map_err(|e| format!("{topic}/{partition}: assign: {e}"))?;
     // The high watermark is where reading must at least get to; past it, reading goes on
     // until the partition stays quiet, because a broker may report a watermark behind
@@ -248,6 +256,7 @@ pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64, pat
         let reached = records.last().map_or(start, |r| r.offset + 1) >= high;
         let wait = if reached { Duration::from_millis(100) } else { Duration::from_millis(500) };
         match consumer.poll(wait) {
+            Some(Ok(m)) if m.offset() < start as i64 => waited = Duration::ZERO,
             Some(Ok(m)) => {
                 waited = Duration::ZERO;
                 records.push(Record {
@@ -286,6 +295,8 @@ pub struct Located {
 /// stores them with its rows).
 pub struct Tail {
     consumer: BaseConsumer,
+    /// Per topic and partition, the offset reading is meant to start at (see [`REREAD`]).
+    from: Vec<(String, i32, i64)>,
 }
 
 impl Tail {
@@ -304,6 +315,7 @@ impl Tail {
             .create()
             .map_err(|e| format!("kafka consumer: {e}"))?;
         let mut tpl = TopicPartitionList::new();
+        let mut starts = Vec::new();
         for topic in topics {
             let metadata = consumer.fetch_metadata(Some(topic), patience).map_err(|e| format!("{topic}: metadata: {e}"))?;
             let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
@@ -311,12 +323,14 @@ impl Tail {
                 return Err(format!("{topic}: no partitions"));
             }
             for p in 0..partitions as i32 {
-                let offset = from(topic, p).map_or(Offset::Beginning, Offset::Offset);
-                tpl.add_partition_offset(topic, p, offset).map_err(|e| e.to_string())?;
+                let start = from(topic, p).unwrap_or(0);
+                let reread = start.saturating_sub(REREAD as i64).max(0);
+                tpl.add_partition_offset(topic, p, Offset::Offset(reread)).map_err(|e| e.to_string())?;
+                starts.push((topic.clone(), p, start));
             }
         }
         consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
-        Ok(Self { consumer })
+        Ok(Self { consumer, from: starts })
     }
 
     /// Up to `max` records, waiting at most `wait` for the first and then for the rest.
@@ -332,6 +346,7 @@ impl Tail {
                 break;
             }
             match self.consumer.poll(left.min(Duration::from_millis(100))) {
+                Some(Ok(m)) if self.from.iter().any(|(t, p, o)| t == m.topic() && *p == m.partition() && m.offset() < *o) => {}
                 Some(Ok(m)) => out.push(Located {
                     topic: m.topic().to_owned(),
                     partition: m.partition(),
