@@ -125,7 +125,16 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             health.cold.store(crate::cold::writer::DOWN, Ordering::Release);
             crate::cold::writer::start(brokers.clone(), config.kafka.topic_prefix.clone(), url.clone(), health.clone(), metrics.clone())?;
             tracing::info!("cold storage: PostgreSQL, written from the event log");
-            Some(crate::cold::reader::ColdReader::start(url.clone())?)
+            let prefix = &config.kafka.topic_prefix;
+            match crate::cold::checkpoint::restore(url, prefix, &config.data_dir, Duration::from_secs(5)) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(checkpoints = n, "snapshots restored from PostgreSQL checkpoints"),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "checkpoints not read: starting from the local snapshots"),
+            }
+            Some(crate::cold::ColdStorage {
+                reader: crate::cold::reader::ColdReader::start(url.clone())?,
+                checkpoints: crate::cold::checkpoint::Checkpoints::start(url.clone(), prefix.clone(), map.clone())?,
+            })
         }
         (Some(_), None) => {
             tracing::warn!("cold storage follows the Kafka event log: EXCHANGE_POSTGRES_URL is ignored without EXCHANGE_KAFKA_BROKERS");
@@ -185,7 +194,7 @@ struct Startup {
     metrics: Metrics,
     health: Arc<Health>,
     redis: Option<exchange_io::redis::RedisBridge>,
-    cold: Option<crate::cold::reader::ColdReader>,
+    cold: Option<crate::cold::ColdStorage>,
     mode: Mode,
 }
 

@@ -74,7 +74,7 @@ fn migrate_creates_the_schema_once() {
     assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "schema up to date");
     runtime().block_on(async {
         let c = connect(&db.url).await;
-        for table in ["orders", "trades", "accounts", "positions", "writer_offsets"] {
+        for table in ["orders", "trades", "accounts", "positions", "writer_offsets", "checkpoints", "checkpoint_offsets"] {
             let n: i64 = c
                 .query_one("SELECT count(*) FROM information_schema.tables WHERE table_name = $1", &[&table])
                 .await
@@ -456,4 +456,56 @@ mod writer {
             assert_eq!((next(COMMANDS_TOPIC), next(TRADES_TOPIC), next(CANCELLED_TOPIC)), (Some(8), Some(6), Some(4)));
         });
     }
+}
+
+#[test]
+fn a_node_that_lost_its_disk_starts_from_the_postgres_checkpoint() {
+    let db = Database::create();
+    let env = [("EXCHANGE_POSTGRES_URL", db.url.as_str()), ("EXCHANGE_SNAPSHOT_EVERY", "10")];
+    let mut s = common::Server::start_kafka(&broker(), &env);
+    let alice = s.funded("alice", "1000000");
+    let bob = s.funded("bob", "1000000");
+    for _ in 0..15 {
+        s.limit(&alice, "BUY", "50000", "0.002");
+        s.limit(&bob, "SELL", "50000", "0.001");
+    }
+    let state = |s: &common::Server| {
+        [&alice, &bob].map(|key| {
+            let orders: Vec<serde_json::Value> = s.get(key, "/v1/orders").1.as_array().unwrap().clone();
+            (s.get(key, "/v1/balance").1, s.get(key, "/v1/positions").1, orders)
+        })
+    };
+    let before = state(&s);
+    // The checkpoints catch up with the last snapshots: the symbol's, and the accounts'
+    // with alice's balance and position as the API shows them.
+    let account = &alice[..16];
+    let total = common::dec(&before[0].0["total"]);
+    let size = common::dec(&before[0].1[0]["size"]);
+    let started = std::time::Instant::now();
+    loop {
+        let stored = runtime().block_on(async {
+            let c = connect(&db.url).await;
+            let total = c.query_opt("SELECT total FROM accounts WHERE user_id = $1", &[&account]).await.unwrap();
+            let size = c.query_opt("SELECT size FROM positions WHERE user_id = $1 AND symbol = 'BTC-PERP'", &[&account]).await.unwrap();
+            (total.map(|r| r.get::<_, rust_decimal::Decimal>(0)), size.map(|r| r.get::<_, rust_decimal::Decimal>(0)))
+        });
+        if stored == (Some(total), Some(size)) && count(&db, "SELECT count(*) FROM checkpoints WHERE kind = 'symbol'") > 0 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "checkpoint {stored:?}, API {:?}", (total, size));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(count(&db, "SELECT count(*) FROM checkpoint_offsets WHERE symbol = 'BTC-PERP' AND log_offset > 0") > 0);
+    // The node loses its disk: a start with an empty data directory finds the
+    // checkpoints in PostgreSQL, starts from them, and has the same state.
+    s.kill9();
+    std::fs::remove_dir_all(&s.data).unwrap();
+    s.restart();
+    let restored = |kind: &str| std::fs::read_dir(s.data.join("snapshots").join(kind)).map_or(0, |d| d.count());
+    assert!(restored("symbols") > 0 && restored("accounts") > 0, "snapshots restored from PostgreSQL");
+    assert_eq!(state(&s), before);
+    // And trading goes on from there.
+    s.limit(&bob, "SELL", "50000", "0.001");
+    let after = common::dec(&s.get(&alice, "/v1/positions").1[0]["size"]);
+    assert_eq!(after, size + rust_decimal::Decimal::new(1, 3));
 }

@@ -241,7 +241,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
         }
         ApiRequest::History { key, symbol, limit, before } => {
             let user = shard.accounts.borrow().authenticate(&key).ok_or(ApiError::Unauthorized)?;
-            let reader = shard.cold.as_ref().ok_or_else(|| {
+            let reader = shard.cold.as_ref().map(|c| &c.reader).ok_or_else(|| {
                 ApiError::Unavailable("order history needs cold storage (PostgreSQL and Kafka), which is not configured".into())
             })?;
             let query = crate::cold::reader::HistoryQuery {

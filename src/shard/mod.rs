@@ -57,8 +57,8 @@ pub struct Shard {
     pub metrics: ShardMetrics,
     pub all_metrics: Metrics,
     pub health: Arc<crate::server::Health>,
-    /// Cold storage's reader, when PostgreSQL is configured.
-    pub cold: Option<crate::cold::reader::ColdReader>,
+    /// Cold storage (order history, checkpoints), when PostgreSQL is configured.
+    pub cold: Option<crate::cold::ColdStorage>,
     /// Redis, when it is the hot state; `None`: the ledger answers.
     pub redis: Option<hot::RedisHot>,
     /// Kafka, when it is the event log; `None`: the embedded journal.

@@ -24,6 +24,7 @@ use super::protocol::Request;
 use super::stream::{PublicTrade, SymbolStream};
 use super::Shard;
 use crate::accounts::{PartitionState, PARTITIONS};
+use crate::cold::checkpoint::{Checkpoint, Kind};
 
 const SYMBOL_MAGIC: &[u8; 6] = b"EXSYMS";
 const ACCOUNT_MAGIC: &[u8; 6] = b"EXACCT";
@@ -39,11 +40,15 @@ pub struct SymbolSnapshot {
 }
 
 pub fn symbol_dir(shard: &Shard, name: &str) -> PathBuf {
-    shard.config.data_dir.join("snapshots").join("symbols").join(name)
+    Kind::Symbol.dir(&shard.config.data_dir, name)
 }
 
 pub fn partition_dir(shard: &Shard, partition: u32) -> PathBuf {
-    shard.config.data_dir.join("snapshots").join("accounts").join(format!("{partition:02}"))
+    Kind::Account.dir(&shard.config.data_dir, &partition_name(partition))
+}
+
+fn partition_name(partition: u32) -> String {
+    format!("{partition:02}")
 }
 
 fn encode<T: Serialize>(magic: &[u8; 6], value: &T) -> Vec<u8> {
@@ -78,25 +83,39 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Writes a snapshot durably on a helper thread and prunes old ones.
-fn write(dir: PathBuf, name: String, bytes: Vec<u8>) {
+/// Writes a snapshot file durably: write, fsync, rename, fsync the directory.
+///
+/// # Errors
+/// The disk failing.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes a snapshot durably on a helper thread and prunes old ones; with cold storage,
+/// hands it over as a checkpoint too.
+fn write(shard: &Shard, kind: Kind, name: String, file: String, bytes: Vec<u8>) {
+    let dir = kind.dir(&shard.config.data_dir, &name);
+    let checkpoints = shard.cold.as_ref().map(|c| c.checkpoints.clone());
     std::thread::spawn(move || {
-        let result = (|| -> std::io::Result<()> {
-            use std::io::Write;
-            std::fs::create_dir_all(&dir)?;
-            let tmp = dir.join(format!("{name}.tmp"));
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(&name))?;
-            std::fs::File::open(&dir)?.sync_all()?;
+        let result = write_file(&dir, &file, &bytes).map(|()| {
             for old in files(&dir).into_iter().skip(KEEP) {
                 let _ = std::fs::remove_file(old);
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::error!(dir = %dir.display(), error = %e, "snapshot write failed");
+        });
+        match result {
+            Err(e) => tracing::error!(dir = %dir.display(), error = %e, "snapshot write failed"),
+            Ok(()) => {
+                if let Some(checkpoints) = checkpoints {
+                    checkpoints.store(Checkpoint { kind, name, file, state: bytes });
+                }
+            }
         }
     });
 }
@@ -111,7 +130,7 @@ pub async fn snapshot_symbol(shard: &Rc<Shard>, stream: &Rc<SymbolStream>) {
         trades: stream.trades.borrow().iter().copied().collect(),
     };
     let name = shard.map.symbols[stream.index].name.clone();
-    write(symbol_dir(shard, &name), format!("{offset:020}.snap"), encode(SYMBOL_MAGIC, &snapshot));
+    write(shard, Kind::Symbol, name.clone(), format!("{offset:020}.snap"), encode(SYMBOL_MAGIC, &snapshot));
     tracing::info!(symbol = name, offset, "symbol snapshot");
     for to in 0..shard.shards {
         let req = Request::Apply {
@@ -162,7 +181,7 @@ async fn snapshot_accounts(shard: &Rc<Shard>) {
         shard.accounts.borrow().partition_snapshot(*partition, guard.next_offset(), &symbols, &mut bytes);
         drop(guard);
         bytes_total += bytes.len();
-        write(partition_dir(shard, *partition), format!("{stamp:024}.snap"), bytes);
+        write(shard, Kind::Account, partition_name(*partition), format!("{stamp:024}.snap"), bytes);
         futures_lite::future::yield_now().await;
     }
     tracing::info!(
@@ -172,6 +191,11 @@ async fn snapshot_accounts(shard: &Rc<Shard>) {
         ms = started.elapsed().as_millis() as u64,
         "account snapshot"
     );
+}
+
+/// An account snapshot file's state.
+pub fn decode_partition(bytes: &[u8]) -> Option<PartitionState> {
+    decode(ACCOUNT_MAGIC, bytes)
 }
 
 /// The newest readable account snapshot of a partition.

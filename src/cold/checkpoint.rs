@@ -1,0 +1,282 @@
+//! Checkpoints: every snapshot the shards write to their disk is also kept in
+//! PostgreSQL, so that a node that lost its disk, or a new one, starts from the newest
+//! checkpoint plus the log's tail after it, never from a history Kafka may no longer
+//! keep (its retention is finite; cold storage's is not).
+//!
+//! - Storing: the shards hand each snapshot file to [`Checkpoints::store`] (it never
+//!   blocks them); a thread of its own (tokio, one connection) stores the newest one per
+//!   partition or symbol, retrying every second while PostgreSQL is away, and keeps the
+//!   newest [`KEEP`]. An account partition's checkpoint is also written out readably:
+//!   `accounts` (balances), `positions` and `checkpoint_offsets` (where in each log it
+//!   stands), replaced for that partition in the same transaction.
+//! - Restoring: at start, before recovery, [`restore`] writes every newest checkpoint the
+//!   data directory lacks into it as a snapshot file. Recovery then works as always (the
+//!   newest snapshot, then the log after it): the checkpoint is simply found.
+//!
+//! Checkpoints are keyed by the topic prefix, since that names whose logs they are.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rust_decimal::Decimal;
+
+use crate::engine::symbol::units_to_usdt;
+use crate::shard_map::ShardMap;
+
+/// Checkpoints kept per partition or symbol.
+pub const KEEP: i64 = 3;
+
+/// What a snapshot is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// An account partition (`name`: its number, two digits).
+    Account,
+    /// A symbol's market (`name`: the symbol).
+    Symbol,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::Symbol => "symbol",
+        }
+    }
+
+    /// Where its snapshot files live under the data directory.
+    pub fn dir(self, data_dir: &Path, name: &str) -> PathBuf {
+        let kind = match self {
+            Self::Account => "accounts",
+            Self::Symbol => "symbols",
+        };
+        data_dir.join("snapshots").join(kind).join(name)
+    }
+}
+
+/// One snapshot file.
+pub struct Checkpoint {
+    pub kind: Kind,
+    pub name: String,
+    pub file: String,
+    pub state: Vec<u8>,
+}
+
+/// The shards' handle on the checkpoint thread.
+#[derive(Clone)]
+pub struct Checkpoints {
+    tx: mpsc::Sender<Checkpoint>,
+}
+
+impl Checkpoints {
+    /// Starts the thread that stores checkpoints in PostgreSQL at `url`.
+    ///
+    /// # Errors
+    /// No thread.
+    pub fn start(url: String, prefix: String, map: Arc<ShardMap>) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("checkpoints".into()).spawn(move || run(&url, &prefix, &map, &rx))?;
+        Ok(Self { tx })
+    }
+
+    /// Hands a snapshot over to be stored; never waits.
+    pub fn store(&self, checkpoint: Checkpoint) {
+        let _ = self.tx.send(checkpoint);
+    }
+}
+
+fn run(url: &str, prefix: &str, map: &ShardMap, rx: &mpsc::Receiver<Checkpoint>) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        tracing::error!("no tokio runtime for checkpoints");
+        return;
+    };
+    // The newest checkpoint not yet stored, per partition or symbol.
+    let mut pending: BTreeMap<(Kind, String), Checkpoint> = BTreeMap::new();
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        let wait = if pending.is_empty() { Duration::from_secs(3600) } else { Duration::from_secs(1) };
+        match rx.recv_timeout(wait) {
+            Ok(c) => {
+                pending.insert((c.kind, c.name.clone()), c);
+                while let Ok(c) = rx.try_recv() {
+                    pending.insert((c.kind, c.name.clone()), c);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) if pending.is_empty() => return,
+            // Stopping with checkpoints still unstored: keep trying, at the same pace.
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_secs(1)),
+        }
+        while let Some(((kind, name), c)) = pending.pop_first() {
+            // The timer needs the runtime, so it is made inside it.
+            let stored = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), store(url, &mut client, prefix, map, &c)).await });
+            let stored = stored.unwrap_or_else(|_| Err(anyhow::anyhow!("PostgreSQL did not answer")));
+            match stored {
+                Ok(()) => tracing::info!(kind = kind.as_str(), name, file = c.file, bytes = c.state.len(), "checkpoint stored"),
+                Err(e) => {
+                    if client.is_some() {
+                        tracing::warn!(kind = kind.as_str(), name, error = format!("{e:#}"), "checkpoint not stored; retrying");
+                    }
+                    client = None;
+                    // A newer one that arrived meanwhile wins.
+                    pending.entry((kind, name)).or_insert(c);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to PostgreSQL")?;
+    tokio::spawn(connection);
+    super::migrate_client(&mut client).await?;
+    Ok(client)
+}
+
+async fn store(url: &str, client: &mut Option<tokio_postgres::Client>, prefix: &str, map: &ShardMap, c: &Checkpoint) -> anyhow::Result<()> {
+    if client.is_none() {
+        *client = Some(connect(url).await?);
+    }
+    let client = client.as_mut().context("no connection")?;
+    let tx = client.transaction().await?;
+    let kind = c.kind.as_str();
+    tx.execute(
+        "INSERT INTO checkpoints (log_prefix, kind, name, file, state) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        &[&prefix, &kind, &c.name, &c.file, &c.state],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM checkpoints WHERE log_prefix = $1 AND kind = $2 AND name = $3 AND file NOT IN (
+             SELECT file FROM checkpoints WHERE log_prefix = $1 AND kind = $2 AND name = $3 ORDER BY file DESC LIMIT $4)",
+        &[&prefix, &kind, &c.name, &KEEP],
+    )
+    .await?;
+    let newest: String = tx
+        .query_one("SELECT max(file) FROM checkpoints WHERE log_prefix = $1 AND kind = $2 AND name = $3", &[&prefix, &kind, &c.name])
+        .await?
+        .get(0);
+    if c.kind == Kind::Account && newest == c.file {
+        readable(&tx, map, c).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The `positions` rows of a checkpoint, column by column (for `unnest`).
+#[derive(Default)]
+struct PositionColumns {
+    users: Vec<String>,
+    symbols: Vec<String>,
+    sizes: Vec<Decimal>,
+    costs: Vec<Decimal>,
+    margins: Vec<Decimal>,
+    pnls: Vec<Decimal>,
+    fees: Vec<Decimal>,
+    leverages: Vec<i32>,
+}
+
+/// Replaces the partition's rows of `accounts`, `positions` and `checkpoint_offsets`
+/// with the checkpoint's.
+async fn readable(tx: &tokio_postgres::Transaction<'_>, map: &ShardMap, c: &Checkpoint) -> anyhow::Result<()> {
+    let partition: i32 = c.name.parse().context("partition number")?;
+    let state = crate::shard::snapshots::decode_partition(&c.state).context("unreadable account snapshot")?;
+    let log_offset = i64::try_from(state.log_offset).unwrap_or(i64::MAX);
+    let (mut users, mut totals, mut locked) = (Vec::new(), Vec::new(), Vec::new());
+    let mut positions = PositionColumns::default();
+    for (user, account) in &state.users {
+        let id = format!("{:016x}", user.0);
+        users.push(id.clone());
+        totals.push(units_to_usdt(account.total));
+        locked.push(units_to_usdt(account.locked));
+        for (symbol, p) in &account.positions {
+            let Some(spec) = map.symbols.get(*symbol) else { continue };
+            if p.size == 0 && p.realized_pnl == 0 && p.fees == 0 {
+                continue;
+            }
+            positions.users.push(id.clone());
+            positions.symbols.push(spec.name.clone());
+            positions.sizes.push(spec.lots_to_quantity(p.size));
+            positions.costs.push(units_to_usdt(p.cost));
+            positions.margins.push(units_to_usdt(p.margin));
+            positions.pnls.push(units_to_usdt(p.realized_pnl));
+            positions.fees.push(units_to_usdt(p.fees));
+            positions.leverages.push(i32::try_from(p.leverage).unwrap_or(i32::MAX));
+        }
+    }
+    for table in ["accounts", "positions", "checkpoint_offsets"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE account_partition = $1"), &[&partition]).await?;
+    }
+    tx.execute(
+        "INSERT INTO accounts (user_id, currency, total, locked, updated_at, account_partition, log_offset)
+         SELECT u, 'USDT', t, l, now(), $4, $5 FROM unnest($1::text[], $2::numeric[], $3::numeric[]) x(u, t, l)",
+        &[&users, &totals, &locked, &partition, &log_offset],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO positions (user_id, symbol, size, entry_cost, margin, realized_pnl, fees, leverage, account_partition)
+         SELECT *, $9 FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[],
+                                  $7::numeric[], $8::int4[])",
+        &[
+            &positions.users, &positions.symbols, &positions.sizes, &positions.costs, &positions.margins, &positions.pnls,
+            &positions.fees, &positions.leverages, &partition,
+        ],
+    )
+    .await?;
+    let (symbols, offsets): (Vec<&str>, Vec<i64>) =
+        state.applied.iter().map(|(s, o)| (s.as_str(), i64::try_from(*o).unwrap_or(i64::MAX))).unzip();
+    tx.execute(
+        "INSERT INTO checkpoint_offsets (account_partition, symbol, log_offset)
+         SELECT $1, s, o FROM unnest($2::text[], $3::int8[]) x(s, o)",
+        &[&partition, &symbols, &offsets],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes into `data_dir` every newest checkpoint of `prefix`'s logs that it does not
+/// have; returns how many. Waits for PostgreSQL at most `patience`.
+///
+/// # Errors
+/// PostgreSQL unreachable or failing, or the data directory not writable.
+pub fn restore(url: &str, prefix: &str, data_dir: &Path, patience: Duration) -> anyhow::Result<usize> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rows = rt.block_on(async {
+        tokio::time::timeout(patience, async {
+            let client = connect(url).await?;
+            let rows = client
+                .query(
+                    "SELECT DISTINCT ON (kind, name) kind, name, file, state FROM checkpoints WHERE log_prefix = $1
+                     ORDER BY kind, name, file DESC",
+                    &[&prefix],
+                )
+                .await?;
+            anyhow::Ok(rows)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("PostgreSQL did not answer within {patience:?}"))?
+    })?;
+    let mut written = 0;
+    for row in rows {
+        let kind = match row.get::<_, &str>(0) {
+            "account" => Kind::Account,
+            "symbol" => Kind::Symbol,
+            _ => continue,
+        };
+        let (name, file, state): (&str, &str, &[u8]) = (row.get(1), row.get(2), row.get(3));
+        // Names come from the exchange itself; anything else is not followed.
+        if [name, file].iter().any(|s| s.is_empty() || s.contains(['/', '\\']) || s.starts_with('.')) {
+            continue;
+        }
+        let dir = kind.dir(data_dir, name);
+        if dir.join(file).exists() {
+            continue;
+        }
+        crate::shard::snapshots::write_file(&dir, file, state).with_context(|| format!("writing {}", dir.display()))?;
+        written += 1;
+    }
+    Ok(written)
+}
