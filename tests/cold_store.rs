@@ -445,6 +445,20 @@ mod writer {
             assert_eq!((get(f).unwrap().0.as_str(), get(f).unwrap().1), ("PARTIALLY_FILLED", lots(3)));
             assert_eq!(get(v), None, "a voided command is no order");
             assert_eq!(rows.len(), 6);
+            // Created when submitted; updated by its last trade or its closing.
+            let times = |id: u64| {
+                let uuid = exchange::ids::encode(exchange::ids::IdKind::Order, spec.key, id);
+                let client = &client;
+                async move {
+                    let sql = "SELECT (extract(epoch FROM created_at) * 1000)::int8, (extract(epoch FROM updated_at) * 1000)::int8
+                               FROM orders WHERE id = $1";
+                    let r = client.query_one(sql, &[&uuid]).await.unwrap();
+                    (r.get::<_, i64>(0), r.get::<_, i64>(1))
+                }
+            };
+            assert_eq!(times(d).await, (1_795_000_000_003, 1_795_000_002_000), "d: closed after its trade");
+            assert_eq!(times(f).await, (1_795_000_000_005, 1_795_000_001_002), "f: its trade");
+            assert_eq!(times(b).await, (1_795_000_000_001, 1_795_000_001_000), "b: filled before it was read");
             let count = |sql: &'static str| {
                 let client = &client;
                 async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }

@@ -150,7 +150,7 @@ impl ColdStore {
                  WHERE o.kafka_partition = v.p AND o.kafka_offset = v.o",
             )
             .await?;
-        let fold = client.prepare(FOLD).await?;
+        let fold = client.prepare(&fold()).await?;
         let offsets = client
             .prepare(
                 "INSERT INTO writer_offsets (topic, kafka_partition, next_offset)
@@ -238,17 +238,10 @@ async fn copy<T, const N: usize>(
     Ok(())
 }
 
-/// Stores the batch's rows from the staging tables, all in one round trip: new orders
-/// (taking what was pending for them), new trades and closings as changes to their
-/// orders, then the changes applied to the orders there are, the rest kept pending.
-/// Only rows actually inserted count, so results republished by a replay add nothing;
-/// the running sums never re-read `trades`, so a batch costs the same however long the
-/// history is.
+/// Turns the batch's inserted rows into changes to their orders (`stage_changes`): the
+/// trades and closings actually inserted (so results republished by a replay add
+/// nothing), and whatever was pending for the orders staged in this batch.
 const APPLY: &str = "
-WITH new AS (INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (id) DO NOTHING RETURNING id),
-     taken AS (DELETE FROM pending_order_changes p USING new WHERE p.order_id = new.id RETURNING p.*)
-INSERT INTO stage_changes SELECT * FROM taken;
-
 WITH t AS (INSERT INTO trades SELECT * FROM stage_trades ON CONFLICT (id) DO NOTHING
            RETURNING buyer_order_id, seller_order_id, price, quantity, executed_at)
 INSERT INTO stage_changes (order_id, filled, notional, at)
@@ -258,32 +251,59 @@ UNION ALL SELECT seller_order_id, quantity, price * quantity, executed_at FROM t
 WITH c AS (INSERT INTO order_closures SELECT * FROM stage_closures ON CONFLICT (order_id) DO NOTHING
            RETURNING order_id, reason, closed_at)
 INSERT INTO stage_changes SELECT order_id, 0, 0, closed_at, reason FROM c;
+
+WITH taken AS (DELETE FROM pending_order_changes p USING stage_orders s WHERE p.order_id = s.id RETURNING p.*)
+INSERT INTO stage_changes SELECT * FROM taken;
 ";
 
-/// Applies `stage_changes` to the orders ($1: the reasons that make a closing a
-/// rejection); what finds no order yet waits in `pending_order_changes`.
-const FOLD: &str = "
-WITH a AS MATERIALIZED (
-    SELECT order_id, sum(filled) AS filled, sum(notional) AS notional, max(at) AS at, max(reason) AS reason
-    FROM stage_changes GROUP BY order_id),
-upd AS (
-    UPDATE orders o SET
-        filled_quantity = o.filled_quantity + a.filled,
-        filled_notional = o.filled_notional + a.notional,
-        reason = COALESCE(a.reason, o.reason),
-        status = CASE
-            WHEN COALESCE(a.reason, o.reason) = ANY($1) THEN 'REJECTED'
-            WHEN COALESCE(a.reason, o.reason) IS NOT NULL THEN 'CANCELLED'
-            WHEN o.filled_quantity + a.filled >= o.quantity THEN 'FILLED'
-            WHEN o.filled_quantity + a.filled > 0 THEN 'PARTIALLY_FILLED'
-            ELSE 'NEW' END,
-        updated_at = GREATEST(o.updated_at, a.at)
-    -- The id list steers the planner to the primary key: its row estimates of the
-    -- growing table lag, and it would otherwise hash all of `orders`.
-    FROM a WHERE o.id = a.order_id AND o.id = ANY(ARRAY(SELECT order_id FROM a))
-    RETURNING o.id)
-INSERT INTO pending_order_changes
-SELECT s.* FROM stage_changes s WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = s.order_id)";
+/// An order's status from its closing reason, filled and ordered quantity ($1: the
+/// reasons that make a closing a rejection).
+fn status(reason: &str, filled: &str, quantity: &str) -> String {
+    format!(
+        "CASE WHEN {reason} = ANY($1) THEN 'REJECTED' WHEN {reason} IS NOT NULL THEN 'CANCELLED' \
+         WHEN {filled} >= {quantity} THEN 'FILLED' WHEN {filled} > 0 THEN 'PARTIALLY_FILLED' ELSE 'NEW' END"
+    )
+}
+
+/// Applies `stage_changes`: the batch's new orders are inserted with their changes
+/// already folded in, orders stored before are updated (found by primary key), and
+/// what finds no order yet waits in `pending_order_changes`. The running sums never
+/// re-read `trades`, so a batch costs the same however long the history is.
+fn fold() -> String {
+    let staged = status("COALESCE(c.reason, s.reason)", "(s.filled_quantity + COALESCE(c.filled, 0))", "s.quantity");
+    let stored = status("COALESCE(a.reason, o.reason)", "(o.filled_quantity + a.filled)", "o.quantity");
+    format!(
+        "WITH c AS MATERIALIZED (
+             SELECT order_id, sum(filled) AS filled, sum(notional) AS notional, max(at) AS at, max(reason) AS reason
+             FROM stage_changes GROUP BY order_id),
+         new AS (
+             INSERT INTO orders (id, user_id, symbol, client_order_id, side, type, time_in_force, price, quantity,
+                 filled_quantity, filled_notional, leverage, reduce_only, status, reason, created_at, updated_at,
+                 kafka_partition, kafka_offset)
+             SELECT s.id, s.user_id, s.symbol, s.client_order_id, s.side, s.type, s.time_in_force, s.price, s.quantity,
+                 s.filled_quantity + COALESCE(c.filled, 0), s.filled_notional + COALESCE(c.notional, 0), s.leverage,
+                 s.reduce_only, {staged}, COALESCE(c.reason, s.reason), s.created_at, GREATEST(s.updated_at, c.at),
+                 s.kafka_partition, s.kafka_offset
+             FROM stage_orders s LEFT JOIN c ON c.order_id = s.id
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id),
+         a AS MATERIALIZED (SELECT * FROM c WHERE order_id NOT IN (SELECT id FROM new)),
+         upd AS (
+             UPDATE orders o SET
+                 filled_quantity = o.filled_quantity + a.filled,
+                 filled_notional = o.filled_notional + a.notional,
+                 reason = COALESCE(a.reason, o.reason),
+                 status = {stored},
+                 updated_at = GREATEST(o.updated_at, a.at)
+             -- The id list steers the planner to the primary key: its row estimates of
+             -- the growing table lag, and it would otherwise hash all of `orders`.
+             FROM a WHERE o.id = a.order_id AND o.id = ANY(ARRAY(SELECT order_id FROM a))
+             RETURNING o.id)
+         INSERT INTO pending_order_changes
+         SELECT s.* FROM stage_changes s
+         WHERE s.order_id NOT IN (SELECT id FROM new) AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.id = s.order_id)"
+    )
+}
 
 /// The closing reasons that mean an order was refused rather than ended.
 fn rejections() -> Vec<&'static str> {
@@ -363,17 +383,17 @@ impl ColdStore {
         let offset_params: [&(dyn ToSql + Sync); 3] = [&topics, &partitions, &offsets];
         // Sent together (tokio-postgres pipelines what is awaited together) and executed
         // in this order: one round trip for the whole batch after the copies. A void
-        // (rare: only after the broker timed out) is deleted between the inserts and
-        // the fold, in a round trip of its own.
+        // (rare: only after the broker timed out) is deleted once the orders are in, in
+        // a round trip of its own.
         let apply = tx.batch_execute(APPLY);
         let fold = tx.execute(&self.fold, &fold_params);
         let offsets = tx.execute(&self.offsets, &offset_params);
         if rows.voids.is_empty() {
             try_zip(apply, try_zip(fold, offsets)).await?;
         } else {
-            apply.await?;
+            try_zip(apply, fold).await?;
             tx.execute(&self.voids, &void_params).await?;
-            try_zip(fold, offsets).await?;
+            offsets.await?;
         }
         tx.commit().await?;
         Ok(())
