@@ -299,12 +299,28 @@ pub struct Tail {
     from: Vec<(String, i32, i64)>,
 }
 
+/// Which partitions a reader takes when several share some topics: partition `p` when
+/// `p % of == index`. Records with one key have one partition number in every topic
+/// only when the topics have as many partitions each; when they differ, reader 0 takes
+/// every partition and the others none.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    pub index: usize,
+    pub of: usize,
+}
+
 impl Tail {
     /// `from(topic, partition)`: the offset to start at (`None`: the beginning).
     ///
     /// # Errors
     /// The broker unreachable or a topic unknown.
-    pub fn new(brokers: &str, topics: &[String], from: &dyn Fn(&str, i32) -> Option<i64>, patience: Duration) -> Result<Self, String> {
+    pub fn new(
+        brokers: &str,
+        topics: &[String],
+        from: &dyn Fn(&str, i32) -> Option<i64>,
+        patience: Duration,
+        share: Share,
+    ) -> Result<Self, String> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", "exchange-tail")
@@ -314,15 +330,21 @@ impl Tail {
             .set("fetch.wait.max.ms", "100")
             .create()
             .map_err(|e| format!("kafka consumer: {e}"))?;
-        let mut tpl = TopicPartitionList::new();
-        let mut starts = Vec::new();
+        let mut counts = Vec::new();
         for topic in topics {
             let metadata = consumer.fetch_metadata(Some(topic), patience).map_err(|e| format!("{topic}: metadata: {e}"))?;
             let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
             if partitions == 0 {
                 return Err(format!("{topic}: no partitions"));
             }
-            for p in 0..partitions as i32 {
+            counts.push(partitions);
+        }
+        let aligned = counts.windows(2).all(|w| w[0] == w[1]);
+        let mine = |p: usize| if aligned { p % share.of.max(1) == share.index } else { share.index == 0 };
+        let mut tpl = TopicPartitionList::new();
+        let mut starts = Vec::new();
+        for (topic, partitions) in topics.iter().zip(counts) {
+            for p in (0..partitions).filter(|p| mine(*p)).map(|p| p as i32) {
                 let start = from(topic, p).unwrap_or(0);
                 let reread = start.saturating_sub(REREAD as i64).max(0);
                 tpl.add_partition_offset(topic, p, Offset::Offset(reread)).map_err(|e| e.to_string())?;

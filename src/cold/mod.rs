@@ -43,9 +43,18 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
 /// # Errors
 /// A migration failed (it is rolled back).
 pub async fn migrate_client(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
-    let report = embedded::migrations::runner().run_async(client).await.context("applying migrations")?;
+    // The writers, the checkpoint thread and `exchange migrate` may all start at once:
+    // one applies, the others wait and find the schema up to date.
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.context("waiting to migrate")?;
+    let report = embedded::migrations::runner().run_async(client).await.context("applying migrations");
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let report = report?;
+    unlocked.context("releasing the migration lock")?;
     Ok(report.applied_migrations().iter().map(ToString::to_string).collect())
 }
+
+/// The advisory lock migrations take (any number the exchange alone uses).
+const MIGRATION_LOCK: i64 = 0x0045_5843_4d49_4752;
 
 /// `exchange migrate`.
 ///

@@ -1,8 +1,9 @@
 //! The DB writer: follows the event log (Kafka) and stores orders and trades in
 //! PostgreSQL, exactly once.
 //!
-//! It runs on a thread of its own (the sidecar's tokio runtime), never on the order
-//! path: PostgreSQL down or slow changes nothing for trading. Each batch (≤ 1,000
+//! It runs on threads of its own ([`WRITERS`], each a tokio runtime with a connection
+//! and a share of the partitions), never on the order path: PostgreSQL down or slow
+//! changes nothing for trading. Each batch (≤ 1,000
 //! records, or what arrived within 1 s) is one transaction: binary `COPY` into
 //! temporary staging tables, then one pipelined round trip that upserts from them
 //! (`ON CONFLICT DO NOTHING`, so a record read twice adds nothing), adds the trades
@@ -16,10 +17,10 @@
 //! `trades`, and the only lookups are by primary key.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use exchange_io::kafka::{Located, Tail};
+use exchange_io::kafka::{Located, Share, Tail};
 use futures_lite::future::try_zip;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -48,70 +49,115 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH: usize = 1_000;
 const BATCH_WAIT: Duration = Duration::from_secs(1);
 
-/// Starts the writer thread.
+/// Writers, each with a connection and a share of the partitions of its own: an order
+/// and its results share a partition number, so no two writers touch the same order.
+pub const WRITERS: usize = 2;
+
+/// What each writer last reported, combined into `/health` (the worst) and
+/// `exchange_cold_store_lag_milliseconds` (the largest).
+struct Reports {
+    state: [AtomicU8; WRITERS],
+    lag: [AtomicI64; WRITERS],
+}
+
+impl Reports {
+    fn set(&self, writer: usize, state: u8, lag: i64, health: &Health, metrics: &Metrics) {
+        self.state[writer].store(state, Ordering::Release);
+        self.lag[writer].store(lag, Ordering::Release);
+        let rank = |s: u8| match s {
+            DOWN => 3,
+            LAGGING => 2,
+            OK => 1,
+            _ => 0,
+        };
+        let worst = self.state.iter().map(|s| s.load(Ordering::Acquire)).max_by_key(|s| rank(*s)).unwrap_or(DOWN);
+        health.cold.store(worst, Ordering::Release);
+        metrics.cold_lag_ms.set(self.lag.iter().map(|l| l.load(Ordering::Acquire)).max().unwrap_or(0));
+    }
+}
+
+/// Starts the writer threads.
 ///
 /// # Errors
 /// No thread.
 pub fn start(brokers: String, topic_prefix: String, url: String, health: Arc<Health>, metrics: Metrics) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("cold-writer".into())
-        .spawn(move || run(&brokers, &topic_prefix, &url, &health, &metrics))?;
+    let reports = Arc::new(Reports { state: std::array::from_fn(|_| AtomicU8::new(DOWN)), lag: std::array::from_fn(|_| AtomicI64::new(0)) });
+    for index in 0..WRITERS {
+        let (brokers, prefix, url, health, metrics, reports) =
+            (brokers.clone(), topic_prefix.clone(), url.clone(), health.clone(), metrics.clone(), reports.clone());
+        let writer = Writer { share: Share { index, of: WRITERS }, brokers, prefix, url, health, metrics, reports };
+        std::thread::Builder::new().name(format!("cold-writer-{index}")).spawn(move || writer.run())?;
+    }
     Ok(())
 }
 
-fn run(brokers: &str, prefix: &str, url: &str, health: &Health, metrics: &Metrics) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-        tracing::error!("no tokio runtime for the cold-storage writer");
-        return;
-    };
-    let topics: Vec<String> = [COMMANDS_TOPIC, TRADES_TOPIC, CANCELLED_TOPIC].iter().map(|t| format!("{prefix}{t}")).collect();
-    let mut warned = false;
-    loop {
-        if health.stopping.load(Ordering::Acquire) {
+struct Writer {
+    share: Share,
+    brokers: String,
+    prefix: String,
+    url: String,
+    health: Arc<Health>,
+    metrics: Metrics,
+    reports: Arc<Reports>,
+}
+
+impl Writer {
+    fn report(&self, state: u8, lag: i64) {
+        self.reports.set(self.share.index, state, lag, &self.health, &self.metrics);
+    }
+
+    fn run(&self) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            tracing::error!("no tokio runtime for the cold-storage writer");
             return;
-        }
-        match rt.block_on(follow(brokers, &topics, prefix, url, health, metrics)) {
-            Ok(()) => return,
-            Err(e) => {
-                health.cold.store(DOWN, Ordering::Release);
-                if !warned {
-                    tracing::warn!(error = format!("{e:#}"), "cold storage writer stopped; retrying");
-                    warned = true;
+        };
+        let mut warned = false;
+        loop {
+            if self.health.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            match rt.block_on(self.follow()) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.report(DOWN, 0);
+                    if !warned {
+                        tracing::warn!(writer = self.share.index, error = format!("{e:#}"), "cold storage writer stopped; retrying");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                std::thread::sleep(Duration::from_secs(1));
             }
         }
     }
-}
 
-/// Connects, then stores batch after batch until stopped or an error.
-async fn follow(brokers: &str, topics: &[String], prefix: &str, url: &str, health: &Health, metrics: &Metrics) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let mut cold = ColdStore::new(client).await?;
-    let stored = cold.offsets().await?;
-    let from = |topic: &str, partition: i32| stored.iter().find(|(t, p, _)| t == topic && *p == partition).map(|(_, _, o)| *o);
-    let tail = Tail::new(brokers, topics, &from, Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
-    health.cold.store(OK, Ordering::Release);
-    tracing::info!("cold storage writer following the event log");
-    while !health.stopping.load(Ordering::Acquire) {
-        let batch = tail.next_batch(BATCH, BATCH_WAIT).map_err(anyhow::Error::msg)?;
-        if batch.is_empty() {
-            metrics.cold_lag_ms.set(0);
-            health.cold.store(OK, Ordering::Release);
-            continue;
+    /// Connects, then stores batch after batch until stopped or an error.
+    async fn follow(&self) -> anyhow::Result<()> {
+        let topics: Vec<String> = [COMMANDS_TOPIC, TRADES_TOPIC, CANCELLED_TOPIC].iter().map(|t| format!("{}{t}", self.prefix)).collect();
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let mut cold = ColdStore::new(client).await?;
+        let stored = cold.offsets().await?;
+        let from = |topic: &str, partition: i32| stored.iter().find(|(t, p, _)| t == topic && *p == partition).map(|(_, _, o)| *o);
+        let tail = Tail::new(&self.brokers, &topics, &from, Duration::from_secs(5), self.share).map_err(anyhow::Error::msg)?;
+        self.report(OK, 0);
+        tracing::info!(writer = self.share.index, "cold storage writer following the event log");
+        while !self.health.stopping.load(Ordering::Acquire) {
+            let batch = tail.next_batch(BATCH, BATCH_WAIT).map_err(anyhow::Error::msg)?;
+            if batch.is_empty() {
+                self.report(OK, 0);
+                continue;
+            }
+            // A batch that does not commit ends this connection: the next one starts again
+            // from the offsets committed with the rows, so the batch is read again.
+            tokio::time::timeout(STORE_TIMEOUT, cold.store(&self.prefix, &batch)).await.context("PostgreSQL did not answer")??;
+            self.metrics.cold_records.inc_by(batch.len() as u64);
+            let newest = batch.iter().filter_map(|r| r.timestamp_ms).max().unwrap_or(0);
+            let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(0);
+            let lag = if newest > 0 { (now - newest).max(0) } else { 0 };
+            self.report(if lag > LAGGING_MS { LAGGING } else { OK }, lag);
         }
-        // A batch that does not commit ends this connection: the next one starts again
-        // from the offsets committed with the rows, so the batch is read again.
-        tokio::time::timeout(STORE_TIMEOUT, cold.store(prefix, &batch)).await.context("PostgreSQL did not answer")??;
-        metrics.cold_records.inc_by(batch.len() as u64);
-        let newest = batch.iter().filter_map(|r| r.timestamp_ms).max().unwrap_or(0);
-        let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(0);
-        let lag = if newest > 0 { (now - newest).max(0) } else { 0 };
-        metrics.cold_lag_ms.set(lag);
-        health.cold.store(if lag > LAGGING_MS { LAGGING } else { OK }, Ordering::Release);
+        Ok(())
     }
-    Ok(())
 }
 
 /// A connection ready to store batches: schema applied, staging tables made, the

@@ -19,14 +19,15 @@ fn arg(name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
-/// Half new orders, half trades between them.
+/// Half new orders, half trades between them, on two symbols in partitions 0 and 1 (an
+/// order and its trades in the same one, as the exchange keys them).
 fn records(n: usize) -> Vec<Located> {
     let map = exchange::shard_map::ShardMap::load(std::path::Path::new("shards/default.toml")).expect("run from the repository root");
-    let spec = &map.symbols[0];
     let now = 1_795_000_000_000_i64;
     (0..n)
         .map(|i| {
             let k = i as u64 / 2;
+            let (spec, partition, offset) = (&map.symbols[(k % 2) as usize], (k % 2) as i32, (k / 2) as i64);
             if i.is_multiple_of(2) {
                 let order = NewOrder {
                     id: OrderId(k + 1),
@@ -41,7 +42,7 @@ fn records(n: usize) -> Vec<Located> {
                     timestamp: now + i as i64,
                 };
                 let payload = wire::encode_command(spec, &StreamRecord::Command(Command::Place(order)), k);
-                Located { topic: COMMANDS_TOPIC.into(), partition: 0, offset: k as i64, timestamp_ms: None, payload }
+                Located { topic: COMMANDS_TOPIC.into(), partition, offset, timestamp_ms: None, payload }
             } else {
                 let update = |user: u64, order: u64| FillUpdate {
                     user: UserId(user),
@@ -57,11 +58,12 @@ fn records(n: usize) -> Vec<Located> {
                     quantity: 5,
                     taker_side: Side::Buy,
                     buyer: update(k % 1_000, k + 1),
-                    seller: update((k + 1) % 1_000, k.max(1)),
+                    // The order of the iteration before last: the same symbol.
+                    seller: update((k + 1) % 1_000, if k >= 2 { k - 1 } else { k + 1 }),
                     timestamp: now + i as i64,
                 });
                 let (_, payload) = wire::encode_event(spec, &trade);
-                Located { topic: TRADES_TOPIC.into(), partition: 0, offset: k as i64, timestamp_ms: None, payload }
+                Located { topic: TRADES_TOPIC.into(), partition, offset, timestamp_ms: None, payload }
             }
         })
         .collect()
@@ -143,6 +145,29 @@ fn main() {
             let rows: i64 = client.query_one("SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM trades)", &[]).await.unwrap().get(0);
             results.push((name, rows as f64 / secs, rows, secs));
         }
+        // The exchange's writers: one connection per share of the partitions, at once.
+        client.batch_execute("TRUNCATE orders, trades, order_closures, pending_order_changes, writer_offsets").await.unwrap();
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for share in 0..2 {
+                let (url, batch) = (&url, &batch);
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(async {
+                        let mut cold = exchange::cold::writer::ColdStore::new(connect(url).await).await.unwrap();
+                        let mine: Vec<Located> = batch.iter().filter(|r| r.partition == share).cloned().collect();
+                        for chunk in mine.chunks(1_000) {
+                            cold.store("", chunk).await.unwrap();
+                        }
+                    });
+                });
+            }
+        });
+        let secs = started.elapsed().as_secs_f64();
+        let rows: i64 = client.query_one("SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM trades)", &[]).await.unwrap().get(0);
+        results.push(("2 writers, a partition each", rows as f64 / secs, rows, secs));
+        let pending: i64 = client.query_one("SELECT count(*) FROM pending_order_changes", &[]).await.unwrap().get(0);
+        assert_eq!(pending, 0, "every fill found its order");
         let base = results[0].1;
         println!("{:<32} {:>10} {:>9} {:>12} {:>6}", "method", "rows", "seconds", "rows/s", "ratio");
         for (name, rate, rows, secs) in results {
