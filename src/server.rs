@@ -315,16 +315,22 @@ async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", shard.config.http_addr))?;
     tracing::info!(shard = shard.id, addr = %shard.config.http_addr, "serving");
     let connections = Rc::new(Cell::new(0usize));
+    // One accept stays pending across the stop checks: dropping a pending accept can
+    // lose a connection the kernel completed at that instant (it stays established,
+    // its request unread, until the client gives up), so only a finished accept is
+    // replaced, and the timer alone is raced against it.
+    let mut accept = Box::pin(listener.accept());
     loop {
         if shard.health.stopping.load(Ordering::Acquire) {
             break;
         }
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+        let accepted = futures_lite::future::or(async { Some(accept.as_mut().await) }, async {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             None
         })
         .await;
         let Some(accepted) = accepted else { continue };
+        accept = Box::pin(listener.accept());
         let stream = match accepted {
             Ok(s) => s,
             Err(e) => {
@@ -345,6 +351,7 @@ async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
         })
         .detach();
     }
+    drop(accept);
     drop(listener);
     // Finish what is in flight, then leave; every acknowledged command is already durable.
     for _ in 0..100 {
