@@ -69,7 +69,8 @@ enum AccountJson {
     RecordVoided { event_id: String, voided_offset: u64 },
 }
 
-fn account_id(user: UserId) -> String {
+/// A user's account id as records and cold storage name it: 16 hex digits.
+pub fn account_id(user: UserId) -> String {
     format!("{:016x}", user.0)
 }
 

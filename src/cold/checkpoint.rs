@@ -130,9 +130,9 @@ fn run(url: &str, prefix: &str, map: &ShardMap, rx: &mpsc::Receiver<Checkpoint>)
     }
 }
 
+/// A connection with the schema applied (the tables it writes may be new).
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to PostgreSQL")?;
-    tokio::spawn(connection);
+    let mut client = super::connect(url).await?;
     super::migrate_client(&mut client).await?;
     Ok(client)
 }
@@ -188,7 +188,7 @@ async fn readable(tx: &tokio_postgres::Transaction<'_>, map: &ShardMap, c: &Chec
     let (mut users, mut totals, mut locked) = (Vec::new(), Vec::new(), Vec::new());
     let mut positions = PositionColumns::default();
     for (user, account) in &state.users {
-        let id = format!("{:016x}", user.0);
+        let id = crate::wire::account_id(*user);
         users.push(id.clone());
         totals.push(units_to_usdt(account.total));
         locked.push(units_to_usdt(account.locked));

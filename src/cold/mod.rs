@@ -29,13 +29,18 @@ mod embedded {
 /// # Errors
 /// PostgreSQL unreachable, or a migration failed (it is rolled back).
 pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
-    let (mut client, connection) =
+    migrate_client(&mut connect(url).await?).await
+}
+
+/// A connection to PostgreSQL at `url`, its driver spawned on the current tokio runtime.
+///
+/// # Errors
+/// PostgreSQL unreachable or refusing.
+pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) =
         tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connecting to PostgreSQL ({})", redact(url)))?;
-    let driver = tokio::spawn(connection);
-    let applied = migrate_client(&mut client).await?;
-    drop(client);
-    let _ = driver.await;
-    Ok(applied)
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// [`migrate`] on an open connection.

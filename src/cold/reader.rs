@@ -67,9 +67,7 @@ impl ColdReader {
 
 async fn history(url: &str, client: &mut Option<tokio_postgres::Client>, q: &HistoryQuery) -> anyhow::Result<Vec<serde_json::Value>> {
     if client.is_none() {
-        let (c, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to PostgreSQL")?;
-        tokio::spawn(connection);
-        *client = Some(c);
+        *client = Some(super::connect(url).await?);
     }
     let c = client.as_ref().context("no connection")?;
     let before = q.before.unwrap_or(i64::MAX);

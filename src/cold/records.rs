@@ -118,6 +118,15 @@ enum ResultJson {
     OrderPlaced {},
 }
 
+/// Reads a record as its topic says: `commands` (the prefixed `orders.submitted`) or a
+/// results topic.
+///
+/// # Errors
+/// A record the exchange did not write.
+pub fn read(commands: &str, record: &exchange_io::kafka::Located) -> Result<Row, String> {
+    if record.topic == commands { command(&record.payload, record.partition, record.offset) } else { result(&record.payload) }
+}
+
 /// Reads a record of `orders.submitted` (`partition`, `offset`: where it was read).
 ///
 /// # Errors

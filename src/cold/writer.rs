@@ -133,9 +133,7 @@ impl Writer {
     /// Connects, then stores batch after batch until stopped or an error.
     async fn follow(&self) -> anyhow::Result<()> {
         let topics: Vec<String> = [COMMANDS_TOPIC, TRADES_TOPIC, CANCELLED_TOPIC].iter().map(|t| format!("{}{t}", self.prefix)).collect();
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        let mut cold = ColdStore::new(client).await?;
+        let mut cold = ColdStore::new(super::connect(&self.url).await?).await?;
         let stored = cold.offsets().await?;
         let from = |topic: &str, partition: i32| stored.iter().find(|(t, p, _)| t == topic && *p == partition).map(|(_, _, o)| *o);
         let tail = Tail::new(&self.brokers, &topics, &from, Duration::from_secs(5), self.share).map_err(anyhow::Error::msg)?;
@@ -236,12 +234,7 @@ impl Rows {
         let commands = format!("{prefix}{COMMANDS_TOPIC}");
         let mut rows = Self::default();
         for r in batch {
-            let row = if r.topic == commands {
-                records::command(&r.payload, r.partition, r.offset)
-            } else {
-                records::result(&r.payload)
-            };
-            match row {
+            match records::read(&commands, r) {
                 Ok(Row::Order(o)) => rows.orders.push(o),
                 Ok(Row::Trade(t)) => rows.trades.push(t),
                 // Like the accounts: a duplicate-id refusal says nothing of the order it names.
@@ -381,6 +374,9 @@ const TRADE_TYPES: [Type; 15] = [
     Type::NUMERIC, Type::TEXT, Type::UUID, Type::NUMERIC, Type::NUMERIC, Type::TIMESTAMPTZ,
 ];
 
+const COPY_CLOSURES: &str = "COPY stage_closures (order_id, reason, closed_at) FROM STDIN BINARY";
+const CLOSURE_TYPES: [Type; 3] = [Type::UUID, Type::TEXT, Type::TIMESTAMPTZ];
+
 impl ColdStore {
     /// One batch, one transaction.
     ///
@@ -404,15 +400,7 @@ impl ColdStore {
             ]
         })
         .await?;
-        copy(
-            &tx,
-            "COPY stage_closures (order_id, reason, closed_at) FROM STDIN BINARY",
-            &[Type::UUID, Type::TEXT, Type::TIMESTAMPTZ],
-            &rows.closures,
-            |c| c.closed_ms,
-            |c, at| [&c.order_id, &c.reason, at],
-        )
-        .await?;
+        copy(&tx, COPY_CLOSURES, &CLOSURE_TYPES, &rows.closures, |c| c.closed_ms, |c, at| [&c.order_id, &c.reason, at]).await?;
         let mut next: Vec<(&str, i32, i64)> = Vec::new();
         for r in batch {
             match next.iter_mut().find(|(t, p, _)| *t == r.topic && *p == r.partition) {

@@ -245,7 +245,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
                 ApiError::Unavailable("order history needs cold storage (PostgreSQL and Kafka), which is not configured".into())
             })?;
             let query = crate::cold::reader::HistoryQuery {
-                user_id: format!("{:016x}", user.0),
+                user_id: crate::wire::account_id(user),
                 symbol: symbol.map(|s| shard.map.symbols[s].name.clone()),
                 limit,
                 before,

@@ -707,7 +707,7 @@ pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
             if found.is_empty() {
                 continue;
             }
-            let account = format!("{:016x}", user.0);
+            let account = crate::wire::account_id(user);
             tracing::warn!(shard = shard.id, user = account, found = ?found, "hot state differs from the log: repaired");
             {
                 let accounts = shard.accounts.borrow();

@@ -94,8 +94,8 @@ async fn insert_rows(client: &mut tokio_postgres::Client, batch: &[Located]) {
         .unwrap();
     let at = |ms: i64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     for r in batch {
-        if r.topic == COMMANDS_TOPIC {
-            let Ok(exchange::cold::records::Row::Order(o)) = exchange::cold::records::command(&r.payload, r.partition, r.offset) else { continue };
+        let row = exchange::cold::records::read(COMMANDS_TOPIC, r);
+        if let Ok(exchange::cold::records::Row::Order(o)) = row {
             tx.execute(
                 &order,
                 &[&o.id, &o.user_id, &o.symbol, &o.client_order_id, &o.side, &o.kind, &o.time_in_force, &o.price, &o.quantity,
@@ -103,7 +103,7 @@ async fn insert_rows(client: &mut tokio_postgres::Client, batch: &[Located]) {
             )
             .await
             .unwrap();
-        } else if let Ok(exchange::cold::records::Row::Trade(t)) = exchange::cold::records::result(&r.payload) {
+        } else if let Ok(exchange::cold::records::Row::Trade(t)) = row {
             tx.execute(
                 &trade,
                 &[&t.id, &t.symbol, &t.seq, &t.price, &t.quantity, &t.taker_side, &t.buyer_id, &t.buyer_order_id, &t.buyer_fee,
@@ -175,16 +175,7 @@ fn main() {
         }
         // Of the writer's time, what reading the JSON records takes (no PostgreSQL).
         let started = Instant::now();
-        let parsed = batch
-            .iter()
-            .filter(|r| {
-                if r.topic == COMMANDS_TOPIC {
-                    exchange::cold::records::command(&r.payload, r.partition, r.offset).is_ok()
-                } else {
-                    exchange::cold::records::result(&r.payload).is_ok()
-                }
-            })
-            .count();
+        let parsed = batch.iter().filter(|r| exchange::cold::records::read(COMMANDS_TOPIC, r).is_ok()).count();
         println!("reading the {parsed} records' JSON alone: {:.2} s", started.elapsed().as_secs_f64());
         drop(client);
         let _ = c.batch_execute("DROP DATABASE IF EXISTS exchange_bench_copy WITH (FORCE)").await;
