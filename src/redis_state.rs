@@ -41,11 +41,6 @@ impl Keys {
         format!("{}balance:{}:USDT", self.prefix, tag(user))
     }
 
-    /// Orders counted in one second, for the rate limit.
-    pub fn rate(&self, user: UserId, second: i64) -> String {
-        format!("{}rate:{}:{second}", self.prefix, tag(user))
-    }
-
     /// What an open order locked when it was placed.
     pub fn lock(&self, user: UserId, order: OrderId) -> String {
         format!("{}{}", self.lock_prefix(user), order.0)
@@ -107,38 +102,6 @@ impl Keys {
     }
 }
 
-/// The risk step in one round trip: rate limit, available check, margin lock.
-///
-/// KEYS: balance, rate, lock, open-order set. ARGV: rate limit (0: off), amount, minus
-/// the amount (Redis parses neither `--5` nor `-0`, so Rust writes both signs), order id.
-/// The order joins the open set at once, so a lock whose order never reaches the log (a
-/// crash in between) is still found: by a rebuild, which forgets what that set names,
-/// and by the consistency check.
-/// Returns 0 (locked), 1 (rate limited), 2 (insufficient margin), 3 (already reserved),
-/// 4 (no balance: the hot state of this user is missing). A refusal changes nothing.
-pub const RESERVE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 4 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 3 end
-local limit = tonumber(ARGV[1])
-if limit > 0 then
-  local n = redis.call('INCR', KEYS[2])
-  if n == 1 then redis.call('EXPIRE', KEYS[2], 2) end
-  if n > limit then
-    redis.call('DECR', KEYS[2])
-    return 1
-  end
-end
-if redis.call('HINCRBY', KEYS[1], 'available', ARGV[3]) < 0 then
-  redis.call('HINCRBY', KEYS[1], 'available', ARGV[2])
-  if limit > 0 then redis.call('DECR', KEYS[2]) end
-  return 2
-end
-redis.call('HINCRBY', KEYS[1], 'locked', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[2])
-if KEYS[4] then redis.call('SADD', KEYS[4], ARGV[4]) end
-return 0
-";
-
 /// A list of writes to one user's keys, applied atomically, at most once per (symbol,
 /// offset) when guarded.
 ///
@@ -181,7 +144,6 @@ end
 return 1
 ";
 
-pub static RESERVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESERVE));
 pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE));
 
 /// Builds one [`WRITE`] call for one user.
@@ -221,6 +183,22 @@ impl Writes {
                 self.keys.len()
             }
         }
+    }
+
+    /// The margin lock of an order the ledger has just accepted: moved from available to
+    /// locked, recorded under the order, and the order in the open set at once, so that a
+    /// lock whose order never reaches the log (a crash in between) is still found by a
+    /// rebuild and by the consistency check. Written only to a user whose balance exists.
+    pub fn lock_margin(keys: &Keys, user: UserId, order: OrderId, amount: i64) -> Self {
+        let balance = keys.balance(user);
+        let mut w = Self::new(keys, user).requiring(balance.clone());
+        if amount != 0 {
+            w.op("HINCRBY", balance.clone(), ["locked".to_owned(), amount.to_string()]);
+            w.op("HINCRBY", balance, ["available".to_owned(), (-amount).to_string()]);
+        }
+        w.op("SET", keys.lock(user, order), [amount]);
+        w.op("SADD", keys.active(user), [order.0]);
+        w
     }
 
     /// Adds `command key args...`.

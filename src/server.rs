@@ -95,13 +95,9 @@ fn raise_memlock() {
 pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let map = Arc::new(ShardMap::load(&config.shard_map)?);
 
-    let redis = match &config.redis.url {
-        Some(url) => {
-            tracing::info!(url, "hot state: Redis");
-            Some(exchange_io::redis::RedisBridge::start(url, Duration::from_millis(config.redis.timeout_ms)).map_err(anyhow::Error::msg)?)
-        }
-        None => None,
-    };
+    if config.redis.url.is_some() {
+        tracing::info!("hot state: Redis, written behind the ledger");
+    }
     if let Some(brokers) = &config.kafka.brokers {
         let topics = crate::shard::logs::topics(&config.kafka.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -118,7 +114,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let shards = cores.len();
     let config = Arc::new(config);
     let metrics = Metrics::new();
-    let initial = if redis.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
+    let initial = if config.redis.url.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
     let health = Arc::new(Health { hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(initial)).collect(), ..Health::default() });
     let cold = match (&config.postgres.url, &config.kafka.brokers) {
         (Some(url), Some(brokers)) => {
@@ -156,7 +152,13 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     for (id, core) in cores.iter().copied().enumerate() {
         let (map, config, metrics, health, mesh) = (map.clone(), config.clone(), metrics.clone(), health.clone(), mesh.clone());
-        let redis = redis.clone();
+        // Each core writes its own partitions over a connection of its own.
+        let redis = match &config.redis.url {
+            Some(url) => Some(
+                exchange_io::redis::RedisBridge::start(url, Duration::from_millis(config.redis.timeout_ms)).map_err(anyhow::Error::msg)?,
+            ),
+            None => None,
+        };
         let cold = cold.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
@@ -224,20 +226,20 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         snapshotting: Cell::new(false),
         wire_seq: Cell::new(0),
         account_in_doubt: RefCell::default(),
-        redis: redis.map(|bridge| crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix))),
+        redis: redis.map(|bridge| {
+            crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id)
+        }),
         cold: cold.clone(),
         kafka: match &config.kafka.brokers {
-            Some(brokers) => Some(crate::shard::logs::KafkaBackend {
-                brokers: brokers.clone(),
-                partitions: config.kafka.partitions,
-                topic_prefix: config.kafka.topic_prefix.clone(),
-                read_cache: RefCell::default(),
-                timeout: Duration::from_millis(config.kafka.timeout_ms),
-                producer: RefCell::new(
-                    exchange_io::kafka::producer(brokers, Duration::from_millis(config.kafka.timeout_ms))
-                        .map_err(anyhow::Error::msg)?,
-                ),
-            }),
+            Some(brokers) => Some(
+                crate::shard::logs::KafkaBackend::start(
+                    brokers,
+                    config.kafka.partitions,
+                    &config.kafka.topic_prefix,
+                    Duration::from_millis(config.kafka.timeout_ms),
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
             None => None,
         },
         config,
@@ -251,6 +253,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         return rebuild_state(&shard).await;
     }
     if shard.redis.is_some() {
+        glommio::spawn_local(crate::shard::hot::write_behind(shard.clone())).detach();
         glommio::spawn_local(crate::shard::hot::watch(shard.clone())).detach();
     }
     serve(shard).await
@@ -287,9 +290,8 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
                 match message {
                     Message::Reply { id, body } => shard.rpc.complete(id, body),
                     Message::Request { from, id, body } => {
-                        // With Redis a risk step waits for it: a task of its own.
-                        let inline = matches!(body, Request::Apply { .. } | Request::Release { .. } | Request::LastPrices)
-                            || (matches!(body, Request::Reserve { .. }) && shard.redis.is_none());
+                        let inline =
+                            matches!(body, Request::Apply { .. } | Request::Release { .. } | Request::Reserve { .. } | Request::LastPrices);
                         if inline {
                             let reply = handlers::handle(shard.clone(), body).await;
                             let shard = shard.clone();

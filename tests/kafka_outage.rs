@@ -1,5 +1,7 @@
 //! Kafka unavailable: bounded 503s with nothing changed, degraded health, and a resume
-//! with no restart; after it, no order answered 503 shows up, even after a replay.
+//! with no restart; after it, no order answered 503 shows up, even after a replay, and
+//! even when the exchange is killed right after answering 503 and the command did reach
+//! the broker.
 
 mod common;
 
@@ -59,5 +61,78 @@ fn broker_outage_answers_503_then_resumes_by_itself() {
         let (_, balance) = s.get(&alice, "/v1/balance");
         assert_eq!(balance["total"], "1007", "the deposit answered 503 never counts (round {round})");
         s.restart();
+    }
+}
+
+/// The records of the symbol's command partition, as text.
+fn commands_logged(s: &Server, brokers: &str) -> Vec<String> {
+    let topic = format!("{}orders.submitted", s.env_var("EXCHANGE_KAFKA_TOPIC_PREFIX").unwrap_or_default());
+    let partition = exchange_io::kafka::partition_for(b"BTC-PERP", 8);
+    let (records, _) = exchange_io::kafka::read_partition(brokers, &topic, partition, 0, Duration::from_secs(10)).unwrap();
+    records.into_iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
+}
+
+#[test]
+fn a_503_holds_after_a_kill_even_when_the_broker_took_the_command() {
+    let broker = Broker::start();
+    let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TIMEOUT_MS", "1000")]);
+    let alice = s.funded("alice", "1000");
+    assert_eq!(s.order(&alice, &ORDER.replace("CID", "before")).0, 200);
+    let (_, balance_before) = s.get(&alice, "/v1/balance");
+
+    broker.freeze(true);
+    // Several at once, so that more than one batch is in flight when the broker stops.
+    let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
+        let sent: Vec<_> = (0..4).map(|i| {
+            let (s, alice) = (&s, &alice);
+            scope.spawn(move || s.order(alice, &ORDER.replace("CID", &format!("during-{i}"))))
+        }).collect();
+        sent.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, reply) in &answers {
+        assert_eq!((*status, reply["code"].as_str()), (503, Some("UNAVAILABLE")), "{reply}");
+    }
+    // Killed at once: the exchange never got to void the commands in the log.
+    s.kill9();
+    broker.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let landed = loop {
+        let landed = commands_logged(&s, &broker.addr).iter().filter(|r| r.contains("during-")).count();
+        if landed > 0 || Instant::now() > deadline {
+            break landed;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(landed > 0, "the frozen broker took none of the commands: this test shows nothing");
+
+    s.restart();
+    for i in 0..4 {
+        assert_eq!(s.get(&alice, &format!("/v1/orders/by-client-id/during-{i}")).0, 404, "order {i} answered 503 came back");
+    }
+    assert_eq!(s.get(&alice, "/v1/balance").1, balance_before);
+    let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);
+    assert_eq!(depth["bids"], serde_json::json!([["40000.0", "0.001"]]));
+    // Trading goes on, and the voids reach the log itself.
+    assert_eq!(s.order(&alice, &ORDER.replace("CID", "after")).0, 200);
+    let voids = commands_logged(&s, &broker.addr).iter().filter(|r| r.contains("CommandVoided")).count();
+    assert!(voids >= landed, "{voids} voids for {landed} commands in the log");
+    s.restart();
+    assert_eq!(s.get(&alice, "/v1/orders/by-client-id/during-0").0, 404);
+    assert_eq!(s.get(&alice, "/v1/orders/by-client-id/after").0, 200);
+}
+
+#[test]
+fn a_dead_broker_answers_503_within_the_timeout() {
+    let mut broker = Broker::start();
+    let s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TIMEOUT_MS", "1000")]);
+    let alice = s.funded("alice", "1000");
+    assert_eq!(s.order(&alice, &ORDER.replace("CID", "before")).0, 200);
+    broker.kill();
+    for i in 0..3 {
+        let started = Instant::now();
+        let (status, reply) = s.order(&alice, &ORDER.replace("CID", &format!("dead-{i}")));
+        let took = started.elapsed();
+        assert_eq!((status, reply["code"].as_str()), (503, Some("UNAVAILABLE")), "{reply}");
+        assert!(took < Duration::from_millis(1_300), "503 number {i} took {took:?} with a 1 s timeout");
     }
 }

@@ -2,9 +2,9 @@
 //! default `redis://127.0.0.1:6379`; unreachable is a failure, not a skip).
 
 use exchange::engine::{OrderId, UserId};
-use exchange::redis_state::{Keys, Writes, RESERVE};
+use exchange::redis_state::{Keys, Writes};
 use exchange_io::redis::Op;
-use redis::{Commands, Script};
+use redis::Commands;
 
 fn connection() -> redis::Connection {
     let url = std::env::var("EXCHANGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -52,46 +52,25 @@ fn deposit(c: &mut redis::Connection, user: UserId, amount: i64) {
     assert_eq!(run(c, w), 1);
 }
 
-fn reserve(c: &mut redis::Connection, user: UserId, order: u64, limit: u32, amount: i64) -> i64 {
-    Script::new(RESERVE)
-        .key(keys().balance(user))
-        .key(keys().rate(user, 1))
-        .key(keys().lock(user, OrderId(order)))
-        .arg(limit)
-        .arg(amount.to_string())
-        .arg((-amount).to_string())
-        .invoke(c)
-        .unwrap()
+fn lock(c: &mut redis::Connection, user: UserId, order: u64, amount: i64) -> i64 {
+    run(c, Writes::lock_margin(&keys(), user, OrderId(order), amount))
 }
 
 #[test]
-fn reserve_locks_exactly_and_refusals_change_nothing() {
+fn a_lock_moves_exactly_and_never_to_a_lost_user() {
     let mut c = connection();
     let user = fresh_user();
-    assert_eq!(reserve(&mut c, user, 1, 0, 1), 4, "no balance: the user's hot state is missing");
+    assert_eq!(lock(&mut c, user, 1, 1), -1, "no balance: the user's hot state is missing");
+    assert!(!c.exists::<_, bool>(keys().lock(user, OrderId(1))).unwrap(), "nothing half-written");
     deposit(&mut c, user, 1_000);
-    assert_eq!(reserve(&mut c, user, 1, 0, 600), 0);
+    assert_eq!(lock(&mut c, user, 1, 600), 1);
     assert_eq!(balance(&mut c, user), (1_000, 400, 600));
-    assert_eq!(reserve(&mut c, user, 1, 0, 1), 3, "the same order twice");
-    assert_eq!(reserve(&mut c, user, 2, 0, 401), 2);
-    assert_eq!(balance(&mut c, user), (1_000, 400, 600), "a refusal changes nothing");
-    let lock: i64 = c.get(keys().lock(user, OrderId(1))).unwrap();
-    assert_eq!(lock, 600);
-    assert_eq!(reserve(&mut c, user, 3, 0, 0), 0, "a reduce-only order locks nothing");
+    let held: i64 = c.get(keys().lock(user, OrderId(1))).unwrap();
+    assert_eq!(held, 600);
+    let open: Vec<u64> = c.smembers(keys().active(user)).unwrap();
+    assert_eq!(open, vec![1]);
+    assert_eq!(lock(&mut c, user, 3, 0), 1, "a reduce-only order locks nothing");
     assert_eq!(balance(&mut c, user), (1_000, 400, 600));
-}
-
-#[test]
-fn the_rate_limit_counts_only_accepted_orders() {
-    let mut c = connection();
-    let user = fresh_user();
-    deposit(&mut c, user, 100);
-    let _: () = c.del(keys().rate(user, 1)).unwrap();
-    assert_eq!(reserve(&mut c, user, 1, 2, 500), 2, "refused for margin: not counted");
-    assert_eq!(reserve(&mut c, user, 2, 2, 1), 0);
-    assert_eq!(reserve(&mut c, user, 3, 2, 1), 0);
-    assert_eq!(reserve(&mut c, user, 4, 2, 1), 1);
-    assert_eq!(balance(&mut c, user), (100, 98, 2));
 }
 
 #[test]
@@ -109,7 +88,7 @@ fn settlement_applies_each_offset_once_and_never_to_a_lost_user() {
     assert_eq!(settle(&mut c, 3), -1, "a user whose balance is gone is not written");
     assert!(!c.exists::<_, bool>(keys().position(user, "BTC-PERP")).unwrap(), "nothing half-written");
     deposit(&mut c, user, 10_000);
-    assert_eq!(reserve(&mut c, user, 7, 0, 1_050), 0);
+    assert_eq!(lock(&mut c, user, 7, 1_050), 1);
     assert_eq!(settle(&mut c, 3), 1);
     assert_eq!(settle(&mut c, 3), 0, "a replayed write changes nothing");
     assert_eq!(settle(&mut c, 2), 0, "nor does an older one");
@@ -125,10 +104,10 @@ fn amounts_beyond_double_precision_stay_exact() {
     let user = fresh_user();
     let big = (1_i64 << 60) + 1; // not representable as a double
     deposit(&mut c, user, big);
-    assert_eq!(reserve(&mut c, user, 1, 0, 1), 0);
+    assert_eq!(lock(&mut c, user, 1, 1), 1);
     assert_eq!(balance(&mut c, user), (big, big - 1, 1));
-    assert_eq!(reserve(&mut c, user, 2, 0, big), 2, "one unit short, and the check sees it");
-    assert_eq!(balance(&mut c, user), (big, big - 1, 1));
+    assert_eq!(lock(&mut c, user, 2, big - 1), 1);
+    assert_eq!(balance(&mut c, user), (big, 0, big), "every unit moved, none rounded");
 }
 
 #[test]
@@ -138,7 +117,6 @@ fn every_key_of_a_user_shares_one_cluster_slot() {
     let cid = exchange::engine::ClientOrderId::new("c-1").unwrap();
     let all = [
         k.balance(user),
-        k.rate(user, 5),
         k.lock(user, OrderId(1)),
         k.applied(user),
         k.position(user, "X"),

@@ -12,8 +12,10 @@
 //!   started, with a plain consumer assignment (no group, no committed offsets: the
 //!   exchange keeps its own offsets in its snapshots).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -22,14 +24,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::NaiveRuntime;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::journal::JournalError;
-use crate::EventLog;
+use crate::{Confirmation, EventLog};
 
 pub type Producer = FutureProducer<DefaultClientContext, NaiveRuntime>;
+pub use rdkafka::producer::DeliveryFuture;
 
 /// How long librdkafka waits to fill a batch (`linger.ms`, fractions allowed). The
 /// exchange batches already (a group commit appends all its records before awaiting any),
@@ -115,7 +118,10 @@ pub struct KafkaLog {
     partition: i32,
     key: String,
     pending: Vec<DeliveryFuture>,
-    next_offset: u64,
+    /// Shared with the confirmations in flight, which complete after `send` returned.
+    next_offset: Rc<Cell<u64>>,
+    /// A confirmation failed: the producer is replaced before the next send.
+    renew: Rc<Cell<bool>>,
 }
 
 impl KafkaLog {
@@ -128,13 +134,52 @@ impl KafkaLog {
             partition,
             key: key.to_owned(),
             pending: Vec::new(),
-            next_offset,
+            next_offset: Rc::new(Cell::new(next_offset)),
+            renew: Rc::default(),
+        }
+    }
+
+    /// An idempotent producer whose sends timed out may be fenced for good (a broker
+    /// that cannot bump its epoch answers ProducerFenced): start over with a new one,
+    /// which gets a new producer id.
+    fn renew_if_failed(&mut self) {
+        if self.renew.replace(false) {
+            match producer(&self.brokers, self.timeout) {
+                Ok(fresh) => self.producer = fresh,
+                Err(err) => tracing::warn!(error = %err, "could not renew the Kafka producer"),
+            }
         }
     }
 }
 
+/// Awaits every delivery report of a batch, but never longer than `timeout` after it
+/// was sent: librdkafka checks `message.timeout.ms` only now and then (a killed broker's
+/// records were seen failing after 2.4 times it), and the client is owed an answer
+/// within the configured time.
+async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration) -> Result<Vec<u64>, JournalError> {
+    let reports = async {
+        let mut offsets = Vec::with_capacity(pending.len());
+        let mut failure = None;
+        // Await every report, even after a failure, so none is left behind.
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(d)) => offsets.push(u64::try_from(d.offset).unwrap_or(0)),
+                Ok(Err((e, _))) => failure = Some(e.to_string()),
+                Err(_) => failure = Some("producer closed".into()),
+            }
+        }
+        failure.map_or(Ok(offsets), |e| Err(JournalError::Write(e)))
+    };
+    let deadline = async {
+        glommio::timer::sleep(timeout).await;
+        Err(JournalError::Write(format!("no acknowledgement from Kafka within {} ms", timeout.as_millis())))
+    };
+    futures_lite::future::or(reports, deadline).await
+}
+
 impl EventLog for KafkaLog {
     fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
+        self.renew_if_failed();
         let record = FutureRecord::to(&self.topic).partition(self.partition).key(&self.key).payload(payload);
         let delivery = self.producer.send_result(record).map_err(|(e, _)| JournalError::Write(e.to_string()))?;
         self.pending.push(delivery);
@@ -142,37 +187,34 @@ impl EventLog for KafkaLog {
     }
 
     fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<Vec<u64>, JournalError>> + '_>> {
-        let pending = std::mem::take(&mut self.pending);
+        let confirmation = self.send();
         Box::pin(async move {
-            let mut offsets = Vec::with_capacity(pending.len());
-            let mut failure = None;
-            // Await every report, even after a failure, so none is left behind.
-            for delivery in pending {
-                match delivery.await {
-                    Ok(Ok(d)) => offsets.push(u64::try_from(d.offset).unwrap_or(0)),
-                    Ok(Err((e, _))) => failure = Some(e.to_string()),
-                    Err(_) => failure = Some("producer closed".into()),
-                }
+            match confirmation {
+                Some(c) => c.await,
+                None => Ok(Vec::new()),
             }
-            if let Some(e) = failure {
-                // An idempotent producer whose sends timed out may be fenced for good
-                // (a broker that cannot bump its epoch answers ProducerFenced): start
-                // over with a new one, which gets a new producer id.
-                match producer(&self.brokers, self.timeout) {
-                    Ok(fresh) => self.producer = fresh,
-                    Err(err) => tracing::warn!(error = %err, "could not renew the Kafka producer"),
-                }
-                return Err(JournalError::Write(e));
-            }
-            if let Some(last) = offsets.last() {
-                self.next_offset = last + 1;
-            }
-            Ok(offsets)
         })
     }
 
+    fn send(&mut self) -> Option<Confirmation> {
+        let pending = std::mem::take(&mut self.pending);
+        let (next_offset, renew, timeout) = (self.next_offset.clone(), self.renew.clone(), self.timeout);
+        Some(Box::pin(async move {
+            let confirmed = confirm(pending, timeout).await;
+            match &confirmed {
+                Ok(offsets) => {
+                    if let Some(last) = offsets.iter().max() {
+                        next_offset.set(next_offset.get().max(last + 1));
+                    }
+                }
+                Err(_) => renew.set(true),
+            }
+            confirmed
+        }))
+    }
+
     fn next_offset(&self) -> u64 {
-        self.next_offset
+        self.next_offset.get()
     }
 
     fn read_back(&mut self, from: u64, patience: Duration) -> crate::ReadBack<'_> {
@@ -195,11 +237,22 @@ impl EventLog for KafkaLog {
     }
 }
 
-/// Sends a record without waiting for it: for results, which can always be derived
-/// again from the command log. Returns whether librdkafka took it.
-pub fn publish(producer: &Producer, topic: &str, partition: i32, key: &str, payload: &[u8]) -> bool {
+/// Sends a record and returns its delivery report, to await later.
+///
+/// # Errors
+/// librdkafka did not take the record (its queue is full, or the producer failed).
+pub fn send(producer: &Producer, topic: &str, partition: i32, key: &str, payload: &[u8]) -> Result<DeliveryFuture, String> {
     let record = FutureRecord::to(topic).partition(partition).key(key).payload(payload);
-    producer.send_result(record).is_ok()
+    producer.send_result(record).map_err(|(e, _)| e.to_string())
+}
+
+/// Whether a delivery report says the record is in the log.
+pub async fn delivered(report: DeliveryFuture) -> Result<(), String> {
+    match report.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.to_string()),
+        Err(_) => Err("producer closed".into()),
+    }
 }
 
 /// Whether a producer hit an error it cannot recover from (it must be replaced).

@@ -18,6 +18,10 @@ use std::time::Duration;
 /// Records read back from a log: `(offset, payload)`.
 pub type ReadBack<'a> = Pin<Box<dyn Future<Output = Result<Vec<(u64, Vec<u8>)>, journal::JournalError>> + 'a>>;
 
+/// The confirmation of a batch already sent: its records' offsets once durable. It
+/// borrows nothing from the log, so the next batch can be sent while it is pending.
+pub type Confirmation = Pin<Box<dyn Future<Output = Result<Vec<u64>, journal::JournalError>>>>;
+
 /// An append-only, durable log of one stream (a symbol's commands, an account
 /// partition's records). The shard appends, commits once per batch, and acknowledges
 /// nothing a commit has not returned for. Implemented by the embedded
@@ -36,6 +40,14 @@ pub trait EventLog {
     /// When the log cannot accept writes; then none of the pending records may be
     /// acknowledged.
     fn commit(&mut self) -> Pin<Box<dyn Future<Output = Result<Vec<u64>, journal::JournalError>> + '_>>;
+
+    /// Sends every appended record and returns their confirmation without waiting for
+    /// it, so that several batches can be in flight. The caller executes batches strictly
+    /// in the order sent and treats every batch after a failed one as failed too.
+    /// `None`: this log confirms one batch at a time (use [`Self::commit`]).
+    fn send(&mut self) -> Option<Confirmation> {
+        None
+    }
 
     /// The offset the next appended record will get.
     fn next_offset(&self) -> u64;

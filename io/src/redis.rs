@@ -1,12 +1,12 @@
 //! Redis (single server or Cluster) for glommio shards.
 //!
-//! redis-rs has no glommio runtime, so its tokio client runs on one helper thread (a
-//! current-thread tokio runtime) and the shards hand it operations over a channel. Two
-//! ways of doing that were measured (`perf/src/bin/redis_client.rs`, `perf/RESULTS.md`):
-//! this one, and a synchronous connection on the helper thread that sends whatever is
-//! queued as one pipeline. They perform the same (both pipeline what is in flight; Redis
-//! is the limit), and only the tokio client comes with a Cluster implementation
-//! (`cluster-async`), so this is it.
+//! redis-rs has no glommio runtime, so its tokio client runs on a helper thread (a
+//! current-thread tokio runtime) and a shard hands it operations over a channel. Each
+//! shard starts a bridge of its own, with its own thread and connection, so no shard
+//! waits behind another's writes. Two ways of running the helper were measured (a tokio
+//! client, and a synchronous connection sending whatever is queued as one pipeline;
+//! `perf/RESULTS.md`, "Redis from a glommio shard"): they perform the same, and only the
+//! tokio client comes with a Cluster implementation (`cluster-async`), so this is it.
 //!
 //! Order is part of the contract: operations reach Redis in the order they were handed
 //! over (one channel, tasks first polled in spawn order on a current-thread runtime,
@@ -63,6 +63,24 @@ impl ConnectionLike for Conn {
 pub enum Op {
     Cmd(Cmd),
     Script { script: &'static Script, keys: Vec<String>, args: Vec<String> },
+    /// Several operations in one round trip, replied to as an array of their replies:
+    /// one pipeline to a single server; to a cluster, whose pipelines must stay within
+    /// one slot, each operation is sent at once without waiting for the others (they
+    /// share each node's connection, so they are pipelined on the wire all the same).
+    Batch(Vec<Op>),
+}
+
+impl Op {
+    fn into_cmd(self) -> Cmd {
+        match self {
+            Self::Cmd(cmd) => cmd,
+            Self::Script { script, keys, args } => {
+                redis::cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args).to_owned()
+            }
+            // Batches are not nested: a batch inside one is sent as its first operation.
+            Self::Batch(ops) => ops.into_iter().next().map_or_else(|| redis::cmd("PING"), Self::into_cmd),
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce(Option<Conn>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -79,10 +97,33 @@ pub struct RedisBridge {
 
 async fn run_op<T: FromRedisValue>(mut conn: Conn, op: Op) -> redis::RedisResult<T> {
     match op {
-        Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
-        Op::Script { script, keys, args } => {
-            redis::cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args).query_async(&mut conn).await
+        Op::Batch(ops) => {
+            let replies = match &conn {
+                Conn::Single(_) => {
+                    let mut pipe = redis::pipe();
+                    for op in ops {
+                        pipe.add_command(op.into_cmd());
+                    }
+                    pipe.query_async::<Vec<Value>>(&mut conn).await?
+                }
+                Conn::Cluster(_) => {
+                    let sent: Vec<_> = ops
+                        .into_iter()
+                        .map(|op| {
+                            let (cmd, mut conn) = (op.into_cmd(), conn.clone());
+                            tokio::spawn(async move { cmd.query_async::<Value>(&mut conn).await })
+                        })
+                        .collect();
+                    let mut replies = Vec::with_capacity(sent.len());
+                    for reply in sent {
+                        replies.push(reply.await.map_err(|e| redis::RedisError::from((redis::ErrorKind::IoError, "batch task", e.to_string())))??);
+                    }
+                    replies
+                }
+            };
+            T::from_owned_redis_value(Value::Array(replies))
         }
+        op => op.into_cmd().query_async(&mut conn).await,
     }
 }
 

@@ -6,6 +6,11 @@ use std::time::Duration;
 use exchange_io::kafka::{self, KafkaLog};
 use exchange_io::EventLog;
 
+/// Runs `f` on a glommio executor, as the shards do (confirmations use its timers).
+fn on_glommio<T>(f: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).io_memory(512 << 10).make().unwrap().run(f)
+}
+
 fn broker() -> String {
     std::env::var("EXCHANGE_KAFKA_TEST_BROKER").expect("EXCHANGE_KAFKA_TEST_BROKER must name the test broker (test.sh starts one)")
 }
@@ -20,20 +25,39 @@ fn committed_records_read_back_in_order_with_their_offsets() {
     let t = Duration::from_secs(5);
     let mut a = KafkaLog::new(&brokers, t, producer.clone(), &topic, p, "A", 0);
     let mut b = KafkaLog::new(&brokers, t, producer, &topic, p, "B", 0);
-    let mut committed = Vec::new();
-    for batch in 0..20 {
-        for i in 0..(batch % 7 + 1) {
-            a.append(format!("a-{batch}-{i}").as_bytes()).unwrap();
-            b.append(format!("b-{batch}-{i}").as_bytes()).unwrap();
+    let committed = on_glommio(async {
+        let mut committed = Vec::new();
+        for batch in 0..20 {
+            for i in 0..(batch % 7 + 1) {
+                a.append(format!("a-{batch}-{i}").as_bytes()).unwrap();
+                b.append(format!("b-{batch}-{i}").as_bytes()).unwrap();
+            }
+            let offsets = a.commit().await.unwrap();
+            let other = b.commit().await.unwrap();
+            assert_eq!(offsets.len(), (batch % 7 + 1) as usize);
+            assert_eq!(other.len(), offsets.len());
+            for (i, o) in offsets.iter().enumerate() {
+                committed.push((*o, format!("a-{batch}-{i}")));
+            }
         }
-        let offsets = futures_lite::future::block_on(a.commit()).unwrap();
-        let other = futures_lite::future::block_on(b.commit()).unwrap();
-        assert_eq!(offsets.len(), (batch % 7 + 1) as usize);
-        assert_eq!(other.len(), offsets.len());
-        for (i, o) in offsets.iter().enumerate() {
-            committed.push((*o, format!("a-{batch}-{i}")));
+        // Pipelined: several batches sent before any is confirmed land in the order sent.
+        let mut sent = Vec::new();
+        for batch in 20..30 {
+            for i in 0..3 {
+                a.append(format!("a-{batch}-{i}").as_bytes()).unwrap();
+            }
+            sent.push((batch, a.send().expect("Kafka pipelines")));
         }
-    }
+        for (batch, confirmation) in sent {
+            let offsets = confirmation.await.unwrap();
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+            assert!(offsets[0] > committed.last().unwrap().0, "batch {batch} landed before an earlier one");
+            for (i, o) in offsets.iter().enumerate() {
+                committed.push((*o, format!("a-{batch}-{i}")));
+            }
+        }
+        committed
+    });
     let (records, end) = kafka::read_partition(&brokers, &topic, p, 0, Duration::from_secs(10)).unwrap();
     let mine: Vec<(u64, String)> = records
         .iter()
@@ -48,6 +72,6 @@ fn committed_records_read_back_in_order_with_their_offsets() {
     let tail: Vec<u64> = tail.iter().filter(|r| r.key == b"A").map(|r| r.offset).collect();
     assert_eq!(tail, committed[10..].iter().map(|c| c.0).collect::<Vec<_>>());
     // The stream's own read-back sees only its key.
-    let back = futures_lite::future::block_on(a.read_back(from, Duration::from_secs(10))).unwrap();
+    let back = on_glommio(a.read_back(from, Duration::from_secs(10))).unwrap();
     assert_eq!(back.iter().map(|r| r.0).collect::<Vec<_>>(), tail);
 }

@@ -16,6 +16,8 @@ pub enum ApiError {
     ReduceOnlyRejected,
     RateLimited,
     Unavailable(String),
+    /// The event log did not confirm and the command may still land.
+    StatusUnknown(String),
     MethodNotAllowed,
 }
 
@@ -30,6 +32,7 @@ impl ApiError {
             Self::InsufficientMargin | Self::InsufficientBalance | Self::ReduceOnlyRejected => 422,
             Self::RateLimited => 429,
             Self::Unavailable(_) => 503,
+            Self::StatusUnknown(_) => 504,
         }
     }
 
@@ -48,6 +51,7 @@ impl ApiError {
             Self::ReduceOnlyRejected => "REDUCE_ONLY_REJECTED",
             Self::RateLimited => "RATE_LIMITED",
             Self::Unavailable(_) => "UNAVAILABLE",
+            Self::StatusUnknown(_) => "STATUS_UNKNOWN",
         }
     }
 
@@ -65,7 +69,7 @@ impl ApiError {
             Self::InsufficientBalance => "available balance is less than the withdrawal".into(),
             Self::ReduceOnlyRejected => "reduceOnly order would increase or flip the position".into(),
             Self::RateLimited => "order rate limit exceeded".into(),
-            Self::Unavailable(m) => m.clone(),
+            Self::Unavailable(m) | Self::StatusUnknown(m) => m.clone(),
         }
     }
 
@@ -81,4 +85,15 @@ impl ApiError {
 
 pub fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest(message.into())
+}
+
+impl From<crate::shard::stream::NotLogged> for ApiError {
+    fn from(e: crate::shard::stream::NotLogged) -> Self {
+        match e {
+            crate::shard::stream::NotLogged::Refused(m) => Self::Unavailable(m),
+            crate::shard::stream::NotLogged::Unknown(m) => {
+                Self::StatusUnknown(format!("{m}; the command may still be logged: look it up by its clientOrderId or transferId before retrying"))
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use super::protocol::{ApiRequest, HttpReply, OrderRef, Reply, Request, ReserveError};
+use super::stream::NotLogged;
 use super::{hot, Shard};
 use crate::accounts::{AccountRecord, AdminError, OrderStatus, OrderView, RiskError, TransferPlan};
 use crate::api::error::ApiError;
@@ -20,7 +21,7 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
     Box::pin(async move {
         match req {
             Request::Api(api) => Reply::Http(api_request(&shard, api).await.unwrap_or_else(|e| e.reply())),
-            Request::Reserve { key, order, symbol } => Reply::Reserved(reserve(&shard, &key, order, symbol).await),
+            Request::Reserve { key, order, symbol } => Reply::Reserved(reserve(&shard, &key, order, symbol)),
             Request::Release { order } => {
                 shard.accounts.borrow_mut().release(&order);
                 hot::release(&shard, &order);
@@ -63,26 +64,17 @@ pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>
     hot::settle(shard, symbol, offset, logged.as_ref(), events, &before);
 }
 
-/// The risk step: the ledger's (which also numbers the order), then Redis's when it is
-/// the hot state; a refusal by either leaves both as they were.
-async fn reserve(shard: &Shard, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
-    let order = reserve_in_ledger(shard, key, &mut order, symbol).map(|()| order)?;
-    let refused = match hot::reserve(shard, &order).await {
-        hot::Reserved::Locked => return Ok(order),
-        hot::Reserved::RateLimited => ReserveError::RateLimited,
-        hot::Reserved::InsufficientMargin => ReserveError::InsufficientMargin,
-        hot::Reserved::Unavailable => ReserveError::Unavailable,
-    };
-    shard.accounts.borrow_mut().release(&order);
-    Err(refused)
+/// The risk step, in the ledger of the account's owner: one uninterrupted step (it also
+/// numbers the order). Redis, when configured, is told behind it.
+fn reserve(shard: &Shard, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
+    reserve_in_ledger(shard, key, &mut order, symbol)?;
+    hot::reserved(shard, &order);
+    Ok(order)
 }
 
 fn reserve_in_ledger(shard: &Shard, key: &str, order: &mut NewOrder, symbol: usize) -> Result<(), ReserveError> {
     let mut accounts = shard.accounts.borrow_mut();
     let user = accounts.authenticate(key).ok_or(ReserveError::Unauthorized)?;
-    if shard.hot_ready(user).is_err() {
-        return Err(ReserveError::Unavailable);
-    }
     let now = order.timestamp;
     match accounts.reserve(user, order, symbol, now) {
         Ok(()) => Ok(()),
@@ -99,9 +91,9 @@ fn reserve_in_ledger(shard: &Shard, key: &str, order: &mut NewOrder, symbol: usi
     }
 }
 
-async fn cancel(shard: &Rc<Shard>, symbol: usize, command: Command) -> Result<Option<Vec<OrderId>>, ()> {
-    let stream = shard.stream(symbol).ok_or(())?;
-    let outcome = stream.submit(command).await.map_err(|_| ())?;
+async fn cancel(shard: &Rc<Shard>, symbol: usize, command: Command) -> Result<Option<Vec<OrderId>>, NotLogged> {
+    let stream = shard.stream(symbol).ok_or_else(|| NotLogged::Refused("symbol not owned here".into()))?;
+    let outcome = stream.submit(command).await?;
     for ack in outcome.applied {
         let _ = ack.await;
     }
@@ -171,7 +163,8 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
             match shard.ask(owner, Request::Cancel { symbol: view.symbol, user, id: view.id }).await {
                 Some(Reply::Cancelled(Ok(Some(_)))) => {}
                 Some(Reply::Cancelled(Ok(None))) => return Err(ApiError::OrderNotOpen),
-                _ => return Err(ApiError::Unavailable("event log unavailable".into())),
+                Some(Reply::Cancelled(Err(e))) => return Err(e.into()),
+                _ => return Err(ApiError::Unavailable("symbol owner unavailable".into())),
             }
             let after = find(shard, user, OrderRef::Id(view.id, shard.map.symbols[view.symbol].key)).await?;
             Ok(render::ok(&render::order(&shard.map, &after)))
@@ -195,7 +188,8 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
                         let spec = &shard.map.symbols[s];
                         cancelled.extend(ids.unwrap_or_default().into_iter().map(|id| render::order_uuid(spec, id)));
                     }
-                    _ => return Err(ApiError::Unavailable("event log unavailable".into())),
+                    Some(Reply::Cancelled(Err(e))) => return Err(e.into()),
+                    _ => return Err(ApiError::Unavailable("symbol owner unavailable".into())),
                 }
             }
             Ok(render::ok(&serde_json::json!({ "cancelled": cancelled })))
@@ -206,21 +200,14 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
         }
         ApiRequest::OpenOrders { key, symbol } => {
             let user = authenticate(shard, &key)?;
-            let open: Vec<OrderView> = if shard.redis.is_some() {
-                hot::open_orders(shard, user, symbol).await?
-            } else {
-                let accounts = shard.accounts.borrow();
-                let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
-                account.open_orders(symbol).into_iter().cloned().collect()
-            };
-            let open: Vec<_> = open.iter().map(|v| render::order(&shard.map, v)).collect();
+            let accounts = shard.accounts.borrow();
+            let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+            let open: Vec<_> = account.open_orders(symbol).into_iter().map(|v| render::order(&shard.map, v)).collect();
             Ok(render::ok(&open))
         }
         ApiRequest::Fills { key, symbol, limit } => {
             let user = authenticate(shard, &key)?;
-            let mut fills: Vec<crate::accounts::Fill> = if shard.redis.is_some() {
-                hot::fills(shard, user).await?
-            } else {
+            let mut fills: Vec<crate::accounts::Fill> = {
                 let accounts = shard.accounts.borrow();
                 accounts.user(user).ok_or(ApiError::Unauthorized)?.fills.iter().cloned().collect()
             };
@@ -255,9 +242,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
         }
         ApiRequest::Positions { key } => {
             let user = authenticate(shard, &key)?;
-            let positions: Vec<(usize, crate::engine::PositionState)> = if shard.redis.is_some() {
-                hot::positions(shard, user).await?
-            } else {
+            let positions: Vec<(usize, crate::engine::PositionState)> = {
                 let accounts = shard.accounts.borrow();
                 let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
                 account.positions.iter().filter(|(_, p)| p.size != 0).map(|(s, p)| (*s, *p)).collect()
@@ -279,17 +264,13 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
     }
 }
 
-/// The key's user, once its hot state can answer.
+/// The key's user.
 fn authenticate(shard: &Shard, key: &str) -> Result<UserId, ApiError> {
-    let user = shard.accounts.borrow().authenticate(key).ok_or(ApiError::Unauthorized)?;
-    shard.hot_ready(user)?;
-    Ok(user)
+    shard.accounts.borrow().authenticate(key).ok_or(ApiError::Unauthorized)
 }
 
 async fn balance(shard: &Shard, user: UserId) -> Result<HttpReply, ApiError> {
-    let (total, available, locked) = if shard.redis.is_some() {
-        hot::balance(shard, user).await?
-    } else {
+    let (total, available, locked) = {
         let accounts = shard.accounts.borrow();
         let a = accounts.user(user).ok_or(ApiError::NotFound)?;
         (a.total, a.available(), a.locked)
@@ -298,12 +279,7 @@ async fn balance(shard: &Shard, user: UserId) -> Result<HttpReply, ApiError> {
 }
 
 async fn find(shard: &Shard, user: UserId, target: OrderRef) -> Result<OrderView, ApiError> {
-    let view = if shard.redis.is_some() {
-        match target {
-            OrderRef::Id(id, _) => hot::order(shard, user, id).await?,
-            OrderRef::Client(cid) => hot::order_by_client_id(shard, user, &cid).await?,
-        }
-    } else {
+    let view = {
         let accounts = shard.accounts.borrow();
         let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
         match target {
@@ -347,7 +323,6 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
                 ReserveError::Unauthorized => ApiError::Unauthorized,
                 ReserveError::RateLimited => ApiError::RateLimited,
                 ReserveError::InsufficientMargin => ApiError::InsufficientMargin,
-                ReserveError::Unavailable => ApiError::Unavailable("hot state (Redis) unavailable; retry".into()),
                 ReserveError::Duplicate(reply) => return Ok(reply),
             });
         }
@@ -356,8 +331,10 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     let outcome = match stream.submit(Command::Place(order)).await {
         Ok(outcome) => outcome,
         Err(e) => {
+            // Not executed, and (503) never will be; with 504 a crash before the stream
+            // voids it in the log may still bring it back, as the answer says.
             let _ = shard.ask(shard.account_owner(order.user), Request::Release { order }).await;
-            return Err(ApiError::Unavailable(e));
+            return Err(e.into());
         }
     };
     for ack in outcome.applied {
@@ -420,7 +397,11 @@ async fn with_partition_log<T>(
     let Some(record) = record else { return Ok(value) };
     let bytes = shard.encode_account(&record, partition);
     let logged = match journal.append(&bytes) {
-        Ok(_) => journal.commit().await.map_err(|e| ApiError::Unavailable(format!("event log unavailable: {e}"))),
+        // The journal cuts a failed commit; Kafka may still take it (see `voids`).
+        Ok(_) => journal.commit().await.map_err(|e| match &shard.kafka {
+            None => ApiError::Unavailable(format!("event log unavailable: {e}")),
+            Some(_) => super::voids::refuse(shard, super::logs::Stream::Accounts(partition), std::slice::from_ref(&bytes), &e.to_string()).into(),
+        }),
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
     };
     let mut accounts = shard.accounts.borrow_mut();
@@ -465,7 +446,6 @@ async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiErro
     let mut secret = [0u8; 24];
     getrandom::getrandom(&mut secret).map_err(|e| ApiError::Unavailable(format!("no randomness: {e}")))?;
     let partition = crate::accounts::partition_of_name(name);
-    shard.hot_ready_in(partition)?;
     let key = with_partition_log(
         shard,
         partition,
@@ -482,7 +462,6 @@ async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiErro
 
 async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str) -> Result<HttpReply, ApiError> {
     let partition = crate::accounts::partition_of_name(name);
-    shard.hot_ready_in(partition)?;
     let user = with_partition_log(
         shard,
         partition,

@@ -1,40 +1,41 @@
-//! Redis as the hot state (`EXCHANGE_REDIS_URL`): where balances, margin locks,
-//! positions, open orders, fills and rate-limit counters live, where the risk step runs,
-//! and where account reads come from.
+//! Redis as the hot-state projection (`EXCHANGE_REDIS_URL`): balances, margin locks,
+//! positions, open orders and fills, written for readers outside the process.
 //!
-//! Each account owner still keeps its partitions' *ledger* (the in-process
-//! [`crate::accounts::Accounts`]): the logs replayed, kept current as results arrive. It
-//! authenticates keys, hands out order numbers, and is what Redis is rebuilt from, so a
-//! lost Redis never needs the log read again while the process lives (and
-//! `exchange rebuild-state` replays the log into it first). Redis is never behind it for
-//! a reader:
+//! The core that owns an account partition is the authority: its in-process ledger
+//! ([`crate::accounts::Accounts`]), built from the logs, runs the risk step (rate limit,
+//! available check, margin lock) in one uninterrupted step and answers every account
+//! read. Redis is written *behind* it, never awaited by a request:
 //!
-//! - the risk step is one Lua script ([`RESERVE`](crate::redis_state::RESERVE)): rate
-//!   limit, available check and margin lock, atomically, one round trip, awaited;
-//! - results are written by the account owner with one idempotent script per user and
-//!   command ([`WRITE`](crate::redis_state::WRITE), guarded by the command's offset),
-//!   handed over in log order and *not* awaited: every operation reaches Redis in the
-//!   order it was handed over (see [`exchange_io::redis`]) and every read of a user is
-//!   handed over by the same owner, so a read issued after an acknowledgement sees it.
-//!   The order path therefore waits for exactly one Redis round trip.
+//! - every change (a lock taken or released, a command's results, a transfer) becomes
+//!   one idempotent script call per user ([`WRITE`](crate::redis_state::WRITE), results
+//!   guarded by the command's log offset), queued on the owning core in log order;
+//! - a writer task per core hands everything queued as one batch (one pipeline) to the
+//!   core's own Redis connection, and queues the next batch while that one is in flight;
+//! - anything else sent to Redis from the core (the rebuild, the consistency check, the
+//!   markers) first hands over what is queued, so it reaches Redis after those writes.
 //!
-//! Losing Redis (emptied, restarted, a cluster node gone, or unreachable) is noticed by a
-//! failed or refused script, or by the partition markers a watchdog checks every 250 ms.
-//! The owner then answers 503 to orders and account reads of its partitions, rewrites
-//! every user of them from the ledger once Redis answers, and resumes.
+//! This departs on purpose from a Redis risk script on the order path: that is racy
+//! across calls and makes Redis the bottleneck and a single point of failure. Here a
+//! Redis that is slow, emptied, restarted or unreachable never fails or slows an order.
+//! Losing it is noticed by a failed write, a script finding a user's balance gone, or the
+//! partition markers a watchdog checks every 250 ms; writes are then skipped, and as soon
+//! as Redis answers every user of the core's partitions is rewritten from the ledger
+//! (`/health` says `stateStore: down`, then `rebuilding`, then `ok`).
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exchange_io::redis::{Op, RedisBridge};
+use futures_channel::mpsc;
+use futures_lite::StreamExt;
 
 use super::Shard;
-use crate::accounts::{Account, Fill, OrderView};
-use crate::api::error::ApiError;
+use crate::accounts::{Account, OrderView};
 use crate::engine::{CancelReason, Event, NewOrder, PositionState, UserId};
-use crate::redis_state::{Keys, Writes, RESERVE, RESERVE_SCRIPT, WRITE};
+use crate::redis_state::{Keys, Writes, WRITE};
 use crate::server::Health;
 
 /// No Redis configured: the ledger is the hot state.
@@ -52,43 +53,93 @@ const CLOSED_TTL_SECS: u32 = 86_400;
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RedisHot {
-    pub bridge: RedisBridge,
+    /// This core's own connection (see [`Self::bridge`]).
+    bridge: RedisBridge,
     pub keys: Keys,
     /// A write of the rebuild in progress failed.
     rebuild_failed: Arc<AtomicBool>,
+    health: Arc<Health>,
+    shard: usize,
+    /// Writes not handed to Redis yet: the next batch.
+    queued: RefCell<Vec<Op>>,
+    /// Wakes the writer task; `scheduled` while a wake-up is outstanding.
+    wake: mpsc::UnboundedSender<()>,
+    woken: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
+    scheduled: Cell<bool>,
 }
 
 impl RedisHot {
-    pub fn new(bridge: RedisBridge, keys: Keys) -> Self {
-        Self { bridge, keys, rebuild_failed: Arc::default() }
+    pub fn new(bridge: RedisBridge, keys: Keys, health: Arc<Health>, shard: usize) -> Self {
+        let (wake, woken) = mpsc::unbounded();
+        Self {
+            bridge,
+            keys,
+            rebuild_failed: Arc::default(),
+            health,
+            shard,
+            queued: RefCell::default(),
+            wake,
+            woken: RefCell::new(Some(woken)),
+            scheduled: Cell::new(false),
+        }
+    }
+
+    /// The connection, for anything but the queued writes: those are handed over first,
+    /// so that what is sent now reaches Redis after them (a check's reads see them).
+    pub fn bridge(&self) -> &RedisBridge {
+        self.hand_over();
+        &self.bridge
+    }
+
+    fn queue(&self, op: Op) {
+        self.queued.borrow_mut().push(op);
+        if !self.scheduled.replace(true) {
+            let _ = self.wake.unbounded_send(());
+        }
+    }
+
+    /// Sends every queued write as one batch; the receiver completes with its reply.
+    fn hand_over(&self) -> Option<futures_channel::oneshot::Receiver<()>> {
+        let ops = std::mem::take(&mut *self.queued.borrow_mut());
+        if ops.is_empty() {
+            return None;
+        }
+        let (done, replied) = futures_channel::oneshot::channel();
+        let (health, shard, failed) = (self.health.clone(), self.shard, self.rebuild_failed.clone());
+        self.bridge.submit::<Vec<redis::Value>, _>(Op::Batch(ops), move |result| {
+            match result {
+                Ok(replies) if replies.iter().any(|r| matches!(r, redis::Value::Int(-1))) => {
+                    lost(&health, shard, "a user's balance is missing");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failed.store(true, Ordering::Release);
+                    lost(&health, shard, &e);
+                }
+            }
+            let _ = done.send(());
+        });
+        Some(replied)
     }
 }
 
-/// What a risk step in Redis said.
-pub enum Reserved {
-    Locked,
-    RateLimited,
-    InsufficientMargin,
-    /// Redis cannot answer for this user now: 503.
-    Unavailable,
+/// The writer task of a core: hands the queued writes to Redis as one batch, waits for
+/// its reply (meanwhile the next batch queues up), and again.
+pub async fn write_behind(shard: Rc<Shard>) {
+    let Some(hot) = &shard.redis else { return };
+    let Some(mut woken) = hot.woken.borrow_mut().take() else { return };
+    while woken.next().await.is_some() {
+        hot.scheduled.set(false);
+        if let Some(replied) = hot.hand_over() {
+            let _ = replied.await;
+        }
+    }
 }
 
 /// Marks a shard's hot state lost (from any thread), once.
 fn lost(health: &Health, shard: usize, why: &str) {
     if health.hot[shard].compare_exchange(READY, STALE, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-        tracing::warn!(shard, why, "hot state lost: answering 503 until Redis is rebuilt");
-    }
-}
-
-/// Reports what a write did: a lost user or a failed call makes the state stale.
-fn report(health: Arc<Health>, shard: usize, failed: Arc<AtomicBool>) -> impl FnOnce(Result<i64, String>) + Send + 'static {
-    move |result| match result {
-        Ok(-1) => lost(&health, shard, "a user's balance is missing"),
-        Ok(_) => {}
-        Err(e) => {
-            failed.store(true, Ordering::Release);
-            lost(&health, shard, &e);
-        }
+        tracing::warn!(shard, why, "hot state lost: Redis is rewritten from the ledger as soon as it answers");
     }
 }
 
@@ -97,35 +148,14 @@ impl Shard {
         self.health.hot[shard].load(Ordering::Acquire)
     }
 
-    /// Whether the hot state of `user`'s partition can answer now (always, without Redis).
-    ///
-    /// # Errors
-    /// 503 while it is lost or being rebuilt.
-    pub fn hot_ready(&self, user: UserId) -> Result<(), ApiError> {
-        self.hot_ready_in(crate::accounts::partition_of(user))
-    }
-
-    /// [`Self::hot_ready`] for an account partition.
-    ///
-    /// # Errors
-    /// 503 while it is lost or being rebuilt.
-    pub fn hot_ready_in(&self, partition: u32) -> Result<(), ApiError> {
-        match self.hot_state(self.partition_owner(partition)) {
-            DISABLED | READY => Ok(()),
-            REBUILDING => Err(ApiError::Unavailable("hot state is being rebuilt; retry".into())),
-            _ => Err(ApiError::Unavailable("hot state (Redis) unavailable; retry".into())),
-        }
-    }
-
     fn hot_lost(&self, why: &str) {
         lost(&self.health, self.id, why);
     }
 
     fn submit_writes(&self, hot: &RedisHot, writes: Writes) {
-        if writes.is_empty() {
-            return;
+        if !writes.is_empty() {
+            hot.queue(writes.into_op());
         }
-        hot.bridge.submit(writes.into_op(), report(self.health.clone(), self.id, hot.rebuild_failed.clone()));
     }
 
     /// Writes to Redis are skipped while it is stale: the rebuild will write everything.
@@ -134,39 +164,10 @@ impl Shard {
     }
 }
 
-/// The risk step in Redis for an order the ledger has just reserved.
-pub async fn reserve(shard: &Shard, order: &NewOrder) -> Reserved {
-    let Some(hot) = &shard.redis else { return Reserved::Locked };
-    let user = order.user;
-    let keys = vec![
-        hot.keys.balance(user),
-        hot.keys.rate(user, order.timestamp.div_euclid(1000)),
-        hot.keys.lock(user, order.id),
-        hot.keys.active(user),
-    ];
-    let args = vec![
-        shard.config.rate_limit.to_string(),
-        order.locked_margin.to_string(),
-        (-order.locked_margin).to_string(),
-        order.id.0.to_string(),
-    ];
-    match hot.bridge.call::<i64>(Op::Script { script: &RESERVE_SCRIPT, keys, args }).await {
-        Ok(0) => Reserved::Locked,
-        Ok(1) => Reserved::RateLimited,
-        Ok(2) => Reserved::InsufficientMargin,
-        Ok(4) => {
-            shard.hot_lost("a user's balance is missing");
-            Reserved::Unavailable
-        }
-        Ok(other) => {
-            shard.hot_lost(&format!("reserve answered {other}"));
-            Reserved::Unavailable
-        }
-        Err(e) => {
-            shard.hot_lost(&e);
-            Reserved::Unavailable
-        }
-    }
+/// The lock the ledger has just taken for an order.
+pub fn reserved(shard: &Shard, order: &NewOrder) {
+    let Some(hot) = shard.writing() else { return };
+    shard.submit_writes(hot, Writes::lock_margin(&hot.keys, order.user, order.id, order.locked_margin));
 }
 
 /// Unlocks an order that could not be logged (its reserve succeeded).
@@ -356,16 +357,12 @@ fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account, app
 
 /// Redis answers, and has the scripts (a restarted Redis has none).
 async fn prepare(hot: &RedisHot) -> Result<(), String> {
-    let loads = [RESERVE, WRITE].map(|code| hot.bridge.call::<redis::Value>(exchange_io::redis::load_script(code)));
-    for load in loads {
-        load.await?;
-    }
-    Ok(())
+    hot.bridge().call::<redis::Value>(exchange_io::redis::load_script(WRITE)).await.map(|_| ())
 }
 
 /// Rewrites every user of the partitions owned here from the ledger, then sets their
-/// markers. Requests for them wait (503) meanwhile; results keep being written, queued
-/// behind each user's rewrite, so nothing that happens during the rebuild is lost.
+/// markers. Trading goes on meanwhile; results keep being written, queued behind each
+/// user's rewrite, so nothing that happens during the rebuild is lost.
 ///
 /// # Errors
 /// Redis unreachable, or a write failed: the state stays stale.
@@ -388,7 +385,7 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
                 pending.fetch_add(1, Ordering::AcqRel);
                 let (pending, failed) = (pending.clone(), hot.rebuild_failed.clone());
                 // Queued behind each other: a deadline for the bulk, not for one call.
-                hot.bridge.submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
+                hot.bridge().submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
                     if r.is_err() {
                         failed.store(true, Ordering::Release);
                     }
@@ -406,7 +403,7 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     let markers: Vec<_> =
-        partitions.iter().map(|p| hot.bridge.call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
+        partitions.iter().map(|p| hot.bridge().call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
     for m in markers {
         m.await?;
     }
@@ -443,7 +440,7 @@ pub async fn mark_clean(shard: &Shard) {
     let print = fingerprint(shard);
     let sets: Vec<_> = shard
         .owned_partitions()
-        .map(|p| hot.bridge.call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
+        .map(|p| hot.bridge().call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
         .collect();
     for s in sets {
         if let Err(e) = s.await {
@@ -462,8 +459,8 @@ async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
     let print = fingerprint(shard);
     let mut whole = true;
     for p in shard.owned_partitions() {
-        let clean = hot.bridge.call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
-        let marker = hot.bridge.call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
+        let clean = hot.bridge().call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
+        let marker = hot.bridge().call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
         let same = matches!(clean.await, Ok(Some(c)) if c == print);
         whole &= same && matches!(marker.await, Ok(true));
     }
@@ -495,7 +492,7 @@ pub async fn watch(shard: Rc<Shard>) {
             READY => {
                 let checks: Vec<_> = shard
                     .owned_partitions()
-                    .map(|p| hot.bridge.call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
+                    .map(|p| hot.bridge().call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
                     .collect();
                 for c in checks {
                     match c.await {
@@ -515,101 +512,6 @@ pub async fn watch(shard: Rc<Shard>) {
             _ => {}
         }
     }
-}
-
-/// Reads answer from Redis; a failed read makes the state stale and answers 503.
-async fn read<T: redis::FromRedisValue + Send + 'static>(shard: &Shard, op: Op) -> Result<T, ApiError> {
-    let hot = shard.redis.as_ref().ok_or_else(|| ApiError::Unavailable("no Redis".into()))?;
-    hot.bridge.call(op).await.map_err(|e| {
-        shard.hot_lost(&e);
-        ApiError::Unavailable("hot state (Redis) unavailable; retry".into())
-    })
-}
-
-fn parse<T: serde::de::DeserializeOwned>(shard: &Shard, text: &str) -> Result<T, ApiError> {
-    serde_json::from_str(text).map_err(|e| {
-        shard.hot_lost(&format!("unreadable value in Redis: {e}"));
-        ApiError::Unavailable("hot state (Redis) unreadable".into())
-    })
-}
-
-/// `(total, available, locked)`.
-pub async fn balance(shard: &Shard, user: UserId) -> Result<(i128, i128, i128), ApiError> {
-    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
-    let cmd = redis::cmd("HMGET").arg(keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
-    let (t, a, l): (Option<i64>, Option<i64>, Option<i64>) = read(shard, Op::Cmd(cmd)).await?;
-    match (t, a, l) {
-        (Some(t), Some(a), Some(l)) => Ok((t.into(), a.into(), l.into())),
-        _ => {
-            shard.hot_lost("a user's balance is missing");
-            Err(ApiError::Unavailable("hot state (Redis) unavailable; retry".into()))
-        }
-    }
-}
-
-pub async fn order(shard: &Shard, user: UserId, id: crate::engine::OrderId) -> Result<Option<OrderView>, ApiError> {
-    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
-    let text: Option<String> = read(shard, Op::Cmd(redis::Cmd::get(keys.order(user, id)))).await?;
-    text.map(|t| parse(shard, &t)).transpose()
-}
-
-pub async fn order_by_client_id(shard: &Shard, user: UserId, cid: &crate::engine::ClientOrderId) -> Result<Option<OrderView>, ApiError> {
-    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
-    let id: Option<u64> = read(shard, Op::Cmd(redis::Cmd::get(keys.client_order(user, cid)))).await?;
-    match id {
-        Some(id) => order(shard, user, crate::engine::OrderId(id)).await,
-        None => Ok(None),
-    }
-}
-
-/// Open orders, oldest first.
-pub async fn open_orders(shard: &Shard, user: UserId, symbol: Option<usize>) -> Result<Vec<OrderView>, ApiError> {
-    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
-    let ids: Vec<u64> = read(shard, Op::Cmd(redis::Cmd::smembers(keys.active(user)))).await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let order_keys: Vec<String> = ids.iter().map(|id| keys.order(user, crate::engine::OrderId(*id))).collect();
-    let texts: Vec<Option<String>> = read(shard, Op::Cmd(redis::cmd("MGET").arg(order_keys).to_owned())).await?;
-    let mut open = Vec::with_capacity(texts.len());
-    for text in texts.into_iter().flatten() {
-        let view: OrderView = parse(shard, &text)?;
-        if view.status.is_open() && symbol.is_none_or(|s| s == view.symbol) {
-            open.push(view);
-        }
-    }
-    open.sort_by_key(|o| (o.created_at, o.id));
-    Ok(open)
-}
-
-/// The latest fills, newest first.
-pub async fn fills(shard: &Shard, user: UserId) -> Result<Vec<Fill>, ApiError> {
-    let keys = &shard.redis.as_ref().ok_or(ApiError::NotFound)?.keys;
-    let texts: Vec<String> = read(shard, Op::Cmd(redis::Cmd::lrange(keys.fills(user), 0, -1))).await?;
-    texts.iter().map(|t| parse(shard, t)).collect()
-}
-
-/// Open positions, by symbol.
-pub async fn positions(shard: &Shard, user: UserId) -> Result<Vec<(usize, PositionState)>, ApiError> {
-    let hot = shard.redis.as_ref().ok_or(ApiError::NotFound)?;
-    let keys = &hot.keys;
-    let calls: Vec<_> = shard
-        .map
-        .symbols
-        .iter()
-        .map(|s| hot.bridge.call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(keys.position(user, &s.name)))))
-        .collect();
-    let mut out = Vec::new();
-    for (symbol, call) in calls.into_iter().enumerate() {
-        let fields = call.await.map_err(|e| {
-            shard.hot_lost(&e);
-            ApiError::Unavailable("hot state (Redis) unavailable; retry".into())
-        })?;
-        if let Some(p) = parse_position(&fields).filter(|p| p.size != 0) {
-            out.push((symbol, p));
-        }
-    }
-    Ok(out)
 }
 
 /// A position hash as Redis returns it (`None`: no hash).
@@ -672,13 +574,13 @@ pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
                 let ledger_positions: Vec<Option<PositionState>> =
                     (0..shard.map.symbols.len()).map(|s| a.positions.get(&s).copied()).collect();
                 let cmd = redis::cmd("HMGET").arg(hot.keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
-                let balance = hot.bridge.call::<Balance>(Op::Cmd(cmd));
-                let active = hot.bridge.call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
+                let balance = hot.bridge().call::<Balance>(Op::Cmd(cmd));
+                let active = hot.bridge().call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
                 let positions: Vec<_> = shard
                     .map
                     .symbols
                     .iter()
-                    .map(|s| hot.bridge.call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
+                    .map(|s| hot.bridge().call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
                     .collect();
                 let expected = ((a.total, a.available(), a.locked), open, ledger_positions);
                 pending.push((user, expected, balance, active, positions));

@@ -5,9 +5,15 @@
 //! keyed by symbol and account records to `accounts.adjusted` keyed by partition, each
 //! in the partition Kafka's partitioner gives the key; a stream reads back only its key.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
 use anyhow::Context;
 use exchange_io::journal::{recover, Journal};
-use exchange_io::kafka::{self, KafkaLog, Producer};
+use exchange_io::kafka::{self, DeliveryFuture, KafkaLog, Producer};
+use futures_channel::mpsc;
+use futures_lite::StreamExt;
 
 use super::{Log, Shard};
 
@@ -25,39 +31,115 @@ pub struct KafkaBackend {
     pub timeout: std::time::Duration,
     /// Shared by the shard's streams at start and by result publishing; replaced when
     /// it fails for good.
-    pub producer: std::cell::RefCell<Producer>,
+    pub producer: Rc<RefCell<Producer>>,
     /// Prepended to every topic name (several exchanges on one cluster, tests).
     pub topic_prefix: String,
     /// At start only: partitions already read, `(from, records, end)`.
-    pub read_cache: std::cell::RefCell<rustc_hash::FxHashMap<(String, i32), std::rc::Rc<PartitionRead>>>,
+    pub read_cache: RefCell<rustc_hash::FxHashMap<(String, i32), Rc<PartitionRead>>>,
+    /// Result records on their way to Kafka (see [`deliver`]).
+    outbox: mpsc::UnboundedSender<Outgoing>,
 }
 
 type PartitionRead = (u64, Vec<kafka::Record>, u64);
 
+/// A result record, kept until Kafka has it.
+struct Outgoing {
+    topic: String,
+    partition: i32,
+    key: String,
+    payload: Vec<u8>,
+    report: Option<DeliveryFuture>,
+}
+
 impl KafkaBackend {
+    /// Connects a shard's producer and starts its result delivery task (on the calling
+    /// executor).
+    ///
+    /// # Errors
+    /// The producer could not be created.
+    pub fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration) -> Result<Self, String> {
+        let producer = Rc::new(RefCell::new(kafka::producer(brokers, timeout)?));
+        let (outbox, pending) = mpsc::unbounded();
+        glommio::spawn_local(deliver(brokers.to_owned(), timeout, producer.clone(), pending)).detach();
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            partitions,
+            timeout,
+            producer,
+            topic_prefix: topic_prefix.to_owned(),
+            read_cache: RefCell::default(),
+            outbox,
+        })
+    }
+
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)
     }
 
-    /// Publishes a symbol's result events to their topics, keyed by symbol.
+    /// Publishes a symbol's result events to their topics, keyed by symbol. Not awaited:
+    /// the delivery task makes sure each one reaches Kafka.
     pub fn publish(&self, spec: &crate::engine::SymbolSpec, events: &[crate::engine::Event]) {
         let partition = kafka::partition_for(spec.name.as_bytes(), self.partitions);
-        if kafka::is_fatal(&self.producer.borrow()) {
-            match kafka::producer(&self.brokers, self.timeout) {
-                Ok(fresh) => *self.producer.borrow_mut() = fresh,
-                Err(e) => tracing::warn!(error = %e, "could not renew the results producer"),
-            }
-        }
         let producer = self.producer.borrow();
         for event in events {
-            let (topic, bytes) = crate::wire::encode_event(spec, event);
-            if !kafka::publish(&producer, &self.topic(topic), partition, &spec.name, &bytes) {
-                tracing::warn!(symbol = spec.name, topic, "result not queued for Kafka");
-            }
+            let (topic, payload) = crate::wire::encode_event(spec, event);
+            let topic = self.topic(topic);
+            let report = kafka::send(&producer, &topic, partition, &spec.name, &payload).ok();
+            let _ = self.outbox.unbounded_send(Outgoing { topic, partition, key: spec.name.clone(), payload, report });
         }
     }
 }
 
+/// Makes sure every result record reaches Kafka: awaits each delivery report, and sends
+/// a record whose delivery failed (or that librdkafka did not take) again, with the same
+/// bytes and so the same `eventId`, until it is in. Consumers deduplicate by `eventId`,
+/// so a record that landed although its report said otherwise does no harm. Retries do
+/// not hold back the records behind them: a failed one goes to the back of the line.
+async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<RefCell<Producer>>, mut incoming: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut line: VecDeque<Outgoing> = VecDeque::new();
+    let mut failing = false;
+    let mut paused = std::time::Instant::now();
+    loop {
+        if line.is_empty() {
+            match incoming.next().await {
+                Some(o) => line.push_back(o),
+                None => return,
+            }
+        }
+        while let Ok(o) = incoming.try_recv() {
+            line.push_back(o);
+        }
+        let Some(mut o) = line.pop_front() else { continue };
+        let delivered = match o.report.take() {
+            Some(report) => kafka::delivered(report).await,
+            None => {
+                // Refused at once (queue full, producer failed): going round again at
+                // once would only spin.
+                if paused.elapsed() > std::time::Duration::from_millis(100) {
+                    glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                    paused = std::time::Instant::now();
+                }
+                Err("not taken by the producer".into())
+            }
+        };
+        match delivered {
+            Ok(()) => failing = false,
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(topic = o.topic, error = e, "result not delivered to Kafka; sending it again until it is");
+                }
+                if kafka::is_fatal(&producer.borrow()) {
+                    match kafka::producer(&brokers, timeout) {
+                        Ok(fresh) => *producer.borrow_mut() = fresh,
+                        Err(e) => tracing::warn!(error = %e, "could not renew the results producer"),
+                    }
+                }
+                o.report = kafka::send(&producer.borrow(), &o.topic, o.partition, &o.key, &o.payload).ok();
+                line.push_back(o);
+            }
+        }
+    }
+}
 /// Every topic the exchange uses, with a prefix.
 pub fn topics(prefix: &str) -> Vec<String> {
     TOPICS.iter().map(|t| format!("{prefix}{t}")).collect()
@@ -69,9 +151,19 @@ pub enum Stream<'a> {
     Accounts(u32),
 }
 
-/// A stream's records from offset `from` on, as `(offset, payload)`, and its log
-/// positioned after them.
-pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Result<(Vec<(u64, Vec<u8>)>, Log)> {
+/// A stream's log, opened at start.
+pub struct Opened {
+    /// The records from the offset asked for on, as `(offset, payload)`.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// The log, positioned after them.
+    pub log: Log,
+    /// Offsets of records left out because this node voided them (see
+    /// [`super::voids`]): the caller appends their voids to the log itself.
+    pub voided_here: Vec<u64>,
+}
+
+/// Opens a stream's log and reads it from offset `from` on.
+pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Result<Opened> {
     match &shard.kafka {
         None => {
             let dir = match stream {
@@ -84,7 +176,7 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
             }
             let end = found.first_offset + found.records.len() as u64;
             let records = (found.first_offset..).zip(found.records).filter(|(o, _)| *o >= from).collect();
-            Ok((records, Box::new(Journal::open(&dir, end).await?)))
+            Ok(Opened { records, log: Box::new(Journal::open(&dir, end).await?), voided_here: Vec::new() })
         }
         Some(k) => {
             let (topic, key) = match stream {
@@ -101,19 +193,38 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                     let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from, std::time::Duration::from_secs(30))
                         .map_err(anyhow::Error::msg)
                         .with_context(|| format!("reading {topic} for {key}"))?;
-                    let read = std::rc::Rc::new((from, found, end));
+                    let read = Rc::new((from, found, end));
                     k.read_cache.borrow_mut().insert((topic.to_owned(), partition), read.clone());
                     read
                 }
             };
-            let records = read
-                .1
-                .iter()
-                .filter(|r| r.key == key.as_bytes() && r.offset >= from)
-                .map(|r| (r.offset, r.payload.clone()))
-                .collect();
+            // Records this node answered 503 for may have landed anyway: they never count.
+            let voided = super::voids::load(shard, stream);
+            let (mut records, mut voided_here) = (Vec::new(), Vec::new());
+            for r in read.1.iter().filter(|r| r.key == key.as_bytes() && r.offset >= from) {
+                if !voided.is_empty() && voided.contains(&super::voids::digest(&r.payload)) {
+                    voided_here.push(r.offset);
+                } else {
+                    records.push((r.offset, r.payload.clone()));
+                }
+            }
             let log = KafkaLog::new(&k.brokers, k.timeout, k.producer.borrow().clone(), topic, partition, &key, read.2);
-            Ok((records, Box::new(log)))
+            Ok(Opened { records, log: Box::new(log), voided_here })
         }
     }
+}
+
+/// Appends void records (already encoded) and waits until the log has them.
+///
+/// # Errors
+/// The log did not take them.
+pub async fn append_voids(log: &mut Log, voids: &[Vec<u8>]) -> anyhow::Result<()> {
+    if voids.is_empty() {
+        return Ok(());
+    }
+    for v in voids {
+        log.append(v)?;
+    }
+    log.commit().await?;
+    Ok(())
 }

@@ -23,6 +23,7 @@ pub mod rpc;
 pub mod snapshots;
 pub mod startup;
 pub mod stream;
+pub mod voids;
 
 use std::cell::RefCell;
 use std::rc::Rc;

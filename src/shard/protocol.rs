@@ -67,8 +67,6 @@ pub enum ReserveError {
     RateLimited,
     /// clientOrderId already used: the original order, rendered.
     Duplicate(HttpReply),
-    /// The hot state cannot answer now (Redis lost or being rebuilt).
-    Unavailable,
     InsufficientMargin,
 }
 
@@ -78,7 +76,7 @@ pub enum Reply {
     Reserved(Result<NewOrder, ReserveError>),
     Done,
     /// Ids cancelled, or `None` if the order was not open; `Err` if the log is down.
-    Cancelled(Result<Option<Vec<OrderId>>, ()>),
+    Cancelled(Result<Option<Vec<OrderId>>, super::stream::NotLogged>),
     LastPrices(Vec<(usize, Option<i64>)>),
     Checked(Result<super::hot::CheckReport, String>),
 }

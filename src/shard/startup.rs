@@ -34,7 +34,7 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
             shard.accounts.borrow_mut().install(partition, state, &|name| map.symbols.iter().position(|s| s.name == name));
         }
         shard.health.record_applied(partition, applied);
-        let (found, journal) = logs::open(shard, Stream::Accounts(partition), from).await?;
+        let logs::Opened { records: found, log: mut journal, voided_here } = logs::open(shard, Stream::Accounts(partition), from).await?;
         let mut decoded = Vec::with_capacity(found.len());
         for (offset, bytes) in &found {
             let record: AccountRecord = shard
@@ -52,6 +52,14 @@ pub async fn recover_accounts(shard: &Rc<Shard>) -> anyhow::Result<()> {
                 shard.accounts.borrow_mut().apply(record, false);
             }
         }
+        // Records this node answered 503 for, and voided only on its own disk: now in the
+        // log too, for every other reader of it (cold storage, a node without this disk).
+        let voids: Vec<Vec<u8>> = voided_here
+            .iter()
+            .filter(|o| !voided.contains(*o))
+            .map(|o| shard.encode_account(&AccountRecord::Voided { offset: *o }, partition))
+            .collect();
+        logs::append_voids(&mut journal, &voids).await.with_context(|| format!("account partition {partition}: logging voids"))?;
         records += found.len();
         shard.account_logs.borrow_mut().insert(partition, Rc::new(glommio::sync::RwLock::new(journal)));
     }
@@ -80,7 +88,7 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
             }
             None => (Market::new(spec.clone()), 0, Vec::new()),
         };
-        let (found, journal) = logs::open(shard, Stream::Symbol(&spec.name), from).await?;
+        let logs::Opened { records: found, log: mut journal, voided_here } = logs::open(shard, Stream::Symbol(&spec.name), from).await?;
         let (stream, jobs) = SymbolStream::new(index, market);
         stream.next.set(from);
         stream.snapshot_at.set(from);
@@ -96,6 +104,16 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         // Records voided later in the log were never acknowledged: they do not count.
         let voided: rustc_hash::FxHashSet<u64> =
             records.iter().filter_map(|(_, r)| if let StreamRecord::Void(o) = r { Some(*o) } else { None }).collect();
+        // As for the account partitions above.
+        let voids: Vec<Vec<u8>> = voided_here
+            .iter()
+            .filter(|o| !voided.contains(*o))
+            .map(|o| shard.encode_command(index, &StreamRecord::Void(*o)))
+            .collect();
+        logs::append_voids(&mut journal, &voids).await.with_context(|| format!("{}: logging voids", spec.name))?;
+        if let Some(last) = voided_here.iter().max() {
+            stream.next.set(stream.next.get().max(last + 1));
+        }
         let mut acks = Vec::new();
         for (offset, record) in &records {
             let StreamRecord::Command(command) = record else {

@@ -1,18 +1,22 @@
-//! A symbol's command stream on its owner shard: group commit, then matching in log order.
+//! A symbol's command stream on its owner shard: batches sent to the log, then executed
+//! against the book strictly in log order.
 //!
 //! Requests hand their command to the stream's committer task and wait. The committer
-//! takes everything that queued up while the previous batch was being written, appends
-//! it to the journal, commits once (one write + one fdatasync for the whole batch), and
-//! only then executes the commands against the book, in log order, and forwards their
-//! results to the account owners, in the same order. A command the log did not accept
-//! is never executed.
+//! sends everything that queued up while the previous batch was being sent as one batch
+//! (one write + one fdatasync in the journal, one produce request in Kafka), and the
+//! executor task executes each batch once the log has confirmed it, in the order sent,
+//! and forwards the results to the account owners in the same order. A command the log
+//! did not confirm is never executed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use exchange_io::Confirmation;
 use futures_channel::{mpsc, oneshot};
+use glommio::channels::local_channel::LocalReceiver;
 use futures_lite::StreamExt;
 
 use super::rpc::Pending;
@@ -40,9 +44,18 @@ pub struct Outcome {
     pub applied: Vec<Pending>,
 }
 
+/// Why a command was not executed.
+#[derive(Clone, Debug)]
+pub enum NotLogged {
+    /// It is not in the log and never will be, whatever crashes: 503.
+    Refused(String),
+    /// The log did not confirm it and it may still land: 504.
+    Unknown(String),
+}
+
 pub struct Job {
     pub command: Command,
-    pub done: oneshot::Sender<Result<Outcome, String>>,
+    pub done: oneshot::Sender<Result<Outcome, NotLogged>>,
 }
 
 pub struct SymbolStream {
@@ -71,10 +84,11 @@ impl SymbolStream {
     }
 
     /// Logs and executes a command; resolves once it is durable and executed.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, String> {
+    pub async fn submit(&self, command: Command) -> Result<Outcome, NotLogged> {
         let (done, rx) = oneshot::channel();
-        self.queue.unbounded_send(Job { command, done }).map_err(|_| "shard is stopping".to_owned())?;
-        rx.await.map_err(|_| "shard is stopping".to_owned())?
+        let stopping = || NotLogged::Refused("shard is stopping".to_owned());
+        self.queue.unbounded_send(Job { command, done }).map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
     }
 
     /// Executes one logged command (at log `offset`) and forwards its results, at start
@@ -112,53 +126,128 @@ impl SymbolStream {
     }
 }
 
+/// Batches a stream may have sent to a pipelined log (Kafka) and not yet executed. A
+/// closed loop of clients needs about two batches per broker round trip in flight to keep
+/// the broker busy; more only queue in the producer.
+const IN_FLIGHT: usize = 16;
+
+/// A batch handed to the log, waiting for its confirmation.
+struct Sent {
+    jobs: Vec<Job>,
+    /// The records as logged, to void them if the batch fails.
+    payloads: Vec<Vec<u8>>,
+    confirmation: Confirmation,
+    started: Instant,
+    /// Whether later batches were sent before this one was confirmed.
+    pipelined: bool,
+}
+
+/// What the committer and the executor of one stream share.
+#[derive(Default)]
+struct Pipeline {
+    /// Set by the first failed batch of a pipelined log: the offset from which the log
+    /// may hold records whose clients were told they failed. Cleared once they are voided.
+    failed_from: Cell<Option<u64>>,
+    in_flight: Cell<usize>,
+}
+
 /// The committer task of one stream.
 ///
-/// After a failed commit the records sent may still have reached the log (a broker can
-/// persist a batch whose acknowledgement never arrived). Their clients were told 503,
-/// so before anything else is logged the stream reads back what the log holds past the
-/// last command it executed and appends a void for each such record: replays skip them,
-/// and the book never holds an order its client was told failed. Until that succeeds
-/// the stream answers 503 and the health check says degraded.
+/// It takes everything that queued up while the previous batch was being sent, appends
+/// it to the log and sends it as one batch. With Kafka it does not wait for the broker:
+/// up to [`IN_FLIGHT`] batches are on their way at once, and a second task executes them
+/// strictly in the order they were sent, each once its confirmation is in. The embedded
+/// journal confirms one batch at a time (its group commit is the batching), and the
+/// executor runs a batch while the next one is being written.
+///
+/// When a batch of a pipelined log fails, it and every batch sent after it fail: their
+/// records may still land (a broker can persist a batch whose acknowledgement never
+/// arrived), so they are voided on local disk before their clients hear 503 (see
+/// [`super::voids`]); and before anything else is logged, the committer waits for every
+/// batch in flight to come back, reads what the log holds past the last command it
+/// executed and appends a void for each such record: replays skip them, and the book
+/// never holds an order its client was told failed. Until that succeeds the stream
+/// answers 503 and the health check says degraded.
 pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super::Log, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let mut in_doubt: Option<u64> = None;
+    let pipeline = Rc::new(Pipeline::default());
+    let (to_executor, sent) = glommio::channels::local_channel::new_bounded(IN_FLIGHT);
+    glommio::spawn_local(execute_in_order(shard.clone(), stream.clone(), pipeline.clone(), sent)).detach();
     while let Some(first) = jobs.next().await {
         let mut batch = vec![first];
         while let Ok(job) = jobs.try_recv() {
             batch.push(job);
         }
         shard.metrics.queue_depth.set(batch.len() as i64);
-        if let Some(from) = in_doubt {
+        if let Some(from) = pipeline.failed_from.get() {
+            while pipeline.in_flight.get() > 0 {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
             match settle(&shard, &stream, &mut journal, from).await {
                 Ok(()) => {
-                    in_doubt = None;
-                    shard.health.event_log_down.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    pipeline.failed_from.set(None);
+                    shard.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
                     tracing::info!(symbol = stream.index, "event log back; in-doubt records voided");
                 }
                 Err(e) => {
                     for job in batch {
-                        let _ = job.done.send(Err(format!("event log unavailable: {e}")));
+                        let _ = job.done.send(Err(NotLogged::Refused(format!("event log unavailable: {e}"))));
                     }
                     continue;
                 }
             }
         }
         let mut accepted = Vec::with_capacity(batch.len());
+        let mut payloads = Vec::with_capacity(batch.len());
         for job in batch {
-            let record = StreamRecord::Command(job.command);
-            match journal.append(&shard.encode_command(stream.index, &record)).map_err(|e| e.to_string()) {
-                Ok(()) => accepted.push(job),
+            let bytes = shard.encode_command(stream.index, &StreamRecord::Command(job.command));
+            match journal.append(&bytes) {
+                Ok(()) => {
+                    accepted.push(job);
+                    payloads.push(bytes);
+                }
                 Err(e) => {
-                    let _ = job.done.send(Err(e));
+                    let _ = job.done.send(Err(NotLogged::Refused(e.to_string())));
                 }
             }
         }
+        if accepted.is_empty() {
+            continue;
+        }
         let started = Instant::now();
-        let committed = journal.commit().await;
+        let (confirmation, pipelined) = match journal.send() {
+            Some(c) => (c, true),
+            None => {
+                let committed = journal.commit().await;
+                (Box::pin(async move { committed }) as Confirmation, false)
+            }
+        };
+        pipeline.in_flight.set(pipeline.in_flight.get() + 1);
+        let sent = Sent { jobs: accepted, payloads, confirmation, started, pipelined };
+        if to_executor.send(sent).await.is_err() {
+            break;
+        }
+        shard.metrics.queue_depth.set(0);
+    }
+}
+
+/// Executes confirmed batches in the order they were sent (see [`run`]).
+async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: Rc<Pipeline>, sent: LocalReceiver<Sent>) {
+    let mut journal_down = false;
+    while let Some(Sent { jobs, payloads, confirmation, started, pipelined }) = sent.recv().await {
+        if pipelined && pipeline.failed_from.get().is_some() {
+            refuse(&shard, &stream, jobs, &payloads, "an earlier batch was not confirmed");
+            let _ = confirmation.await;
+            pipeline.in_flight.set(pipeline.in_flight.get() - 1);
+            continue;
+        }
+        let confirmed = confirmation.await;
         shard.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
-        match committed {
-            Ok(offsets) if offsets.len() == accepted.len() => {
-                for (job, offset) in accepted.into_iter().zip(offsets) {
+        match confirmed {
+            Ok(offsets) if offsets.len() == jobs.len() => {
+                if std::mem::take(&mut journal_down) {
+                    shard.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
+                }
+                for (job, offset) in jobs.into_iter().zip(offsets) {
                     let outcome = stream.execute(&shard, &job.command, offset, false).await;
                     let _ = job.done.send(Ok(outcome));
                 }
@@ -167,18 +256,33 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
                 }
             }
             failed => {
-                let e = failed.map_or_else(|e| e.to_string(), |o| format!("log returned {} offsets for {} records", o.len(), accepted.len()));
+                let e = failed.map_or_else(|e| e.to_string(), |o| format!("log returned {} offsets for {} records", o.len(), jobs.len()));
                 tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
-                if in_doubt.is_none() {
-                    in_doubt = Some(stream.next.get());
-                    shard.health.event_log_down.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                }
-                for job in accepted {
-                    let _ = job.done.send(Err(format!("event log unavailable: {e}")));
+                if pipelined {
+                    pipeline.failed_from.set(Some(stream.next.get()));
+                    shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                    refuse(&shard, &stream, jobs, &payloads, &e);
+                } else {
+                    // The journal cut what the failed commit wrote: it is certainly not logged.
+                    if !std::mem::replace(&mut journal_down, true) {
+                        shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                    }
+                    for job in jobs {
+                        let _ = job.done.send(Err(NotLogged::Refused(format!("event log unavailable: {e}"))));
+                    }
                 }
             }
         }
-        shard.metrics.queue_depth.set(0);
+        pipeline.in_flight.set(pipeline.in_flight.get() - 1);
+    }
+}
+
+/// Answers the jobs of a batch that may still land (see [`super::voids::refuse`]).
+fn refuse(shard: &Shard, stream: &SymbolStream, jobs: Vec<Job>, payloads: &[Vec<u8>], why: &str) {
+    let name = &shard.map.symbols[stream.index].name;
+    let answer = super::voids::refuse(shard, super::logs::Stream::Symbol(name), payloads, why);
+    for job in jobs {
+        let _ = job.done.send(Err(answer.clone()));
     }
 }
 

@@ -171,6 +171,11 @@ impl Server {
         self.spawn();
     }
 
+    /// The value of one of the variables the server runs with.
+    pub fn env_var(&self, name: &str) -> Option<String> {
+        self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
     /// Restarts on the same data (and topics) with more environment.
     pub fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.kill9();
@@ -278,6 +283,13 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, addr }
+    }
+
+    /// Kills the broker for good (its in-memory log goes with it): a dead broker.
+    pub fn kill(&mut self) {
+        self.freeze(false);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the broker: an outage without data loss.
