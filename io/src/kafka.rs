@@ -34,22 +34,40 @@ use crate::{Confirmation, EventLog};
 pub type Producer = FutureProducer<DefaultClientContext, NaiveRuntime>;
 pub use rdkafka::producer::DeliveryFuture;
 
-/// How long librdkafka waits to fill a batch (`linger.ms`, fractions allowed). The
-/// exchange batches already (a group commit appends all its records before awaiting any),
-/// so the default is 0: latency first. `EXCHANGE_KAFKA_LINGER_MS` trades it for
-/// throughput.
-fn linger_ms() -> String {
-    std::env::var("EXCHANGE_KAFKA_LINGER_MS").ok().filter(|v| v.parse::<f64>().is_ok()).unwrap_or_else(|| "0".into())
+/// How long librdkafka waits to fill a batch (`linger.ms`, fractions allowed), from the
+/// environment variable `var`, or `default`.
+fn linger_ms(var: &str, default: &str) -> String {
+    std::env::var(var).ok().filter(|v| v.parse::<f64>().is_ok()).unwrap_or_else(|| default.into())
 }
 
-/// Producer settings. `timeout` bounds how long a record may wait for the broker before
-/// its delivery fails (and the request it carries is answered 503).
+/// The producer of commands, which an acknowledgement waits for. The exchange batches
+/// already (a stream sends everything queued as one batch), so `linger.ms` is 0 by
+/// default: latency first. `EXCHANGE_KAFKA_LINGER_MS` trades it for throughput.
+/// `timeout` bounds how long a record may wait for the broker before its delivery fails
+/// (and the request it carries is answered 503).
+///
+/// # Errors
+/// An invalid setting.
 pub fn producer(brokers: &str, timeout: Duration) -> Result<Producer, String> {
+    producer_lingering(brokers, timeout, &linger_ms("EXCHANGE_KAFKA_LINGER_MS", "0"))
+}
+
+/// The producer of result records, which nobody waits for: it lingers (5 ms by default,
+/// `EXCHANGE_KAFKA_RESULTS_LINGER_MS`) so that the results of many commands travel in
+/// one request, which costs the broker and librdkafka far less than one request each.
+///
+/// # Errors
+/// An invalid setting.
+pub fn results_producer(brokers: &str, timeout: Duration) -> Result<Producer, String> {
+    producer_lingering(brokers, timeout, &linger_ms("EXCHANGE_KAFKA_RESULTS_LINGER_MS", "5"))
+}
+
+fn producer_lingering(brokers: &str, timeout: Duration, linger: &str) -> Result<Producer, String> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", linger_ms())
+        .set("linger.ms", linger)
         .set("batch.num.messages", "10000")
         .set("compression.codec", "lz4")
         .set("max.in.flight.requests.per.connection", "5")

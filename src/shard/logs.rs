@@ -29,9 +29,12 @@ pub struct KafkaBackend {
     pub brokers: String,
     pub partitions: i32,
     pub timeout: std::time::Duration,
-    /// Shared by the shard's streams at start and by result publishing; replaced when
-    /// it fails for good.
-    pub producer: Rc<RefCell<Producer>>,
+    /// The commands' producer, shared by the shard's streams.
+    pub producer: Producer,
+    /// The results' producer: a connection of its own, so that result records never
+    /// queue in front of the commands an acknowledgement waits for. Replaced when it
+    /// fails for good.
+    results: Rc<RefCell<Producer>>,
     /// Prepended to every topic name (several exchanges on one cluster, tests).
     pub topic_prefix: String,
     /// At start only: partitions already read, `(from, records, end)`.
@@ -58,14 +61,16 @@ impl KafkaBackend {
     /// # Errors
     /// The producer could not be created.
     pub fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration) -> Result<Self, String> {
-        let producer = Rc::new(RefCell::new(kafka::producer(brokers, timeout)?));
+        let producer = kafka::producer(brokers, timeout)?;
+        let results = Rc::new(RefCell::new(kafka::results_producer(brokers, timeout)?));
         let (outbox, pending) = mpsc::unbounded();
-        glommio::spawn_local(deliver(brokers.to_owned(), timeout, producer.clone(), pending)).detach();
+        glommio::spawn_local(deliver(brokers.to_owned(), timeout, results.clone(), pending)).detach();
         Ok(Self {
             brokers: brokers.to_owned(),
             partitions,
             timeout,
             producer,
+            results,
             topic_prefix: topic_prefix.to_owned(),
             read_cache: RefCell::default(),
             outbox,
@@ -80,7 +85,7 @@ impl KafkaBackend {
     /// the delivery task makes sure each one reaches Kafka.
     pub fn publish(&self, spec: &crate::engine::SymbolSpec, events: &[crate::engine::Event]) {
         let partition = kafka::partition_for(spec.name.as_bytes(), self.partitions);
-        let producer = self.producer.borrow();
+        let producer = self.results.borrow();
         for event in events {
             let (topic, payload) = crate::wire::encode_event(spec, event);
             let topic = self.topic(topic);
@@ -129,7 +134,7 @@ async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<Ref
                     tracing::warn!(topic = o.topic, error = e, "result not delivered to Kafka; sending it again until it is");
                 }
                 if kafka::is_fatal(&producer.borrow()) {
-                    match kafka::producer(&brokers, timeout) {
+                    match kafka::results_producer(&brokers, timeout) {
                         Ok(fresh) => *producer.borrow_mut() = fresh,
                         Err(e) => tracing::warn!(error = %e, "could not renew the results producer"),
                     }
@@ -208,7 +213,7 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                     records.push((r.offset, r.payload.clone()));
                 }
             }
-            let log = KafkaLog::new(&k.brokers, k.timeout, k.producer.borrow().clone(), topic, partition, &key, read.2);
+            let log = KafkaLog::new(&k.brokers, k.timeout, k.producer.clone(), topic, partition, &key, read.2);
             Ok(Opened { records, log: Box::new(log), voided_here })
         }
     }
