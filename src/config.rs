@@ -16,9 +16,11 @@
 //! | `EXCHANGE_KAFKA_TIMEOUT_MS` | `kafka.timeout_ms` | `2000` (then 503) |
 //! | `EXCHANGE_KAFKA_TOPIC_PREFIX` | `kafka.topic_prefix` | empty |
 //! | `EXCHANGE_REDIS_URL` | `redis.url` | unset: in-process hot state (a cluster is detected) |
-//! | `EXCHANGE_REDIS_TIMEOUT_MS` | `redis.timeout_ms` | `1000` (then 503 and rebuild) |
+//! | `EXCHANGE_REDIS_TIMEOUT_MS` | `redis.timeout_ms` | `1000` (then lost, and rewritten) |
 //! | `EXCHANGE_REDIS_PREFIX` | `redis.prefix` | empty (prepended to every key) |
 //! | `EXCHANGE_POSTGRES_URL` | `postgres.url` | unset: no cold storage |
+//! | `EXCHANGE_PERSISTENCE` | `persistence` | `async`; `sync`: the baseline (needs PostgreSQL) |
+//! | `EXCHANGE_SYNC_CONNECTIONS` | `sync_connections` | `64` (the baseline's connections) |
 //! | `EXCHANGE_CHECK_INTERVAL_SECS` | `check_interval_secs` | `300` |
 //! | `EXCHANGE_RATE_LIMIT` | `rate_limit` | `100` (orders/s per user; 0 = off) |
 //! | `EXCHANGE_IO_MEMORY_KIB` | `io_memory_kib` | `512` (locked memory per core) |
@@ -48,9 +50,24 @@ pub struct Config {
     pub rate_limit: u32,
     pub io_memory_kib: usize,
     pub snapshot_every: u64,
+    /// Where an order waits before its answer (see [`Persistence`]).
+    pub persistence: Persistence,
+    /// PostgreSQL connections of the synchronous baseline.
+    pub sync_connections: usize,
     /// How long an idle shard busy-polls before it sleeps: trades CPU for wake-up latency.
     pub spin_micros: u64,
     pub limits: Limits,
+}
+
+/// `async`: the event log is the truth and the databases are written behind it (the
+/// exchange). `sync`: the design it replaces, kept as a baseline to measure against:
+/// every order also waits for its own PostgreSQL transaction (`cold::sync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Persistence {
+    #[default]
+    Async,
+    Sync,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -125,6 +142,8 @@ impl Default for Config {
             rate_limit: 100,
             io_memory_kib: 512,
             snapshot_every: 100_000,
+            persistence: Persistence::Async,
+            sync_connections: 64,
             spin_micros: 0,
             limits: Limits::default(),
         }
@@ -196,6 +215,16 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_POSTGRES_URL") {
             self.postgres.url = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_PERSISTENCE") {
+            self.persistence = match v.trim() {
+                "async" => Persistence::Async,
+                "sync" => Persistence::Sync,
+                other => anyhow::bail!("EXCHANGE_PERSISTENCE={other:?}: async or sync"),
+            };
+        }
+        if let Some(v) = set("EXCHANGE_SYNC_CONNECTIONS") {
+            self.sync_connections = parse("EXCHANGE_SYNC_CONNECTIONS", &v)?;
         }
         if let Some(v) = set("EXCHANGE_CHECK_INTERVAL_SECS") {
             self.check_interval_secs = parse("EXCHANGE_CHECK_INTERVAL_SECS", &v)?;

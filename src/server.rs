@@ -138,6 +138,11 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let sync = match (config.persistence, &config.postgres.url) {
+        (crate::config::Persistence::Async, _) => None,
+        (crate::config::Persistence::Sync, Some(url)) => Some(crate::cold::sync::SyncStore::start(url, config.sync_connections)?),
+        (crate::config::Persistence::Sync, None) => anyhow::bail!("EXCHANGE_PERSISTENCE=sync needs EXCHANGE_POSTGRES_URL"),
+    };
     {
         let health = health.clone();
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
@@ -160,13 +165,14 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             None => None,
         };
         let cold = cold.clone();
+        let sync = sync.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
                 let result =
-                    shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, mode }, mesh).await;
+                    shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, mode }, mesh).await;
                 if let Err(e) = &result {
                     tracing::error!(shard = id, error = format!("{e:#}"), "shard failed");
                     health.stopping.store(true, Ordering::Release);
@@ -197,6 +203,7 @@ struct Startup {
     health: Arc<Health>,
     redis: Option<exchange_io::redis::RedisBridge>,
     cold: Option<crate::cold::ColdStorage>,
+    sync: Option<crate::cold::sync::SyncStore>,
     mode: Mode,
 }
 
@@ -209,7 +216,7 @@ pub enum Mode {
 }
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
-    let Startup { id, shards, map, config, metrics, health, redis, cold, mode } = start;
+    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, mode } = start;
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
     let now_micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let shard = Rc::new(Shard {
@@ -230,6 +237,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
             crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id)
         }),
         cold: cold.clone(),
+        sync,
         kafka: match &config.kafka.brokers {
             Some(brokers) => Some(
                 crate::shard::logs::KafkaBackend::start(

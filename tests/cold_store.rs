@@ -523,3 +523,40 @@ fn a_node_that_lost_its_disk_starts_from_the_postgres_checkpoint() {
     let after = common::dec(&s.get(&alice, "/v1/positions").1[0]["size"]);
     assert_eq!(after, size + rust_decimal::Decimal::new(1, 3));
 }
+
+/// `EXCHANGE_PERSISTENCE=sync`, the baseline the benchmarks compare against: every order
+/// is in PostgreSQL when it is answered, with balances and positions that agree with the
+/// exchange's to the unit.
+#[test]
+fn the_synchronous_baseline_writes_each_order_before_its_answer() {
+    let db = Database::create();
+    let s = common::Server::start_embedded(&[("EXCHANGE_PERSISTENCE", "sync"), ("EXCHANGE_POSTGRES_URL", &db.url)]);
+    let alice = s.funded("alice", "10000");
+    let bob = s.funded("bob", "10000");
+    let (status, sell) = s.order(&alice, r#"{"symbol":"BTC-PERP","side":"SELL","type":"LIMIT","price":"50000","quantity":"0.010","leverage":10}"#);
+    assert_eq!(status, 200, "{sell}");
+    let (status, buy) = s.order(&bob, r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.5","quantity":"0.004","leverage":10}"#);
+    assert_eq!(status, 200, "{buy}");
+    // No waiting: the answers came after the commits.
+    assert_eq!(count(&db, "SELECT count(*) FROM sync_orders"), 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM sync_trades"), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM sync_orders WHERE filled_quantity = 0.004"), 2);
+    let (status, _) = s.request("DELETE", &format!("/v1/orders/{}", sell["orderId"].as_str().unwrap()), &[("x-api-key", &alice)], None);
+    assert_eq!(status, 200);
+    assert_eq!(count(&db, "SELECT count(*) FROM sync_orders WHERE status = 'CANCELLED'"), 1);
+    let row = |user: &str| -> (rust_decimal::Decimal, rust_decimal::Decimal) {
+        let id = user[..16].to_owned();
+        runtime().block_on(async {
+            let r = connect(&db.url).await.query_one("SELECT total, locked FROM sync_balances WHERE user_id = $1", &[&id]).await.unwrap();
+            (r.get(0), r.get(1))
+        })
+    };
+    for key in [&alice, &bob] {
+        let (_, api) = s.get(key, "/v1/balance");
+        assert_eq!(row(key), (common::dec(&api["total"]), common::dec(&api["locked"])), "{api}");
+    }
+    let size: rust_decimal::Decimal = runtime().block_on(async {
+        connect(&db.url).await.query_one("SELECT size FROM sync_positions WHERE user_id = $1", &[&bob[..16].to_owned()]).await.unwrap().get(0)
+    });
+    assert_eq!(size, rust_decimal::Decimal::new(4, 3));
+}

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 pub mod checkpoint;
 pub mod reader;
+pub mod sync;
 pub mod records;
 pub mod writer;
 

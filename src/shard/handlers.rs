@@ -97,6 +97,10 @@ async fn cancel(shard: &Rc<Shard>, symbol: usize, command: Command) -> Result<Op
     for ack in outcome.applied {
         let _ = ack.await;
     }
+    if let Some(sync) = &shard.sync {
+        let tx = crate::cold::sync::transaction(&shard.map.symbols[symbol], None, &outcome.events);
+        sync.order(tx).await.map_err(|e| NotLogged::Refused(format!("PostgreSQL (synchronous baseline): {e}")))?;
+    }
     Ok(outcome.result.ok().map(|()| {
         outcome
             .events
@@ -341,6 +345,10 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
         let _ = ack.await;
     }
     let view = taker_view(symbol, &order, &outcome.events);
+    if let Some(sync) = &shard.sync {
+        let tx = crate::cold::sync::transaction(spec, Some((&order, &view)), &outcome.events);
+        sync.order(tx).await.map_err(|e| ApiError::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
+    }
     shard.metrics.orders.inc();
     shard.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
     if view.reason == Some(CancelReason::ReduceOnlyRejected) {
@@ -462,18 +470,21 @@ async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiErro
 
 async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str) -> Result<HttpReply, ApiError> {
     let partition = crate::accounts::partition_of_name(name);
-    let user = with_partition_log(
+    let (user, logged) = with_partition_log(
         shard,
         partition,
         |accounts| match accounts.transfer(name, transfer_id, amount, now_ms()).map_err(admin_error)? {
-            TransferPlan::Done(user) => Ok((None, user)),
-            TransferPlan::Log(user, record) => {
-                Ok((Some(record), user))
-            }
+            TransferPlan::Done(user) => Ok((None, (user, false))),
+            TransferPlan::Log(user, record) => Ok((Some(record), (user, true))),
         },
         |accounts, record| accounts.release_transfer(record),
     )
     .await?;
+    if let Some(sync) = shard.sync.as_ref().filter(|_| logged) {
+        let account = crate::wire::account_id(user);
+        let amount = crate::engine::symbol::units_to_usdt(amount);
+        sync.deposit(account, amount).await.map_err(|e| ApiError::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
+    }
     tracing::info!(user = name, transfer_id, amount = narrow(i128::from(amount)), "transfer");
     balance(shard, user).await
 }

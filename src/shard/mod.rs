@@ -60,6 +60,8 @@ pub struct Shard {
     pub health: Arc<crate::server::Health>,
     /// Cold storage (order history, checkpoints), when PostgreSQL is configured.
     pub cold: Option<crate::cold::ColdStorage>,
+    /// The synchronous baseline's PostgreSQL (`EXCHANGE_PERSISTENCE=sync`).
+    pub sync: Option<crate::cold::sync::SyncStore>,
     /// Redis, when it is the hot state; `None`: the ledger answers.
     pub redis: Option<hot::RedisHot>,
     /// Kafka, when it is the event log; `None`: the embedded journal.
