@@ -8,7 +8,9 @@
 //! It starts each exchange itself (the release binary, free port, fresh data directory),
 //! and a fresh tansu broker for each Kafka mode (a broker that has served earlier runs
 //! slows down as its in-memory log grows, which would charge one mode for another's
-//! history). Redis and PostgreSQL must be running (it says so if they are not).
+//! history), and a fresh `redis-server` for every Redis mode (`--redis URL` uses one that
+//! runs). PostgreSQL must be running (it says so if it is not); each mode that writes to
+//! it gets an empty database of its own there.
 //!
 //! Per mode it measures a closed loop (maximum throughput and its latency), then open
 //! loops at fractions of that maximum (latency against throughput); over the closed
@@ -35,7 +37,9 @@ struct Args {
     /// The tansu binary, started afresh for every Kafka mode.
     #[arg(long, default_value = "tansu")]
     tansu: String,
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    /// `start`: a fresh `redis-server` for every measurement (a Redis that kept earlier
+    /// runs' keys, with their expiry, costs more); or the URL of one to use.
+    #[arg(long, default_value = "start")]
     redis: String,
     /// A PostgreSQL server; the comparison makes (and empties) a database of its own there,
     /// `exchange_compare`, so that no earlier data skews what it measures.
@@ -89,14 +93,14 @@ struct ModeResult {
     curve: Vec<(f64, f64, f64)>,
 }
 
-fn env_of(mode: &str, args: &Args, kafka: Option<&str>, postgres: &str, tag: &str) -> Vec<(String, String)> {
+fn env_of(mode: &str, redis: &str, kafka: Option<&str>, postgres: &str, tag: &str) -> Vec<(String, String)> {
     let mut env = Vec::new();
     let mut set = |k: &str, v: &str| env.push((k.to_owned(), v.to_owned()));
     if let Some(brokers) = kafka {
         set("EXCHANGE_KAFKA_BROKERS", brokers);
     }
     if matches!(mode, "redis" | "kafka-redis" | "full") {
-        set("EXCHANGE_REDIS_URL", &args.redis);
+        set("EXCHANGE_REDIS_URL", redis);
         set("EXCHANGE_REDIS_PREFIX", &format!("compare-{tag}:"));
     }
     if matches!(mode, "full" | "sync") {
@@ -149,6 +153,26 @@ fn start_tansu(bin: &str) -> (Running, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (Running(child), addr)
+}
+
+fn needs_redis(mode: &str) -> bool {
+    matches!(mode, "redis" | "kafka-redis" | "full")
+}
+
+fn start_redis() -> (Running, String) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting redis-server: {e} (install Redis, or pass --redis URL)"));
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Running(child), format!("redis://{addr}"))
 }
 
 fn start_exchange(args: &Args, env: &[(String, String)], shards: usize, data: &Path) -> (Running, String) {
@@ -255,19 +279,45 @@ fn closed_loop(postgres: &str, load: &LoadArgs, exchange: u32) -> Measured {
     Measured { report, pg_xacts, pg_rows, pg_cpu, exchange_cpu }
 }
 
-fn run_mode(args: &Args, mode: &str, shards: usize, curve: bool) -> ModeResult {
-    let tag = format!("{mode}-{shards}-{}", std::process::id());
+/// One exchange with what it needs, all fresh: a broker that has served earlier runs
+/// slows down as its in-memory log grows, and rows already in PostgreSQL change what a
+/// write costs, so every measurement gets a stack of its own.
+struct Stack {
+    // Field order is drop order: the exchange stops before its broker.
+    exchange: Running,
+    _broker: Option<Running>,
+    _redis: Option<Running>,
+    addr: String,
+    postgres: String,
+    data: PathBuf,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn start_stack(args: &Args, mode: &str, shards: usize, point: usize) -> Stack {
+    let tag = format!("{mode}-{shards}-{point}-{}", std::process::id());
     let broker = needs_kafka(mode).then(|| start_tansu(&args.tansu));
     let postgres = if matches!(mode, "full" | "sync") { fresh_database(&args.postgres) } else { args.postgres.clone() };
-    let mut env = env_of(mode, args, broker.as_ref().map(|(_, a)| a.as_str()), &postgres, &tag);
+    let redis = (needs_redis(mode) && args.redis == "start").then(start_redis);
+    let redis_url = redis.as_ref().map_or(args.redis.clone(), |(_, u)| u.clone());
+    let mut env = env_of(mode, &redis_url, broker.as_ref().map(|(_, a)| a.as_str()), &postgres, &tag);
     if broker.is_some() {
         env.push(("EXCHANGE_KAFKA_TOPIC_PREFIX".into(), format!("{tag}-")));
     }
     let data = std::env::temp_dir().join(format!("exchange-compare-{tag}"));
     let _ = std::fs::remove_dir_all(&data);
     let (exchange, addr) = start_exchange(args, &env, shards, &data);
+    Stack { exchange, _broker: broker.map(|(b, _)| b), _redis: redis.map(|(r, _)| r), addr, postgres, data }
+}
+
+fn run_mode(args: &Args, mode: &str, shards: usize, curve: bool) -> ModeResult {
+    let stack = start_stack(args, mode, shards, 0);
     let mut load = LoadArgs {
-        addr,
+        addr: stack.addr.clone(),
         admin_key: "bench-admin".into(),
         connections: args.connections,
         users: args.users,
@@ -277,7 +327,8 @@ fn run_mode(args: &Args, mode: &str, shards: usize, curve: bool) -> ModeResult {
         seed: 1,
         mix: Mix::OneLot,
     };
-    let closed = closed_loop(&postgres, &load, exchange.0.id());
+    let closed = closed_loop(&stack.postgres, &load, stack.exchange.0.id());
+    drop(stack);
     eprintln!(
         "{mode} ({shards} shards): {:.0} orders/s, p50 {:.2} ms, p99 {:.2} ms, errors {} {:?}",
         closed.report.per_second(),
@@ -290,6 +341,8 @@ fn run_mode(args: &Args, mode: &str, shards: usize, curve: bool) -> ModeResult {
     if curve {
         let max = closed.report.per_second();
         for (i, f) in args.fractions.iter().enumerate() {
+            let stack = start_stack(args, mode, shards, i + 1);
+            load.addr = stack.addr.clone();
             load.rate = (max * f).max(1.0) as u64;
             load.duration = args.open_duration;
             load.seed = 2 + i as u64;
@@ -299,9 +352,6 @@ fn run_mode(args: &Args, mode: &str, shards: usize, curve: bool) -> ModeResult {
         }
     }
     points.push((closed.report.per_second(), closed.report.ms(0.5), closed.report.ms(0.99)));
-    drop(exchange);
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&data);
     ModeResult { mode: mode.to_owned(), closed, curve: points }
 }
 
@@ -310,7 +360,7 @@ fn preflight(args: &Args) {
         let hostport = url.split("://").nth(1).unwrap_or(url).rsplit('@').next().unwrap_or("").split('/').next().unwrap_or("").to_owned();
         std::net::TcpStream::connect_timeout(&hostport.parse().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into()), Duration::from_secs(1)).is_ok()
     };
-    if args.modes.iter().any(|m| matches!(m.as_str(), "redis" | "kafka-redis" | "full")) && !tcp(&args.redis) {
+    if args.redis != "start" && args.modes.iter().any(|m| needs_redis(m)) && !tcp(&args.redis) {
         panic!("Redis does not answer at {}: start it (scripts/redis.sh)", args.redis);
     }
     if args.modes.iter().any(|m| matches!(m.as_str(), "full" | "sync")) && !tcp(&args.postgres) {
