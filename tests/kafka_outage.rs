@@ -136,3 +136,50 @@ fn a_dead_broker_answers_503_within_the_timeout() {
         assert!(took < Duration::from_millis(1_300), "503 number {i} took {took:?} with a 1 s timeout");
     }
 }
+
+#[test]
+fn results_that_never_reached_a_broker_are_sent_again_until_one_has_them() {
+    let mut broker = Broker::start();
+    // Results linger long enough that the broker dies before they are sent.
+    let s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TIMEOUT_MS", "1000"), ("EXCHANGE_KAFKA_RESULTS_LINGER_MS", "800")]);
+    let alice = s.funded("alice", "10000");
+    let bob = s.funded("bob", "10000");
+    let sell = r#"{"symbol":"BTC-PERP","side":"SELL","type":"LIMIT","price":"50000","quantity":"0.010","leverage":10}"#;
+    assert_eq!(s.order(&alice, sell).0, 200);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let buy = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000","quantity":"0.001","leverage":10}"#;
+    for _ in 0..5 {
+        assert_eq!(s.order(&bob, buy).0, 200);
+    }
+    // Killed with the trades still lingering in the producer: they never reach it.
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    // A new, empty broker where it was: the results must end up there.
+    let broker = Broker::start_at(&broker.addr);
+    let prefix = s.env_var("EXCHANGE_KAFKA_TOPIC_PREFIX").unwrap_or_default();
+    let topics: Vec<String> = ["orders.submitted", "orders.placed", "orders.cancelled", "trades.executed", "accounts.adjusted"]
+        .iter()
+        .map(|t| format!("{prefix}{t}"))
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    futures_lite::future::block_on(exchange_io::kafka::ensure_topics(&broker.addr, &names, 8)).unwrap();
+    let topic = format!("{prefix}trades.executed");
+    let partition = exchange_io::kafka::partition_for(b"BTC-PERP", 8);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (records, _) = exchange_io::kafka::read_partition(&broker.addr, &topic, partition, 0, Duration::from_secs(10)).unwrap();
+        let mut ids: Vec<String> = records
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+            .filter_map(|v| v["eventId"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() == 5 {
+            break;
+        }
+        assert!(ids.len() < 5, "{ids:?}");
+        assert!(Instant::now() < deadline, "only {} of 5 trades reached the new broker", ids.len());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

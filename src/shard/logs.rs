@@ -104,6 +104,7 @@ async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<Ref
     let mut line: VecDeque<Outgoing> = VecDeque::new();
     let mut failing = false;
     let mut paused = std::time::Instant::now();
+    let mut renewed = std::time::Instant::now();
     loop {
         if line.is_empty() {
             match incoming.next().await {
@@ -133,11 +134,16 @@ async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<Ref
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(topic = o.topic, error = e, "result not delivered to Kafka; sending it again until it is");
                 }
-                if kafka::is_fatal(&producer.borrow()) {
+                // An idempotent producer whose records timed out can stay stuck for good
+                // (it must bump its epoch, which tansu refuses, or re-register with a
+                // broker that lost it): a new one, at most once per timeout. Results carry
+                // their eventId, so one that lands twice does no harm.
+                if kafka::is_fatal(&producer.borrow()) || renewed.elapsed() > timeout {
                     match kafka::results_producer(&brokers, timeout) {
                         Ok(fresh) => *producer.borrow_mut() = fresh,
                         Err(e) => tracing::warn!(error = %e, "could not renew the results producer"),
                     }
+                    renewed = std::time::Instant::now();
                 }
                 o.report = kafka::send(&producer.borrow(), &o.topic, o.partition, &o.key, &o.payload).ok();
                 line.push_back(o);

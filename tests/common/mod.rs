@@ -112,7 +112,7 @@ impl Server {
             .env("EXCHANGE_CORES", "0,1")
             .env("EXCHANGE_RATE_LIMIT", "0")
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(if std::env::var_os("EXCHANGE_TEST_SERVER_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -263,8 +263,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Self {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        Self::start_at(&format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// A broker on a given address (a fresh one where a killed one was).
+    pub fn start_at(addr: &str) -> Self {
+        let addr = addr.to_owned();
         let home = std::env::var("HOME").unwrap_or_default();
         let tansu = ["tansu".to_owned(), format!("{home}/.cargo/bin/tansu")]
             .into_iter()
