@@ -32,7 +32,11 @@ fn balance(c: &mut redis::Connection, user: UserId) -> (i64, i64, i64) {
 }
 
 fn run(c: &mut redis::Connection, writes: Writes) -> i64 {
-    let Op::Script { script, keys, args } = writes.into_op() else { unreachable!() };
+    run_op(c, writes.into_op())
+}
+
+fn run_op(c: &mut redis::Connection, op: Op) -> i64 {
+    let Op::Script { script, keys, args } = op else { unreachable!() };
     let mut inv = script.prepare_invoke();
     for k in keys {
         inv.key(k);
@@ -148,4 +152,25 @@ fn a_rebuild_forgets_open_orders_the_log_does_not_know() {
     }
     let open: Vec<u64> = c.smembers(k.active(user)).unwrap();
     assert_eq!(open, vec![10]);
+}
+
+#[test]
+fn one_call_applies_many_lists_each_on_its_own_terms() {
+    let mut c = connection();
+    let (a, b, lost) = (fresh_user(), fresh_user(), fresh_user());
+    deposit(&mut c, a, 100);
+    deposit(&mut c, b, 100);
+    let credit = |user: UserId, offset: u64| {
+        let mut w = Writes::new(&keys(), user).guarded("BTC-PERP", offset).requiring(keys().balance(user));
+        w.op("HINCRBY", keys().balance(user), ["total", "1"]);
+        w
+    };
+    let op = Writes::into_one_op(vec![credit(a, 5), credit(b, 5), credit(a, 5), credit(a, 6)]);
+    assert_eq!(run_op(&mut c, op), 3, "the repeated offset is skipped, the rest written");
+    assert_eq!(balance(&mut c, a).0, 102);
+    assert_eq!(balance(&mut c, b).0, 101);
+    let op = Writes::into_one_op(vec![credit(lost, 1), credit(b, 6)]);
+    assert_eq!(run_op(&mut c, op), -1, "a lost user is reported");
+    assert_eq!(balance(&mut c, b).0, 102, "and the others are written all the same");
+    assert!(!c.exists::<_, bool>(keys().balance(lost)).unwrap(), "nothing made up for the lost one");
 }

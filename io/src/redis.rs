@@ -91,6 +91,8 @@ pub struct RedisBridge {
     tx: mpsc::UnboundedSender<Job>,
     /// Whether the helper thread has a connection (set once it connects).
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether that connection is to a cluster.
+    cluster: Arc<std::sync::atomic::AtomicBool>,
     /// How long an operation may take, from being handed over to its reply.
     timeout: Duration,
 }
@@ -172,7 +174,8 @@ impl RedisBridge {
         }
         let (tx, mut rx) = mpsc::unbounded::<Job>();
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = connected.clone();
+        let cluster = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, cluster_flag) = (connected.clone(), cluster.clone());
         std::thread::Builder::new()
             .name("redis".into())
             .spawn(move || {
@@ -190,7 +193,9 @@ impl RedisBridge {
                         loop {
                             match connect(&urls, timeout).await {
                                 Ok(c) => {
-                                    let kind = if matches!(c, Conn::Cluster(_)) { "cluster" } else { "single server" };
+                                    let is_cluster = matches!(c, Conn::Cluster(_));
+                                    cluster_flag.store(is_cluster, std::sync::atomic::Ordering::Release);
+                                    let kind = if is_cluster { "cluster" } else { "single server" };
                                     tracing::info!(url = urls[0], kind, "Redis connected");
                                     if let Ok(mut s) = slot.lock() {
                                         *s = Some(c);
@@ -212,11 +217,16 @@ impl RedisBridge {
                 });
             })
             .map_err(|e| format!("Redis thread: {e}"))?;
-        Ok(Self { tx, connected, timeout })
+        Ok(Self { tx, connected, cluster, timeout })
     }
 
     pub fn connected(&self) -> bool {
         self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the connection is to a cluster (where one call's keys must share a slot).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Hands `op` over now (in order with every earlier one); `done` runs on the helper

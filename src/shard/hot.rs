@@ -61,7 +61,7 @@ pub struct RedisHot {
     health: Arc<Health>,
     shard: usize,
     /// Writes not handed to Redis yet: the next batch.
-    queued: RefCell<Vec<Op>>,
+    queued: RefCell<Vec<Writes>>,
     /// Wakes the writer task; `scheduled` while a wake-up is outstanding.
     wake: mpsc::UnboundedSender<()>,
     woken: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
@@ -91,19 +91,33 @@ impl RedisHot {
         &self.bridge
     }
 
-    fn queue(&self, op: Op) {
-        self.queued.borrow_mut().push(op);
+    fn queue(&self, writes: Writes) {
+        self.queued.borrow_mut().push(writes);
         if !self.scheduled.replace(true) {
             let _ = self.wake.unbounded_send(());
         }
     }
 
-    /// Sends every queued write as one batch; the receiver completes with its reply.
+    /// Sends every queued write as one batch; the receiver completes with its reply. To
+    /// a single server the batch is one script call; to a cluster, one per user (a call's
+    /// keys must share a slot), each user's writes in the order they were queued.
     fn hand_over(&self) -> Option<futures_channel::oneshot::Receiver<()>> {
-        let ops = std::mem::take(&mut *self.queued.borrow_mut());
-        if ops.is_empty() {
+        let queued = std::mem::take(&mut *self.queued.borrow_mut());
+        if queued.is_empty() {
             return None;
         }
+        let ops = if self.bridge.is_cluster() {
+            let mut by_user: Vec<(UserId, Vec<Writes>)> = Vec::new();
+            for w in queued {
+                match by_user.iter_mut().find(|(u, _)| *u == w.user()) {
+                    Some((_, list)) => list.push(w),
+                    None => by_user.push((w.user(), vec![w])),
+                }
+            }
+            by_user.into_iter().map(|(_, list)| Writes::into_one_op(list)).collect()
+        } else {
+            vec![Writes::into_one_op(queued)]
+        };
         let (done, replied) = futures_channel::oneshot::channel();
         let (health, shard, failed) = (self.health.clone(), self.shard, self.rebuild_failed.clone());
         self.bridge.submit::<Vec<redis::Value>, _>(Op::Batch(ops), move |result| {
@@ -154,7 +168,7 @@ impl Shard {
 
     fn submit_writes(&self, hot: &RedisHot, writes: Writes) {
         if !writes.is_empty() {
-            hot.queue(writes.into_op());
+            hot.queue(writes);
         }
     }
 
