@@ -18,6 +18,20 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<Value> {
     out
 }
 
+/// A topic once it holds `n` records (results are published without being waited for,
+/// and linger in the producer for a few milliseconds), and never more.
+fn read_until(brokers: &str, topic: &str, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = read_topic(brokers, topic);
+        if found.len() >= n || std::time::Instant::now() > deadline {
+            assert_eq!(found.len(), n, "{topic}");
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn results_are_json_and_republished_with_the_same_ids() {
     let broker = Broker::start();
@@ -36,18 +50,16 @@ fn results_are_json_and_republished_with_the_same_ids() {
     assert_eq!(submitted[0]["eventType"], "OrderSubmitted");
     assert_eq!(submitted[0]["price"], "50000.0");
 
-    let trades = read_topic(&broker.addr, "x.trades.executed");
-    assert_eq!(trades.len(), 2);
+    let trades = read_until(&broker.addr, "x.trades.executed", 2);
     for path in ["/trade/tradeId", "/trade/buyerOrderId", "/trade/sellerOrderId", "/buyerUpdate/fee", "/sellerUpdate/marginReleased", "/seq"] {
         assert!(trades[0].pointer(path).is_some(), "TradeExecuted lacks {path}: {}", trades[0]);
     }
     let first: BTreeMap<String, Value> = trades.iter().map(|t| (t["eventId"].as_str().unwrap().to_owned(), t.clone())).collect();
-    assert_eq!(read_topic(&broker.addr, "x.orders.placed").len(), 1);
+    read_until(&broker.addr, "x.orders.placed", 1);
 
     // A crash and a replay publish the results again: the same events, the same ids.
     s.restart();
-    let again = read_topic(&broker.addr, "x.trades.executed");
-    assert_eq!(again.len(), 4);
+    let again = read_until(&broker.addr, "x.trades.executed", 4);
     for t in &again {
         let id = t["eventId"].as_str().unwrap();
         assert_eq!(first.get(id), Some(t), "republished event {id} differs");

@@ -65,7 +65,9 @@ fn kill_9_mid_stream(env: &[(&str, &str)]) -> Server {
         }));
     }
     // Let the stream run, then crash the server in the middle of it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while acked.lock().unwrap().len() < 300 {
+        assert!(std::time::Instant::now() < deadline, "only {} orders acknowledged in 60 s", acked.lock().unwrap().len());
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     s.kill9();
