@@ -71,14 +71,14 @@ pub enum Op {
 }
 
 impl Op {
-    fn into_cmd(self) -> Cmd {
+    /// The commands it stands for, in order, with batches inside batches flattened.
+    fn into_cmds(self, out: &mut Vec<Cmd>) {
         match self {
-            Self::Cmd(cmd) => cmd,
+            Self::Cmd(cmd) => out.push(cmd),
             Self::Script { script, keys, args } => {
-                redis::cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args).to_owned()
+                out.push(redis::cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args).to_owned());
             }
-            // Batches are not nested: a batch inside one is sent as its first operation.
-            Self::Batch(ops) => ops.into_iter().next().map_or_else(|| redis::cmd("PING"), Self::into_cmd),
+            Self::Batch(ops) => ops.into_iter().for_each(|op| op.into_cmds(out)),
         }
     }
 }
@@ -98,35 +98,36 @@ pub struct RedisBridge {
 }
 
 async fn run_op<T: FromRedisValue>(mut conn: Conn, op: Op) -> redis::RedisResult<T> {
-    match op {
-        Op::Batch(ops) => {
-            let replies = match &conn {
-                Conn::Single(_) => {
-                    let mut pipe = redis::pipe();
-                    for op in ops {
-                        pipe.add_command(op.into_cmd());
-                    }
-                    pipe.query_async::<Vec<Value>>(&mut conn).await?
-                }
-                Conn::Cluster(_) => {
-                    let sent: Vec<_> = ops
-                        .into_iter()
-                        .map(|op| {
-                            let (cmd, mut conn) = (op.into_cmd(), conn.clone());
-                            tokio::spawn(async move { cmd.query_async::<Value>(&mut conn).await })
-                        })
-                        .collect();
-                    let mut replies = Vec::with_capacity(sent.len());
-                    for reply in sent {
-                        replies.push(reply.await.map_err(|e| redis::RedisError::from((redis::ErrorKind::IoError, "batch task", e.to_string())))??);
-                    }
-                    replies
-                }
-            };
-            T::from_owned_redis_value(Value::Array(replies))
-        }
-        op => op.into_cmd().query_async(&mut conn).await,
+    let batch = matches!(op, Op::Batch(_));
+    let mut cmds = Vec::new();
+    op.into_cmds(&mut cmds);
+    if !batch && let [cmd] = cmds.as_slice() {
+        return cmd.query_async(&mut conn).await;
     }
+    let replies = match &conn {
+        Conn::Single(_) => {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            pipe.query_async::<Vec<Value>>(&mut conn).await?
+        }
+        Conn::Cluster(_) => {
+            let sent: Vec<_> = cmds
+                .into_iter()
+                .map(|cmd| {
+                    let mut conn = conn.clone();
+                    tokio::spawn(async move { cmd.query_async::<Value>(&mut conn).await })
+                })
+                .collect();
+            let mut replies = Vec::with_capacity(sent.len());
+            for reply in sent {
+                replies.push(reply.await.map_err(|e| redis::RedisError::from((redis::ErrorKind::IoError, "batch task", e.to_string())))??);
+            }
+            replies
+        }
+    };
+    T::from_owned_redis_value(Value::Array(replies))
 }
 
 /// Loads a script (on every master of a cluster), so that [`Op::Script`] finds it.

@@ -7,10 +7,12 @@
 //! read. Redis is written *behind* it, never awaited by a request:
 //!
 //! - every change (a lock taken or released, a command's results, a transfer) becomes
-//!   one idempotent script call per user ([`WRITE`](crate::redis_state::WRITE), results
-//!   guarded by the command's log offset), queued on the owning core in log order;
-//! - a writer task per core hands everything queued as one batch (one pipeline) to the
-//!   core's own Redis connection, and queues the next batch while that one is in flight;
+//!   one idempotent list of writes for one user (a segment of a
+//!   [`WRITE`](crate::redis_state::WRITE) call, results guarded by the command's log
+//!   offset), queued on the owning core in log order;
+//! - a writer task per core hands everything queued to the core's own Redis connection
+//!   as one script call (one per user on a cluster), and queues the next batch while
+//!   that one is in flight;
 //! - anything else sent to Redis from the core (the rebuild, the consistency check, the
 //!   markers) first hands over what is queued, so it reaches Redis after those writes.
 //!
