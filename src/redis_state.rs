@@ -3,13 +3,14 @@
 //! - Every key of a user carries the hash tag `{u:<account id>}`, so all of them live in
 //!   one slot of a Redis Cluster and one script can touch them atomically. A prefix
 //!   (`EXCHANGE_REDIS_PREFIX`) lets several exchanges share one Redis.
-//! - Money is integer 1e-8 USDT. Scripts never compute with it: Lua numbers are
-//!   doubles, exact only up to 2^53. They pass the amounts the exchange computed, as
-//!   strings, to `HINCRBY`/`INCRBY` (exact 64-bit arithmetic in Redis) and only test
-//!   the *sign* of what those return, which a double always gets right.
-//! - Settlement is idempotent: each write of a command's results carries the symbol and
-//!   the command's log offset, and a user's `applied` hash keeps the last offset applied
-//!   per symbol, so a replayed write changes nothing.
+//! - Money is integer 1e-8 USDT, written as the decimal strings of the exact integers
+//!   the ledger holds. Scripts never compute with it (Lua numbers are doubles, exact
+//!   only up to 2^53).
+//! - Writes are absolute (a balance's three fields, an order's JSON, a position's
+//!   fields), taken from the ledger when a batch is handed over, so writing one twice
+//!   changes nothing and no per-command offsets are needed to make them idempotent. This
+//!   departs from `HINCRBY` deltas on purpose: deltas need an offset guard per write,
+//!   and the guard plus the deltas were most of Redis's work per order.
 
 use std::sync::LazyLock;
 
@@ -44,11 +45,6 @@ impl Keys {
     /// What an open order locked when it was placed.
     pub fn lock(&self, user: UserId, order: OrderId) -> String {
         format!("{}{}", self.lock_prefix(user), order.0)
-    }
-
-    /// Last command offset applied, per symbol.
-    pub fn applied(&self, user: UserId) -> String {
-        format!("{}applied:{}", self.prefix, tag(user))
     }
 
     /// The user's position on a symbol: `size`, `cost`, `margin`, `realizedPnl`, `fees`,
@@ -102,44 +98,31 @@ impl Keys {
     }
 }
 
-/// Lists of writes, each to one user's keys, each applied at most once per (symbol,
-/// offset) when guarded; several lists (segments) travel in one call, so that a batch
-/// pays for one script invocation instead of one per change (the invocation, not the
-/// commands, was 60 % of Redis's time per order).
+/// Lists of writes, each to one user's keys; several lists (segments) travel in one
+/// call, so that a batch pays for one script invocation instead of one per user.
 ///
-/// KEYS: the keys the writes name. ARGV: segments, each: index of the user's `applied`
-/// hash, guard symbol (empty: unguarded), guard offset, index of a key that must exist
+/// KEYS: the keys the writes name. ARGV: segments, each: index of a key that must exist
 /// (0: none), number of writes, then the writes, each as command, key index, argument
 /// count, arguments. The pseudo-command `FORGET_OPEN` (arguments: the user's order, lock
 /// and clientOrderId key prefixes) deletes every order the user's open-order set names,
 /// with its lock and clientOrderId, and the set: what a rebuild does before it writes the
 /// orders the log knows (keys of one user share a slot, so naming them here is
-/// cluster-safe; a call holds one user's segments only on a cluster).
+/// cluster-safe; a call holds one user's segment only on a cluster).
 /// A segment whose required key is missing (the user's hot state was lost) writes
-/// nothing, nor does one whose offset was already applied. Returns the number of
-/// segments written, or -1 if any segment found its required key missing.
+/// nothing. Returns the number of segments written, or -1 if any segment found its
+/// required key missing.
 pub const WRITE: &str = r"
 local i = 1
 local written = 0
 local lost = false
 while i <= #ARGV do
-  local applied = KEYS[tonumber(ARGV[i])]
-  local symbol, offset = ARGV[i + 1], ARGV[i + 2]
-  local required = tonumber(ARGV[i + 3])
-  local count = tonumber(ARGV[i + 4])
-  i = i + 5
+  local required = tonumber(ARGV[i])
+  local count = tonumber(ARGV[i + 1])
+  i = i + 2
   local apply = true
   if required > 0 and redis.call('EXISTS', KEYS[required]) == 0 then
     apply = false
     lost = true
-  end
-  if apply and symbol ~= '' then
-    local last = redis.call('HGET', applied, symbol)
-    if last and tonumber(last) >= tonumber(offset) then
-      apply = false
-    else
-      redis.call('HSET', applied, symbol, offset)
-    end
   end
   for _ = 1, count do
     local n = tonumber(ARGV[i + 2])
@@ -176,21 +159,13 @@ pub struct Writes {
     keys: Vec<String>,
     ops: Vec<String>,
     count: usize,
-    guard: Option<(String, u64)>,
     required: usize,
 }
 
 impl Writes {
-    /// Writes to `user`'s keys (their `applied` hash is `KEYS[1]`).
-    pub fn new(keys: &Keys, user: UserId) -> Self {
-        Self { user, keys: vec![keys.applied(user)], ops: Vec::new(), count: 0, guard: None, required: 0 }
-    }
-
-    /// Applied once per (symbol, offset), in increasing offset order.
-    #[must_use]
-    pub fn guarded(mut self, symbol: &str, offset: u64) -> Self {
-        self.guard = Some((symbol.to_owned(), offset));
-        self
+    /// Writes to `user`'s keys.
+    pub fn new(user: UserId) -> Self {
+        Self { user, keys: Vec::new(), ops: Vec::new(), count: 0, required: 0 }
     }
 
     /// Nothing is written unless `key` exists.
@@ -210,22 +185,6 @@ impl Writes {
         }
     }
 
-    /// The margin lock of an order the ledger has just accepted: moved from available to
-    /// locked, recorded under the order, and the order in the open set at once, so that a
-    /// lock whose order never reaches the log (a crash in between) is still found by a
-    /// rebuild and by the consistency check. Written only to a user whose balance exists.
-    pub fn lock_margin(keys: &Keys, user: UserId, order: OrderId, amount: i64) -> Self {
-        let balance = keys.balance(user);
-        let mut w = Self::new(keys, user).requiring(balance.clone());
-        if amount != 0 {
-            w.op("HINCRBY", balance.clone(), ["locked".to_owned(), amount.to_string()]);
-            w.op("HINCRBY", balance, ["available".to_owned(), (-amount).to_string()]);
-        }
-        w.op("SET", keys.lock(user, order), [amount]);
-        w.op("SADD", keys.active(user), [order.0]);
-        w
-    }
-
     /// Adds `command key args...`.
     pub fn op<I, A>(&mut self, command: &str, key: String, args: I) -> &mut Self
     where
@@ -233,12 +192,13 @@ impl Writes {
         A: ToString,
     {
         let index = self.key_index(key);
-        let args: Vec<String> = args.into_iter().map(|a| a.to_string()).collect();
-        self.count += 1;
+        let at = self.ops.len();
         self.ops.push(command.to_owned());
         self.ops.push(index.to_string());
-        self.ops.push(args.len().to_string());
-        self.ops.extend(args);
+        self.ops.push(String::new());
+        self.ops.extend(args.into_iter().map(|a| a.to_string()));
+        self.ops[at + 2] = (self.ops.len() - at - 3).to_string();
+        self.count += 1;
         self
     }
 
@@ -263,9 +223,8 @@ impl Writes {
         let mut args = Vec::new();
         for w in all {
             let base = keys.len();
-            let (symbol, offset) = w.guard.unwrap_or_default();
             let required = if w.required == 0 { 0 } else { base + w.required };
-            args.extend([(base + 1).to_string(), symbol, offset.to_string(), required.to_string(), w.count.to_string()]);
+            args.extend([required.to_string(), w.count.to_string()]);
             // Key indexes move by `base`; the rest is copied as it is.
             let mut ops = w.ops.into_iter();
             while let Some(command) = ops.next() {

@@ -46,8 +46,7 @@ fn user_of(key: &str) -> exchange::engine::UserId {
 }
 
 /// What Redis holds for these users, read straight from it: balance, open orders (each
-/// order's JSON), positions, fills, and a clientOrderId's order. Leaves out only the
-/// per-symbol offsets that make writes idempotent.
+/// order's JSON), positions, fills, and a clientOrderId's order.
 fn projection(conn: &mut dyn redis::ConnectionLike, prefix: &str, keys: &[String]) -> Vec<Value> {
     let k = exchange::redis_state::Keys::new(prefix);
     let mut out = Vec::new();

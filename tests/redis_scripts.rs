@@ -47,59 +47,34 @@ fn run_op(c: &mut redis::Connection, op: Op) -> i64 {
     inv.invoke(c).unwrap()
 }
 
-/// Credits `amount` to total and available (creating the balance).
-fn deposit(c: &mut redis::Connection, user: UserId, amount: i64) {
-    let mut w = Writes::new(&keys(), user);
-    w.op("HINCRBY", keys().balance(user), ["total".to_owned(), amount.to_string()]);
-    w.op("HINCRBY", keys().balance(user), ["available".to_owned(), amount.to_string()]);
-    w.op("HINCRBY", keys().balance(user), ["locked", "0"]);
-    assert_eq!(run(c, w), 1);
+/// Writes a user's balance as absolute values, unless `required` says the balance must
+/// already be there.
+fn set_balance(c: &mut redis::Connection, user: UserId, (t, a, l): (i64, i64, i64), required: bool) -> i64 {
+    run(c, balance_writes(user, (t, a, l), required))
 }
 
-fn lock(c: &mut redis::Connection, user: UserId, order: u64, amount: i64) -> i64 {
-    run(c, Writes::lock_margin(&keys(), user, OrderId(order), amount))
+fn balance_writes(user: UserId, (t, a, l): (i64, i64, i64), required: bool) -> Writes {
+    let mut w = Writes::new(user);
+    if required {
+        w = w.requiring(keys().balance(user));
+    }
+    w.op("HSET", keys().balance(user), ["total".to_owned(), t.to_string(), "available".to_owned(), a.to_string(), "locked".to_owned(), l.to_string()]);
+    w
 }
 
 #[test]
-fn a_lock_moves_exactly_and_never_to_a_lost_user() {
+fn a_user_whose_balance_is_gone_is_reported_and_not_written() {
     let mut c = connection();
     let user = fresh_user();
-    assert_eq!(lock(&mut c, user, 1, 1), -1, "no balance: the user's hot state is missing");
+    let mut w = balance_writes(user, (1_000, 400, 600), true);
+    w.op("SET", keys().lock(user, OrderId(1)), [600]);
+    w.op("SADD", keys().active(user), [1]);
+    assert_eq!(run(&mut c, w), -1, "no balance: the user's hot state is missing");
     assert!(!c.exists::<_, bool>(keys().lock(user, OrderId(1))).unwrap(), "nothing half-written");
-    deposit(&mut c, user, 1_000);
-    assert_eq!(lock(&mut c, user, 1, 600), 1);
+    assert!(!c.exists::<_, bool>(keys().balance(user)).unwrap(), "nothing made up");
+    assert_eq!(set_balance(&mut c, user, (1_000, 1_000, 0), false), 1, "a new user's balance needs nothing before it");
+    assert_eq!(set_balance(&mut c, user, (1_000, 400, 600), true), 1);
     assert_eq!(balance(&mut c, user), (1_000, 400, 600));
-    let held: i64 = c.get(keys().lock(user, OrderId(1))).unwrap();
-    assert_eq!(held, 600);
-    let open: Vec<u64> = c.smembers(keys().active(user)).unwrap();
-    assert_eq!(open, vec![1]);
-    assert_eq!(lock(&mut c, user, 3, 0), 1, "a reduce-only order locks nothing");
-    assert_eq!(balance(&mut c, user), (1_000, 400, 600));
-}
-
-#[test]
-fn settlement_applies_each_offset_once_and_never_to_a_lost_user() {
-    let mut c = connection();
-    let user = fresh_user();
-    let settle = |c: &mut redis::Connection, offset: u64| {
-        let mut w = Writes::new(&keys(), user).guarded("BTC-PERP", offset).requiring(keys().balance(user));
-        w.op("HINCRBY", keys().balance(user), ["total", "-5"]);
-        w.op("HINCRBY", keys().balance(user), ["locked", "-55"]);
-        w.op("HINCRBY", keys().balance(user), ["available", "50"]);
-        w.op("HSET", keys().position(user, "BTC-PERP"), ["size", "10"]);
-        run(c, w)
-    };
-    assert_eq!(settle(&mut c, 3), -1, "a user whose balance is gone is not written");
-    assert!(!c.exists::<_, bool>(keys().position(user, "BTC-PERP")).unwrap(), "nothing half-written");
-    deposit(&mut c, user, 10_000);
-    assert_eq!(lock(&mut c, user, 7, 1_050), 1);
-    assert_eq!(settle(&mut c, 3), 1);
-    assert_eq!(settle(&mut c, 3), 0, "a replayed write changes nothing");
-    assert_eq!(settle(&mut c, 2), 0, "nor does an older one");
-    assert_eq!(balance(&mut c, user), (9_995, 9_000, 995));
-    let size: String = c.hget(keys().position(user, "BTC-PERP"), "size").unwrap();
-    assert_eq!(size, "10");
-    assert_eq!(settle(&mut c, 4), 1, "the next offset applies");
 }
 
 #[test]
@@ -107,11 +82,8 @@ fn amounts_beyond_double_precision_stay_exact() {
     let mut c = connection();
     let user = fresh_user();
     let big = (1_i64 << 60) + 1; // not representable as a double
-    deposit(&mut c, user, big);
-    assert_eq!(lock(&mut c, user, 1, 1), 1);
-    assert_eq!(balance(&mut c, user), (big, big - 1, 1));
-    assert_eq!(lock(&mut c, user, 2, big - 1), 1);
-    assert_eq!(balance(&mut c, user), (big, 0, big), "every unit moved, none rounded");
+    assert_eq!(set_balance(&mut c, user, (big, big - 1, 1), false), 1);
+    assert_eq!(balance(&mut c, user), (big, big - 1, 1), "every unit written, none rounded");
 }
 
 #[test]
@@ -122,7 +94,6 @@ fn every_key_of_a_user_shares_one_cluster_slot() {
     let all = [
         k.balance(user),
         k.lock(user, OrderId(1)),
-        k.applied(user),
         k.position(user, "X"),
         k.active(user),
         k.order(user, OrderId(2)),
@@ -143,7 +114,7 @@ fn a_rebuild_forgets_open_orders_the_log_does_not_know() {
     let _: () = c.set(k.client_order(user, &cid), 9).unwrap();
     let _: () = c.set(k.lock(user, OrderId(9)), 100).unwrap();
     let _: () = c.sadd(k.active(user), 9).unwrap();
-    let mut w = Writes::new(&k, user);
+    let mut w = Writes::new(user);
     w.op("FORGET_OPEN", k.active(user), [k.order_prefix(user), k.lock_prefix(user), k.client_order_prefix(user)]);
     w.op("SADD", k.active(user), [10]);
     assert_eq!(run(&mut c, w), 1);
@@ -158,19 +129,18 @@ fn a_rebuild_forgets_open_orders_the_log_does_not_know() {
 fn one_call_applies_many_lists_each_on_its_own_terms() {
     let mut c = connection();
     let (a, b, lost) = (fresh_user(), fresh_user(), fresh_user());
-    deposit(&mut c, a, 100);
-    deposit(&mut c, b, 100);
-    let credit = |user: UserId, offset: u64| {
-        let mut w = Writes::new(&keys(), user).guarded("BTC-PERP", offset).requiring(keys().balance(user));
-        w.op("HINCRBY", keys().balance(user), ["total", "1"]);
-        w
-    };
-    let op = Writes::into_one_op(vec![credit(a, 5), credit(b, 5), credit(a, 5), credit(a, 6)]);
-    assert_eq!(run_op(&mut c, op), 3, "the repeated offset is skipped, the rest written");
-    assert_eq!(balance(&mut c, a).0, 102);
-    assert_eq!(balance(&mut c, b).0, 101);
-    let op = Writes::into_one_op(vec![credit(lost, 1), credit(b, 6)]);
+    set_balance(&mut c, a, (100, 100, 0), false);
+    set_balance(&mut c, b, (100, 100, 0), false);
+    let op = Writes::into_one_op(vec![
+        balance_writes(a, (101, 101, 0), true),
+        balance_writes(b, (102, 100, 2), true),
+        balance_writes(a, (103, 103, 0), true),
+    ]);
+    assert_eq!(run_op(&mut c, op), 3);
+    assert_eq!(balance(&mut c, a), (103, 103, 0), "the later list of a user wins");
+    assert_eq!(balance(&mut c, b), (102, 100, 2));
+    let op = Writes::into_one_op(vec![balance_writes(lost, (1, 1, 0), true), balance_writes(b, (104, 104, 0), true)]);
     assert_eq!(run_op(&mut c, op), -1, "a lost user is reported");
-    assert_eq!(balance(&mut c, b).0, 102, "and the others are written all the same");
+    assert_eq!(balance(&mut c, b), (104, 104, 0), "and the others are written all the same");
     assert!(!c.exists::<_, bool>(keys().balance(lost)).unwrap(), "nothing made up for the lost one");
 }

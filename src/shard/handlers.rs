@@ -52,7 +52,6 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
 /// Applies a symbol's results to the accounts owned here. Synchronous on purpose: results
 /// must be applied in the order they arrive.
 pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event]) {
-    let before = hot::before(shard, logged.as_ref(), events);
     {
         let mut accounts = shard.accounts.borrow_mut();
         if let Some(o) = logged {
@@ -61,7 +60,7 @@ pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>
         accounts.apply_events(symbol, offset, events);
         accounts.mark_applied(symbol, offset);
     }
-    hot::settle(shard, symbol, offset, logged.as_ref(), events, &before);
+    hot::settle(shard, symbol, logged.as_ref(), events);
 }
 
 /// The risk step, in the ledger of the account's owner: one uninterrupted step (it also
@@ -418,8 +417,8 @@ async fn with_partition_log<T>(
             accounts.apply(&record, true);
             drop(accounts);
             match &record {
-                AccountRecord::UserCreated { user, .. } => hot::balance_changed(shard, *user, 0),
-                AccountRecord::Transfer { user, amount, .. } => hot::balance_changed(shard, *user, *amount),
+                AccountRecord::UserCreated { user, .. } => hot::balance_changed(shard, *user, true),
+                AccountRecord::Transfer { user, .. } => hot::balance_changed(shard, *user, false),
                 AccountRecord::Voided { .. } => {}
             }
             Ok(value)

@@ -6,15 +6,16 @@
 //! available check, margin lock) in one uninterrupted step and answers every account
 //! read. Redis is written *behind* it, never awaited by a request:
 //!
-//! - every change (a lock taken or released, a command's results, a transfer) becomes
-//!   one idempotent list of writes for one user (a segment of a
-//!   [`WRITE`](crate::redis_state::WRITE) call, results guarded by the command's log
-//!   offset), queued on the owning core in log order;
-//! - a writer task per core hands everything queued to the core's own Redis connection
-//!   as one script call (one per user on a cluster), and queues the next batch while
-//!   that one is in flight;
+//! - every change (a lock taken or released, a command's results, a transfer) only marks
+//!   which of a user's keys changed, on the core that owns the user;
+//! - a writer task per core turns everything marked into writes of the ledger's current,
+//!   absolute values (one list per user: a segment of a
+//!   [`WRITE`](crate::redis_state::WRITE) call) and hands them to the core's own Redis
+//!   connection as one script call (one per user on a cluster); the next batch gathers
+//!   while that one is in flight. A user changed ten times in a batch is written once,
+//!   and writing the same values twice is harmless, so no offsets need keeping;
 //! - anything else sent to Redis from the core (the rebuild, the consistency check, the
-//!   markers) first hands over what is queued, so it reaches Redis after those writes.
+//!   markers) first hands over what is marked, so it reaches Redis after those writes.
 //!
 //! This departs on purpose from a Redis risk script on the order path: that is racy
 //! across calls and makes Redis the bottleneck and a single point of failure. Here a
@@ -33,10 +34,11 @@ use std::time::{Duration, Instant};
 use exchange_io::redis::{Op, RedisBridge};
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
+use rustc_hash::FxHashMap;
 
 use super::Shard;
 use crate::accounts::{Account, OrderView};
-use crate::engine::{CancelReason, Event, NewOrder, PositionState, UserId};
+use crate::engine::{CancelReason, Event, NewOrder, OrderId, PositionState, UserId};
 use crate::redis_state::{Keys, Writes, WRITE};
 use crate::server::Health;
 
@@ -55,19 +57,53 @@ const CLOSED_TTL_SECS: u32 = 86_400;
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RedisHot {
-    /// This core's own connection (see [`Self::bridge`]).
+    /// This core's own connection (see [`connection`]).
     bridge: RedisBridge,
     pub keys: Keys,
     /// A write of the rebuild in progress failed.
     rebuild_failed: Arc<AtomicBool>,
     health: Arc<Health>,
     shard: usize,
-    /// Writes not handed to Redis yet: the next batch.
-    queued: RefCell<Vec<Writes>>,
+    /// What changed since the last batch was handed over.
+    dirty: RefCell<Dirty>,
     /// Wakes the writer task; `scheduled` while a wake-up is outstanding.
     wake: mpsc::UnboundedSender<()>,
     woken: RefCell<Option<mpsc::UnboundedReceiver<()>>>,
     scheduled: Cell<bool>,
+}
+
+/// The users changed since the last batch, in the order first changed.
+#[derive(Default)]
+struct Dirty {
+    users: Vec<UserId>,
+    touched: FxHashMap<UserId, Touched>,
+}
+
+/// What changed for one user. Only *which* keys changed is kept: the batch writes them
+/// from the ledger as it is when the batch is handed over, so ten changes to a balance
+/// are one write of three absolute values, and a lock taken and released within one
+/// batch is no write at all.
+#[derive(Default)]
+struct Touched {
+    /// A user created since the last batch: their balance key does not exist yet.
+    created: bool,
+    /// Orders changed, and whether their margin lock was taken since the last batch.
+    orders: Vec<(OrderId, bool)>,
+    /// Symbols whose position changed.
+    positions: Vec<usize>,
+    /// Fills added (the newest of the ledger's).
+    fills: usize,
+    /// Every key of the user rewritten (a repair by the consistency check).
+    rewrite: bool,
+}
+
+impl Touched {
+    fn order(&mut self, id: OrderId, locked: bool) {
+        match self.orders.iter_mut().find(|(o, _)| *o == id) {
+            Some((_, l)) => *l |= locked,
+            None => self.orders.push((id, locked)),
+        }
+    }
 }
 
 impl RedisHot {
@@ -79,74 +115,131 @@ impl RedisHot {
             rebuild_failed: Arc::default(),
             health,
             shard,
-            queued: RefCell::default(),
+            dirty: RefCell::default(),
             wake,
             woken: RefCell::new(Some(woken)),
             scheduled: Cell::new(false),
         }
     }
 
-    /// The connection, for anything but the queued writes: those are handed over first,
-    /// so that what is sent now reaches Redis after them (a check's reads see them).
-    pub fn bridge(&self) -> &RedisBridge {
-        self.hand_over();
-        &self.bridge
-    }
-
-    fn queue(&self, writes: Writes) {
-        self.queued.borrow_mut().push(writes);
+    /// Marks `user` changed (`change` says how), and wakes the writer.
+    fn touch(&self, user: UserId, change: impl FnOnce(&mut Touched)) {
+        let mut dirty = self.dirty.borrow_mut();
+        let dirty = &mut *dirty;
+        let touched = dirty.touched.entry(user).or_insert_with(|| {
+            dirty.users.push(user);
+            Touched::default()
+        });
+        change(touched);
         if !self.scheduled.replace(true) {
             let _ = self.wake.unbounded_send(());
         }
     }
-
-    /// Sends every queued write as one batch; the receiver completes with its reply. To
-    /// a single server the batch is one script call; to a cluster, one per user (a call's
-    /// keys must share a slot), each user's writes in the order they were queued.
-    fn hand_over(&self) -> Option<futures_channel::oneshot::Receiver<()>> {
-        let queued = std::mem::take(&mut *self.queued.borrow_mut());
-        if queued.is_empty() {
-            return None;
-        }
-        let ops = if self.bridge.is_cluster() {
-            let mut by_user: Vec<(UserId, Vec<Writes>)> = Vec::new();
-            for w in queued {
-                match by_user.iter_mut().find(|(u, _)| *u == w.user()) {
-                    Some((_, list)) => list.push(w),
-                    None => by_user.push((w.user(), vec![w])),
-                }
-            }
-            by_user.into_iter().map(|(_, list)| Writes::into_one_op(list)).collect()
-        } else {
-            vec![Writes::into_one_op(queued)]
-        };
-        let (done, replied) = futures_channel::oneshot::channel();
-        let (health, shard, failed) = (self.health.clone(), self.shard, self.rebuild_failed.clone());
-        self.bridge.submit::<Vec<redis::Value>, _>(Op::Batch(ops), move |result| {
-            match result {
-                Ok(replies) if replies.iter().any(|r| matches!(r, redis::Value::Int(-1))) => {
-                    lost(&health, shard, "a user's balance is missing");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    failed.store(true, Ordering::Release);
-                    lost(&health, shard, &e);
-                }
-            }
-            let _ = done.send(());
-        });
-        Some(replied)
-    }
 }
 
-/// The writer task of a core: hands the queued writes to Redis as one batch, waits for
-/// its reply (meanwhile the next batch queues up), and again.
+/// The connection, for anything but the write-behind: what is changed and not written
+/// yet is handed over first, so that what is sent now reaches Redis after it (a check's
+/// reads see it).
+fn connection<'a>(shard: &Shard, hot: &'a RedisHot) -> &'a RedisBridge {
+    hand_over(shard, hot);
+    &hot.bridge
+}
+
+/// Writes every user changed since the last batch, from the ledger, as one batch; the
+/// receiver completes with its reply. To a single server the batch is one script call;
+/// to a cluster, one per user (a call's keys must share a slot).
+fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::Receiver<()>> {
+    let dirty = std::mem::take(&mut *hot.dirty.borrow_mut());
+    if dirty.users.is_empty() {
+        return None;
+    }
+    let mut writes = Vec::with_capacity(dirty.users.len());
+    {
+        let accounts = shard.accounts.borrow();
+        for user in dirty.users {
+            let (Some(account), Some(touched)) = (accounts.user(user), dirty.touched.get(&user)) else { continue };
+            let w = if touched.rewrite { rebuild_user(shard, &hot.keys, user, account) } else { changes(shard, &hot.keys, user, account, touched) };
+            writes.push(w);
+        }
+    }
+    if writes.is_empty() {
+        return None;
+    }
+    let ops = if hot.bridge.is_cluster() { writes.into_iter().map(Writes::into_op).collect() } else { vec![Writes::into_one_op(writes)] };
+    let (done, replied) = futures_channel::oneshot::channel();
+    let (health, id, failed) = (hot.health.clone(), hot.shard, hot.rebuild_failed.clone());
+    hot.bridge.submit::<Vec<redis::Value>, _>(Op::Batch(ops), move |result| {
+        match result {
+            Ok(replies) if replies.iter().any(|r| matches!(r, redis::Value::Int(-1))) => {
+                lost(&health, id, "a user's balance is missing");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failed.store(true, Ordering::Release);
+                lost(&health, id, &e);
+            }
+        }
+        let _ = done.send(());
+    });
+    Some(replied)
+}
+
+/// The keys `touched` names, as the ledger has them now. Absolute values: writing them
+/// twice, or after a later change was already written, leaves Redis right.
+fn changes(shard: &Shard, keys: &Keys, user: UserId, account: &Account, touched: &Touched) -> Writes {
+    let balance = keys.balance(user);
+    let mut w = Writes::new(user);
+    if !touched.created {
+        // A balance that is gone means the user's hot state is lost: nothing is written,
+        // and the rebuild it triggers writes everything.
+        w = w.requiring(balance.clone());
+    }
+    w.op("HSET", balance, balance_fields(account));
+    for &(id, locked) in &touched.orders {
+        match account.orders.get(&id) {
+            Some(view) if view.logged => {
+                write_order(&mut w, keys, user, view, false);
+                if locked && view.status.is_open() {
+                    w.op("SET", keys.lock(user, id), [view.reserved]);
+                }
+            }
+            // Locked, not logged yet: the lock and the open set have it, so that a lock
+            // whose order never reaches the log (a crash in between) is still found by a
+            // rebuild and by the consistency check.
+            Some(view) => {
+                w.op("SET", keys.lock(user, id), [view.reserved]);
+                w.op("SADD", keys.active(user), [id.0]);
+            }
+            // Released (never logged), or closed so long ago the ledger forgot it.
+            None => {
+                w.op("SREM", keys.active(user), [id.0]);
+                w.op("DEL", keys.lock(user, id), [""; 0]);
+            }
+        }
+    }
+    for &symbol in &touched.positions {
+        let key = keys.position(user, &shard.map.symbols[symbol].name);
+        match account.positions.get(&symbol) {
+            Some(p) => w.op("HSET", key, position_fields(p)),
+            None => w.op("DEL", key, [""; 0]),
+        };
+    }
+    if touched.fills > 0 {
+        // The ledger's fills are newest first: pushed oldest first, they end up so.
+        w.op("LPUSH", keys.fills(user), account.fills.iter().take(touched.fills).rev().map(json));
+        w.op("LTRIM", keys.fills(user), [0, crate::accounts::FILLS_KEPT as i64 - 1]);
+    }
+    w
+}
+
+/// The writer task of a core: hands the changes to Redis as one batch, waits for its
+/// reply (meanwhile the next batch gathers), and again.
 pub async fn write_behind(shard: Rc<Shard>) {
     let Some(hot) = &shard.redis else { return };
     let Some(mut woken) = hot.woken.borrow_mut().take() else { return };
     while woken.next().await.is_some() {
         hot.scheduled.set(false);
-        if let Some(replied) = hot.hand_over() {
+        if let Some(replied) = hand_over(&shard, hot) {
             let _ = replied.await;
         }
     }
@@ -168,12 +261,6 @@ impl Shard {
         lost(&self.health, self.id, why);
     }
 
-    fn submit_writes(&self, hot: &RedisHot, writes: Writes) {
-        if !writes.is_empty() {
-            hot.queue(writes);
-        }
-    }
-
     /// Writes to Redis are skipped while it is stale: the rebuild will write everything.
     fn writing(&self) -> Option<&RedisHot> {
         self.redis.as_ref().filter(|_| matches!(self.hot_state(self.id), READY | REBUILDING))
@@ -183,117 +270,66 @@ impl Shard {
 /// The lock the ledger has just taken for an order.
 pub fn reserved(shard: &Shard, order: &NewOrder) {
     let Some(hot) = shard.writing() else { return };
-    shard.submit_writes(hot, Writes::lock_margin(&hot.keys, order.user, order.id, order.locked_margin));
+    hot.touch(order.user, |t| t.order(order.id, true));
 }
 
 /// Unlocks an order that could not be logged (its reserve succeeded).
 pub fn release(shard: &Shard, order: &NewOrder) {
     let Some(hot) = shard.writing() else { return };
-    let mut w = Writes::new(&hot.keys, order.user);
-    if order.locked_margin != 0 {
-        w.op("HINCRBY", hot.keys.balance(order.user), ["locked".to_owned(), (-order.locked_margin).to_string()]);
-        w.op("HINCRBY", hot.keys.balance(order.user), ["available".to_owned(), order.locked_margin.to_string()]);
-    }
-    w.op("DEL", hot.keys.lock(order.user, order.id), [""; 0]);
-    w.op("SREM", hot.keys.active(order.user), [order.id.0]);
-    shard.submit_writes(hot, w);
+    hot.touch(order.user, |t| t.order(order.id, false));
 }
 
 /// A new user's empty balance, or a logged transfer.
-pub fn balance_changed(shard: &Shard, user: UserId, amount: i64) {
+pub fn balance_changed(shard: &Shard, user: UserId, created: bool) {
     let Some(hot) = shard.writing() else { return };
-    let mut w = Writes::new(&hot.keys, user);
-    for field in ["total", "available", "locked"] {
-        let delta = if field == "locked" { 0 } else { amount };
-        w.op("HINCRBY", hot.keys.balance(user), [field.to_owned(), delta.to_string()]);
-    }
-    shard.submit_writes(hot, w);
+    hot.touch(user, |t| t.created |= created);
 }
 
-/// The users of a command's results owned here, with their ledger balance (total,
-/// locked) before the results are applied.
-pub fn before(shard: &Shard, logged: Option<&NewOrder>, events: &[Event]) -> Vec<(UserId, i128, i128)> {
-    if shard.writing().is_none() {
-        return Vec::new();
+/// What a command's results (already applied to the ledger) changed for the users owned
+/// here.
+pub fn settle(shard: &Shard, symbol: usize, logged: Option<&NewOrder>, events: &[Event]) {
+    let Some(hot) = shard.writing() else { return };
+    let mine = |user: UserId| shard.account_owner(user) == shard.id;
+    if let Some(o) = logged.filter(|o| mine(o.user)) {
+        hot.touch(o.user, |t| t.order(o.id, false));
     }
-    let mut users: Vec<UserId> = logged.map(|o| o.user).into_iter().collect();
     for e in events {
         match e {
-            Event::OrderPlaced(p) => users.push(p.user),
-            Event::OrderCancelled(c) => users.push(c.user),
-            Event::TradeExecuted(t) => users.extend([t.buyer.user, t.seller.user]),
-        }
-    }
-    users.sort_unstable();
-    users.dedup();
-    let accounts = shard.accounts.borrow();
-    users
-        .into_iter()
-        .filter(|u| shard.account_owner(*u) == shard.id)
-        .filter_map(|u| accounts.user(u).map(|a| (u, a.total, a.locked)))
-        .collect()
-}
-
-/// Writes what a command's results (already applied to the ledger) did to each user.
-pub fn settle(shard: &Shard, symbol: usize, offset: u64, logged: Option<&NewOrder>, events: &[Event], before: &[(UserId, i128, i128)]) {
-    let Some(hot) = shard.writing() else { return };
-    let name = &shard.map.symbols[symbol].name;
-    let accounts = shard.accounts.borrow();
-    for &(user, total, locked) in before {
-        let Some(account) = accounts.user(user) else { continue };
-        let balance = hot.keys.balance(user);
-        let mut w = Writes::new(&hot.keys, user).guarded(name, offset).requiring(balance.clone());
-        let (dt, dl) = (account.total - total, account.locked - locked);
-        for (field, delta) in [("total", dt), ("locked", dl), ("available", dt - dl)] {
-            if delta != 0 {
-                w.op("HINCRBY", balance.clone(), [field.to_owned(), delta.to_string()]);
+            Event::OrderPlaced(p) if mine(p.user) => hot.touch(p.user, |t| t.order(p.order_id, false)),
+            Event::OrderCancelled(c) if mine(c.user) && c.reason != CancelReason::DuplicateOrderId => {
+                hot.touch(c.user, |t| t.order(c.order_id, false));
             }
-        }
-        let mut orders = Vec::new();
-        let mut fills = 0usize;
-        if let Some(o) = logged.filter(|o| o.user == user) {
-            orders.push(o.id);
-        }
-        for e in events {
-            match e {
-                Event::OrderPlaced(p) if p.user == user => orders.push(p.order_id),
-                Event::OrderCancelled(c) if c.user == user && c.reason != CancelReason::DuplicateOrderId => orders.push(c.order_id),
-                Event::TradeExecuted(t) => {
-                    for u in [&t.buyer, &t.seller] {
-                        if u.user == user {
-                            orders.push(u.order_id);
-                            fills += 1;
-                        }
+            Event::TradeExecuted(t) => {
+                for side in [&t.buyer, &t.seller] {
+                    if mine(side.user) {
+                        hot.touch(side.user, |touched| {
+                            touched.order(side.order_id, false);
+                            if !touched.positions.contains(&symbol) {
+                                touched.positions.push(symbol);
+                            }
+                            touched.fills += 1;
+                        });
                     }
                 }
-                _ => {}
             }
+            _ => {}
         }
-        orders.sort_unstable();
-        orders.dedup();
-        for id in orders {
-            match account.orders.get(&id).filter(|v| v.logged) {
-                Some(view) => write_order(&mut w, &hot.keys, user, view, false),
-                None => {
-                    w.op("SREM", hot.keys.active(user), [id.0]);
-                    w.op("DEL", hot.keys.lock(user, id), [""; 0]);
-                }
-            }
-        }
-        if fills > 0 {
-            if let Some(p) = account.positions.get(&symbol) {
-                w.op("HSET", hot.keys.position(user, name), position_fields(p));
-            }
-            // The ledger's fills are newest first: pushed oldest first, they end up so.
-            w.op("LPUSH", hot.keys.fills(user), account.fills.iter().take(fills).rev().map(json));
-            w.op("LTRIM", hot.keys.fills(user), [0, crate::accounts::FILLS_KEPT as i64 - 1]);
-        }
-        shard.submit_writes(hot, w);
     }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
+}
+
+fn balance_fields(account: &Account) -> [String; 6] {
+    [
+        "total".to_owned(),
+        account.total.to_string(),
+        "available".to_owned(),
+        account.available().to_string(),
+        "locked".to_owned(),
+        account.locked.to_string(),
+    ]
 }
 
 /// An order's keys. A rebuild starts from no open orders, so it neither removes one from
@@ -338,32 +374,25 @@ fn position_fields(p: &PositionState) -> Vec<String> {
 }
 
 /// Every key of one user, rewritten from the ledger.
-fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account, applied: &[(usize, u64)]) -> Writes {
-    let mut w = Writes::new(keys, user);
-    w.op("DEL", keys.applied(user), [""; 0]);
+fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account) -> Writes {
+    let mut w = Writes::new(user);
     w.op("FORGET_OPEN", keys.active(user), [keys.order_prefix(user), keys.lock_prefix(user), keys.client_order_prefix(user)]);
     w.op("DEL", keys.fills(user), [""; 0]);
-    w.op(
-        "HSET",
-        keys.balance(user),
-        ["total".to_owned(), account.total.to_string(), "available".to_owned(), account.available().to_string(), "locked".to_owned(), account.locked.to_string()],
-    );
+    w.op("HSET", keys.balance(user), balance_fields(account));
     for (symbol, spec) in shard.map.symbols.iter().enumerate() {
         w.op("DEL", keys.position(user, &spec.name), [""; 0]);
         if let Some(p) = account.positions.get(&symbol) {
             w.op("HSET", keys.position(user, &spec.name), position_fields(p));
         }
     }
-    let offsets: Vec<String> = applied
-        .iter()
-        .filter(|(_, next)| *next > 0)
-        .flat_map(|(symbol, next)| [shard.map.symbols[*symbol].name.clone(), (next - 1).to_string()])
-        .collect();
-    if !offsets.is_empty() {
-        w.op("HSET", keys.applied(user), offsets);
-    }
-    for view in account.orders.values().filter(|v| v.logged) {
-        write_order(&mut w, keys, user, view, true);
+    for view in account.orders.values() {
+        if view.logged {
+            write_order(&mut w, keys, user, view, true);
+        } else {
+            // Locked, in flight to the log: as `changes` writes it.
+            w.op("SET", keys.lock(user, view.id), [view.reserved]);
+            w.op("SADD", keys.active(user), [view.id.0]);
+        }
     }
     if !account.fills.is_empty() {
         w.op("RPUSH", keys.fills(user), account.fills.iter().map(json));
@@ -372,8 +401,8 @@ fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account, app
 }
 
 /// Redis answers, and has the scripts (a restarted Redis has none).
-async fn prepare(hot: &RedisHot) -> Result<(), String> {
-    hot.bridge().call::<redis::Value>(exchange_io::redis::load_script(WRITE)).await.map(|_| ())
+async fn prepare(shard: &Shard, hot: &RedisHot) -> Result<(), String> {
+    connection(shard, hot).call::<redis::Value>(exchange_io::redis::load_script(WRITE)).await.map(|_| ())
 }
 
 /// Rewrites every user of the partitions owned here from the ledger, then sets their
@@ -385,7 +414,7 @@ async fn prepare(hot: &RedisHot) -> Result<(), String> {
 pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
     let Some(hot) = &shard.redis else { return Ok(0) };
     let started = Instant::now();
-    prepare(hot).await?;
+    prepare(shard, hot).await?;
     shard.health.hot[shard.id].store(REBUILDING, Ordering::Release);
     hot.rebuild_failed.store(false, Ordering::Release);
     let partitions: Vec<u32> = shard.owned_partitions().collect();
@@ -394,14 +423,13 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
     for chunk in users.chunks(256) {
         {
             let accounts = shard.accounts.borrow();
-            let applied = accounts.applied_offsets();
             for user in chunk {
                 let Some(account) = accounts.user(*user) else { continue };
-                let writes = rebuild_user(shard, &hot.keys, *user, account, &applied);
+                let writes = rebuild_user(shard, &hot.keys, *user, account);
                 pending.fetch_add(1, Ordering::AcqRel);
                 let (pending, failed) = (pending.clone(), hot.rebuild_failed.clone());
                 // Queued behind each other: a deadline for the bulk, not for one call.
-                hot.bridge().submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
+                connection(shard, hot).submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
                     if r.is_err() {
                         failed.store(true, Ordering::Release);
                     }
@@ -419,7 +447,7 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     let markers: Vec<_> =
-        partitions.iter().map(|p| hot.bridge().call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
+        partitions.iter().map(|p| connection(shard, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
     for m in markers {
         m.await?;
     }
@@ -456,7 +484,7 @@ pub async fn mark_clean(shard: &Shard) {
     let print = fingerprint(shard);
     let sets: Vec<_> = shard
         .owned_partitions()
-        .map(|p| hot.bridge().call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
+        .map(|p| connection(shard, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
         .collect();
     for s in sets {
         if let Err(e) = s.await {
@@ -469,14 +497,14 @@ pub async fn mark_clean(shard: &Shard) {
 /// At start: whether Redis is as a clean stop left it, with the same logs behind it. The
 /// marks are consumed either way, so a crash after this start never reuses them.
 async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
-    if prepare(hot).await.is_err() {
+    if prepare(shard, hot).await.is_err() {
         return false;
     }
     let print = fingerprint(shard);
     let mut whole = true;
     for p in shard.owned_partitions() {
-        let clean = hot.bridge().call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
-        let marker = hot.bridge().call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
+        let clean = connection(shard, hot).call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
+        let marker = connection(shard, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
         let same = matches!(clean.await, Ok(Some(c)) if c == print);
         whole &= same && matches!(marker.await, Ok(true));
     }
@@ -508,7 +536,7 @@ pub async fn watch(shard: Rc<Shard>) {
             READY => {
                 let checks: Vec<_> = shard
                     .owned_partitions()
-                    .map(|p| hot.bridge().call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
+                    .map(|p| connection(&shard, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
                     .collect();
                 for c in checks {
                     match c.await {
@@ -590,13 +618,13 @@ pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
                 let ledger_positions: Vec<Option<PositionState>> =
                     (0..shard.map.symbols.len()).map(|s| a.positions.get(&s).copied()).collect();
                 let cmd = redis::cmd("HMGET").arg(hot.keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
-                let balance = hot.bridge().call::<Balance>(Op::Cmd(cmd));
-                let active = hot.bridge().call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
+                let balance = connection(shard, hot).call::<Balance>(Op::Cmd(cmd));
+                let active = connection(shard, hot).call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
                 let positions: Vec<_> = shard
                     .map
                     .symbols
                     .iter()
-                    .map(|s| hot.bridge().call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
+                    .map(|s| connection(shard, hot).call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
                     .collect();
                 let expected = ((a.total, a.available(), a.locked), open, ledger_positions);
                 pending.push((user, expected, balance, active, positions));
@@ -627,13 +655,7 @@ pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
             }
             let account = crate::wire::account_id(user);
             tracing::warn!(shard = shard.id, user = account, found = ?found, "hot state differs from the log: repaired");
-            {
-                let accounts = shard.accounts.borrow();
-                if let Some(a) = accounts.user(user) {
-                    let writes = rebuild_user(shard, &hot.keys, user, a, &accounts.applied_offsets());
-                    shard.submit_writes(hot, writes);
-                }
-            }
+            hot.touch(user, |t| t.rewrite = true);
             shard.all_metrics.consistency_repairs.inc();
             report.repaired.push(Repair { user: account, found });
         }
