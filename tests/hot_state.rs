@@ -166,6 +166,8 @@ fn a_restarted_redis_is_rebuilt_exactly() {
     let mut redis = RedisServer::start();
     let s = with_redis(&redis);
     let keys = trade(&s);
+    // Written behind: read once Redis has caught up with the last answer.
+    wait_written(&s, &mut redis.connection().unwrap(), "", &keys);
     let before = projection(&mut redis.connection().unwrap(), "", &keys);
     assert!(before.iter().all(|u| !u["balance"].as_object().unwrap().is_empty()), "{before:?}");
     let rebuilt = rebuilds(&s);
@@ -289,18 +291,26 @@ fn connect_any(url: &str) -> Box<dyn redis::ConnectionLike> {
     }
 }
 
-/// Waits until the writes behind the last answers are in Redis.
+/// Waits until the writes behind the last answers are in Redis: every user's balance
+/// there is the API's (a user's keys are written together, in one script call).
 fn wait_written(s: &Server, conn: &mut dyn redis::ConnectionLike, prefix: &str, keys: &[String]) {
     let started = Instant::now();
     let k = exchange::redis_state::Keys::new(prefix);
+    let usdt = |units: Option<i64>| units.map(|u| rust_decimal::Decimal::new(u, 8).normalize().to_string());
     loop {
-        let (_, api) = s.get(&keys[0], "/v1/balance");
-        let locked: Option<i64> = redis::cmd("HGET").arg(k.balance(user_of(&keys[0]))).arg("locked").query(conn).unwrap();
-        let usdt = locked.map(|u| rust_decimal::Decimal::new(u, 8).normalize().to_string());
-        if usdt.as_deref() == api["locked"].as_str() {
-            return;
+        let mut behind = None;
+        for key in keys {
+            let (_, api) = s.get(key, "/v1/balance");
+            let (t, a, l): (Option<i64>, Option<i64>, Option<i64>) =
+                redis::cmd("HMGET").arg(k.balance(user_of(key))).arg("total").arg("available").arg("locked").query(conn).unwrap();
+            let redis = [usdt(t), usdt(a), usdt(l)];
+            let wanted = ["total", "available", "locked"].map(|f| api[f].as_str().map(str::to_owned));
+            if redis != wanted {
+                behind = Some(format!("{redis:?} against {api}"));
+            }
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "Redis never caught up: {usdt:?} against {api}");
+        let Some(behind) = behind else { return };
+        assert!(started.elapsed() < Duration::from_secs(10), "Redis never caught up: {behind}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
