@@ -2,80 +2,26 @@
 //! mesh, each accepting HTTP on the same port (SO_REUSEPORT) and owning its shard.
 
 use std::cell::{Cell, RefCell};
-use std::convert::Infallible;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use exchange_io::http::HyperIo;
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::{LocalExecutorBuilder, Placement};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request as HttpRequest, Response};
 use rustc_hash::FxHashMap;
 
 use crate::accounts::Accounts;
-use crate::api::error::{invalid, ApiError};
-use crate::api::parse::{self, Input, Limits, Routed};
-use crate::api::render;
+use crate::api::service::{self, Service};
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::shard::protocol::{ApiRequest, HttpReply, Message, Reply, Request};
+use crate::shard::protocol::{Message, Request};
 use crate::shard::rpc::Rpc;
 use crate::shard::{handlers, startup, Shard};
 use crate::shard_map::ShardMap;
-
-/// Process-wide state every shard may read: health, shutdown, start barrier.
-#[derive(Default)]
-pub struct Health {
-    pub stopping: AtomicBool,
-    pub event_log_down: AtomicUsize,
-    pub inflight: AtomicUsize,
-    /// Cold storage (`cold::writer::{DISABLED, DOWN, OK}`).
-    pub cold: std::sync::atomic::AtomicU8,
-    /// Per shard, the state of its partitions' hot state (`shard::hot::{DISABLED, ..}`).
-    pub hot: Vec<std::sync::atomic::AtomicU8>,
-    arrived: AtomicUsize,
-    /// At start only: per account partition, how far its snapshot holds each symbol's
-    /// results (`None`: no snapshot).
-    applied: std::sync::Mutex<FxHashMap<u32, Option<SymbolOffsets>>>,
-}
-
-/// Per symbol name, a log offset.
-type SymbolOffsets = Vec<(String, u64)>;
-
-impl Health {
-    pub fn record_applied(&self, partition: u32, applied: Option<SymbolOffsets>) {
-        if let Ok(mut map) = self.applied.lock() {
-            map.insert(partition, applied);
-        }
-    }
-
-    /// The offset of `symbol`'s log up to which every partition's snapshot holds its
-    /// results: a symbol snapshot at or before it can be restored.
-    pub fn applied_everywhere(&self, symbol: &str) -> u64 {
-        let Ok(map) = self.applied.lock() else { return 0 };
-        if map.len() < crate::accounts::PARTITIONS as usize {
-            return 0;
-        }
-        map.values()
-            .map(|a| a.as_ref().and_then(|v| v.iter().find(|(s, _)| s == symbol).map(|(_, o)| *o)).unwrap_or(0))
-            .min()
-            .unwrap_or(0)
-    }
-
-    /// Waits until every shard has arrived `round` times.
-    async fn barrier(&self, round: usize, shards: usize) {
-        self.arrived.fetch_add(1, Ordering::AcqRel);
-        while self.arrived.load(Ordering::Acquire) < round * shards {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
-    }
-}
 
 /// Raises the locked-memory soft limit to the hard limit: glommio registers its I/O
 /// buffers (`io_memory_kib` per core) as locked memory.
@@ -99,7 +45,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         tracing::info!("hot state: Redis, written behind the ledger");
     }
     if let Some(brokers) = &config.kafka.brokers {
-        let topics = crate::shard::logs::topics(&config.kafka.topic_prefix);
+        let topics = crate::wire::topics(&config.kafka.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &topics, config.kafka.partitions))
             .map_err(anyhow::Error::msg)?;
@@ -115,7 +61,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let metrics = Metrics::new();
     let initial = if config.redis.url.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
-    let health = Arc::new(Health { hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(initial)).collect(), ..Health::default() });
+    let health = Arc::new(Health::new(shards, initial));
     let cold = match (&config.postgres.url, &config.kafka.brokers) {
         (Some(url), Some(brokers)) => {
             health.cold.store(crate::cold::writer::DOWN, Ordering::Release);
@@ -127,10 +73,10 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
                 Ok(n) => tracing::info!(checkpoints = n, "snapshots restored from PostgreSQL checkpoints"),
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "checkpoints not read: starting from the local snapshots"),
             }
-            Some(crate::cold::ColdStorage {
-                reader: crate::cold::reader::ColdReader::start(url.clone())?,
-                checkpoints: crate::cold::checkpoint::Checkpoints::start(url.clone(), prefix.clone(), map.clone())?,
-            })
+            Some((
+                crate::cold::reader::ColdReader::start(url.clone())?,
+                crate::cold::checkpoint::Checkpoints::start(url.clone(), prefix.clone(), map.clone())?,
+            ))
         }
         (Some(_), None) => {
             tracing::warn!("cold storage follows the Kafka event log: EXCHANGE_POSTGRES_URL is ignored without EXCHANGE_KAFKA_BROKERS");
@@ -202,7 +148,8 @@ struct Startup {
     metrics: Metrics,
     health: Arc<Health>,
     redis: Option<exchange_io::redis::RedisBridge>,
-    cold: Option<crate::cold::ColdStorage>,
+    /// Cold storage's reader (order history) and checkpoint sink.
+    cold: Option<(crate::cold::reader::ColdReader, crate::cold::checkpoint::Checkpoints)>,
     sync: Option<crate::cold::sync::SyncStore>,
     mode: Mode,
 }
@@ -236,8 +183,8 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         redis: redis.map(|bridge| {
             crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id)
         }),
-        cold: cold.clone(),
-        sync,
+        checkpoints: cold.as_ref().map(|(_, c)| Arc::new(c.clone()) as Arc<dyn crate::ports::CheckpointSink>),
+        sync: sync.map(|s| Rc::new(s) as Rc<dyn crate::ports::SyncStore>),
         kafka: match &config.kafka.brokers {
             Some(brokers) => Some(
                 crate::shard::logs::KafkaBackend::start(
@@ -264,7 +211,8 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         glommio::spawn_local(crate::shard::hot::write_behind(shard.clone())).detach();
         glommio::spawn_local(crate::shard::hot::watch(shard.clone())).detach();
     }
-    serve(shard).await
+    let history = cold.map(|(reader, _)| reader);
+    serve(Rc::new(Service { shard, history })).await
 }
 
 /// `exchange rebuild-state`: the logs are replayed (above); write every user to Redis.
@@ -320,7 +268,8 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
     }
 }
 
-async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
+async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
+    let shard = service.shard.clone();
     let listener = glommio::net::TcpListener::bind(shard.config.http_addr)
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", shard.config.http_addr))?;
     tracing::info!(shard = shard.id, addr = %shard.config.http_addr, "serving");
@@ -354,9 +303,9 @@ async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
         }
         let _ = stream.set_nodelay(true);
         connections.set(connections.get() + 1);
-        let (shard, connections) = (shard.clone(), connections.clone());
+        let (service, connections) = (service.clone(), connections.clone());
         glommio::spawn_local(async move {
-            connection(shard, stream).await;
+            connection(service, stream).await;
             connections.set(connections.get() - 1);
         })
         .detach();
@@ -375,17 +324,14 @@ async fn serve(shard: Rc<Shard>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
+async fn connection(service: Rc<Service>, stream: glommio::net::TcpStream) {
     let io = HyperIo::new(stream);
     let activity = io.activity();
-    let idle = Duration::from_secs(shard.config.limits.idle_timeout_secs.max(1));
-    let header_timeout = Duration::from_secs(shard.config.limits.header_timeout_secs.max(1));
+    let limits = &service.shard.config.limits;
+    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
     let seen = activity.clone();
-    let service = hyper::service::service_fn(move |req| {
-        seen.headers_done();
-        let shard = shard.clone();
-        async move { Ok::<_, Infallible>(respond(&shard, req).await) }
-    });
+    let service = service::hyper_service(service, move || seen.headers_done());
     let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).max_buf_size(16 * 1024).serve_connection(io, service);
     // Closes connections that stay silent (idle keep-alive) or send a request's headers
     // too slowly (slowloris). Request bodies have their own deadline in `answer`.
@@ -405,132 +351,4 @@ async fn connection(shard: Rc<Shard>, stream: glommio::net::TcpStream) {
         watchdog,
     )
     .await;
-}
-
-struct InFlight<'a>(&'a Shard);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.health.inflight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn respond(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> Response<Full<Bytes>> {
-    shard.health.inflight.fetch_add(1, Ordering::AcqRel);
-    let _guard = InFlight(shard);
-    shard.metrics.requests.inc();
-    let reply = answer(shard, req).await;
-    let mut response = Response::builder()
-        .status(reply.status)
-        .header("content-type", if reply.status == 200 && reply.body.first() != Some(&b'{') && reply.body.first() != Some(&b'[') { "text/plain; version=0.0.4" } else { "application/json" });
-    if let Some(secs) = reply.retry_after {
-        response = response.header("retry-after", secs.to_string());
-    }
-    response.body(Full::new(Bytes::from(reply.body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
-async fn answer(shard: &Rc<Shard>, req: HttpRequest<Incoming>) -> HttpReply {
-    let (parts, body) = req.into_parts();
-    let limit = shard.config.limits.max_body_bytes;
-    let collected = futures_lite::future::or(async { Some(read_body(body, limit).await) }, async {
-        glommio::timer::sleep(Duration::from_secs(10)).await;
-        None
-    })
-    .await;
-    let mut body = match collected {
-        Some(Ok(b)) => b,
-        Some(Err(())) => return invalid(format!("body larger than {limit} bytes or unreadable")).reply(),
-        None => return invalid("body not received in time").reply(),
-    };
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let input = Input {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        api_key: header("x-api-key"),
-        admin_key: header("x-admin-key"),
-        body: &mut body,
-    };
-    let limits = Limits { map: &shard.map, admin_key: shard.config.admin_key.as_deref(), max_json_depth: shard.config.limits.max_json_depth };
-    let routed = match parse::route(input, &limits) {
-        Ok(r) => r,
-        Err(e) => return e.reply(),
-    };
-    let (to, req): (usize, ApiRequest) = match routed {
-        Routed::Health => return health(shard),
-        Routed::Metrics => {
-            shard.all_metrics.set_hot_states(shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)));
-            return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None };
-        }
-        Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
-        Routed::Check => return check(shard).await,
-        Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), req),
-        Routed::Partition(partition, req) => (shard.partition_owner(partition), req),
-    };
-    match shard.ask(to, Request::Api(req)).await {
-        Some(Reply::Http(reply)) => reply,
-        _ => ApiError::Unavailable("shard unavailable".into()).reply(),
-    }
-}
-
-/// Reads a body of at most `limit` bytes. A larger one is read on and dropped (up to 16
-/// times the limit) so that the client, still sending, can read the 400 that follows
-/// instead of a connection reset.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ()> {
-    let mut out = Vec::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ())?;
-        if let Some(data) = frame.data_ref() {
-            seen += data.len();
-            if seen <= limit {
-                out.extend_from_slice(data);
-            } else if seen > limit.saturating_mul(16) {
-                return Err(());
-            }
-        }
-    }
-    if seen > limit { Err(()) } else { Ok(out) }
-}
-
-/// `POST /admin/v1/check`: one consistency check on every shard, reported together.
-async fn check(shard: &Rc<Shard>) -> HttpReply {
-    let mut users = 0;
-    let mut repaired = Vec::new();
-    for to in 0..shard.shards {
-        match shard.ask(to, Request::Check).await {
-            Some(Reply::Checked(Ok(r))) => {
-                users += r.users;
-                repaired.extend(r.repaired);
-            }
-            Some(Reply::Checked(Err(e))) => return ApiError::Unavailable(format!("shard {to}: {e}")).reply(),
-            _ => return ApiError::Unavailable(format!("shard {to} did not answer")).reply(),
-        }
-    }
-    render::ok(&serde_json::json!({ "clean": repaired.is_empty(), "users": users, "repaired": repaired }))
-}
-
-fn health(shard: &Shard) -> HttpReply {
-    use crate::shard::hot::{DISABLED, READY, REBUILDING};
-    let log_ok = shard.health.event_log_down.load(Ordering::Acquire) == 0;
-    let worst = shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)).filter(|s| *s != DISABLED).min();
-    let state = match worst {
-        None | Some(READY) => "ok",
-        Some(REBUILDING) => "rebuilding",
-        Some(_) => "down",
-    };
-    let cold = match shard.health.cold.load(Ordering::Acquire) {
-        crate::cold::writer::OK => "ok",
-        crate::cold::writer::DOWN => "down",
-        crate::cold::writer::LAGGING => "lagging",
-        _ => "disabled",
-    };
-    render::ok(&serde_json::json!({
-        "status": if log_ok && state == "ok" { "ok" } else { "degraded" },
-        "components": {
-            "eventLog": if log_ok { "ok" } else { "down" },
-            "stateStore": state,
-            "coldStore": cold,
-        },
-    }))
 }

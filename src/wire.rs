@@ -14,6 +14,21 @@ use crate::engine::symbol::{units_to_usdt, usdt_to_units};
 use crate::engine::{ClientOrderId, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, SymbolSpec, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
 
+/// Commands of every symbol, keyed by symbol: the log of record.
+pub const COMMANDS_TOPIC: &str = "orders.submitted";
+/// Account records (users, transfers), keyed by partition.
+pub const ACCOUNTS_TOPIC: &str = "accounts.adjusted";
+/// Results, for readers: orders that rest, cancellations, trades.
+pub const PLACED_TOPIC: &str = "orders.placed";
+pub const CANCELLED_TOPIC: &str = "orders.cancelled";
+pub const TRADES_TOPIC: &str = "trades.executed";
+pub const TOPICS: [&str; 5] = [COMMANDS_TOPIC, PLACED_TOPIC, CANCELLED_TOPIC, TRADES_TOPIC, ACCOUNTS_TOPIC];
+
+/// Every topic the exchange uses, with a prefix.
+pub fn topics(prefix: &str) -> Vec<String> {
+    TOPICS.iter().map(|t| format!("{prefix}{t}")).collect()
+}
+
 /// A record of a symbol's command log: a command, or the voiding of an earlier record
 /// whose fate was in doubt (sent while the log failed, then found in it: the client was
 /// told 503, so it must count as never logged). Replays skip voided records.
@@ -281,7 +296,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
     let order = |id: OrderId| ids::encode(IdKind::Order, spec.key, id.0).to_string();
     let (topic, json) = match event {
         Event::OrderPlaced(p) => (
-            crate::shard::logs::PLACED_TOPIC,
+            PLACED_TOPIC,
             serde_json::json!({
                 "eventId": event_id, "eventType": "OrderPlaced", "symbol": spec.name, "seq": p.seq,
                 "timestamp": p.timestamp, "orderId": order(p.order_id), "userId": account_id(p.user),
@@ -293,7 +308,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
             }),
         ),
         Event::OrderCancelled(c) => (
-            crate::shard::logs::CANCELLED_TOPIC,
+            CANCELLED_TOPIC,
             serde_json::json!({
                 "eventId": event_id, "eventType": "OrderCancelled", "symbol": spec.name, "seq": c.seq,
                 "timestamp": c.timestamp, "orderId": order(c.order_id), "userId": account_id(c.user),
@@ -303,7 +318,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
             }),
         ),
         Event::TradeExecuted(t) => (
-            crate::shard::logs::TRADES_TOPIC,
+            TRADES_TOPIC,
             serde_json::json!({
                 "eventId": event_id, "eventType": "TradeExecuted", "symbol": spec.name, "seq": t.seq,
                 "timestamp": t.timestamp,

@@ -312,7 +312,7 @@ mod writer {
         CancelReason, Cancelled, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, TimeInForce,
         Trade, UserId,
     };
-    use exchange::shard::logs::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
+    use exchange::wire::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
     use exchange::wire::{self, StreamRecord};
     use exchange_io::kafka::Located;
     use rust_decimal::Decimal;

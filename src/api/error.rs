@@ -1,6 +1,9 @@
 //! The API's errors and their one mapping to HTTP status and JSON code.
 
-use crate::shard::protocol::HttpReply;
+use super::HttpReply;
+use crate::accounts::AdminError;
+use crate::shard::protocol::Refusal;
+use crate::shard::stream::NotLogged;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -87,13 +90,44 @@ pub fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest(message.into())
 }
 
-impl From<crate::shard::stream::NotLogged> for ApiError {
-    fn from(e: crate::shard::stream::NotLogged) -> Self {
+impl From<NotLogged> for ApiError {
+    fn from(e: NotLogged) -> Self {
         match e {
-            crate::shard::stream::NotLogged::Refused(m) => Self::Unavailable(m),
-            crate::shard::stream::NotLogged::Unknown(m) => {
+            NotLogged::Refused(m) => Self::Unavailable(m),
+            NotLogged::Unknown(m) => {
                 Self::StatusUnknown(format!("{m}; the command may still be logged: look it up by its clientOrderId or transferId before retrying"))
             }
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::InvalidName => invalid("userId must be 1-64 characters of A-Z a-z 0-9 . _ - @"),
+            AdminError::UserExists => Self::UserExists,
+            AdminError::UnknownUser => Self::NotFound,
+            AdminError::TransferConflict => Self::TransferConflict,
+            AdminError::InsufficientBalance => Self::InsufficientBalance,
+            AdminError::InvalidAmount => invalid("invalid amount or transferId"),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unauthorized => Self::Unauthorized,
+            Refusal::UnknownSymbol => Self::UnknownSymbol,
+            Refusal::NotFound => Self::NotFound,
+            Refusal::OrderNotOpen => Self::OrderNotOpen,
+            Refusal::InsufficientMargin => Self::InsufficientMargin,
+            Refusal::RateLimited => Self::RateLimited,
+            Refusal::ReduceOnlyRejected => Self::ReduceOnlyRejected,
+            Refusal::TooLarge => invalid("order is too large"),
+            Refusal::Admin(e) => e.into(),
+            Refusal::NotLogged(e) => e.into(),
+            Refusal::Unavailable(m) => Self::Unavailable(m),
         }
     }
 }

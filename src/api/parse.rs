@@ -26,6 +26,9 @@ pub enum Routed {
     Symbol(usize, ApiRequest),
     /// By the owner of an account partition.
     Partition(u32, ApiRequest),
+    /// From cold storage, once the partition's owner has authenticated the key;
+    /// `before`: only orders created before this time (ms).
+    History { partition: u32, key: String, symbol: Option<usize>, limit: usize, before: Option<i64> },
     Symbols,
     Health,
     Metrics,
@@ -85,7 +88,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
                 None => None,
                 Some(v) => Some(v.parse::<i64>().ok().filter(|ms| *ms > 0).ok_or_else(|| invalid("before must be a time in ms"))?),
             };
-            Routed::Partition(p, ApiRequest::History { key, symbol: query.symbol(map)?, limit: query.limit(100, 1_000)?, before })
+            Routed::History { partition: p, key, symbol: query.symbol(map)?, limit: query.limit(100, 1_000)?, before }
         }
         ("GET", ["v1", "orders"]) => {
             let (key, p) = private()?;

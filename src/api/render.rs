@@ -8,7 +8,8 @@ use crate::accounts::{Fill, OrderView};
 use crate::engine::symbol::units_to_usdt;
 use crate::engine::{OrderType, PositionState, SymbolSpec};
 use crate::ids::{self, IdKind};
-use crate::shard::protocol::HttpReply;
+use super::HttpReply;
+use crate::shard::protocol::Answer;
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {
@@ -133,3 +134,43 @@ pub fn symbols(map: &ShardMap, shards: usize) -> serde_json::Value {
     )
 }
 
+
+/// A shard's answer, as the API shows it.
+pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
+    match answer {
+        Answer::Order(v) => ok(&order(map, v)),
+        Answer::Orders(list) => ok(&list.iter().map(|v| order(map, v)).collect::<Vec<_>>()),
+        Answer::Fills(list) => ok(&list.iter().map(|f| fill(map, f)).collect::<Vec<_>>()),
+        Answer::Balance { total, available, locked } => ok(&balance(*total, *available, *locked)),
+        Answer::Positions(list) => ok(&list.iter().map(|(s, p, last)| position(&map.symbols[*s], p, *last)).collect::<Vec<_>>()),
+        Answer::Depth { symbol, seq, bids, asks } => {
+            let spec = &map.symbols[*symbol];
+            let levels = |side: &[(i64, i64)]| {
+                side.iter().map(|(p, q)| [spec.ticks_to_price(*p).to_string(), spec.lots_to_quantity(*q).to_string()]).collect::<Vec<_>>()
+            };
+            ok(&serde_json::json!({ "symbol": spec.name, "seq": seq, "bids": levels(bids), "asks": levels(asks) }))
+        }
+        Answer::Trades { symbol, trades } => {
+            let spec = &map.symbols[*symbol];
+            let trades: Vec<_> = trades
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "tradeId": ids::encode(IdKind::Trade, spec.key, t.seq).to_string(),
+                        "price": spec.ticks_to_price(t.price).to_string(),
+                        "quantity": spec.lots_to_quantity(t.quantity).to_string(),
+                        "takerSide": t.taker_side.as_str(),
+                        "time": t.time,
+                    })
+                })
+                .collect();
+            ok(&trades)
+        }
+        Answer::Cancelled(list) => {
+            let cancelled: Vec<String> = list.iter().map(|(s, id)| order_uuid(&map.symbols[*s], *id)).collect();
+            ok(&serde_json::json!({ "cancelled": cancelled }))
+        }
+        Answer::UserCreated { name, api_key } => ok(&serde_json::json!({ "userId": name, "apiKey": api_key })),
+        Answer::User(user) => ok(&serde_json::json!({ "userId": crate::wire::account_id(*user) })),
+    }
+}

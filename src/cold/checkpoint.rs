@@ -3,7 +3,7 @@
 //! checkpoint plus the log's tail after it, never from a history Kafka may no longer
 //! keep (its retention is finite; cold storage's is not).
 //!
-//! - Storing: the shards hand each snapshot file to [`Checkpoints::store`] (it never
+//! - Storing: the shards hand each snapshot file to [`Checkpoints`] (a [`CheckpointSink`]) (it never
 //!   blocks them); a thread of its own (tokio, one connection) stores the newest one per
 //!   partition or symbol, retrying every second while PostgreSQL is away, and keeps the
 //!   newest [`KEEP`]. An account partition's checkpoint is also written out readably:
@@ -16,7 +16,7 @@
 //! Checkpoints are keyed by the topic prefix, since that names whose logs they are.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -25,45 +25,11 @@ use anyhow::Context;
 use rust_decimal::Decimal;
 
 use crate::engine::symbol::units_to_usdt;
+use crate::ports::{Checkpoint, CheckpointSink, Kind};
 use crate::shard_map::ShardMap;
 
 /// Checkpoints kept per partition or symbol.
 pub const KEEP: i64 = 3;
-
-/// What a snapshot is of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// An account partition (`name`: its number, two digits).
-    Account,
-    /// A symbol's market (`name`: the symbol).
-    Symbol,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Account => "account",
-            Self::Symbol => "symbol",
-        }
-    }
-
-    /// Where its snapshot files live under the data directory.
-    pub fn dir(self, data_dir: &Path, name: &str) -> PathBuf {
-        let kind = match self {
-            Self::Account => "accounts",
-            Self::Symbol => "symbols",
-        };
-        data_dir.join("snapshots").join(kind).join(name)
-    }
-}
-
-/// One snapshot file.
-pub struct Checkpoint {
-    pub kind: Kind,
-    pub name: String,
-    pub file: String,
-    pub state: Vec<u8>,
-}
 
 /// The shards' handle on the checkpoint thread.
 #[derive(Clone)]
@@ -82,8 +48,11 @@ impl Checkpoints {
         Ok(Self { tx })
     }
 
+}
+
+impl CheckpointSink for Checkpoints {
     /// Hands a snapshot over to be stored; never waits.
-    pub fn store(&self, checkpoint: Checkpoint) {
+    fn store(&self, checkpoint: Checkpoint) {
         let _ = self.tx.send(checkpoint);
     }
 }
@@ -183,7 +152,7 @@ struct PositionColumns {
 /// with the checkpoint's.
 async fn readable(tx: &tokio_postgres::Transaction<'_>, map: &ShardMap, c: &Checkpoint) -> anyhow::Result<()> {
     let partition: i32 = c.name.parse().context("partition number")?;
-    let state = crate::shard::snapshots::decode_partition(&c.state).context("unreadable account snapshot")?;
+    let state = crate::ports::decode_partition(&c.state).context("unreadable account snapshot")?;
     let log_offset = i64::try_from(state.log_offset).unwrap_or(i64::MAX);
     let (mut users, mut totals, mut locked) = (Vec::new(), Vec::new(), Vec::new());
     let mut positions = PositionColumns::default();
@@ -275,7 +244,7 @@ pub fn restore(url: &str, prefix: &str, data_dir: &Path, patience: Duration) -> 
         if dir.join(file).exists() {
             continue;
         }
-        crate::shard::snapshots::write_file(&dir, file, state).with_context(|| format!("writing {}", dir.display()))?;
+        crate::ports::write_file(&dir, file, state).with_context(|| format!("writing {}", dir.display()))?;
         written += 1;
     }
     Ok(written)

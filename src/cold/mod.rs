@@ -13,14 +13,6 @@ pub mod sync;
 pub mod records;
 pub mod writer;
 
-/// What the shards hold of cold storage: its reader (order history) and the hand-over
-/// of their snapshots as checkpoints.
-#[derive(Clone)]
-pub struct ColdStorage {
-    pub reader: reader::ColdReader,
-    pub checkpoints: checkpoint::Checkpoints,
-}
-
 mod embedded {
     refinery::embed_migrations!("migrations");
 }

@@ -128,6 +128,23 @@ impl SyncStore {
     }
 }
 
+impl crate::ports::SyncStore for SyncStore {
+    fn order<'a>(
+        &'a self,
+        spec: &crate::engine::SymbolSpec,
+        placed: Option<(&crate::engine::NewOrder, &crate::accounts::OrderView)>,
+        events: &[crate::engine::Event],
+    ) -> crate::ports::LocalFuture<'a, Result<(), String>> {
+        let tx = transaction(spec, placed, events);
+        Box::pin(SyncStore::order(self, tx))
+    }
+
+    fn deposit(&self, user: crate::engine::UserId, amount: crate::engine::units::Units) -> crate::ports::LocalFuture<'_, Result<(), String>> {
+        let amount = crate::engine::symbol::units_to_usdt(i128::from(amount));
+        Box::pin(SyncStore::deposit(self, crate::wire::account_id(user), amount))
+    }
+}
+
 async fn work(mut client: tokio_postgres::Client, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
     loop {
         let job = jobs.lock().await.recv().await;

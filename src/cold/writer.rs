@@ -31,15 +31,12 @@ use anyhow::Context;
 use super::records::{self, Row};
 use crate::engine::CancelReason;
 use crate::metrics::Metrics;
-use crate::server::Health;
-use crate::shard::logs::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
+use crate::health::Health;
+use crate::wire::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
 
-/// Cold storage state for `/health`.
-pub const DISABLED: u8 = 0;
-pub const DOWN: u8 = 1;
-pub const OK: u8 = 2;
-/// Storing, but more than [`LAGGING_MS`] behind the log.
-pub const LAGGING: u8 = 3;
+pub use crate::health::cold::{DISABLED, DOWN, LAGGING, OK};
+
+/// Behind the log by more than this, cold storage is `lagging` in `/health`.
 pub const LAGGING_MS: i64 = 5_000;
 
 /// A batch that has not committed by then counts as failed (connection dropped and

@@ -4,12 +4,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use super::protocol::{ApiRequest, HttpReply, OrderRef, Reply, Request, ReserveError};
+use super::protocol::{Answer, ApiRequest, OrderRef, Refusal, Reply, Request, ReserveError};
 use super::stream::NotLogged;
 use super::{hot, Shard};
-use crate::accounts::{AccountRecord, AdminError, OrderStatus, OrderView, RiskError, TransferPlan};
-use crate::api::error::ApiError;
-use crate::api::render;
+use crate::accounts::{AccountRecord, OrderStatus, OrderView, RiskError, TransferPlan};
 use crate::engine::units::narrow;
 use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, OrderType, UserId};
 
@@ -20,7 +18,7 @@ pub fn now_ms() -> i64 {
 pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Reply>>> {
     Box::pin(async move {
         match req {
-            Request::Api(api) => Reply::Http(api_request(&shard, api).await.unwrap_or_else(|e| e.reply())),
+            Request::Api(api) => Reply::Api(api_request(&shard, api).await),
             Request::Reserve { key, order, symbol } => Reply::Reserved(reserve(&shard, &key, order, symbol)),
             Request::Release { order } => {
                 shard.accounts.borrow_mut().release(&order);
@@ -80,13 +78,7 @@ fn reserve_in_ledger(shard: &Shard, key: &str, order: &mut NewOrder, symbol: usi
         Err(RiskError::Unauthorized) => Err(ReserveError::Unauthorized),
         Err(RiskError::RateLimited) => Err(ReserveError::RateLimited),
         Err(RiskError::InsufficientMargin) => Err(ReserveError::InsufficientMargin),
-        Err(RiskError::Duplicate(id)) => {
-            let reply = accounts
-                .user(user)
-                .and_then(|a| a.order(id))
-                .map_or_else(|| ApiError::Unavailable("order is being placed; retry".into()).reply(), |v| render::ok(&render::order(&shard.map, v)));
-            Err(ReserveError::Duplicate(reply))
-        }
+        Err(RiskError::Duplicate(id)) => Err(ReserveError::Duplicate(accounts.user(user).and_then(|a| a.order(id)).cloned().map(Box::new))),
     }
 }
 
@@ -97,8 +89,7 @@ async fn cancel(shard: &Rc<Shard>, symbol: usize, command: Command) -> Result<Op
         let _ = ack.await;
     }
     if let Some(sync) = &shard.sync {
-        let tx = crate::cold::sync::transaction(&shard.map.symbols[symbol], None, &outcome.events);
-        sync.order(tx).await.map_err(|e| NotLogged::Refused(format!("PostgreSQL (synchronous baseline): {e}")))?;
+        sync.order(&shard.map.symbols[symbol], None, &outcome.events).await.map_err(|e| NotLogged::Refused(format!("PostgreSQL (synchronous baseline): {e}")))?;
     }
     Ok(outcome.result.ok().map(|()| {
         outcome
@@ -112,65 +103,41 @@ async fn cancel(shard: &Rc<Shard>, symbol: usize, command: Command) -> Result<Op
     }))
 }
 
-async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, ApiError> {
+async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<Answer, Refusal> {
     match req {
-        ApiRequest::PlaceOrder { key, symbol, order } => place_order(shard, key, symbol, order).await,
+        ApiRequest::PlaceOrder { key, symbol, order } => place_order(shard, key, symbol, order).await.map(Answer::Order),
         ApiRequest::Depth { symbol, limit } => {
-            let stream = shard.stream(symbol).ok_or(ApiError::UnknownSymbol)?;
+            let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
             let market = stream.market.borrow();
-            let spec = market.spec();
-            let side = |s| {
-                market
-                    .book()
-                    .depth(s)
-                    .take(limit)
-                    .map(|(p, q)| [spec.ticks_to_price(p).to_string(), spec.lots_to_quantity(q).to_string()])
-                    .collect::<Vec<_>>()
-            };
-            Ok(render::ok(&serde_json::json!({
-                "symbol": spec.name,
-                "seq": market.seq(),
-                "bids": side(crate::engine::Side::Buy),
-                "asks": side(crate::engine::Side::Sell),
-            })))
+            let side = |s| market.book().depth(s).take(limit).collect::<Vec<_>>();
+            Ok(Answer::Depth {
+                symbol,
+                seq: market.seq(),
+                bids: side(crate::engine::Side::Buy),
+                asks: side(crate::engine::Side::Sell),
+            })
         }
         ApiRequest::Trades { symbol, limit } => {
-            let stream = shard.stream(symbol).ok_or(ApiError::UnknownSymbol)?;
-            let spec = &shard.map.symbols[symbol];
-            let trades: Vec<_> = stream
-                .trades
-                .borrow()
-                .iter()
-                .take(limit)
-                .map(|t| {
-                    serde_json::json!({
-                        "tradeId": crate::ids::encode(crate::ids::IdKind::Trade, spec.key, t.seq).to_string(),
-                        "price": spec.ticks_to_price(t.price).to_string(),
-                        "quantity": spec.lots_to_quantity(t.quantity).to_string(),
-                        "takerSide": t.taker_side.as_str(),
-                        "time": t.time,
-                    })
-                })
-                .collect();
-            Ok(render::ok(&trades))
+            let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+            let trades = stream.trades.borrow().iter().take(limit).copied().collect();
+            Ok(Answer::Trades { symbol, trades })
         }
         ApiRequest::CreateUser { name } => create_user(shard, &name).await,
         ApiRequest::Transfer { name, amount, transfer_id } => transfer(shard, &name, amount, &transfer_id).await,
         ApiRequest::CancelOrder { key, target } => {
             let user = authenticate(shard, &key)?;
-            let view = find(shard, user, target).await?;
+            let view = find(shard, user, target)?;
             if !view.status.is_open() {
-                return Err(ApiError::OrderNotOpen);
+                return Err(Refusal::OrderNotOpen);
             }
             let owner = shard.symbol_owner(view.symbol);
             match shard.ask(owner, Request::Cancel { symbol: view.symbol, user, id: view.id }).await {
                 Some(Reply::Cancelled(Ok(Some(_)))) => {}
-                Some(Reply::Cancelled(Ok(None))) => return Err(ApiError::OrderNotOpen),
+                Some(Reply::Cancelled(Ok(None))) => return Err(Refusal::OrderNotOpen),
                 Some(Reply::Cancelled(Err(e))) => return Err(e.into()),
-                _ => return Err(ApiError::Unavailable("symbol owner unavailable".into())),
+                _ => return Err(Refusal::Unavailable("symbol owner unavailable".into())),
             }
-            let after = find(shard, user, OrderRef::Id(view.id, shard.map.symbols[view.symbol].key)).await?;
-            Ok(render::ok(&render::order(&shard.map, &after)))
+            find(shard, user, OrderRef::Id(view.id, shard.map.symbols[view.symbol].key)).map(Answer::Order)
         }
         ApiRequest::CancelAll { key, symbol } => {
             let user = authenticate(shard, &key)?;
@@ -187,67 +154,46 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
             let mut cancelled = Vec::new();
             for s in symbols {
                 match shard.ask(shard.symbol_owner(s), Request::CancelAll { symbol: s, user }).await {
-                    Some(Reply::Cancelled(Ok(ids))) => {
-                        let spec = &shard.map.symbols[s];
-                        cancelled.extend(ids.unwrap_or_default().into_iter().map(|id| render::order_uuid(spec, id)));
-                    }
+                    Some(Reply::Cancelled(Ok(ids))) => cancelled.extend(ids.unwrap_or_default().into_iter().map(|id| (s, id))),
                     Some(Reply::Cancelled(Err(e))) => return Err(e.into()),
-                    _ => return Err(ApiError::Unavailable("symbol owner unavailable".into())),
+                    _ => return Err(Refusal::Unavailable("symbol owner unavailable".into())),
                 }
             }
-            Ok(render::ok(&serde_json::json!({ "cancelled": cancelled })))
+            Ok(Answer::Cancelled(cancelled))
         }
         ApiRequest::GetOrder { key, target } => {
             let user = authenticate(shard, &key)?;
-            Ok(render::ok(&render::order(&shard.map, &find(shard, user, target).await?)))
+            find(shard, user, target).map(Answer::Order)
         }
         ApiRequest::OpenOrders { key, symbol } => {
             let user = authenticate(shard, &key)?;
             let accounts = shard.accounts.borrow();
-            let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
-            let open: Vec<_> = account.open_orders(symbol).into_iter().map(|v| render::order(&shard.map, v)).collect();
-            Ok(render::ok(&open))
+            let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
+            Ok(Answer::Orders(account.open_orders(symbol).into_iter().cloned().collect()))
         }
         ApiRequest::Fills { key, symbol, limit } => {
             let user = authenticate(shard, &key)?;
             let mut fills: Vec<crate::accounts::Fill> = {
                 let accounts = shard.accounts.borrow();
-                accounts.user(user).ok_or(ApiError::Unauthorized)?.fills.iter().cloned().collect()
+                let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
+                account.fills.iter().filter(|f| symbol.is_none_or(|s| s == f.symbol)).cloned().collect()
             };
             // Newest first. Kept per user in arrival order, which a restart (replaying one
             // symbol's log after another) does not reproduce across symbols.
             fills.sort_by_key(|f| std::cmp::Reverse((f.time, f.symbol, f.trade_seq)));
-            let fills: Vec<_> = fills
-                .iter()
-                .filter(|f| symbol.is_none_or(|s| s == f.symbol))
-                .take(limit)
-                .map(|f| render::fill(&shard.map, f))
-                .collect();
-            Ok(render::ok(&fills))
+            fills.truncate(limit);
+            Ok(Answer::Fills(fills))
         }
         ApiRequest::Balance { key } => {
             let user = authenticate(shard, &key)?;
-            balance(shard, user).await
+            balance(shard, user)
         }
-        ApiRequest::History { key, symbol, limit, before } => {
-            let user = shard.accounts.borrow().authenticate(&key).ok_or(ApiError::Unauthorized)?;
-            let reader = shard.cold.as_ref().map(|c| &c.reader).ok_or_else(|| {
-                ApiError::Unavailable("order history needs cold storage (PostgreSQL and Kafka), which is not configured".into())
-            })?;
-            let query = crate::cold::reader::HistoryQuery {
-                user_id: crate::wire::account_id(user),
-                symbol: symbol.map(|s| shard.map.symbols[s].name.clone()),
-                limit,
-                before,
-            };
-            let orders = reader.history(query).await.map_err(|e| ApiError::Unavailable(format!("cold storage unavailable: {e}")))?;
-            Ok(render::ok(&orders))
-        }
+        ApiRequest::Authenticate { key } => authenticate(shard, &key).map(Answer::User),
         ApiRequest::Positions { key } => {
             let user = authenticate(shard, &key)?;
             let positions: Vec<(usize, crate::engine::PositionState)> = {
                 let accounts = shard.accounts.borrow();
-                let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+                let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
                 account.positions.iter().filter(|(_, p)| p.size != 0).map(|(s, p)| (*s, *p)).collect()
             };
             let mut owners: Vec<usize> = positions.iter().map(|(s, _)| shard.symbol_owner(*s)).collect();
@@ -260,31 +206,26 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<HttpReply, Ap
                 }
             }
             let price_of = |s: usize| last.iter().find(|(i, _)| *i == s).and_then(|(_, p)| *p);
-            let out: Vec<_> =
-                positions.iter().map(|(s, p)| render::position(&shard.map.symbols[*s], p, price_of(*s))).collect();
-            Ok(render::ok(&out))
+            Ok(Answer::Positions(positions.into_iter().map(|(s, p)| (s, p, price_of(s))).collect()))
         }
     }
 }
 
 /// The key's user.
-fn authenticate(shard: &Shard, key: &str) -> Result<UserId, ApiError> {
-    shard.accounts.borrow().authenticate(key).ok_or(ApiError::Unauthorized)
+fn authenticate(shard: &Shard, key: &str) -> Result<UserId, Refusal> {
+    shard.accounts.borrow().authenticate(key).ok_or(Refusal::Unauthorized)
 }
 
-async fn balance(shard: &Shard, user: UserId) -> Result<HttpReply, ApiError> {
-    let (total, available, locked) = {
-        let accounts = shard.accounts.borrow();
-        let a = accounts.user(user).ok_or(ApiError::NotFound)?;
-        (a.total, a.available(), a.locked)
-    };
-    Ok(render::ok(&render::balance(total, available, locked)))
+fn balance(shard: &Shard, user: UserId) -> Result<Answer, Refusal> {
+    let accounts = shard.accounts.borrow();
+    let a = accounts.user(user).ok_or(Refusal::NotFound)?;
+    Ok(Answer::Balance { total: a.total, available: a.available(), locked: a.locked })
 }
 
-async fn find(shard: &Shard, user: UserId, target: OrderRef) -> Result<OrderView, ApiError> {
+fn find(shard: &Shard, user: UserId, target: OrderRef) -> Result<OrderView, Refusal> {
     let view = {
         let accounts = shard.accounts.borrow();
-        let account = accounts.user(user).ok_or(ApiError::Unauthorized)?;
+        let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
         match target {
             OrderRef::Id(id, _) => account.order(id),
             OrderRef::Client(cid) => account.order_by_client_id(&cid),
@@ -295,13 +236,13 @@ async fn find(shard: &Shard, user: UserId, target: OrderRef) -> Result<OrderView
         OrderRef::Id(_, key) => shard.map.symbols[v.symbol].key == key,
         OrderRef::Client(_) => true,
     };
-    view.filter(|v| v.logged && key_matches(v)).ok_or(ApiError::NotFound)
+    view.filter(|v| v.logged && key_matches(v)).ok_or(Refusal::NotFound)
 }
 
 /// The order path on the symbol's owner (see the module doc of [`super`]).
-async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: NewOrder) -> Result<HttpReply, ApiError> {
+async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: NewOrder) -> Result<OrderView, Refusal> {
     let started = std::time::Instant::now();
-    let stream = shard.stream(symbol).ok_or(ApiError::UnknownSymbol)?;
+    let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
     order.timestamp = now_ms();
     let spec = &shard.map.symbols[symbol];
     let lock_price = match order.kind {
@@ -314,22 +255,23 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     order.locked_margin = match lock_price {
         Some(price) if !order.reduce_only => {
             let lock = spec.margin(price, order.quantity, order.leverage) + spec.fee(spec.notional(price, order.quantity), false);
-            i64::try_from(lock).map_err(|_| crate::api::error::invalid("order is too large"))?
+            i64::try_from(lock).map_err(|_| Refusal::TooLarge)?
         }
         _ => 0,
     };
-    let user = crate::accounts::user_of_key(&key).ok_or(ApiError::Unauthorized)?;
+    let user = crate::accounts::user_of_key(&key).ok_or(Refusal::Unauthorized)?;
     let order = match shard.ask(shard.account_owner(user), Request::Reserve { key, order, symbol }).await {
         Some(Reply::Reserved(Ok(order))) => order,
         Some(Reply::Reserved(Err(e))) => {
-            return Err(match e {
-                ReserveError::Unauthorized => ApiError::Unauthorized,
-                ReserveError::RateLimited => ApiError::RateLimited,
-                ReserveError::InsufficientMargin => ApiError::InsufficientMargin,
-                ReserveError::Duplicate(reply) => return Ok(reply),
-            });
+            return match e {
+                ReserveError::Unauthorized => Err(Refusal::Unauthorized),
+                ReserveError::RateLimited => Err(Refusal::RateLimited),
+                ReserveError::InsufficientMargin => Err(Refusal::InsufficientMargin),
+                ReserveError::Duplicate(Some(original)) => Ok(*original),
+                ReserveError::Duplicate(None) => Err(Refusal::Unavailable("order is being placed; retry".into())),
+            };
         }
-        _ => return Err(ApiError::Unavailable("account owner unavailable".into())),
+        _ => return Err(Refusal::Unavailable("account owner unavailable".into())),
     };
     let outcome = match stream.submit(Command::Place(order)).await {
         Ok(outcome) => outcome,
@@ -345,15 +287,14 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     }
     let view = taker_view(symbol, &order, &outcome.events);
     if let Some(sync) = &shard.sync {
-        let tx = crate::cold::sync::transaction(spec, Some((&order, &view)), &outcome.events);
-        sync.order(tx).await.map_err(|e| ApiError::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
+        sync.order(spec, Some((&order, &view)), &outcome.events).await.map_err(|e| Refusal::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
     }
     shard.metrics.orders.inc();
     shard.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
     if view.reason == Some(CancelReason::ReduceOnlyRejected) {
-        return Err(ApiError::ReduceOnlyRejected);
+        return Err(Refusal::ReduceOnlyRejected);
     }
-    Ok(render::ok(&render::order(&shard.map, &view)))
+    Ok(view)
 }
 
 /// The taker's order as its command's events left it.
@@ -389,14 +330,14 @@ fn taker_view(symbol: usize, order: &NewOrder, events: &[Event]) -> OrderView {
 async fn with_partition_log<T>(
     shard: &Rc<Shard>,
     partition: u32,
-    prepare: impl FnOnce(&mut dyn crate::accounts::HotState) -> Result<(Option<AccountRecord>, T), ApiError>,
+    prepare: impl FnOnce(&mut dyn crate::accounts::HotState) -> Result<(Option<AccountRecord>, T), Refusal>,
     undo: impl FnOnce(&mut dyn crate::accounts::HotState, &AccountRecord),
-) -> Result<T, ApiError> {
-    let journal = shard.account_logs.borrow().get(&partition).cloned().ok_or_else(|| ApiError::Unavailable("partition not owned here".into()))?;
-    let mut journal = journal.write().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+) -> Result<T, Refusal> {
+    let journal = shard.account_logs.borrow().get(&partition).cloned().ok_or_else(|| Refusal::Unavailable("partition not owned here".into()))?;
+    let mut journal = journal.write().await.map_err(|e| Refusal::Unavailable(e.to_string()))?;
     let in_doubt = shard.account_in_doubt.borrow().get(&partition).copied();
     if let Some(from) = in_doubt {
-        settle_partition(shard, partition, &mut journal, from).await.map_err(|e| ApiError::Unavailable(format!("event log unavailable: {e}")))?;
+        settle_partition(shard, partition, &mut journal, from).await.map_err(|e| Refusal::Unavailable(format!("event log unavailable: {e}")))?;
         shard.account_in_doubt.borrow_mut().remove(&partition);
     }
     let before = journal.next_offset();
@@ -406,10 +347,10 @@ async fn with_partition_log<T>(
     let logged = match journal.append(&bytes) {
         // The journal cuts a failed commit; Kafka may still take it (see `voids`).
         Ok(_) => journal.commit().await.map_err(|e| match &shard.kafka {
-            None => ApiError::Unavailable(format!("event log unavailable: {e}")),
+            None => Refusal::Unavailable(format!("event log unavailable: {e}")),
             Some(_) => super::voids::refuse(shard, super::logs::Stream::Accounts(partition), std::slice::from_ref(&bytes), &e.to_string()).into(),
         }),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        Err(e) => Err(Refusal::Unavailable(e.to_string())),
     };
     let mut accounts = shard.accounts.borrow_mut();
     match logged {
@@ -449,30 +390,30 @@ async fn settle_partition(shard: &Rc<Shard>, partition: u32, journal: &mut super
     journal.commit().await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<HttpReply, ApiError> {
+async fn create_user(shard: &Rc<Shard>, name: &str) -> Result<Answer, Refusal> {
     let mut secret = [0u8; 24];
-    getrandom::getrandom(&mut secret).map_err(|e| ApiError::Unavailable(format!("no randomness: {e}")))?;
+    getrandom::getrandom(&mut secret).map_err(|e| Refusal::Unavailable(format!("no randomness: {e}")))?;
     let partition = crate::accounts::partition_of_name(name);
     let key = with_partition_log(
         shard,
         partition,
         |accounts| {
-            let (record, key) = accounts.create_user(name, secret).map_err(admin_error)?;
+            let (record, key) = accounts.create_user(name, secret).map_err(Refusal::Admin)?;
             Ok((Some(record), key))
         },
         |accounts, _| accounts.release_user(name),
     )
     .await?;
     tracing::info!(user = name, "user created");
-    Ok(render::ok(&serde_json::json!({ "userId": name, "apiKey": key })))
+    Ok(Answer::UserCreated { name: name.to_owned(), api_key: key })
 }
 
-async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str) -> Result<HttpReply, ApiError> {
+async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str) -> Result<Answer, Refusal> {
     let partition = crate::accounts::partition_of_name(name);
     let (user, logged) = with_partition_log(
         shard,
         partition,
-        |accounts| match accounts.transfer(name, transfer_id, amount, now_ms()).map_err(admin_error)? {
+        |accounts| match accounts.transfer(name, transfer_id, amount, now_ms()).map_err(Refusal::Admin)? {
             TransferPlan::Done(user) => Ok((None, (user, false))),
             TransferPlan::Log(user, record) => Ok((Some(record), (user, true))),
         },
@@ -480,21 +421,8 @@ async fn transfer(shard: &Rc<Shard>, name: &str, amount: i64, transfer_id: &str)
     )
     .await?;
     if let Some(sync) = shard.sync.as_ref().filter(|_| logged) {
-        let account = crate::wire::account_id(user);
-        let amount = crate::engine::symbol::units_to_usdt(amount);
-        sync.deposit(account, amount).await.map_err(|e| ApiError::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
+        sync.deposit(user, amount).await.map_err(|e| Refusal::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
     }
     tracing::info!(user = name, transfer_id, amount = narrow(i128::from(amount)), "transfer");
-    balance(shard, user).await
-}
-
-fn admin_error(e: AdminError) -> ApiError {
-    match e {
-        AdminError::InvalidName => crate::api::error::invalid("userId must be 1-64 characters of A-Z a-z 0-9 . _ - @"),
-        AdminError::UserExists => ApiError::UserExists,
-        AdminError::UnknownUser => ApiError::NotFound,
-        AdminError::TransferConflict => ApiError::TransferConflict,
-        AdminError::InsufficientBalance => ApiError::InsufficientBalance,
-        AdminError::InvalidAmount => crate::api::error::invalid("invalid amount or transferId"),
-    }
+    balance(shard, user)
 }

@@ -40,15 +40,9 @@ use super::Shard;
 use crate::accounts::{Account, OrderView};
 use crate::engine::{CancelReason, Event, NewOrder, OrderId, PositionState, UserId};
 use crate::redis_state::{Keys, Writes, WRITE};
-use crate::server::Health;
+use crate::health::Health;
 
-/// No Redis configured: the ledger is the hot state.
-pub const DISABLED: u8 = 0;
-/// Redis is missing data or unreachable; writes are skipped until it is rebuilt.
-pub const STALE: u8 = 1;
-/// Being rewritten from the ledger; results are written, requests wait.
-pub const REBUILDING: u8 = 2;
-pub const READY: u8 = 3;
+pub use crate::health::hot::{DISABLED, READY, REBUILDING, STALE};
 
 /// How long a closed order stays readable in Redis (the ledger keeps the latest 500).
 const CLOSED_TTL_SECS: u32 = 86_400;

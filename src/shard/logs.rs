@@ -16,13 +16,7 @@ use futures_channel::mpsc;
 use futures_lite::StreamExt;
 
 use super::{Log, Shard};
-
-pub const COMMANDS_TOPIC: &str = "orders.submitted";
-pub const ACCOUNTS_TOPIC: &str = "accounts.adjusted";
-pub const PLACED_TOPIC: &str = "orders.placed";
-pub const CANCELLED_TOPIC: &str = "orders.cancelled";
-pub const TRADES_TOPIC: &str = "trades.executed";
-pub const TOPICS: [&str; 5] = [COMMANDS_TOPIC, PLACED_TOPIC, CANCELLED_TOPIC, TRADES_TOPIC, ACCOUNTS_TOPIC];
+use crate::wire::{ACCOUNTS_TOPIC, COMMANDS_TOPIC};
 
 /// The Kafka connection of a shard.
 pub struct KafkaBackend {
@@ -151,11 +145,6 @@ async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<Ref
         }
     }
 }
-/// Every topic the exchange uses, with a prefix.
-pub fn topics(prefix: &str) -> Vec<String> {
-    TOPICS.iter().map(|t| format!("{prefix}{t}")).collect()
-}
-
 #[derive(Clone, Copy)]
 pub enum Stream<'a> {
     Symbol(&'a str),

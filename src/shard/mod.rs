@@ -57,11 +57,11 @@ pub struct Shard {
     pub streams: RefCell<FxHashMap<usize, Rc<SymbolStream>>>,
     pub metrics: ShardMetrics,
     pub all_metrics: Metrics,
-    pub health: Arc<crate::server::Health>,
-    /// Cold storage (order history, checkpoints), when PostgreSQL is configured.
-    pub cold: Option<crate::cold::ColdStorage>,
-    /// The synchronous baseline's PostgreSQL (`EXCHANGE_PERSISTENCE=sync`).
-    pub sync: Option<crate::cold::sync::SyncStore>,
+    pub health: Arc<crate::health::Health>,
+    /// Where snapshots are copied as checkpoints (cold storage), when configured.
+    pub checkpoints: Option<Arc<dyn crate::ports::CheckpointSink>>,
+    /// The synchronous baseline's store (`EXCHANGE_PERSISTENCE=sync`).
+    pub sync: Option<Rc<dyn crate::ports::SyncStore>>,
     /// Redis, when it is the hot state; `None`: the ledger answers.
     pub redis: Option<hot::RedisHot>,
     /// Kafka, when it is the event log; `None`: the embedded journal.

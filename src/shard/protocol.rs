@@ -1,15 +1,12 @@
 //! Messages between shards. Everything a shard owns is reached only through these.
+//!
+//! Shards speak the domain: an [`ApiRequest`] is answered with an [`Answer`] or a
+//! [`Refusal`]; turning those into status codes and JSON is the HTTP layer's (`api`).
 
+use crate::accounts::{AdminError, Fill, OrderView};
 use crate::engine::units::Units;
-use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, UserId};
-
-/// A response ready for the client: status, JSON body, and `Retry-After` for 429.
-#[derive(Clone, Debug)]
-pub struct HttpReply {
-    pub status: u16,
-    pub body: Vec<u8>,
-    pub retry_after: Option<u32>,
-}
+use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
+use super::stream::{NotLogged, PublicTrade};
 
 /// How a client names one of its orders.
 #[derive(Clone, Copy, Debug)]
@@ -30,8 +27,8 @@ pub enum ApiRequest {
     GetOrder { key: String, target: OrderRef },
     OpenOrders { key: String, symbol: Option<usize> },
     Fills { key: String, symbol: Option<usize>, limit: usize },
-    /// From cold storage; `before`: only orders created before this time (ms).
-    History { key: String, symbol: Option<usize>, limit: usize, before: Option<i64> },
+    /// Whose key it is (order history, read from cold storage by the asker).
+    Authenticate { key: String },
     Balance { key: String },
     Positions { key: String },
     CreateUser { name: String },
@@ -39,6 +36,51 @@ pub enum ApiRequest {
     /// To the symbol's owner.
     Depth { symbol: usize, limit: usize },
     Trades { symbol: usize, limit: usize },
+}
+
+/// What a shard answers an [`ApiRequest`] with.
+#[derive(Debug)]
+pub enum Answer {
+    Order(OrderView),
+    Orders(Vec<OrderView>),
+    /// Newest first.
+    Fills(Vec<Fill>),
+    Balance { total: i128, available: i128, locked: i128 },
+    /// Open positions, each with its symbol's last trade price.
+    Positions(Vec<(usize, PositionState, Option<i64>)>),
+    /// Price levels (ticks, lots), best first.
+    Depth { symbol: usize, seq: u64, bids: Vec<(i64, i64)>, asks: Vec<(i64, i64)> },
+    /// Newest first.
+    Trades { symbol: usize, trades: Vec<PublicTrade> },
+    /// Orders cancelled, by symbol.
+    Cancelled(Vec<(usize, OrderId)>),
+    UserCreated { name: String, api_key: String },
+    User(UserId),
+}
+
+/// Why a shard did not do what an [`ApiRequest`] asked.
+#[derive(Debug)]
+pub enum Refusal {
+    Unauthorized,
+    UnknownSymbol,
+    NotFound,
+    OrderNotOpen,
+    InsufficientMargin,
+    RateLimited,
+    ReduceOnlyRejected,
+    /// The order's margin does not fit the ledger's integers.
+    TooLarge,
+    Admin(AdminError),
+    /// The log did not take the command (or may have: see [`NotLogged`]).
+    NotLogged(NotLogged),
+    /// Another core, or a store, did not answer.
+    Unavailable(String),
+}
+
+impl From<NotLogged> for Refusal {
+    fn from(e: NotLogged) -> Self {
+        Self::NotLogged(e)
+    }
 }
 
 #[derive(Debug)]
@@ -65,18 +107,18 @@ pub enum Request {
 pub enum ReserveError {
     Unauthorized,
     RateLimited,
-    /// clientOrderId already used: the original order, rendered.
-    Duplicate(HttpReply),
+    /// clientOrderId already used: the original order (`None`: still being placed).
+    Duplicate(Option<Box<OrderView>>),
     InsufficientMargin,
 }
 
 #[derive(Debug)]
 pub enum Reply {
-    Http(HttpReply),
+    Api(Result<Answer, Refusal>),
     Reserved(Result<NewOrder, ReserveError>),
     Done,
     /// Ids cancelled, or `None` if the order was not open; `Err` if the log is down.
-    Cancelled(Result<Option<Vec<OrderId>>, super::stream::NotLogged>),
+    Cancelled(Result<Option<Vec<OrderId>>, NotLogged>),
     LastPrices(Vec<(usize, Option<i64>)>),
     Checked(Result<super::hot::CheckReport, String>),
 }

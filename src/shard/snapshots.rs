@@ -15,7 +15,7 @@
 //! shard never blocks on the disk; the newest few are kept. Logs are never truncated:
 //! they are the history; snapshots only shorten the replay.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -24,11 +24,9 @@ use super::protocol::Request;
 use super::stream::{PublicTrade, SymbolStream};
 use super::Shard;
 use crate::accounts::{PartitionState, PARTITIONS};
-use crate::cold::checkpoint::{Checkpoint, Kind};
+use crate::ports::{self, files, Checkpoint, Kind, ACCOUNT_MAGIC};
 
 const SYMBOL_MAGIC: &[u8; 6] = b"EXSYMS";
-const ACCOUNT_MAGIC: &[u8; 6] = b"EXACCT";
-const VERSION: u16 = 1;
 const KEEP: usize = 3;
 
 #[derive(Serialize, Deserialize)]
@@ -51,60 +49,13 @@ fn partition_name(partition: u32) -> String {
     format!("{partition:02}")
 }
 
-fn encode<T: Serialize>(magic: &[u8; 6], value: &T) -> Vec<u8> {
-    let mut out = magic.to_vec();
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    // Plain owned data into a Vec: cannot fail.
-    postcard::to_io(value, &mut out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
-    out
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(magic: &[u8; 6], bytes: &[u8]) -> Option<T> {
-    let rest = bytes.strip_prefix(magic.as_slice())?;
-    let (version, body) = rest.split_first_chunk::<2>()?;
-    (u16::from_le_bytes(*version) == VERSION).then(|| postcard::from_bytes(body).ok())?
-}
-
-/// Snapshot files of a directory, newest first. Leftovers of writes a crash interrupted
-/// (`.tmp`) are removed on the way.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().extension().is_some_and(|x| x == "tmp") && e.metadata().is_ok_and(|m| m.modified().is_ok_and(|t| t.elapsed().is_ok_and(|a| a.as_secs() > 60))) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "snap")).collect())
-        .unwrap_or_default();
-    found.sort();
-    found.reverse();
-    found
-}
-
-/// Writes a snapshot file durably: write, fsync, rename, fsync the directory.
-///
-/// # Errors
-/// The disk failing.
-pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Writes a snapshot durably on a helper thread and prunes old ones; with cold storage,
 /// hands it over as a checkpoint too.
 fn write(shard: &Shard, kind: Kind, name: String, file: String, bytes: Vec<u8>) {
     let dir = kind.dir(&shard.config.data_dir, &name);
-    let checkpoints = shard.cold.as_ref().map(|c| c.checkpoints.clone());
+    let checkpoints = shard.checkpoints.clone();
     std::thread::spawn(move || {
-        let result = write_file(&dir, &file, &bytes).map(|()| {
+        let result = ports::write_file(&dir, &file, &bytes).map(|()| {
             for old in files(&dir).into_iter().skip(KEEP) {
                 let _ = std::fs::remove_file(old);
             }
@@ -130,7 +81,7 @@ pub async fn snapshot_symbol(shard: &Rc<Shard>, stream: &Rc<SymbolStream>) {
         trades: stream.trades.borrow().iter().copied().collect(),
     };
     let name = shard.map.symbols[stream.index].name.clone();
-    write(shard, Kind::Symbol, name.clone(), format!("{offset:020}.snap"), encode(SYMBOL_MAGIC, &snapshot));
+    write(shard, Kind::Symbol, name.clone(), format!("{offset:020}.snap"), ports::frame(SYMBOL_MAGIC, &snapshot));
     tracing::info!(symbol = name, offset, "symbol snapshot");
     for to in 0..shard.shards {
         let req = Request::Apply {
@@ -176,8 +127,7 @@ async fn snapshot_accounts(shard: &Rc<Shard>) {
     let mut bytes_total = 0;
     for (partition, log) in &logs {
         let Ok(guard) = log.write().await else { return };
-        let mut bytes = ACCOUNT_MAGIC.to_vec();
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        let mut bytes = ports::header(ACCOUNT_MAGIC);
         shard.accounts.borrow().partition_snapshot(*partition, guard.next_offset(), &symbols, &mut bytes);
         drop(guard);
         bytes_total += bytes.len();
@@ -193,21 +143,16 @@ async fn snapshot_accounts(shard: &Rc<Shard>) {
     );
 }
 
-/// An account snapshot file's state.
-pub fn decode_partition(bytes: &[u8]) -> Option<PartitionState> {
-    decode(ACCOUNT_MAGIC, bytes)
-}
-
 /// The newest readable account snapshot of a partition.
 pub fn load_partition(shard: &Shard, partition: u32) -> Option<PartitionState> {
     debug_assert!(partition < PARTITIONS);
-    files(&partition_dir(shard, partition)).iter().find_map(|f| decode(ACCOUNT_MAGIC, &std::fs::read(f).ok()?))
+    files(&partition_dir(shard, partition)).iter().find_map(|f| ports::decode_partition( &std::fs::read(f).ok()?))
 }
 
 /// The newest readable symbol snapshot at or before `offset`.
 pub fn load_symbol(shard: &Shard, name: &str, at_most: u64) -> Option<SymbolSnapshot> {
     files(&symbol_dir(shard, name))
         .iter()
-        .filter_map(|f| decode::<SymbolSnapshot>(SYMBOL_MAGIC, &std::fs::read(f).ok()?))
+        .filter_map(|f| ports::unframe::<SymbolSnapshot>(SYMBOL_MAGIC, &std::fs::read(f).ok()?))
         .find(|s| s.offset <= at_most)
 }

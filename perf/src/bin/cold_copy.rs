@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use exchange::engine::{Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, TimeInForce, Trade, UserId};
-use exchange::shard::logs::{COMMANDS_TOPIC, TRADES_TOPIC};
+use exchange::wire::{COMMANDS_TOPIC, TRADES_TOPIC};
 use exchange::wire::{self, StreamRecord};
 use exchange_io::kafka::Located;
 

@@ -1,0 +1,202 @@
+//! Answering an HTTP request on the core that accepted it: read the body within its
+//! deadline, parse and route it ([`super::parse`]), ask the shard that owns the answer,
+//! and render what it says ([`super::render`], [`super::error`]). Order history is read
+//! from cold storage here, once the account's owner has said whose key it is.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request as HttpRequest, Response};
+
+use super::error::{invalid, ApiError};
+use super::parse::{self, Input, Limits, Routed};
+use super::{render, HttpReply};
+use crate::cold::reader::{ColdReader, HistoryQuery};
+use crate::health::{cold, hot};
+use crate::shard::protocol::{Answer, ApiRequest, Reply, Request};
+use crate::shard::Shard;
+
+/// The HTTP side of one core.
+pub struct Service {
+    pub shard: Rc<Shard>,
+    /// Cold storage's reader (order history), when configured.
+    pub history: Option<ColdReader>,
+}
+
+/// hyper's service for one connection.
+pub fn hyper_service(
+    service: Rc<Service>,
+    on_request: impl Fn() + Clone,
+) -> impl hyper::service::Service<HttpRequest<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> {
+    hyper::service::service_fn(move |req| {
+        on_request();
+        let service = service.clone();
+        async move { Ok::<_, Infallible>(service.respond(req).await) }
+    })
+}
+
+struct InFlight<'a>(&'a Shard);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.health.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Service {
+    async fn respond(&self, req: HttpRequest<Incoming>) -> Response<Full<Bytes>> {
+        let shard = &self.shard;
+        shard.health.inflight.fetch_add(1, Ordering::AcqRel);
+        let _guard = InFlight(shard);
+        shard.metrics.requests.inc();
+        let reply = self.answer(req).await;
+        let mut response = Response::builder()
+            .status(reply.status)
+            .header("content-type", if reply.status == 200 && reply.body.first() != Some(&b'{') && reply.body.first() != Some(&b'[') { "text/plain; version=0.0.4" } else { "application/json" });
+        if let Some(secs) = reply.retry_after {
+            response = response.header("retry-after", secs.to_string());
+        }
+        response.body(Full::new(Bytes::from(reply.body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+
+    async fn answer(&self, req: HttpRequest<Incoming>) -> HttpReply {
+        let shard = &self.shard;
+        let (parts, body) = req.into_parts();
+        let limit = shard.config.limits.max_body_bytes;
+        let collected = futures_lite::future::or(async { Some(read_body(body, limit).await) }, async {
+            glommio::timer::sleep(Duration::from_secs(10)).await;
+            None
+        })
+        .await;
+        let mut body = match collected {
+            Some(Ok(b)) => b,
+            Some(Err(())) => return invalid(format!("body larger than {limit} bytes or unreadable")).reply(),
+            None => return invalid("body not received in time").reply(),
+        };
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let input = Input {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            api_key: header("x-api-key"),
+            admin_key: header("x-admin-key"),
+            body: &mut body,
+        };
+        let limits = Limits { map: &shard.map, admin_key: shard.config.admin_key.as_deref(), max_json_depth: shard.config.limits.max_json_depth };
+        let routed = match parse::route(input, &limits) {
+            Ok(r) => r,
+            Err(e) => return e.reply(),
+        };
+        let (to, req): (usize, ApiRequest) = match routed {
+            Routed::Health => return health(shard),
+            Routed::Metrics => {
+                shard.all_metrics.set_hot_states(shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)));
+                return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None };
+            }
+            Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
+            Routed::Check => return check(shard).await,
+            Routed::History { partition, key, symbol, limit, before } => {
+                return self.history(partition, key, symbol, limit, before).await.unwrap_or_else(|e| e.reply());
+            }
+            Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), req),
+            Routed::Partition(partition, req) => (shard.partition_owner(partition), req),
+        };
+        match self.ask(to, req).await {
+            Ok(answer) => render::answer(&shard.map, &answer),
+            Err(e) => e.reply(),
+        }
+    }
+
+    /// Asks shard `to` (this one, or another over the mesh).
+    async fn ask(&self, to: usize, req: ApiRequest) -> Result<Answer, ApiError> {
+        match self.shard.ask(to, Request::Api(req)).await {
+            Some(Reply::Api(answer)) => answer.map_err(ApiError::from),
+            _ => Err(ApiError::Unavailable("shard unavailable".into())),
+        }
+    }
+
+    /// `GET /v1/orders/history`: the key's owner says whose it is; cold storage answers.
+    async fn history(&self, partition: u32, key: String, symbol: Option<usize>, limit: usize, before: Option<i64>) -> Result<HttpReply, ApiError> {
+        let to = self.shard.partition_owner(partition);
+        let Answer::User(user) = self.ask(to, ApiRequest::Authenticate { key }).await? else {
+            return Err(ApiError::Unavailable("unexpected answer".into()));
+        };
+        let reader = self.history.as_ref().ok_or_else(|| {
+            ApiError::Unavailable("order history needs cold storage (PostgreSQL and Kafka), which is not configured".into())
+        })?;
+        let query = HistoryQuery {
+            user_id: crate::wire::account_id(user),
+            symbol: symbol.map(|s| self.shard.map.symbols[s].name.clone()),
+            limit,
+            before,
+        };
+        let orders = reader.history(query).await.map_err(|e| ApiError::Unavailable(format!("cold storage unavailable: {e}")))?;
+        Ok(render::ok(&orders))
+    }
+}
+
+/// Reads a body of at most `limit` bytes. A larger one is read on and dropped (up to 16
+/// times the limit) so that the client, still sending, can read the 400 that follows
+/// instead of a connection reset.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ()> {
+    let mut out = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= limit {
+                out.extend_from_slice(data);
+            } else if seen > limit.saturating_mul(16) {
+                return Err(());
+            }
+        }
+    }
+    if seen > limit { Err(()) } else { Ok(out) }
+}
+
+/// `POST /admin/v1/check`: one consistency check on every shard, reported together.
+async fn check(shard: &Rc<Shard>) -> HttpReply {
+    let mut users = 0;
+    let mut repaired = Vec::new();
+    for to in 0..shard.shards {
+        match shard.ask(to, Request::Check).await {
+            Some(Reply::Checked(Ok(r))) => {
+                users += r.users;
+                repaired.extend(r.repaired);
+            }
+            Some(Reply::Checked(Err(e))) => return ApiError::Unavailable(format!("shard {to}: {e}")).reply(),
+            _ => return ApiError::Unavailable(format!("shard {to} did not answer")).reply(),
+        }
+    }
+    render::ok(&serde_json::json!({ "clean": repaired.is_empty(), "users": users, "repaired": repaired }))
+}
+
+fn health(shard: &Shard) -> HttpReply {
+    let log_ok = shard.health.event_log_down.load(Ordering::Acquire) == 0;
+    let worst = shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)).filter(|s| *s != hot::DISABLED).min();
+    let state = match worst {
+        None | Some(hot::READY) => "ok",
+        Some(hot::REBUILDING) => "rebuilding",
+        Some(_) => "down",
+    };
+    let cold = match shard.health.cold.load(Ordering::Acquire) {
+        cold::OK => "ok",
+        cold::DOWN => "down",
+        cold::LAGGING => "lagging",
+        _ => "disabled",
+    };
+    render::ok(&serde_json::json!({
+        "status": if log_ok && state == "ok" { "ok" } else { "degraded" },
+        "components": {
+            "eventLog": if log_ok { "ok" } else { "down" },
+            "stateStore": state,
+            "coldStore": cold,
+        },
+    }))
+}

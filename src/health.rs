@@ -1,0 +1,82 @@
+//! The process's health, shared by every core and the side processes: a narrow handle
+//! that the shards, cold storage and the HTTP layer all hold, defined below all of them
+//! so that none needs another to report or read it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+
+/// States of a shard's hot state in Redis ([`Health::hot`]).
+pub mod hot {
+    /// No Redis configured: the ledger is the hot state.
+    pub const DISABLED: u8 = 0;
+    /// Redis is missing data or unreachable; writes are skipped until it is rebuilt.
+    pub const STALE: u8 = 1;
+    /// Being rewritten from the ledger; results are written, requests wait.
+    pub const REBUILDING: u8 = 2;
+    pub const READY: u8 = 3;
+}
+
+/// States of cold storage ([`Health::cold`]).
+pub mod cold {
+    pub const DISABLED: u8 = 0;
+    pub const DOWN: u8 = 1;
+    pub const OK: u8 = 2;
+    /// Storing, but more than `cold::writer::LAGGING_MS` behind the log.
+    pub const LAGGING: u8 = 3;
+}
+
+/// Process-wide state every shard may read: health, shutdown, start barrier.
+#[derive(Default)]
+pub struct Health {
+    pub stopping: AtomicBool,
+    pub event_log_down: AtomicUsize,
+    pub inflight: AtomicUsize,
+    /// Cold storage: one of [`cold`].
+    pub cold: std::sync::atomic::AtomicU8,
+    /// Per shard, the state of its partitions' hot state: one of [`hot`].
+    pub hot: Vec<std::sync::atomic::AtomicU8>,
+    arrived: AtomicUsize,
+    /// At start only: per account partition, how far its snapshot holds each symbol's
+    /// results (`None`: no snapshot).
+    applied: std::sync::Mutex<FxHashMap<u32, Option<SymbolOffsets>>>,
+}
+
+/// Per symbol name, a log offset.
+type SymbolOffsets = Vec<(String, u64)>;
+
+impl Health {
+    /// Health of a process with `shards` cores, their hot state starting in `hot`.
+    pub fn new(shards: usize, hot: u8) -> Self {
+        Self { hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(hot)).collect(), ..Self::default() }
+    }
+
+    pub fn record_applied(&self, partition: u32, applied: Option<SymbolOffsets>) {
+        if let Ok(mut map) = self.applied.lock() {
+            map.insert(partition, applied);
+        }
+    }
+
+    /// The offset of `symbol`'s log up to which every partition's snapshot holds its
+    /// results: a symbol snapshot at or before it can be restored.
+    pub fn applied_everywhere(&self, symbol: &str) -> u64 {
+        let Ok(map) = self.applied.lock() else { return 0 };
+        if map.len() < crate::accounts::PARTITIONS as usize {
+            return 0;
+        }
+        map.values()
+            .map(|a| a.as_ref().and_then(|v| v.iter().find(|(s, _)| s == symbol).map(|(_, o)| *o)).unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Waits until every shard has arrived `round` times.
+    pub async fn barrier(&self, round: usize, shards: usize) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        while self.arrived.load(Ordering::Acquire) < round * shards {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
