@@ -1,7 +1,7 @@
 //! The account rules, one case each.
 
 use super::*;
-use crate::engine::TimeInForce;
+use crate::engine::{ClientOrderId, OrderType, Side, TimeInForce};
 
 #[test]
 fn partition_snapshots_round_trip_without_pending_reservations() {

@@ -24,12 +24,14 @@
 //! partition markers a watchdog checks every 250 ms; writes are then skipped, and as soon
 //! as Redis answers every user of the core's partitions is rewritten from the ledger
 //! (`/health` says `stateStore: down`, then `rebuilding`, then `ok`).
+//!
+//! This file is the write-behind; `rebuild.rs` is the rewrite and what triggers it, and
+//! `check.rs` the consistency check.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use exchange_io::redis::{Op, RedisBridge};
 use futures_channel::mpsc;
@@ -39,16 +41,18 @@ use rustc_hash::FxHashMap;
 use super::Shard;
 use crate::accounts::{Account, OrderView};
 use crate::engine::{CancelReason, Event, NewOrder, OrderId, PositionState, UserId};
-use crate::redis_state::{Keys, Writes, WRITE};
+use crate::redis_state::{Keys, Writes};
 use crate::health::Health;
 
 pub use crate::health::hot::{DISABLED, READY, REBUILDING, STALE};
+pub use check::{check, CheckReport};
+pub use rebuild::{mark_clean, rebuild, watch};
+
+mod check;
+mod rebuild;
 
 /// How long a closed order stays readable in Redis (the ledger keeps the latest 500).
 const CLOSED_TTL_SECS: u32 = 86_400;
-/// How long one user's rewrite may take, queue included, before a rebuild counts as
-/// failed.
-const REBUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct RedisHot {
     /// This core's own connection (see [`connection`]).
@@ -392,268 +396,4 @@ fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account) -> 
         w.op("RPUSH", keys.fills(user), account.fills.iter().map(json));
     }
     w
-}
-
-/// Redis answers, and has the scripts (a restarted Redis has none).
-async fn prepare(shard: &Shard, hot: &RedisHot) -> Result<(), String> {
-    connection(shard, hot).call::<redis::Value>(exchange_io::redis::load_script(WRITE)).await.map(|_| ())
-}
-
-/// Rewrites every user of the partitions owned here from the ledger, then sets their
-/// markers. Trading goes on meanwhile; results keep being written, queued behind each
-/// user's rewrite, so nothing that happens during the rebuild is lost.
-///
-/// # Errors
-/// Redis unreachable, or a write failed: the state stays stale.
-pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
-    let Some(hot) = &shard.redis else { return Ok(0) };
-    let started = Instant::now();
-    prepare(shard, hot).await?;
-    shard.health.hot[shard.id].store(REBUILDING, Ordering::Release);
-    hot.rebuild_failed.store(false, Ordering::Release);
-    let partitions: Vec<u32> = shard.owned_partitions().collect();
-    let users = shard.accounts.borrow().users_in(&partitions);
-    let pending = Arc::new(AtomicUsize::new(0));
-    for chunk in users.chunks(256) {
-        {
-            let accounts = shard.accounts.borrow();
-            for user in chunk {
-                let Some(account) = accounts.user(*user) else { continue };
-                let writes = rebuild_user(shard, &hot.keys, *user, account);
-                pending.fetch_add(1, Ordering::AcqRel);
-                let (pending, failed) = (pending.clone(), hot.rebuild_failed.clone());
-                // Queued behind each other: a deadline for the bulk, not for one call.
-                connection(shard, hot).submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
-                    if r.is_err() {
-                        failed.store(true, Ordering::Release);
-                    }
-                    pending.fetch_sub(1, Ordering::AcqRel);
-                });
-            }
-        }
-        // Let the shard serve between chunks, and keep the queue to Redis short.
-        while pending.load(Ordering::Acquire) > 512 {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
-        glommio::yield_if_needed().await;
-    }
-    while pending.load(Ordering::Acquire) > 0 {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
-    let markers: Vec<_> =
-        partitions.iter().map(|p| connection(shard, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
-    for m in markers {
-        m.await?;
-    }
-    if hot.rebuild_failed.load(Ordering::Acquire) {
-        shard.health.hot[shard.id].store(STALE, Ordering::Release);
-        return Err("a write of the rebuild failed".into());
-    }
-    if shard.health.hot[shard.id].compare_exchange(REBUILDING, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        return Err("hot state lost again during the rebuild".into());
-    }
-    shard.metrics.hot_rebuilds.inc();
-    tracing::info!(shard = shard.id, users = users.len(), ms = started.elapsed().as_millis() as u64, "hot state rebuilt in Redis");
-    Ok(users.len())
-}
-
-/// What the ledger of the partitions owned here has applied: equal fingerprints at a
-/// clean stop and at the next start mean Redis already holds what the logs say.
-fn fingerprint(shard: &Shard) -> String {
-    let accounts = shard.accounts.borrow();
-    let mut applied = accounts.applied_offsets();
-    applied.sort_unstable();
-    let partitions: Vec<u32> = shard.owned_partitions().collect();
-    let users = accounts.users_in(&partitions).len();
-    let offsets: Vec<String> = applied.iter().map(|(s, o)| format!("{}={o}", shard.map.symbols[*s].name)).collect();
-    format!("shards={} users={users} {}", shard.shards, offsets.join(","))
-}
-
-/// At a clean stop, with everything written: leaves the fingerprint for the next start.
-pub async fn mark_clean(shard: &Shard) {
-    let Some(hot) = &shard.redis else { return };
-    if shard.hot_state(shard.id) != READY {
-        return;
-    }
-    let print = fingerprint(shard);
-    let sets: Vec<_> = shard
-        .owned_partitions()
-        .map(|p| connection(shard, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
-        .collect();
-    for s in sets {
-        if let Err(e) = s.await {
-            tracing::warn!(shard = shard.id, error = e, "could not mark the hot state clean; the next start rebuilds it");
-            return;
-        }
-    }
-}
-
-/// At start: whether Redis is as a clean stop left it, with the same logs behind it. The
-/// marks are consumed either way, so a crash after this start never reuses them.
-async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
-    if prepare(shard, hot).await.is_err() {
-        return false;
-    }
-    let print = fingerprint(shard);
-    let mut whole = true;
-    for p in shard.owned_partitions() {
-        let clean = connection(shard, hot).call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
-        let marker = connection(shard, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
-        let same = matches!(clean.await, Ok(Some(c)) if c == print);
-        whole &= same && matches!(marker.await, Ok(true));
-    }
-    whole && shard.health.hot[shard.id].compare_exchange(STALE, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
-}
-
-/// Checks the partition markers; rebuilds when the state is stale; runs the consistency
-/// check every `EXCHANGE_CHECK_INTERVAL_SECS` (0: never).
-pub async fn watch(shard: Rc<Shard>) {
-    let Some(hot) = &shard.redis else { return };
-    let interval = Duration::from_secs(shard.config.check_interval_secs);
-    let mut last_check = Instant::now();
-    if resume_clean(&shard, hot).await {
-        tracing::info!(shard = shard.id, "hot state in Redis is as the last clean stop left it: no rebuild");
-    }
-    let mut last_error = String::new();
-    while !shard.health.stopping.load(Ordering::Acquire) {
-        glommio::timer::sleep(Duration::from_millis(250)).await;
-        match shard.hot_state(shard.id) {
-            STALE => match rebuild(&shard).await {
-                Ok(_) => last_error.clear(),
-                Err(e) => {
-                    if e != last_error {
-                        tracing::warn!(shard = shard.id, error = e, "hot state rebuild failed; retrying");
-                        last_error = e;
-                    }
-                }
-            },
-            READY => {
-                let checks: Vec<_> = shard
-                    .owned_partitions()
-                    .map(|p| connection(&shard, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
-                    .collect();
-                for c in checks {
-                    match c.await {
-                        Ok(true) => {}
-                        Ok(false) => shard.hot_lost("a partition marker is gone (Redis emptied or restarted)"),
-                        Err(e) => shard.hot_lost(&e),
-                    }
-                }
-                if !interval.is_zero() && last_check.elapsed() >= interval {
-                    last_check = Instant::now();
-                    match check(&shard).await {
-                        Ok(r) => tracing::info!(shard = shard.id, users = r.users, repaired = r.repaired.len(), "consistency check"),
-                        Err(e) => tracing::warn!(shard = shard.id, error = e, "consistency check failed"),
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// A position hash as Redis returns it (`None`: no hash).
-fn parse_position(fields: &[(String, String)]) -> Option<PositionState> {
-    if fields.is_empty() {
-        return None;
-    }
-    let get = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<i128>().ok()).unwrap_or(0);
-    Some(PositionState {
-        size: get("size"),
-        cost: get("cost"),
-        margin: get("margin"),
-        realized_pnl: get("realizedPnl"),
-        fees: get("fees"),
-        leverage: u32::try_from(get("leverage")).unwrap_or(0),
-    })
-}
-
-/// What one consistency check found and repaired.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct CheckReport {
-    pub users: usize,
-    pub repaired: Vec<Repair>,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Repair {
-    /// Account id (the 16 hex digits of the user's API key).
-    pub user: String,
-    pub found: Vec<String>,
-}
-
-type Balance = (Option<i64>, Option<i64>, Option<i64>);
-
-/// One consistency check of the users owned here: Redis against the ledger (the logs'
-/// truth). Each user's Redis reads are issued in the same step as the ledger is read, so
-/// they see exactly the writes issued before: a user in the middle of trading is not a
-/// false alarm. A user that differs is logged, counted and rewritten from the ledger;
-/// that also removes margin locks of orders the log never got (a crash between the
-/// risk step and the log), which stay in the user's open-order set.
-///
-/// # Errors
-/// No Redis, the hot state not ready, or Redis failing.
-pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
-    let Some(hot) = &shard.redis else { return Err("no Redis: the hot state is the ledger itself".into()) };
-    if shard.hot_state(shard.id) != READY {
-        return Err("the hot state is not ready".into());
-    }
-    let partitions: Vec<u32> = shard.owned_partitions().collect();
-    let users = shard.accounts.borrow().users_in(&partitions);
-    let mut report = CheckReport { users: users.len(), repaired: Vec::new() };
-    for chunk in users.chunks(256) {
-        let mut pending = Vec::with_capacity(chunk.len());
-        {
-            let accounts = shard.accounts.borrow();
-            for &user in chunk {
-                let Some(a) = accounts.user(user) else { continue };
-                let mut open: Vec<u64> = a.orders.values().filter(|v| !v.logged || v.status.is_open()).map(|v| v.id.0).collect();
-                open.sort_unstable();
-                let ledger_positions: Vec<Option<PositionState>> =
-                    (0..shard.map.symbols.len()).map(|s| a.positions.get(&s).copied()).collect();
-                let cmd = redis::cmd("HMGET").arg(hot.keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
-                let balance = connection(shard, hot).call::<Balance>(Op::Cmd(cmd));
-                let active = connection(shard, hot).call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
-                let positions: Vec<_> = shard
-                    .map
-                    .symbols
-                    .iter()
-                    .map(|s| connection(shard, hot).call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
-                    .collect();
-                let expected = ((a.total, a.available(), a.locked), open, ledger_positions);
-                pending.push((user, expected, balance, active, positions));
-            }
-        }
-        for (user, (ledger_balance, ledger_open, ledger_positions), balance, active, positions) in pending {
-            let mut found = Vec::new();
-            let (t, a, l) = balance.await?;
-            let redis_balance = (t.map(i128::from), a.map(i128::from), l.map(i128::from));
-            let (lt, la, ll) = ledger_balance;
-            if redis_balance != (Some(lt), Some(la), Some(ll)) {
-                found.push(format!("balance (total, available, locked): Redis {redis_balance:?}, log {:?}", (lt, la, ll)));
-            }
-            let mut open = active.await?;
-            open.sort_unstable();
-            if open != ledger_open {
-                let leaked: Vec<u64> = open.iter().filter(|id| !ledger_open.contains(id)).copied().collect();
-                found.push(format!("open orders: Redis {open:?}, log {ledger_open:?} (unknown to the log: {leaked:?})"));
-            }
-            for ((symbol, call), ledger) in positions.into_iter().enumerate().zip(ledger_positions) {
-                let redis = parse_position(&call.await?);
-                if redis != ledger {
-                    found.push(format!("position {}: Redis {redis:?}, log {ledger:?}", shard.map.symbols[symbol].name));
-                }
-            }
-            if found.is_empty() {
-                continue;
-            }
-            let account = crate::wire::account_id(user);
-            tracing::warn!(shard = shard.id, user = account, found = ?found, "hot state differs from the log: repaired");
-            hot.touch(user, |t| t.rewrite = true);
-            shard.all_metrics.consistency_repairs.inc();
-            report.repaired.push(Repair { user: account, found });
-        }
-    }
-    shard.all_metrics.consistency_checks.inc();
-    Ok(report)
 }

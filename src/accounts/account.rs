@@ -1,0 +1,148 @@
+//! What one user has, as the ledger keeps it and the API shows it: balance, positions,
+//! orders (open, and the latest closed ones) and the latest fills.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use super::{CLOSED_ORDERS_KEPT};
+use crate::engine::units::Units;
+use crate::engine::{CancelReason, ClientOrderId, NewOrder, OrderId, OrderType, PositionState, Side};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStatus {
+    New,
+    PartiallyFilled,
+    Filled,
+    Cancelled,
+    Rejected,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "NEW",
+            Self::PartiallyFilled => "PARTIALLY_FILLED",
+            Self::Filled => "FILLED",
+            Self::Cancelled => "CANCELLED",
+            Self::Rejected => "REJECTED",
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::New | Self::PartiallyFilled)
+    }
+}
+
+/// An order as its owner sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrderView {
+    pub id: OrderId,
+    pub symbol: usize,
+    pub client_order_id: Option<ClientOrderId>,
+    pub side: Side,
+    pub kind: OrderType,
+    pub quantity: i64,
+    pub filled: i64,
+    /// Σ price × quantity of fills, in ticks·lots (for the average fill price).
+    pub filled_value: i128,
+    pub status: OrderStatus,
+    pub reason: Option<CancelReason>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// False between the margin lock and the log's confirmation.
+    pub logged: bool,
+    /// What the risk step locked for it (only needed until it is logged).
+    pub reserved: i64,
+}
+
+impl OrderView {
+    /// A new order, before any result of it is known.
+    pub fn new(order: &NewOrder, symbol: usize, logged: bool) -> Self {
+        Self {
+            id: order.id,
+            symbol,
+            client_order_id: order.client_order_id,
+            side: order.side,
+            kind: order.kind,
+            quantity: order.quantity,
+            filled: 0,
+            filled_value: 0,
+            status: OrderStatus::New,
+            reason: None,
+            created_at: order.timestamp,
+            updated_at: order.timestamp,
+            logged,
+            reserved: order.locked_margin,
+        }
+    }
+}
+
+/// One of the user's fills.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fill {
+    pub trade_seq: u64,
+    pub order_id: OrderId,
+    pub symbol: usize,
+    pub side: Side,
+    pub price: i64,
+    pub quantity: i64,
+    pub fee: Units,
+    pub pnl: Units,
+    pub maker: bool,
+    pub time: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Account {
+    pub name: String,
+    pub(super) key_hash: [u8; 32],
+    /// Deposits minus withdrawals plus realized PnL minus fees.
+    pub total: i128,
+    pub locked: i128,
+    pub positions: BTreeMap<usize, PositionState>,
+    pub orders: FxHashMap<OrderId, OrderView>,
+    pub(super) client_ids: FxHashMap<ClientOrderId, OrderId>,
+    pub(super) closed: VecDeque<OrderId>,
+    pub fills: VecDeque<Fill>,
+    pub(super) rate_window: i64,
+    pub(super) rate_count: u32,
+}
+
+impl Account {
+    pub fn available(&self) -> i128 {
+        self.total - self.locked
+    }
+
+    /// Open orders, oldest first.
+    pub fn open_orders(&self, symbol: Option<usize>) -> Vec<&OrderView> {
+        let mut open: Vec<&OrderView> = self
+            .orders
+            .values()
+            .filter(|o| o.logged && o.status.is_open() && symbol.is_none_or(|s| s == o.symbol))
+            .collect();
+        open.sort_by_key(|o| (o.created_at, o.id));
+        open
+    }
+
+    pub fn order(&self, id: OrderId) -> Option<&OrderView> {
+        self.orders.get(&id).filter(|o| o.logged)
+    }
+
+    pub fn order_by_client_id(&self, cid: &ClientOrderId) -> Option<&OrderView> {
+        self.client_ids.get(cid).and_then(|id| self.order(*id))
+    }
+
+    pub(super) fn close(&mut self, id: OrderId) {
+        self.closed.push_back(id);
+        while self.closed.len() > CLOSED_ORDERS_KEPT {
+            if let Some(old) = self.closed.pop_front()
+                && let Some(view) = self.orders.remove(&old)
+                && let Some(cid) = view.client_order_id
+            {
+                self.client_ids.remove(&cid);
+            }
+        }
+    }
+}

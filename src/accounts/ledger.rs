@@ -1,0 +1,317 @@
+//! The ledger's one writer: the risk step (authenticate, rate-limit, check available,
+//! lock margin), admin changes prepared for the log, and every logged record and symbol
+//! result applied, in log order. Kept apart from the types it works on because this is
+//! where the money rules live and change.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::snapshot::{AccountRef, PartitionStateRef};
+use super::{
+    partition_of, partition_of_name, user_of_key, Account, AccountRecord, Accounts, AdminError, Fill, HotState, OrderStatus, PartitionState,
+    RiskError, TransferPlan, FILLS_KEPT,
+};
+use crate::engine::units::Units;
+use crate::engine::{CancelReason, Event, NewOrder, OrderId, Side, UserId};
+
+impl HotState for Accounts {
+    fn users_in(&self, partitions: &[u32]) -> Vec<UserId> {
+        let mut users: Vec<UserId> = self.users.keys().copied().filter(|u| partitions.contains(&partition_of(*u))).collect();
+        users.sort_unstable();
+        users
+    }
+
+    fn applied_offsets(&self) -> Vec<(usize, u64)> {
+        self.applied.iter().map(|(s, o)| (*s, *o)).collect()
+    }
+
+    /// One partition's state as snapshot bytes (the encoding of [`PartitionState`]),
+    /// written straight from the live state: no copy of the accounts is made.
+    fn partition_snapshot(&self, partition: u32, log_offset: u64, symbols: &[String], out: &mut Vec<u8>) {
+        let mut users: Vec<(UserId, AccountRef<'_>)> = self
+            .users
+            .iter()
+            .filter(|(u, _)| partition_of(**u) == partition)
+            .map(|(u, a)| (*u, AccountRef(a)))
+            .collect();
+        users.sort_unstable_by_key(|(u, _)| *u);
+        let mut transfers: Vec<(&String, &(UserId, Units))> =
+            self.transfers.iter().filter(|(_, (u, _))| partition_of(*u) == partition).collect();
+        transfers.sort_unstable();
+        let applied: Vec<(&String, u64)> =
+            self.applied.iter().filter_map(|(s, o)| symbols.get(*s).map(|n| (n, *o))).collect();
+        let state = PartitionStateRef {
+            log_offset,
+            applied,
+            next_number: self.next_number.get(&partition).copied().unwrap_or(1),
+            users,
+            transfers,
+        };
+        // Serializing into a Vec cannot fail.
+        postcard::to_io(&state, out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
+    }
+
+    /// Installs a partition's snapshot; its results floors make replay skip what it holds.
+    fn install(&mut self, partition: u32, state: PartitionState, symbol_index: &dyn Fn(&str) -> Option<usize>) {
+        self.next_number.insert(partition, state.next_number);
+        for (name, offset) in state.applied {
+            if let Some(s) = symbol_index(&name) {
+                self.floors.insert((partition, s), offset);
+            }
+        }
+        for (t, v) in state.transfers {
+            self.transfers.insert(t, v);
+        }
+        for (user, account) in state.users {
+            self.names.insert(account.name.clone(), user);
+            self.users.insert(user, account);
+        }
+    }
+
+    /// Records that a symbol's results up to `offset` (inclusive) have been applied here.
+    fn mark_applied(&mut self, symbol: usize, offset: u64) {
+        let next = self.applied.entry(symbol).or_insert(0);
+        *next = (*next).max(offset + 1);
+    }
+
+    fn user(&self, user: UserId) -> Option<&Account> {
+        self.users.get(&user)
+    }
+
+    /// Checks an API key of the form `<user hex>.<secret hex>` in constant time.
+    fn authenticate(&self, key: &str) -> Option<UserId> {
+        let user = user_of_key(key)?;
+        let account = self.users.get(&user)?;
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        bool::from(hash.ct_eq(&account.key_hash)).then_some(user)
+    }
+
+    /// Prepares a new user: the record to log and the API key to hand out once.
+    ///
+    /// # Errors
+    /// An invalid or taken name.
+    fn create_user(&mut self, name: &str, secret: [u8; 24]) -> Result<(AccountRecord, String), AdminError> {
+        let valid = (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+        if !valid {
+            return Err(AdminError::InvalidName);
+        }
+        if self.names.contains_key(name) {
+            return Err(AdminError::UserExists);
+        }
+        let partition = partition_of_name(name);
+        let number = self.next_number.entry(partition).or_insert(1);
+        let user = UserId(u64::from(partition) << 32 | u64::from(*number));
+        *number += 1;
+        let key = format!("{:016x}.{}", user.0, hex::encode(secret));
+        let key_hash = Sha256::digest(key.as_bytes()).into();
+        // Reserve the name until the record is applied (or released on failure).
+        self.names.insert(name.to_owned(), user);
+        Ok((AccountRecord::UserCreated { name: name.to_owned(), user, key_hash }, key))
+    }
+
+    /// Forgets a prepared user whose record could not be logged.
+    fn release_user(&mut self, name: &str) {
+        if let Some(user) = self.names.get(name)
+            && !self.users.contains_key(user)
+        {
+            self.names.remove(name);
+        }
+    }
+
+    /// Prepares a deposit or withdrawal. A withdrawal takes effect at once (so no order
+    /// can lock the same money meanwhile) and is undone by [`Self::release_transfer`].
+    ///
+    /// # Errors
+    /// Unknown user, a reused transferId, or a withdrawal beyond `available`.
+    fn transfer(&mut self, name: &str, transfer_id: &str, amount: Units, now: i64) -> Result<TransferPlan, AdminError> {
+        let user = self.user_by_name(name).filter(|u| self.users.contains_key(u)).ok_or(AdminError::UnknownUser)?;
+        if transfer_id.is_empty() || transfer_id.len() > 64 {
+            return Err(AdminError::InvalidAmount);
+        }
+        if let Some(&(u, a)) = self.transfers.get(transfer_id) {
+            return if (u, a) == (user, amount) { Ok(TransferPlan::Done(user)) } else { Err(AdminError::TransferConflict) };
+        }
+        if amount == 0 {
+            return Err(AdminError::InvalidAmount);
+        }
+        let account = self.users.get_mut(&user).ok_or(AdminError::UnknownUser)?;
+        if amount < 0 {
+            if account.available() < -i128::from(amount) {
+                return Err(AdminError::InsufficientBalance);
+            }
+            account.total += i128::from(amount);
+        }
+        self.transfers.insert(transfer_id.to_owned(), (user, amount));
+        Ok(TransferPlan::Log(user, AccountRecord::Transfer { user, transfer_id: transfer_id.to_owned(), amount, timestamp: now }))
+    }
+
+    /// Undoes a prepared transfer whose record could not be logged.
+    fn release_transfer(&mut self, record: &AccountRecord) {
+        if let AccountRecord::Transfer { user, transfer_id, amount, .. } = record {
+            self.transfers.remove(transfer_id);
+            if *amount < 0
+                && let Some(a) = self.users.get_mut(user)
+            {
+                a.total -= i128::from(*amount);
+            }
+        }
+    }
+
+    /// Applies a logged record. `live` says it was prepared by this process (a
+    /// withdrawal already took effect); on replay it is false.
+    fn apply(&mut self, record: &AccountRecord, live: bool) {
+        match record {
+            AccountRecord::UserCreated { name, user, key_hash } => {
+                let partition = partition_of(*user);
+                let next = self.next_number.entry(partition).or_insert(1);
+                *next = (*next).max((user.0 as u32).saturating_add(1));
+                self.names.insert(name.clone(), *user);
+                self.users.insert(*user, Account { name: name.clone(), key_hash: *key_hash, ..Account::default() });
+            }
+            AccountRecord::Transfer { user, transfer_id, amount, .. } => {
+                self.transfers.insert(transfer_id.clone(), (*user, *amount));
+                if let Some(a) = self.users.get_mut(user)
+                    && !(live && *amount < 0)
+                {
+                    a.total += i128::from(*amount);
+                }
+            }
+            AccountRecord::Voided { .. } => {}
+        }
+    }
+
+    /// The risk step: rate limit, idempotency, available check and margin lock, in one
+    /// go. Returns the new order's number.
+    ///
+    /// # Errors
+    /// [`RiskError`]; then nothing changed.
+    fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError> {
+        let limit = self.rate_limit;
+        let account = self.users.get_mut(&user).ok_or(RiskError::Unauthorized)?;
+        if let Some(cid) = &order.client_order_id
+            && let Some(&existing) = account.client_ids.get(cid)
+        {
+            return Err(RiskError::Duplicate(existing));
+        }
+        let window = now_ms.div_euclid(1000);
+        if limit > 0 {
+            if account.rate_window != window {
+                account.rate_window = window;
+                account.rate_count = 0;
+            }
+            if account.rate_count >= limit {
+                return Err(RiskError::RateLimited);
+            }
+        }
+        if account.available() < i128::from(order.locked_margin) {
+            return Err(RiskError::InsufficientMargin);
+        }
+        account.rate_count += 1;
+        account.locked += i128::from(order.locked_margin);
+        self.order_counter += 1;
+        order.id = OrderId(u64::from(partition_of(user)) << 52 | (self.order_counter & ((1 << 52) - 1)));
+        order.user = user;
+        Self::track(account, order, symbol, false);
+        Ok(())
+    }
+
+    /// The order reached the log.
+    fn confirm(&mut self, user: UserId, id: OrderId) {
+        if let Some(view) = self.users.get_mut(&user).and_then(|a| a.orders.get_mut(&id)) {
+            view.logged = true;
+        }
+    }
+
+    /// The order could not be logged: unlock its margin and forget it.
+    fn release(&mut self, order: &NewOrder) {
+        if let Some(account) = self.users.get_mut(&order.user) {
+            account.locked -= i128::from(order.locked_margin);
+            account.orders.remove(&order.id);
+            if let Some(cid) = order.client_order_id {
+                account.client_ids.remove(&cid);
+            }
+        }
+    }
+
+    /// A logged order replayed at start: lock and track it as the risk step did.
+    fn replay_order(&mut self, order: &NewOrder, symbol: usize, offset: u64) {
+        if !self.fresh(order.user, symbol, offset) {
+            return;
+        }
+        if let Some(account) = self.users.get_mut(&order.user) {
+            account.locked += i128::from(order.locked_margin);
+            Self::track(account, order, symbol, true);
+        }
+    }
+
+    /// Applies a symbol's result events (of the command at `offset`) to the users owned
+    /// here, skipping those a snapshot already holds.
+    fn apply_events(&mut self, symbol: usize, offset: u64, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::OrderPlaced(p) if !self.fresh(p.user, symbol, offset) => {}
+                Event::OrderCancelled(c) if !self.fresh(c.user, symbol, offset) => {}
+                Event::OrderPlaced(p) => {
+                    if let Some(view) = self.view(p.user, p.order_id) {
+                        view.status = if p.filled > 0 { OrderStatus::PartiallyFilled } else { OrderStatus::New };
+                        view.updated_at = p.timestamp;
+                    }
+                }
+                Event::TradeExecuted(t) => {
+                    for (update, side) in [(&t.buyer, Side::Buy), (&t.seller, Side::Sell)] {
+                        if !self.fresh(update.user, symbol, offset) {
+                            continue;
+                        }
+                        let maker = side != t.taker_side;
+                        let Some(account) = self.users.get_mut(&update.user) else { continue };
+                        account.total += i128::from(update.pnl) - i128::from(update.fee);
+                        account.locked -= i128::from(update.margin_released);
+                        account.positions.insert(symbol, update.position);
+                        account.fills.push_front(Fill {
+                            trade_seq: t.seq,
+                            order_id: update.order_id,
+                            symbol,
+                            side,
+                            price: t.price,
+                            quantity: t.quantity,
+                            fee: update.fee,
+                            pnl: update.pnl,
+                            maker,
+                            time: t.timestamp,
+                        });
+                        account.fills.truncate(FILLS_KEPT);
+                        let mut closed = false;
+                        if let Some(view) = account.orders.get_mut(&update.order_id) {
+                            view.filled += t.quantity;
+                            view.filled_value += i128::from(t.price) * i128::from(t.quantity);
+                            view.updated_at = t.timestamp;
+                            if view.filled == view.quantity {
+                                view.status = OrderStatus::Filled;
+                                closed = true;
+                            } else {
+                                view.status = OrderStatus::PartiallyFilled;
+                            }
+                        }
+                        if closed {
+                            account.close(update.order_id);
+                        }
+                    }
+                }
+                Event::OrderCancelled(c) => {
+                    let Some(account) = self.users.get_mut(&c.user) else { continue };
+                    account.locked -= i128::from(c.released_margin);
+                    if c.reason == CancelReason::DuplicateOrderId {
+                        continue;
+                    }
+                    if let Some(view) = account.orders.get_mut(&c.order_id) {
+                        view.status = if c.reason.is_rejection() { OrderStatus::Rejected } else { OrderStatus::Cancelled };
+                        view.reason = Some(c.reason);
+                        view.updated_at = c.timestamp;
+                        account.close(c.order_id);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The consistency check: Redis read back and compared with the ledger, user by user;
+//! a user that differs is rewritten.
+
+use std::rc::Rc;
+
+use exchange_io::redis::Op;
+
+use super::{connection, READY};
+use crate::engine::PositionState;
+use crate::shard::Shard;
+
+/// A position hash as Redis returns it (`None`: no hash).
+fn parse_position(fields: &[(String, String)]) -> Option<PositionState> {
+    if fields.is_empty() {
+        return None;
+    }
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.parse::<i128>().ok()).unwrap_or(0);
+    Some(PositionState {
+        size: get("size"),
+        cost: get("cost"),
+        margin: get("margin"),
+        realized_pnl: get("realizedPnl"),
+        fees: get("fees"),
+        leverage: u32::try_from(get("leverage")).unwrap_or(0),
+    })
+}
+
+/// What one consistency check found and repaired.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub users: usize,
+    pub repaired: Vec<Repair>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Repair {
+    /// Account id (the 16 hex digits of the user's API key).
+    pub user: String,
+    pub found: Vec<String>,
+}
+
+type Balance = (Option<i64>, Option<i64>, Option<i64>);
+
+/// One consistency check of the users owned here: Redis against the ledger (the logs'
+/// truth). Each user's Redis reads are issued in the same step as the ledger is read, so
+/// they see exactly the writes issued before: a user in the middle of trading is not a
+/// false alarm. A user that differs is logged, counted and rewritten from the ledger;
+/// that also removes margin locks of orders the log never got (a crash between the
+/// risk step and the log), which stay in the user's open-order set.
+///
+/// # Errors
+/// No Redis, the hot state not ready, or Redis failing.
+pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
+    let Some(hot) = &shard.redis else { return Err("no Redis: the hot state is the ledger itself".into()) };
+    if shard.hot_state(shard.id) != READY {
+        return Err("the hot state is not ready".into());
+    }
+    let partitions: Vec<u32> = shard.owned_partitions().collect();
+    let users = shard.accounts.borrow().users_in(&partitions);
+    let mut report = CheckReport { users: users.len(), repaired: Vec::new() };
+    for chunk in users.chunks(256) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        {
+            let accounts = shard.accounts.borrow();
+            for &user in chunk {
+                let Some(a) = accounts.user(user) else { continue };
+                let mut open: Vec<u64> = a.orders.values().filter(|v| !v.logged || v.status.is_open()).map(|v| v.id.0).collect();
+                open.sort_unstable();
+                let ledger_positions: Vec<Option<PositionState>> =
+                    (0..shard.map.symbols.len()).map(|s| a.positions.get(&s).copied()).collect();
+                let cmd = redis::cmd("HMGET").arg(hot.keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
+                let balance = connection(shard, hot).call::<Balance>(Op::Cmd(cmd));
+                let active = connection(shard, hot).call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
+                let positions: Vec<_> = shard
+                    .map
+                    .symbols
+                    .iter()
+                    .map(|s| connection(shard, hot).call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
+                    .collect();
+                let expected = ((a.total, a.available(), a.locked), open, ledger_positions);
+                pending.push((user, expected, balance, active, positions));
+            }
+        }
+        for (user, (ledger_balance, ledger_open, ledger_positions), balance, active, positions) in pending {
+            let mut found = Vec::new();
+            let (t, a, l) = balance.await?;
+            let redis_balance = (t.map(i128::from), a.map(i128::from), l.map(i128::from));
+            let (lt, la, ll) = ledger_balance;
+            if redis_balance != (Some(lt), Some(la), Some(ll)) {
+                found.push(format!("balance (total, available, locked): Redis {redis_balance:?}, log {:?}", (lt, la, ll)));
+            }
+            let mut open = active.await?;
+            open.sort_unstable();
+            if open != ledger_open {
+                let leaked: Vec<u64> = open.iter().filter(|id| !ledger_open.contains(id)).copied().collect();
+                found.push(format!("open orders: Redis {open:?}, log {ledger_open:?} (unknown to the log: {leaked:?})"));
+            }
+            for ((symbol, call), ledger) in positions.into_iter().enumerate().zip(ledger_positions) {
+                let redis = parse_position(&call.await?);
+                if redis != ledger {
+                    found.push(format!("position {}: Redis {redis:?}, log {ledger:?}", shard.map.symbols[symbol].name));
+                }
+            }
+            if found.is_empty() {
+                continue;
+            }
+            let account = crate::wire::account_id(user);
+            tracing::warn!(shard = shard.id, user = account, found = ?found, "hot state differs from the log: repaired");
+            hot.touch(user, |t| t.rewrite = true);
+            shard.all_metrics.consistency_repairs.inc();
+            report.repaired.push(Repair { user: account, found });
+        }
+    }
+    shard.all_metrics.consistency_checks.inc();
+    Ok(report)
+}
