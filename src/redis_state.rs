@@ -98,55 +98,45 @@ impl Keys {
     }
 }
 
-/// Lists of writes, each to one user's keys; several lists (segments) travel in one
-/// call, so that a batch pays for one script invocation instead of one per user.
+/// Lists of writes, each to one user's keys, applied in one call; what a rewrite of users
+/// from the ledger sends (the rebuild, a repair), since only a script can delete what a
+/// user's open-order set names. The write-behind sends plain commands instead
+/// ([`Writes::into_cmds`]): interpreting a generic script cost Redis more than the
+/// commands themselves.
 ///
-/// KEYS: the keys the writes name. ARGV: segments, each: index of a key that must exist
-/// (0: none), number of writes, then the writes, each as command, key index, argument
-/// count, arguments. The pseudo-command `FORGET_OPEN` (arguments: the user's order, lock
-/// and clientOrderId key prefixes) deletes every order the user's open-order set names,
-/// with its lock and clientOrderId, and the set: what a rebuild does before it writes the
-/// orders the log knows (keys of one user share a slot, so naming them here is
-/// cluster-safe; a call holds one user's segment only on a cluster).
-/// A segment whose required key is missing (the user's hot state was lost) writes
-/// nothing. Returns the number of segments written, or -1 if any segment found its
-/// required key missing.
+/// KEYS: the keys the writes name. ARGV: segments, each: number of writes, then the
+/// writes, each as command, key index, argument count, arguments. The pseudo-command
+/// `FORGET_OPEN` (arguments: the user's order, lock and clientOrderId key prefixes)
+/// deletes every order the user's open-order set names, with its lock and clientOrderId,
+/// and the set: what a rewrite does before it writes the orders the log knows (keys of
+/// one user share a slot, so naming them here is cluster-safe; a call holds one user's
+/// segment only on a cluster). Returns the number of segments written.
 pub const WRITE: &str = r"
 local i = 1
 local written = 0
-local lost = false
 while i <= #ARGV do
-  local required = tonumber(ARGV[i])
-  local count = tonumber(ARGV[i + 1])
-  i = i + 2
-  local apply = true
-  if required > 0 and redis.call('EXISTS', KEYS[required]) == 0 then
-    apply = false
-    lost = true
-  end
+  local count = tonumber(ARGV[i])
+  i = i + 1
   for _ = 1, count do
     local n = tonumber(ARGV[i + 2])
-    if apply then
-      local key = KEYS[tonumber(ARGV[i + 1])]
-      if ARGV[i] == 'FORGET_OPEN' then
-        for _, id in ipairs(redis.call('SMEMBERS', key)) do
-          local order = redis.call('GET', ARGV[i + 3] .. id)
-          if order then
-            local ok, view = pcall(cjson.decode, order)
-            if ok and type(view.client_order_id) == 'string' then redis.call('DEL', ARGV[i + 5] .. view.client_order_id) end
-          end
-          redis.call('DEL', ARGV[i + 3] .. id, ARGV[i + 4] .. id)
+    local key = KEYS[tonumber(ARGV[i + 1])]
+    if ARGV[i] == 'FORGET_OPEN' then
+      for _, id in ipairs(redis.call('SMEMBERS', key)) do
+        local order = redis.call('GET', ARGV[i + 3] .. id)
+        if order then
+          local ok, view = pcall(cjson.decode, order)
+          if ok and type(view.client_order_id) == 'string' then redis.call('DEL', ARGV[i + 5] .. view.client_order_id) end
         end
-        redis.call('DEL', key)
-      else
-        redis.call(ARGV[i], key, unpack(ARGV, i + 3, i + 2 + n))
+        redis.call('DEL', ARGV[i + 3] .. id, ARGV[i + 4] .. id)
       end
+      redis.call('DEL', key)
+    else
+      redis.call(ARGV[i], key, unpack(ARGV, i + 3, i + 2 + n))
     end
     i = i + 3 + n
   end
-  if apply then written = written + 1 end
+  written = written + 1
 end
-if lost then return -1 end
 return written
 ";
 
@@ -159,20 +149,12 @@ pub struct Writes {
     keys: Vec<String>,
     ops: Vec<String>,
     count: usize,
-    required: usize,
 }
 
 impl Writes {
     /// Writes to `user`'s keys.
     pub fn new(user: UserId) -> Self {
-        Self { user, keys: Vec::new(), ops: Vec::new(), count: 0, required: 0 }
-    }
-
-    /// Nothing is written unless `key` exists.
-    #[must_use]
-    pub fn requiring(mut self, key: String) -> Self {
-        self.required = self.key_index(key);
-        self
+        Self { user, keys: Vec::new(), ops: Vec::new(), count: 0 }
     }
 
     fn key_index(&mut self, key: String) -> usize {
@@ -211,6 +193,23 @@ impl Writes {
         self.user
     }
 
+    /// The writes as plain commands, in order (none may be a pseudo-command).
+    pub fn into_cmds(self) -> Vec<redis::Cmd> {
+        let mut cmds = Vec::with_capacity(self.count);
+        let mut ops = self.ops.into_iter();
+        while let Some(command) = ops.next() {
+            let index: usize = ops.next().and_then(|i| i.parse().ok()).unwrap_or(0);
+            let n: usize = ops.next().and_then(|i| i.parse().ok()).unwrap_or(0);
+            let mut cmd = redis::cmd(&command);
+            cmd.arg(&self.keys[index - 1]);
+            for arg in ops.by_ref().take(n) {
+                cmd.arg(arg);
+            }
+            cmds.push(cmd);
+        }
+        cmds
+    }
+
     /// The script call.
     pub fn into_op(self) -> exchange_io::redis::Op {
         Self::into_one_op(vec![self])
@@ -223,8 +222,7 @@ impl Writes {
         let mut args = Vec::new();
         for w in all {
             let base = keys.len();
-            let required = if w.required == 0 { 0 } else { base + w.required };
-            args.extend([required.to_string(), w.count.to_string()]);
+            args.push(w.count.to_string());
             // Key indexes move by `base`; the rest is copied as it is.
             let mut ops = w.ops.into_iter();
             while let Some(command) = ops.next() {

@@ -426,3 +426,21 @@ fn one_check_repairs_a_hand_edited_balance_and_a_leaked_lock() {
     let (_, metrics) = s.request("GET", "/metrics", &[], None);
     assert!(metrics.as_str().unwrap().contains("exchange_consistency_repairs_total 2"), "{metrics}");
 }
+
+#[test]
+fn a_balance_deleted_by_hand_is_noticed_by_the_next_write_and_everything_rewritten() {
+    let redis = RedisServer::start();
+    let s = with_redis(&redis);
+    let keys = trade(&s);
+    let mut conn = redis.connection().unwrap();
+    wait_written(&s, &mut conn, "", &keys);
+    let rebuilt = rebuilds(&s);
+    let k = exchange::redis_state::Keys::new("");
+    let _: () = redis::cmd("DEL").arg(k.balance(user_of(&keys[0]))).query(&mut conn).unwrap();
+    // The markers are still there: only the next write for that user can tell.
+    let (status, body) = s.order(&keys[0], ORDER);
+    assert_eq!(status, 200, "{body}");
+    wait_rebuilt_by(&s, rebuilt, 1);
+    wait_written(&s, &mut conn, "", &keys);
+    assert_redis_is_the_ledger(&s, &mut conn, "", &keys);
+}

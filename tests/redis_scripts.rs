@@ -1,4 +1,4 @@
-//! The Redis hot state's scripts against a real Redis (`EXCHANGE_TEST_REDIS_URL`,
+//! The Redis hot state's writes (the script and plain commands) against a real Redis (`EXCHANGE_TEST_REDIS_URL`,
 //! default `redis://127.0.0.1:6379`; unreachable is a failure, not a skip).
 
 use exchange::engine::{OrderId, UserId};
@@ -47,34 +47,31 @@ fn run_op(c: &mut redis::Connection, op: Op) -> i64 {
     inv.invoke(c).unwrap()
 }
 
-/// Writes a user's balance as absolute values, unless `required` says the balance must
-/// already be there.
-fn set_balance(c: &mut redis::Connection, user: UserId, (t, a, l): (i64, i64, i64), required: bool) -> i64 {
-    run(c, balance_writes(user, (t, a, l), required))
-}
-
-fn balance_writes(user: UserId, (t, a, l): (i64, i64, i64), required: bool) -> Writes {
+/// Writes a user's balance as absolute values.
+fn balance_writes(user: UserId, (t, a, l): (i64, i64, i64)) -> Writes {
     let mut w = Writes::new(user);
-    if required {
-        w = w.requiring(keys().balance(user));
-    }
     w.op("HSET", keys().balance(user), ["total".to_owned(), t.to_string(), "available".to_owned(), a.to_string(), "locked".to_owned(), l.to_string()]);
     w
 }
 
 #[test]
-fn a_user_whose_balance_is_gone_is_reported_and_not_written() {
+fn plain_commands_carry_every_argument_in_order() {
     let mut c = connection();
     let user = fresh_user();
-    let mut w = balance_writes(user, (1_000, 400, 600), true);
+    let mut w = balance_writes(user, (1_000, 400, 600));
     w.op("SET", keys().lock(user, OrderId(1)), [600]);
-    w.op("SADD", keys().active(user), [1]);
-    assert_eq!(run(&mut c, w), -1, "no balance: the user's hot state is missing");
-    assert!(!c.exists::<_, bool>(keys().lock(user, OrderId(1))).unwrap(), "nothing half-written");
-    assert!(!c.exists::<_, bool>(keys().balance(user)).unwrap(), "nothing made up");
-    assert_eq!(set_balance(&mut c, user, (1_000, 1_000, 0), false), 1, "a new user's balance needs nothing before it");
-    assert_eq!(set_balance(&mut c, user, (1_000, 400, 600), true), 1);
+    w.op("SADD", keys().active(user), [1, 2]);
+    let mut pipe = redis::pipe();
+    for cmd in w.into_cmds() {
+        pipe.add_command(cmd);
+    }
+    let _: () = pipe.query(&mut c).unwrap();
     assert_eq!(balance(&mut c, user), (1_000, 400, 600));
+    let held: i64 = c.get(keys().lock(user, OrderId(1))).unwrap();
+    assert_eq!(held, 600);
+    let mut open: Vec<u64> = c.smembers(keys().active(user)).unwrap();
+    open.sort_unstable();
+    assert_eq!(open, vec![1, 2]);
 }
 
 #[test]
@@ -82,8 +79,8 @@ fn amounts_beyond_double_precision_stay_exact() {
     let mut c = connection();
     let user = fresh_user();
     let big = (1_i64 << 60) + 1; // not representable as a double
-    assert_eq!(set_balance(&mut c, user, (big, big - 1, 1), false), 1);
-    assert_eq!(balance(&mut c, user), (big, big - 1, 1), "every unit written, none rounded");
+    assert_eq!(run(&mut c, balance_writes(user, (big, big - 1, 1))), 1);
+    assert_eq!(balance(&mut c, user), (big, big - 1, 1), "every unit written by the script, none rounded");
 }
 
 #[test]
@@ -126,21 +123,11 @@ fn a_rebuild_forgets_open_orders_the_log_does_not_know() {
 }
 
 #[test]
-fn one_call_applies_many_lists_each_on_its_own_terms() {
+fn one_call_applies_many_lists_in_order() {
     let mut c = connection();
-    let (a, b, lost) = (fresh_user(), fresh_user(), fresh_user());
-    set_balance(&mut c, a, (100, 100, 0), false);
-    set_balance(&mut c, b, (100, 100, 0), false);
-    let op = Writes::into_one_op(vec![
-        balance_writes(a, (101, 101, 0), true),
-        balance_writes(b, (102, 100, 2), true),
-        balance_writes(a, (103, 103, 0), true),
-    ]);
+    let (a, b) = (fresh_user(), fresh_user());
+    let op = Writes::into_one_op(vec![balance_writes(a, (101, 101, 0)), balance_writes(b, (102, 100, 2)), balance_writes(a, (103, 103, 0))]);
     assert_eq!(run_op(&mut c, op), 3);
     assert_eq!(balance(&mut c, a), (103, 103, 0), "the later list of a user wins");
     assert_eq!(balance(&mut c, b), (102, 100, 2));
-    let op = Writes::into_one_op(vec![balance_writes(lost, (1, 1, 0), true), balance_writes(b, (104, 104, 0), true)]);
-    assert_eq!(run_op(&mut c, op), -1, "a lost user is reported");
-    assert_eq!(balance(&mut c, b), (104, 104, 0), "and the others are written all the same");
-    assert!(!c.exists::<_, bool>(keys().balance(lost)).unwrap(), "nothing made up for the lost one");
 }

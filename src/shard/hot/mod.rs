@@ -9,9 +9,8 @@
 //! - every change (a lock taken or released, a command's results, a transfer) only marks
 //!   which of a user's keys changed, on the core that owns the user;
 //! - a writer task per core turns everything marked into writes of the ledger's current,
-//!   absolute values (one list per user: a segment of a
-//!   [`WRITE`](crate::redis_state::WRITE) call) and hands them to the core's own Redis
-//!   connection as one script call (one per user on a cluster); the next batch gathers
+//!   absolute values and hands them to the core's own Redis connection as one pipeline
+//!   of plain commands (in one `MULTI`/`EXEC` on a single server); the next batch gathers
 //!   while that one is in flight. A user changed ten times in a batch is written once,
 //!   and writing the same values twice is harmless, so no offsets need keeping;
 //! - anything else sent to Redis from the core (the rebuild, the consistency check, the
@@ -144,31 +143,61 @@ fn connection<'a>(shard: &Shard, hot: &'a RedisHot) -> &'a RedisBridge {
 }
 
 /// Writes every user changed since the last batch, from the ledger, as one batch; the
-/// receiver completes with its reply. To a single server the batch is one script call;
-/// to a cluster, one per user (a call's keys must share a slot).
+/// receiver completes with its reply.
+///
+/// The batch is plain commands, pipelined: to a single server one pipeline, its writes in
+/// one `MULTI`/`EXEC` so that readers never see a batch half-applied; to a cluster each
+/// command goes to its node as it comes (a transaction must stay within one slot).
+/// Before the writes, an `EXISTS` of each user's balance (but a new user's): a balance
+/// that is gone means Redis lost the user's state, which makes the state stale, so that
+/// a rewrite of everyone follows. A user to repair is rewritten by the script instead.
 fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::Receiver<()>> {
     let dirty = std::mem::take(&mut *hot.dirty.borrow_mut());
     if dirty.users.is_empty() {
         return None;
     }
-    let mut writes = Vec::with_capacity(dirty.users.len());
+    let cluster = hot.bridge.is_cluster();
+    let (mut checks, mut writes) = (Vec::new(), Vec::new());
+    // Where the replies of the checks are, among the batch's replies (one per operation).
+    let mut checked_at = Vec::new();
     {
         let accounts = shard.accounts.borrow();
         for user in dirty.users {
             let (Some(account), Some(touched)) = (accounts.user(user), dirty.touched.get(&user)) else { continue };
-            let w = if touched.rewrite { rebuild_user(shard, &hot.keys, user, account) } else { changes(shard, &hot.keys, user, account, touched) };
-            writes.push(w);
+            if touched.rewrite {
+                writes.push(rebuild_user(shard, &hot.keys, user, account).into_op());
+                continue;
+            }
+            if !touched.created {
+                let exists = Op::Cmd(redis::Cmd::exists(hot.keys.balance(user)));
+                // On a cluster the check goes with the user's writes, to the same node.
+                if cluster {
+                    checked_at.push(writes.len());
+                    writes.push(exists);
+                } else {
+                    checked_at.push(checks.len());
+                    checks.push(exists);
+                }
+            }
+            writes.extend(changes(shard, &hot.keys, user, account, touched).into_cmds().into_iter().map(Op::Cmd));
         }
     }
-    if writes.is_empty() {
+    if writes.is_empty() && checks.is_empty() {
         return None;
     }
-    let ops = if hot.bridge.is_cluster() { writes.into_iter().map(Writes::into_op).collect() } else { vec![Writes::into_one_op(writes)] };
+    let mut ops = checks;
+    if cluster {
+        ops.extend(writes);
+    } else {
+        ops.push(Op::Cmd(redis::cmd("MULTI")));
+        ops.extend(writes);
+        ops.push(Op::Cmd(redis::cmd("EXEC")));
+    }
     let (done, replied) = futures_channel::oneshot::channel();
     let (health, id, failed) = (hot.health.clone(), hot.shard, hot.rebuild_failed.clone());
     hot.bridge.submit::<Vec<redis::Value>, _>(Op::Batch(ops), move |result| {
         match result {
-            Ok(replies) if replies.iter().any(|r| matches!(r, redis::Value::Int(-1))) => {
+            Ok(replies) if checked_at.iter().any(|i| matches!(replies.get(*i), Some(redis::Value::Int(0)))) => {
                 lost(&health, id, "a user's balance is missing");
             }
             Ok(_) => {}
@@ -185,14 +214,8 @@ fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::
 /// The keys `touched` names, as the ledger has them now. Absolute values: writing them
 /// twice, or after a later change was already written, leaves Redis right.
 fn changes(shard: &Shard, keys: &Keys, user: UserId, account: &Account, touched: &Touched) -> Writes {
-    let balance = keys.balance(user);
     let mut w = Writes::new(user);
-    if !touched.created {
-        // A balance that is gone means the user's hot state is lost: nothing is written,
-        // and the rebuild it triggers writes everything.
-        w = w.requiring(balance.clone());
-    }
-    w.op("HSET", balance, balance_fields(account));
+    w.op("HSET", keys.balance(user), balance_fields(account));
     for &(id, locked) in &touched.orders {
         match account.orders.get(&id) {
             Some(view) if view.logged => {
