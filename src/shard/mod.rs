@@ -15,6 +15,7 @@
 //!
 //! If step 3 fails, the lock is released and the client gets 503.
 
+pub mod admin;
 pub mod handlers;
 pub mod hot;
 pub mod logs;
