@@ -185,6 +185,8 @@ impl Config {
         if let Some(v) = set("EXCHANGE_ADMIN_KEY") {
             self.admin_key = Some(v);
         }
+        // A blank key would be a key anyone can guess: it disables the admin API instead.
+        self.admin_key = self.admin_key.take().filter(|k| !k.trim().is_empty());
         if let Some(v) = set("EXCHANGE_CORES") {
             let cores = v.split(',').map(|c| parse("EXCHANGE_CORES", c)).collect::<anyhow::Result<Vec<usize>>>()?;
             self.cores = Some(cores);
@@ -281,5 +283,17 @@ mod tests {
         let bad = |name: &str| (name == "EXCHANGE_HTTP_ADDR").then(|| "nope".to_owned());
         let err = Config::default().apply_env(bad).unwrap_err().to_string();
         assert!(err.contains("EXCHANGE_HTTP_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn a_blank_admin_key_disables_the_admin_api() {
+        let mut c: Config = toml::from_str("admin_key = \"   \"").unwrap();
+        c.apply_env(|_| None).unwrap();
+        assert_eq!(c.admin_key, None);
+        let mut c = Config::default();
+        c.apply_env(|name| (name == "EXCHANGE_ADMIN_KEY").then(|| "\t".to_owned())).unwrap();
+        assert_eq!(c.admin_key, None);
+        c.apply_env(|name| (name == "EXCHANGE_ADMIN_KEY").then(|| "k".to_owned())).unwrap();
+        assert_eq!(c.admin_key.as_deref(), Some("k"));
     }
 }

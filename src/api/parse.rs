@@ -4,10 +4,9 @@
 //! without state is checked here (JSON shape, decimals against tick and lot, leverage,
 //! ids), so a bad request is answered before it costs another core anything.
 
-use std::str::FromStr;
-
 use rust_decimal::Decimal;
 use serde::Deserialize;
+use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use super::error::{invalid, ApiError};
@@ -164,9 +163,15 @@ fn known_path(segments: &[&str]) -> bool {
     )
 }
 
+/// The admin key check. An empty or blank key never grants admin, whatever is
+/// configured; the two keys are compared as SHA-256 digests in constant time, so neither
+/// the time nor an early exit on length tells anything about the configured one.
 fn admin(given: Option<&str>, configured: Option<&str>) -> Result<(), ApiError> {
-    let (Some(given), Some(configured)) = (given, configured) else { return Err(ApiError::Unauthorized) };
-    let ok: bool = given.as_bytes().ct_eq(configured.as_bytes()).into();
+    let (Some(given), Some(configured)) = (given, configured.filter(|c| !c.trim().is_empty())) else {
+        return Err(ApiError::Unauthorized);
+    };
+    let digest = |key: &str| -> [u8; 32] { sha2::Sha256::digest(key.as_bytes()).into() };
+    let ok: bool = digest(given).ct_eq(&digest(configured)).into();
     if ok { Ok(()) } else { Err(ApiError::Unauthorized) }
 }
 
@@ -215,8 +220,10 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &mut [u8]) -> Result<T, ApiErr
 
 fn decimal(text: &str, field: &str) -> Result<Decimal, ApiError> {
     let ok = !text.is_empty() && text.len() <= 40 && text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
-    let value = if ok { Decimal::from_str(text).ok() } else { None };
-    value.ok_or_else(|| invalid(format!("{field} must be a decimal string")))
+    // Exactly as written, or refused: a value with more digits than a decimal holds is
+    // never rounded into one that passes.
+    let value = if ok { Decimal::from_str_exact(text).ok() } else { None };
+    value.ok_or_else(|| invalid(format!("{field} must be a decimal string of at most 28 significant digits")))
 }
 
 #[derive(Deserialize)]
@@ -381,6 +388,9 @@ mod tests {
             r#"{"symbol":"BTC-PERP","side":"HOLD","type":"LIMIT","price":"1","quantity":"0.001"}"#,
             r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"99999999999999999999999999999","quantity":"0.001"}"#,
             r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1e5","quantity":"0.001"}"#,
+            // Rounds to 50000.5 and 0.010 if read inexactly.
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.50000000000000000000000001","quantity":"0.010"}"#,
+            r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.5","quantity":"0.0100000000000000000000000000001"}"#,
             r#"{"symbol":"BTC-PERP","side":"BUY","type":"MARKET","price":"1","quantity":"0.001"}"#,
             r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1","quantity":"0.001","clientOrderId":"no spaces"}"#,
             r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1000000000","quantity":"1000000"}"#,
@@ -391,6 +401,17 @@ mod tests {
             assert!(matches!(error(bad), ApiError::InvalidRequest(_)), "{bad}: {:?}", error(bad));
         }
         assert_eq!(error(r#"{"symbol":"DOGE-PERP","side":"BUY","type":"MARKET","quantity":"1"}"#), ApiError::UnknownSymbol);
+    }
+
+    #[test]
+    fn a_blank_admin_key_never_grants_admin() {
+        assert!(admin(Some("secret"), Some("secret")).is_ok());
+        for (given, configured) in [(Some(""), Some("")), (Some(" "), Some(" ")), (Some("\t"), Some("\t")), (None, Some("secret")), (Some("secret"), None)] {
+            assert_eq!(admin(given, configured), Err(ApiError::Unauthorized), "{given:?} against {configured:?}");
+        }
+        for wrong in ["secre", "secret ", "secrets", "SECRET", ""] {
+            assert_eq!(admin(Some(wrong), Some("secret")), Err(ApiError::Unauthorized), "{wrong}");
+        }
     }
 
     #[test]
