@@ -72,11 +72,18 @@ impl Health {
     }
 
     /// Waits until every shard has arrived `round` times.
-    pub async fn barrier(&self, round: usize, shards: usize) {
+    ///
+    /// # Errors
+    /// The process is stopping (a shard failed to start): the others never arrive.
+    pub async fn barrier(&self, round: usize, shards: usize) -> Result<(), &'static str> {
         self.arrived.fetch_add(1, Ordering::AcqRel);
         while self.arrived.load(Ordering::Acquire) < round * shards {
+            if self.stopping.load(Ordering::Acquire) {
+                return Err("stopping before every shard started");
+            }
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
+        Ok(())
     }
 }
 

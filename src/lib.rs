@@ -16,6 +16,7 @@ pub mod health;
 pub mod ids;
 pub mod metrics;
 pub mod ports;
+pub mod process;
 pub mod redis_state;
 pub mod server;
 pub mod shard;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    exchange::process::abort_on_panic();
     let cli = Cli::parse();
     let config = match exchange::config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,

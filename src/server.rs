@@ -201,9 +201,9 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
     });
     listen_mesh(&shard, receivers);
     startup::recover_accounts(&shard).await?;
-    health.barrier(1, shards).await;
+    health.barrier(1, shards).await.map_err(anyhow::Error::msg)?;
     startup::recover_symbols(&shard).await?;
-    health.barrier(2, shards).await;
+    health.barrier(2, shards).await.map_err(anyhow::Error::msg)?;
     if mode == Mode::RebuildState {
         return rebuild_state(&shard).await;
     }
