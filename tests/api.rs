@@ -121,7 +121,18 @@ fn keys_are_required_and_orders_are_private() {
         }
         let headers: &[(&str, &str)] = if key.is_empty() { &[] } else { &[("x-api-key", key)] };
         assert_eq!(s.request("POST", "/v1/orders", headers, Some(BUY)).0, 401);
+        // The key is judged before the body: a wrong key with a bad body is still 401.
+        for bad in ["{", r#"{"symbol":"DOGE-PERP","side":"BUY","type":"MARKET","quantity":"1"}"#, &BUY.replace("0.010", "0.0105")] {
+            let (status, body) = s.request("POST", "/v1/orders", headers, Some(bad));
+            assert_eq!((status, body["code"].as_str()), (401, Some("UNAUTHORIZED")), "{bad} with {key:?}");
+        }
+        let (status, _) = s.request("GET", "/v1/fills?limit=0", headers, None);
+        assert_eq!(status, 401, "a bad query with {key:?}");
     }
+    // With a valid key the same requests get what is wrong with them.
+    assert_eq!(s.order(&alice, "{").0, 400);
+    assert_eq!(s.order(&alice, r#"{"symbol":"DOGE-PERP","side":"BUY","type":"MARKET","quantity":"1"}"#).0, 400);
+    assert_eq!(s.get(&alice, "/v1/fills?limit=0").0, 400);
     // Another user's order is indistinguishable from an unknown one.
     let (status, body) = s.get(&bob, &format!("/v1/orders/{id}"));
     assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));

@@ -88,9 +88,10 @@ impl Service {
             body: &mut body,
         };
         let limits = Limits { map: &shard.map, admin_key: shard.config.admin_key.as_deref(), max_json_depth: shard.config.limits.max_json_depth };
+        let api_key = header("x-api-key").map(str::to_owned);
         let routed = match parse::route(input, &limits) {
             Ok(r) => r,
-            Err(e) => return e.reply(),
+            Err(e) => return self.refuse(e, api_key.as_deref()).await.reply(),
         };
         let (to, req): (usize, ApiRequest) = match routed {
             Routed::Health => return health(shard),
@@ -109,6 +110,20 @@ impl Service {
         match self.ask(to, req).await {
             Ok(answer) => render::answer(&shard.map, &answer),
             Err(e) => e.reply(),
+        }
+    }
+
+    /// The answer to a request the edge refused. A key, when one came, is judged first:
+    /// a wrong key always gets 401, whatever else is wrong with the request, so that the
+    /// errors of a request tell nothing to someone without a valid key. Valid requests
+    /// never pay for this; their key is checked by its owner on the way.
+    async fn refuse(&self, error: ApiError, api_key: Option<&str>) -> ApiError {
+        let Some(key) = api_key.filter(|_| error != ApiError::Unauthorized) else { return error };
+        let Some(user) = crate::accounts::user_of_key(key) else { return ApiError::Unauthorized };
+        let owner = self.shard.account_owner(user);
+        match self.ask(owner, ApiRequest::Authenticate { key: key.to_owned() }).await {
+            Err(ApiError::Unauthorized) => ApiError::Unauthorized,
+            _ => error,
         }
     }
 
