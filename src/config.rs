@@ -23,6 +23,7 @@
 //! | `EXCHANGE_SYNC_CONNECTIONS` | `sync_connections` | `64` (the baseline's connections) |
 //! | `EXCHANGE_CHECK_INTERVAL_SECS` | `check_interval_secs` | `300` |
 //! | `EXCHANGE_RATE_LIMIT` | `rate_limit` | `100` (orders/s per user; 0 = off) |
+//! | `EXCHANGE_MAX_OPEN_ORDERS` | `max_open_orders` | `1000` (per user and symbol) |
 //! | `EXCHANGE_IO_MEMORY_KIB` | `io_memory_kib` | `512` (locked memory per core) |
 //! | `EXCHANGE_SNAPSHOT_EVERY` | `snapshot_every` | `100000` (commands per stream) |
 //! | `EXCHANGE_SPIN_MICROS` | `spin_micros` | `0` (busy-poll before sleeping) |
@@ -48,6 +49,8 @@ pub struct Config {
     pub postgres: Postgres,
     pub check_interval_secs: u64,
     pub rate_limit: u32,
+    /// Open orders allowed per user and symbol.
+    pub max_open_orders: u32,
     pub io_memory_kib: usize,
     pub snapshot_every: u64,
     /// Where an order waits before its answer (see [`Persistence`]).
@@ -140,6 +143,7 @@ impl Default for Config {
             postgres: Postgres::default(),
             check_interval_secs: 300,
             rate_limit: 100,
+            max_open_orders: 1_000,
             io_memory_kib: 512,
             snapshot_every: 100_000,
             persistence: Persistence::Async,
@@ -233,6 +237,9 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_RATE_LIMIT") {
             self.rate_limit = parse("EXCHANGE_RATE_LIMIT", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_MAX_OPEN_ORDERS") {
+            self.max_open_orders = parse("EXCHANGE_MAX_OPEN_ORDERS", &v)?;
         }
         if let Some(v) = set("EXCHANGE_IO_MEMORY_KIB") {
             self.io_memory_kib = parse("EXCHANGE_IO_MEMORY_KIB", &v)?;

@@ -171,7 +171,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         shards,
         map,
         rpc: Rpc::new(senders),
-        accounts: RefCell::new(Box::new(Accounts::new(config.rate_limit, now_micros))),
+        accounts: RefCell::new(Box::new(Accounts::new(config.rate_limit, config.max_open_orders, now_micros))),
         account_logs: RefCell::new(FxHashMap::default()),
         streams: RefCell::new(FxHashMap::default()),
         metrics: metrics.shard(id),

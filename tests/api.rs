@@ -378,3 +378,35 @@ fn idle_and_slow_connections_are_closed() {
     // A normal client is unaffected.
     assert_eq!(s.request("GET", "/health", &[], None).0, 200);
 }
+
+#[test]
+fn open_orders_are_capped_per_user_and_symbol_and_the_cap_survives_a_restart() {
+    // Snapshots every two commands: the restart loads one, then replays the rest.
+    let mut s = Server::start_with(&[("EXCHANGE_MAX_OPEN_ORDERS", "3"), ("EXCHANGE_SNAPSHOT_EVERY", "2")]);
+    let alice = s.funded("alice", "100000");
+    let order = |price: &str| format!(r#"{{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"{price}","quantity":"0.001","leverage":10}}"#);
+    let mut ids = Vec::new();
+    for price in ["40000", "40001", "40002"] {
+        let (status, body) = s.order(&alice, &order(price));
+        assert_eq!(status, 200, "{body}");
+        ids.push(body["orderId"].as_str().unwrap().to_owned());
+    }
+    let (_, before) = s.get(&alice, "/v1/balance");
+    let (status, body) = s.order(&alice, &order("40003"));
+    assert_eq!((status, body["code"].as_str()), (422, Some("TOO_MANY_OPEN_ORDERS")), "{body}");
+    assert_eq!(s.get(&alice, "/v1/balance").1, before, "a refused order locks nothing");
+    assert_eq!(s.get(&alice, "/v1/orders").1.as_array().unwrap().len(), 3);
+    // Another symbol has a cap of its own; an order that trades at once never rests.
+    let eth = r#"{"symbol":"ETH-PERP","side":"BUY","type":"LIMIT","price":"3000","quantity":"0.1","leverage":5}"#;
+    assert_eq!(s.order(&alice, eth).0, 200);
+    // A cancelled order frees its place.
+    assert_eq!(s.delete(&alice, &format!("/v1/orders/{}", ids[0])).0, 200);
+    assert_eq!(s.order(&alice, &order("40004")).0, 200);
+    assert_eq!(s.order(&alice, &order("40005")).0, 422);
+    // Counted again from the logs after a restart.
+    s.restart();
+    assert_eq!(s.order(&alice, &order("40006")).0, 422);
+    assert_eq!(s.delete(&alice, &format!("/v1/orders/{}", ids[1])).0, 200);
+    assert_eq!(s.order(&alice, &order("40007")).0, 200);
+    assert_eq!(s.order(&alice, &order("40008")).0, 422);
+}

@@ -108,6 +108,10 @@ pub struct Account {
     pub fills: VecDeque<Fill>,
     pub(super) rate_window: i64,
     pub(super) rate_count: u32,
+    /// Per symbol, how many of `orders` are open or not logged yet (the cap of
+    /// `EXCHANGE_MAX_OPEN_ORDERS`). Not in snapshots: counted again when one is loaded.
+    #[serde(skip)]
+    pub(super) open_on: FxHashMap<usize, u32>,
 }
 
 impl Account {
@@ -134,7 +138,30 @@ impl Account {
         self.client_ids.get(cid).and_then(|id| self.order(*id))
     }
 
+    /// Orders open (or not logged yet) on `symbol`.
+    pub fn open_on(&self, symbol: usize) -> u32 {
+        self.open_on.get(&symbol).copied().unwrap_or(0)
+    }
+
+    /// Counts `open_on` again from the orders (after a snapshot is loaded).
+    pub(super) fn count_open(&mut self) {
+        self.open_on.clear();
+        for o in self.orders.values().filter(|o| o.status.is_open() || !o.logged) {
+            *self.open_on.entry(o.symbol).or_default() += 1;
+        }
+    }
+
+    /// An order no longer open: `open_on` forgets it.
+    pub(super) fn forget_open(&mut self, symbol: usize) {
+        if let Some(n) = self.open_on.get_mut(&symbol) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     pub(super) fn close(&mut self, id: OrderId) {
+        if let Some(symbol) = self.orders.get(&id).map(|o| o.symbol) {
+            self.forget_open(symbol);
+        }
         self.closed.push_back(id);
         while self.closed.len() > CLOSED_ORDERS_KEPT {
             if let Some(old) = self.closed.pop_front()

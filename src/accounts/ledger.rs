@@ -62,7 +62,8 @@ impl HotState for Accounts {
         for (t, v) in state.transfers {
             self.transfers.insert(t, v);
         }
-        for (user, account) in state.users {
+        for (user, mut account) in state.users {
+            account.count_open();
             self.names.insert(account.name.clone(), user);
             self.users.insert(user, account);
         }
@@ -204,10 +205,13 @@ impl HotState for Accounts {
                 return Err(RiskError::RateLimited);
             }
         }
+        account.rate_count += 1;
+        if account.open_on(symbol) >= self.max_open_orders {
+            return Err(RiskError::TooManyOpenOrders);
+        }
         if account.available() < i128::from(order.locked_margin) {
             return Err(RiskError::InsufficientMargin);
         }
-        account.rate_count += 1;
         account.locked += i128::from(order.locked_margin);
         self.order_counter += 1;
         order.id = OrderId(u64::from(partition_of(user)) << 52 | (self.order_counter & ((1 << 52) - 1)));
@@ -227,7 +231,9 @@ impl HotState for Accounts {
     fn release(&mut self, order: &NewOrder) {
         if let Some(account) = self.users.get_mut(&order.user) {
             account.locked -= i128::from(order.locked_margin);
-            account.orders.remove(&order.id);
+            if let Some(view) = account.orders.remove(&order.id) {
+                account.forget_open(view.symbol);
+            }
             if let Some(cid) = order.client_order_id {
                 account.client_ids.remove(&cid);
             }

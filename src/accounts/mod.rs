@@ -61,6 +61,8 @@ pub enum RiskError {
     /// The clientOrderId is taken: the original order, to be returned unchanged.
     Duplicate(OrderId),
     InsufficientMargin,
+    /// The user has the most open orders allowed on the symbol.
+    TooManyOpenOrders,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -90,6 +92,8 @@ pub struct Accounts {
     next_number: FxHashMap<u32, u32>,
     transfers: FxHashMap<String, (UserId, Units)>,
     rate_limit: u32,
+    /// Open orders allowed per user and symbol.
+    max_open_orders: u32,
     /// Order numbers are `partition << 52 | counter`; the counter starts at the clock in
     /// microseconds, so numbers minted after a restart never repeat earlier ones.
     order_counter: u64,
@@ -113,8 +117,9 @@ pub struct PartitionState {
 }
 
 impl Accounts {
-    pub fn new(rate_limit: u32, now_micros: u64) -> Self {
+    pub fn new(rate_limit: u32, max_open_orders: u32, now_micros: u64) -> Self {
         Self {
+            max_open_orders,
             users: FxHashMap::default(),
             names: FxHashMap::default(),
             next_number: FxHashMap::default(),
@@ -151,6 +156,7 @@ impl Accounts {
             account.client_ids.insert(cid, order.id);
         }
         account.orders.insert(order.id, OrderView::new(order, symbol, logged));
+        *account.open_on.entry(symbol).or_default() += 1;
     }
 
 
@@ -209,7 +215,8 @@ pub trait HotState {
     /// go. Returns the new order's number.
     ///
     /// # Errors
-    /// [`RiskError`]; then nothing changed.
+    /// [`RiskError`]; then nothing changed but the rate limit's count, which counts
+    /// every order request once its key is known (API.md, "Limits").
     fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError>;
 
     /// The order reached the log.

@@ -15,7 +15,7 @@ fn partition_snapshots_round_trip_without_pending_reservations() {
     a.partition_snapshot(partition_of(user), 7, &["BTC-PERP".into()], &mut bytes);
     let state: PartitionState = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(state.log_offset, 7);
-    let mut b = Accounts::new(0, 0);
+    let mut b = Accounts::new(0, 1_000, 0);
     b.install(partition_of(user), state, &|_| Some(0));
     let restored = b.user(user).unwrap();
     assert_eq!(b.authenticate(&key), Some(user));
@@ -41,7 +41,7 @@ fn order(qty: i64, lock: Units, cid: Option<&str>) -> NewOrder {
 }
 
 fn with_user(rate: u32) -> (Accounts, UserId, String) {
-    let mut a = Accounts::new(rate, 1_000_000);
+    let mut a = Accounts::new(rate, 1_000, 1_000_000);
     let (rec, key) = a.create_user("alice", [7; 24]).unwrap();
     a.apply(&rec, true);
     let TransferPlan::Log(_, t) = a.transfer("alice", "t-1", 1_000, 0).unwrap() else { panic!() };

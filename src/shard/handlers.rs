@@ -77,6 +77,7 @@ fn reserve_in_ledger(shard: &Shard, key: &str, order: &mut NewOrder, symbol: usi
         Err(RiskError::Unauthorized) => Err(ReserveError::Unauthorized),
         Err(RiskError::RateLimited) => Err(ReserveError::RateLimited),
         Err(RiskError::InsufficientMargin) => Err(ReserveError::InsufficientMargin),
+        Err(RiskError::TooManyOpenOrders) => Err(ReserveError::TooManyOpenOrders),
         Err(RiskError::Duplicate(id)) => Err(ReserveError::Duplicate(accounts.user(user).and_then(|a| a.order(id)).cloned().map(Box::new))),
     }
 }
@@ -269,6 +270,7 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
                 ReserveError::Unauthorized => Err(Refusal::Unauthorized),
                 ReserveError::RateLimited => Err(Refusal::RateLimited),
                 ReserveError::InsufficientMargin => Err(Refusal::InsufficientMargin),
+                ReserveError::TooManyOpenOrders => Err(Refusal::TooManyOpenOrders),
                 ReserveError::Duplicate(Some(original)) => Ok(*original),
                 ReserveError::Duplicate(None) => Err(Refusal::Unavailable("order is being placed; retry".into())),
             };

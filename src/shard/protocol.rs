@@ -66,6 +66,7 @@ pub enum Refusal {
     NotFound,
     OrderNotOpen,
     InsufficientMargin,
+    TooManyOpenOrders,
     RateLimited,
     ReduceOnlyRejected,
     /// The order's margin does not fit the ledger's integers.
@@ -110,6 +111,7 @@ pub enum ReserveError {
     /// clientOrderId already used: the original order (`None`: still being placed).
     Duplicate(Option<Box<OrderView>>),
     InsufficientMargin,
+    TooManyOpenOrders,
 }
 
 #[derive(Debug)]
