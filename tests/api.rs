@@ -410,3 +410,26 @@ fn open_orders_are_capped_per_user_and_symbol_and_the_cap_survives_a_restart() {
     assert_eq!(s.order(&alice, &order("40007")).0, 200);
     assert_eq!(s.order(&alice, &order("40008")).0, 422);
 }
+
+#[test]
+fn cancels_count_against_the_rate_limit_too() {
+    let s = Server::start_with(&[("EXCHANGE_RATE_LIMIT", "3")]);
+    let alice = s.funded("alice", "100000");
+    let started = std::time::Instant::now();
+    let (mut accepted, mut limited) = (0, 0);
+    for i in 0..20 {
+        let (status, reply) =
+            if i % 2 == 0 { s.delete(&alice, "/v1/orders") } else { s.delete(&alice, "/v1/orders/0e018470-b6b2-8000-8276-61226b83fb19") };
+        match status {
+            200 | 404 => accepted += 1,
+            429 => {
+                assert_eq!(reply["code"], "RATE_LIMITED");
+                limited += 1;
+            }
+            other => panic!("{other}: {reply}"),
+        }
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(limited > 0, "20 cancels at 3/s must hit the limit");
+    assert!(accepted <= 3 * (seconds as usize + 1), "{accepted} answered in {seconds}s");
+}

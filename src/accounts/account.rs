@@ -138,6 +138,23 @@ impl Account {
         self.client_ids.get(cid).and_then(|id| self.order(*id))
     }
 
+    /// Counts one request in the current second's window (`limit` 0: no limit).
+    pub(super) fn count_request(&mut self, limit: u32, now_ms: i64) -> Result<(), super::RiskError> {
+        if limit == 0 {
+            return Ok(());
+        }
+        let window = now_ms.div_euclid(1000);
+        if self.rate_window != window {
+            self.rate_window = window;
+            self.rate_count = 0;
+        }
+        if self.rate_count >= limit {
+            return Err(super::RiskError::RateLimited);
+        }
+        self.rate_count += 1;
+        Ok(())
+    }
+
     /// Orders open (or not logged yet) on `symbol`.
     pub fn open_on(&self, symbol: usize) -> u32 {
         self.open_on.get(&symbol).copied().unwrap_or(0)

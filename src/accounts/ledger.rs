@@ -195,17 +195,7 @@ impl HotState for Accounts {
         {
             return Err(RiskError::Duplicate(existing));
         }
-        let window = now_ms.div_euclid(1000);
-        if limit > 0 {
-            if account.rate_window != window {
-                account.rate_window = window;
-                account.rate_count = 0;
-            }
-            if account.rate_count >= limit {
-                return Err(RiskError::RateLimited);
-            }
-        }
-        account.rate_count += 1;
+        account.count_request(limit, now_ms)?;
         if account.open_on(symbol) >= self.max_open_orders {
             return Err(RiskError::TooManyOpenOrders);
         }
@@ -218,6 +208,11 @@ impl HotState for Accounts {
         order.user = user;
         Self::track(account, order, symbol, false);
         Ok(())
+    }
+
+    fn count_request(&mut self, user: UserId, now_ms: i64) -> Result<(), RiskError> {
+        let limit = self.rate_limit;
+        self.users.get_mut(&user).ok_or(RiskError::Unauthorized)?.count_request(limit, now_ms)
     }
 
     /// The order reached the log.

@@ -219,6 +219,13 @@ pub trait HotState {
     /// every order request once its key is known (API.md, "Limits").
     fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError>;
 
+    /// Counts a cancel request against the user's rate limit (orders are counted by
+    /// [`Self::reserve`]).
+    ///
+    /// # Errors
+    /// [`RiskError::RateLimited`] past the limit; [`RiskError::Unauthorized`] for no user.
+    fn count_request(&mut self, user: UserId, now_ms: i64) -> Result<(), RiskError>;
+
     /// The order reached the log.
     fn confirm(&mut self, user: UserId, id: OrderId);
 

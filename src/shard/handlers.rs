@@ -129,6 +129,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<Answer, Refus
         }
         ApiRequest::CancelOrder { key, target } => {
             let user = authenticate(shard, &key)?;
+            count_request(shard, user)?;
             let view = find(shard, user, target)?;
             if !view.status.is_open() {
                 return Err(Refusal::OrderNotOpen);
@@ -144,6 +145,7 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<Answer, Refus
         }
         ApiRequest::CancelAll { key, symbol } => {
             let user = authenticate(shard, &key)?;
+            count_request(shard, user)?;
             let symbols: Vec<usize> = match symbol {
                 Some(s) => vec![s],
                 None => {
@@ -217,6 +219,14 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<Answer, Refus
 /// The key's user.
 fn authenticate(shard: &Shard, key: &str) -> Result<UserId, Refusal> {
     shard.accounts.borrow().authenticate(key).ok_or(Refusal::Unauthorized)
+}
+
+/// A cancel counted against the user's rate limit.
+fn count_request(shard: &Shard, user: UserId) -> Result<(), Refusal> {
+    shard.accounts.borrow_mut().count_request(user, now_ms()).map_err(|e| match e {
+        RiskError::RateLimited => Refusal::RateLimited,
+        _ => Refusal::Unauthorized,
+    })
 }
 
 fn balance(shard: &Shard, user: UserId) -> Result<Answer, Refusal> {
