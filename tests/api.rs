@@ -428,3 +428,19 @@ fn cancels_count_against_the_rate_limit_too() {
     assert!(limited > 0, "20 cancels at 3/s must hit the limit");
     assert!(accepted <= 3 * (seconds as usize + 1), "{accepted} answered in {seconds}s");
 }
+
+#[test]
+fn a_client_order_id_with_a_slash_is_read_and_cancelled_percent_encoded() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let (status, placed) = s.order(&alice, &BUY.replace("buy-1", "desk/7:a.1").replace("50000", "40000"));
+    assert_eq!(status, 200, "{placed}");
+    let path = "/v1/orders/by-client-id/desk%2F7:a.1";
+    let (status, found) = s.get(&alice, path);
+    assert_eq!((status, &found["orderId"], found["clientOrderId"].as_str()), (200, &placed["orderId"], Some("desk/7:a.1")));
+    let (status, cancelled) = s.delete(&alice, path);
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("CANCELLED")), "{cancelled}");
+    // Unencoded, the slash splits the path: no such route, and nothing changed.
+    assert_eq!(s.get(&alice, "/v1/orders/by-client-id/desk/7:a.1").0, 404);
+    assert_eq!(s.get(&alice, "/v1/orders/by-client-id/%FF").0, 400);
+}

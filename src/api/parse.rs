@@ -100,7 +100,11 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
         ("GET" | "DELETE", ["v1", "orders", rest @ ..]) => {
             let (key, p) = private()?;
             let target = match rest {
-                ["by-client-id", cid] => OrderRef::Client(ClientOrderId::new(cid).map_err(|e| invalid(e.to_string()))?),
+                // Percent-decoded: a clientOrderId may hold `/`, sent as `%2F`.
+                ["by-client-id", cid] => {
+                    let cid = percent_encoding::percent_decode_str(cid).decode_utf8().map_err(|_| invalid("clientOrderId is not UTF-8"))?;
+                    OrderRef::Client(ClientOrderId::new(&cid).map_err(|e| invalid(e.to_string()))?)
+                }
                 [id] => order_ref(id),
                 _ => return Err(ApiError::NotFound),
             };
