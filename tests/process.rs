@@ -32,3 +32,28 @@ fn a_panic_on_any_thread_takes_the_whole_process_down_at_once() {
     assert!(stderr.contains("boom on a shard") && stderr.contains("stopping the whole process"), "{stderr}");
     assert!(stderr.contains("shard-1"), "{stderr}");
 }
+
+#[test]
+fn a_redis_password_never_reaches_the_logs() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = std::env::temp_dir().join(format!("exchange-secrets-{}-{port}", std::process::id()));
+    // Nothing listens on port 1: the exchange logs that Redis is not reachable, with its URL.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .arg("serve")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("EXCHANGE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("EXCHANGE_DATA_DIR", &data)
+        .env("EXCHANGE_REDIS_URL", "redis://:t0p-s3cret@127.0.0.1:1")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(logs.contains("Redis not reachable") && logs.contains("redis://:***@127.0.0.1:1"), "{logs}");
+    assert!(!logs.contains("t0p-s3cret"), "{logs}");
+}

@@ -15,6 +15,30 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+/// A service URL (Redis, PostgreSQL) without its password, for logs and messages:
+/// `scheme://user:secret@host` becomes `scheme://user:***@host`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(super::redact("rediss://default:s3cr@t@h"), "rediss://default:***@h");
+        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+    }
+}
+
 /// Records read back from a log: `(offset, payload)`.
 pub type ReadBack<'a> = Pin<Box<dyn Future<Output = Result<Vec<(u64, Vec<u8>)>, journal::JournalError>> + 'a>>;
 

@@ -171,7 +171,7 @@ impl RedisBridge {
             return Err("no Redis URL".into());
         }
         for url in &urls {
-            redis::Client::open(url.as_str()).map_err(|e| format!("Redis URL {url}: {e}"))?;
+            redis::Client::open(url.as_str()).map_err(|e| format!("Redis URL {}: {e}", crate::redact(url)))?;
         }
         let (tx, mut rx) = mpsc::unbounded::<Job>();
         let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -197,7 +197,7 @@ impl RedisBridge {
                                     let is_cluster = matches!(c, Conn::Cluster(_));
                                     cluster_flag.store(is_cluster, std::sync::atomic::Ordering::Release);
                                     let kind = if is_cluster { "cluster" } else { "single server" };
-                                    tracing::info!(url = urls[0], kind, "Redis connected");
+                                    tracing::info!(url = crate::redact(&urls[0]), kind, "Redis connected");
                                     if let Ok(mut s) = slot.lock() {
                                         *s = Some(c);
                                     }
@@ -205,7 +205,7 @@ impl RedisBridge {
                                     return;
                                 }
                                 Err(e) => {
-                                    tracing::warn!(url = urls[0], error = %e, "Redis not reachable; retrying");
+                                    tracing::warn!(url = crate::redact(&urls[0]), error = %e, "Redis not reachable; retrying");
                                     tokio::time::sleep(Duration::from_millis(250)).await;
                                 }
                             }

@@ -31,7 +31,7 @@ pub async fn migrate(url: &str) -> anyhow::Result<Vec<String>> {
 /// PostgreSQL unreachable or refusing.
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) =
-        tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connecting to PostgreSQL ({})", redact(url)))?;
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.with_context(|| format!("connecting to PostgreSQL ({})", exchange_io::redact(url)))?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -69,25 +69,4 @@ pub fn migrate_command(config: &crate::config::Config) -> anyhow::Result<()> {
         println!("applied {name}");
     }
     Ok(())
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
-    }
 }
