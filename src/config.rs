@@ -15,6 +15,9 @@
 //! | `EXCHANGE_KAFKA_PARTITIONS` | `kafka.partitions` | `8` (per topic created) |
 //! | `EXCHANGE_KAFKA_TIMEOUT_MS` | `kafka.timeout_ms` | `2000` (then 503) |
 //! | `EXCHANGE_KAFKA_TOPIC_PREFIX` | `kafka.topic_prefix` | empty |
+//! | `EXCHANGE_KAFKA_REPLICATION_FACTOR` | `kafka.replication_factor` | `3` (fewer brokers: all of them, with a warning) |
+//! | `EXCHANGE_KAFKA_MIN_INSYNC_REPLICAS` | `kafka.min_insync_replicas` | `2` (at most the replication factor) |
+//! | `EXCHANGE_KAFKA_RETENTION_HOURS` | `kafka.retention_hours` | `168` (7 days) |
 //! | `EXCHANGE_REDIS_URL` | `redis.url` | unset: in-process hot state (a cluster is detected) |
 //! | `EXCHANGE_REDIS_TIMEOUT_MS` | `redis.timeout_ms` | `1000` (then lost, and rewritten) |
 //! | `EXCHANGE_REDIS_PREFIX` | `redis.prefix` | empty (prepended to every key) |
@@ -83,11 +86,38 @@ pub struct Kafka {
     pub timeout_ms: u64,
     /// Prepended to every topic name.
     pub topic_prefix: String,
+    /// Copies of each partition of the topics the exchange creates.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics the exchange creates.
+    pub min_insync_replicas: i32,
+    /// `retention.ms` of the topics the exchange creates, in hours (DESIGN.md: at least
+    /// 7 days).
+    pub retention_hours: i64,
 }
 
 impl Default for Kafka {
     fn default() -> Self {
-        Self { brokers: None, partitions: 8, timeout_ms: 2_000, topic_prefix: String::new() }
+        Self {
+            brokers: None,
+            partitions: 8,
+            timeout_ms: 2_000,
+            topic_prefix: String::new(),
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            retention_hours: 168,
+        }
+    }
+}
+
+impl Kafka {
+    /// How the exchange creates its topics.
+    pub fn topic_settings(&self) -> exchange_io::kafka::TopicSettings {
+        exchange_io::kafka::TopicSettings {
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
+            retention_ms: self.retention_hours.saturating_mul(3_600_000),
+        }
     }
 }
 
@@ -206,6 +236,15 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_KAFKA_TOPIC_PREFIX") {
             self.kafka.topic_prefix = v;
+        }
+        if let Some(v) = set("EXCHANGE_KAFKA_REPLICATION_FACTOR") {
+            self.kafka.replication_factor = parse("EXCHANGE_KAFKA_REPLICATION_FACTOR", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_KAFKA_MIN_INSYNC_REPLICAS") {
+            self.kafka.min_insync_replicas = parse("EXCHANGE_KAFKA_MIN_INSYNC_REPLICAS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_KAFKA_RETENTION_HOURS") {
+            self.kafka.retention_hours = parse("EXCHANGE_KAFKA_RETENTION_HOURS", &v)?;
         }
         if let Some(v) = set("EXCHANGE_KAFKA_TIMEOUT_MS") {
             self.kafka.timeout_ms = parse("EXCHANGE_KAFKA_TIMEOUT_MS", &v)?;

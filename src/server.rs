@@ -47,7 +47,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     if let Some(brokers) = &config.kafka.brokers {
         let topics = crate::wire::topics(&config.kafka.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &topics, config.kafka.partitions))
+        futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &topics, &config.kafka.topic_settings()))
             .map_err(anyhow::Error::msg)?;
         tracing::info!(brokers, "event log: Kafka");
     }

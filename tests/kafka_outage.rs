@@ -162,7 +162,7 @@ fn results_that_never_reached_a_broker_are_sent_again_until_one_has_them() {
         .map(|t| format!("{prefix}{t}"))
         .collect();
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    futures_lite::future::block_on(exchange_io::kafka::ensure_topics(&broker.addr, &names, 8)).unwrap();
+    futures_lite::future::block_on(exchange_io::kafka::ensure_topics(&broker.addr, &names, &exchange::config::Kafka::default().topic_settings())).unwrap();
     let topic = format!("{prefix}trades.executed");
     let partition = exchange_io::kafka::partition_for(b"BTC-PERP", 8);
     let deadline = Instant::now() + Duration::from_secs(30);

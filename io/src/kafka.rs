@@ -78,12 +78,36 @@ fn producer_lingering(brokers: &str, timeout: Duration, linger: &str) -> Result<
 }
 
 /// Creates the topics that do not exist yet.
-pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
+pub async fn ensure_topics(brokers: &str, topics: &[&str], settings: &TopicSettings) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(|e| format!("kafka admin client for {brokers}: {e}"))?;
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let found = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| format!("kafka metadata from {brokers}: {e}"))?
+        .brokers()
+        .len();
+    let (replication, min_insync) = settings.for_cluster(found);
+    if replication < settings.replication_factor {
+        tracing::warn!(
+            brokers = found,
+            wanted = settings.replication_factor,
+            replication,
+            min_insync,
+            "fewer Kafka brokers than the replication factor: topics are created with what there is (fine for development, not for production)"
+        );
+    }
+    let (min_insync, retention) = (min_insync.to_string(), settings.retention_ms.to_string());
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(t, settings.partitions, TopicReplication::Fixed(replication))
+                .set("min.insync.replicas", &min_insync)
+                .set("retention.ms", &retention)
+        })
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics(&new, &opts).await.map_err(|e| format!("creating topics: {e}"))?;
     for result in results {
@@ -93,6 +117,44 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> R
         }
     }
     Ok(())
+}
+
+/// How the exchange creates its topics (existing ones are left as they are).
+#[derive(Clone, Debug)]
+pub struct TopicSettings {
+    pub partitions: i32,
+    /// Copies of each partition (production: 3).
+    pub replication_factor: i32,
+    /// Copies that must have a record before it counts as written (production: 2); with
+    /// the producer's `acks=all`, a write survives the loss of all but that many brokers.
+    pub min_insync_replicas: i32,
+    /// How long records are kept.
+    pub retention_ms: i64,
+}
+
+impl TopicSettings {
+    /// Replication factor and `min.insync.replicas` a cluster of `brokers` can give:
+    /// what is asked, or, with fewer brokers, all of them and at most that many in sync.
+    pub fn for_cluster(&self, brokers: usize) -> (i32, i32) {
+        let brokers = i32::try_from(brokers).unwrap_or(i32::MAX).max(1);
+        let replication = self.replication_factor.clamp(1, brokers);
+        (replication, self.min_insync_replicas.clamp(1, replication))
+    }
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::TopicSettings;
+
+    #[test]
+    fn a_small_cluster_gets_what_it_can_give() {
+        let s = TopicSettings { partitions: 8, replication_factor: 3, min_insync_replicas: 2, retention_ms: 1 };
+        assert_eq!(s.for_cluster(5), (3, 2));
+        assert_eq!(s.for_cluster(3), (3, 2));
+        assert_eq!(s.for_cluster(2), (2, 2));
+        assert_eq!(s.for_cluster(1), (1, 1));
+        assert_eq!(s.for_cluster(0), (1, 1));
+    }
 }
 
 /// Kafka's default partitioner for a key: murmur2, made positive, modulo the count.

@@ -19,7 +19,7 @@ fn broker() -> String {
 fn committed_records_read_back_in_order_with_their_offsets() {
     let brokers = broker();
     let topic = format!("log-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], 2)).unwrap();
+    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], &kafka::TopicSettings { partitions: 2, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3_600_000 })).unwrap();
     let producer = kafka::producer(&brokers, Duration::from_secs(5)).unwrap();
     let p = kafka::partition_for(b"A", 2);
     let t = Duration::from_secs(5);
@@ -74,4 +74,23 @@ fn committed_records_read_back_in_order_with_their_offsets() {
     // The stream's own read-back sees only its key.
     let back = on_glommio(a.read_back(from, Duration::from_secs(10))).unwrap();
     assert_eq!(back.iter().map(|r| r.0).collect::<Vec<_>>(), tail);
+}
+
+#[test]
+fn topics_get_their_retention_and_the_replication_the_cluster_can_give() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let brokers = broker();
+    let topic = format!("settings-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    // The production settings, on the suite's single broker: created with what it can
+    // give (one copy, one in sync) instead of failing.
+    let settings = kafka::TopicSettings { partitions: 2, replication_factor: 3, min_insync_replicas: 2, retention_ms: 604_800_000 };
+    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], &settings)).unwrap();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::config::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let described =
+        futures_lite::future::block_on(admin.describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())).unwrap();
+    let config = described.into_iter().next().unwrap().unwrap();
+    let get = |name: &str| config.entries.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+    assert_eq!(get("retention.ms").as_deref(), Some("604800000"));
+    assert_eq!(get("min.insync.replicas").as_deref(), Some("1"));
 }
