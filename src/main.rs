@@ -20,7 +20,12 @@ enum Cmd {
     /// Run the exchange (the default).
     Serve,
     /// Apply the PostgreSQL schema in migrations/ (needs EXCHANGE_POSTGRES_URL).
-    Migrate,
+    Migrate {
+        /// Succeed doing nothing when EXCHANGE_POSTGRES_URL is not set (for a unit that
+        /// runs it before every start, with or without PostgreSQL).
+        #[arg(long)]
+        if_configured: bool,
+    },
     /// Rebuild hot state from the checkpoint and the log (needs EXCHANGE_REDIS_URL).
     RebuildState,
     /// Run one consistency check in the running exchange (EXCHANGE_HTTP_ADDR,
@@ -63,7 +68,11 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => exchange::server::run(config, exchange::server::Mode::Serve),
         Cmd::RebuildState => exchange::server::run(config, exchange::server::Mode::RebuildState),
-        Cmd::Migrate => exchange::cold::migrate_command(&config),
+        Cmd::Migrate { if_configured: true } if config.postgres.url.is_none() => {
+            println!("EXCHANGE_POSTGRES_URL is not set: no schema to apply");
+            Ok(())
+        }
+        Cmd::Migrate { .. } => exchange::cold::migrate_command(&config),
         Cmd::Check => match check(&config) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

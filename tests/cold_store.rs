@@ -106,6 +106,13 @@ fn migrate_without_postgres_fails_clearly() {
     let out = Command::new(env!("CARGO_BIN_EXE_exchange")).arg("migrate").env_remove("EXCHANGE_POSTGRES_URL").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("EXCHANGE_POSTGRES_URL"));
+    // Unless told that PostgreSQL is optional (as the systemd unit does).
+    let out = Command::new(env!("CARGO_BIN_EXE_exchange"))
+        .args(["migrate", "--if-configured"])
+        .env_remove("EXCHANGE_POSTGRES_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no schema to apply"), "{out:?}");
 }
 
 mod common;
