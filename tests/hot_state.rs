@@ -354,6 +354,7 @@ fn a_clean_stop_lets_the_next_start_skip_the_rebuild() {
     let marks: Vec<Option<String>> = (0..64).map(|p| redis::cmd("GET").arg(k.clean(p)).query(&mut conn).unwrap()).collect();
     assert!(marks.iter().all(|m| m.as_deref().is_some_and(|m| m.contains("users="))), "{marks:?}");
     s.restart();
+    assert_eq!(rebuilds(&s), 0, "the start found Redis as the stop left it and rewrote nothing");
     let left: Vec<Option<String>> = (0..64).map(|p| redis::cmd("GET").arg(k.clean(p)).query(&mut conn).unwrap()).collect();
     assert!(left.iter().all(Option::is_none), "a start consumes the marks, so a later crash cannot reuse them");
     assert_eq!(state(&s, &keys), before);

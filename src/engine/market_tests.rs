@@ -15,7 +15,11 @@ const C: UserId = UserId(3);
 
 impl Harness {
     fn new() -> Self {
-        Self { market: Market::new(btc()), next_id: 0 }
+        Self::with(btc())
+    }
+
+    fn with(spec: SymbolSpec) -> Self {
+        Self { market: Market::new(spec), next_id: 0 }
     }
 
     fn order(&mut self, user: UserId, side: Side, kind: OrderType, qty: Lots) -> NewOrder {
@@ -281,6 +285,20 @@ fn fees_are_maker_and_taker_rates_rounded_up() {
 }
 
 #[test]
+fn fees_that_do_not_come_out_even_round_up_by_a_unit() {
+    // 0.025 % and 0.075 %: on an odd number of tick-lots (10,000 units each) the fee has a
+    // half unit, which the exchange keeps.
+    let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+    let spec = SymbolSpec::new("BTC-PERP", d("0.1"), d("0.001"), 100, d("0.00025"), d("0.00075"), d("0.05"), 0).unwrap();
+    let mut h = Harness::with(spec);
+    h.gtc(A, Side::Sell, 500_005, 7);
+    let ev = h.gtc(B, Side::Buy, 500_005, 7);
+    let Event::TradeExecuted(t) = ev[0] else { panic!() };
+    // 3,500,035 tick-lots: 8,750,087.5 and 26,250,262.5 units, rounded up.
+    assert_eq!((t.seller.fee, t.buyer.fee), (8_750_088, 26_250_263));
+}
+
+#[test]
 fn invalid_orders_are_refused_without_changing_anything() {
     let mut h = Harness::new();
     h.gtc(A, Side::Sell, 100, 1);
@@ -294,11 +312,14 @@ fn invalid_orders_are_refused_without_changing_anything() {
     ] {
         let mut o = h.order(B, Side::Buy, OrderType::Limit { price: 100, tif: TimeInForce::Gtc }, 1);
         mutate(&mut o);
-        let before = h.market.snapshot();
+        let (before, seq) = (h.market.snapshot(), h.market.seq);
         let ev = h.submit(o);
         assert!(matches!(ev[..], [Event::OrderCancelled(c)] if c.reason == CancelReason::InvalidOrder), "{ev:?}");
-        let after = h.market.snapshot();
-        assert_eq!(before.len(), after.len());
+        // All as it was but the event sequence, which numbered the refusal.
+        let mut after = Market::restore(h.market.spec().clone(), &h.market.snapshot()).unwrap();
+        assert_eq!(after.seq, seq + 1);
+        after.seq = seq;
+        assert_eq!(after.snapshot(), before, "the book, the positions and the last price are as they were");
         assert_eq!(h.depth(Side::Sell), [(100, 1)]);
     }
 }
