@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounts::AccountRecord;
 use crate::engine::symbol::{units_to_usdt, usdt_to_units};
-use crate::engine::{ClientOrderId, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, PositionState, Side, SymbolSpec, TimeInForce, UserId};
+use crate::engine::{ClientOrderId, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, Side, SymbolSpec, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
 
 /// Commands of every symbol, keyed by symbol: the log of record.
@@ -38,9 +38,10 @@ pub enum StreamRecord {
     Void(u64),
 }
 
+/// An `orders.submitted` record, as written and as every reader reads it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "eventType", rename_all_fields = "camelCase")]
-enum CommandJson {
+pub enum CommandJson {
     CommandVoided {
         event_id: String,
         symbol: String,
@@ -267,26 +268,105 @@ pub fn decode_account(bytes: &[u8]) -> Result<AccountRecord, String> {
     }
 }
 
-fn position_json(spec: &SymbolSpec, p: &PositionState) -> serde_json::Value {
-    serde_json::json!({
-        "size": spec.lots_to_quantity(p.size).to_string(),
-        "cost": units_to_usdt(p.cost).to_string(),
-        "margin": units_to_usdt(p.margin).to_string(),
-        "realizedPnl": units_to_usdt(p.realized_pnl).to_string(),
-        "fees": units_to_usdt(p.fees).to_string(),
-        "leverage": p.leverage,
-    })
+/// A record of `orders.placed`, `orders.cancelled` or `trades.executed`, as written and as
+/// every reader (cold storage) reads it. Decimals are strings, ids the API's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "eventType", rename_all_fields = "camelCase")]
+pub enum ResultJson {
+    OrderPlaced {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        order_id: String,
+        user_id: String,
+        side: String,
+        price: String,
+        quantity: String,
+        filled_quantity: String,
+        locked_margin: String,
+        leverage: u32,
+        reduce_only: bool,
+        client_order_id: Option<String>,
+    },
+    OrderCancelled {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        order_id: String,
+        user_id: String,
+        side: String,
+        quantity: String,
+        filled_quantity: String,
+        released_margin: String,
+        reason: String,
+    },
+    TradeExecuted {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        trade: TradeJson,
+        buyer_update: UpdateJson,
+        seller_update: UpdateJson,
+    },
 }
 
-fn update_json(spec: &SymbolSpec, u: &FillUpdate) -> serde_json::Value {
-    serde_json::json!({
-        "userId": account_id(u.user),
-        "orderId": ids::encode(IdKind::Order, spec.key, u.order_id.0).to_string(),
-        "pnl": units_to_usdt(u.pnl).to_string(),
-        "fee": units_to_usdt(u.fee).to_string(),
-        "marginReleased": units_to_usdt(u.margin_released).to_string(),
-        "position": position_json(spec, &u.position),
-    })
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TradeJson {
+    pub trade_id: String,
+    pub symbol: String,
+    pub price: String,
+    pub quantity: String,
+    pub buyer_order_id: String,
+    pub seller_order_id: String,
+    pub taker_side: String,
+    pub timestamp: i64,
+}
+
+/// What a trade did to one side.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateJson {
+    pub user_id: String,
+    pub order_id: String,
+    pub pnl: String,
+    pub fee: String,
+    pub margin_released: String,
+    pub position: PositionJson,
+}
+
+/// A position after a trade.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PositionJson {
+    pub size: String,
+    pub cost: String,
+    pub margin: String,
+    pub realized_pnl: String,
+    pub fees: String,
+    pub leverage: u32,
+}
+
+fn update_json(spec: &SymbolSpec, u: &FillUpdate) -> UpdateJson {
+    let p = &u.position;
+    UpdateJson {
+        user_id: account_id(u.user),
+        order_id: ids::encode(IdKind::Order, spec.key, u.order_id.0).to_string(),
+        pnl: units_to_usdt(u.pnl).to_string(),
+        fee: units_to_usdt(u.fee).to_string(),
+        margin_released: units_to_usdt(u.margin_released).to_string(),
+        position: PositionJson {
+            size: spec.lots_to_quantity(p.size).to_string(),
+            cost: units_to_usdt(p.cost).to_string(),
+            margin: units_to_usdt(p.margin).to_string(),
+            realized_pnl: units_to_usdt(p.realized_pnl).to_string(),
+            fees: units_to_usdt(p.fees).to_string(),
+            leverage: p.leverage,
+        },
+    }
 }
 
 /// A result event as JSON, with the topic it belongs to. Ids derive from the symbol's
@@ -294,50 +374,66 @@ fn update_json(spec: &SymbolSpec, u: &FillUpdate) -> serde_json::Value {
 pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>) {
     let event_id = ids::encode(IdKind::Event, spec.key, event.seq()).to_string();
     let order = |id: OrderId| ids::encode(IdKind::Order, spec.key, id.0).to_string();
-    let (topic, json) = match event {
+    let symbol = spec.name.clone();
+    let (topic, record) = match event {
         Event::OrderPlaced(p) => (
             PLACED_TOPIC,
-            serde_json::json!({
-                "eventId": event_id, "eventType": "OrderPlaced", "symbol": spec.name, "seq": p.seq,
-                "timestamp": p.timestamp, "orderId": order(p.order_id), "userId": account_id(p.user),
-                "side": p.side.as_str(), "price": spec.ticks_to_price(p.price).to_string(),
-                "quantity": spec.lots_to_quantity(p.quantity).to_string(),
-                "filledQuantity": spec.lots_to_quantity(p.filled).to_string(),
-                "lockedMargin": units_to_usdt(p.locked_margin).to_string(), "leverage": p.leverage,
-                "reduceOnly": p.reduce_only, "clientOrderId": p.client_order_id.map(|c| c.as_str().to_owned()),
-            }),
+            ResultJson::OrderPlaced {
+                event_id,
+                symbol,
+                seq: p.seq,
+                timestamp: p.timestamp,
+                order_id: order(p.order_id),
+                user_id: account_id(p.user),
+                side: p.side.as_str().to_owned(),
+                price: spec.ticks_to_price(p.price).to_string(),
+                quantity: spec.lots_to_quantity(p.quantity).to_string(),
+                filled_quantity: spec.lots_to_quantity(p.filled).to_string(),
+                locked_margin: units_to_usdt(p.locked_margin).to_string(),
+                leverage: p.leverage,
+                reduce_only: p.reduce_only,
+                client_order_id: p.client_order_id.map(|c| c.as_str().to_owned()),
+            },
         ),
         Event::OrderCancelled(c) => (
             CANCELLED_TOPIC,
-            serde_json::json!({
-                "eventId": event_id, "eventType": "OrderCancelled", "symbol": spec.name, "seq": c.seq,
-                "timestamp": c.timestamp, "orderId": order(c.order_id), "userId": account_id(c.user),
-                "side": c.side.as_str(), "quantity": spec.lots_to_quantity(c.quantity).to_string(),
-                "filledQuantity": spec.lots_to_quantity(c.filled).to_string(),
-                "releasedMargin": units_to_usdt(c.released_margin).to_string(), "reason": c.reason.as_str(),
-            }),
+            ResultJson::OrderCancelled {
+                event_id,
+                symbol,
+                seq: c.seq,
+                timestamp: c.timestamp,
+                order_id: order(c.order_id),
+                user_id: account_id(c.user),
+                side: c.side.as_str().to_owned(),
+                quantity: spec.lots_to_quantity(c.quantity).to_string(),
+                filled_quantity: spec.lots_to_quantity(c.filled).to_string(),
+                released_margin: units_to_usdt(c.released_margin).to_string(),
+                reason: c.reason.as_str().to_owned(),
+            },
         ),
         Event::TradeExecuted(t) => (
             TRADES_TOPIC,
-            serde_json::json!({
-                "eventId": event_id, "eventType": "TradeExecuted", "symbol": spec.name, "seq": t.seq,
-                "timestamp": t.timestamp,
-                "trade": {
-                    "tradeId": ids::encode(IdKind::Trade, spec.key, t.seq).to_string(),
-                    "symbol": spec.name,
-                    "price": spec.ticks_to_price(t.price).to_string(),
-                    "quantity": spec.lots_to_quantity(t.quantity).to_string(),
-                    "buyerOrderId": order(t.buyer.order_id),
-                    "sellerOrderId": order(t.seller.order_id),
-                    "takerSide": t.taker_side.as_str(),
-                    "timestamp": t.timestamp,
+            ResultJson::TradeExecuted {
+                event_id,
+                symbol: symbol.clone(),
+                seq: t.seq,
+                timestamp: t.timestamp,
+                trade: TradeJson {
+                    trade_id: ids::encode(IdKind::Trade, spec.key, t.seq).to_string(),
+                    symbol,
+                    price: spec.ticks_to_price(t.price).to_string(),
+                    quantity: spec.lots_to_quantity(t.quantity).to_string(),
+                    buyer_order_id: order(t.buyer.order_id),
+                    seller_order_id: order(t.seller.order_id),
+                    taker_side: t.taker_side.as_str().to_owned(),
+                    timestamp: t.timestamp,
                 },
-                "buyerUpdate": update_json(spec, &t.buyer),
-                "sellerUpdate": update_json(spec, &t.seller),
-            }),
+                buyer_update: update_json(spec, &t.buyer),
+                seller_update: update_json(spec, &t.seller),
+            },
         ),
     };
-    (topic, serde_json::to_vec(&json).unwrap_or_default())
+    (topic, serde_json::to_vec(&record).unwrap_or_default())
 }
 
 #[cfg(test)]

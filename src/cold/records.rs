@@ -1,9 +1,11 @@
-//! The event log's JSON records (`src/wire.rs` writes them) as the rows cold storage
-//! keeps. Only what the tables need is read; unknown fields are ignored.
+//! The event log's JSON records as the rows cold storage keeps. The records' shapes are
+//! `wire`'s, the same types the log writers serialize; this only turns what the tables
+//! need into rows (decimals and ids parsed exactly).
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use uuid::Uuid;
+
+use crate::wire::{CommandJson, ResultJson};
 
 /// A new order (`OrderSubmitted` on `orders.submitted`), with its place in the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,61 +65,6 @@ pub enum Row {
     Nothing,
 }
 
-// Parsed and converted at once, one record at a time: the size of the variants costs
-// nothing worth boxing for (here and below).
-#[allow(clippy::large_enum_variant)]
-#[derive(Deserialize)]
-#[serde(tag = "eventType", rename_all_fields = "camelCase")]
-enum CommandJson {
-    OrderSubmitted {
-        order_id: Uuid,
-        user_id: String,
-        symbol: String,
-        side: String,
-        #[serde(rename = "type")]
-        kind: String,
-        price: Option<Decimal>,
-        quantity: Decimal,
-        leverage: i32,
-        timestamp: i64,
-        time_in_force: Option<String>,
-        reduce_only: bool,
-        client_order_id: Option<String>,
-    },
-    CancelRequested {},
-    CommandVoided {
-        voided_offset: i64,
-    },
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Update {
-    user_id: String,
-    order_id: Uuid,
-    pnl: Decimal,
-    fee: Decimal,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TradeJson {
-    trade_id: Uuid,
-    symbol: String,
-    price: Decimal,
-    quantity: Decimal,
-    taker_side: String,
-}
-
-#[allow(clippy::large_enum_variant)]
-#[derive(Deserialize)]
-#[serde(tag = "eventType", rename_all_fields = "camelCase")]
-enum ResultJson {
-    TradeExecuted { seq: i64, timestamp: i64, trade: TradeJson, buyer_update: Update, seller_update: Update },
-    OrderCancelled { order_id: Uuid, reason: String, timestamp: i64 },
-    OrderPlaced {},
-}
-
 /// Reads a record as its topic says: `commands` (the prefixed `orders.submitted`) or a
 /// results topic.
 ///
@@ -146,24 +93,28 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
             time_in_force,
             reduce_only,
             client_order_id,
+            ..
         } => Row::Order(OrderRow {
-            id: order_id,
+            id: uuid(&order_id)?,
             user_id,
             symbol,
             client_order_id,
             side,
             kind,
             time_in_force,
-            price,
-            quantity,
-            leverage,
+            price: price.as_deref().map(decimal).transpose()?,
+            quantity: decimal(&quantity)?,
+            leverage: i32::try_from(leverage).map_err(|e| format!("leverage {leverage}: {e}"))?,
             reduce_only,
             created_ms: timestamp,
             partition,
             offset,
         }),
-        CommandJson::CancelRequested {} => Row::Nothing,
-        CommandJson::CommandVoided { voided_offset } => Row::Voided { partition, offset: voided_offset },
+        CommandJson::CancelRequested { .. } => Row::Nothing,
+        CommandJson::CommandVoided { voided_offset, .. } => Row::Voided {
+            partition,
+            offset: i64::try_from(voided_offset).map_err(|e| format!("voidedOffset {voided_offset}: {e}"))?,
+        },
     })
 }
 
@@ -173,28 +124,36 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
 /// A record the exchange did not write.
 pub fn result(bytes: &[u8]) -> Result<Row, String> {
     Ok(match serde_json::from_slice::<ResultJson>(bytes).map_err(|e| e.to_string())? {
-        ResultJson::TradeExecuted { seq, timestamp, trade, buyer_update: b, seller_update: s } => Row::Trade(TradeRow {
-            id: trade.trade_id,
+        ResultJson::TradeExecuted { seq, timestamp, trade, buyer_update: b, seller_update: s, .. } => Row::Trade(TradeRow {
+            id: uuid(&trade.trade_id)?,
             symbol: trade.symbol,
-            seq,
-            price: trade.price,
-            quantity: trade.quantity,
+            seq: i64::try_from(seq).map_err(|e| format!("seq {seq}: {e}"))?,
+            price: decimal(&trade.price)?,
+            quantity: decimal(&trade.quantity)?,
             taker_side: trade.taker_side,
+            buyer_order_id: uuid(&b.order_id)?,
+            buyer_fee: decimal(&b.fee)?,
+            buyer_pnl: decimal(&b.pnl)?,
             buyer_id: b.user_id,
-            buyer_order_id: b.order_id,
-            buyer_fee: b.fee,
-            buyer_pnl: b.pnl,
+            seller_order_id: uuid(&s.order_id)?,
+            seller_fee: decimal(&s.fee)?,
+            seller_pnl: decimal(&s.pnl)?,
             seller_id: s.user_id,
-            seller_order_id: s.order_id,
-            seller_fee: s.fee,
-            seller_pnl: s.pnl,
             executed_ms: timestamp,
         }),
-        ResultJson::OrderCancelled { order_id, reason, timestamp } => {
-            Row::Closure(ClosureRow { order_id, reason, closed_ms: timestamp })
+        ResultJson::OrderCancelled { order_id, reason, timestamp, .. } => {
+            Row::Closure(ClosureRow { order_id: uuid(&order_id)?, reason, closed_ms: timestamp })
         }
-        ResultJson::OrderPlaced {} => Row::Nothing,
+        ResultJson::OrderPlaced { .. } => Row::Nothing,
     })
+}
+
+fn uuid(text: &str) -> Result<Uuid, String> {
+    text.parse().map_err(|e| format!("id {text:?}: {e}"))
+}
+
+fn decimal(text: &str) -> Result<Decimal, String> {
+    text.parse().map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[cfg(test)]
