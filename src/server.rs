@@ -119,24 +119,36 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             .spawn(move || async move {
                 let result =
                     shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, mode }, mesh).await;
-                if let Err(e) = &result {
-                    tracing::error!(shard = id, error = format!("{e:#}"), "shard failed");
-                    health.stopping.store(true, Ordering::Release);
+                match result {
+                    // The first shard to fail is the cause; the others then stop at their
+                    // start barrier, or finish serving, and are not the story.
+                    Err(e) if !health.stopping.swap(true, Ordering::AcqRel) => {
+                        tracing::error!(shard = id, error = format!("{e:#}"), "shard failed");
+                        Err(Some(e))
+                    }
+                    Err(_) => Err(None),
+                    Ok(()) => Ok(()),
                 }
-                result
             })
             .map_err(|e| anyhow::anyhow!("starting the executor for shard {id} on core {core} (see README: memlock): {e}"))?;
         handles.push(handle);
     }
-    let mut failure = None;
+    let (mut cause, mut failed) = (None, false);
     for handle in handles {
         match handle.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(e),
-            Err(e) => failure = Some(anyhow::anyhow!("executor: {e}")),
+            Ok(Err(e)) => {
+                failed = true;
+                cause = cause.or(e);
+            }
+            Err(e) => cause = cause.or(Some(anyhow::anyhow!("executor: {e}"))),
         }
     }
-    failure.map_or(Ok(()), Err)
+    match cause {
+        Some(e) => Err(e),
+        None if failed => Err(anyhow::anyhow!("stopped (by a signal) before every shard started")),
+        None => Ok(()),
+    }
 }
 
 /// What a shard starts with.

@@ -102,6 +102,22 @@ impl Server {
         server
     }
 
+    /// Where the server's log goes: the terminal with `EXCHANGE_TEST_SERVER_LOG`, else a
+    /// file beside its data (kept across restarts), shown when it fails to start.
+    fn log_output(&self) -> Stdio {
+        if std::env::var_os("EXCHANGE_TEST_SERVER_LOG").is_some() {
+            return Stdio::inherit();
+        }
+        std::fs::OpenOptions::new().create(true).append(true).open(self.data.with_extension("log")).map_or_else(|_| Stdio::null(), Stdio::from)
+    }
+
+    /// The last lines of the server's log file.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_exchange"));
         cmd.arg("serve")
@@ -112,7 +128,7 @@ impl Server {
             .env("EXCHANGE_CORES", "0,1")
             .env("EXCHANGE_RATE_LIMIT", "0")
             .env("RUST_LOG", "warn")
-            .stdout(if std::env::var_os("EXCHANGE_TEST_SERVER_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .stdout(self.log_output())
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -128,7 +144,7 @@ impl Server {
                 return;
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("exchange exited at start: {status}");
+                panic!("exchange exited at start: {status}; its log:\n{}", self.log_tail());
             }
             assert!(Instant::now() < deadline, "exchange did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
@@ -252,6 +268,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.data);
+        let _ = std::fs::remove_file(self.data.with_extension("log"));
     }
 }
 
