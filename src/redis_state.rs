@@ -142,72 +142,45 @@ return written
 
 pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE));
 
-/// One user's list of writes: a segment of a [`WRITE`] call.
-#[derive(Debug)]
+/// One user's list of writes: plain commands for a pipeline, or a segment of a
+/// [`WRITE`] call.
+#[derive(Debug, Default)]
 pub struct Writes {
-    user: UserId,
-    keys: Vec<String>,
-    ops: Vec<String>,
-    count: usize,
+    ops: Vec<Write>,
+}
+
+#[derive(Debug)]
+struct Write {
+    command: &'static str,
+    key: String,
+    args: Vec<String>,
 }
 
 impl Writes {
-    /// Writes to `user`'s keys.
-    pub fn new(user: UserId) -> Self {
-        Self { user, keys: Vec::new(), ops: Vec::new(), count: 0 }
-    }
-
-    fn key_index(&mut self, key: String) -> usize {
-        match self.keys.iter().position(|k| *k == key) {
-            Some(i) => i + 1,
-            None => {
-                self.keys.push(key);
-                self.keys.len()
-            }
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Adds `command key args...`.
-    pub fn op<I, A>(&mut self, command: &str, key: String, args: I) -> &mut Self
+    pub fn op<I, A>(&mut self, command: &'static str, key: String, args: I) -> &mut Self
     where
         I: IntoIterator<Item = A>,
         A: ToString,
     {
-        let index = self.key_index(key);
-        let at = self.ops.len();
-        self.ops.push(command.to_owned());
-        self.ops.push(index.to_string());
-        self.ops.push(String::new());
-        self.ops.extend(args.into_iter().map(|a| a.to_string()));
-        self.ops[at + 2] = (self.ops.len() - at - 3).to_string();
-        self.count += 1;
+        self.ops.push(Write { command, key, args: args.into_iter().map(|a| a.to_string()).collect() });
         self
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    /// Whose keys these are.
-    pub fn user(&self) -> UserId {
-        self.user
     }
 
     /// The writes as plain commands, in order (none may be a pseudo-command).
     pub fn into_cmds(self) -> Vec<redis::Cmd> {
-        let mut cmds = Vec::with_capacity(self.count);
-        let mut ops = self.ops.into_iter();
-        while let Some(command) = ops.next() {
-            let index: usize = ops.next().and_then(|i| i.parse().ok()).unwrap_or(0);
-            let n: usize = ops.next().and_then(|i| i.parse().ok()).unwrap_or(0);
-            let mut cmd = redis::cmd(&command);
-            cmd.arg(&self.keys[index - 1]);
-            for arg in ops.by_ref().take(n) {
-                cmd.arg(arg);
-            }
-            cmds.push(cmd);
-        }
-        cmds
+        self.ops
+            .into_iter()
+            .map(|w| {
+                let mut cmd = redis::cmd(w.command);
+                cmd.arg(w.key).arg(w.args);
+                cmd
+            })
+            .collect()
     }
 
     /// The script call.
@@ -218,22 +191,23 @@ impl Writes {
     /// One script call applying several lists in order. On a cluster they must all be one
     /// user's (one slot).
     pub fn into_one_op(all: Vec<Self>) -> exchange_io::redis::Op {
-        let mut keys = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
         let mut args = Vec::new();
         for w in all {
             let base = keys.len();
-            args.push(w.count.to_string());
-            // Key indexes move by `base`; the rest is copied as it is.
-            let mut ops = w.ops.into_iter();
-            while let Some(command) = ops.next() {
-                let index: usize = ops.next().and_then(|i| i.parse().ok()).unwrap_or(0);
-                let n: usize = ops.next().and_then(|i| i.parse().ok()).unwrap_or(0);
-                args.push(command);
-                args.push((base + index).to_string());
-                args.push(n.to_string());
-                args.extend(ops.by_ref().take(n));
+            args.push(w.ops.len().to_string());
+            for op in w.ops {
+                // Each key once per segment (a user's keys repeat across its writes).
+                let index = match keys[base..].iter().position(|k| *k == op.key) {
+                    Some(i) => base + i + 1,
+                    None => {
+                        keys.push(op.key);
+                        keys.len()
+                    }
+                };
+                args.extend([op.command.to_owned(), index.to_string(), op.args.len().to_string()]);
+                args.extend(op.args);
             }
-            keys.extend(w.keys);
         }
         exchange_io::redis::Op::Script { script: &WRITE_SCRIPT, keys, args }
     }

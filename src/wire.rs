@@ -270,6 +270,8 @@ pub fn decode_account(bytes: &[u8]) -> Result<AccountRecord, String> {
 
 /// A record of `orders.placed`, `orders.cancelled` or `trades.executed`, as written and as
 /// every reader (cold storage) reads it. Decimals are strings, ids the API's.
+// Built or read one record at a time: the trade variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "eventType", rename_all_fields = "camelCase")]
 pub enum ResultJson {

@@ -49,7 +49,7 @@ fn run_op(c: &mut redis::Connection, op: Op) -> i64 {
 
 /// Writes a user's balance as absolute values.
 fn balance_writes(user: UserId, (t, a, l): (i64, i64, i64)) -> Writes {
-    let mut w = Writes::new(user);
+    let mut w = Writes::new();
     w.op("HSET", keys().balance(user), ["total".to_owned(), t.to_string(), "available".to_owned(), a.to_string(), "locked".to_owned(), l.to_string()]);
     w
 }
@@ -111,7 +111,7 @@ fn a_rebuild_forgets_open_orders_the_log_does_not_know() {
     let _: () = c.set(k.client_order(user, &cid), 9).unwrap();
     let _: () = c.set(k.lock(user, OrderId(9)), 100).unwrap();
     let _: () = c.sadd(k.active(user), 9).unwrap();
-    let mut w = Writes::new(user);
+    let mut w = Writes::new();
     w.op("FORGET_OPEN", k.active(user), [k.order_prefix(user), k.lock_prefix(user), k.client_order_prefix(user)]);
     w.op("SADD", k.active(user), [10]);
     assert_eq!(run(&mut c, w), 1);

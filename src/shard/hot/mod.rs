@@ -214,7 +214,7 @@ fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::
 /// The keys `touched` names, as the ledger has them now. Absolute values: writing them
 /// twice, or after a later change was already written, leaves Redis right.
 fn changes(shard: &Shard, keys: &Keys, user: UserId, account: &Account, touched: &Touched) -> Writes {
-    let mut w = Writes::new(user);
+    let mut w = Writes::new();
     w.op("HSET", keys.balance(user), balance_fields(account));
     for &(id, locked) in &touched.orders {
         match account.orders.get(&id) {
@@ -396,7 +396,7 @@ fn position_fields(p: &PositionState) -> Vec<String> {
 
 /// Every key of one user, rewritten from the ledger.
 fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account) -> Writes {
-    let mut w = Writes::new(user);
+    let mut w = Writes::new();
     w.op("FORGET_OPEN", keys.active(user), [keys.order_prefix(user), keys.lock_prefix(user), keys.client_order_prefix(user)]);
     w.op("DEL", keys.fills(user), [""; 0]);
     w.op("HSET", keys.balance(user), balance_fields(account));
