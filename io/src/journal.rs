@@ -13,6 +13,13 @@
 //! storage, like write + `fdatasync`). The shard calls `commit` once per batch of requests (group
 //! commit) and acknowledges nothing before it returns.
 //!
+//! Failures: a commit fails only when its records may not be durable. Closing a full
+//! segment happens before the next write, and if it fails the current segment just grows
+//! (it is retried at the next commit): records already durable are never reported as
+//! failed. A failed write is cut off the file durably (truncate + fsync) before the
+//! error is returned; if even that fails the error says so ([`JournalError::InDoubt`]) and
+//! the next commit cuts first, writing nothing until it can.
+//!
 //! Recovery ([`recover`], synchronous, at start): every record is checked. A torn or
 //! corrupt tail of the last segment — what a crash in the middle of a write leaves — is
 //! cut off (the file is truncated) and never replayed. Damage anywhere else is an error:
@@ -40,6 +47,11 @@ pub enum JournalError {
     TooLarge(usize),
     #[error("journal write failed: {0}")]
     Write(String),
+    /// A write failed and what it may have left in the file could not be cut off: the
+    /// records may be read back at the next start (the caller voids them, or answers
+    /// that their fate is unknown). The next commit cuts them before it writes.
+    #[error("journal write failed and could not be undone: {0}")]
+    InDoubt(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -86,6 +98,19 @@ pub fn recover(dir: &Path) -> Result<Recovered, JournalError> {
     let first_offset = segs.first().map_or(0, |s| s.0);
     let mut records = Vec::new();
     let mut cut_bytes = 0;
+    // An empty segment holds nothing: a roll that failed before its first write may
+    // have left one, named after an offset a later record took in the previous segment.
+    let mut segs = segs;
+    let mut removed = false;
+    segs.retain(|(_, path)| {
+        let empty = fs::metadata(path).is_ok_and(|m| m.len() == 0) && fs::remove_file(path).is_ok();
+        removed |= empty;
+        !empty
+    });
+    if removed {
+        sync_dir(dir)?;
+    }
+    let first_offset = segs.first().map_or(first_offset, |s| s.0);
     for (i, (first, path)) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
         if first_offset + records.len() as u64 != *first {
@@ -150,6 +175,24 @@ pub struct Journal {
     next_offset: u64,
     buffer: Vec<u8>,
     buffered: u64,
+    /// A failed write may have left bytes past `segment_len` that could not be cut.
+    dirty_tail: bool,
+    /// Where a segment is closed ([`SEGMENT_BYTES`]).
+    segment_bytes: u64,
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// Failures a test makes the journal meet.
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    /// The next roll fails (after creating the new file).
+    roll: std::cell::Cell<bool>,
+    /// The next write reaches the file, then reports an error.
+    write: std::cell::Cell<bool>,
+    /// Cutting a failed write fails, this many times.
+    cut: std::cell::Cell<u32>,
 }
 
 impl Journal {
@@ -164,7 +207,19 @@ impl Journal {
             None => (dir.join(segment_name(next_offset)), 0),
         };
         let file = open_append(&path).await?;
-        Ok(Self { dir: dir.to_owned(), path, file, segment_len: len, next_offset, buffer: Vec::new(), buffered: 0 })
+        Ok(Self {
+            dir: dir.to_owned(),
+            path,
+            file,
+            segment_len: len,
+            next_offset,
+            buffer: Vec::new(),
+            buffered: 0,
+            dirty_tail: false,
+            segment_bytes: SEGMENT_BYTES,
+            #[cfg(test)]
+            faults: Faults::default(),
+        })
     }
 
     /// Buffers a record; returns its offset. Nothing is durable before [`Self::commit`].
@@ -198,6 +253,15 @@ impl Journal {
         let bytes = std::mem::take(&mut self.buffer);
         let count = std::mem::take(&mut self.buffered);
         let len = bytes.len() as u64;
+        if self.dirty_tail {
+            self.cut().map_err(|e| JournalError::Write(format!("cutting an earlier failed write: {e}")))?;
+            self.dirty_tail = false;
+        }
+        if self.segment_len >= self.segment_bytes
+            && let Err(e) = self.roll().await
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not start a new segment: the current one grows");
+        }
         let result = async {
             let mut written = 0usize;
             while written < bytes.len() {
@@ -211,6 +275,10 @@ impl Journal {
                 }
                 written += n;
             }
+            #[cfg(test)]
+            if self.faults.write.take() {
+                return Err(JournalError::Write("injected".into()));
+            }
             Ok(())
         }
         .await;
@@ -218,22 +286,32 @@ impl Journal {
             Ok(()) => {
                 self.segment_len += len;
                 self.next_offset += count;
-                if self.segment_len >= SEGMENT_BYTES {
-                    self.roll().await?;
-                }
                 Ok(())
             }
-            Err(e) => {
-                // Whatever reached the file is past segment_len: cut it now, so that a
-                // crash before the next commit cannot replay records whose requests
-                // were answered 503 (the next commit would overwrite them anyway).
-                let cut = OpenOptions::new().write(true).open(&self.path).and_then(|f| f.set_len(self.segment_len));
-                if let Err(cut) = cut {
+            // Whatever reached the file is past segment_len: cut it now, durably, so
+            // that a crash before the next commit cannot replay records whose requests
+            // are answered 503.
+            Err(e) => match self.cut() {
+                Ok(()) => Err(e),
+                Err(cut) => {
                     tracing::error!(path = %self.path.display(), error = %cut, "could not cut a failed write");
+                    self.dirty_tail = true;
+                    Err(JournalError::InDoubt(format!("{e}; cutting it: {cut}")))
                 }
-                Err(e)
-            }
+            },
         }
+    }
+
+    /// Truncates the current segment to its committed length, durably.
+    fn cut(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.faults.cut.get() > 0 {
+            self.faults.cut.set(self.faults.cut.get() - 1);
+            return Err(io::Error::other("injected"));
+        }
+        let f = OpenOptions::new().write(true).open(&self.path)?;
+        f.set_len(self.segment_len)?;
+        f.sync_all()
     }
 
     pub fn next_offset(&self) -> u64 {
@@ -242,7 +320,12 @@ impl Journal {
 
     async fn roll(&mut self) -> Result<(), JournalError> {
         let path = self.dir.join(segment_name(self.next_offset));
-        self.file = open_append(&path).await?;
+        let file = open_append(&path).await?;
+        #[cfg(test)]
+        if self.faults.roll.take() {
+            return Err(JournalError::Write("injected".into()));
+        }
+        self.file = file;
         self.path = path;
         self.segment_len = 0;
         sync_dir(&self.dir)
@@ -358,6 +441,84 @@ mod tests {
             .unwrap();
         let r = recover(&dir).unwrap();
         assert_eq!(r.records, [b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec(), b"dddd".to_vec()]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Runs `body` on a glommio executor against a fresh journal in `dir`.
+    fn with_journal(dir: &Path, body: impl FnOnce(Journal) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static) {
+        fs::create_dir_all(dir).unwrap();
+        let d = dir.to_owned();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let r = recover(&d).unwrap();
+                let j = Journal::open(&d, r.first_offset + r.records.len() as u64).await.unwrap();
+                body(j).await;
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_failed_segment_roll_never_fails_records_already_durable() {
+        let dir = tmp("roll");
+        with_journal(&dir, |mut j| {
+            Box::pin(async move {
+                // Segments of one record: every commit after the first rolls first.
+                j.segment_bytes = 1;
+                j.append(b"zero").unwrap();
+                j.commit().await.unwrap();
+                // The roll creates segment 1 and then fails: the record goes on in 0.
+                j.faults.roll.set(true);
+                j.append(b"one").unwrap();
+                j.commit().await.expect("a failed roll does not fail the write");
+                assert_eq!(j.path, j.dir.join(segment_name(0)));
+                // The next commit rolls for real, to segment 2.
+                j.append(b"two").unwrap();
+                j.commit().await.unwrap();
+                assert_eq!(j.path, j.dir.join(segment_name(2)));
+            })
+        });
+        // The empty segment 1 the failed roll left is removed; nothing is lost or out of
+        // place.
+        assert!(dir.join(segment_name(1)).exists());
+        let r = recover(&dir).unwrap();
+        assert_eq!(r.records, [b"zero".to_vec(), b"one".to_vec(), b"two".to_vec()]);
+        assert!(!dir.join(segment_name(1)).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_durably_or_reported_in_doubt_and_cut_before_the_next() {
+        let dir = tmp("cut");
+        with_journal(&dir, |mut j| {
+            Box::pin(async move {
+                j.append(b"kept").unwrap();
+                j.commit().await.unwrap();
+                // The write lands, then fails; the cut works: a plain failure.
+                j.faults.write.set(true);
+                j.append(b"failed-and-cut").unwrap();
+                assert!(matches!(j.commit().await, Err(JournalError::Write(_))));
+                assert_eq!(fs::metadata(&j.path).unwrap().len(), j.segment_len, "cut at once");
+                // The write lands, fails, and the cut fails too: in doubt.
+                j.faults.write.set(true);
+                j.faults.cut.set(1);
+                j.append(b"failed-not-cut").unwrap();
+                assert!(matches!(j.commit().await, Err(JournalError::InDoubt(_))));
+                assert!(fs::metadata(&j.path).unwrap().len() > j.segment_len, "the bytes are still there");
+                // The next commit cannot cut either: it writes nothing.
+                j.faults.cut.set(1);
+                j.append(b"refused").unwrap();
+                assert!(j.commit().await.is_err());
+                // Then it can: the stale bytes go before the new record is written.
+                j.append(b"after").unwrap();
+                j.commit().await.unwrap();
+            })
+        });
+        let r = recover(&dir).unwrap();
+        assert_eq!(r.records, [b"kept".to_vec(), b"after".to_vec()]);
+        assert_eq!(r.cut_bytes, 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

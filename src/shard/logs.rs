@@ -175,8 +175,10 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                 tracing::warn!(log = %dir.display(), cut_bytes = found.cut_bytes, "cut a torn tail from the log");
             }
             let end = found.first_offset + found.records.len() as u64;
-            let records = (found.first_offset..).zip(found.records).filter(|(o, _)| *o >= from).collect();
-            Ok(Opened { records, log: Box::new(Journal::open(&dir, end).await?), voided_here: Vec::new() })
+            // Records of a write that failed and could not be cut were voided here
+            // (see `stream.rs`): they never count, like Kafka's below.
+            let (records, voided_here) = without_voided(shard, stream, (found.first_offset..).zip(found.records).filter(|(o, _)| *o >= from));
+            Ok(Opened { records, log: Box::new(Journal::open(&dir, end).await?), voided_here })
         }
         Some(k) => {
             let (topic, key) = match stream {
@@ -199,19 +201,27 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                 }
             };
             // Records this node answered 503 for may have landed anyway: they never count.
-            let voided = super::voids::load(shard, stream);
-            let (mut records, mut voided_here) = (Vec::new(), Vec::new());
-            for r in read.1.iter().filter(|r| r.key == key.as_bytes() && r.offset >= from) {
-                if !voided.is_empty() && voided.contains(&super::voids::digest(&r.payload)) {
-                    voided_here.push(r.offset);
-                } else {
-                    records.push((r.offset, r.payload.clone()));
-                }
-            }
+            let ours = read.1.iter().filter(|r| r.key == key.as_bytes() && r.offset >= from).map(|r| (r.offset, r.payload.clone()));
+            let (records, voided_here) = without_voided(shard, stream, ours);
             let log = KafkaLog::new(&k.brokers, k.timeout, k.producer.clone(), topic, partition, &key, read.2);
             Ok(Opened { records, log: Box::new(log), voided_here })
         }
     }
+}
+
+/// Splits records read back into those that count and the offsets of those this node
+/// voided (answered 503 for, though they may have reached the log).
+fn without_voided(shard: &Shard, stream: Stream<'_>, found: impl Iterator<Item = (u64, Vec<u8>)>) -> (Vec<(u64, Vec<u8>)>, Vec<u64>) {
+    let voided = super::voids::load(shard, stream);
+    let (mut records, mut voided_here) = (Vec::new(), Vec::new());
+    for (offset, payload) in found {
+        if !voided.is_empty() && voided.contains(&super::voids::digest(&payload)) {
+            voided_here.push(offset);
+        } else {
+            records.push((offset, payload));
+        }
+    }
+    (records, voided_here)
 }
 
 /// Appends void records (already encoded) and waits until the log has them.

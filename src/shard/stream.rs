@@ -256,9 +256,17 @@ async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: 
                 }
             }
             failed => {
+                // The journal could not cut what the failed write left: those records may
+                // be read back at the next start, so they are voided like Kafka's.
+                let in_doubt = matches!(failed, Err(exchange_io::journal::JournalError::InDoubt(_)));
                 let e = failed.map_or_else(|e| e.to_string(), |o| format!("log returned {} offsets for {} records", o.len(), jobs.len()));
                 tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
-                if pipelined {
+                if in_doubt {
+                    if !std::mem::replace(&mut journal_down, true) {
+                        shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                    }
+                    refuse(&shard, &stream, jobs, &payloads, &e);
+                } else if pipelined {
                     pipeline.failed_from.set(Some(stream.next.get()));
                     shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
                     refuse(&shard, &stream, jobs, &payloads, &e);
