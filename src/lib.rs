@@ -5,7 +5,7 @@
 //! - [`shard`]: one core's share: its books, its accounts, the order path.
 //! - [`server`]: executors, the channel mesh, HTTP.
 //! - [`api`]: request parsing, errors, JSON shapes.
-//! - [`config`], [`shard_map`], [`ids`], [`metrics`].
+//! - [`config`], [`shard_map`], [`ids`], [`numbering`], [`metrics`].
 
 pub mod accounts;
 pub mod api;
@@ -15,6 +15,7 @@ pub mod engine;
 pub mod health;
 pub mod ids;
 pub mod metrics;
+pub mod numbering;
 pub mod ports;
 pub mod process;
 pub mod redis_state;

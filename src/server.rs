@@ -56,6 +56,10 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     }
     raise_memlock();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("data dir {}", config.data_dir.display()))?;
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let (numbering, first_number) =
+        crate::numbering::HighWater::open(&config.data_dir, clock).context("the numbering high-water mark in the data dir")?;
+    let numbering = Arc::new(numbering);
     let cores = config.shard_cores();
     let shards = cores.len();
     let config = Arc::new(config);
@@ -112,13 +116,14 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         };
         let cold = cold.clone();
         let sync = sync.clone();
+        let numbering = (numbering.clone(), first_number);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
                 let result =
-                    shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, mode }, mesh).await;
+                    shard_main(Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, mode }, mesh).await;
                 match result {
                     // The first shard to fail is the cause; the others then stop at their
                     // start barrier, or finish serving, and are not the story.
@@ -163,6 +168,8 @@ struct Startup {
     /// Cold storage's reader (order history) and checkpoint sink.
     cold: Option<(crate::cold::reader::ColdReader, crate::cold::checkpoint::Checkpoints)>,
     sync: Option<crate::cold::sync::SyncStore>,
+    /// The high-water mark of numbers that never repeat, and the first this run uses.
+    numbering: (Arc<crate::numbering::HighWater>, u64),
     mode: Mode,
 }
 
@@ -175,22 +182,25 @@ pub enum Mode {
 }
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
-    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, mode } = start;
+    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), mode } = start;
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
-    let now_micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let shard = Rc::new(Shard {
         id,
         shards,
-        map,
+        map: map.clone(),
         rpc: Rpc::new(senders),
-        accounts: RefCell::new(Box::new(Accounts::new(config.rate_limit, config.max_open_orders, now_micros))),
+        accounts: RefCell::new(Box::new(
+            Accounts::new(config.rate_limit, config.max_open_orders, first_number)
+                .with_position_limits(map.symbols.iter().map(crate::accounts::PositionLimit::of).collect()),
+        )),
         account_logs: RefCell::new(FxHashMap::default()),
         streams: RefCell::new(FxHashMap::default()),
         metrics: metrics.shard(id),
         all_metrics: metrics,
         health: health.clone(),
         snapshotting: Cell::new(false),
-        wire_seq: Cell::new(0),
+        wire_seq: Cell::new(first_number),
+        numbering,
         account_in_doubt: RefCell::default(),
         redis: redis.map(|bridge| {
             crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id)
@@ -280,6 +290,9 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
     }
 }
 
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
     let shard = service.shard.clone();
     let listener = glommio::net::TcpListener::bind(shard.config.http_addr)
@@ -291,6 +304,7 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
     // its request unread, until the client gives up), so only a finished accept is
     // replaced, and the timer alone is raced against it.
     let mut accept = Box::pin(listener.accept());
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         if shard.health.stopping.load(Ordering::Acquire) {
             break;
@@ -303,9 +317,16 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
         let Some(accepted) = accepted else { continue };
         accept = Box::pin(listener.accept());
         let stream = match accepted {
-            Ok(s) => s,
+            Ok(s) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                s
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // Out of descriptors or memory: retrying at once would spin the core
+                // that serves the open connections. Back off, doubling up to a second.
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
@@ -342,8 +363,7 @@ async fn connection(service: Rc<Service>, stream: glommio::net::TcpStream) {
     let limits = &service.shard.config.limits;
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
-    let seen = activity.clone();
-    let service = service::hyper_service(service, move || seen.headers_done());
+    let service = service::hyper_service(service, activity.clone());
     let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).max_buf_size(16 * 1024).serve_connection(io, service);
     // Closes connections that stay silent (idle keep-alive) or send a request's headers
     // too slowly (slowloris). Request bodies have their own deadline in `answer`.

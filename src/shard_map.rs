@@ -44,6 +44,8 @@ struct Entry {
     maker_fee: Option<Spanned<String>>,
     taker_fee: Option<Spanned<String>>,
     protection_band: Option<Spanned<String>>,
+    max_position: Option<Spanned<String>>,
+    max_position_notional: Option<Spanned<String>>,
     shard: Spanned<usize>,
 }
 
@@ -97,7 +99,11 @@ impl ShardMap {
             let taker = decimal(&e.taker_fee, "taker_fee", "0.0005")?;
             let band = decimal(&e.protection_band, "protection_band", "0.05")?;
             let leverage = e.max_leverage.as_ref().map_or(100, |v| *v.get_ref());
+            let optional = |v: &Option<Spanned<String>>, field: &str| v.as_ref().map(|_| decimal(v, field, "")).transpose();
+            let max_position = optional(&e.max_position, "max_position")?;
+            let max_position_notional = optional(&e.max_position_notional, "max_position_notional")?;
             let spec = SymbolSpec::new(e.name.get_ref(), tick, lot, leverage, maker, taker, band, *e.shard.get_ref())
+                .and_then(|spec| spec.with_position_limits(max_position, max_position_notional))
                 .map_err(|err| {
                     use crate::engine::symbol::SpecError as E;
                     let (field, span) = match &err {
@@ -110,6 +116,8 @@ impl ShardMap {
                                 "max_leverage" => e.max_leverage.as_ref().map(Spanned::span),
                                 "maker_fee" => e.maker_fee.as_ref().map(Spanned::span),
                                 "taker_fee" => e.taker_fee.as_ref().map(Spanned::span),
+                                "max_position" => e.max_position.as_ref().map(Spanned::span),
+                                "max_position_notional" => e.max_position_notional.as_ref().map(Spanned::span),
                                 _ => e.protection_band.as_ref().map(Spanned::span),
                             };
                             (*field, span.unwrap_or(entry_span.clone()))

@@ -64,6 +64,10 @@ pub enum CommandJson {
         reduce_only: bool,
         client_order_id: Option<String>,
         locked_margin: String,
+        /// MARKET: the band price the margin was locked at, which it never fills beyond.
+        /// Absent in records written before it existed (the band applies as it executes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protection_price: Option<String>,
         seq: u64,
     },
     CancelRequested {
@@ -112,7 +116,11 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
         Command::Place(o) => {
             let (kind, price, time_in_force) = match o.kind {
                 OrderType::Limit { price, tif: t } => ("LIMIT", Some(spec.ticks_to_price(price).to_string()), Some(t.as_str().to_owned())),
-                OrderType::Market => ("MARKET", None, None),
+                OrderType::Market | OrderType::MarketWithin { .. } => ("MARKET", None, None),
+            };
+            let protection_price = match o.kind {
+                OrderType::MarketWithin { limit } => Some(spec.ticks_to_price(limit).to_string()),
+                _ => None,
             };
             CommandJson::OrderSubmitted {
                 event_id,
@@ -129,6 +137,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
                 reduce_only: o.reduce_only,
                 client_order_id: o.client_order_id.map(|c| c.as_str().to_owned()),
                 locked_margin: units_to_usdt(o.locked_margin).to_string(),
+                protection_price,
                 seq,
             }
         }
@@ -183,6 +192,7 @@ fn decode_json(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> 
             reduce_only,
             client_order_id,
             locked_margin,
+            protection_price,
             ..
         } => {
             let side = match s.as_str() {
@@ -191,7 +201,12 @@ fn decode_json(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> 
                 other => return Err(format!("side {other:?}")),
             };
             let kind = match (kind.as_str(), price, time_in_force.as_deref()) {
-                ("MARKET", None, _) => OrderType::Market,
+                ("MARKET", None, _) => match protection_price {
+                    Some(p) => OrderType::MarketWithin {
+                        limit: spec.price_to_ticks(decimal(&p)?).map_err(|e| format!("protectionPrice {p}: {e}"))?,
+                    },
+                    None => OrderType::Market,
+                },
                 ("LIMIT", Some(p), Some(t)) => OrderType::Limit {
                     price: spec.price_to_ticks(decimal(&p)?).map_err(|e| format!("price {p}: {e}"))?,
                     tif: match t {
@@ -459,9 +474,11 @@ mod tests {
             timestamp: 1_764_100_000_000,
         };
         let market = NewOrder { kind: OrderType::Market, client_order_id: None, ..order };
+        let priced = NewOrder { kind: OrderType::MarketWithin { limit: 525_000 }, ..market };
         for command in [
             Command::Place(order),
             Command::Place(market),
+            Command::Place(priced),
             Command::Cancel { id: order.id, user: order.user, timestamp: 5 },
             Command::CancelAll { user: order.user, timestamp: 6 },
         ] {
@@ -474,6 +491,8 @@ mod tests {
         for field in [r#""eventType":"OrderSubmitted""#, r#""price":"50000.5""#, r#""quantity":"0.010""#, r#""lockedMargin":"0.2500025""#, r#""seq":42"#] {
             assert!(text.contains(field), "{text} lacks {field}");
         }
+        let text = String::from_utf8(encode_command(&spec, &StreamRecord::Command(Command::Place(priced)), 44)).unwrap();
+        assert!(text.contains(r#""type":"MARKET""#) && text.contains(r#""protectionPrice":"52500.0""#), "{text}");
         assert!(decode_command(&spec, br#"{"eventType":"OrderSubmitted"}"#).is_err());
     }
 

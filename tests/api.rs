@@ -209,7 +209,6 @@ fn malformed_requests_get_json_errors_and_change_nothing() {
     let alice = s.funded("alice", "1000");
     s.limit(&alice, "BUY", "40000", "0.001");
     let before = (s.get(&alice, "/v1/balance").1, s.get(&alice, "/v1/orders").1, s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None).1);
-    let huge = format!(r#"{{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"1","quantity":"0.001","pad":"{}"}}"#, "x".repeat(100_000));
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let bodies = [
         "not json",
@@ -233,7 +232,6 @@ fn malformed_requests_get_json_errors_and_change_nothing() {
         r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","timeInForce":"GTD"}"#,
         r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","clientOrderId":""}"#,
         r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","reduceOnly":"yes"}"#,
-        huge.as_str(),
         deep.as_str(),
     ];
     for body in bodies {

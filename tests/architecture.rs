@@ -13,7 +13,7 @@ use std::path::Path;
 /// one layer do not use each other (cold storage sits beside the shard layer and talks
 /// to it only through `wire` records and the `health` and `ports` interfaces).
 const LAYERS: &[&[&str]] = &[
-    &["ids", "config", "metrics", "process"],
+    &["ids", "numbering", "config", "metrics", "process"],
     &["engine"],
     &["accounts", "shard_map"],
     &["wire", "redis_state", "health", "ports"],

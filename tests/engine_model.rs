@@ -70,6 +70,16 @@ impl RefModel {
         best
     }
 
+    /// The farthest price a MARKET order on `side` may trade at: ±5 % of the reference.
+    fn band(&self, side: Side) -> Option<i64> {
+        let reference = self.last_price.or(self.best_price(side.opposite()))?;
+        let reach = reference * 5 / 100;
+        Some(match side {
+            Side::Buy => reference + reach,
+            Side::Sell => (reference - reach).max(1),
+        })
+    }
+
     fn best_price(&self, side: Side) -> Option<i64> {
         self.best_maker(side.opposite()).map(|i| self.resting[i].price)
     }
@@ -168,12 +178,15 @@ impl RefModel {
                 }
                 price
             }
-            OrderType::Market => {
-                let reference = self.last_price.or(self.best_price(o.side.opposite())).ok_or(CancelReason::NoLiquidity)?;
-                let reach = reference * 5 / 100;
-                match o.side {
-                    Side::Buy => reference + reach,
-                    Side::Sell => (reference - reach).max(1),
+            OrderType::Market => self.band(o.side).ok_or(CancelReason::NoLiquidity)?,
+            OrderType::MarketWithin { limit } => {
+                if !(1..=MAX_TICKS).contains(&limit) {
+                    return Err(CancelReason::InvalidOrder);
+                }
+                match (self.band(o.side), o.side) {
+                    (Some(band), Side::Buy) => band.min(limit),
+                    (Some(band), Side::Sell) => band.max(limit),
+                    (None, _) => limit,
                 }
             }
         };
@@ -333,9 +346,9 @@ impl RefModel {
         FillUpdate {
             user,
             order_id: id,
-            pnl: pnl as i64,
-            fee: fee as i64,
-            margin_released: released as i64,
+            pnl,
+            fee,
+            margin_released: released,
             position: *p,
         }
     }
@@ -358,7 +371,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let side = prop_oneof![Just(Side::Buy), Just(Side::Sell)];
-    let place = (1..=4u64, side, 0..6u8, 95..=105i64, 1..=6i64, 1..=3u32, prop::bool::weighted(0.2), prop::option::weighted(0.2, 0..3u8), -1..=1i8)
+    let place = (1..=4u64, side, 0..7u8, 95..=105i64, 1..=6i64, 1..=3u32, prop::bool::weighted(0.2), prop::option::weighted(0.2, 0..3u8), -1..=1i8)
         .prop_map(|(user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias)| Op::Place {
             user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias,
         });
@@ -381,10 +394,12 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
                 1 => OrderType::Limit { price, tif: TimeInForce::Fok },
                 2 => OrderType::Limit { price, tif: TimeInForce::PostOnly },
                 3 => OrderType::Market,
+                // Priced at a random limit, which may be inside or outside today's band.
+                4 => OrderType::MarketWithin { limit: price },
                 _ => OrderType::Limit { price, tif: TimeInForce::Gtc },
             };
             let lock_price = match kind {
-                OrderType::Limit { price, .. } => price,
+                OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => price,
                 OrderType::Market => market.market_limit(side).unwrap_or(price),
             };
             let lock = market.spec().margin(lock_price, qty, leverage) as i64 + i64::from(lock_bias);
@@ -451,7 +466,7 @@ impl Ledger {
             match e {
                 Event::TradeExecuted(t) => {
                     for side in [&t.buyer, &t.seller] {
-                        *self.locked.entry(side.user).or_default() -= i128::from(side.margin_released);
+                        *self.locked.entry(side.user).or_default() -= side.margin_released;
                         let entry = self.orders.get_mut(&side.order_id).expect("traded order is known");
                         entry.1 += t.quantity;
                         if entry.1 == entry.0 {

@@ -183,3 +183,41 @@ fn results_that_never_reached_a_broker_are_sent_again_until_one_has_them() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn orders_whose_clients_left_during_an_outage_leave_no_margin_locked() {
+    use std::io::Write;
+    let broker = Broker::start();
+    let s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TIMEOUT_MS", "1000")]);
+    let alice = s.funded("alice", "1000");
+    broker.freeze(true);
+    // Several connections, so that some land on the core that owns the symbol (where
+    // the order path would otherwise run inside the request's own future) and some not.
+    for n in 0..8 {
+        let body = ORDER.replace("CID", &format!("gone-{n}"));
+        let request = format!(
+            "POST /v1/orders HTTP/1.1\r\nHost: x\r\nX-API-Key: {alice}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        client.write_all(request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // Gone before the log could answer.
+        drop(client);
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    broker.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.deposit("alice", "1", "t-after").0 != 200 {
+        assert!(Instant::now() < deadline, "writes did not resume");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Whatever became of each order, the margin locked is exactly that of the open ones.
+    let (_, open) = s.get(&alice, "/v1/orders");
+    let open = open.as_array().unwrap().len();
+    let (_, balance) = s.get(&alice, "/v1/balance");
+    let locked = common::dec(&balance["locked"]);
+    let per_order: rust_decimal::Decimal = "4.02".parse().unwrap(); // 40 USDT ÷ 10 + the taker fee
+    assert_eq!(locked, per_order * rust_decimal::Decimal::from(open), "{balance}, {open} open");
+    assert_eq!(balance["total"], "1001", "{balance}");
+}

@@ -27,18 +27,29 @@ pub struct Activity {
     pub last_read: Cell<Instant>,
     /// When the peer started sending a request whose headers are not complete yet.
     pub request_started: Cell<Option<Instant>>,
+    /// A request's headers are in and it is not answered yet: bytes read now are its
+    /// body, which has its own deadline, not the start of the next request's headers.
+    in_request: Cell<bool>,
 }
 
 impl Activity {
     /// The server calls this when a request's headers are complete.
     pub fn headers_done(&self) {
         self.request_started.set(None);
+        self.in_request.set(true);
+    }
+
+    /// The server calls this when a request is answered: bytes read from now on start
+    /// the next request.
+    pub fn answered(&self) {
+        self.request_started.set(None);
+        self.in_request.set(false);
     }
 }
 
 impl<T> HyperIo<T> {
     pub fn new(inner: T) -> Self {
-        Self { inner, activity: Rc::new(Activity { last_read: Cell::new(Instant::now()), request_started: Cell::new(None) }) }
+        Self { inner, activity: Rc::new(Activity { last_read: Cell::new(Instant::now()), request_started: Cell::new(None), in_request: Cell::new(false) }) }
     }
 
     /// Shared with the watchdog and the request handler.
@@ -65,7 +76,7 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
                 if n > 0 {
                     let now = Instant::now();
                     self.activity.last_read.set(now);
-                    if self.activity.request_started.get().is_none() {
+                    if !self.activity.in_request.get() && self.activity.request_started.get().is_none() {
                         self.activity.request_started.set(Some(now));
                     }
                 }

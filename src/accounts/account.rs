@@ -7,7 +7,6 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{CLOSED_ORDERS_KEPT};
-use crate::engine::units::Units;
 use crate::engine::{CancelReason, ClientOrderId, NewOrder, OrderId, OrderType, PositionState, Side};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +57,47 @@ pub struct OrderView {
 }
 
 impl OrderView {
+    /// The price it may fill up to, in ticks: a LIMIT's price, a priced MARKET's band
+    /// limit, 0 for a MARKET logged before MARKET orders were priced.
+    pub fn limit_price(&self) -> i64 {
+        match self.kind {
+            OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => price,
+            OrderType::Market => 0,
+        }
+    }
+
+    fn unfilled(&self) -> i64 {
+        self.quantity - self.filled
+    }
+}
+
+/// A user's orders open (or not logged yet) on one symbol: how many, and how much they
+/// could add to a position on each side if every one of them filled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOn {
+    pub count: u32,
+    /// Unfilled lots, `[buy, sell]`.
+    pub lots: [i128; 2],
+    /// Unfilled lots × limit price (ticks·lots), `[buy, sell]`.
+    pub value: [i128; 2],
+}
+
+impl OpenOn {
+    fn add(&mut self, side: Side, lots: i64, price: i64, sign: i128) {
+        let i = side_index(side);
+        self.lots[i] += sign * i128::from(lots);
+        self.value[i] += sign * i128::from(lots) * i128::from(price);
+    }
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Buy => 0,
+        Side::Sell => 1,
+    }
+}
+
+impl OrderView {
     /// A new order, before any result of it is known.
     pub fn new(order: &NewOrder, symbol: usize, logged: bool) -> Self {
         Self {
@@ -88,8 +128,8 @@ pub struct Fill {
     pub side: Side,
     pub price: i64,
     pub quantity: i64,
-    pub fee: Units,
-    pub pnl: Units,
+    pub fee: i128,
+    pub pnl: i128,
     pub maker: bool,
     pub time: i64,
 }
@@ -108,10 +148,11 @@ pub struct Account {
     pub fills: VecDeque<Fill>,
     pub(super) rate_window: i64,
     pub(super) rate_count: u32,
-    /// Per symbol, how many of `orders` are open or not logged yet (the cap of
-    /// `EXCHANGE_MAX_OPEN_ORDERS`). Not in snapshots: counted again when one is loaded.
+    /// Per symbol, the orders of `orders` open or not logged yet (the cap of
+    /// `EXCHANGE_MAX_OPEN_ORDERS`, and the position limits). Not in snapshots: counted
+    /// again when one is loaded.
     #[serde(skip)]
-    pub(super) open_on: FxHashMap<usize, u32>,
+    pub(super) open_on: FxHashMap<usize, OpenOn>,
 }
 
 impl Account {
@@ -156,28 +197,51 @@ impl Account {
     }
 
     /// Orders open (or not logged yet) on `symbol`.
-    pub fn open_on(&self, symbol: usize) -> u32 {
-        self.open_on.get(&symbol).copied().unwrap_or(0)
+    pub fn open_on(&self, symbol: usize) -> OpenOn {
+        self.open_on.get(&symbol).copied().unwrap_or_default()
     }
 
     /// Counts `open_on` again from the orders (after a snapshot is loaded).
     pub(super) fn count_open(&mut self) {
         self.open_on.clear();
-        for o in self.orders.values().filter(|o| o.status.is_open() || !o.logged) {
-            *self.open_on.entry(o.symbol).or_default() += 1;
+        let open: Vec<(usize, Side, i64, i64)> = self
+            .orders
+            .values()
+            .filter(|o| o.status.is_open() || !o.logged)
+            .map(|o| (o.symbol, o.side, o.unfilled(), o.limit_price()))
+            .collect();
+        for (symbol, side, lots, price) in open {
+            let on = self.open_on.entry(symbol).or_default();
+            on.count += 1;
+            on.add(side, lots, price, 1);
+        }
+    }
+
+    /// A new order is open (or on its way to the log).
+    pub(super) fn track_open(&mut self, view: &OrderView) {
+        let on = self.open_on.entry(view.symbol).or_default();
+        on.count += 1;
+        on.add(view.side, view.unfilled(), view.limit_price(), 1);
+    }
+
+    /// `lots` of an open order filled.
+    pub(super) fn filled_open(&mut self, view: &OrderView, lots: i64) {
+        if let Some(on) = self.open_on.get_mut(&view.symbol) {
+            on.add(view.side, lots, view.limit_price(), -1);
         }
     }
 
     /// An order no longer open: `open_on` forgets it.
-    pub(super) fn forget_open(&mut self, symbol: usize) {
-        if let Some(n) = self.open_on.get_mut(&symbol) {
-            *n = n.saturating_sub(1);
+    pub(super) fn forget_open(&mut self, view: &OrderView) {
+        if let Some(on) = self.open_on.get_mut(&view.symbol) {
+            on.count = on.count.saturating_sub(1);
+            on.add(view.side, view.unfilled(), view.limit_price(), -1);
         }
     }
 
     pub(super) fn close(&mut self, id: OrderId) {
-        if let Some(symbol) = self.orders.get(&id).map(|o| o.symbol) {
-            self.forget_open(symbol);
+        if let Some(view) = self.orders.get(&id).cloned() {
+            self.forget_open(&view);
         }
         self.closed.push_back(id);
         while self.closed.len() > CLOSED_ORDERS_KEPT {

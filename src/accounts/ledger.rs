@@ -9,10 +9,10 @@ use subtle::ConstantTimeEq;
 use super::snapshot::{AccountRef, PartitionStateRef};
 use super::{
     partition_of, partition_of_name, user_of_key, Account, AccountRecord, Accounts, AdminError, Fill, HotState, OrderStatus, PartitionState,
-    RiskError, TransferPlan, FILLS_KEPT,
+    OrderView, PositionLimit, RiskError, TransferPlan, FILLS_KEPT, MAX_BALANCE, ORDER_NUMBER_MASK,
 };
 use crate::engine::units::Units;
-use crate::engine::{CancelReason, Event, NewOrder, OrderId, Side, UserId};
+use crate::engine::{CancelReason, Event, NewOrder, OrderId, OrderType, Side, UserId};
 
 impl HotState for Accounts {
     fn users_in(&self, partitions: &[u32]) -> Vec<UserId> {
@@ -64,6 +64,8 @@ impl HotState for Accounts {
         }
         for (user, mut account) in state.users {
             account.count_open();
+            let highest = account.orders.keys().map(|id| id.0 & ORDER_NUMBER_MASK).max().unwrap_or(0);
+            self.order_counter = self.order_counter.max(highest);
             self.names.insert(account.name.clone(), user);
             self.users.insert(user, account);
         }
@@ -142,6 +144,8 @@ impl HotState for Accounts {
                 return Err(AdminError::InsufficientBalance);
             }
             account.total += i128::from(amount);
+        } else if account.total + i128::from(amount) > MAX_BALANCE {
+            return Err(AdminError::BalanceLimit);
         }
         self.transfers.insert(transfer_id.to_owned(), (user, amount));
         Ok(TransferPlan::Log(user, AccountRecord::Transfer { user, transfer_id: transfer_id.to_owned(), amount, timestamp: now }))
@@ -196,15 +200,21 @@ impl HotState for Accounts {
             return Err(RiskError::Duplicate(existing));
         }
         account.count_request(limit, now_ms)?;
-        if account.open_on(symbol) >= self.max_open_orders {
+        if account.open_on(symbol).count >= self.max_open_orders {
             return Err(RiskError::TooManyOpenOrders);
+        }
+        if !order.reduce_only
+            && let Some(limit) = self.position_limits.get(symbol)
+            && !within_limit(account, symbol, order, limit)
+        {
+            return Err(RiskError::PositionLimit);
         }
         if account.available() < i128::from(order.locked_margin) {
             return Err(RiskError::InsufficientMargin);
         }
         account.locked += i128::from(order.locked_margin);
         self.order_counter += 1;
-        order.id = OrderId(u64::from(partition_of(user)) << 52 | (self.order_counter & ((1 << 52) - 1)));
+        order.id = OrderId(u64::from(partition_of(user)) << 52 | (self.order_counter & ORDER_NUMBER_MASK));
         order.user = user;
         Self::track(account, order, symbol, false);
         Ok(())
@@ -227,7 +237,7 @@ impl HotState for Accounts {
         if let Some(account) = self.users.get_mut(&order.user) {
             account.locked -= i128::from(order.locked_margin);
             if let Some(view) = account.orders.remove(&order.id) {
-                account.forget_open(view.symbol);
+                account.forget_open(&view);
             }
             if let Some(cid) = order.client_order_id {
                 account.client_ids.remove(&cid);
@@ -235,8 +245,27 @@ impl HotState for Accounts {
         }
     }
 
+    fn release_orphans(&mut self, partitions: &[u32], before_ms: i64) -> Vec<(UserId, OrderView)> {
+        let mut released = Vec::new();
+        for (user, account) in self.users.iter_mut().filter(|(u, _)| partitions.contains(&partition_of(**u))) {
+            let orphans: Vec<OrderId> =
+                account.orders.values().filter(|v| !v.logged && v.created_at < before_ms).map(|v| v.id).collect();
+            for id in orphans {
+                let Some(view) = account.orders.remove(&id) else { continue };
+                account.locked -= i128::from(view.reserved);
+                account.forget_open(&view);
+                if let Some(cid) = view.client_order_id {
+                    account.client_ids.remove(&cid);
+                }
+                released.push((*user, view));
+            }
+        }
+        released
+    }
+
     /// A logged order replayed at start: lock and track it as the risk step did.
     fn replay_order(&mut self, order: &NewOrder, symbol: usize, offset: u64) {
+        self.order_counter = self.order_counter.max(order.id.0 & ORDER_NUMBER_MASK);
         if !self.fresh(order.user, symbol, offset) {
             return;
         }
@@ -266,8 +295,8 @@ impl HotState for Accounts {
                         }
                         let maker = side != t.taker_side;
                         let Some(account) = self.users.get_mut(&update.user) else { continue };
-                        account.total += i128::from(update.pnl) - i128::from(update.fee);
-                        account.locked -= i128::from(update.margin_released);
+                        account.total += update.pnl - update.fee;
+                        account.locked -= update.margin_released;
                         account.positions.insert(symbol, update.position);
                         account.fills.push_front(Fill {
                             trade_seq: t.seq,
@@ -283,6 +312,9 @@ impl HotState for Accounts {
                         });
                         account.fills.truncate(FILLS_KEPT);
                         let mut closed = false;
+                        if let Some(view) = account.orders.get(&update.order_id).cloned() {
+                            account.filled_open(&view, t.quantity);
+                        }
                         if let Some(view) = account.orders.get_mut(&update.order_id) {
                             view.filled += t.quantity;
                             view.filled_value += i128::from(t.price) * i128::from(t.quantity);
@@ -315,4 +347,23 @@ impl HotState for Accounts {
             }
         }
     }
+}
+
+/// Whether the position on `symbol` stays within `limit` on the order's side if the
+/// order and every open order on that side filled at their limit prices.
+fn within_limit(account: &Account, symbol: usize, order: &NewOrder, limit: &PositionLimit) -> bool {
+    let position = account.positions.get(&symbol).copied().unwrap_or_default();
+    let open = account.open_on(symbol);
+    let (i, same_side) = match order.side {
+        Side::Buy => (0, position.size > 0),
+        Side::Sell => (1, position.size < 0),
+    };
+    let (held, cost) = if same_side { (position.size.abs(), position.cost / limit.units_per_tick_lot) } else { (0, 0) };
+    let price = match order.kind {
+        OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => price,
+        OrderType::Market => 0,
+    };
+    let lots = held + open.lots[i] + i128::from(order.quantity);
+    let value = cost + open.value[i] + i128::from(order.quantity) * i128::from(price);
+    lots <= limit.max_lots && value <= limit.max_value
 }

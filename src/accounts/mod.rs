@@ -23,11 +23,13 @@ use crate::engine::units::Units;
 mod account;
 mod ledger;
 mod snapshot;
-pub use account::{Account, Fill, OrderStatus, OrderView};
+pub use account::{Account, Fill, OpenOn, OrderStatus, OrderView};
 use crate::engine::{Event, NewOrder, OrderId, UserId};
 
 /// Account partitions. Part of the data layout: changing it re-homes every user.
 pub const PARTITIONS: u32 = 64;
+/// The bits of an order id below its partition: the number [`Accounts`] counts up.
+pub const ORDER_NUMBER_MASK: u64 = (1 << 52) - 1;
 /// Closed orders kept per user for lookups and clientOrderId idempotency.
 pub const CLOSED_ORDERS_KEPT: usize = 500;
 /// Fills kept per user in hot state for `/v1/fills` (older ones belong to cold storage).
@@ -63,6 +65,35 @@ pub enum RiskError {
     InsufficientMargin,
     /// The user has the most open orders allowed on the symbol.
     TooManyOpenOrders,
+    /// Filled, the order and the user's open orders could take the position past the
+    /// symbol's limit in size or in value.
+    PositionLimit,
+}
+
+/// Largest `total` an account may reach by deposits: 10^12 USDT. With the position
+/// limits it keeps every amount far inside `i128` and a decimal's 28 digits.
+pub const MAX_BALANCE: i128 = 1_000_000_000_000 * crate::engine::units::UNITS_PER_USDT as i128;
+
+/// How large a user's position on one symbol may grow, counting every open order on its
+/// side as filled: checked by the risk step, before the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PositionLimit {
+    pub max_lots: i128,
+    /// Largest value (Σ lots × price), in ticks·lots.
+    pub max_value: i128,
+    /// Money units of one tick × one lot: a position's cost over this is its value.
+    pub units_per_tick_lot: i128,
+}
+
+impl PositionLimit {
+    pub fn of(spec: &crate::engine::SymbolSpec) -> Self {
+        let units_per_tick_lot = i128::from(spec.units_per_tick_lot);
+        Self {
+            max_lots: i128::from(spec.max_position),
+            max_value: i128::from(spec.max_position_notional) / units_per_tick_lot,
+            units_per_tick_lot,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -74,6 +105,8 @@ pub enum AdminError {
     TransferConflict,
     InsufficientBalance,
     InvalidAmount,
+    /// The deposit would take the balance past [`MAX_BALANCE`].
+    BalanceLimit,
 }
 
 /// What a transfer request turned into.
@@ -94,8 +127,11 @@ pub struct Accounts {
     rate_limit: u32,
     /// Open orders allowed per user and symbol.
     max_open_orders: u32,
-    /// Order numbers are `partition << 52 | counter`; the counter starts at the clock in
-    /// microseconds, so numbers minted after a restart never repeat earlier ones.
+    /// Per symbol index; a symbol past the end has none.
+    position_limits: Vec<PositionLimit>,
+    /// Order numbers are `partition << 52 | counter`. The counter starts where
+    /// [`crate::numbering`] says this run may, and above every order a snapshot or the
+    /// log replayed holds, so numbers minted after a restart never repeat earlier ones.
     order_counter: u64,
     /// Per symbol: the log offset after the last command whose results were applied.
     applied: FxHashMap<usize, u64>,
@@ -117,7 +153,7 @@ pub struct PartitionState {
 }
 
 impl Accounts {
-    pub fn new(rate_limit: u32, max_open_orders: u32, now_micros: u64) -> Self {
+    pub fn new(rate_limit: u32, max_open_orders: u32, first_number: u64) -> Self {
         Self {
             max_open_orders,
             users: FxHashMap::default(),
@@ -125,13 +161,21 @@ impl Accounts {
             next_number: FxHashMap::default(),
             transfers: FxHashMap::default(),
             rate_limit,
-            order_counter: now_micros,
+            position_limits: Vec::new(),
+            order_counter: first_number,
             applied: FxHashMap::default(),
             floors: FxHashMap::default(),
         }
     }
 
 
+
+    /// The position limits, per symbol index.
+    #[must_use]
+    pub fn with_position_limits(mut self, limits: Vec<PositionLimit>) -> Self {
+        self.position_limits = limits;
+        self
+    }
 
     /// Whether results of `symbol` at `offset` are new for `user` (not in a snapshot).
     fn fresh(&self, user: UserId, symbol: usize, offset: u64) -> bool {
@@ -155,8 +199,9 @@ impl Accounts {
         if let Some(cid) = order.client_order_id {
             account.client_ids.insert(cid, order.id);
         }
-        account.orders.insert(order.id, OrderView::new(order, symbol, logged));
-        *account.open_on.entry(symbol).or_default() += 1;
+        let view = OrderView::new(order, symbol, logged);
+        account.track_open(&view);
+        account.orders.insert(order.id, view);
     }
 
 
@@ -231,6 +276,11 @@ pub trait HotState {
 
     /// The order could not be logged: unlock its margin and forget it.
     fn release(&mut self, order: &NewOrder);
+
+    /// Releases the margin of orders reserved before `before_ms` and still not logged:
+    /// no request is waiting for them any more (every path to the log ends in a confirm
+    /// or a release well within that time), so their locks are orphaned. Returns them.
+    fn release_orphans(&mut self, partitions: &[u32], before_ms: i64) -> Vec<(UserId, OrderView)>;
 
     /// A logged order replayed at start: lock and track it as the risk step did.
     fn replay_order(&mut self, order: &NewOrder, symbol: usize, offset: u64);

@@ -108,3 +108,80 @@ fn names_are_unique_and_numbers_survive_replay() {
     assert_eq!(a.create_user("", [1; 24]).unwrap_err(), AdminError::InvalidName);
     assert_eq!(a.create_user("a b", [1; 24]).unwrap_err(), AdminError::InvalidName);
 }
+
+#[test]
+fn positions_are_limited_counting_open_orders_as_filled() {
+    let limit = PositionLimit { max_lots: 10, max_value: 1_000, units_per_tick_lot: 1 };
+    let (a, user, _) = with_user(0);
+    let mut a = a.with_position_limits(vec![limit]);
+    // Six lots at 100 (value 600) then four more: at the limit in lots and in value.
+    let mut six = NewOrder { quantity: 6, ..order(6, 6, None) };
+    a.reserve(user, &mut six, 0, 0).unwrap();
+    let mut four = order(4, 4, None);
+    a.reserve(user, &mut four, 0, 0).unwrap();
+    let mut one = order(1, 1, None);
+    assert_eq!(a.reserve(user, &mut one, 0, 0), Err(RiskError::PositionLimit));
+    // The other side is a separate exposure, and reduce-only orders are never refused.
+    let mut sell = NewOrder { side: Side::Sell, ..order(10, 10, None) };
+    a.reserve(user, &mut sell, 0, 0).unwrap();
+    let mut reduce = NewOrder { reduce_only: true, side: Side::Sell, ..order(1, 0, None) };
+    a.reserve(user, &mut reduce, 0, 0).unwrap();
+    // Value counts too: two lots at 600 are 1200 > 1000.
+    let mut pricey = NewOrder { kind: OrderType::Limit { price: 600, tif: TimeInForce::Gtc }, side: Side::Sell, ..order(2, 2, None) };
+    a.release(&sell);
+    assert_eq!(a.reserve(user, &mut pricey, 0, 0), Err(RiskError::PositionLimit));
+    // Released orders free their room.
+    a.release(&four);
+    a.reserve(user, &mut one, 0, 0).unwrap();
+    assert_eq!(a.user(user).unwrap().open_on(0).lots, [7, 1], "the reduce-only sell counts on its side");
+}
+
+#[test]
+fn orphaned_locks_are_released_and_logged_ones_kept() {
+    let (mut a, user, _) = with_user(0);
+    let mut logged = order(1, 100, None);
+    a.reserve(user, &mut logged, 0, 0).unwrap();
+    a.confirm(user, logged.id);
+    let mut orphan = order(1, 250, Some("orphan"));
+    orphan.timestamp = 1_000;
+    a.reserve(user, &mut orphan, 0, 0).unwrap();
+    let mut recent = order(1, 50, None);
+    recent.timestamp = 9_000;
+    a.reserve(user, &mut recent, 0, 0).unwrap();
+    assert_eq!(a.user(user).unwrap().locked, 400);
+    let released = a.release_orphans(&[partition_of(user)], 5_000);
+    assert_eq!(released.iter().map(|(u, v)| (*u, v.id)).collect::<Vec<_>>(), [(user, orphan.id)]);
+    let account = a.user(user).unwrap();
+    assert_eq!(account.locked, 150);
+    assert_eq!(account.open_on(0).count, 2);
+    // Its clientOrderId is free again.
+    let mut again = order(1, 1, Some("orphan"));
+    a.reserve(user, &mut again, 0, 0).unwrap();
+}
+
+#[test]
+fn deposits_stop_at_the_balance_limit() {
+    let (mut a, _, _) = with_user(0);
+    let near = i64::try_from(MAX_BALANCE / 100).unwrap();
+    for n in 0..99 {
+        let TransferPlan::Log(_, t) = a.transfer("alice", &format!("big-{n}"), near, 0).unwrap() else { panic!() };
+        a.apply(&t, true);
+    }
+    assert_eq!(a.transfer("alice", "one-too-many", near, 0).unwrap_err(), AdminError::BalanceLimit);
+}
+
+#[test]
+fn order_numbers_start_above_every_order_replayed_or_restored() {
+    let (mut a, user, _) = with_user(0);
+    let mut o = order(1, 0, None);
+    a.reserve(user, &mut o, 0, 0).unwrap();
+    // A run whose numbering starts lower (the clock stepped back, the mark lost) replays
+    // the first run's order, then numbers above it.
+    let mut b = Accounts::new(0, 1_000, 5);
+    let (rec, _) = b.create_user("alice", [7; 24]).unwrap();
+    b.apply(&rec, false);
+    b.replay_order(&o, 0, 0);
+    let mut next = order(1, 0, None);
+    b.reserve(user, &mut next, 0, 0).unwrap();
+    assert!(next.id.0 & ORDER_NUMBER_MASK > o.id.0 & ORDER_NUMBER_MASK, "{next:?} after {o:?}");
+}

@@ -8,6 +8,11 @@ use crate::shard::stream::NotLogged;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
     InvalidRequest(String),
+    /// A body past `limits.max_body_bytes`: 413, code `INVALID_REQUEST` (API.md's code
+    /// for "body too large", with HTTP's own status).
+    BodyTooLarge(usize),
+    /// Request headers past the limits: 431, code `INVALID_REQUEST`.
+    HeadersTooLarge(String),
     UnknownSymbol,
     Unauthorized,
     NotFound,
@@ -18,6 +23,7 @@ pub enum ApiError {
     InsufficientBalance,
     ReduceOnlyRejected,
     TooManyOpenOrders,
+    PositionLimit,
     RateLimited,
     Unavailable(String),
     /// The event log did not confirm and the command may still land.
@@ -29,11 +35,13 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             Self::InvalidRequest(_) | Self::UnknownSymbol => 400,
+            Self::BodyTooLarge(_) => 413,
+            Self::HeadersTooLarge(_) => 431,
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::OrderNotOpen | Self::UserExists | Self::TransferConflict => 409,
-            Self::InsufficientMargin | Self::InsufficientBalance | Self::ReduceOnlyRejected | Self::TooManyOpenOrders => 422,
+            Self::InsufficientMargin | Self::InsufficientBalance | Self::ReduceOnlyRejected | Self::TooManyOpenOrders | Self::PositionLimit => 422,
             Self::RateLimited => 429,
             Self::Unavailable(_) => 503,
             Self::StatusUnknown(_) => 504,
@@ -42,7 +50,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "INVALID_REQUEST",
+            Self::InvalidRequest(_) | Self::BodyTooLarge(_) | Self::HeadersTooLarge(_) => "INVALID_REQUEST",
             Self::UnknownSymbol => "UNKNOWN_SYMBOL",
             Self::Unauthorized => "UNAUTHORIZED",
             Self::NotFound => "NOT_FOUND",
@@ -54,6 +62,7 @@ impl ApiError {
             Self::InsufficientBalance => "INSUFFICIENT_BALANCE",
             Self::ReduceOnlyRejected => "REDUCE_ONLY_REJECTED",
             Self::TooManyOpenOrders => "TOO_MANY_OPEN_ORDERS",
+            Self::PositionLimit => "POSITION_LIMIT",
             Self::RateLimited => "RATE_LIMITED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::StatusUnknown(_) => "STATUS_UNKNOWN",
@@ -62,7 +71,8 @@ impl ApiError {
 
     pub fn message(&self) -> String {
         match self {
-            Self::InvalidRequest(m) => m.clone(),
+            Self::InvalidRequest(m) | Self::HeadersTooLarge(m) => m.clone(),
+            Self::BodyTooLarge(limit) => format!("body larger than {limit} bytes"),
             Self::UnknownSymbol => "symbol is not listed".into(),
             Self::Unauthorized => "missing or invalid key".into(),
             Self::NotFound => "not found".into(),
@@ -74,6 +84,7 @@ impl ApiError {
             Self::InsufficientBalance => "available balance is less than the withdrawal".into(),
             Self::ReduceOnlyRejected => "reduceOnly order would increase or flip the position".into(),
             Self::TooManyOpenOrders => "the most open orders allowed on this symbol are open".into(),
+            Self::PositionLimit => "filled, this order and the open ones on its side could take the position past the symbol's limit (see GET /v1/symbols)".into(),
             Self::RateLimited => "order rate limit exceeded".into(),
             Self::Unavailable(m) | Self::StatusUnknown(m) => m.clone(),
         }
@@ -85,6 +96,7 @@ impl ApiError {
             status: self.status(),
             body: body.to_string().into_bytes(),
             retry_after: (*self == Self::RateLimited).then_some(1),
+            close: matches!(self, Self::BodyTooLarge(_) | Self::HeadersTooLarge(_)),
         }
     }
 }
@@ -113,6 +125,7 @@ impl From<AdminError> for ApiError {
             AdminError::TransferConflict => Self::TransferConflict,
             AdminError::InsufficientBalance => Self::InsufficientBalance,
             AdminError::InvalidAmount => invalid("invalid amount or transferId"),
+            AdminError::BalanceLimit => invalid("the deposit would take the balance past 1000000000000 USDT"),
         }
     }
 }
@@ -126,6 +139,7 @@ impl From<Refusal> for ApiError {
             Refusal::OrderNotOpen => Self::OrderNotOpen,
             Refusal::InsufficientMargin => Self::InsufficientMargin,
             Refusal::TooManyOpenOrders => Self::TooManyOpenOrders,
+            Refusal::PositionLimit => Self::PositionLimit,
             Refusal::RateLimited => Self::RateLimited,
             Refusal::ReduceOnlyRejected => Self::ReduceOnlyRejected,
             Refusal::TooLarge => invalid("order is too large"),

@@ -7,10 +7,21 @@ pub mod parse;
 pub mod render;
 pub mod service;
 
-/// A response ready for the client: status, JSON body, and `Retry-After` for 429.
+/// A response ready for the client: status, JSON body, `Retry-After` for 429, and
+/// whether the connection closes after it (the request's framing cannot be trusted).
 #[derive(Clone, Debug)]
 pub struct HttpReply {
     pub status: u16,
     pub body: Vec<u8>,
     pub retry_after: Option<u32>,
+    pub close: bool,
+}
+
+impl HttpReply {
+    /// The connection is closed after this reply.
+    #[must_use]
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
 }

@@ -13,7 +13,7 @@ use crate::shard::protocol::Answer;
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {
-    HttpReply { status: 200, body: serde_json::to_vec(body).unwrap_or_default(), retry_after: None }
+    HttpReply { status: 200, body: serde_json::to_vec(body).unwrap_or_default(), retry_after: None, close: false }
 }
 
 pub fn order_uuid(spec: &SymbolSpec, id: crate::engine::OrderId) -> String {
@@ -44,7 +44,7 @@ pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
     let spec = &map.symbols[v.symbol];
     let (price, time_in_force, kind) = match v.kind {
         OrderType::Limit { price, tif: t } => (Some(spec.ticks_to_price(price).to_string()), Some(t.as_str()), "LIMIT"),
-        OrderType::Market => (None, None, "MARKET"),
+        OrderType::Market | OrderType::MarketWithin { .. } => (None, None, "MARKET"),
     };
     let avg_fill_price = (v.filled > 0).then(|| {
         let ticks = Decimal::from_i128_with_scale(v.filled_value, 0) / Decimal::from(v.filled);
@@ -79,9 +79,12 @@ pub fn balance(total: i128, available: i128, locked: i128) -> serde_json::Value 
 
 pub fn position(spec: &SymbolSpec, p: &PositionState, last: Option<i64>) -> serde_json::Value {
     let size = p.size.abs();
-    let entry_ticks = Decimal::from_i128_with_scale(p.cost, 0)
-        / Decimal::from(spec.units_per_tick_lot())
-        / Decimal::from_i128_with_scale(size, 0);
+    // Cost ÷ (units per tick·lot × size), in ticks; a flat position has no entry price.
+    let entry_ticks = Decimal::try_from_i128_with_scale(p.cost, 0)
+        .ok()
+        .zip(Decimal::try_from_i128_with_scale(size * i128::from(spec.units_per_tick_lot()), 0).ok())
+        .and_then(|(cost, per_tick)| cost.checked_div(per_tick))
+        .unwrap_or(Decimal::ZERO);
     let unrealized = last.map_or(0, |px| {
         let value = i128::from(px) * size * i128::from(spec.units_per_tick_lot());
         if p.size > 0 { value - p.cost } else { p.cost - value }
@@ -90,7 +93,7 @@ pub fn position(spec: &SymbolSpec, p: &PositionState, last: Option<i64>) -> serd
         "symbol": spec.name,
         "side": if p.size > 0 { "LONG" } else { "SHORT" },
         "size": spec.lots_to_quantity(size).to_string(),
-        "entryPrice": (entry_ticks * spec.tick_size).round_dp(8).normalize().to_string(),
+        "entryPrice": entry_ticks.checked_mul(spec.tick_size).unwrap_or(Decimal::ZERO).round_dp(8).normalize().to_string(),
         "leverage": p.leverage,
         "margin": units_to_usdt(p.margin).to_string(),
         "unrealizedPnl": units_to_usdt(unrealized).to_string(),
@@ -127,6 +130,8 @@ pub fn symbols(map: &ShardMap, shards: usize) -> serde_json::Value {
                     "maxLeverage": s.max_leverage,
                     "makerFee": s.maker_fee.normalize().to_string(),
                     "takerFee": s.taker_fee.normalize().to_string(),
+                    "maxPosition": s.lots_to_quantity(s.max_position).normalize().to_string(),
+                    "maxPositionNotional": units_to_usdt(s.max_position_notional).to_string(),
                     "shard": s.shard % shards.max(1),
                 })
             })

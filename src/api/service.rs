@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use exchange_io::http::Activity;
 use hyper::{Request as HttpRequest, Response};
 
 use super::error::{invalid, ApiError};
@@ -28,15 +29,26 @@ pub struct Service {
     pub history: Option<ColdReader>,
 }
 
-/// hyper's service for one connection.
+/// Headers allowed on a request, and their total size (names and values). Past them the
+/// request is answered 431 and the connection closed. hyper itself answers a bare 431 past
+/// 100 headers or a 16 KiB head (its read buffer), before the request reaches us.
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// hyper's service for one connection; `activity` is told when a request's headers are
+/// in and when it is answered (the connection watchdog's view of the request).
 pub fn hyper_service(
     service: Rc<Service>,
-    on_request: impl Fn() + Clone,
+    activity: Rc<Activity>,
 ) -> impl hyper::service::Service<HttpRequest<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> {
     hyper::service::service_fn(move |req| {
-        on_request();
-        let service = service.clone();
-        async move { Ok::<_, Infallible>(service.respond(req).await) }
+        activity.headers_done();
+        let (service, activity) = (service.clone(), activity.clone());
+        async move {
+            let response = service.respond(req).await;
+            activity.answered();
+            Ok::<_, Infallible>(response)
+        }
     })
 }
 
@@ -61,6 +73,9 @@ impl Service {
         if let Some(secs) = reply.retry_after {
             response = response.header("retry-after", secs.to_string());
         }
+        if reply.close {
+            response = response.header("connection", "close");
+        }
         response.body(Full::new(Bytes::from(reply.body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
     }
 
@@ -68,15 +83,20 @@ impl Service {
         let shard = &self.shard;
         let (parts, body) = req.into_parts();
         let limit = shard.config.limits.max_body_bytes;
-        let collected = futures_lite::future::or(async { Some(read_body(body, limit).await) }, async {
+        if let Err(e) = framing(&parts) {
+            return e.reply().closing();
+        }
+        let declared = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let collected = futures_lite::future::or(async { Some(read_body(body, declared, limit).await) }, async {
             glommio::timer::sleep(Duration::from_secs(10)).await;
             None
         })
         .await;
         let mut body = match collected {
             Some(Ok(b)) => b,
-            Some(Err(())) => return invalid(format!("body larger than {limit} bytes or unreadable")).reply(),
-            None => return invalid("body not received in time").reply(),
+            Some(Err(BodyError::TooLarge)) => return ApiError::BodyTooLarge(limit).reply(),
+            Some(Err(BodyError::Broken)) => return invalid("body unreadable").reply().closing(),
+            None => return invalid("body not received in time").reply().closing(),
         };
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let input = Input {
@@ -97,7 +117,7 @@ impl Service {
             Routed::Health => return health(shard),
             Routed::Metrics => {
                 shard.all_metrics.set_hot_states(shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)));
-                return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None };
+                return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None, close: false };
             }
             Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
             Routed::Check => return check(shard).await,
@@ -127,9 +147,18 @@ impl Service {
         }
     }
 
-    /// Asks shard `to` (this one, or another over the mesh).
+    /// Asks shard `to` (this one, or another over the mesh). Work that changes state
+    /// runs as a task of its own, so a client that disconnects (which drops this
+    /// request's future) cannot stop it half-way, between a margin lock and its log
+    /// write or release.
     async fn ask(&self, to: usize, req: ApiRequest) -> Result<Answer, ApiError> {
-        match self.shard.ask(to, Request::Api(req)).await {
+        let reply = if req.changes_state() {
+            let shard = self.shard.clone();
+            glommio::spawn_local(async move { shard.ask(to, Request::Api(req)).await }).detach().await.flatten()
+        } else {
+            self.shard.ask(to, Request::Api(req)).await
+        };
+        match reply {
             Some(Reply::Api(answer)) => answer.map_err(ApiError::from),
             _ => Err(ApiError::Unavailable("shard unavailable".into())),
         }
@@ -155,24 +184,55 @@ impl Service {
     }
 }
 
-/// Reads a body of at most `limit` bytes. A larger one is read on and dropped (up to 16
-/// times the limit) so that the client, still sending, can read the 400 that follows
-/// instead of a connection reset.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Vec<u8>, ()> {
+/// What is refused before the body is read: too many or too large headers (431), or a
+/// chunked body (400: bodies here are small JSON and must say their length). Both close
+/// the connection after the answer, since what follows on it cannot be trusted to be the
+/// next request.
+fn framing(parts: &hyper::http::request::Parts) -> Result<(), ApiError> {
+    let headers = &parts.headers;
+    if headers.len() > MAX_HEADERS {
+        return Err(ApiError::HeadersTooLarge(format!("more than {MAX_HEADERS} headers")));
+    }
+    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    if size > MAX_HEADER_BYTES {
+        return Err(ApiError::HeadersTooLarge(format!("headers larger than {MAX_HEADER_BYTES} bytes")));
+    }
+    if headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+        return Err(invalid("Transfer-Encoding is not accepted: send the body with a Content-Length"));
+    }
+    Ok(())
+}
+
+enum BodyError {
+    TooLarge,
+    /// The connection failed or the body did not match its framing.
+    Broken,
+}
+
+/// Reads a body of at most `limit` bytes into a buffer of at most that size, so a
+/// connection holds at most hyper's 16 KiB read buffer plus `limit` (README, "Limits").
+/// A larger body is read on and dropped, up to 16 times the limit, so that the client,
+/// still sending, reads the 413 that follows rather than a connection reset; one that
+/// declares more than that is refused at once.
+async fn read_body(mut body: Incoming, declared: Option<u64>, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let drain = limit.saturating_mul(16);
+    if declared.is_some_and(|n| n > drain as u64) {
+        return Err(BodyError::TooLarge);
+    }
     let mut out = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ())?;
+        let frame = frame.map_err(|_| BodyError::Broken)?;
         if let Some(data) = frame.data_ref() {
             seen += data.len();
             if seen <= limit {
                 out.extend_from_slice(data);
-            } else if seen > limit.saturating_mul(16) {
-                return Err(());
+            } else if seen > drain {
+                return Err(BodyError::TooLarge);
             }
         }
     }
-    if seen > limit { Err(()) } else { Ok(out) }
+    if seen > limit { Err(BodyError::TooLarge) } else { Ok(out) }
 }
 
 /// `POST /admin/v1/check`: one consistency check on every shard, reported together.

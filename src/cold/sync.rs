@@ -244,7 +244,7 @@ pub fn transaction(
             side: order.side.as_str(),
             price: match order.kind {
                 OrderType::Limit { price, .. } => Some(spec.ticks_to_price(price)),
-                OrderType::Market => None,
+                OrderType::Market | OrderType::MarketWithin { .. } => None,
             },
             quantity: spec.lots_to_quantity(order.quantity),
             filled: spec.lots_to_quantity(view.filled),
@@ -270,7 +270,7 @@ pub fn transaction(
                     if Some(side.order_id) != taker {
                         tx.fills.push((order_id(side.order_id), spec.lots_to_quantity(t.quantity)));
                     }
-                    balance(&mut tx, side.user, i128::from(side.pnl) - i128::from(side.fee), -i128::from(side.margin_released));
+                    balance(&mut tx, side.user, side.pnl - side.fee, -side.margin_released);
                     let p = side.position;
                     tx.positions.push((
                         account_id(side.user),

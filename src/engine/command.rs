@@ -83,8 +83,19 @@ impl TimeInForce {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OrderType {
     Limit { price: Ticks, tif: TimeInForce },
-    /// Fills now within the protection band; the rest is cancelled.
+    /// Fills now within the protection band as it is when the command executes; the rest
+    /// is cancelled. Only in records logged before [`OrderType::MarketWithin`] existed
+    /// (and in requests, before the risk step prices them).
     Market,
+    /// A MARKET order as the risk step logs it: `limit` is the band price its margin was
+    /// locked at, and it never fills beyond it (nor beyond the band when it executes).
+    MarketWithin { limit: Ticks },
+}
+
+impl OrderType {
+    pub fn is_market(self) -> bool {
+        matches!(self, Self::Market | Self::MarketWithin { .. })
+    }
 }
 
 /// A client-chosen id: 1–36 bytes of `[A-Za-z0-9._:/-]`, stored inline (no allocation).

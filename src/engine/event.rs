@@ -74,13 +74,14 @@ impl Trade {
 pub struct FillUpdate {
     pub user: UserId,
     pub order_id: OrderId,
-    /// Realized PnL of the part of the fill that reduced a position.
-    pub pnl: i64,
+    /// Realized PnL of the part of the fill that reduced a position. Money that comes
+    /// out of a position is `i128` like the position, so no fill can overflow it.
+    pub pnl: i128,
     /// Fee charged (negative: a rebate), rounded up.
-    pub fee: i64,
+    pub fee: i128,
     /// Margin that left the locks: the order's share not needed by the position, plus
     /// the position margin of what was closed. The account's locked balance falls by this.
-    pub margin_released: i64,
+    pub margin_released: i128,
     /// The position after the fill.
     pub position: PositionState,
 }

@@ -194,6 +194,14 @@ impl Market {
             OrderType::Limit { price, .. } if (1..=MAX_TICKS).contains(&price) => price,
             OrderType::Limit { .. } => return Err(CancelReason::InvalidOrder),
             OrderType::Market => self.market_limit(order.side).ok_or(CancelReason::NoLiquidity)?,
+            // The tighter of the locked price and today's band: never beyond what the
+            // margin was locked for.
+            OrderType::MarketWithin { limit } if (1..=MAX_TICKS).contains(&limit) => match self.market_limit(order.side) {
+                Some(band) if order.side == Side::Buy => band.min(limit),
+                Some(band) => band.max(limit),
+                None => limit,
+            },
+            OrderType::MarketWithin { .. } => return Err(CancelReason::InvalidOrder),
         };
         if self.spec.notional(limit, order.quantity) > i128::from(MAX_NOTIONAL) {
             return Err(CancelReason::InvalidOrder);

@@ -27,6 +27,7 @@ impl Harness {
         let lock_price = match kind {
             OrderType::Limit { price, .. } => price,
             OrderType::Market => self.market.market_limit(side).unwrap_or(1),
+            OrderType::MarketWithin { limit } => limit,
         };
         NewOrder {
             id: OrderId(self.next_id),
@@ -155,6 +156,34 @@ fn market_order_stops_at_the_protection_band() {
 }
 
 #[test]
+fn a_priced_market_order_never_fills_beyond_the_price_it_was_locked_at() {
+    let mut h = Harness::new();
+    h.gtc(A, Side::Sell, 1000, 1);
+    h.gtc(B, Side::Buy, 1000, 1); // last trade 1000: band for buys is 1050
+    // Priced (and locked) now, at 1050...
+    let limit = h.market.market_limit(Side::Buy).unwrap();
+    assert_eq!(limit, 1050);
+    let priced = h.order(C, Side::Buy, OrderType::MarketWithin { limit }, 3);
+    // ...but before it executes the market trades at 1040, moving the band to 1092.
+    h.gtc(A, Side::Sell, 1040, 1);
+    h.gtc(B, Side::Buy, 1040, 1);
+    h.gtc(A, Side::Sell, 1050, 1);
+    h.gtc(A, Side::Sell, 1060, 1);
+    let ev = h.submit(priced);
+    // It fills at 1050, not at 1060: its margin covers no more.
+    assert_eq!(trades(&ev).iter().map(|t| (t.0, t.1)).collect::<Vec<_>>(), [(1050, 1)]);
+    assert_eq!(h.depth(Side::Sell), [(1060, 1)]);
+    // Nor beyond today's band when that is the tighter one.
+    let mut h = Harness::new();
+    h.gtc(A, Side::Sell, 1000, 1);
+    h.gtc(B, Side::Buy, 1000, 1);
+    h.gtc(A, Side::Sell, 1051, 1);
+    let loose = h.order(C, Side::Buy, OrderType::MarketWithin { limit: 2000 }, 1);
+    let ev = h.submit(loose);
+    assert!(trades(&ev).is_empty());
+}
+
+#[test]
 fn market_order_without_any_reference_price_is_rejected() {
     let mut h = Harness::new();
     let ev = h.market(A, Side::Buy, 1);
@@ -280,8 +309,8 @@ fn fees_are_maker_and_taker_rates_rounded_up() {
     let ev = h.gtc(B, Side::Buy, 500_005, 7);
     let Event::TradeExecuted(t) = ev[0] else { panic!() };
     let notional = 500_005 * 7 * 10_000_i64; // 3500.035 USDT
-    assert_eq!(t.seller.fee, (notional as u64 * 2).div_ceil(10_000) as i64); // 0.0002
-    assert_eq!(t.buyer.fee, (notional as u64 * 5).div_ceil(10_000) as i64); // 0.0005
+    assert_eq!(t.seller.fee, i128::from((notional as u64 * 2).div_ceil(10_000))); // 0.0002
+    assert_eq!(t.buyer.fee, i128::from((notional as u64 * 5).div_ceil(10_000))); // 0.0005
 }
 
 #[test]

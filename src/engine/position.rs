@@ -18,9 +18,9 @@ use super::units::{div_ceil, div_floor, narrow, Lots, Ticks};
 /// What a fill changed for one account, besides the position itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FillEffect {
-    pub pnl: i64,
-    pub fee: i64,
-    pub margin_released: i64,
+    pub pnl: i128,
+    pub fee: i128,
+    pub margin_released: i128,
 }
 
 /// Applies a fill of `qty` at `price` on `side` to `pos`.
@@ -80,7 +80,7 @@ pub fn apply_fill(
     }
     released += order_margin - to_position;
     pos.fees += fee;
-    FillEffect { pnl: narrow(pnl), fee: narrow(fee), margin_released: narrow(released) }
+    FillEffect { pnl, fee, margin_released: released }
 }
 
 /// How much of `qty` a reduce-only order may fill against a position of `size` without
@@ -125,8 +125,8 @@ mod tests {
         assert_eq!(p.cost / p.size, 1050 * i128::from(U));
         // Sell all 20 at 1200: pnl = 20 × 150 ticks.
         let e = apply_fill(&s, &mut p, Side::Sell, 1200, 20, 10, 0, true);
-        assert_eq!(e.pnl, 20 * 150 * U);
-        assert_eq!(e.margin_released, 2100 * U);
+        assert_eq!(e.pnl, i128::from(20 * 150 * U));
+        assert_eq!(e.margin_released, i128::from(2100 * U));
         assert_eq!((p.size, p.cost, p.margin), (0, 0, 0));
         assert_eq!(p.realized_pnl, i128::from(20 * 150 * U));
         assert_eq!(p.fees, i128::from(50_000 + taker_fee(1100, 10) + div_ceil(i128::from(1200 * 20 * U * 2), 10_000) as i64));
@@ -140,7 +140,7 @@ mod tests {
         // fee is released to be charged, so the available balance cannot go negative.
         let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 1, 10_000 * U, false);
         assert_eq!(e.fee, 50_000);
-        assert_eq!(e.margin_released, 50_000);
+        assert_eq!(e.margin_released, i128::from(50_000));
         assert_eq!(p.margin, i128::from(10_000 * U - 50_000));
     }
 
@@ -152,12 +152,12 @@ mod tests {
         // Sell 5 at 900 with leverage 2, having locked 5 × 900 ÷ 2 plus the fee.
         let fee = taker_fee(900, 5);
         let e = apply_fill(&s, &mut p, Side::Sell, 900, 5, 2, 2250 * U + fee, false);
-        assert_eq!(e.pnl, -3 * 100 * U);
+        assert_eq!(e.pnl, i128::from(-3 * 100 * U));
         assert_eq!(p.size, -2);
         assert_eq!(p.cost, 1800 * i128::from(U));
         assert_eq!(p.margin, 900 * i128::from(U)); // 2 × 900 ÷ 2
         // Released: the long's 3,000 plus the order's 2,250 and fee less the 900 now in the short.
-        assert_eq!(e.margin_released, (3000 + 2250 - 900) * U + fee);
+        assert_eq!(e.margin_released, i128::from((3000 + 2250 - 900) * U + fee));
         assert_eq!(p.leverage, 2);
     }
 
@@ -172,7 +172,7 @@ mod tests {
         for _ in 0..3 {
             total += apply_fill(&s, &mut p, Side::Sell, 12, 1, 1, 0, false).pnl;
         }
-        assert_eq!(total, (36 - 32) * U);
+        assert_eq!(total, i128::from((36 - 32) * U));
         assert_eq!(p.size, 0);
         assert_eq!(p.cost, 0);
     }
@@ -184,9 +184,9 @@ mod tests {
         apply_fill(&s, &mut p, Side::Sell, 1000, 4, 4, 1000 * U + taker_fee(1000, 4), false);
         assert_eq!(p.margin, 1000 * i128::from(U));
         let e = apply_fill(&s, &mut p, Side::Buy, 1100, 1, 4, 275 * U, false);
-        assert_eq!(e.pnl, -100 * U);
+        assert_eq!(e.pnl, i128::from(-100 * U));
         // A quarter of the position margin plus the whole order share (nothing opened).
-        assert_eq!(e.margin_released, 250 * U + 275 * U);
+        assert_eq!(e.margin_released, i128::from(250 * U + 275 * U));
     }
 
     #[test]
@@ -198,11 +198,11 @@ mod tests {
         let fee = div_ceil(i128::from(1200 * U * 2), 10_000) as i64;
         let e = apply_fill(&s, &mut p, Side::Sell, 1200, 1, 1, 1000 * U + 500, true);
         assert_eq!(p.margin, i128::from(1000 * U + 500 - fee));
-        assert_eq!(e.margin_released, fee);
+        assert_eq!(e.margin_released, i128::from(fee));
         // A buy locked at 1050 filled at 1000 returns the difference.
         let mut q = PositionState::default();
         let e = apply_fill(&s, &mut q, Side::Buy, 1000, 1, 1, 1050 * U + taker_fee(1050, 1), false);
-        assert_eq!(e.margin_released, 50 * U + taker_fee(1050, 1));
+        assert_eq!(e.margin_released, i128::from(50 * U + taker_fee(1050, 1)));
     }
 
     #[test]

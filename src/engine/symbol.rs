@@ -7,7 +7,7 @@
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
-use super::units::{self, Lots, Ticks, Units, MAX_LOTS, MAX_TICKS, RATE_ONE, UNITS_PER_USDT};
+use super::units::{self, Lots, Ticks, Units, MAX_LOTS, MAX_NOTIONAL, MAX_TICKS, RATE_ONE, UNITS_PER_USDT};
 
 /// What a symbol trades like. Built (and validated) by [`SymbolSpec::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +23,11 @@ pub struct SymbolSpec {
     pub protection_band: Decimal,
     /// Index of the shard that owns the symbol.
     pub shard: usize,
+    /// Largest position a user may hold, in lots, counting open orders as filled.
+    pub max_position: Lots,
+    /// Largest position value (Σ lots × price) a user may hold, in money units, counting
+    /// open orders as filled at their prices.
+    pub max_position_notional: Units,
     /// Money units of one tick times one lot (`tick_size × lot_size × 1e8`).
     pub(crate) units_per_tick_lot: i64,
     pub(crate) maker_fee_rate: i64,
@@ -114,11 +119,32 @@ impl SymbolSpec {
             taker_fee,
             protection_band,
             shard,
+            max_position: MAX_LOTS,
+            max_position_notional: MAX_NOTIONAL,
             units_per_tick_lot,
             maker_fee_rate,
             taker_fee_rate,
             band_rate,
         })
+    }
+
+    /// Sets the per-user position limits: `quantity` (a multiple of the lot) and
+    /// `notional` (USDT), each at most the bound of a single order.
+    ///
+    /// # Errors
+    /// A [`SpecError`] naming the field.
+    pub fn with_position_limits(mut self, quantity: Option<Decimal>, notional: Option<Decimal>) -> Result<Self, SpecError> {
+        if let Some(q) = quantity {
+            self.max_position = self.quantity_to_lots(q).map_err(|_| {
+                out_of_range("max_position", &self.lot_size.normalize().to_string(), &self.lots_to_quantity(MAX_LOTS).to_string())
+            })?;
+        }
+        if let Some(n) = notional {
+            self.max_position_notional = exact_scaled(n, UNITS_PER_USDT)
+                .filter(|u| (1..=MAX_NOTIONAL).contains(u))
+                .ok_or_else(|| out_of_range("max_position_notional", "0.00000001", &units_to_usdt(MAX_NOTIONAL).to_string()))?;
+        }
+        Ok(self)
     }
 
     /// A client's price as ticks: positive, a multiple of the tick, within bounds.
@@ -177,9 +203,13 @@ impl SymbolSpec {
     }
 }
 
-/// Money units as a decimal USDT amount.
+/// Money units as a decimal USDT amount. The account and position bounds keep every
+/// amount far inside a decimal's 28 digits; past them it saturates rather than panics.
 pub fn units_to_usdt(units: impl Into<i128>) -> Decimal {
-    Decimal::from_i128_with_scale(units.into(), 8).normalize()
+    let units = units.into();
+    Decimal::try_from_i128_with_scale(units, 8)
+        .unwrap_or(if units < 0 { Decimal::MIN } else { Decimal::MAX })
+        .normalize()
 }
 
 /// A USDT amount as money units, if it has at most 8 decimals and fits.

@@ -64,6 +64,7 @@ pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>
 /// numbers the order). Redis, when configured, is told behind it.
 fn reserve(shard: &Shard, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
     reserve_in_ledger(shard, key, &mut order, symbol)?;
+    shard.numbered(order.id.0 & crate::accounts::ORDER_NUMBER_MASK);
     hot::reserved(shard, &order);
     Ok(order)
 }
@@ -78,6 +79,7 @@ fn reserve_in_ledger(shard: &Shard, key: &str, order: &mut NewOrder, symbol: usi
         Err(RiskError::RateLimited) => Err(ReserveError::RateLimited),
         Err(RiskError::InsufficientMargin) => Err(ReserveError::InsufficientMargin),
         Err(RiskError::TooManyOpenOrders) => Err(ReserveError::TooManyOpenOrders),
+        Err(RiskError::PositionLimit) => Err(ReserveError::PositionLimit),
         Err(RiskError::Duplicate(id)) => Err(ReserveError::Duplicate(accounts.user(user).and_then(|a| a.order(id)).cloned().map(Box::new))),
     }
 }
@@ -258,9 +260,17 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
     order.timestamp = now_ms();
     let spec = &shard.map.symbols[symbol];
+    // A MARKET order is priced here, at the band's limit; the price travels with the
+    // command and the engine never fills it beyond, so the lock always covers its fills.
     let lock_price = match order.kind {
-        OrderType::Limit { price, .. } => Some(price),
-        OrderType::Market => stream.market.borrow().market_limit(order.side),
+        OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => Some(price),
+        OrderType::Market => {
+            let limit = stream.market.borrow().market_limit(order.side);
+            if let Some(limit) = limit {
+                order.kind = OrderType::MarketWithin { limit };
+            }
+            limit
+        }
     };
     // The lock is the margin plus the taker fee at the order's price, so the position
     // gets its full margin and the fee never comes out of the available balance. A
@@ -281,6 +291,7 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
                 ReserveError::RateLimited => Err(Refusal::RateLimited),
                 ReserveError::InsufficientMargin => Err(Refusal::InsufficientMargin),
                 ReserveError::TooManyOpenOrders => Err(Refusal::TooManyOpenOrders),
+                ReserveError::PositionLimit => Err(Refusal::PositionLimit),
                 ReserveError::Duplicate(Some(original)) => Ok(*original),
                 ReserveError::Duplicate(None) => Err(Refusal::Unavailable("order is being placed; retry".into())),
             };

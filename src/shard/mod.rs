@@ -70,8 +70,10 @@ pub struct Shard {
     /// Account partitions whose last log write failed, with the offset it may have
     /// reached the log at: settled before the partition logs anything new.
     pub account_in_doubt: RefCell<FxHashMap<u32, u64>>,
-    /// Last number given to a record on Kafka.
+    /// Next number to give a record on Kafka.
     pub wire_seq: std::cell::Cell<u64>,
+    /// Where the numbers handed out are reserved so they never repeat.
+    pub numbering: Arc<crate::numbering::HighWater>,
     /// An account snapshot is being written.
     pub snapshotting: std::cell::Cell<bool>,
 }
@@ -133,14 +135,25 @@ impl Shard {
         if self.kafka.is_some() { wire::decode_account(bytes) } else { postcard::from_bytes(bytes).map_err(|e| e.to_string()) }
     }
 
-    /// Numbers records on Kafka: increasing, started from the clock so a restart never
-    /// repeats a number.
+    /// Numbers records on Kafka: increasing, and never repeated by a later run
+    /// ([`crate::numbering`]).
     fn next_wire_seq(&self) -> u64 {
-        let n = self.wire_seq.get().max(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64),
-        );
+        let n = self.wire_seq.get();
         self.wire_seq.set(n + 1);
+        self.numbered(n);
         n
+    }
+
+    /// Tells the high-water mark the highest number handed out (an order number or a
+    /// record's): it reserves the next block once half of this one is used.
+    pub fn numbered(&self, highest: u64) {
+        if highest.saturating_add(crate::numbering::BLOCK / 2) < self.numbering.reserved() {
+            return;
+        }
+        match self.numbering.used(highest) {
+            Ok(()) => tracing::info!(shard = self.id, reserved = self.numbering.reserved(), "numbering: next block reserved"),
+            Err(e) => tracing::error!(shard = self.id, error = %e, "numbering: the high-water mark could not be written; numbers may repeat after a restart with the clock set back"),
+        }
     }
 
     pub fn stream(&self, symbol: usize) -> Option<Rc<SymbolStream>> {

@@ -38,6 +38,14 @@ pub enum ApiRequest {
     Trades { symbol: usize, limit: usize },
 }
 
+impl ApiRequest {
+    /// Whether answering it changes state (locks margin, logs a command): such work is
+    /// finished, or undone, even when the client that asked has gone.
+    pub fn changes_state(&self) -> bool {
+        matches!(self, Self::PlaceOrder { .. } | Self::CancelOrder { .. } | Self::CancelAll { .. } | Self::CreateUser { .. } | Self::Transfer { .. })
+    }
+}
+
 /// What a shard answers an [`ApiRequest`] with.
 #[derive(Debug)]
 pub enum Answer {
@@ -67,6 +75,7 @@ pub enum Refusal {
     OrderNotOpen,
     InsufficientMargin,
     TooManyOpenOrders,
+    PositionLimit,
     RateLimited,
     ReduceOnlyRejected,
     /// The order's margin does not fit the ledger's integers.
@@ -112,6 +121,7 @@ pub enum ReserveError {
     Duplicate(Option<Box<OrderView>>),
     InsufficientMargin,
     TooManyOpenOrders,
+    PositionLimit,
 }
 
 #[derive(Debug)]
