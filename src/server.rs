@@ -232,6 +232,8 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
     if shard.redis.is_some() {
         glommio::spawn_local(crate::shard::hot::write_behind(shard.clone())).detach();
         glommio::spawn_local(crate::shard::hot::watch(shard.clone())).detach();
+    } else {
+        glommio::spawn_local(crate::shard::hot::check_periodically(shard.clone())).detach();
     }
     let history = cold.map(|(reader, _)| reader);
     serve(Rc::new(Service { shard, history })).await

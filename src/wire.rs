@@ -538,4 +538,88 @@ mod tests {
             assert_eq!(decode_account(&encode_account(&record, 1, 2)), Ok(record));
         }
     }
+
+    /// The top-level fields of a JSON record, and of its objects one level down.
+    fn layout(bytes: &[u8]) -> Vec<String> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let mut fields = Vec::new();
+        for (k, v) in value.as_object().unwrap() {
+            fields.push(k.clone());
+            if let Some(inner) = v.as_object() {
+                fields.extend(inner.keys().map(|i| format!("{k}.{i}")));
+            }
+        }
+        fields.sort();
+        fields
+    }
+
+    fn fields(list: &str) -> Vec<String> {
+        let mut fields: Vec<String> = list.split_whitespace().map(str::to_owned).collect();
+        fields.sort();
+        fields
+    }
+
+    /// Every record type on every topic has exactly the fields README "Kafka" lists.
+    #[test]
+    fn every_record_type_has_the_documented_fields() {
+        let spec = btc();
+        let order = NewOrder {
+            id: OrderId((7 << 52) | 1),
+            user: UserId((5 << 32) | 9),
+            side: Side::Buy,
+            kind: OrderType::Limit { price: 500_000, tif: TimeInForce::Gtc },
+            quantity: 10,
+            leverage: 20,
+            reduce_only: false,
+            client_order_id: Some(ClientOrderId::new("c").unwrap()),
+            locked_margin: 25_000_250,
+            timestamp: 1,
+        };
+        let market = NewOrder { kind: OrderType::MarketWithin { limit: 525_000 }, ..order };
+        let submitted = "eventId eventType orderId userId symbol side type price quantity leverage timestamp timeInForce reduceOnly clientOrderId lockedMargin seq";
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (encode_command(&spec, &StreamRecord::Command(Command::Place(order)), 1), submitted.to_owned()),
+            (encode_command(&spec, &StreamRecord::Command(Command::Place(market)), 1), format!("{submitted} protectionPrice")),
+            (
+                encode_command(&spec, &StreamRecord::Command(Command::Cancel { id: order.id, user: order.user, timestamp: 2 }), 2),
+                "eventId eventType orderId userId symbol timestamp seq".to_owned(),
+            ),
+            (encode_command(&spec, &StreamRecord::Void(3), 3), "eventId eventType symbol voidedOffset seq".to_owned()),
+            (
+                encode_account(&AccountRecord::UserCreated { name: "alice".into(), user: order.user, key_hash: [1; 32] }, 5, 4),
+                "eventId eventType userId accountId keyHash".to_owned(),
+            ),
+            (
+                encode_account(&AccountRecord::Transfer { user: order.user, transfer_id: "t".into(), amount: 5, timestamp: 6 }, 5, 5),
+                "eventId eventType accountId transferId currency amount timestamp".to_owned(),
+            ),
+            (encode_account(&AccountRecord::Voided { offset: 1 }, 5, 6), "eventId eventType voidedOffset".to_owned()),
+        ];
+        let mut m = crate::engine::Market::new(spec.clone());
+        let mut events = Vec::new();
+        let sell = NewOrder { id: OrderId((7 << 52) | 2), user: UserId((6 << 32) | 1), side: Side::Sell, client_order_id: None, ..order };
+        m.execute(&Command::Place(sell), &mut events).unwrap();
+        m.execute(&Command::Place(NewOrder { quantity: 4, ..order }), &mut events).unwrap();
+        m.execute(&Command::Cancel { id: sell.id, user: sell.user, timestamp: 9 }, &mut events).unwrap();
+        let update = "userId orderId pnl fee marginReleased position";
+        let result_fields = |e: &Event| match e {
+            Event::OrderPlaced(_) => "eventId eventType symbol seq timestamp orderId userId side price quantity filledQuantity lockedMargin leverage reduceOnly clientOrderId".to_owned(),
+            Event::OrderCancelled(_) => "eventId eventType symbol seq timestamp orderId userId side quantity filledQuantity releasedMargin reason".to_owned(),
+            Event::TradeExecuted(_) => format!(
+                "eventId eventType symbol seq timestamp trade buyerUpdate sellerUpdate {} {} {}",
+                "trade.tradeId trade.symbol trade.price trade.quantity trade.buyerOrderId trade.sellerOrderId trade.takerSide trade.timestamp",
+                update.split(' ').map(|f| format!("buyerUpdate.{f}")).collect::<Vec<_>>().join(" "),
+                update.split(' ').map(|f| format!("sellerUpdate.{f}")).collect::<Vec<_>>().join(" "),
+            ),
+        };
+        let mut kinds = std::collections::BTreeSet::new();
+        let results: Vec<(Vec<u8>, String)> = events.iter().map(|e| (encode_event(&spec, e).1, result_fields(e))).collect();
+        for (bytes, expected) in cases.into_iter().chain(results) {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            kinds.insert(value["eventType"].as_str().unwrap().to_owned());
+            assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
+        }
+        let all = ["OrderSubmitted", "CancelRequested", "CommandVoided", "UserCreated", "BalanceAdjusted", "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted"];
+        assert_eq!(kinds, all.iter().map(|k| (*k).to_owned()).collect(), "every record type was looked at");
+    }
 }

@@ -21,6 +21,8 @@ pub struct Server {
     agent: ureq::Agent,
     /// The broker when the suite runs in Kafka mode (`EXCHANGE_TEST_KAFKA_BROKERS`).
     pub kafka: Option<String>,
+    /// Command-line arguments after `serve`.
+    args: Vec<String>,
 }
 
 /// The broker the suite runs against, if it runs in Kafka mode. A broker that is named
@@ -68,7 +70,16 @@ impl Server {
         Self::start_in(env, Some(brokers.to_owned()))
     }
 
+    /// Starts a server with command-line arguments after `serve` (`--config FILE`).
+    pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_full(env, kafka_brokers(), args)
+    }
+
     fn start_in(env: &[(&str, &str)], kafka: Option<String>) -> Self {
+        Self::start_full(env, kafka, &[])
+    }
+
+    fn start_full(env: &[(&str, &str)], kafka: Option<String>, args: &[&str]) -> Self {
         let data = std::env::temp_dir().join(format!(
             "exchange-test-{}-{}",
             std::process::id(),
@@ -82,6 +93,7 @@ impl Server {
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
             agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build(),
             kafka,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         if let Some(brokers) = server.kafka.clone() {
             let prefix = format!("{}.", server.data.file_name().and_then(|n| n.to_str()).unwrap_or("t"));
@@ -121,6 +133,7 @@ impl Server {
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_exchange"));
         cmd.arg("serve")
+            .args(&self.args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("EXCHANGE_HTTP_ADDR", format!("127.0.0.1:{}", self.port))
             .env("EXCHANGE_DATA_DIR", &self.data)

@@ -50,6 +50,21 @@ fn release_orphans(shard: &Shard, partitions: &[u32]) -> Vec<Repair> {
         .collect()
 }
 
+/// Without Redis: the consistency check (orphaned locks only) every
+/// `EXCHANGE_CHECK_INTERVAL_SECS` (0: never). With Redis, [`super::watch`] runs it.
+pub async fn periodically(shard: Rc<Shard>) {
+    let interval = std::time::Duration::from_secs(shard.config.check_interval_secs);
+    if interval.is_zero() {
+        return;
+    }
+    while !shard.health.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        glommio::timer::sleep(interval).await;
+        if let Ok(r) = check(&shard).await {
+            tracing::info!(shard = shard.id, users = r.users, repaired = r.repaired.len(), "consistency check");
+        }
+    }
+}
+
 /// What one consistency check found and repaired.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct CheckReport {

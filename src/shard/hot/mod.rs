@@ -44,7 +44,7 @@ use crate::redis_state::{Keys, Writes};
 use crate::health::Health;
 
 pub use crate::health::hot::{DISABLED, READY, REBUILDING, STALE};
-pub use check::{check, CheckReport};
+pub use check::{check, periodically as check_periodically, CheckReport};
 pub use rebuild::{mark_clean, rebuild, watch};
 
 mod check;
