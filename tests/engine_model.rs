@@ -287,8 +287,12 @@ impl RefModel {
                     self.resting.remove(i);
                 }
             }
-            let maker = self.account(m.o.user, m.o.id, m.o.side, m.price, q, m.o.leverage, maker_part, true);
+            let mut maker = self.account(m.o.user, m.o.id, m.o.side, m.price, q, m.o.leverage, maker_part, true);
             let taker = self.account(o.user, o.id, o.side, m.price, q, o.leverage, taker_part, false);
+            // Trading with oneself: both sides show the position after the whole trade.
+            if m.o.user == o.user {
+                maker.position = taker.position;
+            }
             let (buyer, seller) = if o.side == Side::Buy { (taker, maker) } else { (maker, taker) };
             self.last_price = Some(m.price);
             out.push(Event::TradeExecuted(Trade {

@@ -264,8 +264,14 @@ impl Market {
         events: &mut Vec<Event>,
     ) {
         let price = maker.price;
-        let maker_update = self.fill_account(maker.user, maker.id, maker.side, price, qty, maker.leverage, maker_margin, true);
+        let mut maker_update = self.fill_account(maker.user, maker.id, maker.side, price, qty, maker.leverage, maker_margin, true);
         let taker_update = self.fill_account(taker.user, taker.id, taker.side, price, qty, taker.leverage, taker_margin, false);
+        // A user trading with themselves: both updates carry the position after the whole
+        // trade, so that whichever the ledger applies last (the buyer's, then the
+        // seller's) leaves it as the engine has it.
+        if maker.user == taker.user {
+            maker_update.position = taker_update.position;
+        }
         let (buyer, seller) =
             if taker.side == Side::Buy { (taker_update, maker_update) } else { (maker_update, taker_update) };
         self.last_price = Some(price);

@@ -373,3 +373,19 @@ fn snapshot_restore_is_the_same_state() {
     assert!(Market::restore(btc(), &bytes[..bytes.len() - 3]).is_err());
     assert!(Market::restore(btc(), b"nonsense").is_err());
 }
+
+#[test]
+fn a_trade_with_oneself_reports_the_final_position_on_both_sides() {
+    for taker_side in [Side::Buy, Side::Sell] {
+        let mut h = Harness::new();
+        // A holds 2 long; then rests the other side of 1 and takes it itself.
+        h.gtc(B, Side::Sell, 1000, 2);
+        h.gtc(A, Side::Buy, 1000, 2);
+        h.gtc(A, taker_side.opposite(), 1000, 1);
+        let ev = h.gtc(A, taker_side, 1000, 1);
+        let Some(Event::TradeExecuted(t)) = ev.iter().find(|e| matches!(e, Event::TradeExecuted(_))) else { panic!("no trade: {ev:?}") };
+        let engine = h.market.position(A);
+        assert_eq!((t.buyer.position, t.seller.position), (engine, engine), "taker {taker_side:?}");
+        assert_eq!(engine.size, 2, "a trade with oneself moves nothing");
+    }
+}
