@@ -327,6 +327,15 @@ fn money_invariants_hold_after_a_random_stream() {
         assert_eq!(dec(&b["locked"]), margin, "{name}: {b} {positions}");
     }
     assert!(fees_total > Decimal::ZERO, "the stream traded");
+    // The exchange's own books say the same, to the last unit.
+    let (status, summary) = s.request("GET", "/admin/v1/summary", &[("x-admin-key", ADMIN)], None);
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(dec(&summary["deposits"]), Decimal::from(2000 * users.len() as i64), "{summary}");
+    assert_eq!(dec(&summary["fees"]), fees_total, "{summary}");
+    let identity = dec(&summary["balances"]) + dec(&summary["unrealizedPnl"]) + dec(&summary["fees"]) + dec(&summary["insuranceFund"]);
+    assert_eq!(dec(&summary["deposits"]), identity, "{summary}");
+    assert_eq!(summary["balanced"], true, "{summary}");
+    assert_eq!(s.request("GET", "/admin/v1/summary", &[], None).0, 401);
 }
 
 #[test]

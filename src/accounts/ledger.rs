@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 use super::snapshot::{AccountRef, PartitionStateRef};
 use super::{
     partition_of, partition_of_name, user_of_key, Account, AccountRecord, Accounts, AdminError, Fill, HotState, OrderStatus, PartitionState,
-    OrderView, PositionLimit, RiskError, TransferPlan, FILLS_KEPT, MAX_BALANCE, ORDER_NUMBER_MASK,
+    OrderView, PositionLimit, RiskError, Totals, TransferPlan, FILLS_KEPT, MAX_BALANCE, ORDER_NUMBER_MASK,
 };
 use crate::engine::units::Units;
 use crate::engine::{CancelReason, Event, NewOrder, OrderId, OrderType, Side, UserId};
@@ -23,6 +23,23 @@ impl HotState for Accounts {
 
     fn applied_offsets(&self) -> Vec<(usize, u64)> {
         self.applied.iter().map(|(s, o)| (*s, *o)).collect()
+    }
+
+    fn totals(&self, partitions: &[u32]) -> Totals {
+        let mut totals = Totals {
+            deposits: self.transfers.values().filter(|(u, _)| partitions.contains(&partition_of(*u))).map(|(_, a)| i128::from(*a)).sum(),
+            ..Totals::default()
+        };
+        for (_, account) in self.users.iter().filter(|(u, _)| partitions.contains(&partition_of(**u))) {
+            totals.balances += account.total;
+            let mut mine = Totals::default();
+            for (symbol, p) in &account.positions {
+                mine.fees += p.fees;
+                mine.positions.push((*symbol, p.size, p.size.signum() * p.cost));
+            }
+            totals.add(mine);
+        }
+        totals
     }
 
     /// One partition's state as snapshot bytes (the encoding of [`PartitionState`]),

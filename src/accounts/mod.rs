@@ -55,6 +55,37 @@ pub enum AccountRecord {
     Voided { offset: u64 },
 }
 
+/// The money of the users of some partitions, summed (`GET /admin/v1/summary`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Net transfers: deposits less withdrawals.
+    pub deposits: i128,
+    /// Σ `total`.
+    pub balances: i128,
+    /// Σ fees paid (net of maker rebates), over every position ever held.
+    pub fees: i128,
+    /// Per symbol: Σ position size and Σ signed cost (long +, short −), which with one
+    /// price give the Σ of unrealized PnL.
+    pub positions: Vec<(usize, i128, i128)>,
+}
+
+impl Totals {
+    pub fn add(&mut self, other: Totals) {
+        self.deposits += other.deposits;
+        self.balances += other.balances;
+        self.fees += other.fees;
+        for (symbol, size, cost) in other.positions {
+            match self.positions.iter_mut().find(|(s, _, _)| *s == symbol) {
+                Some(p) => {
+                    p.1 += size;
+                    p.2 += cost;
+                }
+                None => self.positions.push((symbol, size, cost)),
+            }
+        }
+    }
+}
+
 /// Why the risk step refused an order.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RiskError {
@@ -294,6 +325,9 @@ pub trait HotState {
 
     /// Per symbol, the offset after the last command whose results are applied here.
     fn applied_offsets(&self) -> Vec<(usize, u64)>;
+
+    /// The money of the users of these partitions, summed.
+    fn totals(&self, partitions: &[u32]) -> Totals;
 }
 
 /// The user a key claims to be (checked by [`Accounts::authenticate`] on the owner).

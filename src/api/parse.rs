@@ -33,6 +33,7 @@ pub enum Routed {
     Metrics,
     /// A consistency check on every shard.
     Check,
+    Summary,
 }
 
 pub struct Input<'a> {
@@ -127,6 +128,10 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             admin(input.admin_key, limits.admin_key)?;
             Routed::Check
         }
+        ("GET", ["admin", "v1", "summary"]) => {
+            admin(input.admin_key, limits.admin_key)?;
+            Routed::Summary
+        }
         ("POST", ["admin", "v1", "users"]) => {
             admin(input.admin_key, limits.admin_key)?;
             check_depth(input.body, limits.max_json_depth)?;
@@ -163,7 +168,7 @@ fn known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
         ["health"] | ["metrics"] | ["v1", "symbols" | "depth" | "trades" | "orders" | "fills" | "balance" | "positions"]
-            | ["v1", "orders", ..] | ["admin", "v1", "users" | "deposits"]
+            | ["v1", "orders", ..] | ["admin", "v1", "users" | "deposits" | "summary" | "check"]
     )
 }
 

@@ -140,6 +140,30 @@ pub fn symbols(map: &ShardMap, shards: usize) -> serde_json::Value {
 }
 
 
+/// `GET /admin/v1/summary`: the exchange's books. Unrealized PnL is summed per symbol
+/// at its last trade price (`last`), which makes it exactly the negative of the realized
+/// PnL still inside the balances.
+pub fn summary(map: &ShardMap, totals: &crate::accounts::Totals, last: &[(usize, Option<i64>)]) -> serde_json::Value {
+    let unrealized: i128 = totals
+        .positions
+        .iter()
+        .map(|(symbol, size, signed_cost)| {
+            let price = last.iter().find(|(s, _)| s == symbol).and_then(|(_, p)| *p).unwrap_or(0);
+            size * i128::from(price) * i128::from(map.symbols[*symbol].units_per_tick_lot()) - signed_cost
+        })
+        .sum();
+    let insurance_fund = 0;
+    serde_json::json!({
+        "currency": "USDT",
+        "deposits": units_to_usdt(totals.deposits).to_string(),
+        "balances": units_to_usdt(totals.balances).to_string(),
+        "unrealizedPnl": units_to_usdt(unrealized).to_string(),
+        "fees": units_to_usdt(totals.fees).to_string(),
+        "insuranceFund": units_to_usdt(insurance_fund).to_string(),
+        "balanced": totals.deposits == totals.balances + unrealized + totals.fees + insurance_fund,
+    })
+}
+
 /// A shard's answer, as the API shows it.
 pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
     match answer {

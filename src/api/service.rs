@@ -121,6 +121,7 @@ impl Service {
             }
             Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
             Routed::Check => return check(shard).await,
+            Routed::Summary => return summary(shard).await,
             Routed::History { partition, key, symbol, limit, before } => {
                 return self.history(partition, key, symbol, limit, before).await.unwrap_or_else(|e| e.reply());
             }
@@ -233,6 +234,23 @@ async fn read_body(mut body: Incoming, declared: Option<u64>, limit: usize) -> R
         }
     }
     if seen > limit { Err(BodyError::TooLarge) } else { Ok(out) }
+}
+
+/// `GET /admin/v1/summary`: every shard's money summed, unrealized PnL at each symbol's
+/// last trade price. Balanced when deposits = balances + unrealized PnL + fees.
+async fn summary(shard: &Rc<Shard>) -> HttpReply {
+    let mut totals = crate::accounts::Totals::default();
+    let mut last = Vec::new();
+    for to in 0..shard.shards {
+        match shard.ask(to, Request::Summary).await {
+            Some(Reply::Summary(t)) => totals.add(t),
+            _ => return ApiError::Unavailable(format!("shard {to} did not answer")).reply(),
+        }
+        if let Some(Reply::LastPrices(p)) = shard.ask(to, Request::LastPrices).await {
+            last.extend(p);
+        }
+    }
+    render::ok(&render::summary(&shard.map, &totals, &last))
 }
 
 /// `POST /admin/v1/check`: one consistency check on every shard, reported together.

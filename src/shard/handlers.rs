@@ -38,6 +38,10 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
                 Reply::Cancelled(cancel(&shard, symbol, Command::CancelAll { user, timestamp: now_ms() }).await)
             }
             Request::Check => Reply::Checked(hot::check(&shard).await),
+            Request::Summary => {
+                let partitions: Vec<u32> = shard.owned_partitions().collect();
+                Reply::Summary(shard.accounts.borrow().totals(&partitions))
+            }
             Request::LastPrices => {
                 let streams = shard.streams.borrow();
                 Reply::LastPrices(streams.iter().map(|(i, s)| (*i, s.market.borrow().last_price())).collect())

@@ -111,6 +111,8 @@ pub enum Request {
     LastPrices,
     /// One consistency check of the receiver's users.
     Check,
+    /// The money of the receiver's users, summed.
+    Summary,
 }
 
 #[derive(Debug)]
@@ -133,6 +135,7 @@ pub enum Reply {
     Cancelled(Result<Option<Vec<OrderId>>, NotLogged>),
     LastPrices(Vec<(usize, Option<i64>)>),
     Checked(Result<super::hot::CheckReport, String>),
+    Summary(crate::accounts::Totals),
 }
 
 #[derive(Debug)]
