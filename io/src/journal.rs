@@ -118,24 +118,30 @@ pub fn recover(dir: &Path) -> Result<Recovered, JournalError> {
         }
         let mut bytes = Vec::new();
         File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(path))?;
-        let mut at = 0usize;
-        while at < bytes.len() {
-            match parse_record(&bytes[at..]) {
-                Some(payload) => {
-                    records.push(payload.to_vec());
-                    at += HEADER + payload.len();
-                }
-                None if last => {
-                    cut_bytes = (bytes.len() - at) as u64;
-                    let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
-                    f.set_len(at as u64).and_then(|()| f.sync_all()).map_err(io_err(path))?;
-                    break;
-                }
-                None => return Err(JournalError::Corrupt { path: path.clone(), at: at as u64 }),
+        let (found, intact) = decode_segment(&bytes);
+        records.extend(found.into_iter().map(<[u8]>::to_vec));
+        if intact < bytes.len() {
+            if !last {
+                return Err(JournalError::Corrupt { path: path.clone(), at: intact as u64 });
             }
+            cut_bytes = (bytes.len() - intact) as u64;
+            let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+            f.set_len(intact as u64).and_then(|()| f.sync_all()).map_err(io_err(path))?;
         }
     }
     Ok(Recovered { records, first_offset, cut_bytes })
+}
+
+/// The records of a segment's bytes, in order, up to the first that is not intact, and
+/// how many bytes those intact records span (the rest is a torn tail, or damage).
+pub fn decode_segment(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    while let Some(payload) = bytes.get(at..).and_then(parse_record) {
+        records.push(payload);
+        at += HEADER + payload.len();
+    }
+    (records, at)
 }
 
 fn parse_record(bytes: &[u8]) -> Option<&[u8]> {

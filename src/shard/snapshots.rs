@@ -81,7 +81,7 @@ pub async fn snapshot_symbol(shard: &Rc<Shard>, stream: &Rc<SymbolStream>) {
         trades: stream.trades.borrow().iter().copied().collect(),
     };
     let name = shard.map.symbols[stream.index].name.clone();
-    write(shard, Kind::Symbol, name.clone(), format!("{offset:020}.snap"), ports::frame(SYMBOL_MAGIC, &snapshot));
+    write(shard, Kind::Symbol, name.clone(), format!("{offset:020}.snap"), encode_symbol(&snapshot));
     tracing::info!(symbol = name, offset, "symbol snapshot");
     for to in 0..shard.shards {
         let req = Request::Apply {
@@ -153,6 +153,16 @@ pub fn load_partition(shard: &Shard, partition: u32) -> Option<PartitionState> {
 pub fn load_symbol(shard: &Shard, name: &str, at_most: u64) -> Option<SymbolSnapshot> {
     files(&symbol_dir(shard, name))
         .iter()
-        .filter_map(|f| ports::unframe::<SymbolSnapshot>(SYMBOL_MAGIC, &std::fs::read(f).ok()?))
+        .filter_map(|f| decode_symbol(&std::fs::read(f).ok()?))
         .find(|s| s.offset <= at_most)
+}
+
+/// A symbol snapshot file's contents, if its magic and version match.
+pub fn decode_symbol(bytes: &[u8]) -> Option<SymbolSnapshot> {
+    ports::unframe(SYMBOL_MAGIC, bytes)
+}
+
+/// A symbol snapshot file's bytes.
+pub fn encode_symbol(snapshot: &SymbolSnapshot) -> Vec<u8> {
+    ports::frame(SYMBOL_MAGIC, snapshot)
 }
