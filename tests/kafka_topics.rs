@@ -13,7 +13,12 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for partition in 0..2 {
         let (records, _) = exchange_io::kafka::read_partition(brokers, topic, partition, 0, Duration::from_secs(10)).unwrap();
-        out.extend(records.iter().map(|r| serde_json::from_slice::<Value>(&r.payload).expect("JSON record")));
+        out.extend(
+            records
+                .iter()
+                .filter(|r| r.key != exchange_io::kafka::FENCE_KEY.as_bytes())
+                .map(|r| serde_json::from_slice::<Value>(&r.payload).expect("JSON record")),
+        );
     }
     out
 }

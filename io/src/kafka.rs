@@ -317,6 +317,26 @@ impl EventLog for KafkaLog {
     }
 }
 
+/// The key of fence records: empty records that a process starting to read a partition
+/// writes first, and reads up to. Every record a previous process of the same streams
+/// had sent before it died (still in the broker's hands when the new one started) is
+/// in the partition before the fence, so it is read and replayed, never appended behind
+/// the new process's back. Readers skip them (by key, or as empty payloads).
+pub const FENCE_KEY: &str = "fence";
+
+/// Writes a fence record to the partition and returns its offset.
+///
+/// # Errors
+/// The broker did not take it.
+pub async fn fence(producer: &Producer, topic: &str, partition: i32) -> Result<u64, String> {
+    let report = send(producer, topic, partition, FENCE_KEY, b"")?;
+    match report.await {
+        Ok(Ok(delivery)) => u64::try_from(delivery.offset).map_err(|e| e.to_string()),
+        Ok(Err((e, _))) => Err(format!("{topic}/{partition}: fence: {e}")),
+        Err(_) => Err(format!("{topic}/{partition}: fence: producer closed")),
+    }
+}
+
 /// Sends a record and returns its delivery report, to await later.
 ///
 /// # Errors
@@ -361,6 +381,16 @@ const REREAD: u64 = 10_000;
 /// # Errors
 /// When the broker cannot be reached, or stays silent for `patience`.
 pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64, patience: Duration) -> Result<(Vec<Record>, u64), String> {
+    read_partition_to(brokers, topic, partition, from, 0, patience)
+}
+
+/// [`read_partition`], reading at least up to offset `at_least` (exclusive) whatever the
+/// watermark says: the offset after a fence record the reader wrote itself (see
+/// [`fence`]).
+///
+/// # Errors
+/// As [`read_partition`].
+pub fn read_partition_to(brokers: &str, topic: &str, partition: i32, from: u64, at_least: u64, patience: Duration) -> Result<(Vec<Record>, u64), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "exchange-replay")
@@ -374,7 +404,7 @@ pub fn read_partition(brokers: &str, topic: &str, partition: i32, from: u64, pat
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, patience)
         .map_err(|e| format!("{topic}/{partition}: watermarks: {e}"))?;
-    let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0));
+    let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0).max(at_least));
     let start = from.max(low);
     let mut records: Vec<Record> = Vec::new();
     let mut tpl = TopicPartitionList::new();

@@ -230,7 +230,8 @@ impl Rows {
     fn read(prefix: &str, batch: &[Located]) -> Self {
         let commands = format!("{prefix}{COMMANDS_TOPIC}");
         let mut rows = Self::default();
-        for r in batch {
+        // Empty records are fences (`exchange_io::kafka::fence`): nothing to store.
+        for r in batch.iter().filter(|r| !r.payload.is_empty()) {
             match records::read(&commands, r) {
                 Ok(Row::Order(o)) => rows.orders.push(o),
                 Ok(Row::Trade(t)) => rows.trades.push(t),

@@ -192,9 +192,13 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
             let read = match cached {
                 Some(read) => read,
                 None => {
-                    let (found, end) = kafka::read_partition(&k.brokers, topic, partition, from, std::time::Duration::from_secs(30))
-                        .map_err(anyhow::Error::msg)
-                        .with_context(|| format!("reading {topic} for {key}"))?;
+                    // Fenced: everything a previous process sent is read before any new
+                    // record can be appended (see `kafka::fence`).
+                    let fence = kafka::fence(&k.producer, topic, partition).await.map_err(anyhow::Error::msg)?;
+                    let (found, end) =
+                        kafka::read_partition_to(&k.brokers, topic, partition, from, fence + 1, std::time::Duration::from_secs(30))
+                            .map_err(anyhow::Error::msg)
+                            .with_context(|| format!("reading {topic} for {key}"))?;
                     let read = Rc::new((from, found, end));
                     k.read_cache.borrow_mut().insert((topic.to_owned(), partition), read.clone());
                     read
