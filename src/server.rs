@@ -189,10 +189,12 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         shards,
         map: map.clone(),
         rpc: Rpc::new(senders),
-        accounts: RefCell::new(Box::new(
-            Accounts::new(config.rate_limit, config.max_open_orders, first_number)
-                .with_position_limits(map.symbols.iter().map(crate::accounts::PositionLimit::of).collect()),
-        )),
+        accounts: RefCell::new(Box::new({
+            let accounts = Accounts::new(config.rate_limit, config.max_open_orders, first_number)
+                .with_position_limits(map.symbols.iter().map(crate::accounts::PositionLimit::of).collect());
+            // Redis deletes the closed orders the ledger forgets.
+            if redis.is_some() { accounts.collecting_forgotten() } else { accounts }
+        })),
         account_logs: RefCell::new(FxHashMap::default()),
         streams: RefCell::new(FxHashMap::default()),
         metrics: metrics.shard(id),

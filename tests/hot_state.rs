@@ -445,3 +445,38 @@ fn a_balance_deleted_by_hand_is_noticed_by_the_next_write_and_everything_rewritt
     wait_written(&s, &mut conn, "", &keys);
     assert_redis_is_the_ledger(&s, &mut conn, "", &keys);
 }
+
+#[test]
+fn redis_keeps_no_more_closed_orders_per_user_than_the_ledger() {
+    let redis = RedisServer::start();
+    let s = with_redis(&redis);
+    let alice = s.funded("alice", "100000");
+    // 520 orders that close at once (IOC on an empty book), each with a clientOrderId.
+    for n in 0..520 {
+        let body = format!(r#"{{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","timeInForce":"IOC","clientOrderId":"c-{n}"}}"#);
+        let (status, reply) = s.order(&alice, &body);
+        assert_eq!((status, reply["status"].as_str()), (200, Some("CANCELLED")), "{reply}");
+    }
+    let k = exchange::redis_state::Keys::new("");
+    let user = user_of(&alice);
+    let mut conn = redis.connection().unwrap();
+    let count = |conn: &mut redis::Connection, pattern: String| -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(conn).unwrap();
+        keys.len()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let orders = count(&mut conn, format!("{}*", k.order_prefix(user)));
+        let cids = count(&mut conn, format!("{}*", k.client_order_prefix(user)));
+        if (orders, cids) == (500, 500) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{orders} orders and {cids} clientOrderIds kept in Redis, the ledger keeps 500");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The newest are there, the oldest gone, as in the ledger.
+    let newest: Option<String> = redis::cmd("GET").arg(k.client_order(user, &exchange::engine::ClientOrderId::new("c-519").unwrap())).query(&mut conn).unwrap();
+    let oldest: Option<String> = redis::cmd("GET").arg(k.client_order(user, &exchange::engine::ClientOrderId::new("c-0").unwrap())).query(&mut conn).unwrap();
+    assert!(newest.is_some() && oldest.is_none());
+    assert_eq!(s.get(&alice, "/v1/orders/by-client-id/c-0").0, 404);
+}

@@ -239,18 +239,24 @@ impl Account {
         }
     }
 
-    pub(super) fn close(&mut self, id: OrderId) {
+    /// An order closed: it joins the kept closed orders, and the oldest of those past
+    /// [`CLOSED_ORDERS_KEPT`] are forgotten. Returns those.
+    pub(super) fn close(&mut self, id: OrderId) -> Vec<(OrderId, Option<ClientOrderId>)> {
         if let Some(view) = self.orders.get(&id).cloned() {
             self.forget_open(&view);
         }
         self.closed.push_back(id);
+        let mut forgotten = Vec::new();
         while self.closed.len() > CLOSED_ORDERS_KEPT {
             if let Some(old) = self.closed.pop_front()
                 && let Some(view) = self.orders.remove(&old)
-                && let Some(cid) = view.client_order_id
             {
-                self.client_ids.remove(&cid);
+                if let Some(cid) = view.client_order_id {
+                    self.client_ids.remove(&cid);
+                }
+                forgotten.push((old, view.client_order_id));
             }
         }
+        forgotten
     }
 }

@@ -12,7 +12,7 @@ use super::{
     OrderView, PositionLimit, RiskError, Totals, TransferPlan, FILLS_KEPT, MAX_BALANCE, ORDER_NUMBER_MASK,
 };
 use crate::engine::units::Units;
-use crate::engine::{CancelReason, Event, NewOrder, OrderId, OrderType, Side, UserId};
+use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, OrderType, Side, UserId};
 
 impl HotState for Accounts {
     fn users_in(&self, partitions: &[u32]) -> Vec<UserId> {
@@ -23,6 +23,10 @@ impl HotState for Accounts {
 
     fn applied_offsets(&self) -> Vec<(usize, u64)> {
         self.applied.iter().map(|(s, o)| (*s, *o)).collect()
+    }
+
+    fn take_forgotten(&mut self) -> Vec<(UserId, OrderId, Option<ClientOrderId>)> {
+        self.forgotten.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     fn totals(&self, partitions: &[u32]) -> Totals {
@@ -344,7 +348,10 @@ impl HotState for Accounts {
                             }
                         }
                         if closed {
-                            account.close(update.order_id);
+                            let forgotten = account.close(update.order_id);
+                            if let Some(all) = self.forgotten.as_mut() {
+                                all.extend(forgotten.into_iter().map(|(id, cid)| (update.user, id, cid)));
+                            }
                         }
                     }
                 }
@@ -358,7 +365,10 @@ impl HotState for Accounts {
                         view.status = if c.reason.is_rejection() { OrderStatus::Rejected } else { OrderStatus::Cancelled };
                         view.reason = Some(c.reason);
                         view.updated_at = c.timestamp;
-                        account.close(c.order_id);
+                        let forgotten = account.close(c.order_id);
+                        if let Some(all) = self.forgotten.as_mut() {
+                            all.extend(forgotten.into_iter().map(|(id, cid)| (c.user, id, cid)));
+                        }
                     }
                 }
             }

@@ -24,7 +24,7 @@ mod account;
 mod ledger;
 mod snapshot;
 pub use account::{Account, Fill, OpenOn, OrderStatus, OrderView};
-use crate::engine::{Event, NewOrder, OrderId, UserId};
+use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, UserId};
 
 /// Account partitions. Part of the data layout: changing it re-homes every user.
 pub const PARTITIONS: u32 = 64;
@@ -160,6 +160,9 @@ pub struct Accounts {
     max_open_orders: u32,
     /// Per symbol index; a symbol past the end has none.
     position_limits: Vec<PositionLimit>,
+    /// Closed orders the ledger stopped keeping since the last [`HotState::take_forgotten`],
+    /// when someone takes them (Redis deletes their keys); `None`: not collected.
+    forgotten: Option<Vec<(UserId, OrderId, Option<ClientOrderId>)>>,
     /// Order numbers are `partition << 52 | counter`. The counter starts where
     /// [`crate::numbering`] says this run may, and above every order a snapshot or the
     /// log replayed holds, so numbers minted after a restart never repeat earlier ones.
@@ -193,6 +196,7 @@ impl Accounts {
             transfers: FxHashMap::default(),
             rate_limit,
             position_limits: Vec::new(),
+            forgotten: None,
             order_counter: first_number,
             applied: FxHashMap::default(),
             floors: FxHashMap::default(),
@@ -205,6 +209,13 @@ impl Accounts {
     #[must_use]
     pub fn with_position_limits(mut self, limits: Vec<PositionLimit>) -> Self {
         self.position_limits = limits;
+        self
+    }
+
+    /// Collects the closed orders the ledger forgets, for [`HotState::take_forgotten`].
+    #[must_use]
+    pub fn collecting_forgotten(mut self) -> Self {
+        self.forgotten = Some(Vec::new());
         self
     }
 
@@ -328,6 +339,9 @@ pub trait HotState {
 
     /// The money of the users of these partitions, summed.
     fn totals(&self, partitions: &[u32]) -> Totals;
+
+    /// The closed orders forgotten since the last call (only when collecting them).
+    fn take_forgotten(&mut self) -> Vec<(UserId, OrderId, Option<ClientOrderId>)>;
 }
 
 /// The user a key claims to be (checked by [`Accounts::authenticate`] on the owner).

@@ -53,15 +53,17 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
 /// Applies a symbol's results to the accounts owned here. Synchronous on purpose: results
 /// must be applied in the order they arrive.
 pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event]) {
-    {
+    let forgotten = {
         let mut accounts = shard.accounts.borrow_mut();
         if let Some(o) = logged {
             if replayed { accounts.replay_order(&o, symbol, offset) } else { accounts.confirm(o.user, o.id) }
         }
         accounts.apply_events(symbol, offset, events);
         accounts.mark_applied(symbol, offset);
-    }
+        accounts.take_forgotten()
+    };
     hot::settle(shard, symbol, logged.as_ref(), events);
+    hot::forgotten(shard, &forgotten);
 }
 
 /// The risk step, in the ledger of the account's owner: one uninterrupted step (it also

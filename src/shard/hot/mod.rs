@@ -39,7 +39,7 @@ use rustc_hash::FxHashMap;
 
 use super::Shard;
 use crate::accounts::{Account, OrderView};
-use crate::engine::{CancelReason, Event, NewOrder, OrderId, PositionState, UserId};
+use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
 use crate::redis_state::{Keys, Writes};
 use crate::health::Health;
 
@@ -92,6 +92,9 @@ struct Touched {
     fills: usize,
     /// Every key of the user rewritten (a repair by the consistency check).
     rewrite: bool,
+    /// Closed orders the ledger stopped keeping: their keys are deleted, so Redis keeps
+    /// no more closed orders per user than the ledger does.
+    forgotten: Vec<(OrderId, Option<ClientOrderId>)>,
 }
 
 impl Touched {
@@ -238,6 +241,12 @@ fn changes(shard: &Shard, keys: &Keys, user: UserId, account: &Account, touched:
             }
         }
     }
+    for &(id, cid) in &touched.forgotten {
+        w.op("DEL", keys.order(user, id), [""; 0]);
+        if let Some(cid) = cid {
+            w.op("DEL", keys.client_order(user, &cid), [""; 0]);
+        }
+    }
     for &symbol in &touched.positions {
         let key = keys.position(user, &shard.map.symbols[symbol].name);
         match account.positions.get(&symbol) {
@@ -304,6 +313,14 @@ pub fn release(shard: &Shard, order: &NewOrder) {
 pub fn balance_changed(shard: &Shard, user: UserId, created: bool) {
     let Some(hot) = shard.writing() else { return };
     hot.touch(user, |t| t.created |= created);
+}
+
+/// Closed orders the ledger has just stopped keeping (see [`Touched::forgotten`]).
+pub fn forgotten(shard: &Shard, orders: &[(UserId, OrderId, Option<ClientOrderId>)]) {
+    let Some(hot) = shard.writing() else { return };
+    for &(user, id, cid) in orders {
+        hot.touch(user, |t| t.forgotten.push((id, cid)));
+    }
 }
 
 /// What a command's results (already applied to the ledger) changed for the users owned
