@@ -252,6 +252,46 @@ fn postgres_down_for_30_s_fails_no_order_and_the_tables_catch_up() {
     assert!(metrics.as_str().unwrap().contains("exchange_cold_store_records_total"), "{metrics}");
 }
 
+#[test]
+fn a_hanging_postgres_delays_no_order_and_the_tables_catch_up() {
+    let db = Database::create();
+    let proxy = common::Proxy::start("127.0.0.1:5432");
+    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &url)]);
+    let alice = s.funded("alice", "1000000");
+    let bob = s.funded("bob", "1000000");
+    let cold = |s: &common::Server| s.request("GET", "/health", &[], None).1["components"]["coldStore"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    while cold(&s) != "ok" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "cold storage never came up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // PostgreSQL stops answering, its connections open: every order is still answered
+    // at once, and health says cold storage is behind.
+    proxy.freeze(true);
+    let mut acked = 0;
+    let mut slowest = std::time::Duration::ZERO;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(12);
+    while std::time::Instant::now() < until {
+        let t = std::time::Instant::now();
+        s.limit(&alice, "BUY", "50000", "0.001");
+        s.limit(&bob, "SELL", "50000", "0.001");
+        slowest = slowest.max(t.elapsed());
+        acked += 2;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(slowest < std::time::Duration::from_secs(1), "an order waited {slowest:?} for a hanging PostgreSQL");
+    let health = cold(&s);
+    assert!(health == "lagging" || health == "down", "coldStore {health} while PostgreSQL hangs");
+    proxy.freeze(false);
+    wait_for_rows(&db, acked, acked / 2);
+    let started = std::time::Instant::now();
+    while cold(&s) != "ok" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "cold storage did not recover: {}", cold(&s));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Alice and bob each send `per_side` one-lot orders at one price from two threads each:
 /// every buy meets a sell, so `per_side` trades.
 fn trade_pairs(s: &common::Server, alice: &str, bob: &str, per_side: usize) {

@@ -415,6 +415,8 @@ impl Drop for RedisServer {
 pub struct Proxy {
     pub port: u16,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes are held, in both directions, on open connections: a peer that hangs.
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     generation: std::sync::Arc<AtomicUsize>,
 }
 
@@ -425,8 +427,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicUsize::new(0));
-        let (target, flag, epoch) = (target.to_owned(), cut.clone(), generation.clone());
+        let (target, flag, epoch, hold) = (target.to_owned(), cut.clone(), generation.clone(), frozen.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if flag.load(Ordering::Acquire) {
@@ -435,13 +438,17 @@ impl Proxy {
                 let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
                 let born = epoch.load(Ordering::Acquire);
                 for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
-                    let epoch = epoch.clone();
+                    let (epoch, hold) = (epoch.clone(), hold.clone());
                     std::thread::spawn(move || {
                         let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
                         let mut buf = [0u8; 16 * 1024];
                         loop {
                             if epoch.load(Ordering::Acquire) != born {
                                 break;
+                            }
+                            if hold.load(Ordering::Acquire) {
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
                             }
                             match std::io::Read::read(&mut from, &mut buf) {
                                 Ok(0) => break,
@@ -460,7 +467,13 @@ impl Proxy {
                 }
             }
         });
-        Self { port, cut, generation }
+        Self { port, cut, frozen, generation }
+    }
+
+    /// Holds every byte, both ways, on the open connections (and new ones), until
+    /// unfrozen: the peer looks alive and never answers.
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::Release);
     }
 
     /// Closes every connection and refuses new ones until [`Self::restore`].
