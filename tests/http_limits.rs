@@ -161,3 +161,38 @@ fn a_keep_alive_connection_whose_body_came_late_is_not_cut_by_the_header_timer()
     let second = read_response(&mut stream);
     assert_eq!(second.status, 200, "{}", second.body);
 }
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_and_serving_resumes() {
+    let s = Server::start();
+    let pid = s.pid();
+    // Room for a few more descriptors only.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let mut was = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut was) }, 0);
+    let limit = libc::rlimit { rlim_cur: open + 8, rlim_max: was.rlim_max };
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) }, 0);
+    // More connections than that: the kernel completes them; accept fails (EMFILE).
+    let held: Vec<TcpStream> = (0..40).filter_map(|_| TcpStream::connect(("127.0.0.1", s.port)).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_seconds(pid) - before;
+    assert!(spent < 0.5, "{spent:.2} CPU seconds in 2 s: the accept loop spins on its errors");
+    // Descriptors back: the waiting connections are served, and new ones too.
+    assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &was, std::ptr::null_mut()) }, 0);
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.request("GET", "/health", &[], None).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "not serving again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -173,6 +173,11 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The exchange's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Sends the exchange a signal (`SIGSTOP`/`SIGCONT` to hold it still meanwhile).
     pub fn signal(&self, signal: i32) {
         if let Some(c) = &self.child {
