@@ -3,4 +3,5 @@
 pub mod alloc;
 pub mod load;
 pub mod rng;
+pub mod stack;
 pub mod workload;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use perf::load::{self, LoadArgs, Mix, Report};
+use perf::stack::{fresh_database, http_get, start_exchange, start_redis, start_tansu, Running};
 use plotters::prelude::*;
 
 #[derive(Parser)]
@@ -116,102 +117,8 @@ fn needs_kafka(mode: &str) -> bool {
     matches!(mode, "kafka" | "kafka-redis" | "full")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
-/// A process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tansu(bin: &str) -> (Running, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(bin)
-        .args(["broker", "--listener-url", &format!("tcp://{addr}"), "--advertised-listener-url", &format!("tcp://{addr}")])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {bin}: {e}; install it with `cargo install tansu --locked --features dynostore`"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Running(child), addr)
-}
-
 fn needs_redis(mode: &str) -> bool {
     matches!(mode, "redis" | "kafka-redis" | "full")
-}
-
-fn start_redis() -> (Running, String) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting redis-server: {e} (install Redis, or pass --redis URL)"));
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Running(child), format!("redis://{addr}"))
-}
-
-fn start_exchange(args: &Args, env: &[(String, String)], shards: usize, data: &Path) -> (Running, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let cores: Vec<String> = (0..shards).map(|c| c.to_string()).collect();
-    let child = Command::new(&args.exchange)
-        .arg("serve")
-        .env("EXCHANGE_HTTP_ADDR", &addr)
-        .env("EXCHANGE_DATA_DIR", data)
-        .env("EXCHANGE_ADMIN_KEY", "bench-admin")
-        .env("EXCHANGE_RATE_LIMIT", "0")
-        .env("EXCHANGE_CHECK_INTERVAL_SECS", "0")
-        .env("EXCHANGE_CORES", cores.join(","))
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e} (build it with `cargo build --release`)", args.exchange.display()));
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(body) = http_get(&addr, "/health")
-            && body.contains(r#""status":"ok""#)
-        {
-            return (running, addr);
-        }
-        assert!(Instant::now() < deadline, "the exchange did not become healthy on {addr} with {env:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 /// CPU seconds (user + system) of a process.
@@ -301,7 +208,7 @@ impl Drop for Stack {
 fn start_stack(args: &Args, mode: &str, shards: usize, point: usize) -> Stack {
     let tag = format!("{mode}-{shards}-{point}-{}", std::process::id());
     let broker = needs_kafka(mode).then(|| start_tansu(&args.tansu));
-    let postgres = if matches!(mode, "full" | "sync") { fresh_database(&args.postgres) } else { args.postgres.clone() };
+    let postgres = if matches!(mode, "full" | "sync") { fresh_database(&args.postgres, "exchange_compare") } else { args.postgres.clone() };
     let redis = (needs_redis(mode) && args.redis == "start").then(start_redis);
     let redis_url = redis.as_ref().map_or(args.redis.clone(), |(_, u)| u.clone());
     let mut env = env_of(mode, &redis_url, broker.as_ref().map(|(_, a)| a.as_str()), &postgres, &tag);
@@ -310,7 +217,7 @@ fn start_stack(args: &Args, mode: &str, shards: usize, point: usize) -> Stack {
     }
     let data = std::env::temp_dir().join(format!("exchange-compare-{tag}"));
     let _ = std::fs::remove_dir_all(&data);
-    let (exchange, addr) = start_exchange(args, &env, shards, &data);
+    let (exchange, addr) = start_exchange(&args.exchange, &env, shards, &data);
     Stack { exchange, _broker: broker.map(|(b, _)| b), _redis: redis.map(|(r, _)| r), addr, postgres, data }
 }
 
@@ -375,20 +282,6 @@ fn preflight(args: &Args) {
 /// Drops and creates `exchange_compare` on the server; returns its URL. Every mode that
 /// writes to PostgreSQL starts from it empty: ids start again with every fresh exchange,
 /// and rows already there would be skipped (cold storage) or refused (the baseline).
-fn fresh_database(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
-        tokio::spawn(conn);
-        client.batch_execute("DROP DATABASE IF EXISTS exchange_compare WITH (FORCE)").await.unwrap_or_else(|e| panic!("{e}"));
-        client.batch_execute("CREATE DATABASE exchange_compare").await.unwrap_or_else(|e| panic!("{e}"));
-    });
-    match url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/exchange_compare"),
-        None => panic!("{url}: no database name"),
-    }
-}
-
 fn main() {
     let args = Args::parse();
     preflight(&args);
