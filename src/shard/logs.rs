@@ -33,6 +33,9 @@ pub struct KafkaBackend {
     pub topic_prefix: String,
     /// At start only: partitions already read, `(from, records, end)`.
     pub read_cache: RefCell<rustc_hash::FxHashMap<(String, i32), Rc<PartitionRead>>>,
+    /// At start only: the producer of fences, with the start's patience (a broker just
+    /// started, or a topic just created, can take longer than the order path's timeout).
+    fences: RefCell<Option<Producer>>,
     /// Result records on their way to Kafka (see [`deliver`]).
     outbox: mpsc::UnboundedSender<Outgoing>,
 }
@@ -67,6 +70,7 @@ impl KafkaBackend {
             results,
             topic_prefix: topic_prefix.to_owned(),
             read_cache: RefCell::default(),
+            fences: RefCell::default(),
             outbox,
         })
     }
@@ -194,7 +198,13 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                 None => {
                     // Fenced: everything a previous process sent is read before any new
                     // record can be appended (see `kafka::fence`).
-                    let fence = kafka::fence(&k.producer, topic, partition).await.map_err(anyhow::Error::msg)?;
+                    let producer = match k.fences.borrow_mut().take() {
+                        Some(p) => p,
+                        None => kafka::producer(&k.brokers, std::time::Duration::from_secs(30)).map_err(anyhow::Error::msg)?,
+                    };
+                    let fence = kafka::fence(&producer, topic, partition).await;
+                    *k.fences.borrow_mut() = Some(producer);
+                    let fence = fence.map_err(anyhow::Error::msg)?;
                     let (found, end) =
                         kafka::read_partition_to(&k.brokers, topic, partition, from, fence + 1, std::time::Duration::from_secs(30))
                             .map_err(anyhow::Error::msg)
