@@ -43,6 +43,7 @@ fn a_config_file_applies_and_the_environment_overrides_it() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // ureq's error, in a test thread
 fn sigterm_answers_what_is_in_flight_before_the_process_exits() {
     let broker = Broker::start();
     let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TIMEOUT_MS", "2000")]);
@@ -115,4 +116,12 @@ fn the_consistency_check_runs_by_itself_every_interval() {
         assert!(Instant::now() < deadline, "no periodic check ran: {}", checks());
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+#[test]
+fn the_funding_interval_can_be_set_for_every_symbol_at_once() {
+    let s = Server::start_with(&[("EXCHANGE_FUNDING_INTERVAL_SECS", "60")]);
+    let (_, symbols) = s.request("GET", "/v1/symbols", &[], None);
+    let intervals: Vec<&serde_json::Value> = symbols.as_array().unwrap().iter().map(|s| &s["fundingIntervalSecs"]).collect();
+    assert_eq!(intervals, [&serde_json::json!(60), &serde_json::json!(60)]);
 }

@@ -11,8 +11,11 @@ use exchange::shard_map::ShardMap;
 use exchange::wire::{self, StreamRecord};
 use exchange_io::kafka::Located;
 
+/// A fuzz target: arbitrary bytes in, no panic out.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the name of its corpus directory and fuzz target).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("http_request", http_request),
     ("order_json", order_json),
     ("journal_segment", journal_segment),
