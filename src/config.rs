@@ -30,6 +30,7 @@
 //! | `EXCHANGE_IO_MEMORY_KIB` | `io_memory_kib` | `512` (locked memory per core) |
 //! | `EXCHANGE_SNAPSHOT_EVERY` | `snapshot_every` | `100000` (commands per stream) |
 //! | `EXCHANGE_SPIN_MICROS` | `spin_micros` | `0` (busy-poll before sleeping) |
+//! | `EXCHANGE_FUNDING_INTERVAL_SECS` | `funding_interval_secs` | unset: each symbol's (shard map; 28800) |
 //! | `EXCHANGE_MAX_CONNECTIONS` | `limits.max_connections_per_core` | `10000` |
 //! | `EXCHANGE_IDLE_TIMEOUT_SECS` | `limits.idle_timeout_secs` | `60` |
 //! | `EXCHANGE_HEADER_TIMEOUT_SECS` | `limits.header_timeout_secs` | `10` |
@@ -62,6 +63,8 @@ pub struct Config {
     pub sync_connections: usize,
     /// How long an idle shard busy-polls before it sleeps: trades CPU for wake-up latency.
     pub spin_micros: u64,
+    /// Overrides every symbol's funding interval (seconds).
+    pub funding_interval_secs: Option<u64>,
     pub limits: Limits,
 }
 
@@ -179,6 +182,7 @@ impl Default for Config {
             persistence: Persistence::Async,
             sync_connections: 64,
             spin_micros: 0,
+            funding_interval_secs: None,
             limits: Limits::default(),
         }
     }
@@ -288,6 +292,11 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_SPIN_MICROS") {
             self.spin_micros = parse("EXCHANGE_SPIN_MICROS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_FUNDING_INTERVAL_SECS") {
+            let secs: u64 = parse("EXCHANGE_FUNDING_INTERVAL_SECS", &v)?;
+            anyhow::ensure!(secs > 0, "EXCHANGE_FUNDING_INTERVAL_SECS must be at least 1");
+            self.funding_interval_secs = Some(secs);
         }
         if let Some(v) = set("EXCHANGE_MAX_CONNECTIONS") {
             self.limits.max_connections_per_core = parse("EXCHANGE_MAX_CONNECTIONS", &v)?;

@@ -39,7 +39,11 @@ fn raise_memlock() {
 /// # Errors
 /// Start-up failures (config, shard map, logs, executors), with context.
 pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
-    let map = Arc::new(ShardMap::load(&config.shard_map)?);
+    let mut map = ShardMap::load(&config.shard_map)?;
+    if let Some(secs) = config.funding_interval_secs {
+        map.symbols.iter_mut().for_each(|s| s.funding_interval_secs = secs);
+    }
+    let map = Arc::new(map);
 
     if config.redis.url.is_some() {
         tracing::info!("hot state: Redis, written behind the ledger");

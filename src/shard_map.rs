@@ -46,6 +46,8 @@ struct Entry {
     protection_band: Option<Spanned<String>>,
     max_position: Option<Spanned<String>>,
     max_position_notional: Option<Spanned<String>>,
+    maintenance_margin_rate: Option<Spanned<String>>,
+    funding_interval_secs: Option<Spanned<u64>>,
     shard: Spanned<usize>,
 }
 
@@ -102,8 +104,11 @@ impl ShardMap {
             let optional = |v: &Option<Spanned<String>>, field: &str| v.as_ref().map(|_| decimal(v, field, "")).transpose();
             let max_position = optional(&e.max_position, "max_position")?;
             let max_position_notional = optional(&e.max_position_notional, "max_position_notional")?;
+            let maintenance = optional(&e.maintenance_margin_rate, "maintenance_margin_rate")?;
+            let funding = e.funding_interval_secs.as_ref().map(|v| *v.get_ref());
             let spec = SymbolSpec::new(e.name.get_ref(), tick, lot, leverage, maker, taker, band, *e.shard.get_ref())
                 .and_then(|spec| spec.with_position_limits(max_position, max_position_notional))
+                .and_then(|spec| spec.with_perpetual(maintenance, funding))
                 .map_err(|err| {
                     use crate::engine::symbol::SpecError as E;
                     let (field, span) = match &err {
@@ -118,6 +123,8 @@ impl ShardMap {
                                 "taker_fee" => e.taker_fee.as_ref().map(Spanned::span),
                                 "max_position" => e.max_position.as_ref().map(Spanned::span),
                                 "max_position_notional" => e.max_position_notional.as_ref().map(Spanned::span),
+                                "maintenance_margin_rate" => e.maintenance_margin_rate.as_ref().map(Spanned::span),
+                                "funding_interval_secs" => e.funding_interval_secs.as_ref().map(Spanned::span),
                                 _ => e.protection_band.as_ref().map(Spanned::span),
                             };
                             (*field, span.unwrap_or(entry_span.clone()))
@@ -212,5 +219,14 @@ shard = 1
 
         let e = error_of(&GOOD.replace("shard = 0", "shard = 0\ncolour = \"red\""));
         assert_eq!((e.line, e.field.as_str()), (7, "colour"), "{e}");
+
+        // ETH-PERP allows 50x: its maintenance margin must stay under 1/50.
+        let e = error_of(&GOOD.replace("max_leverage = 50", "max_leverage = 50\nmaintenance_margin_rate = \"0.02\""));
+        assert_eq!((e.line, e.field.as_str()), (13, "maintenance_margin_rate"), "{e}");
+        let e = error_of(&GOOD.replace("shard = 1", "shard = 1\nfunding_interval_secs = 0"));
+        assert_eq!(e.field, "funding_interval_secs", "{e}");
+        let map = ShardMap::parse(&GOOD.replace("max_leverage = 50", "max_leverage = 50\nmaintenance_margin_rate = \"0.0199\""), "ok.toml").unwrap();
+        assert_eq!((map.symbols[1].maintenance_margin_rate.to_string().as_str(), map.symbols[1].funding_interval_secs), ("0.0199", 28_800));
+        assert_eq!(map.symbols[0].maintenance_margin_rate.to_string(), "0.005");
     }
 }

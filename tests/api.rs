@@ -18,6 +18,8 @@ fn every_endpoint_answers_as_documented() {
     assert_eq!(symbols[0]["symbol"], "BTC-PERP");
     assert_eq!(symbols[0]["tickSize"], "0.1");
     assert_eq!(symbols[1]["lotSize"], "0.01");
+    assert_eq!((symbols[0]["maintenanceMarginRate"].as_str(), symbols[1]["maintenanceMarginRate"].as_str()), (Some("0.004"), Some("0.005")));
+    assert_eq!(symbols[0]["fundingIntervalSecs"], 28800);
 
     // A resting buy, then a sell that crosses it partly.
     let (status, placed) = s.order(&alice, BUY);

@@ -130,6 +130,8 @@ pub fn symbols(map: &ShardMap, shards: usize) -> serde_json::Value {
                     "maxLeverage": s.max_leverage,
                     "makerFee": s.maker_fee.normalize().to_string(),
                     "takerFee": s.taker_fee.normalize().to_string(),
+                    "maintenanceMarginRate": s.maintenance_margin_rate.normalize().to_string(),
+                    "fundingIntervalSecs": s.funding_interval_secs,
                     "maxPosition": s.lots_to_quantity(s.max_position).normalize().to_string(),
                     "maxPositionNotional": units_to_usdt(s.max_position_notional).to_string(),
                     "shard": s.shard % shards.max(1),

@@ -23,6 +23,11 @@ pub struct SymbolSpec {
     pub protection_band: Decimal,
     /// Index of the shard that owns the symbol.
     pub shard: usize,
+    /// Maintenance margin as a fraction of the position's value at the mark price
+    /// (API.md "Perpetual futures"); below the initial margin of the highest leverage.
+    pub maintenance_margin_rate: Decimal,
+    /// Seconds between funding times (multiples of it since the epoch).
+    pub funding_interval_secs: u64,
     /// Largest position a user may hold, in lots, counting open orders as filled.
     pub max_position: Lots,
     /// Largest position value (Σ lots × price) a user may hold, in money units, counting
@@ -33,7 +38,13 @@ pub struct SymbolSpec {
     pub(crate) maker_fee_rate: i64,
     pub(crate) taker_fee_rate: i64,
     pub(crate) band_rate: i64,
+    pub(crate) maintenance_rate: i64,
 }
+
+/// The maintenance margin rate of a symbol that names none.
+pub const DEFAULT_MAINTENANCE_MARGIN_RATE: &str = "0.005";
+/// Funding every 8 hours unless the shard map or `EXCHANGE_FUNDING_INTERVAL_SECS` says.
+pub const DEFAULT_FUNDING_INTERVAL_SECS: u64 = 8 * 3600;
 
 /// Why a value could not be taken as given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -119,13 +130,40 @@ impl SymbolSpec {
             taker_fee,
             protection_band,
             shard,
+            maintenance_margin_rate: DEFAULT_MAINTENANCE_MARGIN_RATE.parse().unwrap_or(Decimal::ZERO),
+            funding_interval_secs: DEFAULT_FUNDING_INTERVAL_SECS,
             max_position: MAX_LOTS,
             max_position_notional: MAX_NOTIONAL,
             units_per_tick_lot,
             maker_fee_rate,
             taker_fee_rate,
             band_rate,
+            maintenance_rate: DEFAULT_MAINTENANCE_MARGIN_RATE.parse::<Decimal>().ok().and_then(|r| exact_scaled(r, RATE_ONE)).unwrap_or(0),
         })
+    }
+
+    /// Sets the perpetual's maintenance margin rate (`rate`: above 0, and below the initial
+    /// margin at the highest leverage, `1 / max_leverage`) and funding interval (seconds,
+    /// at least 1).
+    ///
+    /// # Errors
+    /// A [`SpecError`] naming the field.
+    pub fn with_perpetual(mut self, rate: Option<Decimal>, funding_interval_secs: Option<u64>) -> Result<Self, SpecError> {
+        if let Some(rate) = rate {
+            let fixed = exact_scaled(rate, RATE_ONE).ok_or(SpecError::TooPrecise { field: "maintenance_margin_rate" })?;
+            if fixed <= 0 || i128::from(fixed) * i128::from(self.max_leverage) >= i128::from(RATE_ONE) {
+                return Err(out_of_range("maintenance_margin_rate", "0 (exclusive)", "1 / max_leverage (exclusive)"));
+            }
+            self.maintenance_margin_rate = rate;
+            self.maintenance_rate = fixed;
+        }
+        if let Some(secs) = funding_interval_secs {
+            if secs == 0 {
+                return Err(SpecError::NotPositive { field: "funding_interval_secs" });
+            }
+            self.funding_interval_secs = secs;
+        }
+        Ok(self)
     }
 
     /// Sets the per-user position limits: `quantity` (a multiple of the lot) and
