@@ -214,20 +214,31 @@ fn the_writer_stores_every_acknowledged_order_and_trade_exactly_once() {
     assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM orders"), acked);
 }
 
-#[test]
-fn postgres_down_for_30_s_fails_no_order_and_the_tables_catch_up() {
+/// An exchange whose PostgreSQL is reached through a proxy (to cut or freeze), with
+/// cold storage up, and two funded users.
+fn behind_a_proxy() -> (Database, common::Proxy, common::Server, String, String) {
     let db = Database::create();
     let proxy = common::Proxy::start("127.0.0.1:5432");
     let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &url)]);
     let alice = s.funded("alice", "1000000");
     let bob = s.funded("bob", "1000000");
-    let cold = |s: &common::Server| s.request("GET", "/health", &[], None).1["components"]["coldStore"].as_str().unwrap().to_owned();
     let started = std::time::Instant::now();
     while cold(&s) != "ok" {
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "cold storage never came up");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    (db, proxy, s, alice, bob)
+}
+
+/// What `/health` says of cold storage.
+fn cold(s: &common::Server) -> String {
+    s.request("GET", "/health", &[], None).1["components"]["coldStore"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn postgres_down_for_30_s_fails_no_order_and_the_tables_catch_up() {
+    let (db, proxy, s, alice, bob) = behind_a_proxy();
     proxy.cut();
     // Trading goes on for 30 s with PostgreSQL unreachable: every order is acknowledged.
     let mut acked = 0;
@@ -254,18 +265,7 @@ fn postgres_down_for_30_s_fails_no_order_and_the_tables_catch_up() {
 
 #[test]
 fn a_hanging_postgres_delays_no_order_and_the_tables_catch_up() {
-    let db = Database::create();
-    let proxy = common::Proxy::start("127.0.0.1:5432");
-    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
-    let s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &url)]);
-    let alice = s.funded("alice", "1000000");
-    let bob = s.funded("bob", "1000000");
-    let cold = |s: &common::Server| s.request("GET", "/health", &[], None).1["components"]["coldStore"].as_str().unwrap().to_owned();
-    let started = std::time::Instant::now();
-    while cold(&s) != "ok" {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "cold storage never came up");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (db, proxy, s, alice, bob) = behind_a_proxy();
     // PostgreSQL stops answering, its connections open: every order is still answered
     // at once, and health says cold storage is behind.
     proxy.freeze(true);
