@@ -280,7 +280,8 @@ fn a_hanging_postgres_delays_no_order_and_the_tables_catch_up() {
         acked += 2;
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(slowest < std::time::Duration::from_secs(1), "an order waited {slowest:?} for a hanging PostgreSQL");
+    // Far less than the 12 s PostgreSQL hangs: nothing on the order path waits for it.
+    assert!(slowest < std::time::Duration::from_secs(5), "an order waited {slowest:?} for a hanging PostgreSQL");
     let health = cold(&s);
     assert!(health == "lagging" || health == "down", "coldStore {health} while PostgreSQL hangs");
     proxy.freeze(false);
