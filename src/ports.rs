@@ -77,14 +77,23 @@ pub fn frame<T: Serialize>(magic: &[u8; 6], value: &T) -> Vec<u8> {
 
 /// What [`frame`] wrote, if the magic and version match.
 pub fn unframe<T: for<'de> Deserialize<'de>>(magic: &[u8; 6], bytes: &[u8]) -> Option<T> {
-    let rest = bytes.strip_prefix(magic.as_slice())?;
-    let (version, body) = rest.split_first_chunk::<2>()?;
-    (u16::from_le_bytes(*version) == VERSION).then(|| postcard::from_bytes(body).ok())?
+    postcard::from_bytes(body(magic, bytes)?).ok()
 }
 
-/// An account snapshot file's state.
+fn body<'a>(magic: &[u8; 6], bytes: &'a [u8]) -> Option<&'a [u8]> {
+    let rest = bytes.strip_prefix(magic.as_slice())?;
+    let (version, body) = rest.split_first_chunk::<2>()?;
+    (u16::from_le_bytes(*version) == VERSION).then_some(body)
+}
+
+/// An account snapshot file's state: the partition, then (if the file has them) the
+/// users' money movements.
 pub fn decode_partition(bytes: &[u8]) -> Option<PartitionState> {
-    unframe(ACCOUNT_MAGIC, bytes)
+    let (mut state, rest) = postcard::take_from_bytes::<PartitionState>(body(ACCOUNT_MAGIC, bytes)?).ok()?;
+    if !rest.is_empty() {
+        state.income = postcard::from_bytes(rest).ok()?;
+    }
+    Some(state)
 }
 
 /// Snapshot files of a directory, newest first. Leftovers of writes a crash interrupted

@@ -53,6 +53,12 @@ impl Keys {
         format!("{}position:{}:{symbol}", self.prefix, tag(user))
     }
 
+    /// A symbol's `index` and `mark` price (in ticks; empty before the first index
+    /// price) and its share of the `insuranceFund` (units). Written by the symbol's owner.
+    pub fn market(&self, symbol: &str) -> String {
+        format!("{}market:{symbol}", self.prefix)
+    }
+
     /// The ids of the user's open orders.
     pub fn active(&self, user: UserId) -> String {
         format!("{}orders:active:{}", self.prefix, tag(user))

@@ -241,6 +241,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
     } else {
         glommio::spawn_local(crate::shard::hot::check_periodically(shard.clone())).detach();
     }
+    glommio::spawn_local(crate::shard::funding::clock(shard.clone())).detach();
     let history = cold.map(|(reader, _)| reader);
     serve(Rc::new(Service { shard, history })).await
 }
@@ -277,7 +278,7 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
                     Message::Reply { id, body } => shard.rpc.complete(id, body),
                     Message::Request { from, id, body } => {
                         let inline =
-                            matches!(body, Request::Apply { .. } | Request::Release { .. } | Request::Reserve { .. } | Request::LastPrices);
+                            matches!(body, Request::Apply { .. } | Request::Release { .. } | Request::Reserve { .. } | Request::Prices);
                         if inline {
                             let reply = handlers::handle(shard.clone(), body).await;
                             let shard = shard.clone();

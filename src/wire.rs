@@ -22,7 +22,14 @@ pub const ACCOUNTS_TOPIC: &str = "accounts.adjusted";
 pub const PLACED_TOPIC: &str = "orders.placed";
 pub const CANCELLED_TOPIC: &str = "orders.cancelled";
 pub const TRADES_TOPIC: &str = "trades.executed";
-pub const TOPICS: [&str; 5] = [COMMANDS_TOPIC, PLACED_TOPIC, CANCELLED_TOPIC, TRADES_TOPIC, ACCOUNTS_TOPIC];
+/// Index prices posted and the mark prices computed from them.
+pub const PRICES_TOPIC: &str = "prices.updated";
+/// Liquidations: each `LIQUIDATION` order's start and end (its fills are trades).
+pub const LIQUIDATIONS_TOPIC: &str = "positions.liquidated";
+/// Funding payments, one per position, and each round's settlement.
+pub const FUNDING_TOPIC: &str = "funding.settled";
+pub const TOPICS: [&str; 8] =
+    [COMMANDS_TOPIC, PLACED_TOPIC, CANCELLED_TOPIC, TRADES_TOPIC, ACCOUNTS_TOPIC, PRICES_TOPIC, LIQUIDATIONS_TOPIC, FUNDING_TOPIC];
 
 /// Every topic the exchange uses, with a prefix.
 pub fn topics(prefix: &str) -> Vec<String> {
@@ -79,6 +86,25 @@ pub enum CommandJson {
         timestamp: i64,
         seq: u64,
     },
+    IndexPriceSet {
+        event_id: String,
+        symbol: String,
+        price: String,
+        timestamp: i64,
+        seq: u64,
+    },
+    FundingTick {
+        event_id: String,
+        symbol: String,
+        timestamp: i64,
+        seq: u64,
+    },
+    LiquidationSweep {
+        event_id: String,
+        symbol: String,
+        timestamp: i64,
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,6 +143,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             let (kind, price, time_in_force) = match o.kind {
                 OrderType::Limit { price, tif: t } => ("LIMIT", Some(spec.ticks_to_price(price).to_string()), Some(t.as_str().to_owned())),
                 OrderType::Market | OrderType::MarketWithin { .. } => ("MARKET", None, None),
+                OrderType::Liquidation { price } => ("LIQUIDATION", Some(spec.ticks_to_price(price).to_string()), None),
             };
             let protection_price = match o.kind {
                 OrderType::MarketWithin { limit } => Some(spec.ticks_to_price(limit).to_string()),
@@ -157,6 +184,11 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             timestamp,
             seq,
         },
+        Command::IndexPrice { price, timestamp } => {
+            CommandJson::IndexPriceSet { event_id, symbol: spec.name.clone(), price: spec.ticks_to_price(price).to_string(), timestamp, seq }
+        }
+        Command::Funding { timestamp } => CommandJson::FundingTick { event_id, symbol: spec.name.clone(), timestamp, seq },
+        Command::Liquidate { timestamp } => CommandJson::LiquidationSweep { event_id, symbol: spec.name.clone(), timestamp, seq },
     };
     serde_json::to_vec(&json).unwrap_or_default()
 }
@@ -238,6 +270,12 @@ fn decode_json(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> 
         CommandJson::CancelRequested { order_id: None, user_id, timestamp, .. } => {
             Command::CancelAll { user: parse_account(&user_id)?, timestamp }
         }
+        CommandJson::IndexPriceSet { price, timestamp, .. } => Command::IndexPrice {
+            price: spec.price_to_ticks(decimal(&price)?).map_err(|e| format!("price {price}: {e}"))?,
+            timestamp,
+        },
+        CommandJson::FundingTick { timestamp, .. } => Command::Funding { timestamp },
+        CommandJson::LiquidationSweep { timestamp, .. } => Command::Liquidate { timestamp },
     };
     Ok(StreamRecord::Command(command))
 }
@@ -328,6 +366,63 @@ pub enum ResultJson {
         buyer_update: UpdateJson,
         seller_update: UpdateJson,
     },
+    MarkPriceUpdated {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        index_price: String,
+        mark_price: String,
+    },
+    LiquidationStarted {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        order_id: String,
+        user_id: String,
+        side: String,
+        quantity: String,
+        bankruptcy_price: String,
+        mark_price: String,
+    },
+    PositionLiquidated {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        order_id: String,
+        user_id: String,
+        side: String,
+        quantity: String,
+        filled_quantity: String,
+        deleveraged_quantity: String,
+        to_insurance_fund: String,
+        insurance_fund: String,
+    },
+    FundingPaid {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        user_id: String,
+        amount: String,
+        margin_change: String,
+        funding_rate: String,
+        mark_price: String,
+        position: PositionJson,
+    },
+    FundingSettled {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        funding_rate: String,
+        mark_price: Option<String>,
+        positions: u64,
+        to_insurance_fund: String,
+        insurance_fund: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -341,6 +436,9 @@ pub struct TradeJson {
     pub seller_order_id: String,
     pub taker_side: String,
     pub timestamp: i64,
+    /// Auto-deleveraging: a liquidation closed against a position, not a book trade.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adl: bool,
 }
 
 /// What a trade did to one side.
@@ -368,22 +466,30 @@ pub struct PositionJson {
 }
 
 fn update_json(spec: &SymbolSpec, u: &FillUpdate) -> UpdateJson {
-    let p = &u.position;
     UpdateJson {
         user_id: account_id(u.user),
         order_id: ids::encode(IdKind::Order, spec.key, u.order_id.0).to_string(),
         pnl: units_to_usdt(u.pnl).to_string(),
         fee: units_to_usdt(u.fee).to_string(),
         margin_released: units_to_usdt(u.margin_released).to_string(),
-        position: PositionJson {
-            size: spec.lots_to_quantity(p.size).to_string(),
-            cost: units_to_usdt(p.cost).to_string(),
-            margin: units_to_usdt(p.margin).to_string(),
-            realized_pnl: units_to_usdt(p.realized_pnl).to_string(),
-            fees: units_to_usdt(p.fees).to_string(),
-            leverage: p.leverage,
-        },
+        position: position_json(spec, &u.position),
     }
+}
+
+fn position_json(spec: &SymbolSpec, p: &crate::engine::PositionState) -> PositionJson {
+    PositionJson {
+        size: spec.lots_to_quantity(p.size).to_string(),
+        cost: units_to_usdt(p.cost).to_string(),
+        margin: units_to_usdt(p.margin).to_string(),
+        realized_pnl: units_to_usdt(p.realized_pnl).to_string(),
+        fees: units_to_usdt(p.fees).to_string(),
+        leverage: p.leverage,
+    }
+}
+
+/// A rate in parts of 1e8 as a decimal.
+pub fn rate_decimal(rate: i64) -> Decimal {
+    Decimal::new(rate, 8).normalize()
 }
 
 /// A result event as JSON, with the topic it belongs to. Ids derive from the symbol's
@@ -444,9 +550,82 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
                     seller_order_id: order(t.seller.order_id),
                     taker_side: t.taker_side.as_str().to_owned(),
                     timestamp: t.timestamp,
+                    adl: t.adl,
                 },
                 buyer_update: update_json(spec, &t.buyer),
                 seller_update: update_json(spec, &t.seller),
+            },
+        ),
+        Event::PriceUpdated(p) => (
+            PRICES_TOPIC,
+            ResultJson::MarkPriceUpdated {
+                event_id,
+                symbol,
+                seq: p.seq,
+                timestamp: p.timestamp,
+                index_price: spec.ticks_to_price(p.index).to_string(),
+                mark_price: spec.ticks_to_price(p.mark).to_string(),
+            },
+        ),
+        Event::LiquidationStarted(l) => (
+            LIQUIDATIONS_TOPIC,
+            ResultJson::LiquidationStarted {
+                event_id,
+                symbol,
+                seq: l.seq,
+                timestamp: l.timestamp,
+                order_id: order(l.order_id),
+                user_id: account_id(l.user),
+                side: l.side.as_str().to_owned(),
+                quantity: spec.lots_to_quantity(l.quantity).to_string(),
+                bankruptcy_price: spec.ticks_to_price(l.price).to_string(),
+                mark_price: spec.ticks_to_price(l.mark).to_string(),
+            },
+        ),
+        Event::LiquidationEnded(l) => (
+            LIQUIDATIONS_TOPIC,
+            ResultJson::PositionLiquidated {
+                event_id,
+                symbol,
+                seq: l.seq,
+                timestamp: l.timestamp,
+                order_id: order(l.order_id),
+                user_id: account_id(l.user),
+                side: l.side.as_str().to_owned(),
+                quantity: spec.lots_to_quantity(l.quantity).to_string(),
+                filled_quantity: spec.lots_to_quantity(l.filled).to_string(),
+                deleveraged_quantity: spec.lots_to_quantity(l.deleveraged).to_string(),
+                to_insurance_fund: units_to_usdt(l.to_fund).to_string(),
+                insurance_fund: units_to_usdt(l.fund).to_string(),
+            },
+        ),
+        Event::FundingPaid(f) => (
+            FUNDING_TOPIC,
+            ResultJson::FundingPaid {
+                event_id,
+                symbol,
+                seq: f.seq,
+                timestamp: f.timestamp,
+                user_id: account_id(f.user),
+                amount: units_to_usdt(f.amount).to_string(),
+                margin_change: units_to_usdt(f.margin_change).to_string(),
+                funding_rate: rate_decimal(f.rate).to_string(),
+                mark_price: spec.ticks_to_price(f.mark).to_string(),
+                position: position_json(spec, &f.position),
+            },
+        ),
+        Event::FundingSettled(r) => (
+            FUNDING_TOPIC,
+            ResultJson::FundingSettled {
+                event_id,
+                symbol,
+                seq: r.seq,
+                timestamp: r.timestamp,
+                funding_rate: rate_decimal(r.rate).to_string(),
+                mark_price: r.mark.map(|m| spec.ticks_to_price(m).to_string()),
+                positions: r.positions,
+                to_insurance_fund: units_to_usdt(r.to_fund).to_string(),
+                insurance_fund: units_to_usdt(r.fund).to_string(),
             },
         ),
     };
@@ -481,6 +660,9 @@ mod tests {
             Command::Place(priced),
             Command::Cancel { id: order.id, user: order.user, timestamp: 5 },
             Command::CancelAll { user: order.user, timestamp: 6 },
+            Command::IndexPrice { price: 500_001, timestamp: 7 },
+            Command::Funding { timestamp: 8 },
+            Command::Liquidate { timestamp: 9 },
         ] {
             let bytes = encode_command(&spec, &StreamRecord::Command(command), 42);
             assert_eq!(decode_command(&spec, &bytes), Ok(StreamRecord::Command(command)), "{}", String::from_utf8_lossy(&bytes));
@@ -586,6 +768,12 @@ mod tests {
             ),
             (encode_command(&spec, &StreamRecord::Void(3), 3), "eventId eventType symbol voidedOffset seq".to_owned()),
             (
+                encode_command(&spec, &StreamRecord::Command(Command::IndexPrice { price: 5, timestamp: 3 }), 3),
+                "eventId eventType symbol price timestamp seq".to_owned(),
+            ),
+            (encode_command(&spec, &StreamRecord::Command(Command::Funding { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
+            (encode_command(&spec, &StreamRecord::Command(Command::Liquidate { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
+            (
                 encode_account(&AccountRecord::UserCreated { name: "alice".into(), user: order.user, key_hash: [1; 32] }, 5, 4),
                 "eventId eventType userId accountId keyHash".to_owned(),
             ),
@@ -601,16 +789,36 @@ mod tests {
         m.execute(&Command::Place(sell), &mut events).unwrap();
         m.execute(&Command::Place(NewOrder { quantity: 4, ..order }), &mut events).unwrap();
         m.execute(&Command::Cancel { id: sell.id, user: sell.user, timestamp: 9 }, &mut events).unwrap();
+        m.execute(&Command::IndexPrice { price: 5, timestamp: 10 }, &mut events).unwrap();
+        m.execute(&Command::Funding { timestamp: 11 }, &mut events).unwrap();
+        let position = crate::engine::PositionState::default();
+        let (user, order_id) = (order.user, OrderId(crate::engine::ENGINE_ORDER | 30));
+        events.extend([
+            Event::LiquidationStarted(crate::engine::LiquidationOrder { seq: 30, order_id, user, side: Side::Sell, quantity: 1, price: 1, mark: 1, timestamp: 12 }),
+            Event::LiquidationEnded(crate::engine::Liquidated {
+                seq: 31, order_id, user, side: Side::Sell, quantity: 1, filled: 1, deleveraged: 0, to_fund: 1, fund: 1, timestamp: 12,
+            }),
+            Event::FundingPaid(crate::engine::FundingPayment { seq: 32, user, amount: -1, margin_change: -1, rate: 1, mark: 1, position, timestamp: 13 }),
+        ]);
         let update = "userId orderId pnl fee marginReleased position";
+        let position = "position.size position.cost position.margin position.realizedPnl position.fees position.leverage";
         let result_fields = |e: &Event| match e {
             Event::OrderPlaced(_) => "eventId eventType symbol seq timestamp orderId userId side price quantity filledQuantity lockedMargin leverage reduceOnly clientOrderId".to_owned(),
             Event::OrderCancelled(_) => "eventId eventType symbol seq timestamp orderId userId side quantity filledQuantity releasedMargin reason".to_owned(),
-            Event::TradeExecuted(_) => format!(
-                "eventId eventType symbol seq timestamp trade buyerUpdate sellerUpdate {} {} {}",
+            Event::TradeExecuted(t) => format!(
+                "eventId eventType symbol seq timestamp trade buyerUpdate sellerUpdate {}{} {} {}",
                 "trade.tradeId trade.symbol trade.price trade.quantity trade.buyerOrderId trade.sellerOrderId trade.takerSide trade.timestamp",
+                if t.adl { " trade.adl" } else { "" },
                 update.split(' ').map(|f| format!("buyerUpdate.{f}")).collect::<Vec<_>>().join(" "),
                 update.split(' ').map(|f| format!("sellerUpdate.{f}")).collect::<Vec<_>>().join(" "),
             ),
+            Event::PriceUpdated(_) => "eventId eventType symbol seq timestamp indexPrice markPrice".to_owned(),
+            Event::LiquidationStarted(_) => {
+                "eventId eventType symbol seq timestamp orderId userId side quantity bankruptcyPrice markPrice".to_owned()
+            }
+            Event::LiquidationEnded(_) => "eventId eventType symbol seq timestamp orderId userId side quantity filledQuantity deleveragedQuantity toInsuranceFund insuranceFund".to_owned(),
+            Event::FundingPaid(_) => format!("eventId eventType symbol seq timestamp userId amount marginChange fundingRate markPrice position {position}"),
+            Event::FundingSettled(_) => "eventId eventType symbol seq timestamp fundingRate markPrice positions toInsuranceFund insuranceFund".to_owned(),
         };
         let mut kinds = std::collections::BTreeSet::new();
         let results: Vec<(Vec<u8>, String)> = events.iter().map(|e| (encode_event(&spec, e).1, result_fields(e))).collect();
@@ -619,7 +827,11 @@ mod tests {
             kinds.insert(value["eventType"].as_str().unwrap().to_owned());
             assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
         }
-        let all = ["OrderSubmitted", "CancelRequested", "CommandVoided", "UserCreated", "BalanceAdjusted", "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted"];
+        let all = [
+            "OrderSubmitted", "CancelRequested", "CommandVoided", "IndexPriceSet", "FundingTick", "LiquidationSweep", "UserCreated", "BalanceAdjusted",
+            "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
+            "FundingPaid", "FundingSettled",
+        ];
         assert_eq!(kinds, all.iter().map(|k| (*k).to_owned()).collect(), "every record type was looked at");
     }
 }

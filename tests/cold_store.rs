@@ -214,6 +214,60 @@ fn the_writer_stores_every_acknowledged_order_and_trade_exactly_once() {
     assert_eq!(count(&db, "SELECT count(DISTINCT id) FROM orders"), acked);
 }
 
+#[test]
+fn funding_payments_liquidations_and_the_fund_reach_postgres() {
+    let db = Database::create();
+    let s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &db.url), ("EXCHANGE_FUNDING_INTERVAL_SECS", "86400")]);
+    let admin = [("x-admin-key", common::ADMIN)];
+    let post = |path: &str, body: &str| {
+        let (status, body) = s.request("POST", path, &admin, Some(body));
+        assert_eq!(status, 200, "{path}: {body}");
+    };
+    let order = |key: &str, side: &str, price: &str, qty: &str, leverage: u32| {
+        let body = format!(r#"{{"symbol":"BTC-PERP","side":"{side}","type":"LIMIT","price":"{price}","quantity":"{qty}","leverage":{leverage}}}"#);
+        assert_eq!(s.order(key, &body).0, 200);
+    };
+    post("/admin/v1/index-prices", r#"{"symbol":"BTC-PERP","price":"50000"}"#);
+    let long = s.funded("long", "1000");
+    let short = s.funded("short", "10000");
+    let maker = s.funded("maker", "100000");
+    order(&short, "SELL", "50100", "0.1", 10);
+    order(&long, "BUY", "50100", "0.1", 50);
+    order(&maker, "BUY", "50080", "0.01", 10);
+    order(&maker, "SELL", "50200", "0.01", 10);
+    post("/admin/v1/index-prices", r#"{"symbol":"BTC-PERP","price":"50000"}"#);
+    post("/admin/v1/funding", r#"{"symbol":"BTC-PERP"}"#);
+    // The long falls through its liquidation price into the maker's bid.
+    order(&maker, "BUY", "49150", "0.1", 10);
+    post("/admin/v1/index-prices", r#"{"symbol":"BTC-PERP","price":"49000"}"#);
+    assert!(s.get(&long, "/v1/positions").1.as_array().unwrap().is_empty(), "liquidated");
+    let fund = s.request("GET", "/v1/insurance-fund", &[], None).1["balance"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let stored = || {
+        runtime().block_on(async {
+            let c = connect(&db.url).await;
+            let funding: i64 = c.query_one("SELECT count(*) FROM funding_payments", &[]).await.unwrap().get(0);
+            let sum: Option<rust_decimal::Decimal> = c.query_one("SELECT sum(amount) FROM funding_payments", &[]).await.unwrap().get(0);
+            let liquidations: i64 = c.query_one("SELECT count(*) FROM liquidations", &[]).await.unwrap().get(0);
+            let market = c.query_opt("SELECT mark_price, insurance_fund FROM markets WHERE symbol = 'BTC-PERP'", &[]).await.unwrap();
+            let market = market.map(|r| (r.get::<_, rust_decimal::Decimal>(0), r.get::<_, rust_decimal::Decimal>(1)));
+            (funding, sum, liquidations, market)
+        })
+    };
+    loop {
+        let (funding, sum, liquidations, market) = stored();
+        let fund_now: rust_decimal::Decimal = fund.parse().unwrap();
+        let mark: rust_decimal::Decimal = "49000".parse().unwrap();
+        if funding == 2 && liquidations == 1 && market == Some((mark, fund_now)) {
+            // Zero-sum up to the residue the fund took (none here: two equal positions).
+            assert_eq!(sum, Some(rust_decimal::Decimal::ZERO));
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", stored());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// An exchange whose PostgreSQL is reached through a proxy (to cut or freeze), with
 /// cold storage up, and two funded users.
 fn behind_a_proxy() -> (Database, common::Proxy, common::Server, String, String) {
@@ -409,6 +463,7 @@ mod writer {
             price,
             quantity,
             taker_side: Side::Buy,
+            adl: false,
             buyer: update(buyer),
             seller: update(seller),
             timestamp: 1_795_000_001_000 + offset,

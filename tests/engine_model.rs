@@ -145,6 +145,9 @@ impl RefModel {
                 }
                 Ok(())
             }
+            Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
+                unreachable!("the model covers matching; the perpetual's commands have their own")
+            }
         }
     }
 
@@ -179,6 +182,7 @@ impl RefModel {
                 price
             }
             OrderType::Market => self.band(o.side).ok_or(CancelReason::NoLiquidity)?,
+            OrderType::Liquidation { .. } => return Err(CancelReason::InvalidOrder),
             OrderType::MarketWithin { limit } => {
                 if !(1..=MAX_TICKS).contains(&limit) {
                     return Err(CancelReason::InvalidOrder);
@@ -205,7 +209,8 @@ impl RefModel {
         if let OrderType::Limit { tif: TimeInForce::Fok, .. } = o.kind {
             let mut trial = self.clone();
             let mut scratch = Vec::new();
-            let (remaining, _) = trial.sweep(o, limit, &mut scratch);
+            // Whether it can fill counts the book only, not the bankruptcy stop below.
+            let (remaining, _, _) = trial.sweep(o, limit, false, &mut scratch);
             if remaining > 0 {
                 return Err(CancelReason::FokUnfillable);
             }
@@ -222,9 +227,14 @@ impl RefModel {
                 return;
             }
         };
-        let (remaining, lock) = self.sweep(&o, limit, out);
+        let (remaining, lock, stopped) = self.sweep(&o, limit, true, out);
         let filled = o.quantity - remaining;
         if remaining == 0 {
+            return;
+        }
+        if stopped {
+            let e = self.cancelled(&o, o.quantity, filled, lock, CancelReason::BankruptcyPrice, o.timestamp);
+            out.push(e);
             return;
         }
         let rests = matches!(o.kind, OrderType::Limit { tif: TimeInForce::Gtc | TimeInForce::PostOnly, .. });
@@ -251,8 +261,25 @@ impl RefModel {
         }
     }
 
-    /// Matches `o` up to `limit`; returns (unfilled quantity, unused lock).
-    fn sweep(&mut self, o: &NewOrder, limit: i64, out: &mut Vec<Event>) -> (i64, i64) {
+    /// Whether `user` closing up to `q` at `price` on `side` loses at most the margin of
+    /// what it closes.
+    fn solvent(&self, user: UserId, side: Side, price: i64, q: i64) -> bool {
+        let p = self.pos(user);
+        let dir: i128 = if side == Side::Buy { 1 } else { -1 };
+        if p.size * dir >= 0 {
+            return true;
+        }
+        let close = i128::from(q).min(p.size.abs());
+        let (cost_part, margin_part) = closed_share(&p, close);
+        let value = i128::from(price) * close * UNIT;
+        let pnl = if p.size > 0 { value - cost_part } else { cost_part - value };
+        pnl + margin_part >= 0
+    }
+
+    /// Matches `o` up to `limit`; returns (unfilled quantity, unused lock, stopped because
+    /// the next fill would close beyond the taker's bankruptcy price). `bankruptcy`: stop
+    /// there and drop makers that would.
+    fn sweep(&mut self, o: &NewOrder, limit: i64, bankruptcy: bool, out: &mut Vec<Event>) -> (i64, i64, bool) {
         let mut remaining = o.quantity;
         let mut lock = o.locked_margin;
         while remaining > 0 {
@@ -273,6 +300,15 @@ impl RefModel {
                 continue;
             }
             let q = remaining.min(room);
+            if bankruptcy && !self.solvent(m.o.user, m.o.side, m.price, q) {
+                self.resting.remove(i);
+                let e = self.cancelled(&m.o, m.o.quantity, m.filled, m.locked, CancelReason::BankruptcyPrice, o.timestamp);
+                out.push(e);
+                continue;
+            }
+            if bankruptcy && !self.solvent(o.user, o.side, m.price, q) {
+                return (remaining, lock, true);
+            }
             let portion = |lock: i64, rem: i64| if q == rem { lock } else { (i128::from(lock) * i128::from(q) / i128::from(rem)) as i64 };
             let taker_part = portion(lock, remaining);
             let maker_part = portion(m.locked, m.remaining);
@@ -300,12 +336,13 @@ impl RefModel {
                 price: m.price,
                 quantity: q,
                 taker_side: o.side,
+                adl: false,
                 buyer,
                 seller,
                 timestamp: o.timestamp,
             }));
         }
-        (remaining, lock)
+        (remaining, lock, false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -320,15 +357,7 @@ impl RefModel {
         if p.size * dir < 0 {
             let close = q.min(p.size.abs());
             open = q - close;
-            let whole = close == p.size.abs();
-            let cost_part = if whole {
-                p.cost
-            } else if p.size > 0 {
-                ceil_div(p.cost * close, p.size.abs())
-            } else {
-                (p.cost * close).div_euclid(p.size.abs())
-            };
-            let margin_part = if whole { p.margin } else { (p.margin * close).div_euclid(p.size.abs()) };
+            let (cost_part, margin_part) = closed_share(p, close);
             pnl = if p.size > 0 { value(close) - cost_part } else { cost_part - value(close) };
             p.size += dir * close;
             p.cost -= cost_part;
@@ -356,6 +385,17 @@ impl RefModel {
             position: *p,
         }
     }
+}
+
+/// The entry cost and margin that closing `close` of `p` takes: pro rata, the cost
+/// rounded against the trader, the margin down; all of both on the last close.
+fn closed_share(p: &PositionState, close: i128) -> (i128, i128) {
+    let open = p.size.abs();
+    if close == open {
+        return (p.cost, p.margin);
+    }
+    let cost = if p.size > 0 { ceil_div(p.cost * close, open) } else { (p.cost * close).div_euclid(open) };
+    (cost, (p.margin * close).div_euclid(open))
 }
 
 // ---------------------------------------------------------------- command streams
@@ -403,7 +443,7 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
                 _ => OrderType::Limit { price, tif: TimeInForce::Gtc },
             };
             let lock_price = match kind {
-                OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => price,
+                OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } | OrderType::Liquidation { price } => price,
                 OrderType::Market => market.market_limit(side).unwrap_or(price),
             };
             let lock = market.spec().margin(lock_price, qty, leverage) as i64 + i64::from(lock_bias);
@@ -490,6 +530,7 @@ impl Ledger {
                 Event::OrderPlaced(p) => {
                     assert_eq!(self.orders[&p.order_id].1, p.filled);
                 }
+                other => panic!("no index price was posted, yet {other:?}"),
             }
         }
     }

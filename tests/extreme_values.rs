@@ -129,7 +129,7 @@ impl World {
             let _ = exchange::wire::encode_event(&spec, event);
             if let Event::TradeExecuted(t) = event {
                 for update in [&t.buyer, &t.seller] {
-                    let _ = render::position(&spec, &update.position, Some(t.price));
+                    let _ = render::position(&spec, &update.position, exchange::shard::protocol::MarketPrices { last: Some(t.price), mark: Some(t.price), ..Default::default() });
                 }
             }
         }

@@ -265,7 +265,7 @@ fn deleting_its_keys_on_the_suites_redis_is_repaired() {
     let keys = trade(&s);
     let url = s.env().iter().find(|(k, _)| k == "EXCHANGE_REDIS_URL").map(|(_, v)| v.clone()).unwrap();
     let prefix = s.env().iter().find(|(k, _)| k == "EXCHANGE_REDIS_PREFIX").map(|(_, v)| v.clone()).unwrap();
-    let mut conn = connect_any(&url);
+    let mut conn = common::connect_any(&url);
     wait_written(&s, conn.as_mut(), &prefix, &keys);
     let before = projection(conn.as_mut(), &prefix, &keys);
     let rebuilt = rebuilds(&s);
@@ -280,16 +280,6 @@ fn deleting_its_keys_on_the_suites_redis_is_repaired() {
     assert_redis_is_the_ledger(&s, conn.as_mut(), &prefix, &keys);
 }
 
-/// A connection to a single server, or one that follows a cluster's redirections.
-fn connect_any(url: &str) -> Box<dyn redis::ConnectionLike> {
-    let mut seed = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let info: String = redis::cmd("INFO").arg("cluster").query(&mut seed).unwrap();
-    if info.contains("cluster_enabled:1") {
-        Box::new(redis::cluster::ClusterClient::new(vec![url]).unwrap().get_connection().unwrap())
-    } else {
-        Box::new(seed)
-    }
-}
 
 /// Waits until the writes behind the last answers are in Redis: every user's balance
 /// there is the API's (a user's keys are written together, in one script call).

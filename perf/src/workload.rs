@@ -108,6 +108,7 @@ pub fn generate(count: usize, resting: usize, users: u64, seed: u64) -> Workload
                             live.remove(maker);
                         }
                     }
+                    _ => {}
                 }
             }
         }

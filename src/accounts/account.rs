@@ -61,9 +61,15 @@ impl OrderView {
     /// limit, 0 for a MARKET logged before MARKET orders were priced.
     pub fn limit_price(&self) -> i64 {
         match self.kind {
-            OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => price,
+            OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } | OrderType::Liquidation { price } => price,
             OrderType::Market => 0,
         }
+    }
+
+    /// The exchange's order closing a liquidated position: not the user's, not counted
+    /// among their open orders.
+    pub fn is_liquidation(&self) -> bool {
+        matches!(self.kind, OrderType::Liquidation { .. })
     }
 
     fn unfilled(&self) -> i64 {
@@ -134,6 +140,42 @@ pub struct Fill {
     pub time: i64,
 }
 
+/// What moved a user's money (`GET /v1/income`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IncomeKind {
+    RealizedPnl,
+    Commission,
+    FundingFee,
+    Liquidation,
+    Transfer,
+}
+
+impl IncomeKind {
+    pub const ALL: [Self; 5] = [Self::RealizedPnl, Self::Commission, Self::FundingFee, Self::Liquidation, Self::Transfer];
+
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RealizedPnl => "REALIZED_PNL",
+            Self::Commission => "COMMISSION",
+            Self::FundingFee => "FUNDING_FEE",
+            Self::Liquidation => "LIQUIDATION",
+            Self::Transfer => "TRANSFER",
+        }
+    }
+}
+
+/// One movement of a user's money, in units (negative: paid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Income {
+    pub symbol: Option<usize>,
+    pub kind: IncomeKind,
+    pub amount: i128,
+    pub time: i64,
+    /// The trade's sequence number on its symbol, for PnL and commissions.
+    pub trade_seq: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Account {
     pub name: String,
@@ -153,11 +195,23 @@ pub struct Account {
     /// again when one is loaded.
     #[serde(skip)]
     pub(super) open_on: FxHashMap<usize, OpenOn>,
+    /// Money movements, newest first, at most [`super::INCOME_KEPT`]. Snapshotted after
+    /// the partition's state (see [`super::PartitionState::income`]).
+    #[serde(skip)]
+    pub income: VecDeque<Income>,
 }
 
 impl Account {
     pub fn available(&self) -> i128 {
         self.total - self.locked
+    }
+
+    /// Records a movement of money (nothing for a zero amount).
+    pub(super) fn record(&mut self, symbol: Option<usize>, kind: IncomeKind, amount: i128, time: i64, trade_seq: Option<u64>) {
+        if amount != 0 {
+            self.income.push_front(Income { symbol, kind, amount, time, trade_seq });
+            self.income.truncate(super::INCOME_KEPT);
+        }
     }
 
     /// Open orders, oldest first.
@@ -219,6 +273,9 @@ impl Account {
 
     /// A new order is open (or on its way to the log).
     pub(super) fn track_open(&mut self, view: &OrderView) {
+        if view.is_liquidation() {
+            return;
+        }
         let on = self.open_on.entry(view.symbol).or_default();
         on.count += 1;
         on.add(view.side, view.unfilled(), view.limit_price(), 1);
@@ -226,6 +283,9 @@ impl Account {
 
     /// `lots` of an open order filled.
     pub(super) fn filled_open(&mut self, view: &OrderView, lots: i64) {
+        if view.is_liquidation() {
+            return;
+        }
         if let Some(on) = self.open_on.get_mut(&view.symbol) {
             on.add(view.side, lots, view.limit_price(), -1);
         }
@@ -233,6 +293,9 @@ impl Account {
 
     /// An order no longer open: `open_on` forgets it.
     pub(super) fn forget_open(&mut self, view: &OrderView) {
+        if view.is_liquidation() {
+            return;
+        }
         if let Some(on) = self.open_on.get_mut(&view.symbol) {
             on.count = on.count.saturating_sub(1);
             on.add(view.side, view.unfilled(), view.limit_price(), -1);

@@ -3,12 +3,14 @@
 //! result applied, in log order. Kept apart from the types it works on because this is
 //! where the money rules live and change.
 
+use std::collections::VecDeque;
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::snapshot::{AccountRef, PartitionStateRef};
 use super::{
-    partition_of, partition_of_name, user_of_key, Account, AccountRecord, Accounts, AdminError, Fill, HotState, OrderStatus, PartitionState,
+    partition_of, partition_of_name, user_of_key, Account, AccountRecord, Accounts, AdminError, Fill, HotState, Income, IncomeKind, OrderStatus, PartitionState,
     OrderView, PositionLimit, RiskError, Totals, TransferPlan, FILLS_KEPT, MAX_BALANCE, ORDER_NUMBER_MASK,
 };
 use crate::engine::units::Units;
@@ -61,6 +63,7 @@ impl HotState for Accounts {
         transfers.sort_unstable();
         let applied: Vec<(&String, u64)> =
             self.applied.iter().filter_map(|(s, o)| symbols.get(*s).map(|n| (n, *o))).collect();
+        let income: Vec<(UserId, &VecDeque<Income>)> = users.iter().map(|(u, a)| (*u, &a.0.income)).collect();
         let state = PartitionStateRef {
             log_offset,
             applied,
@@ -69,7 +72,8 @@ impl HotState for Accounts {
             transfers,
         };
         // Serializing into a Vec cannot fail.
-        postcard::to_io(&state, out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
+        postcard::to_io(&state, &mut *out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
+        postcard::to_io(&income, out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
     }
 
     /// Installs a partition's snapshot; its results floors make replay skip what it holds.
@@ -83,7 +87,9 @@ impl HotState for Accounts {
         for (t, v) in state.transfers {
             self.transfers.insert(t, v);
         }
+        let mut income: rustc_hash::FxHashMap<UserId, Vec<Income>> = state.income.into_iter().collect();
         for (user, mut account) in state.users {
+            account.income = income.remove(&user).unwrap_or_default().into();
             account.count_open();
             let highest = account.orders.keys().map(|id| id.0 & ORDER_NUMBER_MASK).max().unwrap_or(0);
             self.order_counter = self.order_counter.max(highest);
@@ -195,12 +201,13 @@ impl HotState for Accounts {
                 self.names.insert(name.clone(), *user);
                 self.users.insert(*user, Account { name: name.clone(), key_hash: *key_hash, ..Account::default() });
             }
-            AccountRecord::Transfer { user, transfer_id, amount, .. } => {
+            AccountRecord::Transfer { user, transfer_id, amount, timestamp } => {
                 self.transfers.insert(transfer_id.clone(), (*user, *amount));
-                if let Some(a) = self.users.get_mut(user)
-                    && !(live && *amount < 0)
-                {
-                    a.total += i128::from(*amount);
+                if let Some(a) = self.users.get_mut(user) {
+                    if !(live && *amount < 0) {
+                        a.total += i128::from(*amount);
+                    }
+                    a.record(None, IncomeKind::Transfer, i128::from(*amount), *timestamp, None);
                 }
             }
             AccountRecord::Voided { .. } => {}
@@ -318,6 +325,8 @@ impl HotState for Accounts {
                         let Some(account) = self.users.get_mut(&update.user) else { continue };
                         account.total += update.pnl - update.fee;
                         account.locked -= update.margin_released;
+                        account.record(Some(symbol), IncomeKind::RealizedPnl, update.pnl, t.timestamp, Some(t.seq));
+                        account.record(Some(symbol), IncomeKind::Commission, -update.fee, t.timestamp, Some(t.seq));
                         account.positions.insert(symbol, update.position);
                         account.fills.push_front(Fill {
                             trade_seq: t.seq,
@@ -355,6 +364,50 @@ impl HotState for Accounts {
                         }
                     }
                 }
+                Event::LiquidationStarted(l) if self.fresh(l.user, symbol, offset) => {
+                    let Some(account) = self.users.get_mut(&l.user) else { continue };
+                    account.orders.insert(l.order_id, OrderView {
+                        id: l.order_id,
+                        symbol,
+                        client_order_id: None,
+                        side: l.side,
+                        kind: OrderType::Liquidation { price: l.price },
+                        quantity: l.quantity,
+                        filled: 0,
+                        filled_value: 0,
+                        status: OrderStatus::New,
+                        reason: None,
+                        created_at: l.timestamp,
+                        updated_at: l.timestamp,
+                        logged: true,
+                        reserved: 0,
+                    });
+                }
+                Event::LiquidationEnded(l) if self.fresh(l.user, symbol, offset) => {
+                    let Some(account) = self.users.get_mut(&l.user) else { continue };
+                    account.total -= l.to_fund;
+                    account.record(Some(symbol), IncomeKind::Liquidation, -l.to_fund, l.timestamp, None);
+                    // Not all of it could be closed: the order ends, the rest stays open.
+                    if let Some(view) = account.orders.get_mut(&l.order_id)
+                        && view.status.is_open()
+                    {
+                        view.status = OrderStatus::Cancelled;
+                        view.reason = Some(CancelReason::Liquidation);
+                        view.updated_at = l.timestamp;
+                        let forgotten = account.close(l.order_id);
+                        if let Some(all) = self.forgotten.as_mut() {
+                            all.extend(forgotten.into_iter().map(|(id, cid)| (l.user, id, cid)));
+                        }
+                    }
+                }
+                Event::FundingPaid(f) if self.fresh(f.user, symbol, offset) => {
+                    let Some(account) = self.users.get_mut(&f.user) else { continue };
+                    account.total += f.amount;
+                    account.locked += f.margin_change;
+                    account.positions.insert(symbol, f.position);
+                    account.record(Some(symbol), IncomeKind::FundingFee, f.amount, f.timestamp, None);
+                }
+                Event::LiquidationStarted(_) | Event::LiquidationEnded(_) | Event::FundingPaid(_) | Event::PriceUpdated(_) | Event::FundingSettled(_) => {}
                 Event::OrderCancelled(c) => {
                     let Some(account) = self.users.get_mut(&c.user) else { continue };
                     account.locked -= i128::from(c.released_margin);
@@ -387,7 +440,7 @@ fn within_limit(account: &Account, symbol: usize, order: &NewOrder, limit: &Posi
     };
     let (held, cost) = if same_side { (position.size.abs(), position.cost / limit.units_per_tick_lot) } else { (0, 0) };
     let price = match order.kind {
-        OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => price,
+        OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } | OrderType::Liquidation { price } => price,
         OrderType::Market => 0,
     };
     let lots = held + open.lots[i] + i128::from(order.quantity);

@@ -7,8 +7,9 @@
 //! on one core with no lock at all, even when the user trades symbols on other cores.
 //!
 //! Balances are a function of the logs: `total` = transfers (from the partition's own
-//! log) + Σ over symbols of (realized PnL − fees) (from the symbol logs), and `locked` =
-//! Σ open-order locks + Σ position margin. The shard keeps them up to date as results
+//! log) + Σ over symbols of (realized PnL − fees + funding − liquidated margin left to
+//! the insurance fund) (from the symbol logs), and `locked` = Σ open-order locks + Σ
+//! position margin. The shard keeps them up to date as results
 //! arrive, and rebuilds them at start by replaying the logs.
 //!
 //! Nothing here does I/O; the shard logs what [`Accounts`] prepares and applies it once
@@ -23,7 +24,7 @@ use crate::engine::units::Units;
 mod account;
 mod ledger;
 mod snapshot;
-pub use account::{Account, Fill, OpenOn, OrderStatus, OrderView};
+pub use account::{Account, Fill, Income, IncomeKind, OpenOn, OrderStatus, OrderView};
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, UserId};
 
 /// Account partitions. Part of the data layout: changing it re-homes every user.
@@ -34,6 +35,8 @@ pub const ORDER_NUMBER_MASK: u64 = (1 << 52) - 1;
 pub const CLOSED_ORDERS_KEPT: usize = 500;
 /// Fills kept per user in hot state for `/v1/fills` (older ones belong to cold storage).
 pub const FILLS_KEPT: usize = 500;
+/// Money movements kept per user for `/v1/income`.
+pub const INCOME_KEPT: usize = 1_000;
 
 pub fn partition_of_name(name: &str) -> u32 {
     let h = name.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
@@ -184,6 +187,10 @@ pub struct PartitionState {
     pub next_number: u32,
     pub users: Vec<(UserId, Account)>,
     pub transfers: Vec<(String, (UserId, Units))>,
+    /// Each user's money movements. Encoded after the rest (a second postcard value), so
+    /// a snapshot written before they existed still reads, with none.
+    #[serde(skip)]
+    pub income: Vec<(UserId, Vec<Income>)>,
 }
 
 impl Accounts {

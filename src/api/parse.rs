@@ -10,9 +10,11 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use super::error::{invalid, ApiError};
-use crate::accounts::{partition_of, partition_of_name, user_of_key};
+use rust_decimal::prelude::ToPrimitive;
+
+use crate::accounts::{partition_of, partition_of_name, user_of_key, IncomeKind};
 use crate::engine::symbol::usdt_to_units;
-use crate::engine::units::MAX_NOTIONAL;
+use crate::engine::units::{MAX_NOTIONAL, MAX_TICKS};
 use crate::engine::{ClientOrderId, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
 use crate::shard::protocol::{ApiRequest, OrderRef};
@@ -34,6 +36,7 @@ pub enum Routed {
     /// A consistency check on every shard.
     Check,
     Summary,
+    InsuranceFund,
 }
 
 pub struct Input<'a> {
@@ -116,6 +119,46 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             let (key, p) = private()?;
             Routed::Partition(p, ApiRequest::Fills { key, symbol: query.symbol(map)?, limit: query.limit(100, 10_000)? })
         }
+        ("GET", ["v1", "premium-index"]) => {
+            let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
+            Routed::Symbol(symbol, ApiRequest::PremiumIndex { symbol })
+        }
+        ("GET", ["v1", "insurance-fund"]) => Routed::InsuranceFund,
+        ("GET", ["v1", "income"]) => {
+            let (key, p) = private()?;
+            let kind = match query.get("type") {
+                None => None,
+                Some(t) => Some(
+                    IncomeKind::ALL
+                        .into_iter()
+                        .find(|k| k.as_str() == t)
+                        .ok_or_else(|| invalid("type must be REALIZED_PNL, COMMISSION, FUNDING_FEE, LIQUIDATION or TRANSFER"))?,
+                ),
+            };
+            Routed::Partition(p, ApiRequest::Income { key, symbol: query.symbol(map)?, kind, limit: query.limit(100, 1_000)? })
+        }
+        ("POST", ["admin", "v1", "index-prices"]) => {
+            admin(input.admin_key, limits.admin_key)?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let body: IndexPriceBody = parse_json(input.body)?;
+            let symbol = map.symbols.iter().position(|x| x.name == body.symbol).ok_or(ApiError::UnknownSymbol)?;
+            let spec = &map.symbols[symbol];
+            let price = decimal(&body.price, "price")?;
+            if price <= Decimal::ZERO {
+                return Err(invalid("price must be greater than zero"));
+            }
+            // Off-tick prices are rounded to the nearest tick.
+            let ticks = (price / spec.tick_size).round().to_i64().filter(|t| (1..=MAX_TICKS).contains(t));
+            let price = ticks.ok_or_else(|| invalid("price is out of range"))?;
+            Routed::Symbol(symbol, ApiRequest::IndexPrice { symbol, price })
+        }
+        ("POST", ["admin", "v1", "funding"]) => {
+            admin(input.admin_key, limits.admin_key)?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let body: SymbolBody = parse_json(input.body)?;
+            let symbol = map.symbols.iter().position(|x| x.name == body.symbol).ok_or(ApiError::UnknownSymbol)?;
+            Routed::Symbol(symbol, ApiRequest::Funding { symbol })
+        }
         ("GET", ["v1", "balance"]) => {
             let (key, p) = private()?;
             Routed::Partition(p, ApiRequest::Balance { key })
@@ -167,8 +210,10 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
 fn known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
-        ["health"] | ["metrics"] | ["v1", "symbols" | "depth" | "trades" | "orders" | "fills" | "balance" | "positions"]
-            | ["v1", "orders", ..] | ["admin", "v1", "users" | "deposits" | "summary" | "check"]
+        ["health"] | ["metrics"]
+            | ["v1", "symbols" | "depth" | "trades" | "orders" | "fills" | "balance" | "positions" | "premium-index" | "insurance-fund" | "income"]
+            | ["v1", "orders", ..]
+            | ["admin", "v1", "users" | "deposits" | "summary" | "check" | "index-prices" | "funding"]
     )
 }
 
@@ -239,6 +284,19 @@ fn decimal(text: &str, field: &str) -> Result<Decimal, ApiError> {
 #[serde(rename_all = "camelCase")]
 struct UserBody {
     user_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexPriceBody {
+    symbol: String,
+    price: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SymbolBody {
+    symbol: String,
 }
 
 #[derive(Deserialize)]

@@ -4,12 +4,14 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::accounts::{Fill, OrderView};
+use crate::accounts::{Fill, Income, OrderView};
+use crate::engine::perp::{liquidation_price, next_funding_time};
 use crate::engine::symbol::units_to_usdt;
-use crate::engine::{OrderType, PositionState, SymbolSpec};
+use crate::engine::{Health, OrderType, PositionState, SymbolSpec, ADL_ORDER, ENGINE_ORDER};
 use crate::ids::{self, IdKind};
+use crate::wire::rate_decimal;
 use super::HttpReply;
-use crate::shard::protocol::Answer;
+use crate::shard::protocol::{Answer, MarketPrices};
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {
@@ -45,6 +47,7 @@ pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
     let (price, time_in_force, kind) = match v.kind {
         OrderType::Limit { price, tif: t } => (Some(spec.ticks_to_price(price).to_string()), Some(t.as_str()), "LIMIT"),
         OrderType::Market | OrderType::MarketWithin { .. } => (None, None, "MARKET"),
+        OrderType::Liquidation { price } => (Some(spec.ticks_to_price(price).to_string()), Some("IOC"), "LIQUIDATION"),
     };
     let avg_fill_price = (v.filled > 0).then(|| {
         let ticks = Decimal::from_i128_with_scale(v.filled_value, 0) / Decimal::from(v.filled);
@@ -77,7 +80,7 @@ pub fn balance(total: i128, available: i128, locked: i128) -> serde_json::Value 
     })
 }
 
-pub fn position(spec: &SymbolSpec, p: &PositionState, last: Option<i64>) -> serde_json::Value {
+pub fn position(spec: &SymbolSpec, p: &PositionState, prices: MarketPrices) -> serde_json::Value {
     let size = p.size.abs();
     // Cost ÷ (units per tick·lot × size), in ticks; a flat position has no entry price.
     let entry_ticks = Decimal::try_from_i128_with_scale(p.cost, 0)
@@ -85,10 +88,9 @@ pub fn position(spec: &SymbolSpec, p: &PositionState, last: Option<i64>) -> serd
         .zip(Decimal::try_from_i128_with_scale(size * i128::from(spec.units_per_tick_lot()), 0).ok())
         .and_then(|(cost, per_tick)| cost.checked_div(per_tick))
         .unwrap_or(Decimal::ZERO);
-    let unrealized = last.map_or(0, |px| {
-        let value = i128::from(px) * size * i128::from(spec.units_per_tick_lot());
-        if p.size > 0 { value - p.cost } else { p.cost - value }
-    });
+    // Measured at the mark price, or the last trade before the first index price.
+    let health = prices.valuation().map(|px| Health::of(spec, p, px));
+    let price = |ticks: Option<i64>| ticks.map(|t| spec.ticks_to_price(t).to_string());
     serde_json::json!({
         "symbol": spec.name,
         "side": if p.size > 0 { "LONG" } else { "SHORT" },
@@ -96,8 +98,23 @@ pub fn position(spec: &SymbolSpec, p: &PositionState, last: Option<i64>) -> serd
         "entryPrice": entry_ticks.checked_mul(spec.tick_size).unwrap_or(Decimal::ZERO).round_dp(8).normalize().to_string(),
         "leverage": p.leverage,
         "margin": units_to_usdt(p.margin).to_string(),
-        "unrealizedPnl": units_to_usdt(unrealized).to_string(),
+        "unrealizedPnl": units_to_usdt(health.map_or(0, |h| h.unrealized)).to_string(),
         "realizedPnl": units_to_usdt(p.realized_pnl).to_string(),
+        "markPrice": price(prices.mark),
+        "liquidationPrice": price(liquidation_price(spec, p)),
+        "maintenanceMargin": units_to_usdt(health.map_or(0, |h| h.maintenance)).to_string(),
+    })
+}
+
+pub fn income(map: &ShardMap, i: &Income) -> serde_json::Value {
+    let spec = i.symbol.and_then(|s| map.symbols.get(s));
+    serde_json::json!({
+        "symbol": spec.map(|s| s.name.clone()),
+        "type": i.kind.as_str(),
+        "amount": units_to_usdt(i.amount).to_string(),
+        "asset": "USDT",
+        "time": i.time,
+        "tradeId": spec.zip(i.trade_seq).map(|(s, seq)| ids::encode(IdKind::Trade, s.key, seq).to_string()),
     })
 }
 
@@ -113,7 +130,13 @@ pub fn fill(map: &ShardMap, f: &Fill) -> serde_json::Value {
         "fee": units_to_usdt(f.fee).to_string(),
         "feeCurrency": "USDT",
         "realizedPnl": units_to_usdt(f.pnl).to_string(),
-        "liquidity": if f.maker { "MAKER" } else { "TAKER" },
+        "liquidity": if f.order_id.0 & ADL_ORDER != 0 && f.order_id.0 & ENGINE_ORDER != 0 {
+            "ADL"
+        } else if f.maker {
+            "MAKER"
+        } else {
+            "TAKER"
+        },
         "time": f.time,
     })
 }
@@ -143,18 +166,18 @@ pub fn symbols(map: &ShardMap, shards: usize) -> serde_json::Value {
 
 
 /// `GET /admin/v1/summary`: the exchange's books. Unrealized PnL is summed per symbol
-/// at its last trade price (`last`), which makes it exactly the negative of the realized
-/// PnL still inside the balances.
-pub fn summary(map: &ShardMap, totals: &crate::accounts::Totals, last: &[(usize, Option<i64>)]) -> serde_json::Value {
+/// at one price (the mark, or else the last trade), which makes it exactly the negative
+/// of the realized PnL still inside the balances: the positions of a symbol sum to zero.
+pub fn summary(map: &ShardMap, totals: &crate::accounts::Totals, prices: &[(usize, MarketPrices)]) -> serde_json::Value {
     let unrealized: i128 = totals
         .positions
         .iter()
         .map(|(symbol, size, signed_cost)| {
-            let price = last.iter().find(|(s, _)| s == symbol).and_then(|(_, p)| *p).unwrap_or(0);
+            let price = prices.iter().find(|(s, _)| s == symbol).and_then(|(_, p)| p.valuation()).unwrap_or(0);
             size * i128::from(price) * i128::from(map.symbols[*symbol].units_per_tick_lot()) - signed_cost
         })
         .sum();
-    let insurance_fund = 0;
+    let insurance_fund: i128 = prices.iter().map(|(_, p)| p.fund).sum();
     serde_json::json!({
         "currency": "USDT",
         "deposits": units_to_usdt(totals.deposits).to_string(),
@@ -173,7 +196,29 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
         Answer::Orders(list) => ok(&list.iter().map(|v| order(map, v)).collect::<Vec<_>>()),
         Answer::Fills(list) => ok(&list.iter().map(|f| fill(map, f)).collect::<Vec<_>>()),
         Answer::Balance { total, available, locked } => ok(&balance(*total, *available, *locked)),
-        Answer::Positions(list) => ok(&list.iter().map(|(s, p, last)| position(&map.symbols[*s], p, *last)).collect::<Vec<_>>()),
+        Answer::Positions(list) => ok(&list.iter().map(|(s, p, prices)| position(&map.symbols[*s], p, *prices)).collect::<Vec<_>>()),
+        Answer::Income(list) => ok(&list.iter().map(|i| income(map, i)).collect::<Vec<_>>()),
+        Answer::PremiumIndex { symbol, index, mark, last_funding_rate, time } => {
+            let spec = &map.symbols[*symbol];
+            ok(&serde_json::json!({
+                "symbol": spec.name,
+                "indexPrice": index.map(|t| spec.ticks_to_price(t).to_string()),
+                "markPrice": mark.map(|t| spec.ticks_to_price(t).to_string()),
+                "lastFundingRate": rate_decimal(*last_funding_rate).to_string(),
+                "nextFundingTime": next_funding_time(*time, spec.funding_interval_secs),
+                "time": time,
+            }))
+        }
+        Answer::Funding { symbol, rate, mark, time, positions } => {
+            let spec = &map.symbols[*symbol];
+            ok(&serde_json::json!({
+                "symbol": spec.name,
+                "fundingRate": rate_decimal(*rate).to_string(),
+                "markPrice": mark.map(|t| spec.ticks_to_price(t).to_string()),
+                "time": time,
+                "positions": positions,
+            }))
+        }
         Answer::Depth { symbol, seq, bids, asks } => {
             let spec = &map.symbols[*symbol];
             let levels = |side: &[(i64, i64)]| {

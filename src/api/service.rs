@@ -19,7 +19,7 @@ use super::parse::{self, Input, Limits, Routed};
 use super::{render, HttpReply};
 use crate::cold::reader::{ColdReader, HistoryQuery};
 use crate::health::{cold, hot};
-use crate::shard::protocol::{Answer, ApiRequest, Reply, Request};
+use crate::shard::protocol::{Answer, ApiRequest, MarketPrices, Reply, Request};
 use crate::shard::Shard;
 
 /// The HTTP side of one core.
@@ -122,6 +122,7 @@ impl Service {
             Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
             Routed::Check => return check(shard).await,
             Routed::Summary => return summary(shard).await,
+            Routed::InsuranceFund => return insurance_fund(shard).await,
             Routed::History { partition, key, symbol, limit, before } => {
                 return self.history(partition, key, symbol, limit, before).await.unwrap_or_else(|e| e.reply());
             }
@@ -240,17 +241,39 @@ async fn read_body(mut body: Incoming, declared: Option<u64>, limit: usize) -> R
 /// last trade price. Balanced when deposits = balances + unrealized PnL + fees.
 async fn summary(shard: &Rc<Shard>) -> HttpReply {
     let mut totals = crate::accounts::Totals::default();
-    let mut last = Vec::new();
     for to in 0..shard.shards {
         match shard.ask(to, Request::Summary).await {
             Some(Reply::Summary(t)) => totals.add(t),
             _ => return ApiError::Unavailable(format!("shard {to} did not answer")).reply(),
         }
-        if let Some(Reply::LastPrices(p)) = shard.ask(to, Request::LastPrices).await {
-            last.extend(p);
+    }
+    match prices(shard).await {
+        Ok(prices) => render::ok(&render::summary(&shard.map, &totals, &prices)),
+        Err(e) => e.reply(),
+    }
+}
+
+/// Every symbol's prices and insurance fund, from their owners.
+async fn prices(shard: &Rc<Shard>) -> Result<Vec<(usize, MarketPrices)>, ApiError> {
+    let mut all = Vec::new();
+    for to in 0..shard.shards {
+        match shard.ask(to, Request::Prices).await {
+            Some(Reply::Prices(p)) => all.extend(p),
+            _ => return Err(ApiError::Unavailable(format!("shard {to} did not answer"))),
         }
     }
-    render::ok(&render::summary(&shard.map, &totals, &last))
+    Ok(all)
+}
+
+/// `GET /v1/insurance-fund`: the fund, summed over the symbols (each holds its part).
+async fn insurance_fund(shard: &Rc<Shard>) -> HttpReply {
+    match prices(shard).await {
+        Ok(prices) => {
+            let fund: i128 = prices.iter().map(|(_, p)| p.fund).sum();
+            render::ok(&serde_json::json!({ "currency": "USDT", "balance": crate::engine::symbol::units_to_usdt(fund).to_string() }))
+        }
+        Err(e) => e.reply(),
+    }
 }
 
 /// `POST /admin/v1/check`: one consistency check on every shard, reported together.

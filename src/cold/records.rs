@@ -53,6 +53,43 @@ pub struct ClosureRow {
     pub closed_ms: i64,
 }
 
+/// One position's funding payment (`FundingPaid`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FundingRow {
+    pub event_id: Uuid,
+    pub user_id: String,
+    pub symbol: String,
+    pub amount: Decimal,
+    pub rate: Decimal,
+    pub mark: Decimal,
+    pub paid_ms: i64,
+}
+
+/// A liquidation's end (`PositionLiquidated`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiquidationRow {
+    pub order_id: Uuid,
+    pub user_id: String,
+    pub symbol: String,
+    pub side: String,
+    pub quantity: Decimal,
+    pub filled: Decimal,
+    pub deleveraged: Decimal,
+    pub to_fund: Decimal,
+    pub at_ms: i64,
+}
+
+/// What a result says of its symbol's prices and insurance fund (absent: unchanged).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketRow {
+    pub symbol: String,
+    pub seq: i64,
+    pub index: Option<Decimal>,
+    pub mark: Option<Decimal>,
+    pub fund: Option<Decimal>,
+    pub at_ms: i64,
+}
+
 /// What one record means for cold storage.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
@@ -61,6 +98,10 @@ pub enum Row {
     Voided { partition: i32, offset: i64 },
     Trade(TradeRow),
     Closure(ClosureRow),
+    Funding(FundingRow),
+    /// A liquidation, and the fund after it.
+    Liquidation(LiquidationRow, MarketRow),
+    Market(MarketRow),
     /// Nothing to store (a cancel request, a placement).
     Nothing,
 }
@@ -110,7 +151,10 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
             partition,
             offset,
         }),
-        CommandJson::CancelRequested { .. } => Row::Nothing,
+        CommandJson::CancelRequested { .. }
+        | CommandJson::IndexPriceSet { .. }
+        | CommandJson::FundingTick { .. }
+        | CommandJson::LiquidationSweep { .. } => Row::Nothing,
         CommandJson::CommandVoided { voided_offset, .. } => Row::Voided {
             partition,
             offset: i64::try_from(voided_offset).map_err(|e| format!("voidedOffset {voided_offset}: {e}"))?,
@@ -144,8 +188,64 @@ pub fn result(bytes: &[u8]) -> Result<Row, String> {
         ResultJson::OrderCancelled { order_id, reason, timestamp, .. } => {
             Row::Closure(ClosureRow { order_id: uuid(&order_id)?, reason, closed_ms: timestamp })
         }
-        ResultJson::OrderPlaced { .. } => Row::Nothing,
+        ResultJson::FundingPaid { event_id, symbol, timestamp, user_id, amount, funding_rate, mark_price, .. } => Row::Funding(FundingRow {
+            event_id: uuid(&event_id)?,
+            user_id,
+            symbol,
+            amount: decimal(&amount)?,
+            rate: decimal(&funding_rate)?,
+            mark: decimal(&mark_price)?,
+            paid_ms: timestamp,
+        }),
+        ResultJson::PositionLiquidated {
+            symbol,
+            seq,
+            timestamp,
+            order_id,
+            user_id,
+            side,
+            quantity,
+            filled_quantity,
+            deleveraged_quantity,
+            to_insurance_fund,
+            insurance_fund,
+            ..
+        } => Row::Liquidation(
+            LiquidationRow {
+                order_id: uuid(&order_id)?,
+                user_id,
+                symbol: symbol.clone(),
+                side,
+                quantity: decimal(&quantity)?,
+                filled: decimal(&filled_quantity)?,
+                deleveraged: decimal(&deleveraged_quantity)?,
+                to_fund: decimal(&to_insurance_fund)?,
+                at_ms: timestamp,
+            },
+            MarketRow { symbol, seq: seq_of(seq)?, index: None, mark: None, fund: Some(decimal(&insurance_fund)?), at_ms: timestamp },
+        ),
+        ResultJson::MarkPriceUpdated { symbol, seq, timestamp, index_price, mark_price, .. } => Row::Market(MarketRow {
+            symbol,
+            seq: seq_of(seq)?,
+            index: Some(decimal(&index_price)?),
+            mark: Some(decimal(&mark_price)?),
+            fund: None,
+            at_ms: timestamp,
+        }),
+        ResultJson::FundingSettled { symbol, seq, timestamp, insurance_fund, .. } => Row::Market(MarketRow {
+            symbol,
+            seq: seq_of(seq)?,
+            index: None,
+            mark: None,
+            fund: Some(decimal(&insurance_fund)?),
+            at_ms: timestamp,
+        }),
+        ResultJson::OrderPlaced { .. } | ResultJson::LiquidationStarted { .. } => Row::Nothing,
     })
+}
+
+fn seq_of(seq: u64) -> Result<i64, String> {
+    i64::try_from(seq).map_err(|e| format!("seq {seq}: {e}"))
 }
 
 fn uuid(text: &str) -> Result<Uuid, String> {
@@ -213,6 +313,7 @@ mod tests {
             price: 500_000,
             quantity: 3,
             taker_side: Side::Sell,
+            adl: false,
             buyer: update(1, 10, 2_000),
             seller: update(2, 11, 5_000),
             timestamp: 5,

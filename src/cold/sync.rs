@@ -244,7 +244,7 @@ pub fn transaction(
             side: order.side.as_str(),
             price: match order.kind {
                 OrderType::Limit { price, .. } => Some(spec.ticks_to_price(price)),
-                OrderType::Market | OrderType::MarketWithin { .. } => None,
+                OrderType::Market | OrderType::MarketWithin { .. } | OrderType::Liquidation { .. } => None,
             },
             quantity: spec.lots_to_quantity(order.quantity),
             filled: spec.lots_to_quantity(view.filled),
@@ -285,7 +285,9 @@ pub fn transaction(
                     tx.closed.push((order_id(c.order_id), "CANCELLED"));
                 }
             }
-            Event::OrderPlaced(_) => {}
+            Event::FundingPaid(f) => balance(&mut tx, f.user, f.amount, f.margin_change),
+            Event::LiquidationEnded(l) => balance(&mut tx, l.user, -l.to_fund, 0),
+            Event::OrderPlaced(_) | Event::PriceUpdated(_) | Event::LiquidationStarted(_) | Event::FundingSettled(_) => {}
         }
     }
     tx

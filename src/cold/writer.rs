@@ -25,6 +25,8 @@ use futures_lite::future::try_zip;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
+use rust_decimal::Decimal;
+use uuid::Uuid;
 
 use anyhow::Context;
 
@@ -32,7 +34,7 @@ use super::records::{self, Row};
 use crate::engine::CancelReason;
 use crate::metrics::Metrics;
 use crate::health::Health;
-use crate::wire::{CANCELLED_TOPIC, COMMANDS_TOPIC, TRADES_TOPIC};
+use crate::wire::{CANCELLED_TOPIC, COMMANDS_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC, TRADES_TOPIC};
 
 pub use crate::health::cold::{DISABLED, DOWN, LAGGING, OK};
 
@@ -129,7 +131,10 @@ impl Writer {
 
     /// Connects, then stores batch after batch until stopped or an error.
     async fn follow(&self) -> anyhow::Result<()> {
-        let topics: Vec<String> = [COMMANDS_TOPIC, TRADES_TOPIC, CANCELLED_TOPIC].iter().map(|t| format!("{}{t}", self.prefix)).collect();
+        let topics: Vec<String> = [COMMANDS_TOPIC, TRADES_TOPIC, CANCELLED_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC]
+            .iter()
+            .map(|t| format!("{}{t}", self.prefix))
+            .collect();
         let mut cold = ColdStore::new(super::connect(&self.url).await?).await?;
         let stored = cold.offsets().await?;
         let from = |topic: &str, partition: i32| stored.iter().find(|(t, p, _)| t == topic && *p == partition).map(|(_, _, o)| *o);
@@ -224,6 +229,11 @@ struct Rows {
     trades: Vec<records::TradeRow>,
     closures: Vec<records::ClosureRow>,
     voids: Vec<(i32, i64)>,
+    funding: Vec<records::FundingRow>,
+    liquidations: Vec<records::LiquidationRow>,
+    /// Per symbol, the newest prices and the newest fund the batch says.
+    prices: Vec<records::MarketRow>,
+    funds: Vec<records::MarketRow>,
 }
 
 impl Rows {
@@ -238,6 +248,12 @@ impl Rows {
                 // Like the accounts: a duplicate-id refusal says nothing of the order it names.
                 Ok(Row::Closure(c)) if c.reason != CancelReason::DuplicateOrderId.as_str() => rows.closures.push(c),
                 Ok(Row::Voided { partition, offset }) => rows.voids.push((partition, offset)),
+                Ok(Row::Funding(f)) => rows.funding.push(f),
+                Ok(Row::Liquidation(l, m)) => {
+                    rows.liquidations.push(l);
+                    rows.market(m);
+                }
+                Ok(Row::Market(m)) => rows.market(m),
                 Ok(_) => {}
                 Err(e) => tracing::error!(
                     topic = r.topic,
@@ -249,6 +265,81 @@ impl Rows {
             }
         }
         rows
+    }
+}
+
+impl Rows {
+    fn market(&mut self, m: records::MarketRow) {
+        let newest = |list: &mut Vec<records::MarketRow>, m: records::MarketRow| match list.iter_mut().find(|x| x.symbol == m.symbol) {
+            Some(x) if x.seq < m.seq => *x = m,
+            Some(_) => {}
+            None => list.push(m),
+        };
+        if m.mark.is_some() {
+            newest(&mut self.prices, m.clone());
+        }
+        if m.fund.is_some() {
+            newest(&mut self.funds, m);
+        }
+    }
+
+    /// Stores the perpetual's rows (few: funding times, liquidations, one row per symbol).
+    async fn store_perpetual(&self, tx: &tokio_postgres::Transaction<'_>) -> anyhow::Result<()> {
+        if !self.funding.is_empty() {
+            let f = &self.funding;
+            let ids: Vec<Uuid> = f.iter().map(|r| r.event_id).collect();
+            let users: Vec<&str> = f.iter().map(|r| r.user_id.as_str()).collect();
+            let symbols: Vec<&str> = f.iter().map(|r| r.symbol.as_str()).collect();
+            let amounts: Vec<Decimal> = f.iter().map(|r| r.amount).collect();
+            let rates: Vec<Decimal> = f.iter().map(|r| r.rate).collect();
+            let marks: Vec<Decimal> = f.iter().map(|r| r.mark).collect();
+            let at: Vec<SystemTime> = f.iter().map(|r| time(r.paid_ms)).collect();
+            tx.execute(
+                "INSERT INTO funding_payments SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::numeric[], \
+                 $5::numeric[], $6::numeric[], $7::timestamptz[]) ON CONFLICT (event_id) DO NOTHING",
+                &[&ids, &users, &symbols, &amounts, &rates, &marks, &at],
+            )
+            .await?;
+        }
+        if !self.liquidations.is_empty() {
+            let l = &self.liquidations;
+            let ids: Vec<Uuid> = l.iter().map(|r| r.order_id).collect();
+            let users: Vec<&str> = l.iter().map(|r| r.user_id.as_str()).collect();
+            let symbols: Vec<&str> = l.iter().map(|r| r.symbol.as_str()).collect();
+            let sides: Vec<&str> = l.iter().map(|r| r.side.as_str()).collect();
+            let quantities: Vec<Decimal> = l.iter().map(|r| r.quantity).collect();
+            let filled: Vec<Decimal> = l.iter().map(|r| r.filled).collect();
+            let deleveraged: Vec<Decimal> = l.iter().map(|r| r.deleveraged).collect();
+            let to_fund: Vec<Decimal> = l.iter().map(|r| r.to_fund).collect();
+            let at: Vec<SystemTime> = l.iter().map(|r| time(r.at_ms)).collect();
+            tx.execute(
+                "INSERT INTO liquidations SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], \
+                 $6::numeric[], $7::numeric[], $8::numeric[], $9::timestamptz[]) ON CONFLICT (order_id) DO NOTHING",
+                &[&ids, &users, &symbols, &sides, &quantities, &filled, &deleveraged, &to_fund, &at],
+            )
+            .await?;
+        }
+        for m in &self.prices {
+            tx.execute(
+                "INSERT INTO markets (symbol, price_seq, index_price, mark_price, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (symbol) DO UPDATE SET price_seq = EXCLUDED.price_seq, index_price = EXCLUDED.index_price,
+                     mark_price = EXCLUDED.mark_price, updated_at = EXCLUDED.updated_at
+                 WHERE markets.price_seq < EXCLUDED.price_seq",
+                &[&m.symbol, &m.seq, &m.index, &m.mark, &time(m.at_ms)],
+            )
+            .await?;
+        }
+        for m in &self.funds {
+            tx.execute(
+                "INSERT INTO markets (symbol, fund_seq, insurance_fund, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (symbol) DO UPDATE SET fund_seq = EXCLUDED.fund_seq, insurance_fund = EXCLUDED.insurance_fund,
+                     updated_at = EXCLUDED.updated_at
+                 WHERE markets.fund_seq < EXCLUDED.fund_seq",
+                &[&m.symbol, &m.seq, &m.fund, &time(m.at_ms)],
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -399,6 +490,7 @@ impl ColdStore {
         })
         .await?;
         copy(&tx, COPY_CLOSURES, &CLOSURE_TYPES, &rows.closures, |c| c.closed_ms, |c, at| [&c.order_id, &c.reason, at]).await?;
+        rows.store_perpetual(&tx).await?;
         let mut next: Vec<(&str, i32, i64)> = Vec::new();
         for r in batch {
             match next.iter_mut().find(|(t, p, _)| *t == r.topic && *p == r.partition) {

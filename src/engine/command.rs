@@ -90,6 +90,9 @@ pub enum OrderType {
     /// A MARKET order as the risk step logs it: `limit` is the band price its margin was
     /// locked at, and it never fills beyond it (nor beyond the band when it executes).
     MarketWithin { limit: Ticks },
+    /// The exchange closing a position it liquidates: an IOC order no worse than the
+    /// position's bankruptcy `price`. Minted by the engine, never logged as a command.
+    Liquidation { price: Ticks },
 }
 
 impl OrderType {
@@ -174,6 +177,27 @@ pub enum Command {
     Cancel { id: OrderId, user: UserId, timestamp: i64 },
     /// Cancel every open order of `user` on this symbol.
     CancelAll { user: UserId, timestamp: i64 },
+    /// An operator's index (spot) price: the mark price is computed again and every
+    /// position checked against it.
+    IndexPrice { price: Ticks, timestamp: i64 },
+    /// Settle funding at `timestamp` at the rate the market's state gives.
+    Funding { timestamp: i64 },
+    /// Go on with liquidations a bounded pass left for later.
+    Liquidate { timestamp: i64 },
+}
+
+impl Command {
+    /// When the command was accepted (milliseconds since the Unix epoch).
+    pub fn timestamp(&self) -> i64 {
+        match *self {
+            Command::Place(o) => o.timestamp,
+            Command::Cancel { timestamp, .. }
+            | Command::CancelAll { timestamp, .. }
+            | Command::IndexPrice { timestamp, .. }
+            | Command::Funding { timestamp }
+            | Command::Liquidate { timestamp } => timestamp,
+        }
+    }
 }
 
 #[cfg(test)]

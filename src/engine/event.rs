@@ -18,6 +18,16 @@ pub enum Event {
     TradeExecuted(Trade),
     /// The order left the book unfilled or partly filled, or was rejected on arrival.
     OrderCancelled(Cancelled),
+    /// An index price was posted and the mark price computed from it.
+    PriceUpdated(PriceUpdate),
+    /// A position is being liquidated: its `LIQUIDATION` order opens. Its trades (against
+    /// the book, then auto-deleveraging) follow, then [`Event::LiquidationEnded`].
+    LiquidationStarted(LiquidationOrder),
+    LiquidationEnded(Liquidated),
+    /// One position's funding payment (paid: negative, received: positive).
+    FundingPaid(FundingPayment),
+    /// A funding round is settled; its payments precede it.
+    FundingSettled(FundingRound),
 }
 
 impl Event {
@@ -26,8 +36,94 @@ impl Event {
             Event::OrderPlaced(e) => e.seq,
             Event::TradeExecuted(e) => e.seq,
             Event::OrderCancelled(e) => e.seq,
+            Event::PriceUpdated(e) => e.seq,
+            Event::LiquidationStarted(e) => e.seq,
+            Event::LiquidationEnded(e) => e.seq,
+            Event::FundingPaid(e) => e.seq,
+            Event::FundingSettled(e) => e.seq,
         }
     }
+
+    /// The user whose account the event is about, if it is about one (a trade is about two).
+    pub fn users(&self) -> [Option<UserId>; 2] {
+        match self {
+            Event::OrderPlaced(e) => [Some(e.user), None],
+            Event::OrderCancelled(e) => [Some(e.user), None],
+            Event::TradeExecuted(t) => [Some(t.buyer.user), Some(t.seller.user)],
+            Event::LiquidationStarted(e) => [Some(e.user), None],
+            Event::LiquidationEnded(e) => [Some(e.user), None],
+            Event::FundingPaid(e) => [Some(e.user), None],
+            Event::PriceUpdated(_) | Event::FundingSettled(_) => [None, None],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceUpdate {
+    pub seq: u64,
+    pub index: Ticks,
+    pub mark: Ticks,
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiquidationOrder {
+    pub seq: u64,
+    pub order_id: OrderId,
+    pub user: UserId,
+    pub side: Side,
+    pub quantity: Lots,
+    /// The bankruptcy price: the order fills no worse than it.
+    pub price: Ticks,
+    pub mark: Ticks,
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Liquidated {
+    pub seq: u64,
+    pub order_id: OrderId,
+    pub user: UserId,
+    pub side: Side,
+    pub quantity: Lots,
+    /// Filled against the book.
+    pub filled: Lots,
+    /// Closed against opposite positions (auto-deleveraging).
+    pub deleveraged: Lots,
+    /// The position's margin left after the close, taken into the insurance fund
+    /// (negative: a shortfall the fund paid). The account's total falls by it.
+    pub to_fund: i128,
+    /// The insurance fund afterwards.
+    pub fund: i128,
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundingPayment {
+    pub seq: u64,
+    pub user: UserId,
+    /// Received (positive) or paid (negative); the account's total moves by it.
+    pub amount: i128,
+    /// What the payment took out of the position's margin (≤ 0); `locked` moves by it.
+    pub margin_change: i128,
+    /// The rate, in parts of [`super::units::RATE_ONE`].
+    pub rate: i64,
+    pub mark: Ticks,
+    pub position: PositionState,
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundingRound {
+    pub seq: u64,
+    pub rate: i64,
+    /// `None` before the first index price: nothing is paid.
+    pub mark: Option<Ticks>,
+    pub positions: u64,
+    /// Rounding residue taken into the insurance fund.
+    pub to_fund: i128,
+    pub fund: i128,
+    pub timestamp: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +150,9 @@ pub struct Trade {
     pub price: Ticks,
     pub quantity: Lots,
     pub taker_side: Side,
+    /// Auto-deleveraging: a liquidated position closed against an opposite one at its
+    /// bankruptcy price, not a trade in the book (no fee, not a public trade).
+    pub adl: bool,
     pub buyer: FillUpdate,
     pub seller: FillUpdate,
     pub timestamp: i64,
@@ -139,12 +238,16 @@ pub enum CancelReason {
     DuplicateOrderId,
     /// Fields outside what the engine accepts (the edge should have caught it).
     InvalidOrder,
+    /// The owner's position on the symbol is being liquidated.
+    Liquidation,
+    /// It would have closed a position at a loss beyond the position's margin.
+    BankruptcyPrice,
 }
 
 impl CancelReason {
     /// Rejected on arrival (status `REJECTED`) rather than cancelled after being accepted.
     pub fn is_rejection(self) -> bool {
-        !matches!(self, Self::UserRequest | Self::Unfilled | Self::ReduceOnly)
+        !matches!(self, Self::UserRequest | Self::Unfilled | Self::ReduceOnly | Self::Liquidation | Self::BankruptcyPrice)
     }
 
     /// The API's SCREAMING_SNAKE_CASE name.
@@ -160,6 +263,8 @@ impl CancelReason {
             Self::DuplicateClientOrderId => "DUPLICATE_CLIENT_ORDER_ID",
             Self::DuplicateOrderId => "DUPLICATE_ORDER_ID",
             Self::InvalidOrder => "INVALID_ORDER",
+            Self::Liquidation => "LIQUIDATION",
+            Self::BankruptcyPrice => "BANKRUPTCY_PRICE",
         }
     }
 }

@@ -12,7 +12,8 @@ use rustc_hash::FxHashMap;
 use super::book::{Book, Resting};
 use super::command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
 use super::event::{CancelReason, Cancelled, Event, FillUpdate, Placed, PositionState, Trade};
-use super::position::{apply_fill, reducible};
+use super::perp::Perp;
+use super::position::{apply_fill, reducible, Role};
 use super::symbol::SymbolSpec;
 use super::units::{div_floor, narrow, Lots, Ticks, Units, MAX_LOTS, MAX_NOTIONAL, MAX_TICKS};
 
@@ -22,6 +23,9 @@ pub enum CommandError {
     /// The order is not resting in the book for this user (unknown, closed, or another's).
     #[error("order is not open")]
     OrderNotOpen,
+    /// A funding time at or before the last one settled.
+    #[error("funding already settled for this time")]
+    FundingSettled,
 }
 
 #[derive(Clone, Debug)]
@@ -34,6 +38,7 @@ pub struct Market {
     pub(super) client_id_of: FxHashMap<OrderId, ClientOrderId>,
     pub(super) seq: u64,
     pub(super) last_price: Option<Ticks>,
+    pub(super) perp: Perp,
 }
 
 impl Market {
@@ -46,6 +51,7 @@ impl Market {
             client_id_of: FxHashMap::default(),
             seq: 0,
             last_price: None,
+            perp: Perp::default(),
         }
     }
 
@@ -94,11 +100,32 @@ impl Market {
     /// # Errors
     /// [`CommandError`] when the command changes nothing (no event is produced).
     pub fn execute(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<(), CommandError> {
+        let first = events.len();
+        let result = self.execute_only(command, events);
+        // Positions are checked against the mark after every command: all of them when
+        // the mark (or margins) moved, else those its trades touched.
+        match command {
+            Command::Place(_) => self.check_positions(None, first, command.timestamp(), events),
+            Command::Cancel { .. } | Command::CancelAll { .. } => {}
+            Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
+                self.check_positions(Some(()), first, command.timestamp(), events);
+            }
+        }
+        result
+    }
+
+    fn execute_only(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<(), CommandError> {
         match *command {
             Command::Place(ref order) => {
                 self.place(order, events);
                 Ok(())
             }
+            Command::IndexPrice { price, timestamp } => {
+                self.post_index(price, timestamp, events);
+                Ok(())
+            }
+            Command::Funding { timestamp } => self.settle_funding(timestamp, events),
+            Command::Liquidate { .. } => Ok(()),
             Command::Cancel { id, user, timestamp } => {
                 match self.book.get(id) {
                     Some(o) if o.user == user => {}
@@ -108,15 +135,7 @@ impl Market {
                 Ok(())
             }
             Command::CancelAll { user, timestamp } => {
-                let mine: Vec<OrderId> = [Side::Buy, Side::Sell]
-                    .into_iter()
-                    .flat_map(|side| self.book.iter(side))
-                    .filter(|o| o.user == user)
-                    .map(|o| o.id)
-                    .collect();
-                for id in mine {
-                    self.cancel_resting(id, CancelReason::UserRequest, timestamp, events);
-                }
+                self.cancel_all_of(user, CancelReason::UserRequest, timestamp, events);
                 Ok(())
             }
         }
@@ -131,9 +150,27 @@ impl Market {
             }
         };
 
+        let (remaining, lock, stopped) = self.match_order(order, limit, order.locked_margin, events);
+        let filled = order.quantity - remaining;
+        let rests = matches!(order.kind, OrderType::Limit { tif: TimeInForce::Gtc | TimeInForce::PostOnly, .. });
+        if remaining == 0 {
+            debug_assert_eq!(lock, 0);
+        } else if stopped {
+            self.emit_cancelled(order, filled, lock, CancelReason::BankruptcyPrice, events);
+        } else if rests {
+            self.rest(order, limit, remaining, lock, events);
+        } else {
+            self.emit_cancelled(order, filled, lock, CancelReason::Unfilled, events);
+        }
+    }
+
+    /// Matches `order` against the book up to `limit`, its lock `lock` paying for its
+    /// fills. Returns what is left unfilled, what is left of the lock, and whether it
+    /// stopped because its next fill would close its position beyond the bankruptcy price.
+    pub(super) fn match_order(&mut self, order: &NewOrder, limit: Ticks, mut lock: Units, events: &mut Vec<Event>) -> (Lots, Units, bool) {
         let taker_side = order.side;
+        let liquidation = matches!(order.kind, OrderType::Liquidation { .. });
         let mut remaining = order.quantity;
-        let mut lock = order.locked_margin;
         while remaining > 0 {
             let Some(&maker) = self.book.best(taker_side.opposite()) else { break };
             if !taker_side.accepts(limit, maker.price) {
@@ -148,6 +185,13 @@ impl Market {
             let qty = remaining.min(room);
             let taker_margin = share(lock, qty, remaining);
             let maker_margin = share(maker.locked, qty, maker.remaining);
+            if !self.fill_allowed(maker.user, maker.side, maker.price, qty, maker.leverage, maker_margin, Role::Maker) {
+                self.cancel_resting(maker.id, CancelReason::BankruptcyPrice, order.timestamp, events);
+                continue;
+            }
+            if !liquidation && !self.fill_allowed(order.user, taker_side, maker.price, qty, order.leverage, taker_margin, Role::Taker) {
+                return (remaining, lock, true);
+            }
             lock -= taker_margin;
             remaining -= qty;
             let after = self.book.fill(maker.id, qty, maker_margin);
@@ -156,15 +200,34 @@ impl Market {
             }
             self.trade(order, taker_margin, &maker, maker_margin, qty, events);
         }
+        (remaining, lock, false)
+    }
 
-        let filled = order.quantity - remaining;
-        let rests = matches!(order.kind, OrderType::Limit { tif: TimeInForce::Gtc | TimeInForce::PostOnly, .. });
-        if remaining == 0 {
-            debug_assert_eq!(lock, 0);
-        } else if rests {
-            self.rest(order, limit, remaining, lock, events);
-        } else {
-            self.emit_cancelled(order, filled, lock, CancelReason::Unfilled, events);
+    /// Whether `user` may fill `qty` on `side` at `price` (with `order_margin` of its
+    /// lock, as `role`): what it closes must lose no more than that part's margin, so a
+    /// trade never takes a `total` below zero (a loss past a position's margin is not the
+    /// user's debt); and what it opens must not be at or below maintenance at the mark,
+    /// so no trade opens a position that would be liquidated at once.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fill_allowed(&self, user: UserId, side: Side, price: Ticks, qty: Lots, leverage: u32, order_margin: Units, role: Role) -> bool {
+        let p = self.positions.get(&user).copied().unwrap_or_default();
+        let opposes = p.size != 0 && p.size.signum() != side.sign();
+        if opposes {
+            let mut closed = p;
+            let closing = qty.min(narrow(p.size.abs()));
+            let e = apply_fill(&self.spec, &mut closed, side, price, closing, p.leverage, 0, Role::Free);
+            if e.pnl + e.margin_released < 0 {
+                return false;
+            }
+        }
+        let opens = !opposes || i128::from(qty) > p.size.abs();
+        match self.perp.mark {
+            Some(mark) if opens => {
+                let mut after = p;
+                apply_fill(&self.spec, &mut after, side, price, qty, leverage, order_margin, role);
+                !super::perp::Health::of(&self.spec, &after, mark).liquidatable()
+            }
+            _ => true,
         }
     }
 
@@ -201,7 +264,7 @@ impl Market {
                 Some(band) => band.max(limit),
                 None => limit,
             },
-            OrderType::MarketWithin { .. } => return Err(CancelReason::InvalidOrder),
+            OrderType::MarketWithin { .. } | OrderType::Liquidation { .. } => return Err(CancelReason::InvalidOrder),
         };
         if self.spec.notional(limit, order.quantity) > i128::from(MAX_NOTIONAL) {
             return Err(CancelReason::InvalidOrder);
@@ -254,7 +317,7 @@ impl Market {
         if maker.reduce_only { reducible(maker.side, position_size, maker.remaining) } else { maker.remaining }
     }
 
-    fn trade(
+    pub(super) fn trade(
         &mut self,
         taker: &NewOrder,
         taker_margin: Units,
@@ -264,8 +327,15 @@ impl Market {
         events: &mut Vec<Event>,
     ) {
         let price = maker.price;
-        let mut maker_update = self.fill_account(maker.user, maker.id, maker.side, price, qty, maker.leverage, maker_margin, true);
-        let taker_update = self.fill_account(taker.user, taker.id, taker.side, price, qty, taker.leverage, taker_margin, false);
+        // An auto-deleveraging counterparty is a position, not a resting order.
+        let adl = maker.id.0 & ADL_ORDER != 0;
+        let (maker_role, taker_role) = match taker.kind {
+            OrderType::Liquidation { .. } if adl => (Role::Free, Role::Free),
+            OrderType::Liquidation { .. } => (Role::Maker, Role::Free),
+            _ => (Role::Maker, Role::Taker),
+        };
+        let mut maker_update = self.fill_account(maker.user, maker.id, maker.side, price, qty, maker.leverage, maker_margin, maker_role);
+        let taker_update = self.fill_account(taker.user, taker.id, taker.side, price, qty, taker.leverage, taker_margin, taker_role);
         // A user trading with themselves: both updates carry the position after the whole
         // trade, so that whichever the ledger applies last (the buyer's, then the
         // seller's) leaves it as the engine has it.
@@ -274,13 +344,17 @@ impl Market {
         }
         let (buyer, seller) =
             if taker.side == Side::Buy { (taker_update, maker_update) } else { (maker_update, taker_update) };
-        self.last_price = Some(price);
+        if !adl {
+            self.last_price = Some(price);
+            self.perp.traded_since_index = true;
+        }
         let seq = self.next_seq();
         events.push(Event::TradeExecuted(Trade {
             seq,
             price,
             quantity: qty,
             taker_side: taker.side,
+            adl,
             buyer,
             seller,
             timestamp: taker.timestamp,
@@ -297,10 +371,10 @@ impl Market {
         qty: Lots,
         leverage: u32,
         order_margin: Units,
-        maker: bool,
+        role: Role,
     ) -> FillUpdate {
         let position = self.positions.entry(user).or_default();
-        let effect = apply_fill(&self.spec, position, side, price, qty, leverage, order_margin, maker);
+        let effect = apply_fill(&self.spec, position, side, price, qty, leverage, order_margin, role);
         FillUpdate {
             user,
             order_id,
@@ -346,7 +420,16 @@ impl Market {
         }));
     }
 
-    fn cancel_resting(&mut self, id: OrderId, reason: CancelReason, timestamp: i64, events: &mut Vec<Event>) {
+    /// Cancels every resting order of `user`, bids first, each side best first.
+    pub(super) fn cancel_all_of(&mut self, user: UserId, reason: CancelReason, timestamp: i64, events: &mut Vec<Event>) {
+        let mine: Vec<OrderId> =
+            [Side::Buy, Side::Sell].into_iter().flat_map(|side| self.book.iter(side)).filter(|o| o.user == user).map(|o| o.id).collect();
+        for id in mine {
+            self.cancel_resting(id, reason, timestamp, events);
+        }
+    }
+
+    pub(super) fn cancel_resting(&mut self, id: OrderId, reason: CancelReason, timestamp: i64, events: &mut Vec<Event>) {
         let Some(o) = self.book.remove(id) else { return };
         self.forget_client_id(&o);
         let seq = self.next_seq();
@@ -386,11 +469,17 @@ impl Market {
         }
     }
 
-    fn next_seq(&mut self) -> u64 {
+    pub(super) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
     }
 }
+
+/// Order ids the engine mints (liquidations, auto-deleveraging fills) have this bit set;
+/// the ids the risk step mints never do (their partition is below 64).
+pub const ENGINE_ORDER: u64 = 1 << 63;
+/// With [`ENGINE_ORDER`]: the counterparty side of an auto-deleveraging fill.
+pub const ADL_ORDER: u64 = 1 << 62;
 
 /// The part of `lock` that `qty` of `remaining` consumes: pro rata, rounded down, and all
 /// of it for the last fill, so the lock is used up exactly when the order is.

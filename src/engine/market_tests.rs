@@ -27,7 +27,7 @@ impl Harness {
         let lock_price = match kind {
             OrderType::Limit { price, .. } => price,
             OrderType::Market => self.market.market_limit(side).unwrap_or(1),
-            OrderType::MarketWithin { limit } => limit,
+            OrderType::MarketWithin { limit } | OrderType::Liquidation { price: limit } => limit,
         };
         NewOrder {
             id: OrderId(self.next_id),

@@ -7,12 +7,14 @@
 //!
 //! Reading order: [`units`] (the integers), [`symbol`] (the only decimal edge),
 //! [`command`] and [`event`] (the vocabulary), [`book`] (the data structure),
-//! [`position`] (margin and PnL), [`market`] (the rules), [`snapshot`].
+//! [`position`] (margin and PnL), [`market`] (the rules), [`perp`] (mark price, liquidation,
+//! funding), [`snapshot`].
 
 pub mod book;
 pub mod command;
 pub mod event;
 pub mod market;
+pub mod perp;
 pub mod position;
 pub mod snapshot;
 pub mod symbol;
@@ -20,7 +22,8 @@ pub mod units;
 
 pub use book::{Book, Resting};
 pub use command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
-pub use event::{CancelReason, Cancelled, Event, FillUpdate, Placed, PositionState, Trade};
-pub use market::{CommandError, Market};
+pub use event::{CancelReason, Cancelled, Event, FillUpdate, FundingPayment, FundingRound, Liquidated, LiquidationOrder, Placed, PositionState, PriceUpdate, Trade};
+pub use market::{CommandError, Market, ADL_ORDER, ENGINE_ORDER};
+pub use perp::{Health, Perp};
 pub use snapshot::SnapshotError;
 pub use symbol::SymbolSpec;

@@ -15,6 +15,16 @@ use super::event::PositionState;
 use super::symbol::SymbolSpec;
 use super::units::{div_ceil, div_floor, narrow, Lots, Ticks};
 
+/// Which fee a fill pays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Maker,
+    Taker,
+    /// A liquidation's close or an auto-deleveraging fill: no trading fee (what is left
+    /// of a liquidated position's margin goes to the insurance fund instead).
+    Free,
+}
+
 /// What a fill changed for one account, besides the position itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FillEffect {
@@ -35,7 +45,7 @@ pub fn apply_fill(
     qty: Lots,
     leverage: u32,
     order_margin: i64,
-    maker: bool,
+    role: Role,
 ) -> FillEffect {
     let sign = side.sign();
     let qty = i128::from(qty);
@@ -65,7 +75,11 @@ pub fn apply_fill(
         released += margin_share;
     }
 
-    let fee = spec.fee(notional(spec, price, qty), maker);
+    let fee = match role {
+        Role::Maker => spec.fee(notional(spec, price, qty), true),
+        Role::Taker => spec.fee(notional(spec, price, qty), false),
+        Role::Free => 0,
+    };
     let order_margin = i128::from(order_margin);
     let mut to_position = 0;
     if opening > 0 {
@@ -117,14 +131,14 @@ mod tests {
         let mut p = PositionState::default();
         // Buy 10 lots at 1000 ticks, leverage 10: notional 1 USDT, margin 0.1 USDT; the
         // lock also covers the taker fee.
-        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 10, 1000 * U + taker_fee(1000, 10), false);
+        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 10, 1000 * U + taker_fee(1000, 10), Role::Taker);
         assert_eq!(e, FillEffect { pnl: 0, fee: 50_000, margin_released: 50_000 });
         assert_eq!((p.size, p.cost, p.margin), (10, 10_000 * i128::from(U), 1000 * i128::from(U)));
         // Add 10 at 1100: entry becomes 1050.
-        apply_fill(&s, &mut p, Side::Buy, 1100, 10, 10, 1100 * U + taker_fee(1100, 10), false);
+        apply_fill(&s, &mut p, Side::Buy, 1100, 10, 10, 1100 * U + taker_fee(1100, 10), Role::Taker);
         assert_eq!(p.cost / p.size, 1050 * i128::from(U));
         // Sell all 20 at 1200: pnl = 20 × 150 ticks.
-        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 20, 10, 0, true);
+        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 20, 10, 0, Role::Maker);
         assert_eq!(e.pnl, i128::from(20 * 150 * U));
         assert_eq!(e.margin_released, i128::from(2100 * U));
         assert_eq!((p.size, p.cost, p.margin), (0, 0, 0));
@@ -138,7 +152,7 @@ mod tests {
         let mut p = PositionState::default();
         // Locked exactly the margin: the position gets the margin less the fee, and the
         // fee is released to be charged, so the available balance cannot go negative.
-        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 1, 10_000 * U, false);
+        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 1, 10_000 * U, Role::Taker);
         assert_eq!(e.fee, 50_000);
         assert_eq!(e.margin_released, i128::from(50_000));
         assert_eq!(p.margin, i128::from(10_000 * U - 50_000));
@@ -148,10 +162,10 @@ mod tests {
     fn flip_from_long_to_short_in_one_fill() {
         let s = btc();
         let mut p = PositionState::default();
-        apply_fill(&s, &mut p, Side::Buy, 1000, 3, 1, 3000 * U + taker_fee(1000, 3), false);
+        apply_fill(&s, &mut p, Side::Buy, 1000, 3, 1, 3000 * U + taker_fee(1000, 3), Role::Taker);
         // Sell 5 at 900 with leverage 2, having locked 5 × 900 ÷ 2 plus the fee.
         let fee = taker_fee(900, 5);
-        let e = apply_fill(&s, &mut p, Side::Sell, 900, 5, 2, 2250 * U + fee, false);
+        let e = apply_fill(&s, &mut p, Side::Sell, 900, 5, 2, 2250 * U + fee, Role::Taker);
         assert_eq!(e.pnl, i128::from(-3 * 100 * U));
         assert_eq!(p.size, -2);
         assert_eq!(p.cost, 1800 * i128::from(U));
@@ -166,11 +180,11 @@ mod tests {
         let s = btc();
         let mut p = PositionState::default();
         // Entry cost 10 + 11 + 11 ticks·lot over 3 lots: not divisible.
-        apply_fill(&s, &mut p, Side::Buy, 10, 1, 1, 10 * U + 10, false);
-        apply_fill(&s, &mut p, Side::Buy, 11, 2, 1, 22 * U + 20, false);
+        apply_fill(&s, &mut p, Side::Buy, 10, 1, 1, 10 * U + 10, Role::Taker);
+        apply_fill(&s, &mut p, Side::Buy, 11, 2, 1, 22 * U + 20, Role::Taker);
         let mut total = 0;
         for _ in 0..3 {
-            total += apply_fill(&s, &mut p, Side::Sell, 12, 1, 1, 0, false).pnl;
+            total += apply_fill(&s, &mut p, Side::Sell, 12, 1, 1, 0, Role::Taker).pnl;
         }
         assert_eq!(total, i128::from((36 - 32) * U));
         assert_eq!(p.size, 0);
@@ -181,9 +195,9 @@ mod tests {
     fn short_closes_and_margin_released_pro_rata() {
         let s = btc();
         let mut p = PositionState::default();
-        apply_fill(&s, &mut p, Side::Sell, 1000, 4, 4, 1000 * U + taker_fee(1000, 4), false);
+        apply_fill(&s, &mut p, Side::Sell, 1000, 4, 4, 1000 * U + taker_fee(1000, 4), Role::Taker);
         assert_eq!(p.margin, 1000 * i128::from(U));
-        let e = apply_fill(&s, &mut p, Side::Buy, 1100, 1, 4, 275 * U, false);
+        let e = apply_fill(&s, &mut p, Side::Buy, 1100, 1, 4, 275 * U, Role::Taker);
         assert_eq!(e.pnl, i128::from(-100 * U));
         // A quarter of the position margin plus the whole order share (nothing opened).
         assert_eq!(e.margin_released, i128::from(250 * U + 275 * U));
@@ -196,12 +210,12 @@ mod tests {
         // A sell limited at 1000 filled at 1200 needs 1200 but locked only 1000 (+ fee):
         // the position gets what is left after the fee.
         let fee = div_ceil(i128::from(1200 * U * 2), 10_000) as i64;
-        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 1, 1, 1000 * U + 500, true);
+        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 1, 1, 1000 * U + 500, Role::Maker);
         assert_eq!(p.margin, i128::from(1000 * U + 500 - fee));
         assert_eq!(e.margin_released, i128::from(fee));
         // A buy locked at 1050 filled at 1000 returns the difference.
         let mut q = PositionState::default();
-        let e = apply_fill(&s, &mut q, Side::Buy, 1000, 1, 1, 1050 * U + taker_fee(1050, 1), false);
+        let e = apply_fill(&s, &mut q, Side::Buy, 1000, 1, 1, 1050 * U + taker_fee(1050, 1), Role::Taker);
         assert_eq!(e.margin_released, i128::from(50 * U + taker_fee(1050, 1)));
     }
 

@@ -15,11 +15,12 @@ use super::book::Resting;
 use super::command::{ClientOrderId, Side, UserId};
 use super::event::PositionState;
 use super::market::Market;
+use super::perp::Perp;
 use super::symbol::SymbolSpec;
 use super::units::Ticks;
 
 const MAGIC: &[u8; 6] = b"EXSNAP";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -42,6 +43,13 @@ struct StateV1 {
     positions: Vec<(UserId, PositionState)>,
 }
 
+/// Version 2 adds the perpetual's state (index, mark, insurance fund, funding).
+#[derive(Serialize, Deserialize)]
+struct StateV2 {
+    market: StateV1,
+    perp: Perp,
+}
+
 impl Market {
     /// The market's state as snapshot bytes.
     pub fn snapshot(&self) -> Vec<u8> {
@@ -50,14 +58,11 @@ impl Market {
             .flat_map(|side| self.book.iter(side))
             .map(|o| (*o, self.client_id_of.get(&o.id).copied()))
             .collect();
-        let state = StateV1 {
-            symbol: self.spec.name.clone(),
-            seq: self.seq,
-            last_price: self.last_price,
-            orders,
-            positions: self.positions(),
+        let state = StateV2 {
+            market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
+            perp: self.perp.clone(),
         };
-        let mut out = Vec::with_capacity(64 + state.orders.len() * 64);
+        let mut out = Vec::with_capacity(64 + state.market.orders.len() * 64);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         // Serializing plain owned data into a Vec cannot fail.
@@ -72,17 +77,22 @@ impl Market {
     pub fn restore(spec: SymbolSpec, bytes: &[u8]) -> Result<Self, SnapshotError> {
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(SnapshotError::BadMagic)?;
         let (version, body) = rest.split_first_chunk::<2>().ok_or(SnapshotError::BadMagic)?;
-        match u16::from_le_bytes(*version) {
-            VERSION => {}
+        let corrupt = |e: postcard::Error| SnapshotError::Corrupt(e.to_string());
+        let (state, perp) = match u16::from_le_bytes(*version) {
+            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default()),
+            VERSION => {
+                let v2: StateV2 = postcard::from_bytes(body).map_err(corrupt)?;
+                (v2.market, v2.perp)
+            }
             other => return Err(SnapshotError::UnsupportedVersion(other)),
-        }
-        let state: StateV1 = postcard::from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        };
         if state.symbol != spec.name {
             return Err(SnapshotError::WrongSymbol { found: state.symbol, expected: spec.name });
         }
         let mut market = Market::new(spec);
         market.seq = state.seq;
         market.last_price = state.last_price;
+        market.perp = perp;
         for (order, cid) in state.orders {
             if market.book.contains(order.id) || order.has_client_order_id != cid.is_some() {
                 return Err(SnapshotError::Corrupt(format!("order {:?} is inconsistent", order.id)));

@@ -38,13 +38,13 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
                 Reply::Cancelled(cancel(&shard, symbol, Command::CancelAll { user, timestamp: now_ms() }).await)
             }
             Request::Check => Reply::Checked(hot::check(&shard).await),
+            Request::Prices => {
+                let streams = shard.streams.borrow();
+                Reply::Prices(streams.iter().map(|(i, s)| (*i, s.prices())).collect())
+            }
             Request::Summary => {
                 let partitions: Vec<u32> = shard.owned_partitions().collect();
                 Reply::Summary(shard.accounts.borrow().totals(&partitions))
-            }
-            Request::LastPrices => {
-                let streams = shard.streams.borrow();
-                Reply::LastPrices(streams.iter().map(|(i, s)| (*i, s.market.borrow().last_price())).collect())
             }
         }
     })
@@ -212,16 +212,56 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<Answer, Refus
             let mut owners: Vec<usize> = positions.iter().map(|(s, _)| shard.symbol_owner(*s)).collect();
             owners.sort_unstable();
             owners.dedup();
-            let mut last = Vec::new();
+            let mut prices = Vec::new();
             for owner in owners {
-                if let Some(Reply::LastPrices(p)) = shard.ask(owner, Request::LastPrices).await {
-                    last.extend(p);
+                if let Some(Reply::Prices(p)) = shard.ask(owner, Request::Prices).await {
+                    prices.extend(p);
                 }
             }
-            let price_of = |s: usize| last.iter().find(|(i, _)| *i == s).and_then(|(_, p)| *p);
+            let price_of = |s: usize| prices.iter().find(|(i, _)| *i == s).map(|(_, p)| *p).unwrap_or_default();
             Ok(Answer::Positions(positions.into_iter().map(|(s, p)| (s, p, price_of(s))).collect()))
         }
+        ApiRequest::Income { key, symbol, kind, limit } => {
+            let user = authenticate(shard, &key)?;
+            let accounts = shard.accounts.borrow();
+            let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
+            let income = account
+                .income
+                .iter()
+                .filter(|i| symbol.is_none_or(|s| i.symbol == Some(s)) && kind.is_none_or(|k| i.kind == k))
+                .take(limit)
+                .copied()
+                .collect();
+            Ok(Answer::Income(income))
+        }
+        ApiRequest::PremiumIndex { symbol } => {
+            let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+            let market = stream.market.borrow();
+            let perp = market.perp();
+            Ok(Answer::PremiumIndex { symbol, index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, time: now_ms() })
+        }
+        ApiRequest::IndexPrice { symbol, price } => {
+            let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+            let time = now_ms();
+            stream.submit(Command::IndexPrice { price, timestamp: time }).await?;
+            let market = stream.market.borrow();
+            let perp = market.perp();
+            Ok(Answer::PremiumIndex { symbol, index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, time })
+        }
+        ApiRequest::Funding { symbol } => {
+            let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+            let time = now_ms().max(stream.market.borrow().perp().last_funding_time + 1);
+            settle_funding(&stream, time).await
+        }
     }
+}
+
+/// Logs a funding tick for `time` and says what it settled.
+pub async fn settle_funding(stream: &super::stream::SymbolStream, time: i64) -> Result<Answer, Refusal> {
+    let outcome = stream.submit(Command::Funding { timestamp: time }).await?;
+    let round = outcome.events.iter().find_map(|e| if let Event::FundingSettled(r) = e { Some(*r) } else { None });
+    let round = round.ok_or_else(|| Refusal::Unavailable("funding for this time was already settled".to_owned()))?;
+    Ok(Answer::Funding { symbol: stream.index, rate: round.rate, mark: round.mark, time: round.timestamp, positions: round.positions })
 }
 
 /// The key's user.
@@ -269,7 +309,7 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     // A MARKET order is priced here, at the band's limit; the price travels with the
     // command and the engine never fills it beyond, so the lock always covers its fills.
     let lock_price = match order.kind {
-        OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } => Some(price),
+        OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } | OrderType::Liquidation { price } => Some(price),
         OrderType::Market => {
             let limit = stream.market.borrow().market_limit(order.side);
             if let Some(limit) = limit {

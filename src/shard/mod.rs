@@ -16,6 +16,7 @@
 //! If step 3 fails, the lock is released and the client gets 503.
 
 pub mod admin;
+pub mod funding;
 pub mod handlers;
 pub mod hot;
 pub mod logs;
@@ -186,15 +187,8 @@ impl Shard {
         if let Some(o) = &logged {
             add(o.user);
         }
-        for e in events {
-            match e {
-                Event::OrderPlaced(p) => add(p.user),
-                Event::OrderCancelled(c) => add(c.user),
-                Event::TradeExecuted(t) => {
-                    add(t.buyer.user);
-                    add(t.seller.user);
-                }
-            }
+        for user in events.iter().flat_map(Event::users).flatten() {
+            add(user);
         }
         let mut pending = Vec::new();
         for owner in owners {

@@ -3,7 +3,7 @@
 //! Shards speak the domain: an [`ApiRequest`] is answered with an [`Answer`] or a
 //! [`Refusal`]; turning those into status codes and JSON is the HTTP layer's (`api`).
 
-use crate::accounts::{AdminError, Fill, OrderView};
+use crate::accounts::{AdminError, Fill, Income, IncomeKind, OrderView};
 use crate::engine::units::Units;
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
 use super::stream::{NotLogged, PublicTrade};
@@ -36,13 +36,45 @@ pub enum ApiRequest {
     /// To the symbol's owner.
     Depth { symbol: usize, limit: usize },
     Trades { symbol: usize, limit: usize },
+    PremiumIndex { symbol: usize },
+    /// The user's money movements, newest first.
+    Income { key: String, symbol: Option<usize>, kind: Option<IncomeKind>, limit: usize },
+    /// Admin, to the symbol's owner: log an index price.
+    IndexPrice { symbol: usize, price: i64 },
+    /// Admin, to the symbol's owner: settle funding now.
+    Funding { symbol: usize },
+}
+
+/// A symbol's prices and insurance fund, as its owner has them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MarketPrices {
+    pub last: Option<i64>,
+    pub index: Option<i64>,
+    pub mark: Option<i64>,
+    pub fund: i128,
+}
+
+impl MarketPrices {
+    /// The one price open positions are valued at: the mark, or else the last trade.
+    pub fn valuation(&self) -> Option<i64> {
+        self.mark.or(self.last)
+    }
 }
 
 impl ApiRequest {
     /// Whether answering it changes state (locks margin, logs a command): such work is
     /// finished, or undone, even when the client that asked has gone.
     pub fn changes_state(&self) -> bool {
-        matches!(self, Self::PlaceOrder { .. } | Self::CancelOrder { .. } | Self::CancelAll { .. } | Self::CreateUser { .. } | Self::Transfer { .. })
+        matches!(
+            self,
+            Self::PlaceOrder { .. }
+                | Self::CancelOrder { .. }
+                | Self::CancelAll { .. }
+                | Self::CreateUser { .. }
+                | Self::Transfer { .. }
+                | Self::IndexPrice { .. }
+                | Self::Funding { .. }
+        )
     }
 }
 
@@ -54,8 +86,13 @@ pub enum Answer {
     /// Newest first.
     Fills(Vec<Fill>),
     Balance { total: i128, available: i128, locked: i128 },
-    /// Open positions, each with its symbol's last trade price.
-    Positions(Vec<(usize, PositionState, Option<i64>)>),
+    /// Open positions, each with its symbol's prices.
+    Positions(Vec<(usize, PositionState, MarketPrices)>),
+    Income(Vec<Income>),
+    /// An index price logged, or the premium index asked for.
+    PremiumIndex { symbol: usize, index: Option<i64>, mark: Option<i64>, last_funding_rate: i64, time: i64 },
+    /// A funding round settled.
+    Funding { symbol: usize, rate: i64, mark: Option<i64>, time: i64, positions: u64 },
     /// Price levels (ticks, lots), best first.
     Depth { symbol: usize, seq: u64, bids: Vec<(i64, i64)>, asks: Vec<(i64, i64)> },
     /// Newest first.
@@ -107,8 +144,8 @@ pub enum Request {
     /// Log and execute a cancel on the symbol's owner.
     Cancel { symbol: usize, user: UserId, id: OrderId },
     CancelAll { symbol: usize, user: UserId },
-    /// Last trade prices of the symbols the receiver owns.
-    LastPrices,
+    /// Prices and insurance funds of the symbols the receiver owns.
+    Prices,
     /// One consistency check of the receiver's users.
     Check,
     /// The money of the receiver's users, summed.
@@ -133,7 +170,7 @@ pub enum Reply {
     Done,
     /// Ids cancelled, or `None` if the order was not open; `Err` if the log is down.
     Cancelled(Result<Option<Vec<OrderId>>, NotLogged>),
-    LastPrices(Vec<(usize, Option<i64>)>),
+    Prices(Vec<(usize, MarketPrices)>),
     Checked(Result<super::hot::CheckReport, String>),
     Summary(crate::accounts::Totals),
 }

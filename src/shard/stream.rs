@@ -66,6 +66,8 @@ pub struct SymbolStream {
     pub next: Cell<u64>,
     /// Offset of the last snapshot taken.
     pub snapshot_at: Cell<u64>,
+    /// A [`Command::Liquidate`] is on its way to the log.
+    sweeping: Cell<bool>,
     queue: mpsc::UnboundedSender<Job>,
 }
 
@@ -78,6 +80,7 @@ impl SymbolStream {
             trades: RefCell::default(),
             next: Cell::new(0),
             snapshot_at: Cell::new(0),
+            sweeping: Cell::new(false),
             queue,
         });
         (stream, rx)
@@ -98,6 +101,21 @@ impl SymbolStream {
         self.next.set(offset + 1);
         let result = self.market.borrow_mut().execute(command, &mut events);
         self.remember_trades(&events);
+        if events.iter().any(|e| matches!(e, Event::PriceUpdated(_) | Event::LiquidationEnded(_) | Event::FundingSettled(_))) {
+            super::hot::market_changed(shard, self.index);
+        }
+        // Liquidations a bounded pass left: logged as a command of their own, at once.
+        if !replayed
+            && self.market.borrow().perp().pending
+            && !self.sweeping.replace(true)
+            && let Some(stream) = shard.stream(self.index)
+        {
+            glommio::spawn_local(async move {
+                let _ = stream.submit(Command::Liquidate { timestamp: super::handlers::now_ms() }).await;
+                stream.sweeping.set(false);
+            })
+            .detach();
+        }
         if let Some(kafka) = &shard.kafka {
             kafka.publish(&shard.map.symbols[self.index], &events);
         }
@@ -109,10 +127,19 @@ impl SymbolStream {
         Outcome { result, events, applied }
     }
 
+    /// The symbol's prices and insurance fund now.
+    pub fn prices(&self) -> super::protocol::MarketPrices {
+        let market = self.market.borrow();
+        let perp = market.perp();
+        super::protocol::MarketPrices { last: market.last_price(), index: perp.index, mark: perp.mark, fund: perp.fund }
+    }
+
     fn remember_trades(&self, events: &[Event]) {
         let mut trades = self.trades.borrow_mut();
         for e in events {
-            if let Event::TradeExecuted(t) = e {
+            if let Event::TradeExecuted(t) = e
+                && !t.adl
+            {
                 trades.push_front(PublicTrade {
                     seq: t.seq,
                     price: t.price,

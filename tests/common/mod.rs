@@ -491,3 +491,14 @@ impl Proxy {
         self.cut.store(false, Ordering::Release);
     }
 }
+
+/// A connection to a single server, or one that follows a cluster's redirections.
+pub fn connect_any(url: &str) -> Box<dyn redis::ConnectionLike> {
+    let mut seed = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("cluster").query(&mut seed).unwrap();
+    if info.contains("cluster_enabled:1") {
+        Box::new(redis::cluster::ClusterClient::new(vec![url]).unwrap().get_connection().unwrap())
+    } else {
+        Box::new(seed)
+    }
+}

@@ -57,6 +57,7 @@ fn records(n: usize) -> Vec<Located> {
                     price: 500_000,
                     quantity: 5,
                     taker_side: Side::Buy,
+                    adl: false,
                     buyer: update(k % 1_000, k + 1),
                     // The order of the iteration before last: the same symbol.
                     seller: update((k + 1) % 1_000, if k >= 2 { k - 1 } else { k + 1 }),

@@ -74,6 +74,8 @@ pub struct RedisHot {
 struct Dirty {
     users: Vec<UserId>,
     touched: FxHashMap<UserId, Touched>,
+    /// Symbols owned here whose prices or insurance fund changed.
+    markets: Vec<usize>,
 }
 
 /// What changed for one user. Only *which* keys changed is kept: the batch writes them
@@ -156,7 +158,7 @@ fn connection<'a>(shard: &Shard, hot: &'a RedisHot) -> &'a RedisBridge {
 /// a rewrite of everyone follows. A user to repair is rewritten by the script instead.
 fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::Receiver<()>> {
     let dirty = std::mem::take(&mut *hot.dirty.borrow_mut());
-    if dirty.users.is_empty() {
+    if dirty.users.is_empty() && dirty.markets.is_empty() {
         return None;
     }
     let cluster = hot.bridge.is_cluster();
@@ -184,6 +186,13 @@ fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::
             }
             writes.extend(changes(shard, &hot.keys, user, account, touched).into_cmds().into_iter().map(Op::Cmd));
         }
+    }
+    for symbol in dirty.markets {
+        let (Some(stream), Some(spec)) = (shard.stream(symbol), shard.map.symbols.get(symbol)) else { continue };
+        let prices = stream.prices();
+        let price = |t: Option<i64>| t.map_or_else(String::new, |t| t.to_string());
+        let fields = [("index", price(prices.index)), ("mark", price(prices.mark)), ("insuranceFund", prices.fund.to_string())];
+        writes.push(Op::Cmd(redis::Cmd::hset_multiple(hot.keys.market(&spec.name), &fields)));
     }
     if writes.is_empty() && checks.is_empty() {
         return None;
@@ -309,6 +318,20 @@ pub fn release(shard: &Shard, order: &NewOrder) {
     hot.touch(order.user, |t| t.order(order.id, false));
 }
 
+/// A symbol's prices or insurance fund changed (on its owner).
+pub fn market_changed(shard: &Shard, symbol: usize) {
+    let Some(hot) = shard.writing() else { return };
+    {
+        let mut dirty = hot.dirty.borrow_mut();
+        if !dirty.markets.contains(&symbol) {
+            dirty.markets.push(symbol);
+        }
+    }
+    if !hot.scheduled.replace(true) {
+        let _ = hot.wake.unbounded_send(());
+    }
+}
+
 /// A new user's empty balance, or a logged transfer.
 pub fn balance_changed(shard: &Shard, user: UserId, created: bool) {
     let Some(hot) = shard.writing() else { return };
@@ -350,6 +373,14 @@ pub fn settle(shard: &Shard, symbol: usize, logged: Option<&NewOrder>, events: &
                     }
                 }
             }
+            Event::LiquidationStarted(l) if mine(l.user) => hot.touch(l.user, |t| t.order(l.order_id, false)),
+            // The balance moves (the margin left goes to the fund); the order is written.
+            Event::LiquidationEnded(l) if mine(l.user) => hot.touch(l.user, |t| t.order(l.order_id, false)),
+            Event::FundingPaid(f) if mine(f.user) => hot.touch(f.user, |t| {
+                if !t.positions.contains(&symbol) {
+                    t.positions.push(symbol);
+                }
+            }),
             _ => {}
         }
     }

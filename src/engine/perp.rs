@@ -1,0 +1,388 @@
+//! What makes the market a perpetual: index and mark price, liquidation with the
+//! insurance fund and auto-deleveraging, and funding. Like the rest of the engine, every
+//! step is a function of the market's state and a logged command (an index price, a
+//! funding time), so a replay reproduces every mark, liquidation and payment exactly.
+//!
+//! **Mark price.** When an index price is posted, the mark is the median of three: the
+//! index; the book's mid price (the index when a side is empty); the last trade price if
+//! a trade happened since the previous index price (else the index). One side of the
+//! book or one trade alone cannot move it away from the index.
+//!
+//! **Liquidation.** A position's equity is its margin plus its unrealized PnL at the mark;
+//! its maintenance margin is `size × mark × maintenanceMarginRate`, rounded up. At or
+//! below it, the user's open orders on the symbol are cancelled and the position is
+//! closed by a `LIQUIDATION` order (no fee) that fills against the book no worse than the
+//! bankruptcy price (where equity is zero). What the book cannot absorb is closed at the
+//! bankruptcy price against the opposite positions ranked by profit × leverage
+//! (auto-deleveraging). The margin left over goes to the insurance fund. Because every
+//! close is at or better than the bankruptcy price, the position's loss never exceeds its
+//! margin, and the fund only pays for rounding (never more than it holds). At most
+//! [`MAX_LIQUIDATIONS`] positions are liquidated per command; the rest wait for a logged
+//! [`Command::Liquidate`](super::Command::Liquidate) the shard appends at once.
+//!
+//! **Funding.** The rate is the average premium `(mark − index) ÷ index` over the index
+//! prices posted since the last funding, plus `clamp(interest − premium, ±0.05 %)`,
+//! clamped to ±0.75 %; the interest is 0.01 % per 8 hours of the funding interval. Each
+//! paying position pays `size × mark × |rate|` (rounded up) out of its margin, each
+//! receiving one gets its share of what was paid (rounded down) in its available balance,
+//! and the rounding residue goes to the insurance fund: funding is zero-sum.
+
+use serde::{Deserialize, Serialize};
+
+use super::book::Resting;
+use super::command::{NewOrder, OrderId, OrderType, Side, UserId};
+use super::event::{CancelReason, Event, FundingPayment, FundingRound, LiquidationOrder, Liquidated, PositionState, PriceUpdate};
+use super::market::{CommandError, Market, ADL_ORDER, ENGINE_ORDER};
+use super::position::Role;
+use super::symbol::SymbolSpec;
+use super::units::{div_ceil, div_floor, narrow, Lots, Ticks, MAX_TICKS, RATE_ONE};
+
+/// Positions liquidated per command at most: one price jump cannot stall the shard.
+pub const MAX_LIQUIDATIONS: usize = 64;
+/// Funding rates are clamped to ±0.75 %.
+pub const FUNDING_CAP: i64 = 750_000;
+/// The interest part of the funding rate: 0.01 % per 8 hours.
+const INTEREST_PER_8H: i128 = 10_000;
+/// The premium's pull towards the interest rate is clamped to ±0.05 %.
+const PREMIUM_BAND: i128 = 50_000;
+
+/// The perpetual's state beside the book.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Perp {
+    pub index: Option<Ticks>,
+    pub mark: Option<Ticks>,
+    pub traded_since_index: bool,
+    /// The insurance fund's share held by this symbol, in units. Never negative.
+    pub fund: i128,
+    /// Σ premium samples (parts of RATE_ONE) since the last funding, and how many.
+    pub premium_sum: i128,
+    pub premium_samples: u64,
+    pub last_funding_rate: i64,
+    pub last_funding_time: i64,
+    /// Liquidations a bounded pass left for the next [`super::Command::Liquidate`].
+    pub pending: bool,
+}
+
+/// A position measured at a price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub notional: i128,
+    pub unrealized: i128,
+    pub equity: i128,
+    pub maintenance: i128,
+}
+
+impl Health {
+    pub fn of(spec: &SymbolSpec, p: &PositionState, mark: Ticks) -> Self {
+        let notional = i128::from(mark) * p.size.abs() * i128::from(spec.units_per_tick_lot);
+        let unrealized = if p.size >= 0 { notional - p.cost } else { p.cost - notional };
+        let maintenance = div_ceil(notional * i128::from(spec.maintenance_rate), i128::from(RATE_ONE));
+        Self { notional, unrealized, equity: p.margin + unrealized, maintenance }
+    }
+
+    /// At or below maintenance, with something open.
+    pub fn liquidatable(&self) -> bool {
+        self.notional > 0 && self.equity <= self.maintenance
+    }
+}
+
+/// The price at which the position's equity is zero, rounded so that closing there loses
+/// at most the margin (up for a long, down for a short).
+pub fn bankruptcy_price(spec: &SymbolSpec, p: &PositionState) -> Ticks {
+    let per_tick = p.size.abs() * i128::from(spec.units_per_tick_lot);
+    if per_tick == 0 {
+        return 1;
+    }
+    let price = if p.size > 0 { div_ceil(p.cost - p.margin, per_tick) } else { div_floor(p.cost + p.margin, per_tick) };
+    narrow(price.clamp(1, i128::from(MAX_TICKS)))
+}
+
+/// The mark price at which the position would be liquidated (for display).
+pub fn liquidation_price(spec: &SymbolSpec, p: &PositionState) -> Option<Ticks> {
+    let per_tick = p.size.abs() * i128::from(spec.units_per_tick_lot);
+    if per_tick == 0 {
+        return None;
+    }
+    let rate = i128::from(spec.maintenance_rate);
+    let one = i128::from(RATE_ONE);
+    let price = if p.size > 0 {
+        div_floor((p.cost - p.margin) * one, (one - rate) * per_tick)
+    } else {
+        div_ceil((p.cost + p.margin) * one, (one + rate) * per_tick)
+    };
+    (price > 0).then(|| narrow(price.min(i128::from(MAX_TICKS))))
+}
+
+/// The first funding time after `now_ms`: the next multiple of the interval since the
+/// epoch, in milliseconds.
+pub fn next_funding_time(now_ms: i64, interval_secs: u64) -> i64 {
+    let interval = i64::try_from(interval_secs).unwrap_or(i64::MAX).saturating_mul(1000).max(1);
+    now_ms.div_euclid(interval).saturating_add(1).saturating_mul(interval)
+}
+
+fn median(a: Ticks, b: Ticks, c: Ticks) -> Ticks {
+    a.max(b).min(a.min(b).max(c))
+}
+
+impl Market {
+    pub fn perp(&self) -> &Perp {
+        &self.perp
+    }
+
+    /// The funding rate the market's state gives now, in parts of RATE_ONE.
+    pub fn funding_rate(&self) -> i64 {
+        let premium = match (self.perp.premium_samples, self.perp.mark, self.perp.index) {
+            (0, Some(mark), Some(index)) => premium(mark, index),
+            (0, _, _) => 0,
+            (n, _, _) => self.perp.premium_sum / i128::from(n),
+        };
+        let interest = INTEREST_PER_8H * i128::from(self.spec.funding_interval_secs) / (8 * 3600);
+        let rate = premium + (interest - premium).clamp(-PREMIUM_BAND, PREMIUM_BAND);
+        narrow(rate.clamp(-i128::from(FUNDING_CAP), i128::from(FUNDING_CAP)))
+    }
+
+    pub(super) fn post_index(&mut self, price: Ticks, timestamp: i64, events: &mut Vec<Event>) {
+        let price = price.clamp(1, MAX_TICKS);
+        let mid = match (self.book.best_price(Side::Buy), self.book.best_price(Side::Sell)) {
+            (Some(bid), Some(ask)) => bid + (ask - bid) / 2,
+            _ => price,
+        };
+        let last = if self.perp.traded_since_index { self.last_price.unwrap_or(price) } else { price };
+        let mark = median(price, mid, last);
+        self.perp.index = Some(price);
+        self.perp.mark = Some(mark);
+        self.perp.traded_since_index = false;
+        self.perp.premium_sum += premium(mark, price);
+        self.perp.premium_samples += 1;
+        let seq = self.next_seq();
+        events.push(Event::PriceUpdated(PriceUpdate { seq, index: price, mark, timestamp }));
+    }
+
+    pub(super) fn settle_funding(&mut self, timestamp: i64, events: &mut Vec<Event>) -> Result<(), CommandError> {
+        if timestamp <= self.perp.last_funding_time {
+            return Err(CommandError::FundingSettled);
+        }
+        let rate = self.funding_rate();
+        self.perp.last_funding_time = timestamp;
+        self.perp.last_funding_rate = rate;
+        self.perp.premium_sum = 0;
+        self.perp.premium_samples = 0;
+        let mark = self.perp.mark;
+        let mut round = FundingRound { seq: 0, rate, mark, positions: 0, to_fund: 0, fund: self.perp.fund, timestamp };
+        if let Some(mark) = mark.filter(|_| rate != 0) {
+            let payer_sign = if rate > 0 { 1 } else { -1 };
+            let magnitude = i128::from(rate).abs();
+            let open = self.positions();
+            let notional = |p: &PositionState| i128::from(mark) * p.size.abs() * i128::from(self.spec.units_per_tick_lot);
+            let mut collected = 0;
+            let mut paid = Vec::new();
+            for (user, p) in open.iter().filter(|(_, p)| p.size.signum() == payer_sign) {
+                let pay = div_ceil(notional(p) * magnitude, i128::from(RATE_ONE)).min(p.margin).max(0);
+                collected += pay;
+                paid.push((*user, -pay));
+            }
+            let receivers: Vec<(UserId, i128)> = open
+                .iter()
+                .filter(|(_, p)| p.size.signum() == -payer_sign)
+                .map(|(u, p)| (*u, div_floor(notional(p) * magnitude, i128::from(RATE_ONE))))
+                .collect();
+            let owed: i128 = receivers.iter().map(|(_, r)| r).sum();
+            // A payer whose margin could not cover its payment paid less: the receivers
+            // share what was paid (scaled in parts of 1e8, rounded down).
+            let scale = if owed > collected { Some(collected * i128::from(RATE_ONE) / owed) } else { None };
+            let mut received = 0;
+            for (user, r) in receivers {
+                let r = scale.map_or(r, |s| r * s / i128::from(RATE_ONE));
+                received += r;
+                paid.push((user, r));
+            }
+            paid.sort_unstable_by_key(|(u, _)| *u);
+            for (user, amount) in paid {
+                let margin_change = amount.min(0);
+                let position = self.positions.get_mut(&user).map(|p| {
+                    p.margin += margin_change;
+                    *p
+                });
+                let Some(position) = position else { continue };
+                let seq = self.next_seq();
+                events.push(Event::FundingPaid(FundingPayment { seq, user, amount, margin_change, rate, mark, position, timestamp }));
+                round.positions += 1;
+            }
+            round.to_fund = collected - received;
+            self.perp.fund += round.to_fund;
+            round.fund = self.perp.fund;
+        }
+        round.seq = self.next_seq();
+        events.push(Event::FundingSettled(round));
+        Ok(())
+    }
+
+    /// Liquidates the positions at or below maintenance at the mark: every position when
+    /// `all` is given, else those of the users the events from `first` on traded for.
+    pub(super) fn check_positions(&mut self, all: Option<()>, first: usize, timestamp: i64, events: &mut Vec<Event>) {
+        let Some(mark) = self.perp.mark else { return };
+        let mut due: Vec<UserId> = if all.is_some() {
+            self.positions.iter().filter(|(_, p)| Health::of(&self.spec, p, mark).liquidatable()).map(|(u, _)| *u).collect()
+        } else {
+            let traded = traded_users(&events[first..]);
+            traded.into_iter().filter(|u| self.liquidatable(*u, mark)).collect()
+        };
+        if due.is_empty() {
+            if all.is_some() {
+                self.perp.pending = false;
+            }
+            return;
+        }
+        due.sort_unstable();
+        due.dedup();
+        let mut queue = std::collections::VecDeque::from(due);
+        let mut done = 0;
+        while let Some(user) = queue.pop_front() {
+            if !self.liquidatable(user, mark) {
+                continue;
+            }
+            if done == MAX_LIQUIDATIONS {
+                self.perp.pending = true;
+                return;
+            }
+            let start = events.len();
+            self.liquidate(user, mark, timestamp, events);
+            done += 1;
+            // The makers it traded with may now be due themselves.
+            for u in traded_users(&events[start..]) {
+                if u != user && !queue.contains(&u) && self.liquidatable(u, mark) {
+                    queue.push_back(u);
+                }
+            }
+        }
+        self.perp.pending = false;
+    }
+
+    fn liquidatable(&self, user: UserId, mark: Ticks) -> bool {
+        self.positions.get(&user).is_some_and(|p| Health::of(&self.spec, p, mark).liquidatable())
+    }
+
+    fn liquidate(&mut self, user: UserId, mark: Ticks, timestamp: i64, events: &mut Vec<Event>) {
+        self.cancel_all_of(user, CancelReason::Liquidation, timestamp, events);
+        let before = self.position(user);
+        if before.size == 0 {
+            return;
+        }
+        let side = if before.size > 0 { Side::Sell } else { Side::Buy };
+        let quantity = narrow(before.size.abs());
+        let price = bankruptcy_price(&self.spec, &before);
+        let seq = self.next_seq();
+        let order_id = OrderId(ENGINE_ORDER | seq);
+        events.push(Event::LiquidationStarted(LiquidationOrder { seq, order_id, user, side, quantity, price, mark, timestamp }));
+        let order = NewOrder {
+            id: order_id,
+            user,
+            side,
+            kind: OrderType::Liquidation { price },
+            quantity,
+            leverage: before.leverage.max(1),
+            reduce_only: true,
+            client_order_id: None,
+            locked_margin: 0,
+            timestamp,
+        };
+        let (after_book, _, _) = self.match_order(&order, price, 0, events);
+        let left = if after_book > 0 { self.deleverage(&order, after_book, price, mark, events) } else { 0 };
+        let after = self.position(user);
+        let margin_used = before.margin - after.margin;
+        let realized = after.realized_pnl - before.realized_pnl;
+        // Closed at or better than the bankruptcy price: the loss is within the margin,
+        // to the unit when all of it closed. A partial close may round a unit or two
+        // past it; the fund pays that, as far as it can.
+        let to_fund = (margin_used + realized).max(-self.perp.fund);
+        self.perp.fund += to_fund;
+        let seq = self.next_seq();
+        events.push(Event::LiquidationEnded(Liquidated {
+            seq,
+            order_id,
+            user,
+            side,
+            quantity,
+            filled: quantity - after_book,
+            deleveraged: after_book - left,
+            to_fund,
+            fund: self.perp.fund,
+            timestamp,
+        }));
+    }
+
+    /// Closes `remaining` of the liquidation `order` at `price` against opposite
+    /// positions, highest profit × leverage first. Returns what could not be closed.
+    fn deleverage(&mut self, order: &NewOrder, mut remaining: Lots, price: Ticks, mark: Ticks, events: &mut Vec<Event>) -> Lots {
+        let their_side = order.side.opposite();
+        let mut ranked: Vec<(i128, UserId)> = self
+            .positions
+            .iter()
+            .filter(|(u, p)| **u != order.user && p.size.signum() == order.side.sign())
+            .filter_map(|(u, p)| {
+                let h = Health::of(&self.spec, p, mark);
+                (!h.liquidatable()).then(|| (adl_score(p, &h), *u))
+            })
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, user) in ranked {
+            if remaining == 0 {
+                break;
+            }
+            let p = self.position(user);
+            let qty = remaining.min(narrow(p.size.abs()));
+            if !self.fill_allowed(user, their_side, price, qty, p.leverage, 0, Role::Free) {
+                continue;
+            }
+            let counter = Resting {
+                id: OrderId(ENGINE_ORDER | ADL_ORDER | (self.seq() + 1)),
+                user,
+                price,
+                remaining: qty,
+                filled: 0,
+                locked: 0,
+                timestamp: order.timestamp,
+                leverage: p.leverage.max(1),
+                side: their_side,
+                reduce_only: true,
+                has_client_order_id: false,
+            };
+            self.trade(order, 0, &counter, 0, qty, events);
+            remaining -= qty;
+        }
+        remaining
+    }
+}
+
+/// Profit × leverage, for ranking auto-deleveraging: the PnL ratio (to the margin) times
+/// the effective leverage (notional to equity) when in profit; the ratio divided by it
+/// when at a loss. Fixed point, saturating: it only orders positions.
+fn adl_score(p: &PositionState, h: &Health) -> i128 {
+    const ONE: i128 = 1_000_000;
+    let ratio = h.unrealized.saturating_mul(ONE) / p.margin.max(1);
+    let leverage = h.notional.saturating_mul(ONE) / h.equity.max(1);
+    if ratio >= 0 { ratio.saturating_mul(leverage) } else { ratio.saturating_mul(ONE) / leverage.max(1) }
+}
+
+/// `(mark − index) ÷ index` in parts of RATE_ONE, rounded towards zero.
+fn premium(mark: Ticks, index: Ticks) -> i128 {
+    (i128::from(mark) - i128::from(index)) * i128::from(RATE_ONE) / i128::from(index.max(1))
+}
+
+fn traded_users(events: &[Event]) -> Vec<UserId> {
+    let mut users = Vec::new();
+    for e in events {
+        if let Event::TradeExecuted(t) = e {
+            for u in [t.buyer.user, t.seller.user] {
+                if !users.contains(&u) {
+                    users.push(u);
+                }
+            }
+        }
+    }
+    users
+}
+
+#[cfg(test)]
+#[path = "perp_tests.rs"]
+mod tests;
