@@ -213,11 +213,19 @@ impl Market {
         let p = self.positions.get(&user).copied().unwrap_or_default();
         let opposes = p.size != 0 && p.size.signum() != side.sign();
         if opposes {
-            let mut closed = p;
-            let closing = qty.min(narrow(p.size.abs()));
-            let e = apply_fill(&self.spec, &mut closed, side, price, closing, p.leverage, 0, Role::Free);
-            if e.pnl + e.margin_released < 0 {
-                return false;
+            let open = p.size.abs();
+            let closing = i128::from(qty).min(open);
+            // What the whole position would have left at this price. A part's share of
+            // it is at most two units of rounding worse, so a clear margin needs no
+            // exact (division-heavy) dry run: almost every close takes this path.
+            let value = i128::from(price) * open * i128::from(self.spec.units_per_tick_lot);
+            let left = p.margin + if p.size > 0 { value - p.cost } else { p.cost - value };
+            if left * closing < 2 * open {
+                let mut closed = p;
+                let e = apply_fill(&self.spec, &mut closed, side, price, narrow(closing), p.leverage, 0, Role::Free);
+                if e.pnl + e.margin_released < 0 {
+                    return false;
+                }
             }
         }
         let opens = !opposes || i128::from(qty) > p.size.abs();

@@ -236,6 +236,7 @@ impl Market {
         due.sort_unstable();
         due.dedup();
         let mut queue = std::collections::VecDeque::from(due);
+        let mut ranked = Ranked::default();
         let mut done = 0;
         while let Some(user) = queue.pop_front() {
             if !self.liquidatable(user, mark) {
@@ -246,7 +247,7 @@ impl Market {
                 return;
             }
             let start = events.len();
-            self.liquidate(user, mark, timestamp, events);
+            self.liquidate(user, mark, timestamp, &mut ranked, events);
             done += 1;
             // The makers it traded with may now be due themselves.
             for u in traded_users(&events[start..]) {
@@ -262,7 +263,7 @@ impl Market {
         self.positions.get(&user).is_some_and(|p| Health::of(&self.spec, p, mark).liquidatable())
     }
 
-    fn liquidate(&mut self, user: UserId, mark: Ticks, timestamp: i64, events: &mut Vec<Event>) {
+    fn liquidate(&mut self, user: UserId, mark: Ticks, timestamp: i64, ranked: &mut Ranked, events: &mut Vec<Event>) {
         self.cancel_all_of(user, CancelReason::Liquidation, timestamp, events);
         let before = self.position(user);
         if before.size == 0 {
@@ -287,7 +288,7 @@ impl Market {
             timestamp,
         };
         let (after_book, _, _) = self.match_order(&order, price, 0, events);
-        let left = if after_book > 0 { self.deleverage(&order, after_book, price, mark, events) } else { 0 };
+        let left = if after_book > 0 { self.deleverage(&order, after_book, price, mark, ranked, events) } else { 0 };
         let after = self.position(user);
         let margin_used = before.margin - after.margin;
         let realized = after.realized_pnl - before.realized_pnl;
@@ -313,25 +314,40 @@ impl Market {
 
     /// Closes `remaining` of the liquidation `order` at `price` against opposite
     /// positions, highest profit × leverage first. Returns what could not be closed.
-    fn deleverage(&mut self, order: &NewOrder, mut remaining: Lots, price: Ticks, mark: Ticks, events: &mut Vec<Event>) -> Lots {
+    ///
+    /// The ranking is made once per command and side (`ranked`), at the mark, of the
+    /// positions not due for liquidation then; later liquidations of the same command go
+    /// on from where the last one stopped (positions it closed are passed over), so a
+    /// command costs one sort, not one per liquidation.
+    fn deleverage(&mut self, order: &NewOrder, mut remaining: Lots, price: Ticks, mark: Ticks, ranked: &mut Ranked, events: &mut Vec<Event>) -> Lots {
         let their_side = order.side.opposite();
-        let mut ranked: Vec<(i128, UserId)> = self
-            .positions
-            .iter()
-            .filter(|(u, p)| **u != order.user && p.size.signum() == order.side.sign())
-            .filter_map(|(u, p)| {
-                let h = Health::of(&self.spec, p, mark);
-                (!h.liquidatable()).then(|| (adl_score(p, &h), *u))
-            })
-            .collect();
-        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (_, user) in ranked {
-            if remaining == 0 {
-                break;
-            }
+        let sign = order.side.sign();
+        let slot = usize::from(sign > 0);
+        if ranked.lists[slot].is_none() {
+            let mut list: Vec<(i128, UserId)> = self
+                .positions
+                .iter()
+                .filter(|(_, p)| p.size.signum() == sign)
+                .filter_map(|(u, p)| {
+                    let h = Health::of(&self.spec, p, mark);
+                    (!h.liquidatable()).then(|| (adl_score(p, &h), *u))
+                })
+                .collect();
+            list.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            ranked.lists[slot] = Some((list.into_iter().map(|(_, u)| u).collect(), 0));
+        }
+        let Some((list, next)) = ranked.lists[slot].as_mut() else { return remaining };
+        let mut at = *next;
+        while remaining > 0 && at < list.len() {
+            let user = list[at];
             let p = self.position(user);
+            if p.size.signum() != sign || user == order.user {
+                at += 1;
+                continue;
+            }
             let qty = remaining.min(narrow(p.size.abs()));
             if !self.fill_allowed(user, their_side, price, qty, p.leverage, 0, Role::Free) {
+                at += 1;
                 continue;
             }
             let counter = Resting {
@@ -350,8 +366,20 @@ impl Market {
             self.trade(order, 0, &counter, 0, qty, events);
             remaining -= qty;
         }
+        // Positions before `at` are closed, on the other side, or could not pay: the next
+        // liquidation of this command starts after them.
+        if let Some((_, next)) = ranked.lists[slot].as_mut() {
+            *next = at;
+        }
         remaining
     }
+}
+
+/// The auto-deleveraging rankings of one command: opposite positions to shorts' and to
+/// longs' liquidations, best first, with how far they are used up.
+#[derive(Default)]
+struct Ranked {
+    lists: [Option<(Vec<UserId>, usize)>; 2],
 }
 
 /// Profit × leverage, for ranking auto-deleveraging: the PnL ratio (to the margin) times
