@@ -37,7 +37,7 @@ cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 echo "== black-box tests, Kafka event log"
-EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --test api --test recovery --test perpetual "$@" 2>&1 | tee -a "$log"
+EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --test api --test recovery --test perpetual --test streams "$@" 2>&1 | tee -a "$log"
 kafka_status=${PIPESTATUS[0]}
 [ "$kafka_status" -ne 0 ] && status=$kafka_status
 

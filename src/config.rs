@@ -34,6 +34,8 @@
 //! | `EXCHANGE_MAX_CONNECTIONS` | `limits.max_connections_per_core` | `10000` |
 //! | `EXCHANGE_IDLE_TIMEOUT_SECS` | `limits.idle_timeout_secs` | `60` |
 //! | `EXCHANGE_HEADER_TIMEOUT_SECS` | `limits.header_timeout_secs` | `10` |
+//! | `EXCHANGE_STREAM_QUEUE_BYTES` | `limits.stream_queue_bytes` | `4194304` (a WebSocket's unsent bytes before it is cut off) |
+//! | `EXCHANGE_STREAM_PING_SECS` | `limits.stream_ping_secs` | `15` (idle WebSockets pinged; silent for twice that: closed) |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -155,11 +157,21 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     pub header_timeout_secs: u64,
     pub max_json_depth: usize,
+    pub stream_queue_bytes: usize,
+    pub stream_ping_secs: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 64 * 1024, max_connections_per_core: 10_000, idle_timeout_secs: 60, header_timeout_secs: 10, max_json_depth: 8 }
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_connections_per_core: 10_000,
+            idle_timeout_secs: 60,
+            header_timeout_secs: 10,
+            max_json_depth: 8,
+            stream_queue_bytes: 4 * 1024 * 1024,
+            stream_ping_secs: 15,
+        }
     }
 }
 
@@ -306,6 +318,14 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_HEADER_TIMEOUT_SECS") {
             self.limits.header_timeout_secs = parse("EXCHANGE_HEADER_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_STREAM_QUEUE_BYTES") {
+            self.limits.stream_queue_bytes = parse("EXCHANGE_STREAM_QUEUE_BYTES", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_STREAM_PING_SECS") {
+            let secs: u64 = parse("EXCHANGE_STREAM_PING_SECS", &v)?;
+            anyhow::ensure!(secs > 0, "EXCHANGE_STREAM_PING_SECS must be at least 1");
+            self.limits.stream_ping_secs = secs;
         }
         Ok(())
     }

@@ -33,6 +33,9 @@ pub struct Health {
     pub stopping: AtomicBool,
     pub event_log_down: AtomicUsize,
     pub inflight: AtomicUsize,
+    /// Open stream (WebSocket) connections on all cores: results are fanned out only
+    /// while there is one.
+    pub stream_clients: AtomicUsize,
     /// Cold storage: one of [`cold`].
     pub cold: std::sync::atomic::AtomicU8,
     /// Per shard, the state of its partitions' hot state: one of [`hot`].

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use exchange_io::http::HyperIo;
+use exchange_io::http::{HyperIo, Prefixed};
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::{LocalExecutorBuilder, Placement};
 use rustc_hash::FxHashMap;
@@ -205,6 +205,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         all_metrics: metrics,
         health: health.clone(),
         snapshotting: Cell::new(false),
+        feed: RefCell::new(None),
         wire_seq: Cell::new(first_number),
         numbering,
         account_in_doubt: RefCell::default(),
@@ -243,7 +244,9 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
     }
     glommio::spawn_local(crate::shard::funding::clock(shard.clone())).detach();
     let history = cold.map(|(reader, _)| reader);
-    serve(Rc::new(Service { shard, history })).await
+    let hub = crate::api::stream::Hub::new(&shard);
+    crate::shard::feed::install(&shard, Rc::new(crate::api::stream::HubFeed(hub.clone())));
+    serve(Rc::new(Service { shard, history, hub: Some(hub) })).await
 }
 
 /// `exchange rebuild-state`: the logs are replayed (above); write every user to Redis.
@@ -278,7 +281,15 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
                     Message::Reply { id, body } => shard.rpc.complete(id, body),
                     Message::Request { from, id, body } => {
                         let inline =
-                            matches!(body, Request::Apply { .. } | Request::Release { .. } | Request::Reserve { .. } | Request::Prices);
+                            matches!(
+                                body,
+                                Request::Apply { .. }
+                                    | Request::Release { .. }
+                                    | Request::Reserve { .. }
+                                    | Request::Prices
+                                    | Request::Market { .. }
+                                    | Request::User { .. }
+                            );
                         if inline {
                             let reply = handlers::handle(shard.clone(), body).await;
                             let shard = shard.clone();
@@ -366,10 +377,21 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connection(service: Rc<Service>, stream: glommio::net::TcpStream) {
-    let io = HyperIo::new(stream);
-    let activity = io.activity();
+async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream) {
     let limits = &service.shard.config.limits;
+    // The first bytes say who serves the connection: a stream request line goes to the
+    // WebSocket side, anything else to hyper, each with those bytes put back in front.
+    let Some(head) = first_bytes(&mut stream, limits.idle_timeout_secs, limits.header_timeout_secs).await else { return };
+    if head.starts_with(crate::api::stream::REQUEST_LINE) {
+        // A small kernel send buffer: what a slow consumer has not read stays in its
+        // queue, where the bound (and the cut-off) is, not in megabytes of socket buffer
+        // per connection.
+        set_send_buffer(&stream, STREAM_SEND_BUFFER);
+        crate::api::stream::accept(service, Prefixed::new(head, stream)).await;
+        return;
+    }
+    let io = HyperIo::new(Prefixed::new(head, stream));
+    let activity = io.activity();
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
     let service = service::hyper_service(service, activity.clone());
@@ -392,4 +414,49 @@ async fn connection(service: Rc<Service>, stream: glommio::net::TcpStream) {
         watchdog,
     )
     .await;
+}
+
+/// Reads until the bytes either start [`crate::api::stream::REQUEST_LINE`] whole or
+/// cannot: the first byte within the idle timeout, the rest within the header timeout.
+/// `None`: the peer closed or was too slow.
+async fn first_bytes(stream: &mut glommio::net::TcpStream, idle_secs: u64, header_secs: u64) -> Option<Vec<u8>> {
+    use futures_lite::AsyncReadExt;
+    let want = crate::api::stream::REQUEST_LINE;
+    let mut head = Vec::with_capacity(want.len());
+    let mut buf = [0u8; 64];
+    let started = std::time::Instant::now();
+    while head.len() < want.len() && want.starts_with(&head) {
+        let limit = if head.is_empty() { Duration::from_secs(idle_secs.max(1)) } else { Duration::from_secs(header_secs.max(1)) };
+        let left = limit.saturating_sub(started.elapsed());
+        let read = futures_lite::future::or(async { Some(stream.read(&mut buf).await) }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        match read {
+            Some(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return if head.is_empty() { None } else { Some(head) },
+        }
+    }
+    Some(head)
+}
+
+/// The kernel send buffer of a stream (WebSocket) connection.
+const STREAM_SEND_BUFFER: libc::c_int = 64 * 1024;
+
+fn set_send_buffer(stream: &glommio::net::TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and an int-sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "SO_SNDBUF not set");
+    }
 }

@@ -90,6 +90,11 @@ impl ApiError {
         }
     }
 
+    /// The JSON body alone.
+    pub fn reply_text(&self) -> String {
+        serde_json::json!({ "code": self.code(), "message": self.message() }).to_string()
+    }
+
     pub fn reply(&self) -> HttpReply {
         let body = serde_json::json!({ "code": self.code(), "message": self.message() });
         HttpReply {

@@ -6,6 +6,7 @@ pub mod error;
 pub mod parse;
 pub mod render;
 pub mod service;
+pub mod stream;
 
 /// A response ready for the client: status, JSON body, `Retry-After` for 429, and
 /// whether the connection closes after it (the request's framing cannot be trusted).

@@ -12,6 +12,7 @@ use crate::ids::{self, IdKind};
 use crate::wire::rate_decimal;
 use super::HttpReply;
 use crate::shard::protocol::{Answer, MarketPrices};
+use crate::shard::stream::PublicTrade;
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {
@@ -103,6 +104,25 @@ pub fn position(spec: &SymbolSpec, p: &PositionState, prices: MarketPrices) -> s
         "markPrice": price(prices.mark),
         "liquidationPrice": price(liquidation_price(spec, p)),
         "maintenanceMargin": units_to_usdt(health.map_or(0, |h| h.maintenance)).to_string(),
+    })
+}
+
+/// The book's top levels (`GET /v1/depth`, the `depth` channel).
+pub fn depth(spec: &SymbolSpec, seq: u64, bids: &[(i64, i64)], asks: &[(i64, i64)]) -> serde_json::Value {
+    let levels = |side: &[(i64, i64)]| {
+        side.iter().map(|(p, q)| [spec.ticks_to_price(*p).to_string(), spec.lots_to_quantity(*q).to_string()]).collect::<Vec<_>>()
+    };
+    serde_json::json!({ "symbol": spec.name, "seq": seq, "bids": levels(bids), "asks": levels(asks) })
+}
+
+/// A public trade (`GET /v1/trades`, the `trades` channel).
+pub fn public_trade(spec: &SymbolSpec, t: &PublicTrade) -> serde_json::Value {
+    serde_json::json!({
+        "tradeId": ids::encode(IdKind::Trade, spec.key, t.seq).to_string(),
+        "price": spec.ticks_to_price(t.price).to_string(),
+        "quantity": spec.lots_to_quantity(t.quantity).to_string(),
+        "takerSide": t.taker_side.as_str(),
+        "time": t.time,
     })
 }
 
@@ -219,28 +239,10 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
                 "positions": positions,
             }))
         }
-        Answer::Depth { symbol, seq, bids, asks } => {
-            let spec = &map.symbols[*symbol];
-            let levels = |side: &[(i64, i64)]| {
-                side.iter().map(|(p, q)| [spec.ticks_to_price(*p).to_string(), spec.lots_to_quantity(*q).to_string()]).collect::<Vec<_>>()
-            };
-            ok(&serde_json::json!({ "symbol": spec.name, "seq": seq, "bids": levels(bids), "asks": levels(asks) }))
-        }
+        Answer::Depth { symbol, seq, bids, asks } => ok(&depth(&map.symbols[*symbol], *seq, bids, asks)),
         Answer::Trades { symbol, trades } => {
             let spec = &map.symbols[*symbol];
-            let trades: Vec<_> = trades
-                .iter()
-                .map(|t| {
-                    serde_json::json!({
-                        "tradeId": ids::encode(IdKind::Trade, spec.key, t.seq).to_string(),
-                        "price": spec.ticks_to_price(t.price).to_string(),
-                        "quantity": spec.lots_to_quantity(t.quantity).to_string(),
-                        "takerSide": t.taker_side.as_str(),
-                        "time": t.time,
-                    })
-                })
-                .collect();
-            ok(&trades)
+            ok(&trades.iter().map(|t| public_trade(spec, t)).collect::<Vec<_>>())
         }
         Answer::Cancelled(list) => {
             let cancelled: Vec<String> = list.iter().map(|(s, id)| order_uuid(&map.symbols[*s], *id)).collect();

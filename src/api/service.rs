@@ -27,6 +27,8 @@ pub struct Service {
     pub shard: Rc<Shard>,
     /// Cold storage's reader (order history), when configured.
     pub history: Option<ColdReader>,
+    /// This core's stream connections (`GET /v1/stream`).
+    pub hub: Option<Rc<super::stream::Hub>>,
 }
 
 /// Headers allowed on a request, and their total size (names and values). Past them the

@@ -38,6 +38,10 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
                 Reply::Cancelled(cancel(&shard, symbol, Command::CancelAll { user, timestamp: now_ms() }).await)
             }
             Request::Check => Reply::Checked(hot::check(&shard).await),
+            request @ (Request::Market { .. } | Request::User { .. }) => {
+                super::feed::delivered(&shard, request);
+                Reply::Done
+            }
             Request::Prices => {
                 let streams = shard.streams.borrow();
                 Reply::Prices(streams.iter().map(|(i, s)| (*i, s.prices())).collect())
@@ -64,6 +68,9 @@ pub fn apply(shard: &Shard, symbol: usize, offset: u64, logged: Option<NewOrder>
     };
     hot::settle(shard, symbol, logged.as_ref(), events);
     hot::forgotten(shard, &forgotten);
+    if !replayed {
+        super::feed::accounts(shard, symbol, events);
+    }
 }
 
 /// The risk step, in the ledger of the account's owner: one uninterrupted step (it also

@@ -16,6 +16,7 @@
 //! If step 3 fails, the lock is released and the client gets 503.
 
 pub mod admin;
+pub mod feed;
 pub mod funding;
 pub mod handlers;
 pub mod hot;
@@ -77,6 +78,8 @@ pub struct Shard {
     pub numbering: Arc<crate::numbering::HighWater>,
     /// An account snapshot is being written.
     pub snapshotting: std::cell::Cell<bool>,
+    /// The live streams' side of this core, once the HTTP layer installed it.
+    pub feed: RefCell<Option<feed::Installed>>,
 }
 
 impl Shard {

@@ -150,6 +150,10 @@ pub enum Request {
     Check,
     /// The money of the receiver's users, summed.
     Summary,
+    /// A symbol's results and top of book, for the receiver's stream connections.
+    Market { symbol: usize, events: Vec<Event>, bids: super::feed::Levels, asks: super::feed::Levels },
+    /// A user's stream messages, for the receiver's stream connections.
+    User { user: UserId, messages: Vec<String> },
 }
 
 #[derive(Debug)]

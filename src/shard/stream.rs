@@ -104,6 +104,14 @@ impl SymbolStream {
         if events.iter().any(|e| matches!(e, Event::PriceUpdated(_) | Event::LiquidationEnded(_) | Event::FundingSettled(_))) {
             super::hot::market_changed(shard, self.index);
         }
+        if !replayed && super::feed::wanted(shard) {
+            let (bids, asks) = {
+                let market = self.market.borrow();
+                let top = |side| market.book().depth(side).take(super::feed::DEPTH_LEVELS).collect::<Vec<_>>();
+                (top(Side::Buy), top(Side::Sell))
+            };
+            super::feed::market(shard, self.index, &events, bids, asks);
+        }
         // Liquidations a bounded pass left: logged as a command of their own, at once.
         if !replayed
             && self.market.borrow().perp().pending

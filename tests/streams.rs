@@ -1,0 +1,258 @@
+//! `GET /v1/stream` over the network with a real WebSocket client (tungstenite): channels,
+//! `seq` without gaps, isolation between users, authentication, and a consumer that
+//! never reads cut off while orders keep their latency.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::stream::MaybeTlsStream;
+use async_tungstenite::tungstenite::{self, Message, WebSocket};
+use common::Server;
+use serde_json::{json, Value};
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(s: &Server, key: Option<&str>) -> Ws {
+    let mut request = s.url("/v1/stream").replace("http://", "ws://").into_client_request().unwrap();
+    if let Some(key) = key {
+        request.headers_mut().insert("x-api-key", key.parse().unwrap());
+    }
+    let (ws, response) = tungstenite::connect(request).unwrap();
+    assert_eq!(response.status(), 101);
+    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    ws
+}
+
+fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::text(value.to_string())).unwrap();
+}
+
+/// The next text message, as JSON (pings are answered by the client on the way).
+fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a message within 5 s") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(_) => panic!("closed"),
+            _ => {}
+        }
+    }
+}
+
+/// Messages until one on `channel` satisfies `done`; returns all of that channel's.
+fn until(ws: &mut Ws, channel: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let m = next(ws);
+        if m["channel"] == channel {
+            let stop = done(&m);
+            seen.push(m);
+            if stop {
+                return seen;
+            }
+        }
+    }
+}
+
+fn subscribe(ws: &mut Ws, channels: &[&str]) {
+    send(ws, json!({ "op": "subscribe", "channels": channels }));
+    let reply = next(ws);
+    assert_eq!(reply, json!({ "op": "subscribed", "channels": channels }));
+}
+
+fn trade(s: &Server, maker: &str, taker: &str, price: &str) {
+    s.limit(maker, "SELL", price, "0.001");
+    s.limit(taker, "BUY", price, "0.001");
+}
+
+#[test]
+fn trades_and_depth_arrive_in_order_with_gapless_seq() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let mut ws = connect(&s, None);
+    subscribe(&mut ws, &["trades:BTC-PERP", "depth:BTC-PERP"]);
+    for i in 0..20 {
+        trade(&s, &alice, &bob, &(50_000 + i).to_string());
+    }
+    let trades = until(&mut ws, "trades:BTC-PERP", |m| m["seq"] == 20);
+    let seqs: Vec<u64> = trades.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "every trade, in order, no gap");
+    let prices: Vec<String> = trades.iter().map(|m| m["data"]["price"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(prices.last().map(|p| p.parse::<f64>().unwrap()), Some(50_019.0));
+    // The data is what GET /v1/trades says.
+    let (_, rest) = s.request("GET", "/v1/trades?symbol=BTC-PERP&limit=1", &[], None);
+    assert_eq!(trades.last().unwrap()["data"], rest[0]);
+    // Depth: a resting order shows up in the next depth message, as GET /v1/depth has it.
+    s.limit(&alice, "BUY", "49000", "0.005");
+    let depth = until(&mut ws, "depth:BTC-PERP", |m| m["data"]["bids"].as_array().is_some_and(|b| !b.is_empty()));
+    let (_, book) = s.request("GET", "/v1/depth?symbol=BTC-PERP&limit=20", &[], None);
+    assert_eq!(depth.last().unwrap()["data"]["bids"], book["bids"]);
+    let seqs: Vec<u64> = depth.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs[0] >= 1, "depth seq counts on: {seqs:?}");
+}
+
+#[test]
+fn a_user_sees_only_their_own_events_and_needs_a_key() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    // Without a key the user channel is refused; an auth message then opens it.
+    let mut anonymous = connect(&s, None);
+    send(&mut anonymous, json!({ "op": "subscribe", "channels": ["user"] }));
+    let refused = next(&mut anonymous);
+    assert_eq!((refused["op"].as_str(), refused["code"].as_str()), (Some("error"), Some("UNAUTHORIZED")));
+    send(&mut anonymous, json!({ "op": "auth", "apiKey": "0000000000000001.00" }));
+    assert_eq!(next(&mut anonymous)["code"], "UNAUTHORIZED");
+    send(&mut anonymous, json!({ "op": "auth", "apiKey": bob }));
+    assert_eq!(next(&mut anonymous)["op"], "authenticated");
+    subscribe(&mut anonymous, &["user"]);
+    let mut ws = connect(&s, Some(&alice));
+    subscribe(&mut ws, &["user"]);
+    let order = s.limit(&alice, "SELL", "50000", "0.002");
+    let id = order["orderId"].as_str().unwrap();
+    s.limit(&bob, "BUY", "50000", "0.002");
+    // Alice: her order resting, then filled, her fill, her position and balance.
+    let mine = until(&mut ws, "user", |m| m["data"]["type"] == "balance" && m["data"].get("total").is_some() && m["seq"].as_u64() > Some(2));
+    let kinds: Vec<&str> = mine.iter().map(|m| m["data"]["type"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"order") && kinds.contains(&"fill") && kinds.contains(&"position"), "{kinds:?}");
+    let filled = mine.iter().find(|m| m["data"]["type"] == "order" && m["data"]["status"] == "FILLED").expect("the fill's order update");
+    assert_eq!(filled["data"]["orderId"], id);
+    let (_, balance) = s.get(&alice, "/v1/balance");
+    assert_eq!(mine.last().unwrap()["data"]["total"], balance["total"]);
+    let seqs: Vec<u64> = mine.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    // Bob's connection has only Bob's: none of Alice's order ids.
+    let his = until(&mut anonymous, "user", |m| m["data"]["type"] == "balance" && m["seq"].as_u64() > Some(2));
+    assert!(his.iter().all(|m| m["data"]["orderId"] != id), "bob sees alice's order: {his:?}");
+    assert!(his.iter().any(|m| m["data"]["type"] == "fill"));
+    // A wrong key on the upgrade itself: told, then closed.
+    let mut wrong = connect(&s, Some("0000000000000001.00"));
+    assert_eq!(next(&mut wrong)["code"], "UNAUTHORIZED");
+}
+
+#[test]
+fn a_consumer_that_never_reads_is_cut_off_and_orders_keep_their_latency() {
+    let s = Server::start_with(&[("EXCHANGE_STREAM_QUEUE_BYTES", "65536")]);
+    let alice = s.funded("alice", "10000000");
+    let bob = s.funded("bob", "10000000");
+    // A full book, so that every depth message is large.
+    for level in 0..20 {
+        s.limit(&alice, "BUY", &(40_000 + level * 10).to_string(), "0.001");
+        s.limit(&alice, "SELL", &(60_000 - level * 10).to_string(), "0.001");
+    }
+    let mut reader = connect(&s, None);
+    subscribe(&mut reader, &["trades:BTC-PERP"]);
+    let mut stalled = connect_small(&s);
+    subscribe(&mut stalled, &["trades:BTC-PERP", "depth:BTC-PERP"]);
+    let mut slowest = Duration::ZERO;
+    let mut seqs = Vec::new();
+    let rounds: u64 = 1_500;
+    for i in 0..rounds {
+        let started = Instant::now();
+        trade(&s, &alice, &bob, &(50_000 + i % 50).to_string());
+        slowest = slowest.max(started.elapsed());
+        // The reading consumer keeps up.
+        loop {
+            match read_now(&mut reader) {
+                Ok(Message::Text(t)) => {
+                    let m: Value = serde_json::from_str(t.as_str()).unwrap();
+                    seqs.push(m["seq"].as_u64().unwrap());
+                }
+                Ok(Message::Close(c)) => panic!("the reading consumer was closed: {c:?} after {} trades", seqs.len()),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e) => panic!("the reading consumer failed: {e} after {} trades", seqs.len()),
+            }
+        }
+    }
+    assert!(slowest < Duration::from_secs(1), "an order waited {slowest:?} behind a stalled consumer");
+    while seqs.last() != Some(&rounds) {
+        seqs.push(next(&mut reader)["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, (1..=rounds).collect::<Vec<_>>(), "the reading consumer got every trade");
+    // The stalled one was cut off: what it can still read ends in a close or an error.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match stalled.read() {
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the stalled consumer is still connected, only quiet: it was never cut off")
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => assert!(Instant::now() < deadline, "the stalled consumer was never cut off"),
+        }
+    }
+}
+
+#[test]
+fn idle_connections_are_pinged_and_dead_ones_closed() {
+    let s = Server::start_with(&[("EXCHANGE_STREAM_PING_SECS", "1")]);
+    let mut alive = connect(&s, None);
+    let mut dead = connect(&s, None);
+    // The live client reads (and so answers each ping); the dead one does nothing.
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(3_500) {
+        match read_now(&mut alive) {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    assert!(pings >= 2, "pinged {pings} times in 3.5 s");
+    subscribe(&mut alive, &["trades:BTC-PERP"]);
+    loop {
+        match dead.read() {
+            Ok(Message::Ping(_)) => {}
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("a client that never answered is still connected")
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn read_now(ws: &mut Ws) -> tungstenite::Result<Message> {
+    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    }
+    let m = ws.read();
+    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    m
+}
+
+/// A stream connection whose socket has a 4 KiB receive buffer, set before it connects
+/// (afterwards the window is already agreed): the kernel holds little of what it is not
+/// reading, so the server's queue is what fills.
+fn connect_small(s: &Server) -> Ws {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = s.url("").trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    // SAFETY: a new socket, an int-sized option value, and a sockaddr_in for an IPv4
+    // address; the descriptor is owned by the TcpStream from here on.
+    let tcp = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    };
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = s.url("/v1/stream").replace("http://", "ws://").into_client_request().unwrap();
+    let (ws, _) = tungstenite::client(request, MaybeTlsStream::Plain(tcp)).unwrap();
+    ws
+}
