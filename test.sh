@@ -4,7 +4,8 @@
 # on 127.0.0.1:9092; installed the first time), then with Kafka and Redis as the hot
 # state: a single Redis (127.0.0.1:6379) and a 3-master Redis Cluster (127.0.0.1:7000-
 # 7002), each started if it does not answer. PostgreSQL (127.0.0.1:5432, database test)
-# is started if it does not answer. Prints one closing line with the totals.
+# is started if it does not answer; chromium and chromedriver (the page test) are
+# installed if missing. Prints one closing line with the totals.
 set -uo pipefail
 cd "$(dirname "$0")"
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
@@ -23,6 +24,10 @@ fi
 export EXCHANGE_KAFKA_TEST_BROKER=127.0.0.1:9092
 if ! scripts/redis.sh || ! scripts/redis-cluster.sh; then
   echo "tests: 0 passed, 1 failed (no Redis could be started)"
+  exit 1
+fi
+if ! scripts/browser.sh; then
+  echo "tests: 0 passed, 1 failed (no headless browser could be installed)"
   exit 1
 fi
 if ! scripts/postgres.sh; then

@@ -102,6 +102,7 @@ impl ApiError {
             body: body.to_string().into_bytes(),
             retry_after: (*self == Self::RateLimited).then_some(1),
             close: matches!(self, Self::BodyTooLarge(_) | Self::HeadersTooLarge(_)),
+            content_type: super::JSON,
         }
     }
 }

@@ -8,6 +8,9 @@ pub mod render;
 pub mod service;
 pub mod stream;
 
+/// `GET /`: the live market page, one self-contained file (no build step, no outside assets).
+pub const PAGE: &str = include_str!("page.html");
+
 /// A response ready for the client: status, JSON body, `Retry-After` for 429, and
 /// whether the connection closes after it (the request's framing cannot be trusted).
 #[derive(Clone, Debug)]
@@ -16,7 +19,11 @@ pub struct HttpReply {
     pub body: Vec<u8>,
     pub retry_after: Option<u32>,
     pub close: bool,
+    pub content_type: &'static str,
 }
+
+/// The content type of every API answer but the metrics and the page.
+pub const JSON: &str = "application/json";
 
 impl HttpReply {
     /// The connection is closed after this reply.

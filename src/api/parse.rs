@@ -31,6 +31,8 @@ pub enum Routed {
     /// `before`: only orders created before this time (ms).
     History { partition: u32, key: String, symbol: Option<usize>, limit: usize, before: Option<i64> },
     Symbols,
+    /// `GET /`: the live market page.
+    Page,
     Health,
     Metrics,
     /// A consistency check on every shard.
@@ -67,6 +69,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
         Ok((key.to_owned(), partition_of(user)))
     };
     let routed = match (method, segments.as_slice()) {
+        ("GET", []) => Routed::Page,
         ("GET", ["health"]) => Routed::Health,
         ("GET", ["metrics"]) => Routed::Metrics,
         ("GET", ["v1", "symbols"]) => Routed::Symbols,

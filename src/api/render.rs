@@ -16,7 +16,7 @@ use crate::shard::stream::PublicTrade;
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {
-    HttpReply { status: 200, body: serde_json::to_vec(body).unwrap_or_default(), retry_after: None, close: false }
+    HttpReply { status: 200, body: serde_json::to_vec(body).unwrap_or_default(), retry_after: None, close: false, content_type: super::JSON }
 }
 
 pub fn order_uuid(spec: &SymbolSpec, id: crate::engine::OrderId) -> String {

@@ -71,7 +71,7 @@ impl Service {
         let reply = self.answer(req).await;
         let mut response = Response::builder()
             .status(reply.status)
-            .header("content-type", if reply.status == 200 && reply.body.first() != Some(&b'{') && reply.body.first() != Some(&b'[') { "text/plain; version=0.0.4" } else { "application/json" });
+            .header("content-type", reply.content_type);
         if let Some(secs) = reply.retry_after {
             response = response.header("retry-after", secs.to_string());
         }
@@ -119,7 +119,12 @@ impl Service {
             Routed::Health => return health(shard),
             Routed::Metrics => {
                 shard.all_metrics.set_hot_states(shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)));
-                return HttpReply { status: 200, body: shard.all_metrics.render().into_bytes(), retry_after: None, close: false };
+                let body = shard.all_metrics.render().into_bytes();
+                return HttpReply { status: 200, body, retry_after: None, close: false, content_type: "text/plain; version=0.0.4" };
+            }
+            Routed::Page => {
+                let body = super::PAGE.as_bytes().to_vec();
+                return HttpReply { status: 200, body, retry_after: None, close: false, content_type: "text/html; charset=utf-8" };
             }
             Routed::Symbols => return render::ok(&render::symbols(&shard.map, shard.shards)),
             Routed::Check => return check(shard).await,
