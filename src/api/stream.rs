@@ -60,7 +60,7 @@ pub const REQUEST_LINE: &[u8] = b"GET /v1/stream";
 #[allow(clippy::result_large_err)]
 pub async fn accept<S>(service: Rc<Service>, socket: S)
 where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let Some(hub) = service.hub.clone() else { return };
     let api_key: Rc<RefCell<Option<String>>> = Rc::default();
@@ -92,7 +92,11 @@ where
         },
         None => None,
     };
-    session(hub, shard, ws, user).await;
+    // The session runs in the stream task queue; this task (the connection's) waits for it.
+    match glommio::spawn_local_into(session(hub.clone(), shard, ws, user), hub.queue) {
+        Ok(task) => task.await,
+        Err(e) => tracing::error!(error = %e, "stream session not started"),
+    }
 }
 
 async fn authenticate(shard: &Rc<Shard>, key: &str) -> Option<UserId> {
@@ -164,11 +168,34 @@ pub struct Hub {
     /// Depth rendered since the last flush, per symbol: sent at most once a millisecond.
     depth: RefCell<Vec<(usize, String)>>,
     flushing: Cell<bool>,
+    /// Results handed over by the shard, not yet fanned out: the order path only queues
+    /// them; the publisher task renders and distributes them.
+    inbox: RefCell<VecDeque<Item>>,
+    inbox_wake: mpsc::UnboundedSender<()>,
+    inbox_woken: Cell<bool>,
+    /// The task queue all stream work runs in: a small share of the core, below the
+    /// order path's, so fan-out takes what the order path leaves and never the reverse.
+    queue: glommio::TaskQueueHandle,
 }
 
+/// What the publisher has to fan out.
+enum Item {
+    Market { symbol: usize, events: Vec<Event>, bids: Levels, asks: Levels },
+    User { user: UserId, messages: Vec<String> },
+}
+
+/// The stream task queue's share of its core against the default queue's 1,000.
+const STREAM_SHARES: usize = 100;
+/// A connection is written at most this often: messages that arrive meanwhile go out in
+/// one write.
+const FLUSH_EVERY: Duration = Duration::from_millis(1);
+
 impl Hub {
+    /// The hub of this core (call on its executor): starts its publisher task.
     pub fn new(shard: &Shard) -> Rc<Self> {
-        Rc::new(Self {
+        let queue = glommio::executor().create_task_queue(glommio::Shares::Static(STREAM_SHARES), glommio::Latency::NotImportant, "streams");
+        let (inbox_wake, mut woken) = mpsc::unbounded();
+        let hub = Rc::new(Self {
             map: shard.map.clone(),
             health: shard.health.clone(),
             queue_bytes: shard.config.limits.stream_queue_bytes,
@@ -176,7 +203,76 @@ impl Hub {
             conns: RefCell::default(),
             depth: RefCell::default(),
             flushing: Cell::new(false),
-        })
+            inbox: RefCell::default(),
+            inbox_wake,
+            inbox_woken: Cell::new(false),
+            queue,
+        });
+        let publisher = Rc::downgrade(&hub);
+        hub.spawn(async move {
+            while woken.next().await.is_some() {
+                let Some(hub) = publisher.upgrade() else { return };
+                hub.inbox_woken.set(false);
+                loop {
+                    let item = hub.inbox.borrow_mut().pop_front();
+                    let Some(item) = item else { break };
+                    match item {
+                        Item::Market { symbol, events, bids, asks } => hub.publish_market(symbol, &events, &bids, &asks),
+                        Item::User { user, messages } => hub.publish_user(user, &messages),
+                    }
+                }
+            }
+        });
+        hub
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        match glommio::spawn_local_into(task, self.queue) {
+            Ok(t) => drop(t.detach()),
+            Err(e) => tracing::error!(error = %e, "stream task not started"),
+        }
+    }
+
+    fn post(&self, item: Item) {
+        self.inbox.borrow_mut().push_back(item);
+        if !self.inbox_woken.replace(true) {
+            let _ = self.inbox_wake.unbounded_send(());
+        }
+    }
+
+    fn publish_market(self: &Rc<Self>, symbol: usize, events: &[Event], bids: &Levels, asks: &Levels) {
+        let spec = &self.map.symbols[symbol];
+        let trades = format!("trades:{}", spec.name);
+        for e in events {
+            if let Event::TradeExecuted(t) = e
+                && !t.adl
+            {
+                let trade = PublicTrade { seq: t.seq, price: t.price, quantity: t.quantity, taker_side: t.taker_side, time: t.timestamp };
+                let data = render::public_trade(spec, &trade).to_string();
+                self.each(|c| c.publish(&trades, &data));
+            }
+        }
+        let changed = events.iter().any(|e| matches!(e, Event::OrderPlaced(_) | Event::OrderCancelled(_) | Event::TradeExecuted(_)));
+        if let (true, Some(last)) = (changed, events.last()) {
+            let data = render::depth(spec, last.seq(), bids, asks).to_string();
+            let mut depth = self.depth.borrow_mut();
+            match depth.iter_mut().find(|(s, _)| *s == symbol) {
+                Some(entry) => entry.1 = data,
+                None => depth.push((symbol, data)),
+            }
+            drop(depth);
+            self.flush_depth_soon();
+        }
+    }
+
+    fn publish_user(&self, user: UserId, messages: &[String]) {
+        self.each(|c| {
+            if c.user.get() == Some(user) {
+                for m in messages {
+                    c.publish("user", m);
+                }
+            }
+        });
     }
 
     fn each(&self, mut f: impl FnMut(&Conn)) {
@@ -191,7 +287,7 @@ impl Hub {
             return;
         }
         let hub = self.clone();
-        glommio::spawn_local(async move {
+        self.spawn(async move {
             glommio::timer::sleep(Duration::from_millis(1)).await;
             hub.flushing.set(false);
             let pending = std::mem::take(&mut *hub.depth.borrow_mut());
@@ -199,8 +295,7 @@ impl Hub {
                 let channel = format!("depth:{}", hub.map.symbols[symbol].name);
                 hub.each(|c| c.publish(&channel, &data));
             }
-        })
-        .detach();
+        });
     }
 }
 
@@ -209,29 +304,7 @@ pub struct HubFeed(pub Rc<Hub>);
 
 impl Feed for HubFeed {
     fn market(&self, _shard: &Shard, symbol: usize, events: &[Event], bids: &Levels, asks: &Levels) {
-        let hub = &self.0;
-        let spec = &hub.map.symbols[symbol];
-        let trades = format!("trades:{}", spec.name);
-        for e in events {
-            if let Event::TradeExecuted(t) = e
-                && !t.adl
-            {
-                let trade = PublicTrade { seq: t.seq, price: t.price, quantity: t.quantity, taker_side: t.taker_side, time: t.timestamp };
-                let data = render::public_trade(spec, &trade).to_string();
-                hub.each(|c| c.publish(&trades, &data));
-            }
-        }
-        let changed = events.iter().any(|e| matches!(e, Event::OrderPlaced(_) | Event::OrderCancelled(_) | Event::TradeExecuted(_)));
-        if let (true, Some(last)) = (changed, events.last()) {
-            let data = render::depth(spec, last.seq(), bids, asks).to_string();
-            let mut depth = hub.depth.borrow_mut();
-            match depth.iter_mut().find(|(s, _)| *s == symbol) {
-                Some(entry) => entry.1 = data,
-                None => depth.push((symbol, data)),
-            }
-            drop(depth);
-            hub.flush_depth_soon();
-        }
+        self.0.post(Item::Market { symbol, events: events.to_vec(), bids: bids.clone(), asks: asks.clone() });
     }
 
     fn accounts(&self, shard: &Shard, symbol: usize, events: &[Event]) {
@@ -321,13 +394,7 @@ impl Feed for HubFeed {
     }
 
     fn user(&self, user: UserId, messages: &[String]) {
-        self.0.each(|c| {
-            if c.user.get() == Some(user) {
-                for m in messages {
-                    c.publish("user", m);
-                }
-            }
-        });
+        self.0.post(Item::User { user, messages: messages.to_vec() });
     }
 }
 
@@ -342,7 +409,7 @@ struct Control {
 
 async fn session<S>(hub: Rc<Hub>, shard: Rc<Shard>, ws: WebSocketStream<S>, user: Option<UserId>)
 where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let (wake, mut woken) = mpsc::unbounded();
     let (cut_wake, mut cut) = mpsc::unbounded::<()>();
@@ -377,6 +444,7 @@ where
     };
     let writer = async {
         let mut last_ping = Instant::now();
+        let mut last_write = Instant::now();
         loop {
             // Woken by a message, or at the next moment the peer's silence must be checked.
             let next_check = last_heard.get().max(last_ping) + hub.ping;
@@ -386,6 +454,11 @@ where
                 false
             })
             .await;
+            // At most one write a millisecond: what arrives meanwhile goes in the same one.
+            let since = last_write.elapsed();
+            if since < FLUSH_EVERY {
+                glommio::timer::sleep(FLUSH_EVERY - since).await;
+            }
             conn.woken.set(false);
             if conn.cut.get() {
                 let _ = sink.send(Message::Close(None)).await;
@@ -412,6 +485,7 @@ where
                 if written.is_err() {
                     return;
                 }
+                last_write = Instant::now();
             }
             // A peer heard from lately is alive; one silent for a ping interval is
             // pinged (its pong is heard), and one silent for two is gone.

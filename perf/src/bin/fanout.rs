@@ -1,0 +1,260 @@
+//! Stream fan-out: order acknowledgement with and without many WebSocket clients on
+//! `trades:BTC-PERP`, and how fast each trade reaches every one of them.
+//!
+//! `cargo run --release -p perf --bin fanout -- [--clients 10000] [--rate 10000] [--seconds 5]`
+//!
+//! One exchange (`target/release/exchange`, embedded journal, 2 shards). Run 1 (baseline):
+//! open-loop one-lot orders at `--rate` (about half trade) with no stream client. Run 2:
+//! the same load with `--clients` connections subscribed to `trades:BTC-PERP` (a glommio
+//! executor on its own thread reads them all), plus a marker trade every 100 ms placed by
+//! this process (a distinctive quantity): each client notes when each marker arrives,
+//! and the delay is arrival − the marker's acknowledgement. Reported: ack p50/p99 of both
+//! runs and their ratio, the marker delays (p50/p99/max over every client), how many
+//! clients got every trade and how many were cut off, and the exchange's CPU time per
+//! message delivered (the fan-out's cost per message per client).
+//!
+//! The last line is `fanout: <C> clients, ack p99 <B> ms -> <W> ms (<R>x), delivery p99 <D> ms,
+//! <G>/<C> got every trade, <N> ns CPU per message`.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message;
+use clap::Parser;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use perf::load::{self, LoadArgs, Mix};
+use perf::stack::start_exchange;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Orders per second (about half of them trade).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    #[arg(long, default_value = "target/release/exchange")]
+    exchange: PathBuf,
+}
+
+/// A plain HTTP/1.1 request on a new connection; status and body.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn funded(addr: &str, name: &str) -> String {
+    let admin = [("x-admin-key", "bench-admin")];
+    let (_, body) = http(addr, "POST", "/admin/v1/users", &admin, &format!(r#"{{"userId":"{name}"}}"#));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let key = v["apiKey"].as_str().unwrap_or_else(|| panic!("creating {name}: {body}")).to_owned();
+    let deposit = format!(r#"{{"userId":"{name}","currency":"USDT","amount":"100000000","transferId":"f-{name}"}}"#);
+    http(addr, "POST", "/admin/v1/deposits", &admin, &deposit);
+    key
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    /// Per client, when each marker trade arrived.
+    markers: Vec<Vec<Instant>>,
+    /// Per client, the highest trades `seq` received, and whether it was cut off.
+    last_seq: Vec<u64>,
+    cut: Vec<bool>,
+}
+
+fn clients(addr: String, n: usize, ready: Arc<AtomicU64>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let local = Rc::new(RefCell::new(Seen { markers: vec![Vec::new(); n], last_seq: vec![0; n], cut: vec![false; n] }));
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                let (addr, ready, stop, local) = (addr.clone(), ready.clone(), stop.clone(), local.clone());
+                tasks.push(glommio::spawn_local(async move {
+                    let Ok(tcp) = glommio::net::TcpStream::connect(addr.as_str()).await else {
+                        local.borrow_mut().cut[i] = true;
+                        ready.fetch_add(1, Ordering::AcqRel);
+                        return;
+                    };
+                    let Ok((mut ws, _)) = async_tungstenite::client_async(format!("ws://{addr}/v1/stream"), tcp).await else {
+                        local.borrow_mut().cut[i] = true;
+                        ready.fetch_add(1, Ordering::AcqRel);
+                        return;
+                    };
+                    let _ = ws.send(Message::text(r#"{"op":"subscribe","channels":["trades:BTC-PERP","trades:ETH-PERP"]}"#)).await;
+                    let _ = ws.next().await;
+                    ready.fetch_add(1, Ordering::AcqRel);
+                    loop {
+                        let next = futures_lite::future::or(async { Some(ws.next().await) }, async {
+                            glommio::timer::sleep(Duration::from_millis(200)).await;
+                            None
+                        })
+                        .await;
+                        match next {
+                            None if stop.load(Ordering::Acquire) => break,
+                            None => {}
+                            Some(Some(Ok(Message::Text(t)))) => {
+                                let now = Instant::now();
+                                let text = t.as_str();
+                                // Cheap field picks: the seq, and the marker's quantity.
+                                let seq = text.split("\"seq\":").nth(1).and_then(|r| r.split(',').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+                                let mut l = local.borrow_mut();
+                                if text.starts_with(r#"{"channel":"trades:ETH-PERP""#) {
+                                    l.markers[i].push(now);
+                                } else {
+                                    l.last_seq[i] = l.last_seq[i].max(seq);
+                                }
+                            }
+                            Some(Some(Ok(_))) => {}
+                            Some(_) => {
+                                local.borrow_mut().cut[i] = true;
+                                break;
+                            }
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            let l = Rc::try_unwrap(local).ok().map(RefCell::into_inner).unwrap_or_default();
+            *seen.lock().unwrap() = l;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn run_load(addr: &str, rate: u64, seconds: u64, seed: u64) -> load::Report {
+    load::run(&LoadArgs {
+        addr: addr.to_owned(),
+        admin_key: "bench-admin".into(),
+        connections: 64,
+        users: 200,
+        rate,
+        duration: seconds,
+        symbols: "BTC-PERP=50000:0.1:0.001".into(),
+        seed,
+        mix: Mix::OneLot,
+    })
+}
+
+fn main() {
+    let a = Args::parse();
+    let data = std::env::temp_dir().join(format!("fanout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let env = vec![("EXCHANGE_MAX_CONNECTIONS".to_owned(), (a.clients + 1_000).to_string())];
+    let (exchange, addr) = start_exchange(&a.exchange, &env, 2, &data);
+    let pid = exchange.0.id();
+
+    let baseline = run_load(&addr, a.rate, a.seconds, 1);
+
+    let (ready, stop, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Seen::default())));
+    let reader = {
+        let (addr, ready, stop, seen) = (addr.clone(), ready.clone(), stop.clone(), seen.clone());
+        std::thread::spawn(move || clients(addr, a.clients, ready, stop, seen))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ready.load(Ordering::Acquire) < a.clients as u64 {
+        assert!(Instant::now() < deadline, "only {} clients connected", ready.load(Ordering::Acquire));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (maker, taker) = (funded(&addr, "marker-maker"), funded(&addr, "marker-taker"));
+    let markers_stop = Arc::new(AtomicBool::new(false));
+    let marker_thread = {
+        let (addr, stop) = (addr.clone(), markers_stop.clone());
+        std::thread::spawn(move || {
+            let mut acks = Vec::new();
+            let order = |key: &str, side: &str| {
+                let body = format!(r#"{{"symbol":"ETH-PERP","side":"{side}","type":"LIMIT","price":"3000","quantity":"0.07","leverage":10}}"#);
+                http(&addr, "POST", "/v1/orders", &[("x-api-key", key)], &body)
+            };
+            while !stop.load(Ordering::Acquire) {
+                order(&maker, "SELL");
+                let (status, _) = order(&taker, "BUY");
+                if status == 200 {
+                    acks.push(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            acks
+        })
+    };
+    let cpu_before = cpu_ticks(pid);
+    let with = run_load(&addr, a.rate, a.seconds, 2);
+    let cpu = cpu_ticks(pid) - cpu_before;
+    markers_stop.store(true, Ordering::Release);
+    let acks = marker_thread.join().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, trades) = http(&addr, "GET", "/v1/trades?symbol=BTC-PERP&limit=1", &[], "");
+    stop.store(true, Ordering::Release);
+    reader.join().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+
+    let newest_seq = seen.last_seq.iter().copied().max().unwrap_or(0);
+    let complete = seen.last_seq.iter().zip(&seen.cut).filter(|(s, c)| **s == newest_seq && !**c).count();
+    let cut = seen.cut.iter().filter(|c| **c).count();
+    let mut delay = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).unwrap();
+    let mut missing = 0u64;
+    for arrivals in &seen.markers {
+        for (k, ack) in acks.iter().enumerate() {
+            match arrivals.get(k) {
+                Some(t) => delay.record(t.saturating_duration_since(*ack).as_nanos().max(1) as u64).unwrap(),
+                None => missing += 1,
+            }
+        }
+    }
+    let delivered: u64 = seen.last_seq.iter().sum();
+    let hz = 100.0; // USER_HZ
+    let ns_per_message = if delivered > 0 { cpu as f64 / hz * 1e9 / delivered as f64 } else { 0.0 };
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
+    println!("clients: {} subscribed to trades:BTC-PERP; load: {} orders/s open loop, one lot, {} s", a.clients, a.rate, a.seconds);
+    println!("baseline (no clients): {:.0} orders/s, ack p50 {:.2} ms, p99 {:.2} ms", baseline.per_second(), baseline.ms(0.5), baseline.ms(0.99));
+    println!("with clients:          {:.0} orders/s, ack p50 {:.2} ms, p99 {:.2} ms", with.per_second(), with.ms(0.5), with.ms(0.99));
+    println!("newest trade on the wire: seq {newest_seq} (GET /v1/trades: {})", trades.chars().take(80).collect::<String>());
+    println!("clients with every trade: {complete}; cut off: {cut}; markers: {} acked, {missing} (client, marker) pairs missing", acks.len());
+    println!(
+        "marker delivery delay after its ack: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} deliveries",
+        ms(&delay, 0.5),
+        ms(&delay, 0.99),
+        delay.max() as f64 / 1e6,
+        delay.len()
+    );
+    println!("exchange CPU in the run with clients: {:.2} s for {delivered} messages delivered: {ns_per_message:.0} ns a message", cpu as f64 / hz);
+    println!(
+        "fanout: {} clients, ack p99 {:.2} ms -> {:.2} ms ({:.2}x), delivery p99 {:.2} ms, {complete}/{} got every trade, {ns_per_message:.0} ns CPU per message",
+        a.clients,
+        baseline.ms(0.99),
+        with.ms(0.99),
+        with.ms(0.99) / baseline.ms(0.99).max(1e-9),
+        ms(&delay, 0.99),
+        a.clients
+    );
+    drop(exchange);
+    let _ = std::fs::remove_dir_all(&data);
+}
