@@ -2,7 +2,7 @@
 //! that the shards, cold storage and the HTTP layer all hold, defined below all of them
 //! so that none needs another to report or read it.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -27,6 +27,9 @@ pub mod cold {
     pub const LAGGING: u8 = 3;
 }
 
+/// Buckets of [`Health::user_streamed`].
+const USER_STREAM_BUCKETS: usize = 4096;
+
 /// Process-wide state every shard may read: health, shutdown, start barrier.
 #[derive(Default)]
 pub struct Health {
@@ -36,6 +39,10 @@ pub struct Health {
     /// Open stream (WebSocket) connections on all cores: results are fanned out only
     /// while there is one.
     pub stream_clients: AtomicUsize,
+    /// `user` stream subscriptions on all cores, counted per bucket of user ids: an
+    /// account's owner renders a user's stream messages only while their bucket counts
+    /// one, so connections that follow only public channels cost the order path nothing.
+    user_streams: Box<[AtomicU32]>,
     /// Cold storage: one of [`cold`].
     pub cold: std::sync::atomic::AtomicU8,
     /// Per shard, the state of its partitions' hot state: one of [`hot`].
@@ -52,7 +59,33 @@ type SymbolOffsets = Vec<(String, u64)>;
 impl Health {
     /// Health of a process with `shards` cores, their hot state starting in `hot`.
     pub fn new(shards: usize, hot: u8) -> Self {
-        Self { hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(hot)).collect(), ..Self::default() }
+        Self {
+            hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(hot)).collect(),
+            user_streams: (0..USER_STREAM_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            ..Self::default()
+        }
+    }
+
+    fn user_bucket(&self, user: u64) -> Option<&AtomicU32> {
+        let buckets = self.user_streams.len() as u64;
+        (buckets > 0).then(|| &self.user_streams[(user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % buckets as usize])
+    }
+
+    /// Whether `user` may have a `user` stream subscription on some core (rarely a false
+    /// yes: users share buckets).
+    pub fn user_streamed(&self, user: u64) -> bool {
+        self.user_bucket(user).is_none_or(|b| b.load(Ordering::Acquire) > 0)
+    }
+
+    /// A `user` subscription of `user` opened (`true`) or closed.
+    pub fn user_stream(&self, user: u64, opened: bool) {
+        if let Some(b) = self.user_bucket(user) {
+            if opened {
+                b.fetch_add(1, Ordering::AcqRel);
+            } else {
+                b.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     pub fn record_applied(&self, partition: u32, applied: Option<SymbolOffsets>) {

@@ -97,6 +97,47 @@ fn trades_and_depth_arrive_in_order_with_gapless_seq() {
 }
 
 #[test]
+fn each_connection_counts_its_own_seq_from_its_subscription() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    // Several connections on every core (connections land on cores in turn): the
+    // channel's messages are shared, each connection's seq is its own.
+    let mut early: Vec<Ws> = (0..4).map(|_| connect(&s, None)).collect();
+    for ws in &mut early {
+        subscribe(ws, &["trades:BTC-PERP"]);
+    }
+    for i in 0..5 {
+        trade(&s, &alice, &bob, &(50_000 + i).to_string());
+    }
+    let mut late = connect(&s, None);
+    // The fifth trade reached the early ones before the late one subscribes.
+    for ws in &mut early {
+        until(ws, "trades:BTC-PERP", |m| m["seq"] == 5);
+    }
+    subscribe(&mut late, &["trades:BTC-PERP"]);
+    for i in 5..8 {
+        trade(&s, &alice, &bob, &(50_000 + i).to_string());
+    }
+    let tail = until(&mut late, "trades:BTC-PERP", |m| m["seq"] == 3);
+    assert_eq!(tail.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3], "a late subscriber starts at 1");
+    for ws in &mut early {
+        let rest = until(ws, "trades:BTC-PERP", |m| m["seq"] == 8);
+        assert_eq!(rest.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [6, 7, 8]);
+        assert_eq!(rest.iter().map(|m| &m["data"]).collect::<Vec<_>>(), tail.iter().map(|m| &m["data"]).collect::<Vec<_>>(), "the same trades");
+    }
+    // Unsubscribed, a connection gets nothing more from the channel; others still do.
+    send(&mut late, json!({ "op": "unsubscribe", "channels": ["trades:BTC-PERP"] }));
+    assert_eq!(next(&mut late), json!({ "op": "unsubscribed", "channels": ["trades:BTC-PERP"] }));
+    trade(&s, &alice, &bob, "50010");
+    until(&mut early[0], "trades:BTC-PERP", |m| m["seq"] == 9);
+    subscribe(&mut late, &["depth:BTC-PERP"]);
+    s.limit(&alice, "BUY", "49000", "0.001");
+    let m = next(&mut late);
+    assert_eq!(m["channel"], "depth:BTC-PERP", "no trade after unsubscribing: {m}");
+}
+
+#[test]
 fn a_user_sees_only_their_own_events_and_needs_a_key() {
     let s = Server::start();
     let alice = s.funded("alice", "100000");

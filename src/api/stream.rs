@@ -3,16 +3,23 @@
 //! A connection whose first request line starts `GET /v1/stream` is handed, bytes and
 //! all, to `async-tungstenite` on the core that accepted it (handshake, framing, masking:
 //! not ours); every other connection goes to hyper. hyper's own upgrade path needs a
-//! `Send` socket, which glommio's are not. Each
-//! core has one [`Hub`]: the [`Feed`] the shard layer hands every durable result to
-//! (see `shard::feed`). A result is rendered once per core, not once per connection; each
-//! subscribed connection gets it in its own queue with its channel's next `seq`.
+//! `Send` socket, which glommio's are not. Each core has one [`Hub`]: the [`Feed`] the
+//! shard layer hands every durable result to (see `shard::feed`). A result is rendered
+//! once per core, not once per connection; each subscriber of its channel gets the
+//! rendered text with its own next `seq` appended to its queue (a copy, no allocation).
+//!
+//! All stream work runs in its own task queue with a tenth of the order path's share;
+//! the order path's queue is latency-sensitive, so its I/O preempts stream work at the
+//! next task boundary (`server.rs`). Queues are written at most
+//! once a millisecond (the hub's flush tick wakes the connections that have something);
+//! when the core has little to spare the ticks come later and each write carries more,
+//! so a busy core writes less often instead of falling behind message by message.
 //!
 //! A connection's queue is bounded in bytes (`EXCHANGE_STREAM_QUEUE_BYTES`, 4 MiB): a
 //! consumer that falls that far behind is cut off (a close frame, then the socket), never
 //! waited for, so it slows neither the matching path nor the other consumers. A
-//! connection nothing was sent on for `EXCHANGE_STREAM_PING_SECS` is pinged, and one that
-//! has sent nothing (not even a pong) for twice that is closed.
+//! connection nothing was heard from for `EXCHANGE_STREAM_PING_SECS` is pinged, and one
+//! that has sent nothing (not even a pong) for twice that is closed.
 //!
 //! Channels: `trades:<symbol>` (each public trade, as in `GET /v1/trades`),
 //! `depth:<symbol>` (the top 20 levels as in `GET /v1/depth` after a change, coalesced to
@@ -22,18 +29,19 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HandshakeRequest, Response as HandshakeResponse};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
-use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
-use bytes::Bytes;
-use futures_channel::mpsc;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::error::ApiError;
@@ -49,6 +57,9 @@ use crate::shard_map::ShardMap;
 
 /// The largest message a client may send (subscriptions are small).
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+
+/// tungstenite's read buffer per connection.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// The start of a stream request's first line: connections whose first bytes are this
 /// are WebSockets, served here, and every other connection is hyper's.
@@ -75,7 +86,12 @@ where
         *key.borrow_mut() = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok(response)
     };
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_CLIENT_MESSAGE)).max_frame_size(Some(MAX_CLIENT_MESSAGE));
+    // tungstenite zeroes a read buffer's worth before every read attempt: clients send
+    // little, so a small one (its default is 128 KiB).
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE))
+        .read_buffer_size(READ_BUFFER);
     let Ok(ws) = async_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config)).await else { return };
     let shard = service.shard.clone();
     let given = api_key.borrow_mut().take();
@@ -107,55 +123,167 @@ async fn authenticate(shard: &Rc<Shard>, key: &str) -> Option<UserId> {
     }
 }
 
+/// A wake-up one task waits for: [`Signal::notify`] sets it and wakes the waiter; a
+/// notify with nobody waiting is kept for the next wait.
+#[derive(Default)]
+struct Signal {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// A public channel (`trades:S`, `depth:S`) on one core: its recent messages, rendered
+/// once for every subscriber. A subscriber is a cursor into the log; only the `seq` is
+/// its own, written as its messages are copied out. Publishing a message is the same
+/// work for one subscriber or ten thousand.
+struct Channel {
+    name: String,
+    /// `{"channel":"<name>","seq":`
+    head: String,
+    /// Rendered messages after their `seq`: `,"data":{...}}`; `log[0]` is number `first`.
+    log: RefCell<VecDeque<Bytes>>,
+    first: Cell<u64>,
+    bytes: Cell<usize>,
+    subscribers: RefCell<Vec<Rc<Conn>>>,
+    /// Has messages its subscribers were not yet woken for.
+    dirty: Cell<bool>,
+}
+
+impl Channel {
+    fn end(&self) -> u64 {
+        self.first.get() + self.log.borrow().len() as u64
+    }
+}
+
+/// A connection's place in a public channel: the next message to send, and the number
+/// of the message before its first (`seq` = number − `base`).
+struct Cursor {
+    channel: Rc<Channel>,
+    next: Cell<u64>,
+    base: u64,
+}
+
 /// One connection's side of the hub.
 struct Conn {
+    id: u64,
     user: Cell<Option<UserId>>,
-    /// Subscribed channels with the last `seq` sent on each.
-    channels: RefCell<Vec<(String, u64)>>,
-    queue: RefCell<VecDeque<String>>,
-    bytes: Cell<usize>,
+    cursors: RefCell<Vec<Cursor>>,
+    /// Subscribed to its user's `user` channel (the hub holds that subscription).
+    user_channel: Cell<bool>,
+    /// Its own messages not yet written (answers, `user`), back to back, and where
+    /// each ends.
+    out: RefCell<BytesMut>,
+    ends: RefCell<Vec<usize>>,
     limit: usize,
     /// Past its bound: to be closed, nothing more queued.
     cut: Cell<bool>,
-    wake: mpsc::UnboundedSender<()>,
-    woken: Cell<bool>,
-    /// Told once when the connection is cut, so a writer stuck on a full socket stops.
-    cut_wake: mpsc::UnboundedSender<()>,
+    /// Silent for two ping intervals: to be closed.
+    gone: Cell<bool>,
+    ping_due: Cell<bool>,
+    /// In the hub's list of connections with messages of their own to write.
+    dirty: Cell<bool>,
+    last_heard: Cell<Instant>,
+    last_ping: Cell<Instant>,
+    /// Something to write or to close: the writer's wake-up (the hub's flush tick).
+    ready: Signal,
+    /// Told when the connection is cut, so a writer stuck on a full socket stops.
+    cut_off: Signal,
 }
 
 impl Conn {
-    fn subscribed(&self, channel: &str) -> bool {
-        self.channels.borrow().iter().any(|(c, _)| c == channel)
+    fn cut_now(&self) {
+        if !self.cut.replace(true) {
+            self.out.borrow_mut().clear();
+            self.ends.borrow_mut().clear();
+            self.cut_off.notify();
+            self.ready.notify();
+        }
     }
 
-    /// Queues a channel message (with the channel's next `seq`), if subscribed.
-    fn publish(&self, channel: &str, data: &str) {
-        let seq = {
-            let mut channels = self.channels.borrow_mut();
-            let Some((_, seq)) = channels.iter_mut().find(|(c, _)| c == channel) else { return };
-            *seq += 1;
-            *seq
-        };
-        self.send(format!(r#"{{"channel":"{channel}","seq":{seq},"data":{data}}}"#));
-    }
-
-    fn send(&self, message: String) {
+    /// Queues one message of its own, its text in `parts`; `false` if the connection is
+    /// cut off (now or before). The queue past its bound cuts the connection: it is
+    /// never waited for.
+    fn push(&self, parts: &[&[u8]]) -> bool {
         if self.cut.get() {
-            return;
+            return false;
         }
-        if self.bytes.get() + message.len() > self.limit {
-            self.cut.set(true);
-            self.queue.borrow_mut().clear();
-            self.bytes.set(0);
-            let _ = self.cut_wake.unbounded_send(());
-        } else {
-            self.bytes.set(self.bytes.get() + message.len());
-            self.queue.borrow_mut().push_back(message);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = self.out.borrow_mut();
+        if out.len() + len > self.limit {
+            drop(out);
+            self.cut_now();
+            return false;
         }
-        if !self.woken.replace(true) {
-            let _ = self.wake.unbounded_send(());
+        for p in parts {
+            out.extend_from_slice(p);
         }
+        self.ends.borrow_mut().push(out.len());
+        true
     }
+
+    /// What there is to write, up to about `WRITE_BATCH` bytes: its own messages, then
+    /// each channel's new ones, as messages sharing one buffer; and whether more is left.
+    fn take(&self) -> (Vec<Utf8Bytes>, bool) {
+        let mut out = self.out.borrow_mut();
+        let mut ends = self.ends.borrow_mut();
+        let mut digits = itoa::Buffer::new();
+        let mut more = false;
+        for cursor in self.cursors.borrow().iter() {
+            let channel = &cursor.channel;
+            let (log, first, end) = (channel.log.borrow(), channel.first.get(), channel.end());
+            let mut n = cursor.next.get().max(first);
+            while n < end && out.len() < WRITE_BATCH {
+                out.extend_from_slice(channel.head.as_bytes());
+                out.extend_from_slice(digits.format(n - cursor.base).as_bytes());
+                out.extend_from_slice(&log[(n - first) as usize]);
+                ends.push(out.len());
+                n += 1;
+            }
+            cursor.next.set(n);
+            more |= n < end;
+        }
+        let buf = out.split().freeze();
+        let mut start = 0;
+        let mut messages = Vec::with_capacity(ends.len());
+        for end in ends.drain(..) {
+            // Whole messages of UTF-8 text: the check cannot fail.
+            if let Ok(text) = Utf8Bytes::try_from(buf.slice(start..end)) {
+                messages.push(text);
+            }
+            start = end;
+        }
+        (messages, more)
+    }
+
+    fn cursor_next(&self, channel: &Channel) -> Option<u64> {
+        self.cursors.borrow().iter().find(|c| std::ptr::eq(&*c.channel, channel)).map(|c| c.next.get())
+    }
+}
+
+/// A connection's subscription to its user's `user` channel, and the last `seq` sent.
+struct Sub {
+    conn: Rc<Conn>,
+    seq: u64,
 }
 
 /// One core's stream connections.
@@ -164,15 +292,23 @@ pub struct Hub {
     health: Arc<Health>,
     queue_bytes: usize,
     ping: Duration,
-    conns: RefCell<Vec<Weak<Conn>>>,
-    /// Depth rendered since the last flush, per symbol: sent at most once a millisecond.
-    depth: RefCell<Vec<(usize, String)>>,
-    flushing: Cell<bool>,
+    next_id: Cell<u64>,
+    conns: RefCell<Vec<Rc<Conn>>>,
+    /// Public channels with a subscriber on this core.
+    channels: RefCell<FxHashMap<String, Rc<Channel>>>,
+    /// Subscribers of each user's `user` channel.
+    users: RefCell<FxHashMap<UserId, Vec<Sub>>>,
+    /// Channels and connections with something new since the last flush tick.
+    dirty_channels: RefCell<Vec<Rc<Channel>>>,
+    dirty: RefCell<Vec<Rc<Conn>>>,
+    tick: Signal,
+    /// Per symbol, the book after its latest change since the last tick (event seq,
+    /// bids, asks): depth goes out at most once a tick.
+    depth: RefCell<FxHashMap<usize, (u64, Levels, Levels)>>,
     /// Results handed over by the shard, not yet fanned out: the order path only queues
     /// them; the publisher task renders and distributes them.
     inbox: RefCell<VecDeque<Item>>,
-    inbox_wake: mpsc::UnboundedSender<()>,
-    inbox_woken: Cell<bool>,
+    inbox_ready: Signal,
     /// The task queue all stream work runs in: a small share of the core, below the
     /// order path's, so fan-out takes what the order path leaves and never the reverse.
     queue: glommio::TaskQueueHandle,
@@ -186,41 +322,80 @@ enum Item {
 
 /// The stream task queue's share of its core against the default queue's 1,000.
 const STREAM_SHARES: usize = 100;
-/// A connection is written at most this often: messages that arrive meanwhile go out in
-/// one write.
+/// Connections are written at most once a tick: messages that arrive meanwhile go out
+/// in one write. Ticks are this far apart, or further when the last one's writes took
+/// more than `1 / STREAM_BUDGET_INVERSE` of the time (up to `MAX_FLUSH_EVERY`).
 const FLUSH_EVERY: Duration = Duration::from_millis(1);
+const STREAM_BUDGET_INVERSE: u32 = 3;
+const MAX_FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// About how much one write round of a connection carries (half its socket's send
+/// buffer).
+const WRITE_BATCH: usize = 32 * 1024;
 
 impl Hub {
-    /// The hub of this core (call on its executor): starts its publisher task.
+    /// The hub of this core (call on its executor): starts its publisher, flush and ping
+    /// tasks.
     pub fn new(shard: &Shard) -> Rc<Self> {
         let queue = glommio::executor().create_task_queue(glommio::Shares::Static(STREAM_SHARES), glommio::Latency::NotImportant, "streams");
-        let (inbox_wake, mut woken) = mpsc::unbounded();
         let hub = Rc::new(Self {
             map: shard.map.clone(),
             health: shard.health.clone(),
             queue_bytes: shard.config.limits.stream_queue_bytes,
             ping: Duration::from_secs(shard.config.limits.stream_ping_secs.max(1)),
+            next_id: Cell::new(0),
             conns: RefCell::default(),
+            channels: RefCell::default(),
+            users: RefCell::default(),
+            dirty_channels: RefCell::default(),
+            dirty: RefCell::default(),
+            tick: Signal::default(),
             depth: RefCell::default(),
-            flushing: Cell::new(false),
             inbox: RefCell::default(),
-            inbox_wake,
-            inbox_woken: Cell::new(false),
+            inbox_ready: Signal::default(),
             queue,
         });
-        let publisher = Rc::downgrade(&hub);
+        let weak = Rc::downgrade(&hub);
         hub.spawn(async move {
-            while woken.next().await.is_some() {
-                let Some(hub) = publisher.upgrade() else { return };
-                hub.inbox_woken.set(false);
+            loop {
+                let Some(hub) = weak.upgrade() else { return };
+                hub.inbox_ready.wait().await;
                 loop {
                     let item = hub.inbox.borrow_mut().pop_front();
                     let Some(item) = item else { break };
                     match item {
-                        Item::Market { symbol, events, bids, asks } => hub.publish_market(symbol, &events, &bids, &asks),
+                        Item::Market { symbol, events, bids, asks } => hub.publish_market(symbol, &events, bids, asks),
                         Item::User { user, messages } => hub.publish_user(user, &messages),
                     }
+                    glommio::yield_if_needed().await;
                 }
+            }
+        });
+        let weak = Rc::downgrade(&hub);
+        hub.spawn(async move {
+            let (mut last, mut every) = (Instant::now(), FLUSH_EVERY);
+            loop {
+                let Some(hub) = weak.upgrade() else { return };
+                hub.tick.wait().await;
+                let since = last.elapsed();
+                if since < every {
+                    glommio::timer::sleep(every - since).await;
+                }
+                last = Instant::now();
+                hub.flush();
+                // What stream work took since the last tick (the writes it started, with
+                // the kernel's sends they made) spaces the next: fan-out keeps to about a
+                // third of the core, and more connections mean fewer, larger writes.
+                let spent = glommio::executor().task_queue_stats(hub.queue).map(|s| s.runtime()).unwrap_or_default();
+                every = FLUSH_EVERY.max(spent * STREAM_BUDGET_INVERSE).min(MAX_FLUSH_EVERY);
+            }
+        });
+        let weak = Rc::downgrade(&hub);
+        let every = (hub.ping / 4).min(Duration::from_secs(1));
+        hub.spawn(async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.check_silence();
             }
         });
         hub
@@ -235,12 +410,65 @@ impl Hub {
 
     fn post(&self, item: Item) {
         self.inbox.borrow_mut().push_back(item);
-        if !self.inbox_woken.replace(true) {
-            let _ = self.inbox_wake.unbounded_send(());
+        self.inbox_ready.notify();
+    }
+
+    /// The flush tick: depth rendered, every connection with something new woken, and
+    /// each channel's log cut to what a subscriber still needs (and to its bound: a
+    /// subscriber behind that is cut off).
+    fn flush(&self) {
+        self.publish_depth();
+        for ch in std::mem::take(&mut *self.dirty_channels.borrow_mut()) {
+            ch.dirty.set(false);
+            let subscribers = ch.subscribers.borrow();
+            let needed = subscribers.iter().filter_map(|c| c.cursor_next(&ch)).min().unwrap_or(ch.end());
+            let mut log = ch.log.borrow_mut();
+            while ch.first.get() < needed || ch.bytes.get() > self.queue_bytes {
+                let Some(m) = log.pop_front() else { break };
+                ch.bytes.set(ch.bytes.get() - m.len());
+                ch.first.set(ch.first.get() + 1);
+            }
+            drop(log);
+            for c in subscribers.iter() {
+                if c.cursor_next(&ch).is_some_and(|next| next < ch.first.get()) {
+                    c.cut_now();
+                }
+                c.ready.notify();
+            }
+        }
+        for c in std::mem::take(&mut *self.dirty.borrow_mut()) {
+            c.dirty.set(false);
+            c.ready.notify();
         }
     }
 
-    fn publish_market(self: &Rc<Self>, symbol: usize, events: &[Event], bids: &Levels, asks: &Levels) {
+    /// Appends a message to a public channel, if anyone here follows it.
+    fn broadcast(&self, channel: &str, data: impl FnOnce() -> String) {
+        let Some(ch) = self.channels.borrow().get(channel).cloned() else { return };
+        let tail = Bytes::from(format!(r#","data":{}}}"#, data()));
+        ch.bytes.set(ch.bytes.get() + tail.len());
+        ch.log.borrow_mut().push_back(tail);
+        if !ch.dirty.replace(true) {
+            self.dirty_channels.borrow_mut().push(ch);
+            self.tick.notify();
+        }
+    }
+
+    /// A connection's own message (answers to its control messages).
+    fn reply(&self, conn: &Rc<Conn>, text: &str) {
+        if conn.push(&[text.as_bytes()]) {
+            self.mark(conn);
+        }
+    }
+
+    fn mark(&self, conn: &Rc<Conn>) {
+        if !conn.dirty.replace(true) {
+            self.dirty.borrow_mut().push(conn.clone());
+            self.tick.notify();
+        }
+    }
+
+    fn publish_market(&self, symbol: usize, events: &[Event], bids: Levels, asks: Levels) {
         let spec = &self.map.symbols[symbol];
         let trades = format!("trades:{}", spec.name);
         for e in events {
@@ -248,54 +476,176 @@ impl Hub {
                 && !t.adl
             {
                 let trade = PublicTrade { seq: t.seq, price: t.price, quantity: t.quantity, taker_side: t.taker_side, time: t.timestamp };
-                let data = render::public_trade(spec, &trade).to_string();
-                self.each(|c| c.publish(&trades, &data));
+                self.broadcast(&trades, || render::public_trade(spec, &trade).to_string());
             }
         }
         let changed = events.iter().any(|e| matches!(e, Event::OrderPlaced(_) | Event::OrderCancelled(_) | Event::TradeExecuted(_)));
-        if let (true, Some(last)) = (changed, events.last()) {
-            let data = render::depth(spec, last.seq(), bids, asks).to_string();
-            let mut depth = self.depth.borrow_mut();
-            match depth.iter_mut().find(|(s, _)| *s == symbol) {
-                Some(entry) => entry.1 = data,
-                None => depth.push((symbol, data)),
-            }
-            drop(depth);
-            self.flush_depth_soon();
+        if let (true, Some(last)) = (changed, events.last())
+            && self.channels.borrow().contains_key(&format!("depth:{}", spec.name))
+        {
+            self.depth.borrow_mut().insert(symbol, (last.seq(), bids, asks));
+            self.tick.notify();
+        }
+    }
+
+    /// The latest depth of each symbol that changed since the last tick.
+    fn publish_depth(&self) {
+        let pending = std::mem::take(&mut *self.depth.borrow_mut());
+        for (symbol, (seq, bids, asks)) in pending {
+            let spec = &self.map.symbols[symbol];
+            self.broadcast(&format!("depth:{}", spec.name), || render::depth(spec, seq, &bids, &asks).to_string());
         }
     }
 
     fn publish_user(&self, user: UserId, messages: &[String]) {
-        self.each(|c| {
-            if c.user.get() == Some(user) {
-                for m in messages {
-                    c.publish("user", m);
+        let Some(subs) = self.users.borrow_mut().get_mut(&user).map(std::mem::take) else { return };
+        let mut subs = subs;
+        let mut digits = itoa::Buffer::new();
+        for m in messages {
+            let tail = format!(r#","data":{m}}}"#);
+            for s in subs.iter_mut() {
+                s.seq += 1;
+                if s.conn.push(&[br#"{"channel":"user","seq":"#, digits.format(s.seq).as_bytes(), tail.as_bytes()]) {
+                    self.mark(&s.conn);
                 }
             }
-        });
-    }
-
-    fn each(&self, mut f: impl FnMut(&Conn)) {
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().filter_map(Weak::upgrade).collect();
-        for c in &conns {
-            f(c);
+        }
+        if let Some(slot) = self.users.borrow_mut().get_mut(&user) {
+            *slot = subs;
         }
     }
 
-    fn flush_depth_soon(self: &Rc<Self>) {
-        if self.flushing.replace(true) {
+    /// Pings connections silent for a ping interval and marks those silent for two.
+    fn check_silence(&self) {
+        for c in self.conns.borrow().iter() {
+            let silent = c.last_heard.get().elapsed();
+            if silent > self.ping * 2 {
+                c.gone.set(true);
+                c.ready.notify();
+            } else if silent >= self.ping && c.last_ping.get().elapsed() >= self.ping {
+                c.ping_due.set(true);
+                c.ready.notify();
+            }
+        }
+    }
+
+    fn subscribe(&self, conn: &Rc<Conn>, channel: &str) {
+        if channel == "user" {
+            let Some(user) = conn.user.get() else { return };
+            if !conn.user_channel.replace(true) {
+                self.users.borrow_mut().entry(user).or_default().push(Sub { conn: conn.clone(), seq: 0 });
+                self.health.user_stream(user.0, true);
+            }
             return;
         }
-        let hub = self.clone();
-        self.spawn(async move {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-            hub.flushing.set(false);
-            let pending = std::mem::take(&mut *hub.depth.borrow_mut());
-            for (symbol, data) in pending {
-                let channel = format!("depth:{}", hub.map.symbols[symbol].name);
-                hub.each(|c| c.publish(&channel, &data));
+        if conn.cursors.borrow().iter().any(|c| c.channel.name == channel) {
+            return;
+        }
+        let ch = self
+            .channels
+            .borrow_mut()
+            .entry(channel.to_owned())
+            .or_insert_with(|| {
+                Rc::new(Channel {
+                    name: channel.to_owned(),
+                    head: format!(r#"{{"channel":"{channel}","seq":"#),
+                    log: RefCell::default(),
+                    first: Cell::new(1),
+                    bytes: Cell::new(0),
+                    subscribers: RefCell::default(),
+                    dirty: Cell::new(false),
+                })
+            })
+            .clone();
+        ch.subscribers.borrow_mut().push(conn.clone());
+        let next = ch.end();
+        conn.cursors.borrow_mut().push(Cursor { channel: ch, next: Cell::new(next), base: next - 1 });
+    }
+
+    /// Ends a subscription; for `user`, its `seq` so far.
+    fn unsubscribe(&self, conn: &Conn, channel: &str) -> Option<u64> {
+        if channel == "user" {
+            let user = conn.user.get()?;
+            if !conn.user_channel.replace(false) {
+                return None;
             }
+            let mut users = self.users.borrow_mut();
+            let subs = users.get_mut(&user)?;
+            let seq = subs.iter().position(|s| s.conn.id == conn.id).map(|i| subs.swap_remove(i).seq);
+            if subs.is_empty() {
+                users.remove(&user);
+            }
+            self.health.user_stream(user.0, false);
+            return seq;
+        }
+        let mut cursors = conn.cursors.borrow_mut();
+        let i = cursors.iter().position(|c| c.channel.name == channel)?;
+        let ch = cursors.swap_remove(i).channel;
+        ch.subscribers.borrow_mut().retain(|c| c.id != conn.id);
+        if ch.subscribers.borrow().is_empty() {
+            self.channels.borrow_mut().remove(channel);
+        }
+        None
+    }
+
+    /// The connection now acts for `user`: a `user` subscription follows it, `seq` and all.
+    fn authenticated(&self, conn: &Rc<Conn>, user: UserId) {
+        let moved = self.unsubscribe(conn, "user");
+        conn.user.set(Some(user));
+        if let Some(seq) = moved {
+            self.subscribe(conn, "user");
+            if let Some(sub) = self.users.borrow_mut().get_mut(&user).and_then(|subs| subs.iter_mut().find(|s| s.conn.id == conn.id)) {
+                sub.seq = seq;
+            }
+        }
+    }
+
+    fn opened(&self, user: Option<UserId>) -> Rc<Conn> {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let now = Instant::now();
+        let conn = Rc::new(Conn {
+            id,
+            user: Cell::new(user),
+            cursors: RefCell::default(),
+            user_channel: Cell::new(false),
+            out: RefCell::default(),
+            ends: RefCell::default(),
+            limit: self.queue_bytes,
+            cut: Cell::new(false),
+            gone: Cell::new(false),
+            ping_due: Cell::new(false),
+            dirty: Cell::new(false),
+            last_heard: Cell::new(now),
+            last_ping: Cell::new(now),
+            ready: Signal::default(),
+            cut_off: Signal::default(),
         });
+        self.conns.borrow_mut().push(conn.clone());
+        self.health.stream_clients.fetch_add(1, Ordering::AcqRel);
+        conn
+    }
+
+    fn closed(&self, conn: &Conn) {
+        let channels: Vec<String> = conn.cursors.borrow().iter().map(|c| c.channel.name.clone()).collect();
+        for channel in channels.iter().map(String::as_str).chain(["user"]) {
+            self.unsubscribe(conn, channel);
+        }
+        self.conns.borrow_mut().retain(|c| c.id != conn.id);
+        self.dirty.borrow_mut().retain(|c| c.id != conn.id);
+        self.health.stream_clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Removes a connection from its hub however its session ends.
+struct Registered {
+    hub: Rc<Hub>,
+    conn: Rc<Conn>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.hub.closed(&self.conn);
     }
 }
 
@@ -312,7 +662,7 @@ impl Feed for HubFeed {
         let spec = &map.symbols[symbol];
         let mut users: Vec<UserId> = Vec::new();
         for u in events.iter().flat_map(Event::users).flatten() {
-            if shard.account_owner(u) == shard.id && !users.contains(&u) {
+            if shard.account_owner(u) == shard.id && !users.contains(&u) && shard.health.user_streamed(u.0) {
                 users.push(u);
             }
         }
@@ -366,8 +716,12 @@ impl Feed for HubFeed {
                         _ => {}
                     }
                 }
-                orders.dedup();
+                let mut seen = Vec::with_capacity(orders.len());
                 for id in orders {
+                    if seen.contains(&id) {
+                        continue;
+                    }
+                    seen.push(id);
                     if let Some(view) = account.order(id) {
                         out.insert(0, typed("order", serde_json::to_value(render::order(map, view)).unwrap_or_default()));
                     }
@@ -411,29 +765,15 @@ async fn session<S>(hub: Rc<Hub>, shard: Rc<Shard>, ws: WebSocketStream<S>, user
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let (wake, mut woken) = mpsc::unbounded();
-    let (cut_wake, mut cut) = mpsc::unbounded::<()>();
-    let conn = Rc::new(Conn {
-        cut_wake,
-        user: Cell::new(user),
-        channels: RefCell::default(),
-        queue: RefCell::default(),
-        bytes: Cell::new(0),
-        limit: hub.queue_bytes,
-        cut: Cell::new(false),
-        wake,
-        woken: Cell::new(false),
-    });
-    hub.conns.borrow_mut().retain(|c| c.strong_count() > 0);
-    hub.conns.borrow_mut().push(Rc::downgrade(&conn));
-    hub.health.stream_clients.fetch_add(1, Ordering::AcqRel);
+    let conn = hub.opened(user);
+    let _registered = Registered { hub: hub.clone(), conn: conn.clone() };
     let (mut sink, mut incoming) = ws.split();
-    let last_heard = Rc::new(Cell::new(Instant::now()));
+    // The reader is a task of its own, so waking the writer does not poll the socket.
     let reader = {
-        let (conn, last_heard, shard, hub) = (conn.clone(), last_heard.clone(), shard.clone(), hub.clone());
+        let (hub, conn) = (hub.clone(), conn.clone());
         async move {
             while let Some(Ok(message)) = incoming.next().await {
-                last_heard.set(Instant::now());
+                conn.last_heard.set(Instant::now());
                 match message {
                     Message::Text(text) => control(&hub, &shard, &conn, text.as_str()).await,
                     Message::Close(_) => break,
@@ -442,42 +782,38 @@ where
             }
         }
     };
+    let reader = match glommio::spawn_local_into(reader, hub.queue) {
+        Ok(task) => task,
+        Err(e) => return tracing::error!(error = %e, "stream reader not started"),
+    };
     let writer = async {
-        let mut last_ping = Instant::now();
-        let mut last_write = Instant::now();
         loop {
-            // Woken by a message, or at the next moment the peer's silence must be checked.
-            let next_check = last_heard.get().max(last_ping) + hub.ping;
-            let wait = next_check.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let _ = futures_lite::future::or(async { woken.next().await.is_some() }, async {
-                glommio::timer::sleep(wait).await;
-                false
-            })
-            .await;
-            // At most one write a millisecond: what arrives meanwhile goes in the same one.
-            let since = last_write.elapsed();
-            if since < FLUSH_EVERY {
-                glommio::timer::sleep(FLUSH_EVERY - since).await;
-            }
-            conn.woken.set(false);
-            if conn.cut.get() {
-                let _ = sink.send(Message::Close(None)).await;
+            // Woken by the flush tick, a cut-off or the silence check.
+            conn.ready.wait().await;
+            if conn.cut.get() || conn.gone.get() {
+                // A peer that does not read may never take even the close frame.
+                let close = async { drop(sink.send(Message::Close(None)).await) };
+                futures_lite::future::or(close, glommio::timer::sleep(Duration::from_secs(1))).await;
                 break;
             }
-            let pending: Vec<String> = conn.queue.borrow_mut().drain(..).collect();
-            conn.bytes.set(0);
+            let (pending, more) = conn.take();
+            if more {
+                // The rest at the next tick: the ticks' spacing is what keeps fan-out
+                // within its share of the core.
+                hub.mark(&conn);
+            }
             if !pending.is_empty() {
                 // Raced against being cut off: a consumer that does not read leaves the
                 // socket full, and the write would wait for it for ever.
                 let written = futures_lite::future::or(
                     async {
                         for m in pending {
-                            sink.feed(Message::text(m)).await?;
+                            sink.feed(Message::Text(m)).await?;
                         }
                         sink.flush().await
                     },
                     async {
-                        cut.next().await;
+                        conn.cut_off.wait().await;
                         Err(async_tungstenite::tungstenite::Error::ConnectionClosed)
                     },
                 )
@@ -485,44 +821,35 @@ where
                 if written.is_err() {
                     return;
                 }
-                last_write = Instant::now();
             }
-            // A peer heard from lately is alive; one silent for a ping interval is
-            // pinged (its pong is heard), and one silent for two is gone.
-            let silent = last_heard.get().elapsed();
-            if silent > hub.ping * 2 {
-                break;
-            }
-            if silent >= hub.ping && last_ping.elapsed() >= hub.ping {
+            if conn.ping_due.replace(false) {
+                conn.last_ping.set(Instant::now());
                 if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                     return;
                 }
-                last_ping = Instant::now();
             }
         }
     };
     futures_lite::future::or(reader, writer).await;
-    hub.health.stream_clients.fetch_sub(1, Ordering::AcqRel);
-    drop(conn);
 }
 
 /// A client's control message: subscribe, unsubscribe, auth.
-async fn control(hub: &Hub, shard: &Rc<Shard>, conn: &Conn, text: &str) {
-    let error = |code: &str, message: &str| serde_json::json!({ "op": "error", "code": code, "message": message }).to_string();
+async fn control(hub: &Hub, shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
+    let error = |code: &str, message: &str| hub.reply(conn, &serde_json::json!({ "op": "error", "code": code, "message": message }).to_string());
     let Ok(c) = serde_json::from_str::<Control>(text) else {
-        conn.send(error("INVALID_REQUEST", "expected {\"op\": \"subscribe\"|\"unsubscribe\"|\"auth\", ...}"));
+        error("INVALID_REQUEST", "expected {\"op\": \"subscribe\"|\"unsubscribe\"|\"auth\", ...}");
         return;
     };
     match c.op.as_str() {
         "auth" => match c.api_key {
             Some(key) => match authenticate(shard, &key).await {
                 Some(user) => {
-                    conn.user.set(Some(user));
-                    conn.send(serde_json::json!({ "op": "authenticated" }).to_string());
+                    hub.authenticated(conn, user);
+                    hub.reply(conn, &serde_json::json!({ "op": "authenticated" }).to_string());
                 }
-                None => conn.send(error("UNAUTHORIZED", "missing or invalid key")),
+                None => error("UNAUTHORIZED", "missing or invalid key"),
             },
-            None => conn.send(error("INVALID_REQUEST", "auth needs apiKey")),
+            None => error("INVALID_REQUEST", "auth needs apiKey"),
         },
         "subscribe" => {
             let mut accepted = Vec::new();
@@ -533,24 +860,24 @@ async fn control(hub: &Hub, shard: &Rc<Shard>, conn: &Conn, text: &str) {
                     _ => false,
                 };
                 if !known {
-                    conn.send(error("INVALID_REQUEST", &format!("unknown channel {channel:?}")));
+                    error("INVALID_REQUEST", &format!("unknown channel {channel:?}"));
                 } else if channel == "user" && conn.user.get().is_none() {
-                    conn.send(error("UNAUTHORIZED", "the user channel needs X-API-Key on the upgrade or an auth message first"));
+                    error("UNAUTHORIZED", "the user channel needs X-API-Key on the upgrade or an auth message first");
                 } else {
-                    if !conn.subscribed(channel) {
-                        conn.channels.borrow_mut().push((channel.clone(), 0));
-                    }
+                    hub.subscribe(conn, channel);
                     accepted.push(channel.clone());
                 }
             }
             if !accepted.is_empty() {
-                conn.send(serde_json::json!({ "op": "subscribed", "channels": accepted }).to_string());
+                hub.reply(conn, &serde_json::json!({ "op": "subscribed", "channels": accepted }).to_string());
             }
         }
         "unsubscribe" => {
-            conn.channels.borrow_mut().retain(|(ch, _)| !c.channels.contains(ch));
-            conn.send(serde_json::json!({ "op": "unsubscribed", "channels": c.channels }).to_string());
+            for channel in c.channels.iter().take(64) {
+                hub.unsubscribe(conn, channel);
+            }
+            hub.reply(conn, &serde_json::json!({ "op": "unsubscribed", "channels": c.channels }).to_string());
         }
-        other => conn.send(error("INVALID_REQUEST", &format!("unknown op {other:?}"))),
+        other => error("INVALID_REQUEST", &format!("unknown op {other:?}")),
     }
 }
