@@ -129,17 +129,11 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             // stream connections (a pending read each), glommio's 128 makes that walk
             // thousands long on every reactor turn. 4,096 gives 256 buckets.
             .ring_depth(RING_DEPTH)
+            .preempt_timer(PREEMPT_AFTER)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
                 let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, mode };
-                // Everything but stream fan-out runs in a task queue whose latency matters:
-                // its I/O completions (a request arriving, a log write done, another core's
-                // message) preempt lower work at once. Stream fan-out runs below it.
-                let orders = glommio::executor().create_task_queue(glommio::Shares::Static(1000), glommio::Latency::Matters(ORDER_LATENCY), "orders");
-                let result = match glommio::spawn_local_into(shard_main(start, mesh), orders) {
-                    Ok(task) => task.await,
-                    Err(e) => Err(anyhow::anyhow!("starting shard {id}'s task queue: {e}")),
-                };
+                let result = shard_main(start, mesh).await;
                 match result {
                     // The first shard to fail is the cause; the others then stop at their
                     // start barrier, or finish serving, and are not the story.
@@ -200,8 +194,10 @@ pub enum Mode {
 /// Submission ring depth of each core's io_uring rings.
 const RING_DEPTH: usize = 4096;
 
-/// How long the order path's work may wait behind other work on its core.
-const ORDER_LATENCY: Duration = Duration::from_millis(1);
+/// How long one task queue runs before the core polls for I/O and picks again (glommio's
+/// default is 100 ms): stream fan-out runs in a queue of its own below the order path's
+/// share, and this bounds how long an arriving order can wait behind it.
+const PREEMPT_AFTER: Duration = Duration::from_millis(2);
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
     let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), mode } = start;
