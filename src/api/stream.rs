@@ -497,8 +497,8 @@ impl Hub {
     }
 
     fn publish_user(&self, user: UserId, messages: &[String]) {
-        let Some(subs) = self.users.borrow_mut().get_mut(&user).map(std::mem::take) else { return };
-        let mut subs = subs;
+        let mut users = self.users.borrow_mut();
+        let Some(subs) = users.get_mut(&user) else { return };
         let mut digits = itoa::Buffer::new();
         for m in messages {
             let tail = format!(r#","data":{m}}}"#);
@@ -508,9 +508,6 @@ impl Hub {
                     self.mark(&s.conn);
                 }
             }
-        }
-        if let Some(slot) = self.users.borrow_mut().get_mut(&user) {
-            *slot = subs;
         }
     }
 
