@@ -401,45 +401,59 @@ pub fn read_partition_to(brokers: &str, topic: &str, partition: i32, from: u64, 
         .set("fetch.wait.max.ms", "50")
         .create()
         .map_err(|e| format!("kafka consumer: {e}"))?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, patience)
-        .map_err(|e| format!("{topic}/{partition}: watermarks: {e}"))?;
-    let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0).max(at_least));
-    let start = from.max(low);
-    let mut records: Vec<Record> = Vec::new();
-    let mut tpl = TopicPartitionList::new();
-    let reread = start.saturating_sub(REREAD).max(low);
-    tpl.add_partition_offset(topic, partition, Offset::Offset(reread as i64)).map_err(|e| e.to_string())?;
-    consumer.assign(&tpl).map_err(|e| format!("{topic}/{partition}: assign: {e}"))?;
-    // The high watermark is where reading must at least get to; past it, reading goes on
-    // until the partition stays quiet, because a broker may report a watermark behind
-    // what it has acknowledged (tansu 0.6 reports the last batch's base offset + 1).
-    let mut waited = Duration::ZERO;
-    loop {
-        let reached = records.last().map_or(start, |r| r.offset + 1) >= high;
-        let wait = if reached { Duration::from_millis(100) } else { Duration::from_millis(500) };
-        match consumer.poll(wait) {
-            Some(Ok(m)) if m.offset() < start as i64 => waited = Duration::ZERO,
-            Some(Ok(m)) => {
-                waited = Duration::ZERO;
-                records.push(Record {
-                    offset: u64::try_from(m.offset()).unwrap_or(0),
-                    key: m.key().unwrap_or_default().to_vec(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                });
-            }
-            Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
-            None if reached => break,
-            None => {
-                waited += wait;
-                if waited > patience {
-                    return Err(format!("{topic}/{partition}: no records for {patience:?} before offset {high}"));
+    let read = || -> Result<(Vec<Record>, u64), String> {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, patience)
+            .map_err(|e| format!("{topic}/{partition}: watermarks: {e}"))?;
+        let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0).max(at_least));
+        let start = from.max(low);
+        let mut records: Vec<Record> = Vec::new();
+        let mut tpl = TopicPartitionList::new();
+        let reread = start.saturating_sub(REREAD).max(low);
+        tpl.add_partition_offset(topic, partition, Offset::Offset(reread as i64)).map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| format!("{topic}/{partition}: assign: {e}"))?;
+        // The high watermark is where reading must at least get to; past it, reading goes on
+        // until the partition stays quiet, because a broker may report a watermark behind
+        // what it has acknowledged (tansu 0.6 reports the last batch's base offset + 1).
+        let mut waited = Duration::ZERO;
+        loop {
+            let reached = records.last().map_or(start, |r| r.offset + 1) >= high;
+            let wait = if reached { Duration::from_millis(100) } else { Duration::from_millis(500) };
+            match consumer.poll(wait) {
+                Some(Ok(m)) if m.offset() < start as i64 => waited = Duration::ZERO,
+                Some(Ok(m)) => {
+                    waited = Duration::ZERO;
+                    records.push(Record {
+                        offset: u64::try_from(m.offset()).unwrap_or(0),
+                        key: m.key().unwrap_or_default().to_vec(),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                    });
+                }
+                Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
+                None if reached => break,
+                None => {
+                    waited += wait;
+                    if waited > patience {
+                        return Err(format!("{topic}/{partition}: no records for {patience:?} before offset {high}"));
+                    }
                 }
             }
         }
+        let end = records.last().map_or(start.max(high), |r| (r.offset + 1).max(high));
+        Ok((records, end))
+    };
+    let result = read();
+    close_aside(consumer);
+    result
+}
+
+/// Drops a consumer on a thread of its own: dropping one that has a `group.id` (which
+/// `assign` needs here) waits for the group's close handshake, and against tansu 0.6
+/// that wait now and then never ends; a start must not hang on it.
+fn close_aside(consumer: BaseConsumer) {
+    if std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(consumer)).is_err() {
+        tracing::warn!("no thread to close a Kafka consumer on");
     }
-    let end = records.last().map_or(start.max(high), |r| (r.offset + 1).max(high));
-    Ok((records, end))
 }
 
 /// A record with where it was read.
