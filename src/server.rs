@@ -124,12 +124,6 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
-            // The kernel sizes each ring's table of pending polls by its depth, and every
-            // timer glommio cancels walks one of its buckets: with thousands of idle
-            // stream connections (a pending read each), glommio's 128 makes that walk
-            // thousands long on every reactor turn. 4,096 gives 256 buckets.
-            .ring_depth(RING_DEPTH)
-            .preempt_timer(PREEMPT_AFTER)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
                 let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, mode };
@@ -190,14 +184,6 @@ pub enum Mode {
     /// Replay the logs, write the hot state to Redis, exit.
     RebuildState,
 }
-
-/// Submission ring depth of each core's io_uring rings.
-const RING_DEPTH: usize = 4096;
-
-/// How long one task queue runs before the core polls for I/O and picks again (glommio's
-/// default is 100 ms): stream fan-out runs in a queue of its own below the order path's
-/// share, and this bounds how long an arriving order can wait behind it.
-const PREEMPT_AFTER: Duration = Duration::from_millis(2);
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
     let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), mode } = start;

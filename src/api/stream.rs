@@ -8,8 +8,7 @@
 //! once per core, not once per connection; each subscriber of its channel gets the
 //! rendered text with its own next `seq` appended to its queue (a copy, no allocation).
 //!
-//! All stream work runs in its own task queue with a tenth of the order path's share,
-//! preempted every 2 ms at most (`server.rs`), so an order waits at most that behind it. Queues are written at most
+//! All stream work runs in its own task queue with a tenth of the order path's share. Queues are written at most
 //! once a millisecond (the hub's flush tick wakes the connections that have something);
 //! when the core has little to spare the ticks come later and each write carries more,
 //! so a busy core writes less often instead of falling behind message by message.
