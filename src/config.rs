@@ -31,6 +31,8 @@
 //! | `EXCHANGE_SNAPSHOT_EVERY` | `snapshot_every` | `100000` (commands per stream) |
 //! | `EXCHANGE_SPIN_MICROS` | `spin_micros` | `0` (busy-poll before sleeping) |
 //! | `EXCHANGE_FUNDING_INTERVAL_SECS` | `funding_interval_secs` | unset: each symbol's (shard map; 28800) |
+//! | `EXCHANGE_INDEX_MAX_AGE_SECS` | `index_max_age_secs` | `60` (an older index pauses liquidation and funding) |
+//! | `EXCHANGE_MARK_BASIS_WINDOW_SECS` | `mark_basis_window_secs` | unset: each symbol's (shard map; 300) |
 //! | `EXCHANGE_MAX_CONNECTIONS` | `limits.max_connections_per_core` | `10000` |
 //! | `EXCHANGE_IDLE_TIMEOUT_SECS` | `limits.idle_timeout_secs` | `60` |
 //! | `EXCHANGE_HEADER_TIMEOUT_SECS` | `limits.header_timeout_secs` | `10` |
@@ -67,6 +69,11 @@ pub struct Config {
     pub spin_micros: u64,
     /// Overrides every symbol's funding interval (seconds).
     pub funding_interval_secs: Option<u64>,
+    /// An index price older than this (seconds) pauses liquidation and funding of its
+    /// symbol and makes `/health` degraded; unset: the engine's default (60).
+    pub index_max_age_secs: Option<u64>,
+    /// Overrides every symbol's mark basis window (seconds).
+    pub mark_basis_window_secs: Option<u64>,
     pub limits: Limits,
 }
 
@@ -195,6 +202,8 @@ impl Default for Config {
             sync_connections: 64,
             spin_micros: 0,
             funding_interval_secs: None,
+            index_max_age_secs: None,
+            mark_basis_window_secs: None,
             limits: Limits::default(),
         }
     }
@@ -309,6 +318,16 @@ impl Config {
             let secs: u64 = parse("EXCHANGE_FUNDING_INTERVAL_SECS", &v)?;
             anyhow::ensure!(secs > 0, "EXCHANGE_FUNDING_INTERVAL_SECS must be at least 1");
             self.funding_interval_secs = Some(secs);
+        }
+        if let Some(v) = set("EXCHANGE_INDEX_MAX_AGE_SECS") {
+            let secs: u64 = parse("EXCHANGE_INDEX_MAX_AGE_SECS", &v)?;
+            anyhow::ensure!(secs > 0, "EXCHANGE_INDEX_MAX_AGE_SECS must be at least 1");
+            self.index_max_age_secs = Some(secs);
+        }
+        if let Some(v) = set("EXCHANGE_MARK_BASIS_WINDOW_SECS") {
+            let secs: u64 = parse("EXCHANGE_MARK_BASIS_WINDOW_SECS", &v)?;
+            anyhow::ensure!(secs > 0, "EXCHANGE_MARK_BASIS_WINDOW_SECS must be at least 1");
+            self.mark_basis_window_secs = Some(secs);
         }
         if let Some(v) = set("EXCHANGE_MAX_CONNECTIONS") {
             self.limits.max_connections_per_core = parse("EXCHANGE_MAX_CONNECTIONS", &v)?;

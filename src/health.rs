@@ -2,7 +2,7 @@
 //! that the shards, cold storage and the HTTP layer all hold, defined below all of them
 //! so that none needs another to report or read it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
@@ -47,6 +47,10 @@ pub struct Health {
     pub cold: std::sync::atomic::AtomicU8,
     /// Per shard, the state of its partitions' hot state: one of [`hot`].
     pub hot: Vec<std::sync::atomic::AtomicU8>,
+    /// Per symbol, when its last index price was posted (ms; 0: never) and how old it
+    /// may grow before liquidation and funding stop (ms).
+    index_times: Vec<AtomicI64>,
+    index_max_age_ms: i64,
     arrived: AtomicUsize,
     /// At start only: per account partition, how far its snapshot holds each symbol's
     /// results (`None`: no snapshot).
@@ -57,10 +61,13 @@ pub struct Health {
 type SymbolOffsets = Vec<(String, u64)>;
 
 impl Health {
-    /// Health of a process with `shards` cores, their hot state starting in `hot`.
-    pub fn new(shards: usize, hot: u8) -> Self {
+    /// Health of a process with `shards` cores, their hot state starting in `hot`, and
+    /// `symbols` symbols whose index goes stale after `index_max_age_secs`.
+    pub fn new(shards: usize, hot: u8, symbols: usize, index_max_age_secs: u64) -> Self {
         Self {
             hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(hot)).collect(),
+            index_times: (0..symbols).map(|_| AtomicI64::new(0)).collect(),
+            index_max_age_ms: i64::try_from(index_max_age_secs).unwrap_or(i64::MAX).saturating_mul(1000),
             user_streams: (0..USER_STREAM_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             ..Self::default()
         }
@@ -86,6 +93,19 @@ impl Health {
                 b.fetch_sub(1, Ordering::AcqRel);
             }
         }
+    }
+
+    /// `symbol`'s index price was posted at `time` (ms).
+    pub fn index_posted(&self, symbol: usize, time: i64) {
+        if let Some(t) = self.index_times.get(symbol) {
+            t.fetch_max(time, Ordering::AcqRel);
+        }
+    }
+
+    /// The symbols whose index price is older than allowed at `now` (ms).
+    pub fn stale_indexes(&self, now: i64) -> Vec<usize> {
+        let stale = |t: i64| t > 0 && now.saturating_sub(t) > self.index_max_age_ms;
+        self.index_times.iter().enumerate().filter(|(_, t)| stale(t.load(Ordering::Acquire))).map(|(s, _)| s).collect()
     }
 
     pub fn record_applied(&self, partition: u32, applied: Option<SymbolOffsets>) {

@@ -28,6 +28,8 @@ pub struct Metrics {
     requests: Family<ShardLabel, Counter>,
     hot_state: Family<ShardLabel, Gauge>,
     rebuilds: Family<ShardLabel, Counter>,
+    liquidations: Family<ShardLabel, Counter>,
+    liquidations_due: Family<ShardLabel, Gauge>,
     /// How far cold storage trails the event log, in ms (0 when caught up).
     pub cold_lag_ms: Gauge,
     /// Records of the event log stored in cold storage.
@@ -47,6 +49,10 @@ pub struct ShardMetrics {
     pub requests: Counter,
     /// Complete rewrites of the shard's hot state into Redis.
     pub hot_rebuilds: Counter,
+    /// Liquidations ended (the position closed, or as much of it as could be).
+    pub liquidations: Counter,
+    /// Due positions a liquidation pass has still to take, over the shard's symbols.
+    pub liquidations_due: Gauge,
 }
 
 fn latency() -> Histogram {
@@ -75,6 +81,10 @@ impl Metrics {
             hot_state.clone(),
         );
         registry.register("exchange_hot_state_rebuilds", "Complete rewrites of the shard's hot state into Redis", rebuilds.clone());
+        let liquidations = Family::<ShardLabel, Counter>::default();
+        let liquidations_due = Family::<ShardLabel, Gauge>::default();
+        registry.register("exchange_liquidations", "Liquidations ended (closed, or as much as could be)", liquidations.clone());
+        registry.register("exchange_liquidations_due", "Due positions a liquidation pass has still to take", liquidations_due.clone());
         let cold_lag_ms = Gauge::default();
         let cold_records = Counter::default();
         registry.register(
@@ -100,6 +110,8 @@ impl Metrics {
             requests,
             hot_state,
             rebuilds,
+            liquidations,
+            liquidations_due,
             cold_lag_ms,
             cold_records,
             consistency_checks,
@@ -116,6 +128,8 @@ impl Metrics {
             queue_depth: self.queue.get_or_create(&label).clone(),
             requests: self.requests.get_or_create(&label).clone(),
             hot_rebuilds: self.rebuilds.get_or_create(&label).clone(),
+            liquidations: self.liquidations.get_or_create(&label).clone(),
+            liquidations_due: self.liquidations_due.get_or_create(&label).clone(),
         }
     }
 

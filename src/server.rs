@@ -40,8 +40,16 @@ fn raise_memlock() {
 /// Start-up failures (config, shard map, logs, executors), with context.
 pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let mut map = ShardMap::load(&config.shard_map)?;
-    if let Some(secs) = config.funding_interval_secs {
-        map.symbols.iter_mut().for_each(|s| s.funding_interval_secs = secs);
+    for symbol in &mut map.symbols {
+        if let Some(secs) = config.funding_interval_secs {
+            symbol.funding_interval_secs = secs;
+        }
+        if let Some(secs) = config.mark_basis_window_secs {
+            symbol.mark_basis_window_secs = secs;
+        }
+        if let Some(secs) = config.index_max_age_secs {
+            symbol.index_max_age_secs = secs;
+        }
     }
     let map = Arc::new(map);
 
@@ -69,7 +77,8 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let metrics = Metrics::new();
     let initial = if config.redis.url.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
-    let health = Arc::new(Health::new(shards, initial));
+    let index_max_age = map.symbols.iter().map(|s| s.index_max_age_secs).min().unwrap_or(u64::MAX);
+    let health = Arc::new(Health::new(shards, initial, map.symbols.len(), index_max_age));
     let cold = match (&config.postgres.url, &config.kafka.brokers) {
         (Some(url), Some(brokers)) => {
             health.cold.store(crate::cold::writer::DOWN, Ordering::Release);

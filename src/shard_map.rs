@@ -48,6 +48,10 @@ struct Entry {
     max_position_notional: Option<Spanned<String>>,
     maintenance_margin_rate: Option<Spanned<String>>,
     funding_interval_secs: Option<Spanned<u64>>,
+    price_band_down: Option<Spanned<String>>,
+    price_band_up: Option<Spanned<String>>,
+    mark_band: Option<Spanned<String>>,
+    mark_basis_window_secs: Option<Spanned<u64>>,
     shard: Spanned<usize>,
 }
 
@@ -106,9 +110,14 @@ impl ShardMap {
             let max_position_notional = optional(&e.max_position_notional, "max_position_notional")?;
             let maintenance = optional(&e.maintenance_margin_rate, "maintenance_margin_rate")?;
             let funding = e.funding_interval_secs.as_ref().map(|v| *v.get_ref());
+            let band_down = optional(&e.price_band_down, "price_band_down")?;
+            let band_up = optional(&e.price_band_up, "price_band_up")?;
+            let mark_band = optional(&e.mark_band, "mark_band")?;
+            let basis_window = e.mark_basis_window_secs.as_ref().map(|v| *v.get_ref());
             let spec = SymbolSpec::new(e.name.get_ref(), tick, lot, leverage, maker, taker, band, *e.shard.get_ref())
                 .and_then(|spec| spec.with_position_limits(max_position, max_position_notional))
                 .and_then(|spec| spec.with_perpetual(maintenance, funding))
+                .and_then(|spec| spec.with_price_protection(band_down, band_up, mark_band, basis_window))
                 .map_err(|err| {
                     use crate::engine::symbol::SpecError as E;
                     let (field, span) = match &err {
@@ -125,6 +134,10 @@ impl ShardMap {
                                 "max_position_notional" => e.max_position_notional.as_ref().map(Spanned::span),
                                 "maintenance_margin_rate" => e.maintenance_margin_rate.as_ref().map(Spanned::span),
                                 "funding_interval_secs" => e.funding_interval_secs.as_ref().map(Spanned::span),
+                                "price_band_down" => e.price_band_down.as_ref().map(Spanned::span),
+                                "price_band_up" => e.price_band_up.as_ref().map(Spanned::span),
+                                "mark_band" => e.mark_band.as_ref().map(Spanned::span),
+                                "mark_basis_window_secs" => e.mark_basis_window_secs.as_ref().map(Spanned::span),
                                 _ => e.protection_band.as_ref().map(Spanned::span),
                             };
                             (*field, span.unwrap_or(entry_span.clone()))

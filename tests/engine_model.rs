@@ -179,6 +179,13 @@ impl RefModel {
                 if !(1..=MAX_TICKS).contains(&price) {
                     return Err(CancelReason::InvalidOrder);
                 }
+                // The price band: ×0.85 to ×1.15 of the last trade (there is no mark here).
+                if let Some(last) = self.last_price {
+                    let (low, high) = (ceil_div(i128::from(last) * 85, 100), i128::from(last) * 115 / 100);
+                    if !(low..=high).contains(&i128::from(price)) {
+                        return Err(CancelReason::PriceOutOfBand);
+                    }
+                }
                 price
             }
             OrderType::Market => self.band(o.side).ok_or(CancelReason::NoLiquidity)?,
@@ -232,8 +239,8 @@ impl RefModel {
         if remaining == 0 {
             return;
         }
-        if stopped {
-            let e = self.cancelled(&o, o.quantity, filled, lock, CancelReason::BankruptcyPrice, o.timestamp);
+        if let Some(reason) = stopped {
+            let e = self.cancelled(&o, o.quantity, filled, lock, reason, o.timestamp);
             out.push(e);
             return;
         }
@@ -261,25 +268,24 @@ impl RefModel {
         }
     }
 
-    /// Whether `user` closing up to `q` at `price` on `side` loses at most the margin of
-    /// what it closes.
-    fn solvent(&self, user: UserId, side: Side, price: i64, q: i64) -> bool {
-        let p = self.pos(user);
-        let dir: i128 = if side == Side::Buy { 1 } else { -1 };
-        if p.size * dir >= 0 {
-            return true;
-        }
-        let close = i128::from(q).min(p.size.abs());
-        let (cost_part, margin_part) = closed_share(&p, close);
-        let value = i128::from(price) * close * UNIT;
-        let pnl = if p.size > 0 { value - cost_part } else { cost_part - value };
-        pnl + margin_part >= 0
+    /// Why `user` may not fill `q` at `price` on `side` with `part` of its order's lock,
+    /// if it may not: the fill would take something from the available balance (its fee,
+    /// its realized loss and the margin it opens are more than the lock part and the
+    /// margin of what it closes). Closing: `BANKRUPTCY_PRICE`; else `INSUFFICIENT_MARGIN`.
+    #[allow(clippy::too_many_arguments)]
+    fn refused(&self, user: UserId, id: OrderId, side: Side, price: i64, q: i64, lev: u32, part: i64, maker: bool) -> Option<CancelReason> {
+        let closes = self.pos(user).size * if side == Side::Buy { 1 } else { -1 } < 0;
+        let mut trial = self.clone();
+        let u = trial.account(user, id, side, price, q, lev, part, maker);
+        (u.margin_released + u.pnl - u.fee < 0).then_some(if closes { CancelReason::BankruptcyPrice } else { CancelReason::InsufficientMargin })
     }
 
-    /// Matches `o` up to `limit`; returns (unfilled quantity, unused lock, stopped because
-    /// the next fill would close beyond the taker's bankruptcy price). `bankruptcy`: stop
-    /// there and drop makers that would.
-    fn sweep(&mut self, o: &NewOrder, limit: i64, bankruptcy: bool, out: &mut Vec<Event>) -> (i64, i64, bool) {
+    /// Matches `o` up to `limit`; returns (unfilled quantity, unused lock, why it stopped
+    /// early). `checked`: stop at the taker's own resting order (self-trade prevention)
+    /// and where a fill would take from the available balance, and drop makers whose
+    /// fill would; unchecked, it only walks the book (as FOK's "fills entirely" does, but
+    /// for its own orders).
+    fn sweep(&mut self, o: &NewOrder, limit: i64, checked: bool, out: &mut Vec<Event>) -> (i64, i64, Option<CancelReason>) {
         let mut remaining = o.quantity;
         let mut lock = o.locked_margin;
         while remaining > 0 {
@@ -292,6 +298,9 @@ impl RefModel {
             if !acceptable {
                 break;
             }
+            if m.o.user == o.user {
+                return (remaining, lock, Some(CancelReason::SelfTrade));
+            }
             let room = self.room(&m);
             if room == 0 {
                 self.resting.remove(i);
@@ -300,18 +309,18 @@ impl RefModel {
                 continue;
             }
             let q = remaining.min(room);
-            if bankruptcy && !self.solvent(m.o.user, m.o.side, m.price, q) {
-                self.resting.remove(i);
-                let e = self.cancelled(&m.o, m.o.quantity, m.filled, m.locked, CancelReason::BankruptcyPrice, o.timestamp);
-                out.push(e);
-                continue;
-            }
-            if bankruptcy && !self.solvent(o.user, o.side, m.price, q) {
-                return (remaining, lock, true);
-            }
             let portion = |lock: i64, rem: i64| if q == rem { lock } else { (i128::from(lock) * i128::from(q) / i128::from(rem)) as i64 };
             let taker_part = portion(lock, remaining);
             let maker_part = portion(m.locked, m.remaining);
+            if checked && let Some(reason) = self.refused(m.o.user, m.o.id, m.o.side, m.price, q, m.o.leverage, maker_part, true) {
+                self.resting.remove(i);
+                let e = self.cancelled(&m.o, m.o.quantity, m.filled, m.locked, reason, o.timestamp);
+                out.push(e);
+                continue;
+            }
+            if checked && let Some(reason) = self.refused(o.user, o.id, o.side, m.price, q, o.leverage, taker_part, false) {
+                return (remaining, lock, Some(reason));
+            }
             lock -= taker_part;
             remaining -= q;
             {
@@ -323,12 +332,8 @@ impl RefModel {
                     self.resting.remove(i);
                 }
             }
-            let mut maker = self.account(m.o.user, m.o.id, m.o.side, m.price, q, m.o.leverage, maker_part, true);
+            let maker = self.account(m.o.user, m.o.id, m.o.side, m.price, q, m.o.leverage, maker_part, true);
             let taker = self.account(o.user, o.id, o.side, m.price, q, o.leverage, taker_part, false);
-            // Trading with oneself: both sides show the position after the whole trade.
-            if m.o.user == o.user {
-                maker.position = taker.position;
-            }
             let (buyer, seller) = if o.side == Side::Buy { (taker, maker) } else { (maker, taker) };
             self.last_price = Some(m.price);
             out.push(Event::TradeExecuted(Trade {
@@ -342,7 +347,7 @@ impl RefModel {
                 timestamp: o.timestamp,
             }));
         }
-        (remaining, lock, false)
+        (remaining, lock, None)
     }
 
     #[allow(clippy::too_many_arguments)]

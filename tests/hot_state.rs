@@ -126,7 +126,7 @@ fn with_redis(redis: &RedisServer) -> Server {
     Server::start_with(&[("EXCHANGE_REDIS_URL", &redis.url()), ("EXCHANGE_REDIS_PREFIX", "")])
 }
 
-const ORDER: &str = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","leverage":10}"#;
+const ORDER: &str = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"45000","quantity":"0.001","leverage":10}"#;
 
 #[test]
 fn a_redis_emptied_under_load_refuses_nothing_and_ends_identical_to_the_ledger() {
@@ -142,7 +142,7 @@ fn a_redis_emptied_under_load_refuses_nothing_and_ends_identical_to_the_ledger()
             for i in 0..200 {
                 let (key, side, price) = if i % 2 == 0 { (&keys[0], "BUY", "48000") } else { (&keys[1], "SELL", "48000") };
                 let started = Instant::now();
-                let (status, body) = s.order(key, &ORDER.replace("BUY", side).replace("40000", price));
+                let (status, body) = s.order(key, &ORDER.replace("BUY", side).replace("45000", price));
                 slowest = slowest.max(started.elapsed());
                 assert_eq!(status, 200, "order {i} refused: {body}");
             }
@@ -208,7 +208,7 @@ fn a_frozen_redis_neither_fails_nor_slows_an_order_and_is_caught_up() {
         assert!(started.elapsed() < Duration::from_secs(5), "{health}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(s.order(&keys[1], &ORDER.replace("BUY", "SELL").replace("40000", "60000")).0, 200);
+    assert_eq!(s.order(&keys[1], &ORDER.replace("BUY", "SELL").replace("45000", "55000")).0, 200);
     redis.signal(libc::SIGCONT);
     // The shard whose writes timed out rebuilds; the other may have seen only a pause.
     wait_rebuilt_by(&s, rebuilt, 1);
@@ -349,7 +349,7 @@ fn a_clean_stop_lets_the_next_start_skip_the_rebuild() {
     assert!(left.iter().all(Option::is_none), "a start consumes the marks, so a later crash cannot reuse them");
     assert_eq!(state(&s, &keys), before);
     assert_eq!(projection(&mut conn, "", &keys), written);
-    s.limit(&keys[0], "BUY", "40000", "0.001");
+    s.limit(&keys[0], "BUY", "45000", "0.001");
     // A crash leaves no marks: the next start rebuilds.
     s.restart();
     assert_eq!(s.get(&keys[0], "/v1/orders").1.as_array().unwrap().len(), 3);
@@ -443,7 +443,7 @@ fn redis_keeps_no_more_closed_orders_per_user_than_the_ledger() {
     let alice = s.funded("alice", "100000");
     // 520 orders that close at once (IOC on an empty book), each with a clientOrderId.
     for n in 0..520 {
-        let body = format!(r#"{{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","timeInForce":"IOC","clientOrderId":"c-{n}"}}"#);
+        let body = format!(r#"{{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"45000","quantity":"0.001","timeInForce":"IOC","clientOrderId":"c-{n}"}}"#);
         let (status, reply) = s.order(&alice, &body);
         assert_eq!((status, reply["status"].as_str()), (200, Some("CANCELLED")), "{reply}");
     }

@@ -61,21 +61,29 @@ fn long_at_50x(s: &Server) -> (String, String) {
     (long, short)
 }
 
-/// A long and a short of 0.1 at 50,100 (10x), a maker's bid and ask around them, and the
-/// index at 50,000 twice: the mark is median(50,000 index, 50,140 mid, 50,100 last
-/// trade) = 50,100, above the index.
-fn mark_over_index(s: &Server) -> (String, String) {
+/// A long and a short of 0.1 at 50,100 (10x), a maker's bid and ask around them
+/// (mid 50,140), held for a whole basis window (the server runs with a 1-second one),
+/// then a small trade at 50,200 that leaves the mid where it is. The index stays at
+/// 50,000; the next one makes the mark median(50,000 with the funding basis, 50,140 the
+/// index plus the basis average, 50,200 the last trade) = 50,140. Returns the mark.
+fn mark_over_index(s: &Server) -> (String, String, Decimal) {
     index(s, "50000");
     let long = s.funded("long", "10000");
     let short = s.funded("short", "10000");
     let maker = s.funded("maker", "10000");
+    let taker = s.funded("taker", "10000");
     order(s, &short, "SELL", "50100", "0.1", 10);
     order(s, &long, "BUY", "50100", "0.1", 10);
     order(s, &maker, "BUY", "50080", "0.01", 10);
-    order(s, &maker, "SELL", "50200", "0.01", 10);
-    assert_eq!(dec(&index(s, "50000")["markPrice"]), d("50100"));
-    (long, short)
+    order(s, &maker, "SELL", "50200", "0.02", 10);
+    index(s, "50000");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    order(s, &taker, "BUY", "50200", "0.01", 10);
+    let mark = dec(&index(s, "50000")["markPrice"]);
+    (long, short, mark)
 }
+
+const ONE_SECOND_BASIS: &[(&str, &str)] = &[("EXCHANGE_MARK_BASIS_WINDOW_SECS", "1")];
 
 fn income(s: &Server, key: &str, kind: &str) -> Vec<Decimal> {
     let (status, body) = s.get(key, &format!("/v1/income?type={kind}"));
@@ -120,7 +128,7 @@ fn a_50x_long_is_liquidated_when_the_market_falls_through_its_liquidation_price(
     // A bid between the bankruptcy price (49,000) and the liquidation price (49,196.7),
     // and a resting order of the long's that the liquidation cancels.
     order(&s, &maker, "BUY", "49100", "0.1", 10);
-    order(&s, &long, "SELL", "60000", "0.05", 50);
+    order(&s, &long, "SELL", "57000", "0.05", 50);
     index(&s, "49250");
     assert_eq!(s.get(&long, "/v1/positions").1.as_array().unwrap().len(), 1, "above the liquidation price nothing happens");
     index(&s, "49150");
@@ -187,30 +195,43 @@ fn a_gap_through_the_bankruptcy_price_with_an_empty_book_is_deleveraged() {
 
 #[test]
 fn funding_is_paid_by_longs_to_shorts_when_the_mark_is_above_the_index_and_is_zero_sum() {
-    let s = Server::start();
-    let (long, short) = mark_over_index(&s);
+    let s = Server::start_with(ONE_SECOND_BASIS);
+    let (long, short, mark) = mark_over_index(&s);
+    assert_eq!(mark, d("50140"));
     let (before_long, before_short) = (total(&s, &long), total(&s, &short));
     let (status, settled) = s.request("POST", "/admin/v1/funding", ADMIN, Some(r#"{"symbol":"BTC-PERP"}"#));
     assert_eq!(status, 200, "{settled}");
-    // The premium averaged over the two index prices since the last funding (0 and
-    // 0.2 %) is 0.1 %; plus clamp(0.01 % − 0.1 %, ±0.05 %): 0.05 %.
-    assert_eq!(settled["fundingRate"], "0.0005");
-    assert_eq!(settled["positions"], 2);
+    // The premium averaged over the index prices since the last funding (0, almost 0,
+    // 0.28 %), less the pull towards the interest (clamped to 0.05 %).
+    let rate = dec(&settled["fundingRate"]);
+    assert!(rate > d("0.0003") && rate < d("0.0005"), "{settled}");
+    assert_eq!((dec(&settled["markPrice"]), &settled["positions"]), (mark, &serde_json::json!(4)));
     let paid = total(&s, &long) - before_long;
     let received = total(&s, &short) - before_short;
-    // 0.1 × 50,100 × 0.0005 = 2.505.
-    assert_eq!((paid, received), (d("-2.505"), d("2.505")));
-    assert_eq!(income(&s, &long, "FUNDING_FEE"), vec![d("-2.505")]);
-    assert_eq!(income(&s, &short, "FUNDING_FEE"), vec![d("2.505")]);
+    // 0.1 × 50,140 × rate, rounded up for the payer and down for the receiver.
+    let owed = d("0.1") * mark * rate;
+    assert_eq!(paid, -(owed * d("1e8")).ceil() / d("1e8"));
+    assert_eq!(received, (owed * d("1e8")).floor() / d("1e8"));
+    assert_eq!(income(&s, &long, "FUNDING_FEE"), vec![paid]);
+    assert_eq!(income(&s, &short, "FUNDING_FEE"), vec![received]);
     let (_, premium) = s.request("GET", "/v1/premium-index?symbol=BTC-PERP", &[], None);
-    assert_eq!(premium["lastFundingRate"], "0.0005");
+    assert_eq!(dec(&premium["lastFundingRate"]), rate);
+    // Settled "now": that was the coming funding time; it is not settled twice, and the
+    // next one is an interval later.
+    assert!(premium["nextFundingTime"].as_i64().unwrap() - premium["time"].as_i64().unwrap() > 8 * 3600 * 1000 - 60_000);
+    let (status, again) = s.request("POST", "/admin/v1/funding", ADMIN, Some(r#"{"symbol":"BTC-PERP"}"#));
+    assert_eq!((status, again["code"].as_str()), (409, Some("FUNDING_REFUSED")), "{again}");
+    assert_eq!(total(&s, &long) - before_long, paid, "a refused settlement changes nothing");
     balanced(&s);
 }
 
 #[test]
 fn funding_ticks_on_its_schedule() {
-    let s = Server::start_with(&[("EXCHANGE_FUNDING_INTERVAL_SECS", "1")]);
-    let (long, _) = mark_over_index(&s);
+    let mut env = ONE_SECOND_BASIS.to_vec();
+    env.push(("EXCHANGE_FUNDING_INTERVAL_SECS", "1"));
+    let s = Server::start_with(&env);
+    let (long, _, mark) = mark_over_index(&s);
+    assert!(mark > d("50000"), "{mark}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while income(&s, &long, "FUNDING_FEE").is_empty() {
         assert!(std::time::Instant::now() < deadline, "no funding tick came");
@@ -249,4 +270,175 @@ fn kill_9_and_restart_reproduce_balances_positions_and_the_fund() {
     assert!(fund(&s) > Decimal::ZERO);
     s.restart();
     assert_eq!(read(&s), before);
+}
+
+// ------------------------------------------------------------ the money rules under attack
+
+fn order_body(symbol: &str, side: &str, price: &str, qty: &str, leverage: u32, extra: &str) -> String {
+    format!(r#"{{"symbol":"{symbol}","side":"{side}","type":"LIMIT","price":"{price}","quantity":"{qty}","leverage":{leverage}{extra}}}"#)
+}
+
+/// Every user's balance: `total ≥ 0`, `available ≥ 0`, `locked ≥ 0`, `total = available + locked`.
+fn solvent(s: &Server, keys: &[&String]) {
+    for key in keys {
+        let (_, b) = s.get(key, "/v1/balance");
+        let [total, available, locked] = ["total", "available", "locked"].map(|f| dec(&b[f]));
+        assert!(total >= Decimal::ZERO && available >= Decimal::ZERO && locked >= Decimal::ZERO, "{b}");
+        assert_eq!(total, available + locked, "{b}");
+    }
+}
+
+#[test]
+fn a_sell_far_below_the_bid_cannot_fill_past_what_it_locked() {
+    let s = Server::start();
+    index(&s, "50000");
+    let bidder = s.funded("bidder", "10000");
+    let poor = s.funded("poor", "0.0010005");
+    order(&s, &bidder, "BUY", "51000", "0.01", 10);
+    // The attack as first found: SELL 0.01 @ 0.1 ×1 IOC against a bid at 51,000.
+    let (status, body) = s.order(&poor, &order_body("BTC-PERP", "SELL", "0.1", "0.01", 1, r#","timeInForce":"IOC""#));
+    assert_eq!((status, body["code"].as_str()), (400, Some("PRICE_OUT_OF_BAND")), "{body}");
+    // Inside the band, the lock is for the bid it would meet: far more than it has.
+    let (status, body) = s.order(&poor, &order_body("BTC-PERP", "SELL", "42500", "0.01", 1, r#","timeInForce":"IOC""#));
+    assert_eq!((status, body["code"].as_str()), (422, Some("INSUFFICIENT_MARGIN")), "{body}");
+    assert_eq!(total(&s, &poor), d("0.0010005"), "nothing changed");
+    assert!(s.get(&poor, "/v1/positions").1.as_array().unwrap().is_empty());
+    // One who can pay for the fill at the bid gets it there, and the lock paid for it.
+    let seller = s.funded("seller", "520");
+    let sold = order(&s, &seller, "SELL", "42500", "0.01", 1);
+    assert_eq!((sold["status"].as_str(), dec(&sold["avgFillPrice"])), (Some("FILLED"), d("51000")));
+    solvent(&s, &[&bidder, &poor, &seller]);
+    balanced(&s);
+}
+
+#[test]
+fn a_reduce_only_close_never_takes_the_total_below_zero() {
+    let s = Server::start();
+    // A 10 ETH 20x long at 3,000: margin 1,500, opening fee 15; nothing else in the account.
+    let long = s.funded("long", "1515");
+    let maker = s.funded("maker", "100000");
+    let eth = |side, price, qty, lev, extra| order_body("ETH-PERP", side, price, qty, lev, extra);
+    assert_eq!(s.order(&maker, &eth("SELL", "3000", "10", 20, "")).0, 200);
+    let (status, body) = s.order(&long, &eth("BUY", "3000", "10", 20, ""));
+    assert_eq!((status, body["status"].as_str()), (200, Some("FILLED")), "{body}");
+    assert_eq!(total(&s, &long), d("1500"));
+    // Closing 150 below the entry loses exactly the margin; the close's fee (14.25) would
+    // come out of nothing: the close does not trade.
+    assert_eq!(s.order(&maker, &eth("BUY", "2850", "10", 20, "")).0, 200);
+    let (status, body) = s.order(&long, &eth("SELL", "2850", "10", 20, r#","reduceOnly":true,"timeInForce":"IOC""#));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["status"].as_str(), body["reason"].as_str(), dec(&body["filledQuantity"])), (Some("CANCELLED"), Some("BANKRUPTCY_PRICE"), d("0")));
+    assert_eq!(total(&s, &long), d("1500"));
+    let (_, positions) = s.get(&long, "/v1/positions");
+    assert_eq!(dec(&positions[0]["size"]), d("10"));
+    // 2 USDT higher the margin pays loss and fee: it closes, and the total stays ≥ 0.
+    assert_eq!(s.order(&maker, &eth("BUY", "2852", "10", 20, "")).0, 200);
+    let (status, body) = s.order(&long, &eth("SELL", "2852", "10", 20, r#","reduceOnly":true,"timeInForce":"IOC""#));
+    assert_eq!((status, body["status"].as_str()), (200, Some("FILLED")), "{body}");
+    assert_eq!(total(&s, &long), d("5.74"), "1500 − 1480 loss − 14.26 fee");
+    solvent(&s, &[&long, &maker]);
+    balanced(&s);
+}
+
+#[test]
+fn one_party_cannot_push_the_mark_to_liquidate_an_honest_position() {
+    let s = Server::start();
+    index(&s, "50000");
+    // An honest 1 BTC 20x short, and its counterparty.
+    let honest = s.funded("honest", "3000");
+    let other = s.funded("other", "60000");
+    order(&s, &honest, "SELL", "50000", "1", 20);
+    order(&s, &other, "BUY", "50000", "1", 1);
+    // One party with two accounts trades 0.001 BTC with itself at 57,000 and quotes
+    // around it, as the attack first found did (at 60,000, now past the price band),
+    // for a few seconds while the index feed goes on posting 50,000.
+    let a = s.funded("attacker-a", "100000");
+    let b = s.funded("attacker-b", "100000");
+    let mut highest = Decimal::ZERO;
+    for _ in 0..5 {
+        order(&s, &b, "SELL", "57000", "0.001", 1);
+        order(&s, &a, "BUY", "57000", "0.001", 1);
+        order(&s, &a, "BUY", "56990", "0.001", 1);
+        order(&s, &b, "SELL", "57010", "0.001", 1);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        highest = highest.max(dec(&index(&s, "50000")["markPrice"]));
+    }
+    // A taker of one's own: self-trade prevention stops it at its own resting order.
+    let (status, body) = s.order(&a, &order_body("BTC-PERP", "SELL", "56990", "0.001", 1, r#","timeInForce":"IOC""#));
+    assert_eq!((status, body["status"].as_str(), body["reason"].as_str()), (200, Some("CANCELLED"), Some("SELF_TRADE")), "{body}");
+    assert!(highest < d("50250"), "the mark moved less than 0.5 %: {highest}");
+    let (_, positions) = s.get(&honest, "/v1/positions");
+    assert_eq!((positions[0]["side"].as_str(), dec(&positions[0]["size"])), (Some("SHORT"), d("1")), "still open: {positions}");
+    solvent(&s, &[&honest, &other, &a, &b]);
+    balanced(&s);
+}
+
+#[test]
+fn limit_prices_outside_the_band_are_refused_and_the_band_is_published() {
+    let s = Server::start();
+    let (_, symbols) = s.request("GET", "/v1/symbols", &[], None);
+    let btc = symbols.as_array().unwrap().iter().find(|x| x["symbol"] == "BTC-PERP").unwrap();
+    assert_eq!((btc["priceBandDown"].as_str(), btc["priceBandUp"].as_str()), (Some("0.85"), Some("1.15")), "{btc}");
+    let key = s.funded("alice", "100000");
+    // No mark and no trade yet: any price.
+    assert_eq!(s.order(&key, &order_body("BTC-PERP", "BUY", "1000", "0.001", 1, "")).0, 200);
+    index(&s, "50000");
+    for price in ["42499.9", "57500.1"] {
+        let (status, body) = s.order(&key, &order_body("BTC-PERP", "BUY", price, "0.001", 1, ""));
+        assert_eq!((status, body["code"].as_str()), (400, Some("PRICE_OUT_OF_BAND")), "{price}: {body}");
+    }
+    let before = s.get(&key, "/v1/balance").1;
+    assert_eq!(s.order(&key, &order_body("BTC-PERP", "BUY", "42500", "0.001", 1, "")).0, 200);
+    assert_ne!(s.get(&key, "/v1/balance").1, before);
+    assert_eq!(s.get(&key, "/v1/orders").1.as_array().unwrap().len(), 2, "the refused ones left nothing");
+}
+
+#[test]
+fn a_stale_index_pauses_liquidation_and_funding_and_shows_in_health() {
+    let s = Server::start_with(&[("EXCHANGE_INDEX_MAX_AGE_SECS", "1")]);
+    index(&s, "50000");
+    let (long, _) = long_at_50x(&s);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (_, health) = s.request("GET", "/health", &[], None);
+    assert_eq!((health["status"].as_str(), health["components"]["indexPrice"].as_str()), (Some("degraded"), Some("stale")), "{health}");
+    assert_eq!(health["staleIndex"], serde_json::json!(["BTC-PERP"]));
+    let (status, body) = s.request("POST", "/admin/v1/funding", ADMIN, Some(r#"{"symbol":"BTC-PERP"}"#));
+    assert_eq!((status, body["code"].as_str()), (409, Some("FUNDING_REFUSED")), "{body}");
+    // A fresh index brings both back: this one liquidates the 50x long at once.
+    index(&s, "48000");
+    assert!(s.get(&long, "/v1/positions").1.as_array().unwrap().is_empty());
+    assert_eq!(s.request("GET", "/health", &[], None).1["status"], "ok");
+    balanced(&s);
+}
+
+#[test]
+fn a_hundred_positions_due_at_once_are_all_liquidated_without_another_command() {
+    let mut s = Server::start();
+    index(&s, "50000");
+    let whale = s.funded("whale", "100000");
+    order(&s, &whale, "SELL", "50000", "0.1", 1);
+    let longs: Vec<String> = (0..100)
+        .map(|i| {
+            let key = s.funded(&format!("long-{i}"), "1.1");
+            let (status, body) = s.order(&key, &order_body("BTC-PERP", "BUY", "50000", "0.001", 50, r#","timeInForce":"IOC""#));
+            assert_eq!((status, body["status"].as_str()), (200, Some("FILLED")), "{body}");
+            key
+        })
+        .collect();
+    // An empty book: every one of them is deleveraged against the whale, more than one
+    // command's bound (64), by the sweeps the exchange logs on its own.
+    index(&s, "48000");
+    let open = |s: &Server| longs.iter().filter(|k| !s.get(k, "/v1/positions").1.as_array().unwrap().is_empty()).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while open(&s) > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} still open", open(&s));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut keys: Vec<&String> = longs.iter().collect();
+    keys.push(&whale);
+    solvent(&s, &keys);
+    let before = balanced(&s);
+    s.restart();
+    assert_eq!(balanced(&s), before, "a restart replays the same liquidations");
+    assert_eq!(open(&s), 0);
 }

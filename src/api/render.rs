@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::accounts::{Fill, Income, OrderView};
-use crate::engine::perp::{liquidation_price, next_funding_time};
+use crate::engine::perp::liquidation_price;
 use crate::engine::symbol::units_to_usdt;
 use crate::engine::{Health, OrderType, PositionState, SymbolSpec, ADL_ORDER, ENGINE_ORDER};
 use crate::ids::{self, IdKind};
@@ -174,6 +174,9 @@ pub fn symbols(map: &ShardMap, shards: usize) -> serde_json::Value {
                     "makerFee": s.maker_fee.normalize().to_string(),
                     "takerFee": s.taker_fee.normalize().to_string(),
                     "maintenanceMarginRate": s.maintenance_margin_rate.normalize().to_string(),
+                    "priceBandDown": s.price_band_down.normalize().to_string(),
+                    "priceBandUp": s.price_band_up.normalize().to_string(),
+                    "markBand": s.mark_band.normalize().to_string(),
                     "fundingIntervalSecs": s.funding_interval_secs,
                     "maxPosition": s.lots_to_quantity(s.max_position).normalize().to_string(),
                     "maxPositionNotional": units_to_usdt(s.max_position_notional).to_string(),
@@ -218,14 +221,14 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
         Answer::Balance { total, available, locked } => ok(&balance(*total, *available, *locked)),
         Answer::Positions(list) => ok(&list.iter().map(|(s, p, prices)| position(&map.symbols[*s], p, *prices)).collect::<Vec<_>>()),
         Answer::Income(list) => ok(&list.iter().map(|i| income(map, i)).collect::<Vec<_>>()),
-        Answer::PremiumIndex { symbol, index, mark, last_funding_rate, time } => {
+        Answer::PremiumIndex { symbol, index, mark, last_funding_rate, time, next_funding } => {
             let spec = &map.symbols[*symbol];
             ok(&serde_json::json!({
                 "symbol": spec.name,
                 "indexPrice": index.map(|t| spec.ticks_to_price(t).to_string()),
                 "markPrice": mark.map(|t| spec.ticks_to_price(t).to_string()),
                 "lastFundingRate": rate_decimal(*last_funding_rate).to_string(),
-                "nextFundingTime": next_funding_time(*time, spec.funding_interval_secs),
+                "nextFundingTime": next_funding,
                 "time": time,
             }))
         }

@@ -314,12 +314,16 @@ fn health(shard: &Shard) -> HttpReply {
         cold::LAGGING => "lagging",
         _ => "disabled",
     };
+    let stale: Vec<&str> =
+        shard.health.stale_indexes(crate::shard::handlers::now_ms()).into_iter().map(|s| shard.map.symbols[s].name.as_str()).collect();
     render::ok(&serde_json::json!({
-        "status": if log_ok && state == "ok" { "ok" } else { "degraded" },
+        "status": if log_ok && state == "ok" && stale.is_empty() { "ok" } else { "degraded" },
         "components": {
             "eventLog": if log_ok { "ok" } else { "down" },
             "stateStore": state,
             "coldStore": cold,
+            "indexPrice": if stale.is_empty() { "ok" } else { "stale" },
         },
+        "staleIndex": stale,
     }))
 }

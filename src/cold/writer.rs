@@ -435,19 +435,7 @@ fn fold() -> String {
 
 /// The closing reasons that mean an order was refused rather than ended.
 fn rejections() -> Vec<&'static str> {
-    [
-        CancelReason::WouldTake,
-        CancelReason::FokUnfillable,
-        CancelReason::NoLiquidity,
-        CancelReason::ReduceOnlyRejected,
-        CancelReason::DuplicateClientOrderId,
-        CancelReason::DuplicateOrderId,
-        CancelReason::InvalidOrder,
-    ]
-    .iter()
-    .filter(|r| r.is_rejection())
-    .map(|r| r.as_str())
-    .collect()
+    CancelReason::ALL.iter().filter(|r| r.is_rejection()).map(|r| r.as_str()).collect()
 }
 
 const COPY_ORDERS: &str = "COPY stage_orders (id, user_id, symbol, client_order_id, side, type, time_in_force, price, \

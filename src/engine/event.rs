@@ -242,13 +242,43 @@ pub enum CancelReason {
     Liquidation,
     /// It would have closed a position at a loss beyond the position's margin.
     BankruptcyPrice,
+    /// Self-trade prevention (`EXPIRE_TAKER`): the taker's next fill would have met a
+    /// resting order of its own user; its remainder is cancelled.
+    SelfTrade,
+    /// A LIMIT price outside the symbol's band around the mark price.
+    PriceOutOfBand,
+    /// Its next fill would have cost more than its lock pays (the book moved after the
+    /// risk step priced it): the fill stops where the money does.
+    InsufficientMargin,
 }
 
 impl CancelReason {
     /// Rejected on arrival (status `REJECTED`) rather than cancelled after being accepted.
     pub fn is_rejection(self) -> bool {
-        !matches!(self, Self::UserRequest | Self::Unfilled | Self::ReduceOnly | Self::Liquidation | Self::BankruptcyPrice)
+        !matches!(
+            self,
+            Self::UserRequest | Self::Unfilled | Self::ReduceOnly | Self::Liquidation | Self::BankruptcyPrice | Self::SelfTrade | Self::InsufficientMargin
+        )
     }
+
+    /// Every reason, for readers that list them (cold storage's rejections).
+    pub const ALL: [Self; 15] = [
+        Self::UserRequest,
+        Self::Unfilled,
+        Self::ReduceOnly,
+        Self::WouldTake,
+        Self::FokUnfillable,
+        Self::NoLiquidity,
+        Self::ReduceOnlyRejected,
+        Self::DuplicateClientOrderId,
+        Self::DuplicateOrderId,
+        Self::InvalidOrder,
+        Self::Liquidation,
+        Self::BankruptcyPrice,
+        Self::SelfTrade,
+        Self::PriceOutOfBand,
+        Self::InsufficientMargin,
+    ];
 
     /// The API's SCREAMING_SNAKE_CASE name.
     pub fn as_str(self) -> &'static str {
@@ -265,6 +295,9 @@ impl CancelReason {
             Self::InvalidOrder => "INVALID_ORDER",
             Self::Liquidation => "LIQUIDATION",
             Self::BankruptcyPrice => "BANKRUPTCY_PRICE",
+            Self::SelfTrade => "SELF_TRADE",
+            Self::PriceOutOfBand => "PRICE_OUT_OF_BAND",
+            Self::InsufficientMargin => "INSUFFICIENT_MARGIN",
         }
     }
 }

@@ -13,7 +13,7 @@ use super::book::{Book, Resting};
 use super::command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
 use super::event::{CancelReason, Cancelled, Event, FillUpdate, Placed, PositionState, Trade};
 use super::perp::Perp;
-use super::position::{apply_fill, reducible, Role};
+use super::position::{apply_fill, reducible, FillEffect, Role};
 use super::symbol::SymbolSpec;
 use super::units::{div_floor, narrow, Lots, Ticks, Units, MAX_LOTS, MAX_NOTIONAL, MAX_TICKS};
 
@@ -26,6 +26,38 @@ pub enum CommandError {
     /// A funding time at or before the last one settled.
     #[error("funding already settled for this time")]
     FundingSettled,
+    /// The index price is older than the symbol's `index_max_age_secs`: no funding.
+    #[error("the index price is stale")]
+    IndexStale,
+}
+
+/// Why an order cannot be priced for the risk step; nothing is logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PriceError {
+    #[error("price is outside the band around the mark price")]
+    OutOfBand,
+    #[error("order value is too large")]
+    TooLarge,
+}
+
+/// One side of a fill, worked out before anything changes: the position it leaves and
+/// what it does to the account's money.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Leg {
+    pub position: PositionState,
+    pub effect: FillEffect,
+    /// The fill reduced a position that was open against it.
+    pub closes: bool,
+    /// The fill opened or added to a position.
+    pub opens: bool,
+}
+
+impl Leg {
+    /// What the fill moves into (positive) or takes out of (negative) the account's
+    /// available balance: the locks it frees, less the fee, plus the realized PnL.
+    pub fn available_change(&self) -> i128 {
+        self.effect.margin_released + self.effect.pnl - self.effect.fee
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -95,6 +127,73 @@ impl Market {
         Some(self.spec.band_limit(reference, side == Side::Buy))
     }
 
+    /// The prices a LIMIT order may have now: the symbol's band around the mark, or
+    /// around the last trade before the first mark; `None` (anything goes) with neither.
+    pub fn price_band(&self) -> Option<(Ticks, Ticks)> {
+        let reference = self.perp.mark.or(self.last_price)?;
+        Some(self.spec.price_band(reference))
+    }
+
+    /// What an order limited at `limit` must lock to pay for its worst fill: margin,
+    /// taker fee and open loss against the mark ([`super::position::open_loss`]). A buy
+    /// fills at or below its limit, and all three grow with the price: its limit is the
+    /// worst. A sell fills at the bid it meets, which may be far above its limit: margin
+    /// and fee grow with the price and the open loss shrinks, so the worst is at one end,
+    /// its limit or the best bid.
+    fn lock_at(&self, order: &NewOrder, limit: Ticks) -> i128 {
+        let cost = |price: Ticks| {
+            let spec = &self.spec;
+            let qty = i128::from(order.quantity);
+            spec.margin(price, order.quantity, order.leverage)
+                + spec.fee(spec.notional(price, order.quantity), false)
+                + super::position::open_loss(spec, order.side, price, self.perp.mark, qty)
+        };
+        match order.side {
+            Side::Buy => cost(limit),
+            Side::Sell => match self.book.best_price(Side::Buy) {
+                Some(bid) if bid > limit => cost(limit).max(cost(bid)),
+                _ => cost(limit),
+            },
+        }
+    }
+
+    /// Prepares a new order for the risk step, by the rules every order type shares: a
+    /// LIMIT price must lie in the band ([`Self::price_band`]); a MARKET order is priced
+    /// at the farthest price its protection band lets it reach now (it never fills
+    /// beyond); and `locked_margin` becomes what its worst fill costs (`lock_at`: margin,
+    /// taker fee and open loss). A reduce-only order locks nothing: it can
+    /// only release margin. What the lock cannot pay when the order executes (the book
+    /// moved in between) it does not fill: see [`Self::check_leg`].
+    ///
+    /// # Errors
+    /// [`PriceError`]; the order is then refused before it is logged.
+    pub fn price_order(&self, order: &mut NewOrder) -> Result<(), PriceError> {
+        let limit = match order.kind {
+            OrderType::Limit { price, .. } => {
+                if self.price_band().is_some_and(|(low, high)| !(low..=high).contains(&price)) {
+                    return Err(PriceError::OutOfBand);
+                }
+                Some(price)
+            }
+            OrderType::Market => {
+                let limit = self.market_limit(order.side);
+                if let Some(limit) = limit {
+                    order.kind = OrderType::MarketWithin { limit };
+                }
+                limit
+            }
+            OrderType::MarketWithin { limit } | OrderType::Liquidation { price: limit } => Some(limit),
+        };
+        order.locked_margin = match limit {
+            Some(limit) if !order.reduce_only => {
+                let lock = self.lock_at(order, limit);
+                Units::try_from(lock).map_err(|_| PriceError::TooLarge)?
+            }
+            _ => 0,
+        };
+        Ok(())
+    }
+
     /// Executes one command, appending its events to `events`.
     ///
     /// # Errors
@@ -102,15 +201,19 @@ impl Market {
     pub fn execute(&mut self, command: &Command, events: &mut Vec<Event>) -> Result<(), CommandError> {
         let first = events.len();
         let result = self.execute_only(command, events);
-        // Positions are checked against the mark after every command: all of them when
-        // the mark (or margins) moved, else those its trades touched.
+        let now = command.timestamp();
+        // Positions are checked against the mark after every command: a new pass over all
+        // of them when the mark (or margins) moved, else those its trades touched; a
+        // sweep goes on with the pass a bounded one left.
         match command {
-            Command::Place(_) => self.check_positions(None, first, command.timestamp(), events),
-            Command::Cancel { .. } | Command::CancelAll { .. } => {}
-            Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
-                self.check_positions(Some(()), first, command.timestamp(), events);
+            Command::Place(_) => self.check_positions(super::perp::Pass::Traded(first), now, events),
+            Command::IndexPrice { .. } | Command::Funding { .. } if result.is_ok() => {
+                self.check_positions(super::perp::Pass::New, now, events);
             }
+            Command::Liquidate { .. } => self.check_positions(super::perp::Pass::Continue, now, events),
+            Command::IndexPrice { .. } | Command::Funding { .. } | Command::Cancel { .. } | Command::CancelAll { .. } => {}
         }
+        self.follow_basis(now);
         result
     }
 
@@ -155,8 +258,8 @@ impl Market {
         let rests = matches!(order.kind, OrderType::Limit { tif: TimeInForce::Gtc | TimeInForce::PostOnly, .. });
         if remaining == 0 {
             debug_assert_eq!(lock, 0);
-        } else if stopped {
-            self.emit_cancelled(order, filled, lock, CancelReason::BankruptcyPrice, events);
+        } else if let Some(reason) = stopped {
+            self.emit_cancelled(order, filled, lock, reason, events);
         } else if rests {
             self.rest(order, limit, remaining, lock, events);
         } else {
@@ -165,16 +268,25 @@ impl Market {
     }
 
     /// Matches `order` against the book up to `limit`, its lock `lock` paying for its
-    /// fills. Returns what is left unfilled, what is left of the lock, and whether it
-    /// stopped because its next fill would close its position beyond the bankruptcy price.
-    pub(super) fn match_order(&mut self, order: &NewOrder, limit: Ticks, mut lock: Units, events: &mut Vec<Event>) -> (Lots, Units, bool) {
+    /// fills. Returns what is left unfilled, what is left of the lock, and why it stopped
+    /// early, if it did: its next fill would have met its own user's resting order
+    /// (self-trade prevention, `EXPIRE_TAKER`) or cost more than its lock and its
+    /// position can pay ([`Self::check_leg`]). A liquidation's fills may go past the
+    /// bankruptcy price only as far as the insurance fund pays the difference.
+    pub(super) fn match_order(&mut self, order: &NewOrder, limit: Ticks, mut lock: Units, events: &mut Vec<Event>) -> (Lots, Units, Option<CancelReason>) {
         let taker_side = order.side;
         let liquidation = matches!(order.kind, OrderType::Liquidation { .. });
+        let taker_role = if liquidation { Role::Free } else { Role::Taker };
+        // What the fund can still pay of this liquidation's loss beyond its margin.
+        let mut fund_left = self.perp.fund;
         let mut remaining = order.quantity;
         while remaining > 0 {
             let Some(&maker) = self.book.best(taker_side.opposite()) else { break };
             if !taker_side.accepts(limit, maker.price) {
                 break;
+            }
+            if maker.user == order.user {
+                return (remaining, lock, Some(CancelReason::SelfTrade));
             }
             let room = self.room(&maker, self.position(maker.user).size);
             if room == 0 {
@@ -185,12 +297,19 @@ impl Market {
             let qty = remaining.min(room);
             let taker_margin = share(lock, qty, remaining);
             let maker_margin = share(maker.locked, qty, maker.remaining);
-            if !self.fill_allowed(maker.user, maker.side, maker.price, qty, maker.leverage, maker_margin, Role::Maker) {
-                self.cancel_resting(maker.id, CancelReason::BankruptcyPrice, order.timestamp, events);
+            let maker_leg = self.leg(maker.user, maker.side, maker.price, qty, maker.leverage, maker_margin, Role::Maker);
+            if let Err(reason) = self.check_leg(&maker_leg) {
+                self.cancel_resting(maker.id, reason, order.timestamp, events);
                 continue;
             }
-            if !liquidation && !self.fill_allowed(order.user, taker_side, maker.price, qty, order.leverage, taker_margin, Role::Taker) {
-                return (remaining, lock, true);
+            let taker_leg = self.leg(order.user, taker_side, maker.price, qty, order.leverage, taker_margin, taker_role);
+            if liquidation {
+                if fund_left + taker_leg.available_change() < 0 {
+                    return (remaining, lock, None);
+                }
+                fund_left += taker_leg.available_change();
+            } else if let Err(reason) = self.check_leg(&taker_leg) {
+                return (remaining, lock, Some(reason));
             }
             lock -= taker_margin;
             remaining -= qty;
@@ -198,44 +317,43 @@ impl Market {
             if after.is_none_or(|o| o.remaining == 0) {
                 self.forget_client_id(&maker);
             }
-            self.trade(order, taker_margin, &maker, maker_margin, qty, events);
+            self.trade(order, &maker, qty, maker_leg, taker_leg, events);
         }
-        (remaining, lock, false)
+        (remaining, lock, None)
     }
 
-    /// Whether `user` may fill `qty` on `side` at `price` (with `order_margin` of its
-    /// lock, as `role`): what it closes must lose no more than that part's margin, so a
-    /// trade never takes a `total` below zero (a loss past a position's margin is not the
-    /// user's debt); and what it opens must not be at or below maintenance at the mark,
-    /// so no trade opens a position that would be liquidated at once.
+    /// One side of a fill of `qty` at `price`, worked out on a copy of `user`'s position:
+    /// nothing changes until [`Self::trade`] commits it.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn fill_allowed(&self, user: UserId, side: Side, price: Ticks, qty: Lots, leverage: u32, order_margin: Units, role: Role) -> bool {
-        let p = self.positions.get(&user).copied().unwrap_or_default();
-        let opposes = p.size != 0 && p.size.signum() != side.sign();
-        if opposes {
-            let open = p.size.abs();
-            let closing = i128::from(qty).min(open);
-            // What the whole position would have left at this price. A part's share of
-            // it is at most two units of rounding worse, so a clear margin needs no
-            // exact (division-heavy) dry run: almost every close takes this path.
-            let value = i128::from(price) * open * i128::from(self.spec.units_per_tick_lot);
-            let left = p.margin + if p.size > 0 { value - p.cost } else { p.cost - value };
-            if left * closing < 2 * open {
-                let mut closed = p;
-                let e = apply_fill(&self.spec, &mut closed, side, price, narrow(closing), p.leverage, 0, Role::Free);
-                if e.pnl + e.margin_released < 0 {
-                    return false;
-                }
-            }
+    pub(super) fn leg(&self, user: UserId, side: Side, price: Ticks, qty: Lots, leverage: u32, order_margin: Units, role: Role) -> Leg {
+        let mut position = self.position(user);
+        let opposes = position.size != 0 && position.size.signum() != side.sign();
+        let closes = opposes;
+        let opens = !opposes || i128::from(qty) > position.size.abs();
+        let effect = apply_fill(&self.spec, &mut position, side, price, qty, leverage, order_margin, role, self.perp.mark);
+        Leg { position, effect, closes, opens }
+    }
+
+    /// The money rule every fill obeys, written once: a fill never takes anything from
+    /// the available balance. The order's lock and the margin of what it closes pay its
+    /// fee, its realized loss and the margin of what it opens; so no trade takes a
+    /// `total` below zero (a loss past a position's margin is not the user's debt). And
+    /// what it opens must not be at or below maintenance at the mark, so no trade makes
+    /// a position the next check must liquidate.
+    ///
+    /// # Errors
+    /// The reason the fill may not happen: `BANKRUPTCY_PRICE` when it would close past
+    /// what the position's margin pays (or open a position due at once),
+    /// `INSUFFICIENT_MARGIN` when the order's lock does not cover it.
+    pub(super) fn check_leg(&self, leg: &Leg) -> Result<(), CancelReason> {
+        if leg.available_change() < 0 {
+            return Err(if leg.closes { CancelReason::BankruptcyPrice } else { CancelReason::InsufficientMargin });
         }
-        let opens = !opposes || i128::from(qty) > p.size.abs();
         match self.perp.mark {
-            Some(mark) if opens => {
-                let mut after = p;
-                apply_fill(&self.spec, &mut after, side, price, qty, leverage, order_margin, role);
-                !super::perp::Health::of(&self.spec, &after, mark).liquidatable()
+            Some(mark) if leg.opens && super::perp::Health::of(&self.spec, &leg.position, mark).liquidatable() => {
+                Err(CancelReason::BankruptcyPrice)
             }
-            _ => true,
+            _ => Ok(()),
         }
     }
 
@@ -262,8 +380,12 @@ impl Market {
             return Err(CancelReason::ReduceOnlyRejected);
         }
         let limit = match order.kind {
-            OrderType::Limit { price, .. } if (1..=MAX_TICKS).contains(&price) => price,
-            OrderType::Limit { .. } => return Err(CancelReason::InvalidOrder),
+            OrderType::Limit { price, .. } if !(1..=MAX_TICKS).contains(&price) => return Err(CancelReason::InvalidOrder),
+            // The band as it is now: the mark may have moved since the risk step priced it.
+            OrderType::Limit { price, .. } if self.price_band().is_some_and(|(low, high)| !(low..=high).contains(&price)) => {
+                return Err(CancelReason::PriceOutOfBand);
+            }
+            OrderType::Limit { price, .. } => price,
             OrderType::Market => self.market_limit(order.side).ok_or(CancelReason::NoLiquidity)?,
             // The tighter of the locked price and today's band: never beyond what the
             // margin was locked for.
@@ -296,7 +418,8 @@ impl Market {
         };
         let mut filled = 0;
         for maker in self.book.iter(order.side.opposite()) {
-            if filled == order.quantity || !order.side.accepts(limit, maker.price) {
+            // Matching stops at the taker's own resting order (self-trade prevention).
+            if filled == order.quantity || !order.side.accepts(limit, maker.price) || maker.user == order.user {
                 break;
             }
             // A reduce-only maker may fill in several steps when it trades with its own
@@ -325,31 +448,25 @@ impl Market {
         if maker.reduce_only { reducible(maker.side, position_size, maker.remaining) } else { maker.remaining }
     }
 
-    pub(super) fn trade(
-        &mut self,
-        taker: &NewOrder,
-        taker_margin: Units,
-        maker: &Resting,
-        maker_margin: Units,
-        qty: Lots,
-        events: &mut Vec<Event>,
-    ) {
+    /// Commits a fill whose two legs were worked out (and checked) beforehand, each from
+    /// its user's position: the two users differ (self-trade prevention).
+    pub(super) fn trade(&mut self, taker: &NewOrder, maker: &Resting, qty: Lots, maker_leg: Leg, taker_leg: Leg, events: &mut Vec<Event>) {
+        debug_assert_ne!(maker.user, taker.user);
         let price = maker.price;
         // An auto-deleveraging counterparty is a position, not a resting order.
         let adl = maker.id.0 & ADL_ORDER != 0;
-        let (maker_role, taker_role) = match taker.kind {
-            OrderType::Liquidation { .. } if adl => (Role::Free, Role::Free),
-            OrderType::Liquidation { .. } => (Role::Maker, Role::Free),
-            _ => (Role::Maker, Role::Taker),
+        self.positions.insert(maker.user, maker_leg.position);
+        self.positions.insert(taker.user, taker_leg.position);
+        let update = |user, order_id, leg: &Leg| FillUpdate {
+            user,
+            order_id,
+            pnl: leg.effect.pnl,
+            fee: leg.effect.fee,
+            margin_released: leg.effect.margin_released,
+            position: leg.position,
         };
-        let mut maker_update = self.fill_account(maker.user, maker.id, maker.side, price, qty, maker.leverage, maker_margin, maker_role);
-        let taker_update = self.fill_account(taker.user, taker.id, taker.side, price, qty, taker.leverage, taker_margin, taker_role);
-        // A user trading with themselves: both updates carry the position after the whole
-        // trade, so that whichever the ledger applies last (the buyer's, then the
-        // seller's) leaves it as the engine has it.
-        if maker.user == taker.user {
-            maker_update.position = taker_update.position;
-        }
+        let maker_update = update(maker.user, maker.id, &maker_leg);
+        let taker_update = update(taker.user, taker.id, &taker_leg);
         let (buyer, seller) =
             if taker.side == Side::Buy { (taker_update, maker_update) } else { (maker_update, taker_update) };
         if !adl {
@@ -367,30 +484,6 @@ impl Market {
             seller,
             timestamp: taker.timestamp,
         }));
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn fill_account(
-        &mut self,
-        user: UserId,
-        order_id: OrderId,
-        side: Side,
-        price: Ticks,
-        qty: Lots,
-        leverage: u32,
-        order_margin: Units,
-        role: Role,
-    ) -> FillUpdate {
-        let position = self.positions.entry(user).or_default();
-        let effect = apply_fill(&self.spec, position, side, price, qty, leverage, order_margin, role);
-        FillUpdate {
-            user,
-            order_id,
-            pnl: effect.pnl,
-            fee: effect.fee,
-            margin_released: effect.margin_released,
-            position: *position,
-        }
     }
 
     fn rest(&mut self, order: &NewOrder, price: Ticks, remaining: Lots, lock: Units, events: &mut Vec<Event>) {

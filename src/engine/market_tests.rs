@@ -12,6 +12,7 @@ struct Harness {
 const A: UserId = UserId(1);
 const B: UserId = UserId(2);
 const C: UserId = UserId(3);
+const D: UserId = UserId(4);
 
 impl Harness {
     fn new() -> Self {
@@ -94,7 +95,7 @@ fn partial_fill_across_levels_trades_at_maker_prices_in_fifo_order() {
     h.gtc(A, Side::Sell, 101, 2); // id 1
     h.gtc(B, Side::Sell, 100, 1); // id 2
     h.gtc(C, Side::Sell, 100, 1); // id 3
-    let ev = h.gtc(A, Side::Buy, 101, 5); // id 4
+    let ev = h.gtc(D, Side::Buy, 101, 5); // id 4
     assert_eq!(trades(&ev), [(100, 1, 2), (100, 1, 3), (101, 2, 1)]);
     // 1 lot left rests at the taker's price.
     assert!(matches!(ev.last(), Some(Event::OrderPlaced(p)) if p.filled == 4 && p.price == 101));
@@ -375,17 +376,20 @@ fn snapshot_restore_is_the_same_state() {
 }
 
 #[test]
-fn a_trade_with_oneself_reports_the_final_position_on_both_sides() {
+fn a_taker_never_trades_with_its_own_resting_order() {
     for taker_side in [Side::Buy, Side::Sell] {
         let mut h = Harness::new();
-        // A holds 2 long; then rests the other side of 1 and takes it itself.
-        h.gtc(B, Side::Sell, 1000, 2);
-        h.gtc(A, Side::Buy, 1000, 2);
+        // A rests 1 lot at the best price, B 1 lot behind it; A then takes 2 lots.
         h.gtc(A, taker_side.opposite(), 1000, 1);
-        let ev = h.gtc(A, taker_side, 1000, 1);
-        let Some(Event::TradeExecuted(t)) = ev.iter().find(|e| matches!(e, Event::TradeExecuted(_))) else { panic!("no trade: {ev:?}") };
-        let engine = h.market.position(A);
-        assert_eq!((t.buyer.position, t.seller.position), (engine, engine), "taker {taker_side:?}");
-        assert_eq!(engine.size, 2, "a trade with oneself moves nothing");
+        h.gtc(B, taker_side.opposite(), if taker_side == Side::Buy { 1001 } else { 999 }, 1);
+        let ev = h.limit(A, taker_side, if taker_side == Side::Buy { 1001 } else { 999 }, 2, TimeInForce::Gtc);
+        // Self-trade prevention (EXPIRE_TAKER): it stops at its own order, before B's.
+        assert!(trades(&ev).is_empty(), "taker {taker_side:?}: {ev:?}");
+        assert!(matches!(ev[..], [Event::OrderCancelled(Cancelled { reason: CancelReason::SelfTrade, filled: 0, .. })]), "{ev:?}");
+        assert_eq!(h.market.book().len(), 2, "the resting orders stay");
+        assert_eq!(h.market.position(A).size, 0);
+        // FOK counts only what it could fill before its own order.
+        let ev = h.limit(A, taker_side, if taker_side == Side::Buy { 1001 } else { 999 }, 1, TimeInForce::Fok);
+        assert_eq!(cancelled(&ev), [(4, CancelReason::FokUnfillable, 0)]);
     }
 }

@@ -23,7 +23,7 @@ pub mod units;
 pub use book::{Book, Resting};
 pub use command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
 pub use event::{CancelReason, Cancelled, Event, FillUpdate, FundingPayment, FundingRound, Liquidated, LiquidationOrder, Placed, PositionState, PriceUpdate, Trade};
-pub use market::{CommandError, Market, ADL_ORDER, ENGINE_ORDER};
+pub use market::{CommandError, Market, PriceError, ADL_ORDER, ENGINE_ORDER};
 pub use perp::{Health, Perp};
 pub use snapshot::SnapshotError;
 pub use symbol::SymbolSpec;

@@ -3,29 +3,53 @@
 //! step is a function of the market's state and a logged command (an index price, a
 //! funding time), so a replay reproduces every mark, liquidation and payment exactly.
 //!
-//! **Mark price.** When an index price is posted, the mark is the median of three: the
-//! index; the book's mid price (the index when a side is empty); the last trade price if
-//! a trade happened since the previous index price (else the index). One side of the
-//! book or one trade alone cannot move it away from the index.
+//! **Mark price** (Binance's design). When an index price is posted, the mark is the
+//! median of three prices, clamped to the symbol's `mark_band` around the index:
+//! 1. the index with the funding basis: `index × (1 + last funding rate × time to the
+//!    next funding ÷ interval)`;
+//! 2. the index plus a moving average of the book's basis `mid − index` (0 while a side
+//!    is empty): the basis is integrated over time between index prices (every command
+//!    notes the mid it leaves), and the average of each interval enters an exponential
+//!    average with weight `interval ÷ mark_basis_window_secs` (at most 1);
+//! 3. the last trade price if a trade happened since the previous index price, else the
+//!    index.
+//!
+//! Trades and quotes of one party move only (2) and (3), and (2) only by the time they
+//! hold: the median then lies between (1) and (2), so a burst of any size held for a few
+//! seconds moves the mark by a few seconds' share of the window (0.5 % is 10 seconds of
+//! a book quoted 15 % off the index in a 5-minute window). With no quotes and no trades
+//! it is the index.
 //!
 //! **Liquidation.** A position's equity is its margin plus its unrealized PnL at the mark;
 //! its maintenance margin is `size × mark × maintenanceMarginRate`, rounded up. At or
 //! below it, the user's open orders on the symbol are cancelled and the position is
-//! closed by a `LIQUIDATION` order (no fee) that fills against the book no worse than the
-//! bankruptcy price (where equity is zero). What the book cannot absorb is closed at the
-//! bankruptcy price against the opposite positions ranked by profit × leverage
-//! (auto-deleveraging). The margin left over goes to the insurance fund. Because every
-//! close is at or better than the bankruptcy price, the position's loss never exceeds its
-//! margin, and the fund only pays for rounding (never more than it holds). At most
-//! [`MAX_LIQUIDATIONS`] positions are liquidated per command; the rest wait for a logged
-//! [`Command::Liquidate`](super::Command::Liquidate) the shard appends at once.
+//! closed by a `LIQUIDATION` order (no fee) against the book: no worse than the
+//! bankruptcy price (where equity is zero), and beyond it, down to the protection band
+//! around the mark, only as far as the insurance fund pays the loss past the margin.
+//! What the book cannot absorb is closed at the bankruptcy price against the opposite
+//! positions ranked by profit × leverage (auto-deleveraging). The margin left over goes to
+//! the fund. So the position never loses more than its margin, and the fund never pays
+//! more than it holds.
 //!
-//! **Funding.** The rate is the average premium `(mark − index) ÷ index` over the index
-//! prices posted since the last funding, plus `clamp(interest − premium, ±0.05 %)`,
-//! clamped to ±0.75 %; the interest is 0.01 % per 8 hours of the funding interval. Each
-//! paying position pays `size × mark × |rate|` (rounded up) out of its margin, each
-//! receiving one gets its share of what was paid (rounded down) in its available balance,
-//! and the rounding residue goes to the insurance fund: funding is zero-sum.
+//! Due positions are liquidated in passes: a mark move (an index price, a funding round)
+//! starts a pass over every due position, in user order starting after the last one
+//! attempted, so that no position waits behind the same others twice; each command
+//! liquidates at most [`MAX_LIQUIDATIONS`] and the rest wait for a logged
+//! [`Command::Liquidate`](super::Command::Liquidate) the shard appends at once. A position
+//! a pass could not close (an empty book, no one to deleverage against) is tried again
+//! in the next pass, never in a loop. An index older than `index_max_age_secs` (by the
+//! command's timestamp) pauses liquidation and funding.
+//!
+//! **Funding.** A funding command settles the first funding time at or after its
+//! timestamp (a multiple of the interval since the epoch), once: a manual settlement
+//! before the hour takes the scheduled one's place. The rate is the average premium
+//! `(mark − index) ÷ index` over the index prices posted since the last funding, plus
+//! `clamp(interest − premium, ±0.05 %)`, clamped to ±0.75 %; the interest is 0.01 % per
+//! 8 hours of the funding interval. Each paying position pays `size × mark × |rate|`
+//! (rounded up) out of its margin, but never so much that it would be at or below
+//! maintenance; what it cannot pay is the insurance fund's. Each receiving one gets its
+//! share (rounded down) in its available balance, scaled down only if the fund cannot
+//! pay the shortfall; the rounding residue goes to the fund: funding is zero-sum.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +74,8 @@ const PREMIUM_BAND: i128 = 50_000;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Perp {
     pub index: Option<Ticks>,
+    /// When the index was posted (the command's timestamp).
+    pub index_time: i64,
     pub mark: Option<Ticks>,
     pub traded_since_index: bool,
     /// The insurance fund's share held by this symbol, in units. Never negative.
@@ -58,9 +84,30 @@ pub struct Perp {
     pub premium_sum: i128,
     pub premium_samples: u64,
     pub last_funding_rate: i64,
+    /// The last funding time settled (a multiple of the interval).
     pub last_funding_time: i64,
-    /// Liquidations a bounded pass left for the next [`super::Command::Liquidate`].
-    pub pending: bool,
+    /// The mark's moving average of the book's basis, in ticks × RATE_ONE.
+    pub basis_average: i128,
+    /// The basis the book has now (ticks), since when, and its integral (ticks × ms)
+    /// since the last index price.
+    pub basis_now: i64,
+    pub basis_since: i64,
+    pub basis_area: i128,
+    /// Due positions this pass has still to liquidate, in order.
+    pub queue: std::collections::VecDeque<UserId>,
+    /// The last user a pass attempted: the next pass starts after it.
+    pub cursor: Option<UserId>,
+}
+
+/// Which positions a command checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pass {
+    /// The mark (or margins) moved: a new pass over every position.
+    New,
+    /// A logged sweep: go on with the pass.
+    Continue,
+    /// An order: the users the events from this one on traded for.
+    Traded(usize),
 }
 
 /// A position measured at a price.
@@ -124,9 +171,45 @@ fn median(a: Ticks, b: Ticks, c: Ticks) -> Ticks {
     a.max(b).min(a.min(b).max(c))
 }
 
+impl Perp {
+    /// Liquidations a bounded pass left for the next [`super::Command::Liquidate`].
+    pub fn pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+}
+
 impl Market {
     pub fn perp(&self) -> &Perp {
         &self.perp
+    }
+
+    /// Whether the index is older than the symbol allows at `now`: liquidation and
+    /// funding wait for a fresh one.
+    pub fn index_stale(&self, now: i64) -> bool {
+        let max_age = i64::try_from(self.spec.index_max_age_secs).unwrap_or(i64::MAX).saturating_mul(1000);
+        self.perp.index.is_some() && now.saturating_sub(self.perp.index_time) > max_age
+    }
+
+    /// The book's mid price, when both sides have one.
+    fn mid(&self) -> Option<Ticks> {
+        let bid = self.book.best_price(Side::Buy)?;
+        let ask = self.book.best_price(Side::Sell)?;
+        Some(bid + (ask - bid) / 2)
+    }
+
+    /// Notes the basis (mid − index) the command left the book with, adding the one it
+    /// replaces to the interval's integral. Runs after every command: cheap, and it is
+    /// what makes a quote count for the time it stands, not for being there at the
+    /// moment an index price arrives.
+    pub(super) fn follow_basis(&mut self, now: i64) {
+        let Some(index) = self.perp.index else { return };
+        let basis = self.mid().map_or(0, |mid| mid - index);
+        if basis != self.perp.basis_now {
+            let held = now.saturating_sub(self.perp.basis_since).max(0);
+            self.perp.basis_area += i128::from(self.perp.basis_now) * i128::from(held);
+            self.perp.basis_since = self.perp.basis_since.max(now);
+            self.perp.basis_now = basis;
+        }
     }
 
     /// The funding rate the market's state gives now, in parts of RATE_ONE.
@@ -143,13 +226,32 @@ impl Market {
 
     pub(super) fn post_index(&mut self, price: Ticks, timestamp: i64, events: &mut Vec<Event>) {
         let price = price.clamp(1, MAX_TICKS);
-        let mid = match (self.book.best_price(Side::Buy), self.book.best_price(Side::Sell)) {
-            (Some(bid), Some(ask)) => bid + (ask - bid) / 2,
-            _ => price,
-        };
-        let last = if self.perp.traded_since_index { self.last_price.unwrap_or(price) } else { price };
-        let mark = median(price, mid, last);
+        let one = i128::from(RATE_ONE);
+        if self.perp.index.is_some() {
+            // The interval since the last index price: its time-weighted basis enters the
+            // moving average with the interval's share of the window.
+            let span = timestamp.saturating_sub(self.perp.index_time).max(0);
+            let held = timestamp.saturating_sub(self.perp.basis_since).max(0);
+            let area = self.perp.basis_area + i128::from(self.perp.basis_now) * i128::from(held);
+            let average = if span > 0 { area * one / i128::from(span) } else { i128::from(self.perp.basis_now) * one };
+            let window = i128::from(self.spec.mark_basis_window_secs.max(1)) * 1000;
+            let weight = i128::from(span).min(window);
+            self.perp.basis_average += (average - self.perp.basis_average) * weight / window;
+        }
         self.perp.index = Some(price);
+        self.perp.index_time = timestamp;
+        self.perp.basis_area = 0;
+        self.perp.basis_since = timestamp;
+        self.perp.basis_now = self.mid().map_or(0, |mid| mid - price);
+        let interval = i128::from(self.spec.funding_interval_secs.max(1)) * 1000;
+        let to_funding = i128::from(next_funding_time(timestamp, self.spec.funding_interval_secs) - timestamp);
+        let index = i128::from(price);
+        let with_funding = index + index * i128::from(self.perp.last_funding_rate) * to_funding / (interval * one);
+        let with_basis = index + self.perp.basis_average / one;
+        let last = if self.perp.traded_since_index { self.last_price.unwrap_or(price) } else { price };
+        let clamp = |v: i128| narrow(v.clamp(1, i128::from(MAX_TICKS)));
+        let (low, high) = self.spec.mark_range(price);
+        let mark = median(clamp(with_funding), clamp(with_basis), last).clamp(low, high);
         self.perp.mark = Some(mark);
         self.perp.traded_since_index = false;
         self.perp.premium_sum += premium(mark, price);
@@ -159,11 +261,16 @@ impl Market {
     }
 
     pub(super) fn settle_funding(&mut self, timestamp: i64, events: &mut Vec<Event>) -> Result<(), CommandError> {
-        if timestamp <= self.perp.last_funding_time {
+        // The funding time this settles: the first at or after the command.
+        let slot = next_funding_time(timestamp.saturating_sub(1), self.spec.funding_interval_secs);
+        if slot <= self.perp.last_funding_time {
             return Err(CommandError::FundingSettled);
         }
+        if self.index_stale(timestamp) {
+            return Err(CommandError::IndexStale);
+        }
         let rate = self.funding_rate();
-        self.perp.last_funding_time = timestamp;
+        self.perp.last_funding_time = slot;
         self.perp.last_funding_rate = rate;
         self.perp.premium_sum = 0;
         self.perp.premium_samples = 0;
@@ -172,27 +279,36 @@ impl Market {
         if let Some(mark) = mark.filter(|_| rate != 0) {
             let payer_sign = if rate > 0 { 1 } else { -1 };
             let magnitude = i128::from(rate).abs();
+            let one = i128::from(RATE_ONE);
             let open = self.positions();
-            let notional = |p: &PositionState| i128::from(mark) * p.size.abs() * i128::from(self.spec.units_per_tick_lot);
+            let mut owed = 0;
             let mut collected = 0;
             let mut paid = Vec::new();
             for (user, p) in open.iter().filter(|(_, p)| p.size.signum() == payer_sign) {
-                let pay = div_ceil(notional(p) * magnitude, i128::from(RATE_ONE)).min(p.margin).max(0);
+                let h = Health::of(&self.spec, p, mark);
+                let due = div_ceil(h.notional * magnitude, one);
+                // Never so much that the payment alone would make the position due for
+                // liquidation, and never more than its margin.
+                let can = (h.equity - h.maintenance - 1).min(p.margin).max(0);
+                let pay = due.min(can);
+                owed += due;
                 collected += pay;
                 paid.push((*user, -pay));
             }
+            let notional = |p: &PositionState| i128::from(mark) * p.size.abs() * i128::from(self.spec.units_per_tick_lot);
             let receivers: Vec<(UserId, i128)> = open
                 .iter()
                 .filter(|(_, p)| p.size.signum() == -payer_sign)
-                .map(|(u, p)| (*u, div_floor(notional(p) * magnitude, i128::from(RATE_ONE))))
+                .map(|(u, p)| (*u, div_floor(notional(p) * magnitude, one)))
                 .collect();
-            let owed: i128 = receivers.iter().map(|(_, r)| r).sum();
-            // A payer whose margin could not cover its payment paid less: the receivers
-            // share what was paid (scaled in parts of 1e8, rounded down).
-            let scale = if owed > collected { Some(collected * i128::from(RATE_ONE) / owed) } else { None };
+            let to_receive: i128 = receivers.iter().map(|(_, r)| r).sum();
+            // What the payers could not pay is the fund's, as far as it holds; past that
+            // the receivers share what there is (scaled in parts of 1e8, rounded down).
+            let funds = collected + self.perp.fund.min((owed - collected).max(0));
+            let scale = (to_receive > funds).then(|| funds * one / to_receive);
             let mut received = 0;
             for (user, r) in receivers {
-                let r = scale.map_or(r, |s| r * s / i128::from(RATE_ONE));
+                let r = scale.map_or(r, |s| r * s / one);
                 received += r;
                 paid.push((user, r));
             }
@@ -217,46 +333,48 @@ impl Market {
         Ok(())
     }
 
-    /// Liquidates the positions at or below maintenance at the mark: every position when
-    /// `all` is given, else those of the users the events from `first` on traded for.
-    pub(super) fn check_positions(&mut self, all: Option<()>, first: usize, timestamp: i64, events: &mut Vec<Event>) {
+    /// Liquidates positions at or below maintenance at the mark, as `pass` says (see the
+    /// module doc): at most [`MAX_LIQUIDATIONS`] per command.
+    pub(super) fn check_positions(&mut self, pass: Pass, now: i64, events: &mut Vec<Event>) {
         let Some(mark) = self.perp.mark else { return };
-        let mut due: Vec<UserId> = if all.is_some() {
-            self.positions.iter().filter(|(_, p)| Health::of(&self.spec, p, mark).liquidatable()).map(|(u, _)| *u).collect()
-        } else {
-            let traded = traded_users(&events[first..]);
-            traded.into_iter().filter(|u| self.liquidatable(*u, mark)).collect()
-        };
-        if due.is_empty() {
-            if all.is_some() {
-                self.perp.pending = false;
-            }
+        if self.index_stale(now) {
             return;
         }
-        due.sort_unstable();
-        due.dedup();
-        let mut queue = std::collections::VecDeque::from(due);
-        let mut ranked = Ranked::default();
-        let mut done = 0;
-        while let Some(user) = queue.pop_front() {
-            if !self.liquidatable(user, mark) {
-                continue;
+        match pass {
+            Pass::New => {
+                let mut due: Vec<UserId> =
+                    self.positions.iter().filter(|(_, p)| Health::of(&self.spec, p, mark).liquidatable()).map(|(u, _)| *u).collect();
+                due.sort_unstable();
+                let start = self.perp.cursor.map_or(0, |c| due.partition_point(|u| *u <= c));
+                due.rotate_left(start);
+                self.perp.queue = due.into();
             }
-            if done == MAX_LIQUIDATIONS {
-                self.perp.pending = true;
-                return;
-            }
-            let start = events.len();
-            self.liquidate(user, mark, timestamp, &mut ranked, events);
-            done += 1;
-            // The makers it traded with may now be due themselves.
-            for u in traded_users(&events[start..]) {
-                if u != user && !queue.contains(&u) && self.liquidatable(u, mark) {
-                    queue.push_back(u);
+            Pass::Continue => {}
+            Pass::Traded(first) => {
+                let due: Vec<UserId> = traded_users(&events[first..]).into_iter().filter(|u| self.liquidatable(*u, mark)).collect();
+                for user in due.into_iter().rev() {
+                    self.perp.queue.push_front(user);
                 }
             }
         }
-        self.perp.pending = false;
+        let mut ranked = Ranked::default();
+        let mut done = 0;
+        while done < MAX_LIQUIDATIONS {
+            let Some(user) = self.perp.queue.pop_front() else { break };
+            if !self.liquidatable(user, mark) {
+                continue;
+            }
+            let start = events.len();
+            self.liquidate(user, mark, now, &mut ranked, events);
+            self.perp.cursor = Some(user);
+            done += 1;
+            // The makers it traded with may now be due themselves.
+            for u in traded_users(&events[start..]) {
+                if u != user && self.liquidatable(u, mark) {
+                    self.perp.queue.push_back(u);
+                }
+            }
+        }
     }
 
     fn liquidatable(&self, user: UserId, mark: Ticks) -> bool {
@@ -287,14 +405,20 @@ impl Market {
             locked_margin: 0,
             timestamp,
         };
-        let (after_book, _, _) = self.match_order(&order, price, 0, events);
+        // Past the bankruptcy price, down to the protection band around the mark, the
+        // book takes it only as far as the insurance fund pays the difference.
+        let limit = match side {
+            Side::Sell => price.min(self.spec.band_limit(mark, false)),
+            Side::Buy => price.max(self.spec.band_limit(mark, true)),
+        };
+        let (after_book, _, _) = self.match_order(&order, limit, 0, events);
         let left = if after_book > 0 { self.deleverage(&order, after_book, price, mark, ranked, events) } else { 0 };
         let after = self.position(user);
         let margin_used = before.margin - after.margin;
         let realized = after.realized_pnl - before.realized_pnl;
-        // Closed at or better than the bankruptcy price: the loss is within the margin,
-        // to the unit when all of it closed. A partial close may round a unit or two
-        // past it; the fund pays that, as far as it can.
+        // Negative: the loss past the margin, which the fund pays (the fills past the
+        // bankruptcy price went only as far as it could; a partial close at the
+        // bankruptcy price may round a unit or two past it, paid as far as it can).
         let to_fund = (margin_used + realized).max(-self.perp.fund);
         self.perp.fund += to_fund;
         let seq = self.next_seq();
@@ -346,7 +470,8 @@ impl Market {
                 continue;
             }
             let qty = remaining.min(narrow(p.size.abs()));
-            if !self.fill_allowed(user, their_side, price, qty, p.leverage, 0, Role::Free) {
+            let their_leg = self.leg(user, their_side, price, qty, p.leverage, 0, Role::Free);
+            if self.check_leg(&their_leg).is_err() {
                 at += 1;
                 continue;
             }
@@ -363,7 +488,8 @@ impl Market {
                 reduce_only: true,
                 has_client_order_id: false,
             };
-            self.trade(order, 0, &counter, 0, qty, events);
+            let liquidated_leg = self.leg(order.user, order.side, price, qty, order.leverage, 0, Role::Free);
+            self.trade(order, &counter, qty, their_leg, liquidated_leg, events);
             remaining -= qty;
         }
         // Positions before `at` are closed, on the other side, or could not pay: the next

@@ -6,9 +6,12 @@
 //! stays with the open size, so the realized PnL over a position's whole life is exact.
 //!
 //! Margin follows the same shape: an opening fill moves margin from the order's lock into
-//! the position (never more than the fill needs at its own price, never more than the
-//! order's lock less the fill's fee, which the lock pays first); a closing fill releases the position's margin pro rata, rounded down, and
-//! the last close releases all of it.
+//! the position: what the fill needs at its own price and leverage, plus its *open loss*
+//! (how much worse than the mark it opened: a buy above the mark, a sell below it,
+//! Binance's term), so that a new position is never at once below its initial margin at
+//! the mark; never more than the order's lock less the fill's fee, which the lock pays
+//! first. A closing fill releases the position's margin pro rata, rounded down, and the
+//! last close releases all of it.
 
 use super::command::Side;
 use super::event::PositionState;
@@ -35,7 +38,8 @@ pub struct FillEffect {
 
 /// Applies a fill of `qty` at `price` on `side` to `pos`.
 ///
-/// `order_margin` is the part of the order's lock that this fill consumes.
+/// `order_margin` is the part of the order's lock that this fill consumes; `mark` the
+/// mark price, if there is one (for the open loss).
 #[allow(clippy::too_many_arguments)]
 pub fn apply_fill(
     spec: &SymbolSpec,
@@ -46,6 +50,7 @@ pub fn apply_fill(
     leverage: u32,
     order_margin: i64,
     role: Role,
+    mark: Option<Ticks>,
 ) -> FillEffect {
     let sign = side.sign();
     let qty = i128::from(qty);
@@ -85,7 +90,7 @@ pub fn apply_fill(
     if opening > 0 {
         // The fee is paid out of the order's lock first, so a fill never takes the
         // available balance below zero.
-        let needed = div_ceil(notional(spec, price, opening), i128::from(leverage.max(1)));
+        let needed = div_ceil(notional(spec, price, opening), i128::from(leverage.max(1))) + open_loss(spec, side, price, mark, opening);
         to_position = needed.min((order_margin - fee).max(0));
         pos.size += sign * opening;
         pos.cost += notional(spec, price, opening);
@@ -95,6 +100,14 @@ pub fn apply_fill(
     released += order_margin - to_position;
     pos.fees += fee;
     FillEffect { pnl, fee, margin_released: released }
+}
+
+/// What opening `qty` on `side` at `price` loses at once against the mark: a buy above
+/// it, a sell below it; zero without a mark.
+pub fn open_loss(spec: &SymbolSpec, side: Side, price: Ticks, mark: Option<Ticks>, qty: i128) -> i128 {
+    let Some(mark) = mark else { return 0 };
+    let worse = (i128::from(price) - i128::from(mark)) * side.sign();
+    worse.max(0) * qty * i128::from(spec.units_per_tick_lot)
 }
 
 /// How much of `qty` a reduce-only order may fill against a position of `size` without
@@ -131,14 +144,14 @@ mod tests {
         let mut p = PositionState::default();
         // Buy 10 lots at 1000 ticks, leverage 10: notional 1 USDT, margin 0.1 USDT; the
         // lock also covers the taker fee.
-        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 10, 1000 * U + taker_fee(1000, 10), Role::Taker);
+        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 10, 1000 * U + taker_fee(1000, 10), Role::Taker, None);
         assert_eq!(e, FillEffect { pnl: 0, fee: 50_000, margin_released: 50_000 });
         assert_eq!((p.size, p.cost, p.margin), (10, 10_000 * i128::from(U), 1000 * i128::from(U)));
         // Add 10 at 1100: entry becomes 1050.
-        apply_fill(&s, &mut p, Side::Buy, 1100, 10, 10, 1100 * U + taker_fee(1100, 10), Role::Taker);
+        apply_fill(&s, &mut p, Side::Buy, 1100, 10, 10, 1100 * U + taker_fee(1100, 10), Role::Taker, None);
         assert_eq!(p.cost / p.size, 1050 * i128::from(U));
         // Sell all 20 at 1200: pnl = 20 × 150 ticks.
-        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 20, 10, 0, Role::Maker);
+        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 20, 10, 0, Role::Maker, None);
         assert_eq!(e.pnl, i128::from(20 * 150 * U));
         assert_eq!(e.margin_released, i128::from(2100 * U));
         assert_eq!((p.size, p.cost, p.margin), (0, 0, 0));
@@ -152,7 +165,7 @@ mod tests {
         let mut p = PositionState::default();
         // Locked exactly the margin: the position gets the margin less the fee, and the
         // fee is released to be charged, so the available balance cannot go negative.
-        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 1, 10_000 * U, Role::Taker);
+        let e = apply_fill(&s, &mut p, Side::Buy, 1000, 10, 1, 10_000 * U, Role::Taker, None);
         assert_eq!(e.fee, 50_000);
         assert_eq!(e.margin_released, i128::from(50_000));
         assert_eq!(p.margin, i128::from(10_000 * U - 50_000));
@@ -162,10 +175,10 @@ mod tests {
     fn flip_from_long_to_short_in_one_fill() {
         let s = btc();
         let mut p = PositionState::default();
-        apply_fill(&s, &mut p, Side::Buy, 1000, 3, 1, 3000 * U + taker_fee(1000, 3), Role::Taker);
+        apply_fill(&s, &mut p, Side::Buy, 1000, 3, 1, 3000 * U + taker_fee(1000, 3), Role::Taker, None);
         // Sell 5 at 900 with leverage 2, having locked 5 × 900 ÷ 2 plus the fee.
         let fee = taker_fee(900, 5);
-        let e = apply_fill(&s, &mut p, Side::Sell, 900, 5, 2, 2250 * U + fee, Role::Taker);
+        let e = apply_fill(&s, &mut p, Side::Sell, 900, 5, 2, 2250 * U + fee, Role::Taker, None);
         assert_eq!(e.pnl, i128::from(-3 * 100 * U));
         assert_eq!(p.size, -2);
         assert_eq!(p.cost, 1800 * i128::from(U));
@@ -180,11 +193,11 @@ mod tests {
         let s = btc();
         let mut p = PositionState::default();
         // Entry cost 10 + 11 + 11 ticks·lot over 3 lots: not divisible.
-        apply_fill(&s, &mut p, Side::Buy, 10, 1, 1, 10 * U + 10, Role::Taker);
-        apply_fill(&s, &mut p, Side::Buy, 11, 2, 1, 22 * U + 20, Role::Taker);
+        apply_fill(&s, &mut p, Side::Buy, 10, 1, 1, 10 * U + 10, Role::Taker, None);
+        apply_fill(&s, &mut p, Side::Buy, 11, 2, 1, 22 * U + 20, Role::Taker, None);
         let mut total = 0;
         for _ in 0..3 {
-            total += apply_fill(&s, &mut p, Side::Sell, 12, 1, 1, 0, Role::Taker).pnl;
+            total += apply_fill(&s, &mut p, Side::Sell, 12, 1, 1, 0, Role::Taker, None).pnl;
         }
         assert_eq!(total, i128::from((36 - 32) * U));
         assert_eq!(p.size, 0);
@@ -195,9 +208,9 @@ mod tests {
     fn short_closes_and_margin_released_pro_rata() {
         let s = btc();
         let mut p = PositionState::default();
-        apply_fill(&s, &mut p, Side::Sell, 1000, 4, 4, 1000 * U + taker_fee(1000, 4), Role::Taker);
+        apply_fill(&s, &mut p, Side::Sell, 1000, 4, 4, 1000 * U + taker_fee(1000, 4), Role::Taker, None);
         assert_eq!(p.margin, 1000 * i128::from(U));
-        let e = apply_fill(&s, &mut p, Side::Buy, 1100, 1, 4, 275 * U, Role::Taker);
+        let e = apply_fill(&s, &mut p, Side::Buy, 1100, 1, 4, 275 * U, Role::Taker, None);
         assert_eq!(e.pnl, i128::from(-100 * U));
         // A quarter of the position margin plus the whole order share (nothing opened).
         assert_eq!(e.margin_released, i128::from(250 * U + 275 * U));
@@ -210,12 +223,12 @@ mod tests {
         // A sell limited at 1000 filled at 1200 needs 1200 but locked only 1000 (+ fee):
         // the position gets what is left after the fee.
         let fee = div_ceil(i128::from(1200 * U * 2), 10_000) as i64;
-        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 1, 1, 1000 * U + 500, Role::Maker);
+        let e = apply_fill(&s, &mut p, Side::Sell, 1200, 1, 1, 1000 * U + 500, Role::Maker, None);
         assert_eq!(p.margin, i128::from(1000 * U + 500 - fee));
         assert_eq!(e.margin_released, i128::from(fee));
         // A buy locked at 1050 filled at 1000 returns the difference.
         let mut q = PositionState::default();
-        let e = apply_fill(&s, &mut q, Side::Buy, 1000, 1, 1, 1050 * U + taker_fee(1050, 1), Role::Taker);
+        let e = apply_fill(&s, &mut q, Side::Buy, 1000, 1, 1, 1050 * U + taker_fee(1050, 1), Role::Taker, None);
         assert_eq!(e.margin_released, i128::from(50 * U + taker_fee(1050, 1)));
     }
 

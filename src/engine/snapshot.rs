@@ -20,7 +20,7 @@ use super::symbol::SymbolSpec;
 use super::units::Ticks;
 
 const MAGIC: &[u8; 6] = b"EXSNAP";
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -43,11 +43,42 @@ struct StateV1 {
     positions: Vec<(UserId, PositionState)>,
 }
 
-/// Version 2 adds the perpetual's state (index, mark, insurance fund, funding).
+/// Version 2 added the perpetual's state (index, mark, insurance fund, funding); 3 has
+/// the mark's basis average, the index's time and the liquidation pass.
 #[derive(Serialize, Deserialize)]
-struct StateV2 {
+struct StateV2<P> {
     market: StateV1,
-    perp: Perp,
+    perp: P,
+}
+
+/// The perpetual's state as version 2 held it.
+#[derive(Deserialize)]
+struct PerpV2 {
+    index: Option<Ticks>,
+    mark: Option<Ticks>,
+    traded_since_index: bool,
+    fund: i128,
+    premium_sum: i128,
+    premium_samples: u64,
+    last_funding_rate: i64,
+    last_funding_time: i64,
+    _pending: bool,
+}
+
+impl From<PerpV2> for Perp {
+    fn from(v: PerpV2) -> Self {
+        Self {
+            index: v.index,
+            mark: v.mark,
+            traded_since_index: v.traded_since_index,
+            fund: v.fund,
+            premium_sum: v.premium_sum,
+            premium_samples: v.premium_samples,
+            last_funding_rate: v.last_funding_rate,
+            last_funding_time: v.last_funding_time,
+            ..Self::default()
+        }
+    }
 }
 
 impl Market {
@@ -80,9 +111,13 @@ impl Market {
         let corrupt = |e: postcard::Error| SnapshotError::Corrupt(e.to_string());
         let (state, perp) = match u16::from_le_bytes(*version) {
             1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default()),
+            2 => {
+                let v2: StateV2<PerpV2> = postcard::from_bytes(body).map_err(corrupt)?;
+                (v2.market, v2.perp.into())
+            }
             VERSION => {
-                let v2: StateV2 = postcard::from_bytes(body).map_err(corrupt)?;
-                (v2.market, v2.perp)
+                let v3: StateV2<Perp> = postcard::from_bytes(body).map_err(corrupt)?;
+                (v3.market, v3.perp)
             }
             other => return Err(SnapshotError::UnsupportedVersion(other)),
         };

@@ -28,6 +28,17 @@ pub struct SymbolSpec {
     pub maintenance_margin_rate: Decimal,
     /// Seconds between funding times (multiples of it since the epoch).
     pub funding_interval_secs: u64,
+    /// A LIMIT price must lie within `[reference × price_band_down, reference ×
+    /// price_band_up]`, the reference being the mark (or the last trade before the first
+    /// mark): Binance's `PERCENT_PRICE`.
+    pub price_band_down: Decimal,
+    pub price_band_up: Decimal,
+    /// The mark price never strays farther than this fraction from the index.
+    pub mark_band: Decimal,
+    /// The window of the mark's moving average of the book's basis (mid − index), seconds.
+    pub mark_basis_window_secs: u64,
+    /// An index price older than this stops liquidations and funding (seconds).
+    pub index_max_age_secs: u64,
     /// Largest position a user may hold, in lots, counting open orders as filled.
     pub max_position: Lots,
     /// Largest position value (Σ lots × price) a user may hold, in money units, counting
@@ -39,12 +50,24 @@ pub struct SymbolSpec {
     pub(crate) taker_fee_rate: i64,
     pub(crate) band_rate: i64,
     pub(crate) maintenance_rate: i64,
+    pub(crate) band_down_rate: i64,
+    pub(crate) band_up_rate: i64,
+    pub(crate) mark_band_rate: i64,
 }
 
 /// The maintenance margin rate of a symbol that names none.
 pub const DEFAULT_MAINTENANCE_MARGIN_RATE: &str = "0.005";
 /// Funding every 8 hours unless the shard map or `EXCHANGE_FUNDING_INTERVAL_SECS` says.
 pub const DEFAULT_FUNDING_INTERVAL_SECS: u64 = 8 * 3600;
+/// The price band of a symbol that names none (Binance's usual `PERCENT_PRICE`).
+pub const DEFAULT_PRICE_BAND_DOWN: &str = "0.85";
+pub const DEFAULT_PRICE_BAND_UP: &str = "1.15";
+/// How far the mark may be from the index unless the shard map says.
+pub const DEFAULT_MARK_BAND: &str = "0.02";
+/// The mark's basis moving average spans five minutes unless configured.
+pub const DEFAULT_MARK_BASIS_WINDOW_SECS: u64 = 300;
+/// An index older than a minute is stale unless `EXCHANGE_INDEX_MAX_AGE_SECS` says.
+pub const DEFAULT_INDEX_MAX_AGE_SECS: u64 = 60;
 
 /// Why a value could not be taken as given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -120,7 +143,7 @@ impl SymbolSpec {
         if band_rate == 0 {
             return Err(SpecError::NotPositive { field: "protection_band" });
         }
-        Ok(Self {
+        Self {
             name: name.to_owned(),
             key: symbol_key(name),
             tick_size,
@@ -132,6 +155,11 @@ impl SymbolSpec {
             shard,
             maintenance_margin_rate: DEFAULT_MAINTENANCE_MARGIN_RATE.parse().unwrap_or(Decimal::ZERO),
             funding_interval_secs: DEFAULT_FUNDING_INTERVAL_SECS,
+            price_band_down: Decimal::ZERO,
+            price_band_up: Decimal::ZERO,
+            mark_band: Decimal::ZERO,
+            mark_basis_window_secs: DEFAULT_MARK_BASIS_WINDOW_SECS,
+            index_max_age_secs: DEFAULT_INDEX_MAX_AGE_SECS,
             max_position: MAX_LOTS,
             max_position_notional: MAX_NOTIONAL,
             units_per_tick_lot,
@@ -139,7 +167,63 @@ impl SymbolSpec {
             taker_fee_rate,
             band_rate,
             maintenance_rate: DEFAULT_MAINTENANCE_MARGIN_RATE.parse::<Decimal>().ok().and_then(|r| exact_scaled(r, RATE_ONE)).unwrap_or(0),
-        })
+            band_down_rate: 0,
+            band_up_rate: 0,
+            mark_band_rate: 0,
+        }
+        .with_price_protection(None, None, None, None)
+    }
+
+    /// Sets the price band of LIMIT orders around the mark (`down` in (0, 1), `up` in
+    /// (1, 10]), how far the mark may be from the index (`mark_band` in (0, 1)), and the
+    /// window of the mark's basis average (seconds, at least 1). `None` keeps the default.
+    ///
+    /// # Errors
+    /// A [`SpecError`] naming the field.
+    pub fn with_price_protection(
+        mut self,
+        down: Option<Decimal>,
+        up: Option<Decimal>,
+        mark_band: Option<Decimal>,
+        basis_window_secs: Option<u64>,
+    ) -> Result<Self, SpecError> {
+        let default = |v: Option<Decimal>, text: &str| v.unwrap_or_else(|| text.parse().unwrap_or(Decimal::ONE));
+        let fixed = |field: &'static str, v: Decimal, min: Decimal, max: Decimal, max_inclusive: bool| {
+            let inside = v > min && if max_inclusive { v <= max } else { v < max };
+            if !inside {
+                return Err(out_of_range(field, &format!("{min} (exclusive)"), &max.to_string()));
+            }
+            exact_scaled(v, RATE_ONE).ok_or(SpecError::TooPrecise { field })
+        };
+        let down = default(down, DEFAULT_PRICE_BAND_DOWN);
+        let up = default(up, DEFAULT_PRICE_BAND_UP);
+        let mark_band = default(mark_band, DEFAULT_MARK_BAND);
+        self.band_down_rate = fixed("price_band_down", down, Decimal::ZERO, Decimal::ONE, false)?;
+        self.band_up_rate = fixed("price_band_up", up, Decimal::ONE, Decimal::TEN, true)?;
+        self.mark_band_rate = fixed("mark_band", mark_band, Decimal::ZERO, Decimal::ONE, false)?;
+        (self.price_band_down, self.price_band_up, self.mark_band) = (down, up, mark_band);
+        if let Some(secs) = basis_window_secs {
+            if secs == 0 {
+                return Err(SpecError::NotPositive { field: "mark_basis_window_secs" });
+            }
+            self.mark_basis_window_secs = secs;
+        }
+        Ok(self)
+    }
+
+    /// The prices a LIMIT order may have around `reference` (the mark, or the last
+    /// trade): `[reference × down, reference × up]`, rounded inwards to ticks.
+    pub fn price_band(&self, reference: Ticks) -> (Ticks, Ticks) {
+        let scaled = |rate: i64| i128::from(reference) * i128::from(rate);
+        let low = units::div_ceil(scaled(self.band_down_rate), i128::from(RATE_ONE));
+        let high = units::div_floor(scaled(self.band_up_rate), i128::from(RATE_ONE));
+        (units::narrow(low.max(1)), units::narrow(high.min(i128::from(MAX_TICKS))))
+    }
+
+    /// `index` moved by at most the mark band: the range the mark is clamped to.
+    pub fn mark_range(&self, index: Ticks) -> (Ticks, Ticks) {
+        let reach = units::narrow(units::div_floor(i128::from(index) * i128::from(self.mark_band_rate), i128::from(RATE_ONE)));
+        ((index - reach).max(1), (index + reach).min(MAX_TICKS))
     }
 
     /// Sets the perpetual's maintenance margin rate (`rate`: above 0, and below the initial

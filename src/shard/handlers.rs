@@ -8,7 +8,7 @@ use super::protocol::{Answer, ApiRequest, OrderRef, Refusal, Reply, Request, Res
 use super::stream::NotLogged;
 use super::{hot, Shard};
 use crate::accounts::{OrderStatus, OrderView, RiskError};
-use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, OrderType, UserId};
+use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, UserId};
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -243,31 +243,41 @@ async fn api_request(shard: &Rc<Shard>, req: ApiRequest) -> Result<Answer, Refus
         }
         ApiRequest::PremiumIndex { symbol } => {
             let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
-            let market = stream.market.borrow();
-            let perp = market.perp();
-            Ok(Answer::PremiumIndex { symbol, index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, time: now_ms() })
+            Ok(premium_index(&stream, now_ms()))
         }
         ApiRequest::IndexPrice { symbol, price } => {
             let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
             let time = now_ms();
             stream.submit(Command::IndexPrice { price, timestamp: time }).await?;
-            let market = stream.market.borrow();
-            let perp = market.perp();
-            Ok(Answer::PremiumIndex { symbol, index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, time })
+            Ok(premium_index(&stream, time))
         }
         ApiRequest::Funding { symbol } => {
             let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
-            let time = now_ms().max(stream.market.borrow().perp().last_funding_time + 1);
-            settle_funding(&stream, time).await
+            // Settles the coming funding time now: the scheduled tick then finds it done.
+            settle_funding(&stream, now_ms()).await
         }
     }
+}
+
+/// The symbol's index, mark and funding as they are at `time`.
+fn premium_index(stream: &super::stream::SymbolStream, time: i64) -> Answer {
+    let market = stream.market.borrow();
+    let perp = market.perp();
+    let interval = market.spec().funding_interval_secs;
+    let next_funding = crate::engine::perp::next_funding_time(time.max(perp.last_funding_time), interval);
+    Answer::PremiumIndex { symbol: stream.index, index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, time, next_funding }
 }
 
 /// Logs a funding tick for `time` and says what it settled.
 pub async fn settle_funding(stream: &super::stream::SymbolStream, time: i64) -> Result<Answer, Refusal> {
     let outcome = stream.submit(Command::Funding { timestamp: time }).await?;
+    match outcome.result {
+        Err(crate::engine::CommandError::IndexStale) => return Err(Refusal::IndexStale),
+        Err(_) => return Err(Refusal::FundingSettled),
+        Ok(()) => {}
+    }
     let round = outcome.events.iter().find_map(|e| if let Event::FundingSettled(r) = e { Some(*r) } else { None });
-    let round = round.ok_or_else(|| Refusal::Unavailable("funding for this time was already settled".to_owned()))?;
+    let round = round.ok_or(Refusal::FundingSettled)?;
     Ok(Answer::Funding { symbol: stream.index, rate: round.rate, mark: round.mark, time: round.timestamp, positions: round.positions })
 }
 
@@ -313,28 +323,13 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     let stream = shard.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
     order.timestamp = now_ms();
     let spec = &shard.map.symbols[symbol];
-    // A MARKET order is priced here, at the band's limit; the price travels with the
-    // command and the engine never fills it beyond, so the lock always covers its fills.
-    let lock_price = match order.kind {
-        OrderType::Limit { price, .. } | OrderType::MarketWithin { limit: price } | OrderType::Liquidation { price } => Some(price),
-        OrderType::Market => {
-            let limit = stream.market.borrow().market_limit(order.side);
-            if let Some(limit) = limit {
-                order.kind = OrderType::MarketWithin { limit };
-            }
-            limit
-        }
-    };
-    // The lock is the margin plus the taker fee at the order's price, so the position
-    // gets its full margin and the fee never comes out of the available balance. A
-    // reduce-only order can only release margin, so it locks none.
-    order.locked_margin = match lock_price {
-        Some(price) if !order.reduce_only => {
-            let lock = spec.margin(price, order.quantity, order.leverage) + spec.fee(spec.notional(price, order.quantity), false);
-            i64::try_from(lock).map_err(|_| Refusal::TooLarge)?
-        }
-        _ => 0,
-    };
+    // Priced by the engine's rules (band, MARKET limit, the lock that covers the worst
+    // fill); the price travels with the command and the engine never fills beyond what
+    // the lock pays.
+    stream.market.borrow().price_order(&mut order).map_err(|e| match e {
+        crate::engine::PriceError::OutOfBand => Refusal::PriceOutOfBand,
+        crate::engine::PriceError::TooLarge => Refusal::TooLarge,
+    })?;
     let user = crate::accounts::user_of_key(&key).ok_or(Refusal::Unauthorized)?;
     let order = match shard.ask(shard.account_owner(user), Request::Reserve { key, order, symbol }).await {
         Some(Reply::Reserved(Ok(order))) => order,
@@ -369,8 +364,13 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     }
     shard.metrics.orders.inc();
     shard.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
-    if view.reason == Some(CancelReason::ReduceOnlyRejected) {
-        return Err(Refusal::ReduceOnlyRejected);
+    // Refusals the engine made when the order executed (the market moved after it was
+    // priced) answer as the same refusals made before the log would.
+    match view.reason {
+        Some(CancelReason::ReduceOnlyRejected) => return Err(Refusal::ReduceOnlyRejected),
+        Some(CancelReason::PriceOutOfBand) => return Err(Refusal::PriceOutOfBand),
+        Some(CancelReason::InsufficientMargin) if view.filled == 0 => return Err(Refusal::InsufficientMargin),
+        _ => {}
     }
     Ok(view)
 }

@@ -90,7 +90,8 @@ pub enum Answer {
     Positions(Vec<(usize, PositionState, MarketPrices)>),
     Income(Vec<Income>),
     /// An index price logged, or the premium index asked for.
-    PremiumIndex { symbol: usize, index: Option<i64>, mark: Option<i64>, last_funding_rate: i64, time: i64 },
+    /// `next_funding`: the first funding time after `time` not yet settled.
+    PremiumIndex { symbol: usize, index: Option<i64>, mark: Option<i64>, last_funding_rate: i64, time: i64, next_funding: i64 },
     /// A funding round settled.
     Funding { symbol: usize, rate: i64, mark: Option<i64>, time: i64, positions: u64 },
     /// Price levels (ticks, lots), best first.
@@ -115,6 +116,12 @@ pub enum Refusal {
     PositionLimit,
     RateLimited,
     ReduceOnlyRejected,
+    /// A LIMIT price outside the band around the mark.
+    PriceOutOfBand,
+    /// Funding for this funding time is already settled.
+    FundingSettled,
+    /// The index is stale: no funding.
+    IndexStale,
     /// The order's margin does not fit the ledger's integers.
     TooLarge,
     Admin(AdminError),

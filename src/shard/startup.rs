@@ -89,6 +89,9 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
             None => (Market::new(spec.clone()), 0, Vec::new()),
         };
         let logs::Opened { records: found, log: mut journal, voided_here } = logs::open(shard, Stream::Symbol(&spec.name), from).await?;
+        if market.perp().index.is_some() {
+            shard.health.index_posted(index, market.perp().index_time);
+        }
         let (stream, jobs) = SymbolStream::new(index, market);
         stream.next.set(from);
         stream.snapshot_at.set(from);

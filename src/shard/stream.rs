@@ -68,6 +68,8 @@ pub struct SymbolStream {
     pub snapshot_at: Cell<u64>,
     /// A [`Command::Liquidate`] is on its way to the log.
     sweeping: Cell<bool>,
+    /// Due positions the symbol's liquidation pass has still to take (for the gauge).
+    due: Cell<i64>,
     queue: mpsc::UnboundedSender<Job>,
 }
 
@@ -81,6 +83,7 @@ impl SymbolStream {
             next: Cell::new(0),
             snapshot_at: Cell::new(0),
             sweeping: Cell::new(false),
+            due: Cell::new(0),
             queue,
         });
         (stream, rx)
@@ -104,6 +107,17 @@ impl SymbolStream {
         if events.iter().any(|e| matches!(e, Event::PriceUpdated(_) | Event::LiquidationEnded(_) | Event::FundingSettled(_))) {
             super::hot::market_changed(shard, self.index);
         }
+        if let Command::IndexPrice { timestamp, .. } = command {
+            shard.health.index_posted(self.index, *timestamp);
+        }
+        let ended = events.iter().filter(|e| matches!(e, Event::LiquidationEnded(_))).count();
+        if ended > 0 {
+            shard.metrics.liquidations.inc_by(ended as u64);
+        }
+        let due_before = self.due.replace(self.market.borrow().perp().queue.len() as i64);
+        if due_before != self.due.get() {
+            shard.metrics.liquidations_due.inc_by(self.due.get() - due_before);
+        }
         if !replayed && super::feed::wanted(shard) {
             let (bids, asks) = {
                 let market = self.market.borrow();
@@ -114,12 +128,22 @@ impl SymbolStream {
         }
         // Liquidations a bounded pass left: logged as a command of their own, at once.
         if !replayed
-            && self.market.borrow().perp().pending
+            && self.market.borrow().perp().pending()
             && !self.sweeping.replace(true)
             && let Some(stream) = shard.stream(self.index)
         {
             glommio::spawn_local(async move {
-                let _ = stream.submit(Command::Liquidate { timestamp: super::handlers::now_ms() }).await;
+                // Sweeps follow each other until the pass is done; one that takes nothing
+                // (a stale index pauses liquidation) or that the log refuses ends them,
+                // and the next command that leaves work starts them again.
+                loop {
+                    let due = stream.market.borrow().perp().queue.len();
+                    let swept = stream.submit(Command::Liquidate { timestamp: super::handlers::now_ms() }).await.is_ok();
+                    let left = stream.market.borrow().perp().queue.len();
+                    if !swept || left == 0 || left >= due {
+                        break;
+                    }
+                }
                 stream.sweeping.set(false);
             })
             .detach();

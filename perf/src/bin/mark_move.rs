@@ -74,7 +74,7 @@ fn main() {
     for k in 0..1_000 {
         id += 1;
         ts += 1;
-        baseline.push(run(&mut market, &order(&spec, id, 9_000_000, Side::Buy, PRICE / 2, 2, TimeInForce::Gtc, ts), &mut events));
+        baseline.push(run(&mut market, &order(&spec, id, 9_000_000, Side::Buy, PRICE * 9 / 10, 2, TimeInForce::Gtc, ts), &mut events));
         run(&mut market, &Command::Cancel { id: OrderId(id), user: UserId(9_000_000), timestamp: ts }, &mut events);
         let _ = k;
     }
@@ -96,7 +96,7 @@ fn main() {
     ts += 1;
     let mut commands = vec![run(&mut market, &Command::IndexPrice { price: PRICE * 98 / 100, timestamp: ts }, &mut events)];
     let mut liquidated = events.iter().filter(|e| matches!(e, Event::LiquidationEnded(_))).count();
-    while market.perp().pending {
+    while market.perp().pending() {
         ts += 1;
         commands.push(run(&mut market, &Command::Liquidate { timestamp: ts }, &mut events));
         liquidated += events.iter().filter(|e| matches!(e, Event::LiquidationEnded(_))).count();
