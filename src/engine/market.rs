@@ -134,6 +134,11 @@ impl Market {
         Some(self.spec.price_band(reference))
     }
 
+    /// Whether a LIMIT order may have `price` now ([`Self::price_band`]).
+    pub fn in_price_band(&self, price: Ticks) -> bool {
+        self.perp.mark.or(self.last_price).is_none_or(|reference| self.spec.within_price_band(reference, price))
+    }
+
     /// What an order limited at `limit` must lock to pay for its worst fill: margin,
     /// taker fee and open loss against the mark ([`super::position::open_loss`]). A buy
     /// fills at or below its limit, and all three grow with the price: its limit is the
@@ -170,7 +175,7 @@ impl Market {
     pub fn price_order(&self, order: &mut NewOrder) -> Result<(), PriceError> {
         let limit = match order.kind {
             OrderType::Limit { price, .. } => {
-                if self.price_band().is_some_and(|(low, high)| !(low..=high).contains(&price)) {
+                if !self.in_price_band(price) {
                     return Err(PriceError::OutOfBand);
                 }
                 Some(price)
@@ -382,7 +387,7 @@ impl Market {
         let limit = match order.kind {
             OrderType::Limit { price, .. } if !(1..=MAX_TICKS).contains(&price) => return Err(CancelReason::InvalidOrder),
             // The band as it is now: the mark may have moved since the risk step priced it.
-            OrderType::Limit { price, .. } if self.price_band().is_some_and(|(low, high)| !(low..=high).contains(&price)) => {
+            OrderType::Limit { price, .. } if !self.in_price_band(price) => {
                 return Err(CancelReason::PriceOutOfBand);
             }
             OrderType::Limit { price, .. } => price,
@@ -523,9 +528,22 @@ impl Market {
 
     /// Cancels every resting order of `user`, bids first, each side best first.
     pub(super) fn cancel_all_of(&mut self, user: UserId, reason: CancelReason, timestamp: i64, events: &mut Vec<Event>) {
-        let mine: Vec<OrderId> =
-            [Side::Buy, Side::Sell].into_iter().flat_map(|side| self.book.iter(side)).filter(|o| o.user == user).map(|o| o.id).collect();
-        for id in mine {
+        self.cancel_all_of_users(&[user], reason, timestamp, events);
+    }
+
+    /// Cancels every resting order of any of `users` in one walk of the book, bids
+    /// first, each side best first.
+    pub(super) fn cancel_all_of_users(&mut self, users: &[UserId], reason: CancelReason, timestamp: i64, events: &mut Vec<Event>) {
+        if users.is_empty() {
+            return;
+        }
+        let theirs: Vec<OrderId> = [Side::Buy, Side::Sell]
+            .into_iter()
+            .flat_map(|side| self.book.iter(side))
+            .filter(|o| users.contains(&o.user))
+            .map(|o| o.id)
+            .collect();
+        for id in theirs {
             self.cancel_resting(id, reason, timestamp, events);
         }
     }

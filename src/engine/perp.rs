@@ -97,6 +97,10 @@ pub struct Perp {
     pub queue: std::collections::VecDeque<UserId>,
     /// The last user a pass attempted: the next pass starts after it.
     pub cursor: Option<UserId>,
+    /// The pass's auto-deleveraging rankings: the opposite positions to shorts' and to
+    /// longs' liquidations, best first, made at the first deleveraging of the pass, and
+    /// how far they are used up. Dropped when the pass ends.
+    pub adl: [Option<(Vec<UserId>, usize)>; 2],
 }
 
 /// Which positions a command checks.
@@ -348,6 +352,7 @@ impl Market {
                 let start = self.perp.cursor.map_or(0, |c| due.partition_point(|u| *u <= c));
                 due.rotate_left(start);
                 self.perp.queue = due.into();
+                self.perp.adl = [None, None];
             }
             Pass::Continue => {}
             Pass::Traded(first) => {
@@ -357,17 +362,20 @@ impl Market {
                 }
             }
         }
-        let mut ranked = Ranked::default();
-        let mut done = 0;
-        while done < MAX_LIQUIDATIONS {
+        // Up to the bound, the due positions of this command: their orders are cancelled
+        // in one pass over the book, then each is closed.
+        let mut batch = Vec::with_capacity(MAX_LIQUIDATIONS.min(self.perp.queue.len()));
+        while batch.len() < MAX_LIQUIDATIONS {
             let Some(user) = self.perp.queue.pop_front() else { break };
-            if !self.liquidatable(user, mark) {
-                continue;
+            if self.liquidatable(user, mark) && !batch.contains(&user) {
+                batch.push(user);
             }
+        }
+        self.cancel_all_of_users(&batch, CancelReason::Liquidation, now, events);
+        for &user in &batch {
             let start = events.len();
-            self.liquidate(user, mark, now, &mut ranked, events);
+            self.liquidate(user, mark, now, events);
             self.perp.cursor = Some(user);
-            done += 1;
             // The makers it traded with may now be due themselves.
             for u in traded_users(&events[start..]) {
                 if u != user && self.liquidatable(u, mark) {
@@ -375,14 +383,17 @@ impl Market {
                 }
             }
         }
+        if self.perp.queue.is_empty() {
+            self.perp.adl = [None, None];
+        }
     }
 
     fn liquidatable(&self, user: UserId, mark: Ticks) -> bool {
         self.positions.get(&user).is_some_and(|p| Health::of(&self.spec, p, mark).liquidatable())
     }
 
-    fn liquidate(&mut self, user: UserId, mark: Ticks, timestamp: i64, ranked: &mut Ranked, events: &mut Vec<Event>) {
-        self.cancel_all_of(user, CancelReason::Liquidation, timestamp, events);
+    /// Closes `user`'s position (its orders are already cancelled).
+    fn liquidate(&mut self, user: UserId, mark: Ticks, timestamp: i64, events: &mut Vec<Event>) {
         let before = self.position(user);
         if before.size == 0 {
             return;
@@ -412,7 +423,7 @@ impl Market {
             Side::Buy => price.max(self.spec.band_limit(mark, true)),
         };
         let (after_book, _, _) = self.match_order(&order, limit, 0, events);
-        let left = if after_book > 0 { self.deleverage(&order, after_book, price, mark, ranked, events) } else { 0 };
+        let left = if after_book > 0 { self.deleverage(&order, after_book, price, mark, events) } else { 0 };
         let after = self.position(user);
         let margin_used = before.margin - after.margin;
         let realized = after.realized_pnl - before.realized_pnl;
@@ -439,15 +450,16 @@ impl Market {
     /// Closes `remaining` of the liquidation `order` at `price` against opposite
     /// positions, highest profit × leverage first. Returns what could not be closed.
     ///
-    /// The ranking is made once per command and side (`ranked`), at the mark, of the
-    /// positions not due for liquidation then; later liquidations of the same command go
-    /// on from where the last one stopped (positions it closed are passed over), so a
-    /// command costs one sort, not one per liquidation.
-    fn deleverage(&mut self, order: &NewOrder, mut remaining: Lots, price: Ticks, mark: Ticks, ranked: &mut Ranked, events: &mut Vec<Event>) -> Lots {
+    /// The ranking is made once per pass and side ([`Perp::adl`]), at the mark, of the
+    /// positions not due for liquidation then; later liquidations of the pass go on from
+    /// where the last one stopped (positions it closed are passed over), so a pass costs
+    /// one sort, not one per liquidation or per command. A position opened after it was
+    /// made waits for the next pass.
+    fn deleverage(&mut self, order: &NewOrder, mut remaining: Lots, price: Ticks, mark: Ticks, events: &mut Vec<Event>) -> Lots {
         let their_side = order.side.opposite();
         let sign = order.side.sign();
         let slot = usize::from(sign > 0);
-        if ranked.lists[slot].is_none() {
+        if self.perp.adl[slot].is_none() {
             let mut list: Vec<(i128, UserId)> = self
                 .positions
                 .iter()
@@ -458,10 +470,10 @@ impl Market {
                 })
                 .collect();
             list.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            ranked.lists[slot] = Some((list.into_iter().map(|(_, u)| u).collect(), 0));
+            self.perp.adl[slot] = Some((list.into_iter().map(|(_, u)| u).collect(), 0));
         }
-        let Some((list, next)) = ranked.lists[slot].as_mut() else { return remaining };
-        let mut at = *next;
+        let Some((list, next)) = self.perp.adl[slot].take() else { return remaining };
+        let mut at = next;
         while remaining > 0 && at < list.len() {
             let user = list[at];
             let p = self.position(user);
@@ -493,19 +505,10 @@ impl Market {
             remaining -= qty;
         }
         // Positions before `at` are closed, on the other side, or could not pay: the next
-        // liquidation of this command starts after them.
-        if let Some((_, next)) = ranked.lists[slot].as_mut() {
-            *next = at;
-        }
+        // liquidation of this pass starts after them.
+        self.perp.adl[slot] = Some((list, at));
         remaining
     }
-}
-
-/// The auto-deleveraging rankings of one command: opposite positions to shorts' and to
-/// longs' liquidations, best first, with how far they are used up.
-#[derive(Default)]
-struct Ranked {
-    lists: [Option<(Vec<UserId>, usize)>; 2],
 }
 
 /// Profit × leverage, for ranking auto-deleveraging: the PnL ratio (to the margin) times

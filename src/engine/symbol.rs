@@ -220,6 +220,14 @@ impl SymbolSpec {
         (units::narrow(low.max(1)), units::narrow(high.min(i128::from(MAX_TICKS))))
     }
 
+    /// Whether `price` lies in [`Self::price_band`] around `reference`: the same test,
+    /// by multiplication only (it runs for every LIMIT order).
+    pub fn within_price_band(&self, reference: Ticks, price: Ticks) -> bool {
+        let scaled = i128::from(price) * i128::from(RATE_ONE);
+        let reference = i128::from(reference);
+        scaled >= reference * i128::from(self.band_down_rate) && scaled <= reference * i128::from(self.band_up_rate)
+    }
+
     /// `index` moved by at most the mark band: the range the mark is clamped to.
     pub fn mark_range(&self, index: Ticks) -> (Ticks, Ticks) {
         let reach = units::narrow(units::div_floor(i128::from(index) * i128::from(self.mark_band_rate), i128::from(RATE_ONE)));
@@ -407,6 +415,17 @@ mod tests {
         assert_eq!(s.fee(7, true), 1); // 7e-8 × 0.0002 rounds up to 1e-8
         assert_eq!(units_to_usdt(25_000_250), d("0.2500025"));
         assert_eq!(usdt_to_units(d("0.000000001")), None);
+    }
+
+    #[test]
+    fn the_price_band_test_agrees_with_the_band() {
+        let s = btc();
+        for reference in [1, 7, 19, 1000, 500_000, 123_457] {
+            let (low, high) = s.price_band(reference);
+            for price in [low - 1, low, high, high + 1].into_iter().filter(|p| *p > 0) {
+                assert_eq!(s.within_price_band(reference, price), (low..=high).contains(&price), "{reference} {price}");
+            }
+        }
     }
 
     #[test]

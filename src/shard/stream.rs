@@ -138,7 +138,18 @@ impl SymbolStream {
                 // and the next command that leaves work starts them again.
                 loop {
                     let due = stream.market.borrow().perp().queue.len();
-                    let swept = stream.submit(Command::Liquidate { timestamp: super::handlers::now_ms() }).await.is_ok();
+                    let swept = match stream.submit(Command::Liquidate { timestamp: super::handlers::now_ms() }).await {
+                        // The next sweep waits until the account owners have applied
+                        // this one: orders in between wait behind one sweep's results,
+                        // not behind a backlog of them.
+                        Ok(outcome) => {
+                            for ack in outcome.applied {
+                                let _ = ack.await;
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    };
                     let left = stream.market.borrow().perp().queue.len();
                     if !swept || left == 0 || left >= due {
                         break;
