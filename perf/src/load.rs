@@ -99,9 +99,9 @@ fn symbols(spec: &str) -> Vec<Symbol> {
         .collect()
 }
 
-type Conn = http1::SendRequest<Full<Bytes>>;
+pub type Conn = http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: &str) -> Conn {
+pub async fn connect(addr: &str) -> Conn {
     let stream = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_nodelay(true).ok();
     let io = hyper_util::rt::TokioIo::new(stream);
@@ -110,7 +110,7 @@ async fn connect(addr: &str) -> Conn {
     send
 }
 
-async fn call(conn: &mut Conn, method: &str, path: &str, headers: &[(&str, &str)], body: String) -> (u16, Bytes) {
+pub async fn call(conn: &mut Conn, method: &str, path: &str, headers: &[(&str, &str)], body: String) -> (u16, Bytes) {
     let mut req = Request::builder().method(method).uri(path).header("host", "bench").header("content-type", "application/json");
     for (k, v) in headers {
         req = req.header(*k, *v);
