@@ -52,6 +52,10 @@ pub struct Health {
     index_times: Vec<AtomicI64>,
     index_max_age_ms: i64,
     arrived: AtomicUsize,
+    /// At start only: where each shard is (see [`Health::starting`]), and a count that
+    /// moves with every step any shard takes.
+    start_phases: std::sync::Mutex<Vec<&'static str>>,
+    start_steps: std::sync::atomic::AtomicU64,
     /// At start only: per account partition, how far its snapshot holds each symbol's
     /// results (`None`: no snapshot).
     applied: std::sync::Mutex<FxHashMap<u32, Option<SymbolOffsets>>>,
@@ -66,6 +70,7 @@ impl Health {
     pub fn new(shards: usize, hot: u8, symbols: usize, index_max_age_secs: u64) -> Self {
         Self {
             hot: (0..shards).map(|_| std::sync::atomic::AtomicU8::new(hot)).collect(),
+            start_phases: std::sync::Mutex::new(vec!["starting the executor"; shards]),
             index_times: (0..symbols).map(|_| AtomicI64::new(0)).collect(),
             index_max_age_ms: i64::try_from(index_max_age_secs).unwrap_or(i64::MAX).saturating_mul(1000),
             user_streams: (0..USER_STREAM_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
@@ -108,6 +113,39 @@ impl Health {
         self.index_times.iter().enumerate().filter(|(_, t)| stale(t.load(Ordering::Acquire))).map(|(s, _)| s).collect()
     }
 
+    /// Shard `shard` is at `phase` of its start ("serving" when done); every call counts
+    /// as progress for the start-up watchdog ([`Health::watch_start`]).
+    pub fn starting(&self, shard: usize, phase: &'static str) {
+        if let Ok(mut phases) = self.start_phases.lock()
+            && let Some(p) = phases.get_mut(shard)
+        {
+            *p = phase;
+        }
+        self.start_steps.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Watches the start from a thread of its own: when no shard has taken a step for
+    /// `patience` and some are not serving yet, returns what each shard was doing (a
+    /// start that hangs becomes an error naming where). Returns `None` once every shard
+    /// serves, or the process is stopping.
+    pub fn watch_start(&self, patience: Duration) -> Option<String> {
+        let mut last = (self.start_steps.load(Ordering::Acquire), std::time::Instant::now());
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let phases = self.start_phases.lock().map(|p| p.clone()).unwrap_or_default();
+            if phases.iter().all(|p| *p == "serving") || self.stopping.load(Ordering::Acquire) {
+                return None;
+            }
+            let steps = self.start_steps.load(Ordering::Acquire);
+            if steps != last.0 {
+                last = (steps, std::time::Instant::now());
+            } else if last.1.elapsed() > patience {
+                let at: Vec<String> = phases.iter().enumerate().map(|(s, p)| format!("shard {s}: {p}")).collect();
+                return Some(at.join("; "));
+            }
+        }
+    }
+
     pub fn record_applied(&self, partition: u32, applied: Option<SymbolOffsets>) {
         if let Ok(mut map) = self.applied.lock() {
             map.insert(partition, applied);
@@ -143,3 +181,19 @@ impl Health {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_that_stops_moving_is_reported_with_where_each_shard_is() {
+        let health = Health::new(2, hot::DISABLED, 1, 60);
+        health.starting(0, "serving");
+        health.starting(1, "reading a Kafka partition");
+        let stuck = health.watch_start(Duration::from_millis(300));
+        assert_eq!(stuck.as_deref(), Some("shard 0: serving; shard 1: reading a Kafka partition"));
+        health.starting(1, "serving");
+        assert_eq!(health.watch_start(Duration::from_millis(300)), None, "every shard serves");
+    }
+}

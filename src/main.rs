@@ -57,6 +57,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     exchange::process::abort_on_panic();
+    // Before any thread is pinned: helper threads get this mask back (io::offcore).
+    exchange_io::offcore::remember_affinity();
     let cli = Cli::parse();
     let config = match exchange::config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -117,6 +117,19 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         });
     }
     let mesh = MeshBuilder::<Message, _>::full(shards, 1024);
+    // A start that stops making progress (a broker that accepts connections but never
+    // answers, a wakeup lost in the executor) ends the process with an error that says
+    // where, instead of leaving a silent process that never serves.
+    {
+        let health = health.clone();
+        let spawned = exchange_io::offcore::spawn("start-watchdog", move || {
+            if let Some(at) = health.watch_start(START_PATIENCE) {
+                tracing::error!(stuck = at, secs = START_PATIENCE.as_secs(), "the start made no progress: stopping");
+                std::process::exit(3);
+            }
+        });
+        spawned.context("starting the start-up watchdog")?;
+    }
     let mut handles = Vec::new();
     for (id, core) in cores.iter().copied().enumerate() {
         let (map, config, metrics, health, mesh) = (map.clone(), config.clone(), metrics.clone(), health.clone(), mesh.clone());
@@ -196,7 +209,17 @@ pub enum Mode {
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
     let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), mode } = start;
+    health.starting(id, "joining the channel mesh");
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
+    health.starting(id, "creating the Kafka producers");
+    let kafka = match &config.kafka.brokers {
+        Some(brokers) => Some(
+            crate::shard::logs::KafkaBackend::start(brokers, config.kafka.partitions, &config.kafka.topic_prefix, Duration::from_millis(config.kafka.timeout_ms))
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let shard = Rc::new(Shard {
         id,
         shards,
@@ -223,24 +246,17 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         }),
         checkpoints: cold.as_ref().map(|(_, c)| Arc::new(c.clone()) as Arc<dyn crate::ports::CheckpointSink>),
         sync: sync.map(|s| Rc::new(s) as Rc<dyn crate::ports::SyncStore>),
-        kafka: match &config.kafka.brokers {
-            Some(brokers) => Some(
-                crate::shard::logs::KafkaBackend::start(
-                    brokers,
-                    config.kafka.partitions,
-                    &config.kafka.topic_prefix,
-                    Duration::from_millis(config.kafka.timeout_ms),
-                )
-                .map_err(anyhow::Error::msg)?,
-            ),
-            None => None,
-        },
+        kafka,
         config,
     });
     listen_mesh(&shard, receivers);
+    health.starting(id, "replaying account partitions");
     startup::recover_accounts(&shard).await?;
+    health.starting(id, "waiting for the other shards' accounts");
     health.barrier(1, shards).await.map_err(anyhow::Error::msg)?;
+    health.starting(id, "replaying symbols");
     startup::recover_symbols(&shard).await?;
+    health.starting(id, "waiting for the other shards' symbols");
     health.barrier(2, shards).await.map_err(anyhow::Error::msg)?;
     if mode == Mode::RebuildState {
         return rebuild_state(&shard).await;
@@ -319,6 +335,10 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
     }
 }
 
+/// How long a start may go without any shard taking a step (a partition or symbol read,
+/// a phase done) before it is given up with an error.
+const START_PATIENCE: Duration = Duration::from_secs(120);
+
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -327,6 +347,7 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
     let listener = glommio::net::TcpListener::bind(shard.config.http_addr)
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", shard.config.http_addr))?;
     tracing::info!(shard = shard.id, addr = %shard.config.http_addr, "serving");
+    shard.health.starting(shard.id, "serving");
     let connections = Rc::new(Cell::new(0usize));
     // One accept stays pending across the stop checks: dropping a pending accept can
     // lose a connection the kernel completed at that instant (it stays established,

@@ -334,7 +334,7 @@ impl Journal {
         self.file = file;
         self.path = path;
         self.segment_len = 0;
-        sync_dir(&self.dir)
+        Ok(())
     }
 }
 
@@ -351,7 +351,9 @@ async fn open_append(path: &Path) -> Result<BufferedFile, JournalError> {
         .await
         .map_err(|e| JournalError::Write(format!("{}: {e}", path.display())))?;
     if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+        // A directory fsync blocks: not on the shard's core.
+        let dir = dir.to_owned();
+        crate::offcore::run("journal-dir-sync", move || sync_dir(&dir)).await.map_err(JournalError::Write)??;
     }
     Ok(file)
 }

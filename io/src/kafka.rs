@@ -301,12 +301,15 @@ impl EventLog for KafkaLog {
         let (brokers, topic, partition, key) = (self.brokers.clone(), self.topic.clone(), self.partition, self.key.clone());
         let (tx, rx) = futures_channel::oneshot::channel();
         // The consumer blocks: read on a helper thread, not on the shard's core.
-        std::thread::spawn(move || {
+        let started = crate::offcore::spawn("kafka-read-back", move || {
             let read = read_partition(&brokers, &topic, partition, from, patience).map(|(records, _)| {
                 records.into_iter().filter(|r| r.key == key.as_bytes()).map(|r| (r.offset, r.payload)).collect()
             });
             let _ = tx.send(read);
         });
+        if let Err(e) = started {
+            return Box::pin(async move { Err(JournalError::Write(format!("no read-back thread: {e}"))) });
+        }
         Box::pin(async move {
             match rx.await {
                 Ok(Ok(records)) => Ok(records),
@@ -451,7 +454,7 @@ pub fn read_partition_to(brokers: &str, topic: &str, partition: i32, from: u64, 
 /// `assign` needs here) waits for the group's close handshake, and against tansu 0.6
 /// that wait now and then never ends; a start must not hang on it.
 fn close_aside(consumer: BaseConsumer) {
-    if std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(consumer)).is_err() {
+    if crate::offcore::spawn("kafka-close", move || drop(consumer)).is_err() {
         tracing::warn!("no thread to close a Kafka consumer on");
     }
 }

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod journal;
 pub mod kafka;
+pub mod offcore;
 pub mod redis;
 
 use std::future::Future;

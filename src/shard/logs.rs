@@ -52,14 +52,18 @@ struct Outgoing {
 }
 
 impl KafkaBackend {
-    /// Connects a shard's producer and starts its result delivery task (on the calling
-    /// executor).
+    /// Connects a shard's producers and starts its result delivery task (on the calling
+    /// executor). librdkafka starts threads for each client: the clients are made off
+    /// the shard's core, so that those threads are not pinned to it.
     ///
     /// # Errors
-    /// The producer could not be created.
-    pub fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration) -> Result<Self, String> {
-        let producer = kafka::producer(brokers, timeout)?;
-        let results = Rc::new(RefCell::new(kafka::results_producer(brokers, timeout)?));
+    /// The producers could not be created.
+    pub async fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration) -> Result<Self, String> {
+        let b = brokers.to_owned();
+        let (producer, results) =
+            exchange_io::offcore::run("kafka-clients", move || Ok::<_, String>((kafka::producer(&b, timeout)?, kafka::results_producer(&b, timeout)?)))
+                .await??;
+        let results = Rc::new(RefCell::new(results));
         let (outbox, pending) = mpsc::unbounded();
         glommio::spawn_local(deliver(brokers.to_owned(), timeout, results.clone(), pending)).detach();
         Ok(Self {
@@ -137,7 +141,8 @@ async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<Ref
                 // broker that lost it): a new one, at most once per timeout. Results carry
                 // their eventId, so one that lands twice does no harm.
                 if kafka::is_fatal(&producer.borrow()) || renewed.elapsed() > timeout {
-                    match kafka::results_producer(&brokers, timeout) {
+                    let b = brokers.clone();
+                    match exchange_io::offcore::run("kafka-clients", move || kafka::results_producer(&b, timeout)).await.and_then(|p| p) {
                         Ok(fresh) => *producer.borrow_mut() = fresh,
                         Err(e) => tracing::warn!(error = %e, "could not renew the results producer"),
                     }
@@ -168,6 +173,7 @@ pub struct Opened {
 
 /// Opens a stream's log and reads it from offset `from` on.
 pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Result<Opened> {
+    shard.health.starting(shard.id, "opening a log");
     match &shard.kafka {
         None => {
             let dir = match stream {
@@ -200,15 +206,30 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                     // record can be appended (see `kafka::fence`).
                     let producer = match k.fences.borrow_mut().take() {
                         Some(p) => p,
-                        None => kafka::producer(&k.brokers, std::time::Duration::from_secs(30)).map_err(anyhow::Error::msg)?,
+                        None => {
+                            let brokers = k.brokers.clone();
+                            exchange_io::offcore::run("kafka-clients", move || kafka::producer(&brokers, std::time::Duration::from_secs(30)))
+                                .await
+                                .and_then(|p| p)
+                                .map_err(anyhow::Error::msg)?
+                        }
                     };
+                    shard.health.starting(shard.id, "fencing a Kafka partition");
                     let fence = kafka::fence(&producer, topic, partition).await;
+                    shard.health.starting(shard.id, "reading a Kafka partition");
                     *k.fences.borrow_mut() = Some(producer);
                     let fence = fence.map_err(anyhow::Error::msg)?;
-                    let (found, end) =
-                        kafka::read_partition_to(&k.brokers, topic, partition, from, fence + 1, std::time::Duration::from_secs(30))
-                            .map_err(anyhow::Error::msg)
-                            .with_context(|| format!("reading {topic} for {key}"))?;
+                    // A consumer's polls block: read off the shard's core.
+                    let (brokers, t) = (k.brokers.clone(), topic.to_owned());
+                    let (found, end) = exchange_io::offcore::run("kafka-replay", move || {
+                        kafka::read_partition_to(&brokers, &t, partition, from, fence + 1, std::time::Duration::from_secs(30))
+                    })
+                    .await
+                    .and_then(|r| r)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("reading {topic} for {key}"))?;
+                    tracing::debug!(shard = shard.id, topic, partition, records = found.len(), "read");
+                    shard.health.starting(shard.id, "replaying a log");
                     let read = Rc::new((from, found, end));
                     k.read_cache.borrow_mut().insert((topic.to_owned(), partition), read.clone());
                     read

@@ -49,12 +49,12 @@ fn partition_name(partition: u32) -> String {
     format!("{partition:02}")
 }
 
-/// Writes a snapshot durably on a helper thread and prunes old ones; with cold storage,
+/// Writes a snapshot durably on a helper thread (off the shard's core) and prunes old ones; with cold storage,
 /// hands it over as a checkpoint too.
 fn write(shard: &Shard, kind: Kind, name: String, file: String, bytes: Vec<u8>) {
     let dir = kind.dir(&shard.config.data_dir, &name);
     let checkpoints = shard.checkpoints.clone();
-    std::thread::spawn(move || {
+    let written = exchange_io::offcore::spawn("snapshot", move || {
         let result = ports::write_file(&dir, &file, &bytes).map(|()| {
             for old in files(&dir).into_iter().skip(KEEP) {
                 let _ = std::fs::remove_file(old);
@@ -69,6 +69,9 @@ fn write(shard: &Shard, kind: Kind, name: String, file: String, bytes: Vec<u8>) 
             }
         }
     });
+    if let Err(e) = written {
+        tracing::error!(error = %e, "no thread to write a snapshot on");
+    }
 }
 
 /// Takes a symbol snapshot and tells every shard.
