@@ -116,7 +116,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             }
         });
     }
-    let mesh = MeshBuilder::<Message, _>::full(shards, 1024);
+    let mesh = MeshBuilder::<crate::shard::rpc::Batch, _>::full(shards, 1024);
     // A start that stops making progress (a broker that accepts connections but never
     // answers, a wakeup lost in the executor) ends the process with an error that says
     // where, instead of leaving a silent process that never serves.
@@ -207,7 +207,7 @@ pub enum Mode {
     RebuildState,
 }
 
-async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
+async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
     let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), mode } = start;
     health.starting(id, "joining the channel mesh");
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
@@ -220,11 +220,12 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         ),
         None => None,
     };
+    let (rpc, flushes) = Rpc::new(id, shards);
     let shard = Rc::new(Shard {
         id,
         shards,
         map: map.clone(),
-        rpc: Rpc::new(senders),
+        rpc,
         accounts: RefCell::new(Box::new({
             let accounts = Accounts::new(config.rate_limit, config.max_open_orders, first_number)
                 .with_position_limits(map.symbols.iter().map(crate::accounts::PositionLimit::of).collect());
@@ -249,6 +250,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<Message, glommio::channels
         kafka,
         config,
     });
+    glommio::spawn_local(crate::shard::rpc::flush(shard.clone(), senders, flushes)).detach();
     listen_mesh(&shard, receivers);
     health.starting(id, "replaying account partitions");
     startup::recover_accounts(&shard).await?;
@@ -295,18 +297,19 @@ async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
 }
 
 /// One task per peer: replies complete waiting callers; requests are handled. Results
-/// and risk steps are handled inline (they never wait), so they apply in arrival order;
-/// the rest get a task of their own so the loop never stalls.
-fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
+/// and risk steps are handled inline (they never wait), so they apply in arrival order,
+/// and their replies join this core's next batch back; the rest get a task of their own
+/// so the loop never stalls.
+fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Batch>) {
     for (_, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            while let Some(message) = rx.recv().await {
-                match message {
-                    Message::Reply { id, body } => shard.rpc.complete(id, body),
-                    Message::Request { from, id, body } => {
-                        let inline =
-                            matches!(
+            while let Some(batch) = rx.recv().await {
+                for message in batch {
+                    match message {
+                        Message::Reply { id, body } => shard.rpc.complete(id, body),
+                        Message::Request { from, id, body } => {
+                            let inline = matches!(
                                 body,
                                 Request::Apply { .. }
                                     | Request::Release { .. }
@@ -315,17 +318,17 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<Message>) {
                                     | Request::Market { .. }
                                     | Request::User { .. }
                             );
-                        if inline {
-                            let reply = handlers::handle(shard.clone(), body).await;
-                            let shard = shard.clone();
-                            glommio::spawn_local(async move { shard.rpc.reply(from, id, reply).await }).detach();
-                        } else {
-                            let shard = shard.clone();
-                            glommio::spawn_local(async move {
+                            if inline {
                                 let reply = handlers::handle(shard.clone(), body).await;
-                                shard.rpc.reply(from, id, reply).await;
-                            })
-                            .detach();
+                                shard.rpc.reply(from, id, reply);
+                            } else {
+                                let shard = shard.clone();
+                                glommio::spawn_local(async move {
+                                    let reply = handlers::handle(shard.clone(), body).await;
+                                    shard.rpc.reply(from, id, reply);
+                                })
+                                .detach();
+                            }
                         }
                     }
                 }

@@ -32,7 +32,7 @@ pub fn install(shard: &Rc<Shard>, feed: Rc<dyn Feed>) {
     let sender = shard.clone();
     glommio::spawn_local(async move {
         while let Some((to, request)) = queue.next().await {
-            drop(sender.rpc.send(to, request).await);
+            drop(sender.rpc.send(to, request));
         }
     })
     .detach();

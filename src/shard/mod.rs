@@ -202,7 +202,7 @@ impl Shard {
             } else {
                 let events = events.to_vec();
                 let req = Request::Apply { symbol, offset, logged, replayed, events, snapshot: false };
-                pending.push(self.rpc.send(owner, req).await);
+                pending.push(self.rpc.send(owner, req));
             }
         }
         pending

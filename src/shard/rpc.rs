@@ -1,61 +1,123 @@
-//! Request/reply over glommio's channel mesh.
+//! Request/reply over glommio's channel mesh, one batch per destination per turn.
 //!
 //! Every pair of shards has a bounded single-producer ring in each direction. A request
 //! carries an id; the receiver answers with a `Reply` on its own ring back; the caller
 //! parks on a oneshot until it arrives. Messages between two shards stay in order, which
 //! the order path relies on (a symbol's results reach an account owner in log order).
+//!
+//! Sending does not touch the ring: a message joins this core's outbox for its
+//! destination, and the flusher task, woken by the first message of a batch, sends each
+//! destination's whole outbox as one item. The flusher runs behind every task that was
+//! already runnable when it was woken, so everything the core does in one turn (the
+//! requests of every connection that had bytes, the results of a whole log batch, the
+//! replies to a whole received batch) crosses to each other core as one message: one
+//! ring slot and at most one wakeup of the peer, instead of one per request.
 
 use std::cell::{Cell, RefCell};
 
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rustc_hash::FxHashMap;
 
 use super::protocol::{Message, Reply, Request};
 
+/// What crosses the mesh: the messages one core had for another in one turn, in order.
+pub type Batch = Vec<Message>;
+
 pub struct Rpc {
-    senders: Senders<Message>,
+    me: usize,
     pending: RefCell<FxHashMap<u64, oneshot::Sender<Reply>>>,
     next_id: Cell<u64>,
+    /// Per destination, the messages of the batch being gathered.
+    outbox: RefCell<Vec<Batch>>,
+    /// Wakes the flusher when a batch starts.
+    wake: LocalSender<()>,
+    gathering: Cell<bool>,
 }
 
 /// A reply still on its way.
 pub type Pending = oneshot::Receiver<Reply>;
 
 impl Rpc {
-    pub fn new(senders: Senders<Message>) -> Self {
-        Self { senders, pending: RefCell::default(), next_id: Cell::new(0) }
+    /// The rpc of shard `me` among `shards`, and the flusher to run as a task of its own
+    /// ([`flush`]).
+    pub fn new(me: usize, shards: usize) -> (Self, LocalReceiver<()>) {
+        let (wake, woken) = local_channel::new_unbounded();
+        let rpc = Self {
+            me,
+            pending: RefCell::default(),
+            next_id: Cell::new(0),
+            outbox: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
+            wake,
+            gathering: Cell::new(false),
+        };
+        (rpc, woken)
     }
 
     pub fn me(&self) -> usize {
-        self.senders.peer_id()
+        self.me
     }
 
-    /// Sends a request now (in order with earlier sends to the same shard) and returns
-    /// the reply to await later.
-    pub async fn send(&self, to: usize, body: Request) -> Pending {
+    fn post(&self, to: usize, message: Message) {
+        if let Some(outbox) = self.outbox.borrow_mut().get_mut(to) {
+            outbox.push(message);
+        }
+        if !self.gathering.replace(true) {
+            let _ = self.wake.try_send(());
+        }
+    }
+
+    /// Sends a request (in order with earlier sends to the same shard) and returns the
+    /// reply to await later.
+    pub fn send(&self, to: usize, body: Request) -> Pending {
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
-        if self.senders.send_to(to, Message::Request { from: self.me(), id, body }).await.is_err() {
-            // Shard gone (shutting down): the dropped sender makes the caller see `None`.
-            self.pending.borrow_mut().remove(&id);
-        }
+        self.post(to, Message::Request { from: self.me, id, body });
         rx
     }
 
     pub async fn call(&self, to: usize, body: Request) -> Option<Reply> {
-        self.send(to, body).await.await.ok()
+        self.send(to, body).await.ok()
     }
 
-    pub async fn reply(&self, to: usize, id: u64, body: Reply) {
-        let _ = self.senders.send_to(to, Message::Reply { id, body }).await;
+    pub fn reply(&self, to: usize, id: u64, body: Reply) {
+        self.post(to, Message::Reply { id, body });
     }
 
     pub fn complete(&self, id: u64, body: Reply) {
         if let Some(tx) = self.pending.borrow_mut().remove(&id) {
             let _ = tx.send(body);
+        }
+    }
+
+    /// Every destination's gathered batch, taken.
+    fn take(&self) -> Vec<(usize, Batch)> {
+        self.gathering.set(false);
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.iter_mut().enumerate().filter(|(_, b)| !b.is_empty()).map(|(to, b)| (to, std::mem::take(b))).collect()
+    }
+
+    /// Forgets the requests sent to a shard that is gone: their callers see `None`.
+    fn forget(&self, ids: &[u64]) {
+        let mut pending = self.pending.borrow_mut();
+        for id in ids {
+            pending.remove(id);
+        }
+    }
+}
+
+/// The flusher of one core: sends each gathered batch as one mesh item.
+pub async fn flush(rpc: std::rc::Rc<super::Shard>, senders: Senders<Batch>, woken: LocalReceiver<()>) {
+    while woken.recv().await.is_some() {
+        for (to, batch) in rpc.rpc.take() {
+            let ids: Vec<u64> = batch.iter().filter_map(|m| if let Message::Request { id, .. } = m { Some(*id) } else { None }).collect();
+            if senders.send_to(to, batch).await.is_err() {
+                // Shard gone (shutting down): the dropped senders make callers see `None`.
+                rpc.rpc.forget(&ids);
+            }
         }
     }
 }

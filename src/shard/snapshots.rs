@@ -99,7 +99,7 @@ pub async fn snapshot_symbol(shard: &Rc<Shard>, stream: &Rc<SymbolStream>) {
             super::handlers::apply(shard, stream.index, offset.saturating_sub(1), None, false, &[]);
             snapshot_accounts_soon(shard);
         } else {
-            drop(shard.rpc.send(to, req).await);
+            drop(shard.rpc.send(to, req));
         }
     }
 }
