@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# CPU per request of the exchange process, GET /health against POST /v1/orders, in one run:
+#   cargo build --release && perf/cpu_per_request.sh [ENV=VALUE ...]
+# Starts target/release/exchange (embedded journal unless the environment given says
+# otherwise) on a free port with 400 funded users, then runs wrk (Debian's `wrk`; 2
+# threads, 64 connections, SECS seconds each, default 8) against /health, then against
+# /v1/orders with one-lot GTC orders around 50,000 on BTC-PERP (perf/wrk/orders.lua).
+# CPU is the exchange's utime + stime from /proc over each run, divided by the requests
+# wrk completed. Prints one line per run and `cpu_per_request: orders/health ...`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+A=127.0.0.1:$port
+env EXCHANGE_ADMIN_KEY=k EXCHANGE_HTTP_ADDR=$A EXCHANGE_DATA_DIR=$work/data EXCHANGE_RATE_LIMIT=0 \
+  EXCHANGE_CHECK_INTERVAL_SECS=0 RUST_LOG=warn "$@" target/release/exchange serve > "$work/server.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 200); do curl -s "$A/health" | grep -q '"status":"ok"' && break; sleep 0.1; done
+for i in $(seq 1 400); do
+  curl -s -XPOST "$A/admin/v1/users" -H 'X-Admin-Key: k' -d "{\"userId\":\"u$i\"}" | sed 's/.*"apiKey":"\([^"]*\)".*/\1/' >> "$work/keys.txt"
+  echo >> "$work/keys.txt"
+  curl -s -XPOST "$A/admin/v1/deposits" -H 'X-Admin-Key: k' -d "{\"userId\":\"u$i\",\"currency\":\"USDT\",\"amount\":\"100000000\",\"transferId\":\"t$i\"}" > /dev/null
+done
+sed -i '/^$/d' "$work/keys.txt"
+ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
+hz=$(getconf CLK_TCK)
+measure() { # label, wrk args...
+  local label=$1; shift
+  local t0; t0=$(ticks)
+  local out; out=$(KEYS="$work/keys.txt" wrk -t2 -c64 -d"${SECS:-8}"s "$@" 2>&1)
+  local t1; t1=$(ticks)
+  local reqs; reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  local us; us=$(echo "($t1 - $t0) * 1000000 / $hz / $reqs" | bc -l)
+  printf '%s: %.0f req/s, exchange CPU %.1f us/request\n' "$label" "$rps" "$us"
+  echo "$rps $us" > "$work/$label"
+}
+measure health "http://$A/health"
+measure orders -s perf/wrk/orders.lua "http://$A/v1/orders"
+read -r hrps hus < "$work/health"
+read -r orps ous < "$work/orders"
+printf 'cpu_per_request: orders %.0f/s at %.1f us, health %.0f/s at %.1f us, orders/health throughput %.2f\n' "$orps" "$ous" "$hrps" "$hus" "$(echo "$orps / $hrps" | bc -l)"
