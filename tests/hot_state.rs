@@ -180,6 +180,39 @@ fn a_restarted_redis_is_rebuilt_exactly() {
 }
 
 #[test]
+fn a_redis_back_after_an_outage_is_used_again_within_five_seconds() {
+    let mut redis = RedisServer::start();
+    let s = with_redis(&redis);
+    let keys = trade(&s);
+    wait_healthy(&s);
+    redis.stop();
+    let down = Instant::now();
+    loop {
+        let (_, health) = s.request("GET", "/health", &[], None);
+        if health["components"]["stateStore"] != "ok" {
+            break;
+        }
+        assert!(down.elapsed() < Duration::from_secs(10), "a Redis that is gone went unnoticed: {health}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Long enough for the client's reconnection attempts to have backed off.
+    std::thread::sleep(Duration::from_secs(6));
+    redis.start_again();
+    let back = Instant::now();
+    loop {
+        let (_, health) = s.request("GET", "/health", &[], None);
+        if health["status"] == "ok" {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "Redis back for {:?} and still not used: {health}", back.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut conn = redis.connection().unwrap();
+    wait_written(&s, &mut conn, "", &keys);
+    assert_redis_is_the_ledger(&s, &mut conn, "", &keys);
+}
+
+#[test]
 fn a_frozen_redis_neither_fails_nor_slows_an_order_and_is_caught_up() {
     let redis = RedisServer::start();
     let s = with_redis(&redis);

@@ -113,15 +113,18 @@ async fn run_op<T: FromRedisValue>(mut conn: Conn, op: Op) -> redis::RedisResult
             pipe.query_async::<Vec<Value>>(&mut conn).await?
         }
         Conn::Cluster(_) => {
-            let sent: Vec<_> = cmds
-                .into_iter()
-                .map(|cmd| {
-                    let mut conn = conn.clone();
-                    tokio::spawn(async move { cmd.query_async::<Value>(&mut conn).await })
-                })
-                .collect();
-            let mut replies = Vec::with_capacity(sent.len());
-            for reply in sent {
+            // Aborted with the batch when it times out: a command must never reach Redis
+            // after a later batch's (an old value over a new one).
+            let mut sent = Aborting(
+                cmds.into_iter()
+                    .map(|cmd| {
+                        let mut conn = conn.clone();
+                        tokio::spawn(async move { cmd.query_async::<Value>(&mut conn).await })
+                    })
+                    .collect(),
+            );
+            let mut replies = Vec::with_capacity(sent.0.len());
+            for reply in &mut sent.0 {
                 replies.push(reply.await.map_err(|e| redis::RedisError::from((redis::ErrorKind::IoError, "batch task", e.to_string())))??);
             }
             replies
@@ -130,10 +133,25 @@ async fn run_op<T: FromRedisValue>(mut conn: Conn, op: Op) -> redis::RedisResult
     T::from_owned_redis_value(Value::Array(replies))
 }
 
+/// Tasks that end when this is dropped: a batch's commands to a cluster, sent at once
+/// and awaited in order, stop with the batch (its deadline) instead of going on alone.
+struct Aborting(Vec<tokio::task::JoinHandle<redis::RedisResult<Value>>>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Loads a script (on every master of a cluster), so that [`Op::Script`] finds it.
 pub fn load_script(code: &str) -> Op {
     Op::Cmd(redis::cmd("SCRIPT").arg("LOAD").arg(code).to_owned())
 }
+
+/// The longest pause between two reconnection attempts to a single server (ms).
+const RECONNECT_MAX_DELAY_MS: u64 = 500;
 
 /// A cluster answers `cluster_enabled:1` in `INFO cluster`; then the URL (or the comma
 /// separated URLs) are its seeds.
@@ -145,16 +163,28 @@ async fn connect(urls: &[String], timeout: Duration) -> redis::RedisResult<Conn>
     .await?;
     let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await?;
     if info.contains("cluster_enabled:1") {
+        // No retries inside the client: a command it sends again later can land after a
+        // newer write to the same key. A failed write marks the hot state lost instead,
+        // and the rewrite from the ledger that follows puts every key right.
         let client = redis::cluster::ClusterClient::builder(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
+            .retries(0)
             .build()?;
         Ok(Conn::Cluster(client.get_async_connection().await?))
     } else {
+        // Reconnects are paced by `backon`, whose exponential back-off starts at one
+        // second and multiplies by `factor` (not milliseconds, as the redis-rs docs of
+        // 0.32 read): its default of 100 meant a second try after ~100 s, and a Redis
+        // back after a short outage went unused for about two minutes. Tries at most
+        // every 0.5 s (plus jitter) instead; when they run out, the next operation (the
+        // hot state's watchdog sends one every 250 ms) starts another round.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(timeout)
             .set_response_timeout(timeout)
-            .set_number_of_retries(2);
+            .set_factor(2)
+            .set_max_delay(RECONNECT_MAX_DELAY_MS)
+            .set_number_of_retries(8);
         Ok(Conn::Single(ConnectionManager::new_with_config(first, config).await?))
     }
 }
