@@ -35,6 +35,9 @@ const USER_STREAM_BUCKETS: usize = 4096;
 pub struct Health {
     pub stopping: AtomicBool,
     pub event_log_down: AtomicUsize,
+    /// Copies of the event log's topics: asked for and found at start (0: no Kafka).
+    pub replication_wanted: std::sync::atomic::AtomicI32,
+    pub replication_actual: std::sync::atomic::AtomicI32,
     pub inflight: AtomicUsize,
     /// Open stream (WebSocket) connections on all cores: results are fanned out only
     /// while there is one.

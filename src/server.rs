@@ -56,11 +56,14 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     if config.redis.url.is_some() {
         tracing::info!("hot state: Redis, written behind the ledger");
     }
+    let mut replication = None;
     if let Some(brokers) = &config.kafka.brokers {
         let topics = crate::wire::topics(&config.kafka.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &topics, &config.kafka.topic_settings()))
-            .map_err(anyhow::Error::msg)?;
+        replication = Some(
+            futures_lite::future::block_on(exchange_io::kafka::ensure_topics(brokers, &topics, &config.kafka.topic_settings()))
+                .map_err(anyhow::Error::msg)?,
+        );
         tracing::info!(brokers, "event log: Kafka");
     }
     if config.admin_key.is_none() {
@@ -79,6 +82,10 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let initial = if config.redis.url.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
     let index_max_age = map.symbols.iter().map(|s| s.index_max_age_secs).min().unwrap_or(u64::MAX);
     let health = Arc::new(Health::new(shards, initial, map.symbols.len(), index_max_age));
+    if let Some(r) = replication {
+        health.replication_wanted.store(r.wanted, Ordering::Release);
+        health.replication_actual.store(r.actual, Ordering::Release);
+    }
     let cold = match (&config.postgres.url, &config.kafka.brokers) {
         (Some(url), Some(brokers)) => {
             health.cold.store(crate::cold::writer::DOWN, Ordering::Release);
@@ -313,6 +320,7 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
                                 body,
                                 Request::Apply { .. }
                                     | Request::Release { .. }
+                                    | Request::Hold { .. }
                                     | Request::Reserve { .. }
                                     | Request::Prices
                                     | Request::Market { .. }

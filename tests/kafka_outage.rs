@@ -221,3 +221,45 @@ fn orders_whose_clients_left_during_an_outage_leave_no_margin_locked() {
     assert_eq!(locked, per_order * rust_decimal::Decimal::from(open), "{balance}, {open} open");
     assert_eq!(balance["total"], "1001", "{balance}");
 }
+
+/// A 504 keeps the order's margin and clientOrderId: the log may still have the order,
+/// so a retry with the same clientOrderId cannot make a second one. Once the broker is
+/// back and the command is void in the log, both are free and the retry places it, once.
+#[test]
+fn a_504_keeps_the_client_order_id_until_the_log_says_the_order_is_void() {
+    let broker = Broker::start();
+    let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TIMEOUT_MS", "1000")]);
+    let alice = s.funded("alice", "1000");
+    // Voids cannot be made durable on this node, so a timeout is answered 504, not 503.
+    std::fs::write(s.data.join("voids"), b"not a directory").unwrap();
+    broker.freeze(true);
+    let order = ORDER.replace("CID", "in-doubt");
+    let (status, reply) = s.order(&alice, &order);
+    assert_eq!((status, reply["code"].as_str()), (504, Some("STATUS_UNKNOWN")), "{reply}");
+    let (_, balance) = s.get(&alice, "/v1/balance");
+    assert_eq!(balance["locked"], "4.02", "the log may have the order: its margin stays locked: {balance}");
+    let (status, reply) = s.order(&alice, &order);
+    assert_eq!((status, reply["code"].as_str()), (503, Some("UNAVAILABLE")), "a retry while in doubt: {reply}");
+
+    broker.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, reply) = s.order(&alice, &order);
+        if status == 200 {
+            assert_eq!(reply["status"], "NEW", "{reply}");
+            break;
+        }
+        assert_eq!(status, 503, "{reply}");
+        assert!(Instant::now() < deadline, "the order answered 504 was never settled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for round in 0..2 {
+        let (_, open) = s.get(&alice, "/v1/orders");
+        assert_eq!(open.as_array().unwrap().len(), 1, "round {round}: {open}");
+        let (_, balance) = s.get(&alice, "/v1/balance");
+        assert_eq!(balance["locked"], "4.02", "round {round}: {balance}");
+        let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);
+        assert_eq!(depth["bids"], serde_json::json!([["40000.0", "0.001"]]), "round {round}");
+        s.restart();
+    }
+}

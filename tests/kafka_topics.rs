@@ -70,3 +70,45 @@ fn results_are_json_and_republished_with_the_same_ids() {
         assert_eq!(first.get(id), Some(t), "republished event {id} differs");
     }
 }
+
+/// The copies the topics really have are read at every start and shown by `/health`:
+/// a one-broker cluster cannot give three, and says so after every start, not only the
+/// first (which created the topics).
+#[test]
+fn health_shows_how_many_copies_the_log_has() {
+    let broker = Broker::start();
+    let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TOPIC_PREFIX", "r."), ("EXCHANGE_KAFKA_REPLICATION_FACTOR", "3")]);
+    for _ in 0..2 {
+        let (status, health) = s.request("GET", "/health", &[], None);
+        assert_eq!(status, 200);
+        assert_eq!(health["eventLogReplication"], serde_json::json!({"status": "under-replicated", "wanted": 3, "actual": 1}), "{health}");
+        assert_eq!(health["status"], "ok", "fewer copies is a weaker promise, not an outage: {health}");
+        s.restart();
+    }
+    s.restart_with(&[("EXCHANGE_KAFKA_REPLICATION_FACTOR", "1")]);
+    let (_, health) = s.request("GET", "/health", &[], None);
+    assert_eq!(health["eventLogReplication"], serde_json::json!({"status": "ok", "wanted": 1, "actual": 1}), "{health}");
+    let embedded = Server::start_embedded(&[]);
+    let (_, health) = embedded.request("GET", "/health", &[], None);
+    assert!(health.get("eventLogReplication").is_none(), "{health}");
+}
+
+/// A snapshot is written only once the results of the commands it covers are in Kafka:
+/// results still lingering in the producer when the process dies are published again by
+/// the replay after it (from an older snapshot), never lost behind a newer one.
+#[test]
+fn results_not_yet_in_kafka_at_a_crash_are_published_after_it() {
+    let broker = Broker::start();
+    let env = [("EXCHANGE_KAFKA_TOPIC_PREFIX", "h."), ("EXCHANGE_SNAPSHOT_EVERY", "1"), ("EXCHANGE_KAFKA_RESULTS_LINGER_MS", "5000"), ("EXCHANGE_KAFKA_TIMEOUT_MS", "10000")];
+    let mut s = Server::start_kafka(&broker.addr, &env);
+    let alice = s.funded("alice", "10000");
+    let bob = s.funded("bob", "10000");
+    s.limit(&alice, "SELL", "50000", "0.001");
+    s.limit(&bob, "BUY", "50000", "0.001");
+    // The trade's results wait 5 s in the producer; snapshots are due after every command.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(read_topic(&broker.addr, "h.trades.executed").is_empty(), "the results were expected to linger");
+    s.restart_with(&[("EXCHANGE_KAFKA_RESULTS_LINGER_MS", "5")]);
+    let trades = read_until(&broker.addr, "h.trades.executed", 1);
+    assert!(trades[0].pointer("/trade/tradeId").is_some(), "{trades:?}");
+}

@@ -77,8 +77,30 @@ fn producer_lingering(brokers: &str, timeout: Duration, linger: &str) -> Result<
         .map_err(|e| format!("kafka producer for {brokers}: {e}"))
 }
 
-/// Creates the topics that do not exist yet.
-pub async fn ensure_topics(brokers: &str, topics: &[&str], settings: &TopicSettings) -> Result<(), String> {
+/// How many copies the exchange's topics have, read from the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// Brokers in the cluster.
+    pub brokers: usize,
+    /// Copies asked for (`replication_factor`).
+    pub wanted: i32,
+    /// The fewest copies any partition of the topics has.
+    pub actual: i32,
+}
+
+impl Replication {
+    pub fn is_short(&self) -> bool {
+        self.actual < self.wanted
+    }
+}
+
+/// Creates the topics that do not exist yet, then reads how many copies every partition
+/// of them has: topics created on a smaller cluster (or by someone else) keep fewer
+/// copies than asked for even after brokers are added, and the start says so each time.
+///
+/// # Errors
+/// The cluster could not be reached, or a topic could not be created.
+pub async fn ensure_topics(brokers: &str, topics: &[&str], settings: &TopicSettings) -> Result<Replication, String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -89,16 +111,8 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], settings: &TopicSetti
         .map_err(|e| format!("kafka metadata from {brokers}: {e}"))?
         .brokers()
         .len();
+    // Created with what the cluster can give (a warning below says so).
     let (replication, min_insync) = settings.for_cluster(found);
-    if replication < settings.replication_factor {
-        tracing::warn!(
-            brokers = found,
-            wanted = settings.replication_factor,
-            replication,
-            min_insync,
-            "fewer Kafka brokers than the replication factor: topics are created with what there is (fine for development, not for production)"
-        );
-    }
     let (min_insync, retention) = (min_insync.to_string(), settings.retention_ms.to_string());
     let new: Vec<NewTopic<'_>> = topics
         .iter()
@@ -116,7 +130,24 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], settings: &TopicSetti
             Err((topic, code)) => return Err(format!("creating topic {topic}: {code}")),
         }
     }
-    Ok(())
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10)).map_err(|e| format!("kafka metadata from {brokers}: {e}"))?;
+    let actual = metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.contains(&t.name()))
+        .flat_map(|t| t.partitions().iter().map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX)))
+        .min()
+        .unwrap_or(0);
+    let found = Replication { brokers: metadata.brokers().len(), wanted: settings.replication_factor, actual };
+    if found.is_short() {
+        tracing::warn!(
+            brokers = found.brokers,
+            wanted = found.wanted,
+            actual = found.actual,
+            "the event log's topics have fewer copies than the replication factor asks for: a broker's loss can lose acknowledged orders (add brokers and reassign the partitions)"
+        );
+    }
+    Ok(found)
 }
 
 /// How the exchange creates its topics (existing ones are left as they are).
@@ -200,8 +231,42 @@ pub struct KafkaLog {
     pending: Vec<DeliveryFuture>,
     /// Shared with the confirmations in flight, which complete after `send` returned.
     next_offset: Rc<Cell<u64>>,
-    /// A confirmation failed: the producer is replaced before the next send.
-    renew: Rc<Cell<bool>>,
+    /// The producer's replacement (see [`Renewal`]).
+    renewal: Rc<Renewal>,
+}
+
+/// Replacing a stream's producer after it failed.
+///
+/// An idempotent producer whose sends timed out may be fenced for good (a broker that
+/// cannot bump its epoch answers ProducerFenced), and one that hit a fatal error
+/// (sequence lost, fenced) refuses every record from then on: either way the stream
+/// starts over with a new producer, which gets a new producer id. The new one is made on
+/// a thread of its own ([`crate::offcore`]): librdkafka starts threads per client, and
+/// they must not inherit a shard's core; nor may a shard wait for the creation.
+#[derive(Default)]
+struct Renewal {
+    /// A replacement is being made.
+    making: Cell<bool>,
+    /// The replacement, made and not yet taken.
+    ready: std::cell::RefCell<Option<Producer>>,
+}
+
+impl Renewal {
+    /// Starts making a replacement, unless one is on its way.
+    fn start(self: &Rc<Self>, brokers: &str, timeout: Duration) {
+        if self.making.replace(true) {
+            return;
+        }
+        let (this, brokers) = (self.clone(), brokers.to_owned());
+        glommio::spawn_local(async move {
+            match crate::offcore::run("kafka-clients", move || producer(&brokers, timeout)).await.and_then(|p| p) {
+                Ok(fresh) => *this.ready.borrow_mut() = Some(fresh),
+                Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer; trying again with the next record"),
+            }
+            this.making.set(false);
+        })
+        .detach();
+    }
 }
 
 impl KafkaLog {
@@ -215,19 +280,39 @@ impl KafkaLog {
             key: key.to_owned(),
             pending: Vec::new(),
             next_offset: Rc::new(Cell::new(next_offset)),
-            renew: Rc::default(),
+            renewal: Rc::default(),
         }
     }
 
-    /// An idempotent producer whose sends timed out may be fenced for good (a broker
-    /// that cannot bump its epoch answers ProducerFenced): start over with a new one,
-    /// which gets a new producer id.
-    fn renew_if_failed(&mut self) {
-        if self.renew.replace(false) {
-            match producer(&self.brokers, self.timeout) {
-                Ok(fresh) => self.producer = fresh,
-                Err(err) => tracing::warn!(error = %err, "could not renew the Kafka producer"),
-            }
+    /// Takes the replacement producer once it is made; starts making one if the
+    /// producer hit a fatal error. `false` while the stream has no usable producer.
+    fn usable(&mut self) -> bool {
+        if let Some(fresh) = self.renewal.ready.borrow_mut().take() {
+            tracing::info!(topic = self.topic, key = self.key, "Kafka producer replaced");
+            self.producer = fresh;
+        }
+        if is_fatal(&self.producer) {
+            self.renewal.start(&self.brokers, self.timeout);
+            return false;
+        }
+        true
+    }
+
+    /// Makes the producer hit a fatal error, as a fenced one or one that lost a
+    /// sequence does (librdkafka cannot be made to produce either at will): for tests of
+    /// what follows.
+    #[doc(hidden)]
+    pub fn inject_fatal_error(&self) {
+        use rdkafka::producer::Producer as _;
+        let reason = c"injected by a test";
+        // SAFETY: the client pointer is valid while `self.producer` lives; the reason is
+        // a NUL-terminated string librdkafka copies.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                self.producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
         }
     }
 }
@@ -259,9 +344,16 @@ async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration) -> Result<Vec<
 
 impl EventLog for KafkaLog {
     fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
-        self.renew_if_failed();
+        if !self.usable() {
+            return Err(JournalError::Write("the Kafka producer failed for good and is being replaced".into()));
+        }
         let record = FutureRecord::to(&self.topic).partition(self.partition).key(&self.key).payload(payload);
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| JournalError::Write(e.to_string()))?;
+        let delivery = self.producer.send_result(record).map_err(|(e, _)| {
+            if is_fatal(&self.producer) {
+                self.renewal.start(&self.brokers, self.timeout);
+            }
+            JournalError::Write(e.to_string())
+        })?;
         self.pending.push(delivery);
         Ok(())
     }
@@ -278,7 +370,7 @@ impl EventLog for KafkaLog {
 
     fn send(&mut self) -> Option<Confirmation> {
         let pending = std::mem::take(&mut self.pending);
-        let (next_offset, renew, timeout) = (self.next_offset.clone(), self.renew.clone(), self.timeout);
+        let (next_offset, renewal, timeout, brokers) = (self.next_offset.clone(), self.renewal.clone(), self.timeout, self.brokers.clone());
         Some(Box::pin(async move {
             let confirmed = confirm(pending, timeout).await;
             match &confirmed {
@@ -287,7 +379,7 @@ impl EventLog for KafkaLog {
                         next_offset.set(next_offset.get().max(last + 1));
                     }
                 }
-                Err(_) => renew.set(true),
+                Err(_) => renewal.start(&brokers, timeout),
             }
             confirmed
         }))

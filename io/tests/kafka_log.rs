@@ -94,3 +94,32 @@ fn topics_get_their_retention_and_the_replication_the_cluster_can_give() {
     assert_eq!(get("retention.ms").as_deref(), Some("604800000"));
     assert_eq!(get("min.insync.replicas").as_deref(), Some("1"));
 }
+
+/// A producer that hit a fatal error (fenced, sequence lost) refuses records; the log
+/// says so at once and carries on with a new producer, made off the core.
+#[test]
+fn a_producer_that_failed_for_good_is_replaced() {
+    let brokers = broker();
+    let topic = format!("fatal-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], &kafka::TopicSettings { partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3_600_000 })).unwrap();
+    let t = Duration::from_secs(5);
+    let mut log = KafkaLog::new(&brokers, t, kafka::producer(&brokers, t).unwrap(), &topic, 0, "A", 0);
+    let refused = on_glommio(async {
+        log.append(b"before").unwrap();
+        log.commit().await.unwrap();
+        log.inject_fatal_error();
+        let mut refused = 0;
+        let started = std::time::Instant::now();
+        while log.append(b"after").is_err() {
+            refused += 1;
+            assert!(started.elapsed() < Duration::from_secs(10), "the producer was never replaced");
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(log.commit().await.unwrap().len(), 1);
+        refused
+    });
+    assert!(refused > 0, "a producer with a fatal error took a record");
+    let (records, _) = kafka::read_partition(&brokers, &topic, 0, 0, Duration::from_secs(10)).unwrap();
+    let payloads: Vec<&[u8]> = records.iter().filter(|r| r.key == b"A").map(|r| r.payload.as_slice()).collect();
+    assert_eq!(payloads, [b"before".as_slice(), b"after".as_slice()]);
+}

@@ -54,6 +54,10 @@ pub struct OrderView {
     pub logged: bool,
     /// What the risk step locked for it (only needed until it is logged).
     pub reserved: i64,
+    /// Not logged, and the log may still have it (504): its lock and clientOrderId stay
+    /// until the log says which (never released as an orphan).
+    #[serde(skip)]
+    pub in_doubt: bool,
 }
 
 impl OrderView {
@@ -121,6 +125,7 @@ impl OrderView {
             updated_at: order.timestamp,
             logged,
             reserved: order.locked_margin,
+            in_doubt: false,
         }
     }
 }

@@ -260,6 +260,12 @@ impl HotState for Accounts {
         }
     }
 
+    fn hold(&mut self, user: UserId, id: OrderId) {
+        if let Some(view) = self.users.get_mut(&user).and_then(|a| a.orders.get_mut(&id)) {
+            view.in_doubt = !view.logged;
+        }
+    }
+
     /// The order could not be logged: unlock its margin and forget it.
     fn release(&mut self, order: &NewOrder) {
         if let Some(account) = self.users.get_mut(&order.user) {
@@ -277,7 +283,7 @@ impl HotState for Accounts {
         let mut released = Vec::new();
         for (user, account) in self.users.iter_mut().filter(|(u, _)| partitions.contains(&partition_of(**u))) {
             let orphans: Vec<OrderId> =
-                account.orders.values().filter(|v| !v.logged && v.created_at < before_ms).map(|v| v.id).collect();
+                account.orders.values().filter(|v| !v.logged && !v.in_doubt && v.created_at < before_ms).map(|v| v.id).collect();
             for id in orphans {
                 let Some(view) = account.orders.remove(&id) else { continue };
                 account.locked -= i128::from(view.reserved);
@@ -381,6 +387,7 @@ impl HotState for Accounts {
                         updated_at: l.timestamp,
                         logged: true,
                         reserved: 0,
+                        in_doubt: false,
                     });
                 }
                 Event::LiquidationEnded(l) if self.fresh(l.user, symbol, offset) => {

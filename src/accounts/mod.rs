@@ -323,6 +323,12 @@ pub trait HotState {
     /// The order reached the log.
     fn confirm(&mut self, user: UserId, id: OrderId);
 
+    /// The log did not confirm the order and may still have it (a 504): its lock and
+    /// clientOrderId are kept, out of [`Self::release_orphans`]' reach, until the
+    /// symbol's stream has voided it in the log and [`Self::release`]s it (or a restart's
+    /// replay finds out whether it is there).
+    fn hold(&mut self, user: UserId, id: OrderId);
+
     /// The order could not be logged: unlock its margin and forget it.
     fn release(&mut self, order: &NewOrder);
 

@@ -316,7 +316,8 @@ fn health(shard: &Shard) -> HttpReply {
     };
     let stale: Vec<&str> =
         shard.health.stale_indexes(crate::shard::handlers::now_ms()).into_iter().map(|s| shard.map.symbols[s].name.as_str()).collect();
-    render::ok(&serde_json::json!({
+    let (wanted, actual) = (shard.health.replication_wanted.load(Ordering::Acquire), shard.health.replication_actual.load(Ordering::Acquire));
+    let mut body = serde_json::json!({
         "status": if log_ok && state == "ok" && stale.is_empty() { "ok" } else { "degraded" },
         "components": {
             "eventLog": if log_ok { "ok" } else { "down" },
@@ -325,5 +326,15 @@ fn health(shard: &Shard) -> HttpReply {
             "indexPrice": if stale.is_empty() { "ok" } else { "stale" },
         },
         "staleIndex": stale,
-    }))
+    });
+    // Kafka only: how many copies the log's topics have. Fewer than asked for is not an
+    // outage (status stays as it is) but a weaker promise, said on every call.
+    if wanted > 0 {
+        body["eventLogReplication"] = serde_json::json!({
+            "status": if actual < wanted { "under-replicated" } else { "ok" },
+            "wanted": wanted,
+            "actual": actual,
+        });
+    }
+    render::ok(&body)
 }

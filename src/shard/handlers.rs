@@ -24,6 +24,10 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
                 hot::release(&shard, &order);
                 Reply::Done
             }
+            Request::Hold { user, id } => {
+                shard.accounts.borrow_mut().hold(user, id);
+                Reply::Done
+            }
             Request::Apply { symbol, offset, logged, replayed, events, snapshot } => {
                 apply(&shard, symbol, offset, logged, replayed, &events);
                 if snapshot {
@@ -348,10 +352,16 @@ async fn place_order(shard: &Rc<Shard>, key: String, symbol: usize, mut order: N
     };
     let outcome = match stream.submit(Command::Place(order)).await {
         Ok(outcome) => outcome,
-        Err(e) => {
-            // Not executed, and (503) never will be; with 504 a crash before the stream
-            // voids it in the log may still bring it back, as the answer says.
+        Err(e @ NotLogged::Refused(_)) => {
+            // Not executed, and never will be.
             let _ = shard.ask(shard.account_owner(order.user), Request::Release { order }).await;
+            return Err(e.into());
+        }
+        Err(e @ NotLogged::Unknown(_)) => {
+            // The log may still have it: its lock and clientOrderId stay (a retry with the
+            // same clientOrderId cannot make a second order) until the stream has voided
+            // it in the log and releases it, or a restart's replay finds it there.
+            let _ = shard.ask(shard.account_owner(order.user), Request::Hold { user: order.user, id: order.id }).await;
             return Err(e.into());
         }
     };

@@ -38,6 +38,41 @@ pub struct KafkaBackend {
     fences: RefCell<Option<Producer>>,
     /// Result records on their way to Kafka (see [`deliver`]).
     outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Which of them Kafka does not have yet.
+    undelivered: Rc<Undelivered>,
+}
+
+/// Numbers result records as they are published, and keeps the numbers Kafka has not
+/// confirmed yet, so that a snapshot can wait until the results of every command it
+/// covers are in the log: a restart replays only the commands after a snapshot, so
+/// results left in memory behind it would never be published again.
+#[derive(Default)]
+pub struct Undelivered {
+    next: std::cell::Cell<u64>,
+    waiting: RefCell<std::collections::BTreeSet<u64>>,
+}
+
+impl Undelivered {
+    fn issue(&self) -> u64 {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        self.waiting.borrow_mut().insert(n);
+        n
+    }
+
+    fn delivered(&self, ticket: u64) {
+        self.waiting.borrow_mut().remove(&ticket);
+    }
+
+    /// A mark for every result published so far.
+    pub fn mark(&self) -> u64 {
+        self.next.get()
+    }
+
+    /// Whether every result published before `mark` is in Kafka.
+    pub fn delivered_before(&self, mark: u64) -> bool {
+        self.waiting.borrow().first().is_none_or(|first| *first >= mark)
+    }
 }
 
 type PartitionRead = (u64, Vec<kafka::Record>, u64);
@@ -49,6 +84,7 @@ struct Outgoing {
     key: String,
     payload: Vec<u8>,
     report: Option<DeliveryFuture>,
+    ticket: u64,
 }
 
 impl KafkaBackend {
@@ -65,7 +101,8 @@ impl KafkaBackend {
                 .await??;
         let results = Rc::new(RefCell::new(results));
         let (outbox, pending) = mpsc::unbounded();
-        glommio::spawn_local(deliver(brokers.to_owned(), timeout, results.clone(), pending)).detach();
+        let undelivered = Rc::new(Undelivered::default());
+        glommio::spawn_local(deliver(brokers.to_owned(), timeout, results.clone(), pending, undelivered.clone())).detach();
         Ok(Self {
             brokers: brokers.to_owned(),
             partitions,
@@ -76,7 +113,13 @@ impl KafkaBackend {
             read_cache: RefCell::default(),
             fences: RefCell::default(),
             outbox,
+            undelivered,
         })
+    }
+
+    /// The results not yet in Kafka.
+    pub fn undelivered(&self) -> Rc<Undelivered> {
+        self.undelivered.clone()
     }
 
     pub fn topic(&self, name: &str) -> String {
@@ -92,7 +135,8 @@ impl KafkaBackend {
             let (topic, payload) = crate::wire::encode_event(spec, event);
             let topic = self.topic(topic);
             let report = kafka::send(&producer, &topic, partition, &spec.name, &payload).ok();
-            let _ = self.outbox.unbounded_send(Outgoing { topic, partition, key: spec.name.clone(), payload, report });
+            let ticket = self.undelivered.issue();
+            let _ = self.outbox.unbounded_send(Outgoing { topic, partition, key: spec.name.clone(), payload, report, ticket });
         }
     }
 }
@@ -102,7 +146,13 @@ impl KafkaBackend {
 /// bytes and so the same `eventId`, until it is in. Consumers deduplicate by `eventId`,
 /// so a record that landed although its report said otherwise does no harm. Retries do
 /// not hold back the records behind them: a failed one goes to the back of the line.
-async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<RefCell<Producer>>, mut incoming: mpsc::UnboundedReceiver<Outgoing>) {
+async fn deliver(
+    brokers: String,
+    timeout: std::time::Duration,
+    producer: Rc<RefCell<Producer>>,
+    mut incoming: mpsc::UnboundedReceiver<Outgoing>,
+    undelivered: Rc<Undelivered>,
+) {
     let mut line: VecDeque<Outgoing> = VecDeque::new();
     let mut failing = false;
     let mut paused = std::time::Instant::now();
@@ -131,7 +181,10 @@ async fn deliver(brokers: String, timeout: std::time::Duration, producer: Rc<Ref
             }
         };
         match delivered {
-            Ok(()) => failing = false,
+            Ok(()) => {
+                failing = false;
+                undelivered.delivered(o.ticket);
+            }
             Err(e) => {
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(topic = o.topic, error = e, "result not delivered to Kafka; sending it again until it is");

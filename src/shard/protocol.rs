@@ -144,6 +144,8 @@ pub enum Request {
     Reserve { key: String, order: NewOrder, symbol: usize },
     /// The order could not be logged: unlock.
     Release { order: NewOrder },
+    /// The log may still have the order (504): keep its lock until a `Release` or a restart.
+    Hold { user: UserId, id: OrderId },
     /// A symbol's results of the command at `offset`, in log order, for the users owned
     /// by the receiver. With no events and `snapshot`, it says the symbol was just
     /// snapshotted at `offset + 1`: time for the receiver to snapshot its accounts.

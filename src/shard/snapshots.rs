@@ -84,7 +84,23 @@ pub async fn snapshot_symbol(shard: &Rc<Shard>, stream: &Rc<SymbolStream>) {
         trades: stream.trades.borrow().iter().copied().collect(),
     };
     let name = shard.map.symbols[stream.index].name.clone();
-    write(shard, Kind::Symbol, name.clone(), format!("{offset:020}.snap"), encode_symbol(&snapshot));
+    let (file, bytes) = (format!("{offset:020}.snap"), encode_symbol(&snapshot));
+    match &shard.kafka {
+        None => write(shard, Kind::Symbol, name.clone(), file, bytes),
+        // Written once the results of every command it covers are in Kafka: a restart
+        // from it replays (and publishes again) only what comes after.
+        Some(kafka) => {
+            let (undelivered, mark, writer) = (kafka.undelivered(), kafka.undelivered().mark(), shard.clone());
+            let name = name.clone();
+            glommio::spawn_local(async move {
+                while !undelivered.delivered_before(mark) {
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                write(&writer, Kind::Symbol, name, file, bytes);
+            })
+            .detach();
+        }
+    }
     tracing::info!(symbol = name, offset, "symbol snapshot");
     for to in 0..shard.shards {
         let req = Request::Apply {

@@ -21,7 +21,8 @@ use futures_lite::StreamExt;
 
 use super::rpc::Pending;
 use super::Shard;
-use crate::engine::{Command, CommandError, Event, Market, Side};
+use super::protocol::Request;
+use crate::engine::{Command, CommandError, Event, Market, NewOrder, Side};
 use crate::wire::StreamRecord;
 
 /// A public trade for `/v1/trades`.
@@ -70,6 +71,9 @@ pub struct SymbolStream {
     sweeping: Cell<bool>,
     /// Due positions the symbol's liquidation pass has still to take (for the gauge).
     due: Cell<i64>,
+    /// Orders answered 504: the log may have them, so their locks are held until
+    /// [`settle`] has voided them in the log.
+    in_doubt: RefCell<Vec<NewOrder>>,
     queue: mpsc::UnboundedSender<Job>,
 }
 
@@ -84,6 +88,7 @@ impl SymbolStream {
             snapshot_at: Cell::new(0),
             sweeping: Cell::new(false),
             due: Cell::new(0),
+            in_doubt: RefCell::default(),
             queue,
         });
         (stream, rx)
@@ -201,6 +206,9 @@ impl SymbolStream {
 /// 2 gave 12.1k: with few in flight, every batch also waits for the ones before it.
 const IN_FLIGHT: usize = 16;
 
+/// How often a stream whose log failed tries to settle when no command asks it to.
+const SETTLE_RETRY: Duration = Duration::from_millis(250);
+
 /// A batch handed to the log, waiting for its confirmation.
 struct Sent {
     jobs: Vec<Job>,
@@ -213,12 +221,16 @@ struct Sent {
 }
 
 /// What the committer and the executor of one stream share.
-#[derive(Default)]
 struct Pipeline {
     /// Set by the first failed batch of a pipelined log: the offset from which the log
     /// may hold records whose clients were told they failed. Cleared once they are voided.
     failed_from: Cell<Option<u64>>,
     in_flight: Cell<usize>,
+    /// The log refuses records as they are appended (a producer that failed for good,
+    /// being replaced): `/health` says so until it takes one again.
+    refusing: Cell<bool>,
+    /// Wakes the committer when a batch fails, so that it settles at once.
+    failed: mpsc::UnboundedSender<()>,
 }
 
 /// The committer task of one stream.
@@ -239,24 +251,59 @@ struct Pipeline {
 /// never holds an order its client was told failed. Until that succeeds the stream
 /// answers 503 and the health check says degraded.
 pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super::Log, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let pipeline = Rc::new(Pipeline::default());
+    let (failed, mut failures) = mpsc::unbounded();
+    let pipeline = Rc::new(Pipeline { failed_from: Cell::new(None), in_flight: Cell::new(0), refusing: Cell::new(false), failed });
     let (to_executor, sent) = glommio::channels::local_channel::new_bounded(IN_FLIGHT);
     glommio::spawn_local(execute_in_order(shard.clone(), stream.clone(), pipeline.clone(), sent)).detach();
-    while let Some(first) = jobs.next().await {
-        let mut batch = vec![first];
+    loop {
+        // After a failure the stream settles without waiting for a command to log: the
+        // orders answered 504 are released only then, and their clients' retries (same
+        // clientOrderId) are refused before they reach the log until it has happened.
+        let first = if pipeline.failed_from.get().is_some() {
+            let retry = async {
+                glommio::timer::sleep(SETTLE_RETRY).await;
+                Some(None)
+            };
+            match futures_lite::future::or(async { jobs.next().await.map(Some) }, retry).await {
+                Some(job) => job,
+                None => break,
+            }
+        } else {
+            let failed = async {
+                let _ = failures.next().await;
+                Some(None)
+            };
+            match futures_lite::future::or(async { jobs.next().await.map(Some) }, failed).await {
+                Some(job) => job,
+                None => break,
+            }
+        };
+        let mut batch: Vec<Job> = first.into_iter().collect();
         while let Ok(job) = jobs.try_recv() {
             batch.push(job);
         }
         shard.metrics.queue_depth.set(batch.len() as i64);
         if let Some(from) = pipeline.failed_from.get() {
-            while pipeline.in_flight.get() > 0 {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
-            match settle(&shard, &stream, &mut journal, from).await {
+            let recover = async {
+                while pipeline.in_flight.get() > 0 {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                settle(&shard, &stream, &mut journal, from).await
+            };
+            // Commands that arrive meanwhile are answered at once (a dead broker would
+            // otherwise hold each for a read-back's patience); they were never logged.
+            let refuse_meanwhile = async {
+                while let Some(job) = jobs.next().await {
+                    let _ = job.done.send(Err(NotLogged::Refused("event log unavailable: recovering from a failed write".into())));
+                }
+                std::future::pending().await
+            };
+            match futures_lite::future::or(recover, refuse_meanwhile).await {
                 Ok(()) => {
                     pipeline.failed_from.set(None);
                     shard.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
                     tracing::info!(symbol = stream.index, "event log back; in-doubt records voided");
+                    release_in_doubt(&shard, &stream);
                 }
                 Err(e) => {
                     for job in batch {
@@ -266,17 +313,29 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
                 }
             }
         }
+        if batch.is_empty() {
+            continue;
+        }
         let mut accepted = Vec::with_capacity(batch.len());
         let mut payloads = Vec::with_capacity(batch.len());
         for job in batch {
             let bytes = shard.encode_command(stream.index, &StreamRecord::Command(job.command));
-            match journal.append(&bytes) {
+            let appended = journal.append(&bytes);
+            if appended.is_ok() == pipeline.refusing.get() {
+                pipeline.refusing.set(appended.is_err());
+                if appended.is_err() {
+                    shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    shard.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            match appended {
                 Ok(()) => {
                     accepted.push(job);
                     payloads.push(bytes);
                 }
                 Err(e) => {
-                    let _ = job.done.send(Err(NotLogged::Refused(e.to_string())));
+                    let _ = job.done.send(Err(NotLogged::Refused(format!("event log unavailable: {e}"))));
                 }
             }
         }
@@ -338,6 +397,7 @@ async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: 
                     refuse(&shard, &stream, jobs, &payloads, &e);
                 } else if pipelined {
                     pipeline.failed_from.set(Some(stream.next.get()));
+                    let _ = pipeline.failed.unbounded_send(());
                     shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
                     refuse(&shard, &stream, jobs, &payloads, &e);
                 } else {
@@ -359,9 +419,30 @@ async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: 
 fn refuse(shard: &Shard, stream: &SymbolStream, jobs: Vec<Job>, payloads: &[Vec<u8>], why: &str) {
     let name = &shard.map.symbols[stream.index].name;
     let answer = super::voids::refuse(shard, super::logs::Stream::Symbol(name), payloads, why);
+    if let NotLogged::Unknown(_) = answer {
+        let orders = jobs.iter().filter_map(|j| if let Command::Place(o) = &j.command { Some(*o) } else { None });
+        stream.in_doubt.borrow_mut().extend(orders);
+    }
     for job in jobs {
         let _ = job.done.send(Err(answer.clone()));
     }
+}
+
+/// Releases the orders answered 504 once [`settle`] has voided them in the log: they
+/// are certainly not in effect now, nor after any restart.
+fn release_in_doubt(shard: &Rc<Shard>, stream: &SymbolStream) {
+    let orders = stream.in_doubt.take();
+    if orders.is_empty() {
+        return;
+    }
+    tracing::info!(symbol = stream.index, orders = orders.len(), "orders answered 504 are void in the log: their margin and clientOrderIds are free");
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        for order in orders {
+            let _ = shard.ask(shard.account_owner(order.user), Request::Release { order }).await;
+        }
+    })
+    .detach();
 }
 
 /// Voids every command the log holds at or after `from` that was never executed.
