@@ -80,6 +80,11 @@ pub fn unframe<T: for<'de> Deserialize<'de>>(magic: &[u8; 6], bytes: &[u8]) -> O
     postcard::from_bytes(body(magic, bytes)?).ok()
 }
 
+/// What [`frame`] wrote, and the bytes after it (fields added later, appended).
+pub fn unframe_first<'a, T: Deserialize<'a>>(magic: &[u8; 6], bytes: &'a [u8]) -> Option<(T, &'a [u8])> {
+    postcard::take_from_bytes(body(magic, bytes)?).ok()
+}
+
 fn body<'a>(magic: &[u8; 6], bytes: &'a [u8]) -> Option<&'a [u8]> {
     let rest = bytes.strip_prefix(magic.as_slice())?;
     let (version, body) = rest.split_first_chunk::<2>()?;

@@ -43,12 +43,43 @@ pub fn topics(prefix: &str) -> Vec<String> {
 pub enum StreamRecord {
     Command(Command),
     Void(u64),
+    /// A writer's epoch starts (Kafka only): see [`EpochFloor`].
+    Epoch,
+}
+
+/// The rule every reader of a symbol's command log applies, in log order: a command
+/// numbered (`seq`) below the newest `EpochStarted` read before it is void. (Voids are
+/// always honoured: they only ever void commands that were refused.)
+///
+/// Records are numbered by their writer in the order it makes them, and a later run (or
+/// a second process) numbers above every earlier one ([`crate::numbering`]). The exchange
+/// starts an epoch when it starts and each time it has voided what a failed write may
+/// have left: a record made before that and landing only after it (a request a broker
+/// persisted late, a producer's retry, a second process still writing) then counts for
+/// no reader, although no one could void it by its offset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochFloor(pub u64);
+
+impl EpochFloor {
+    /// Whether a record read next counts; an epoch raises the floor for those after it.
+    pub fn admits(&mut self, epoch: bool, seq: u64) -> bool {
+        if epoch {
+            self.0 = self.0.max(seq);
+            return true;
+        }
+        seq >= self.0
+    }
 }
 
 /// An `orders.submitted` record, as written and as every reader reads it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "eventType", rename_all_fields = "camelCase")]
 pub enum CommandJson {
+    EpochStarted {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+    },
     CommandVoided {
         event_id: String,
         symbol: String,
@@ -137,6 +168,10 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             let json = CommandJson::CommandVoided { event_id, symbol: spec.name.clone(), voided_offset: offset, seq };
             return serde_json::to_vec(&json).unwrap_or_default();
         }
+        StreamRecord::Epoch => {
+            let json = CommandJson::EpochStarted { event_id, symbol: spec.name.clone(), seq };
+            return serde_json::to_vec(&json).unwrap_or_default();
+        }
     };
     let json = match command {
         Command::Place(o) => {
@@ -198,10 +233,35 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
 /// # Errors
 /// A message saying which field is not what the exchange writes.
 pub fn decode_command(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> {
-    decode_json(spec, bytes)
+    decode_numbered(spec, bytes).map(|(record, _)| record)
 }
 
-fn decode_json(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> {
+impl CommandJson {
+    /// The record's number in its writer's sequence.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::EpochStarted { seq, .. }
+            | Self::CommandVoided { seq, .. }
+            | Self::OrderSubmitted { seq, .. }
+            | Self::CancelRequested { seq, .. }
+            | Self::IndexPriceSet { seq, .. }
+            | Self::FundingTick { seq, .. }
+            | Self::LiquidationSweep { seq, .. } => *seq,
+        }
+    }
+}
+
+/// [`decode_command`], with the record's `seq` (for [`EpochFloor`]).
+///
+/// # Errors
+/// As [`decode_command`].
+pub fn decode_numbered(spec: &SymbolSpec, bytes: &[u8]) -> Result<(StreamRecord, u64), String> {
+    let json = serde_json::from_slice::<CommandJson>(bytes).map_err(|e| e.to_string())?;
+    let seq = json.seq();
+    decode_json(spec, json).map(|record| (record, seq))
+}
+
+fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, String> {
     let order_number = |text: &str| -> Result<OrderId, String> {
         let uuid: uuid::Uuid = text.parse().map_err(|e| format!("orderId {text:?}: {e}"))?;
         match ids::decode(IdKind::Order, &uuid) {
@@ -209,7 +269,8 @@ fn decode_json(spec: &SymbolSpec, bytes: &[u8]) -> Result<StreamRecord, String> 
             _ => Err(format!("orderId {text} is not an order of {}", spec.name)),
         }
     };
-    let command = match serde_json::from_slice::<CommandJson>(bytes).map_err(|e| e.to_string())? {
+    let command = match json {
+        CommandJson::EpochStarted { .. } => return Ok(StreamRecord::Epoch),
         CommandJson::CommandVoided { voided_offset, .. } => return Ok(StreamRecord::Void(voided_offset)),
         CommandJson::OrderSubmitted {
             order_id,
@@ -669,6 +730,8 @@ mod tests {
         }
         let void = encode_command(&spec, &StreamRecord::Void(17), 43);
         assert_eq!(decode_command(&spec, &void), Ok(StreamRecord::Void(17)));
+        let epoch = encode_command(&spec, &StreamRecord::Epoch, 44);
+        assert_eq!(decode_numbered(&spec, &epoch), Ok((StreamRecord::Epoch, 44)));
         let text = String::from_utf8(encode_command(&spec, &StreamRecord::Command(Command::Place(order)), 42)).unwrap();
         for field in [r#""eventType":"OrderSubmitted""#, r#""price":"50000.5""#, r#""quantity":"0.010""#, r#""lockedMargin":"0.2500025""#, r#""seq":42"#] {
             assert!(text.contains(field), "{text} lacks {field}");
@@ -741,6 +804,19 @@ mod tests {
         fields
     }
 
+    /// A record made before an epoch and read after it counts for no reader; records
+    /// made after it, and everything before it, do.
+    #[test]
+    fn records_numbered_below_an_epoch_read_after_it_are_void() {
+        let mut floor = EpochFloor::default();
+        let read: Vec<bool> = [(false, 10), (false, 11), (true, 20), (false, 12), (false, 21), (true, 15), (false, 19), (false, 22)]
+            .into_iter()
+            .map(|(epoch, seq)| floor.admits(epoch, seq))
+            .collect();
+        assert_eq!(read, [true, true, true, false, true, true, false, true]);
+        assert_eq!(floor, EpochFloor(20), "an older epoch read late does not lower the floor");
+    }
+
     /// Every record type on every topic has exactly the fields README "Kafka" lists.
     #[test]
     fn every_record_type_has_the_documented_fields() {
@@ -767,6 +843,7 @@ mod tests {
                 "eventId eventType orderId userId symbol timestamp seq".to_owned(),
             ),
             (encode_command(&spec, &StreamRecord::Void(3), 3), "eventId eventType symbol voidedOffset seq".to_owned()),
+            (encode_command(&spec, &StreamRecord::Epoch, 3), "eventId eventType symbol seq".to_owned()),
             (
                 encode_command(&spec, &StreamRecord::Command(Command::IndexPrice { price: 5, timestamp: 3 }), 3),
                 "eventId eventType symbol price timestamp seq".to_owned(),
@@ -828,7 +905,7 @@ mod tests {
             assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
         }
         let all = [
-            "OrderSubmitted", "CancelRequested", "CommandVoided", "IndexPriceSet", "FundingTick", "LiquidationSweep", "UserCreated", "BalanceAdjusted",
+            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "UserCreated", "BalanceAdjusted",
             "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
             "FundingPaid", "FundingSettled",
         ];

@@ -74,7 +74,7 @@ fn migrate_creates_the_schema_once() {
     assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "schema up to date");
     runtime().block_on(async {
         let c = connect(&db.url).await;
-        for table in ["orders", "trades", "accounts", "positions", "writer_offsets", "checkpoints", "checkpoint_offsets"] {
+        for table in ["orders", "trades", "accounts", "positions", "writer_offsets", "checkpoints", "checkpoint_offsets", "epoch_floors"] {
             let n: i64 = c
                 .query_one("SELECT count(*) FROM information_schema.tables WHERE table_name = $1", &[&table])
                 .await
@@ -664,4 +664,65 @@ fn the_synchronous_baseline_writes_each_order_before_its_answer() {
         connect(&db.url).await.query_one("SELECT size FROM sync_positions WHERE user_id = $1", &[&bob[..16].to_owned()]).await.unwrap().get(0)
     });
     assert_eq!(size, rust_decimal::Decimal::new(4, 3));
+}
+
+/// A command made before an epoch of its log and landing after it — a request a broker
+/// persisted only after the exchange voided what it could see, or a record of an older
+/// process still writing — counts for no reader: not a replay of the exchange, not cold
+/// storage.
+#[test]
+fn a_command_that_lands_after_a_newer_epoch_counts_for_no_reader() {
+    use std::time::{Duration, Instant};
+    let db = Database::create();
+    let brokers = broker();
+    let mut s = common::Server::start_kafka(&brokers, &[("EXCHANGE_POSTGRES_URL", &db.url)]);
+    let alice = s.funded("alice", "1000");
+    let order = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","leverage":10,"clientOrderId":"first"}"#;
+    assert_eq!(s.order(&alice, order).0, 200);
+    let topic = format!("{}orders.submitted", s.env_var("EXCHANGE_KAFKA_TOPIC_PREFIX").unwrap());
+    let partitions: i32 = s.env_var("EXCHANGE_KAFKA_PARTITIONS").unwrap().parse().unwrap();
+    let partition = exchange_io::kafka::partition_for(b"BTC-PERP", partitions);
+    let read = || exchange_io::kafka::read_partition(&brokers, &topic, partition, 0, Duration::from_secs(10)).unwrap().0;
+    let first = read().into_iter().find(|r| String::from_utf8_lossy(&r.payload).contains("\"first\"")).expect("the order's record");
+    // A restart starts a new epoch on every symbol's log.
+    s.restart();
+    // The first run's order once more, as a request of that run landing only now: its
+    // own number (seq), another order id and clientOrderId.
+    let mut late: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+    let id = late["orderId"].as_str().unwrap().to_owned();
+    let last = u8::from_str_radix(&id[id.len() - 1..], 16).unwrap() ^ 0x8;
+    late["orderId"] = format!("{}{last:x}", &id[..id.len() - 1]).into();
+    late["clientOrderId"] = "late".into();
+    let producer = exchange_io::kafka::producer(&brokers, Duration::from_secs(5)).unwrap();
+    let report = exchange_io::kafka::send(&producer, &topic, partition, "BTC-PERP", &serde_json::to_vec(&late).unwrap()).unwrap();
+    futures_lite::future::block_on(exchange_io::kafka::delivered(report)).unwrap();
+    let late_offset = read().iter().find(|r| String::from_utf8_lossy(&r.payload).contains("\"late\"")).expect("the late record").offset;
+    let epochs = read().iter().filter(|r| r.offset < late_offset && String::from_utf8_lossy(&r.payload).contains("EpochStarted")).count();
+    assert!(epochs >= 2, "each start begins an epoch before the late record: {epochs}");
+
+    // Cold storage reads past it and stores one order.
+    let started = Instant::now();
+    loop {
+        let stored = runtime().block_on(async {
+            connect(&db.url)
+                .await
+                .query_opt("SELECT next_offset FROM writer_offsets WHERE topic = $1 AND kafka_partition = $2", &[&topic, &partition])
+                .await
+                .unwrap()
+                .map_or(0, |r| r.get::<_, i64>(0))
+        });
+        if stored > i64::try_from(late_offset).unwrap() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the writer did not read past the late record");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM orders"), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM orders WHERE client_order_id = 'late'"), 0);
+    // Nor does a replay of the log execute it.
+    s.restart();
+    assert_eq!(s.get(&alice, "/v1/orders/by-client-id/late").0, 404);
+    assert_eq!(s.get(&alice, "/v1/orders/by-client-id/first").0, 200);
+    let (_, balance) = s.get(&alice, "/v1/balance");
+    assert_eq!(balance["locked"], "4.02", "{balance}");
 }

@@ -47,7 +47,14 @@ fn results_are_json_and_republished_with_the_same_ids() {
     s.limit(&bob, "BUY", "50000", "0.001");
     s.limit(&bob, "BUY", "50000", "0.001");
 
-    let submitted = read_topic(&broker.addr, "x.orders.submitted");
+    let commands = read_topic(&broker.addr, "x.orders.submitted");
+    // Each symbol's log starts with the start's epoch (its fence), then the orders.
+    assert_eq!(commands[0]["eventType"], "EpochStarted", "{}", commands[0]);
+    let epochs: Vec<&serde_json::Value> = commands.iter().filter(|r| r["eventType"] == "EpochStarted").collect();
+    let symbols: std::collections::BTreeSet<&str> = epochs.iter().map(|e| e["symbol"].as_str().unwrap()).collect();
+    assert_eq!(symbols.len(), epochs.len(), "one epoch per symbol per start: {epochs:?}");
+    assert!(symbols.contains("BTC-PERP"), "{symbols:?}");
+    let submitted: Vec<serde_json::Value> = commands.iter().filter(|r| r["eventType"] == "OrderSubmitted").cloned().collect();
     assert_eq!(submitted.len(), 3);
     for field in ["eventId", "orderId", "userId", "symbol", "side", "type", "price", "quantity", "leverage", "timestamp", "timeInForce", "reduceOnly", "lockedMargin", "seq"] {
         assert!(submitted[0].get(field).is_some(), "OrderSubmitted lacks {field}: {}", submitted[0]);

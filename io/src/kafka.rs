@@ -424,7 +424,15 @@ pub const FENCE_KEY: &str = "fence";
 /// # Errors
 /// The broker did not take it.
 pub async fn fence(producer: &Producer, topic: &str, partition: i32) -> Result<u64, String> {
-    let report = send(producer, topic, partition, FENCE_KEY, b"")?;
+    fence_with(producer, topic, partition, FENCE_KEY, b"").await
+}
+
+/// [`fence`] with a record of the caller's (a stream's first record of a new run).
+///
+/// # Errors
+/// The broker did not take it.
+pub async fn fence_with(producer: &Producer, topic: &str, partition: i32, key: &str, payload: &[u8]) -> Result<u64, String> {
+    let report = send(producer, topic, partition, key, payload)?;
     match report.await {
         Ok(Ok(delivery)) => u64::try_from(delivery.offset).map_err(|e| e.to_string()),
         Ok(Err((e, _))) => Err(format!("{topic}/{partition}: fence: {e}")),

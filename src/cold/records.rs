@@ -24,6 +24,8 @@ pub struct OrderRow {
     pub created_ms: i64,
     pub partition: i32,
     pub offset: i64,
+    /// The command record's number (see [`crate::wire::EpochFloor`]).
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +98,9 @@ pub enum Row {
     Order(OrderRow),
     /// The command at this offset of this partition of `orders.submitted` never counted.
     Voided { partition: i32, offset: i64 },
+    /// A writer's epoch starts on a symbol's log: commands numbered below `seq` that
+    /// come after it never count ([`crate::wire::EpochFloor`]).
+    Epoch { symbol: String, seq: u64 },
     Trade(TradeRow),
     Closure(ClosureRow),
     Funding(FundingRow),
@@ -134,6 +139,7 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
             time_in_force,
             reduce_only,
             client_order_id,
+            seq,
             ..
         } => Row::Order(OrderRow {
             id: uuid(&order_id)?,
@@ -150,7 +156,9 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
             created_ms: timestamp,
             partition,
             offset,
+            seq,
         }),
+        CommandJson::EpochStarted { symbol, seq, .. } => Row::Epoch { symbol, seq },
         CommandJson::CancelRequested { .. }
         | CommandJson::IndexPriceSet { .. }
         | CommandJson::FundingTick { .. }

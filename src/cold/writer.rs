@@ -16,6 +16,7 @@
 //! The work per batch does not grow with the history: nothing is summed again from
 //! `trades`, and the only lookups are by primary key.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,7 +35,7 @@ use super::records::{self, Row};
 use crate::engine::CancelReason;
 use crate::metrics::Metrics;
 use crate::health::Health;
-use crate::wire::{CANCELLED_TOPIC, COMMANDS_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC, TRADES_TOPIC};
+use crate::wire::{EpochFloor, CANCELLED_TOPIC, COMMANDS_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC, TRADES_TOPIC};
 
 pub use crate::health::cold::{DISABLED, DOWN, LAGGING, OK};
 
@@ -167,7 +168,13 @@ pub struct ColdStore {
     voids: Statement,
     fold: Statement,
     offsets: Statement,
+    epochs: Statement,
+    /// Per command topic, each symbol's epoch floor as stored.
+    floors: HashMap<String, Floors>,
 }
+
+/// Each symbol's [`EpochFloor`].
+type Floors = HashMap<String, EpochFloor>;
 
 impl ColdStore {
     /// Applies the schema, creates this connection's staging tables, and turns off
@@ -205,7 +212,18 @@ impl ColdStore {
                  SET next_offset = GREATEST(writer_offsets.next_offset, EXCLUDED.next_offset)",
             )
             .await?;
-        Ok(Self { client, voids, fold, offsets })
+        let epochs = client
+            .prepare(
+                "INSERT INTO epoch_floors (topic, symbol, seq) SELECT $1, * FROM unnest($2::text[], $3::int8[])
+                 ON CONFLICT (topic, symbol) DO UPDATE SET seq = GREATEST(epoch_floors.seq, EXCLUDED.seq)",
+            )
+            .await?;
+        let mut floors: HashMap<String, Floors> = HashMap::new();
+        for row in client.query("SELECT topic, symbol, seq FROM epoch_floors", &[]).await? {
+            let seq: i64 = row.get(2);
+            floors.entry(row.get(0)).or_default().insert(row.get(1), EpochFloor(u64::try_from(seq).unwrap_or(0)));
+        }
+        Ok(Self { client, voids, fold, offsets, epochs, floors })
     }
 
     /// Where the writer is: (topic, partition, next offset) of every partition stored.
@@ -229,6 +247,9 @@ struct Rows {
     trades: Vec<records::TradeRow>,
     closures: Vec<records::ClosureRow>,
     voids: Vec<(i32, i64)>,
+    /// The command topic's epoch floors after this batch, and whether it moved any.
+    floors: Floors,
+    epochs_moved: bool,
     funding: Vec<records::FundingRow>,
     liquidations: Vec<records::LiquidationRow>,
     /// Per symbol, the newest prices and the newest fund the batch says.
@@ -237,13 +258,22 @@ struct Rows {
 }
 
 impl Rows {
-    fn read(prefix: &str, batch: &[Located]) -> Self {
-        let commands = format!("{prefix}{COMMANDS_TOPIC}");
-        let mut rows = Self::default();
+    fn read(commands: &str, floors: Floors, batch: &[Located]) -> Self {
+        let mut rows = Self { floors, ..Self::default() };
         // Empty records are fences (`exchange_io::kafka::fence`): nothing to store.
         for r in batch.iter().filter(|r| !r.payload.is_empty()) {
-            match records::read(&commands, r) {
-                Ok(Row::Order(o)) => rows.orders.push(o),
+            match records::read(commands, r) {
+                Ok(Row::Order(o)) => {
+                    if rows.floors.get(&o.symbol).copied().unwrap_or_default().admits(false, o.seq) {
+                        rows.orders.push(o);
+                    } else {
+                        tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, "a command older than its log's epoch landed late: not stored");
+                    }
+                }
+                Ok(Row::Epoch { symbol, seq }) => {
+                    rows.floors.entry(symbol).or_default().admits(true, seq);
+                    rows.epochs_moved = true;
+                }
                 Ok(Row::Trade(t)) => rows.trades.push(t),
                 // Like the accounts: a duplicate-id refusal says nothing of the order it names.
                 Ok(Row::Closure(c)) if c.reason != CancelReason::DuplicateOrderId.as_str() => rows.closures.push(c),
@@ -460,8 +490,15 @@ impl ColdStore {
     /// # Errors
     /// PostgreSQL failing; nothing of the batch is then stored.
     pub async fn store(&mut self, prefix: &str, batch: &[Located]) -> anyhow::Result<()> {
-        let rows = Rows::read(prefix, batch);
+        let commands = format!("{prefix}{COMMANDS_TOPIC}");
+        // A copy: a batch that fails is read again from the floors it started from.
+        let mut rows = Rows::read(&commands, self.floors.get(&commands).cloned().unwrap_or_default(), batch);
         let tx = self.client.transaction().await?;
+        if rows.epochs_moved {
+            let (symbols, seqs): (Vec<&str>, Vec<i64>) =
+                rows.floors.iter().map(|(s, f)| (s.as_str(), i64::try_from(f.0).unwrap_or(i64::MAX))).unzip();
+            tx.execute(&self.epochs, &[&commands, &symbols, &seqs]).await?;
+        }
         let (orders, trades) = (&rows.orders, &rows.trades);
         copy(&tx, COPY_ORDERS, &ORDER_TYPES, orders, |o| o.created_ms, |o, at| {
             [
@@ -508,6 +545,7 @@ impl ColdStore {
             offsets.await?;
         }
         tx.commit().await?;
+        self.floors.insert(commands, std::mem::take(&mut rows.floors));
         Ok(())
     }
 }

@@ -250,8 +250,13 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
             };
             let topic = topic.as_str();
             let partition = kafka::partition_for(key.as_bytes(), k.partitions);
-            // Streams sharing a partition (every account partition does) read it once.
-            let cached = k.read_cache.borrow().get(&(topic.to_owned(), partition)).filter(|c| c.0 <= from).cloned();
+            // Account partitions sharing a Kafka partition read it once. A symbol reads
+            // up to its own epoch (below), so never from another's read.
+            let epoch = match stream {
+                Stream::Symbol(name) => shard.map.symbols.iter().position(|s| s.name == name).map(|i| shard.epoch_record(i).0),
+                Stream::Accounts(_) => None,
+            };
+            let cached = if epoch.is_some() { None } else { k.read_cache.borrow().get(&(topic.to_owned(), partition)).filter(|c| c.0 <= from).cloned() };
             let read = match cached {
                 Some(read) => read,
                 None => {
@@ -268,7 +273,13 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
                         }
                     };
                     shard.health.starting(shard.id, "fencing a Kafka partition");
-                    let fence = kafka::fence(&producer, topic, partition).await;
+                    // A symbol's fence is the first record of its new epoch: what an
+                    // earlier run (or another process) sent lands before it and is
+                    // replayed, or after it and counts for no reader.
+                    let fence = match &epoch {
+                        Some(epoch) => kafka::fence_with(&producer, topic, partition, &key, epoch).await,
+                        None => kafka::fence(&producer, topic, partition).await,
+                    };
                     shard.health.starting(shard.id, "reading a Kafka partition");
                     *k.fences.borrow_mut() = Some(producer);
                     let fence = fence.map_err(anyhow::Error::msg)?;

@@ -115,14 +115,24 @@ impl Shard {
         }
     }
 
+    /// A command log record, with its `seq` on Kafka (the embedded journal's records are
+    /// not numbered: it cuts what it failed to write, so nothing lands late there).
+    ///
     /// # Errors
     /// A record the exchange did not write.
-    pub fn decode_command(&self, symbol: usize, bytes: &[u8]) -> Result<StreamRecord, String> {
+    pub fn decode_command(&self, symbol: usize, bytes: &[u8]) -> Result<(StreamRecord, Option<u64>), String> {
         if self.kafka.is_some() {
-            wire::decode_command(&self.map.symbols[symbol], bytes)
+            wire::decode_numbered(&self.map.symbols[symbol], bytes).map(|(record, seq)| (record, Some(seq)))
         } else {
-            postcard::from_bytes(bytes).map_err(|e| e.to_string())
+            postcard::from_bytes(bytes).map(|record| (record, None)).map_err(|e| e.to_string())
         }
+    }
+
+    /// An `EpochStarted` record for a symbol's log (Kafka only), and the floor it sets
+    /// (see [`wire::EpochFloor`]).
+    pub fn epoch_record(&self, symbol: usize) -> (Vec<u8>, wire::EpochFloor) {
+        let seq = self.wire_seq.get();
+        (self.encode_command(symbol, &StreamRecord::Epoch), wire::EpochFloor(seq))
     }
 
     pub fn encode_account(&self, record: &AccountRecord, partition: u32) -> Vec<u8> {

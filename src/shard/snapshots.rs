@@ -35,6 +35,10 @@ pub struct SymbolSnapshot {
     pub offset: u64,
     pub market: Vec<u8>,
     pub trades: Vec<PublicTrade>,
+    /// The log's epoch floor at `offset` (see [`crate::wire::EpochFloor`]); written after
+    /// the rest, absent (zero) in older files.
+    #[serde(skip)]
+    pub epoch: crate::wire::EpochFloor,
 }
 
 pub fn symbol_dir(shard: &Shard, name: &str) -> PathBuf {
@@ -82,6 +86,7 @@ pub async fn snapshot_symbol(shard: &Rc<Shard>, stream: &Rc<SymbolStream>) {
         offset,
         market: stream.market.borrow().snapshot(),
         trades: stream.trades.borrow().iter().copied().collect(),
+        epoch: stream.epoch.get(),
     };
     let name = shard.map.symbols[stream.index].name.clone();
     let (file, bytes) = (format!("{offset:020}.snap"), encode_symbol(&snapshot));
@@ -178,10 +183,16 @@ pub fn load_symbol(shard: &Shard, name: &str, at_most: u64) -> Option<SymbolSnap
 
 /// A symbol snapshot file's contents, if its magic and version match.
 pub fn decode_symbol(bytes: &[u8]) -> Option<SymbolSnapshot> {
-    ports::unframe(SYMBOL_MAGIC, bytes)
+    let (mut snapshot, rest): (SymbolSnapshot, _) = ports::unframe_first(SYMBOL_MAGIC, bytes)?;
+    if !rest.is_empty() {
+        snapshot.epoch = postcard::from_bytes(rest).ok()?;
+    }
+    Some(snapshot)
 }
 
 /// A symbol snapshot file's bytes.
 pub fn encode_symbol(snapshot: &SymbolSnapshot) -> Vec<u8> {
-    ports::frame(SYMBOL_MAGIC, snapshot)
+    let mut bytes = ports::frame(SYMBOL_MAGIC, snapshot);
+    bytes.extend_from_slice(&postcard::to_allocvec(&snapshot.epoch).unwrap_or_default());
+    bytes
 }

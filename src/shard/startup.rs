@@ -80,13 +80,13 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         }
         let started = Instant::now();
         let covered = shard.health.applied_everywhere(&spec.name);
-        let (market, from, trades) = match snapshots::load_symbol(shard, &spec.name, covered) {
+        let (market, from, trades, mut floor) = match snapshots::load_symbol(shard, &spec.name, covered) {
             Some(snap) => {
                 let market = Market::restore(spec.clone(), &snap.market)
                     .with_context(|| format!("{}: snapshot at {}", spec.name, snap.offset))?;
-                (market, snap.offset, snap.trades)
+                (market, snap.offset, snap.trades, snap.epoch)
             }
-            None => (Market::new(spec.clone()), 0, Vec::new()),
+            None => (Market::new(spec.clone()), 0, Vec::new(), crate::wire::EpochFloor::default()),
         };
         let logs::Opened { records: found, log: mut journal, voided_here } = logs::open(shard, Stream::Symbol(&spec.name), from).await?;
         if market.perp().index.is_some() {
@@ -98,10 +98,17 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
         stream.trades.borrow_mut().extend(trades);
         let mut records = Vec::with_capacity(found.len());
         for (offset, bytes) in &found {
-            let record = shard
+            let (record, seq) = shard
                 .decode_command(index, bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{}: undecodable command at {offset}", spec.name))?;
+            // Made before an epoch that precedes it in the log: void for every reader.
+            if let (Some(seq), StreamRecord::Command(_) | StreamRecord::Epoch) = (seq, record) {
+                if !floor.admits(record == StreamRecord::Epoch, seq) {
+                    tracing::warn!(symbol = spec.name, offset, seq, floor = floor.0, "a record older than the log's epoch landed late: skipped");
+                    continue;
+                }
+            }
             records.push((*offset, record));
         }
         // Records voided later in the log were never acknowledged: they do not count.
@@ -113,6 +120,8 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
             .filter(|o| !voided.contains(*o))
             .map(|o| shard.encode_command(index, &StreamRecord::Void(*o)))
             .collect();
+        // The floor now includes this run's own epoch, the fence `logs::open` wrote.
+        stream.epoch.set(floor);
         logs::append_voids(&mut journal, &voids).await.with_context(|| format!("{}: logging voids", spec.name))?;
         if let Some(last) = voided_here.iter().max() {
             stream.next.set(stream.next.get().max(last + 1));

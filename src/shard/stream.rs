@@ -67,6 +67,9 @@ pub struct SymbolStream {
     pub next: Cell<u64>,
     /// Offset of the last snapshot taken.
     pub snapshot_at: Cell<u64>,
+    /// The floor of the log's latest epoch (Kafka): what a replay starting from a
+    /// snapshot must know of the log before it.
+    pub epoch: Cell<crate::wire::EpochFloor>,
     /// A [`Command::Liquidate`] is on its way to the log.
     sweeping: Cell<bool>,
     /// Due positions the symbol's liquidation pass has still to take (for the gauge).
@@ -86,6 +89,7 @@ impl SymbolStream {
             trades: RefCell::default(),
             next: Cell::new(0),
             snapshot_at: Cell::new(0),
+            epoch: Cell::default(),
             sweeping: Cell::new(false),
             due: Cell::new(0),
             in_doubt: RefCell::default(),
@@ -451,7 +455,7 @@ async fn settle(shard: &Rc<Shard>, stream: &Rc<SymbolStream>, journal: &mut supe
     let found = journal.read_back(from, patience).await.map_err(|e| e.to_string())?;
     let mut records = Vec::new();
     for (offset, bytes) in &found {
-        records.push((*offset, shard.decode_command(stream.index, bytes)?));
+        records.push((*offset, shard.decode_command(stream.index, bytes)?.0));
     }
     let voided: Vec<u64> = records.iter().filter_map(|(_, r)| if let StreamRecord::Void(o) = r { Some(*o) } else { None }).collect();
     let doubtful: Vec<u64> = records
@@ -462,7 +466,12 @@ async fn settle(shard: &Rc<Shard>, stream: &Rc<SymbolStream>, journal: &mut supe
     for offset in &doubtful {
         journal.append(&shard.encode_command(stream.index, &StreamRecord::Void(*offset))).map_err(|e| e.to_string())?;
     }
+    // And for what is not there yet: a record of the failed batches that lands after
+    // this one counts for no reader.
+    let (epoch, floor) = shard.epoch_record(stream.index);
+    journal.append(&epoch).map_err(|e| e.to_string())?;
     let offsets = journal.commit().await.map_err(|e| e.to_string())?;
+    stream.epoch.set(floor);
     let last = records.iter().map(|(o, _)| *o).chain(offsets).max();
     if let Some(last) = last {
         stream.next.set(stream.next.get().max(last + 1));
