@@ -21,12 +21,12 @@
 //! (full configuration against sync; D is PostgreSQL CPU time per order, sync ÷ full).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use perf::load::{self, LoadArgs, Mix, Report};
-use perf::stack::{fresh_database, http_get, start_exchange, start_redis, start_tansu, Running};
+use perf::stack::{fresh_database, start_exchange, start_redis, start_tansu, Running};
 use plotters::prelude::*;
 
 #[derive(Parser)]
@@ -76,9 +76,52 @@ struct Measured {
     report: Report,
     pg_xacts: i64,
     pg_rows: i64,
-    /// CPU seconds.
-    pg_cpu: f64,
-    exchange_cpu: f64,
+    /// CPU seconds of each process over the window.
+    cpu: Cpu,
+}
+
+/// CPU seconds (user + system, all threads) per process.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    exchange: f64,
+    broker: f64,
+    redis: f64,
+    postgres: f64,
+    /// This process: the load generator (its clients and the sampler).
+    load: f64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Self;
+    fn sub(self, o: Self) -> Self {
+        Self {
+            exchange: self.exchange - o.exchange,
+            broker: self.broker - o.broker,
+            redis: self.redis - o.redis,
+            postgres: self.postgres - o.postgres,
+            load: self.load - o.load,
+        }
+    }
+}
+
+/// The processes of one stack whose CPU time is measured.
+#[derive(Clone, Copy)]
+struct Pids {
+    exchange: u32,
+    broker: Option<u32>,
+    redis: Option<u32>,
+}
+
+impl Pids {
+    fn cpu(self) -> Cpu {
+        Cpu {
+            exchange: cpu_of(self.exchange),
+            broker: self.broker.map_or(0.0, cpu_of),
+            redis: self.redis.map_or(0.0, cpu_of),
+            postgres: postgres_cpu(),
+            load: cpu_of(std::process::id()),
+        }
+    }
 }
 
 impl Measured {
@@ -160,9 +203,9 @@ fn postgres_stats(url: &str) -> (i64, i64) {
 }
 
 /// A closed loop with the counters sampled over its measured window.
-fn closed_loop(postgres: &str, load: &LoadArgs, exchange: u32) -> Measured {
+fn closed_loop(postgres: &str, load: &LoadArgs, pids: Pids) -> Measured {
     let url = postgres.to_owned();
-    let sampler: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<(i64, i64, f64, f64)>>>> = Default::default();
+    let sampler: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<(i64, i64, Cpu)>>>> = Default::default();
     let slot = sampler.clone();
     let report = load::run_with(load, move |from, to| {
         let handle = std::thread::spawn(move || {
@@ -170,20 +213,20 @@ fn closed_loop(postgres: &str, load: &LoadArgs, exchange: u32) -> Measured {
             // pg_stat_database is updated when a backend's transaction ends; it lags by
             // well under the window, and the same lag applies at both ends.
             let (x0, r0) = postgres_stats(&url);
-            let (p0, e0) = (postgres_cpu(), cpu_of(exchange));
+            let c0 = pids.cpu();
             std::thread::sleep(to.saturating_duration_since(Instant::now()));
             let (x1, r1) = postgres_stats(&url);
-            let (p1, e1) = (postgres_cpu(), cpu_of(exchange));
+            let c1 = pids.cpu();
             // The two stats connections commit a transaction each.
-            (x1 - x0 - 1, r1 - r0, p1 - p0, e1 - e0)
+            (x1 - x0 - 1, r1 - r0, c1 - c0)
         });
         if let Ok(mut s) = slot.lock() {
             *s = Some(handle);
         }
     });
-    let (pg_xacts, pg_rows, pg_cpu, exchange_cpu) =
-        sampler.lock().ok().and_then(|mut s| s.take()).and_then(|h| h.join().ok()).unwrap_or((0, 0, 0.0, 0.0));
-    Measured { report, pg_xacts, pg_rows, pg_cpu, exchange_cpu }
+    let (pg_xacts, pg_rows, cpu) =
+        sampler.lock().ok().and_then(|mut s| s.take()).and_then(|h| h.join().ok()).unwrap_or((0, 0, Cpu::default()));
+    Measured { report, pg_xacts, pg_rows, cpu }
 }
 
 /// One exchange with what it needs, all fresh: a broker that has served earlier runs
@@ -192,8 +235,8 @@ fn closed_loop(postgres: &str, load: &LoadArgs, exchange: u32) -> Measured {
 struct Stack {
     // Field order is drop order: the exchange stops before its broker.
     exchange: Running,
-    _broker: Option<Running>,
-    _redis: Option<Running>,
+    broker: Option<Running>,
+    redis: Option<Running>,
     addr: String,
     postgres: String,
     data: PathBuf,
@@ -218,7 +261,13 @@ fn start_stack(args: &Args, mode: &str, shards: usize, point: usize) -> Stack {
     let data = std::env::temp_dir().join(format!("exchange-compare-{tag}"));
     let _ = std::fs::remove_dir_all(&data);
     let (exchange, addr) = start_exchange(&args.exchange, &env, shards, &data);
-    Stack { exchange, _broker: broker.map(|(b, _)| b), _redis: redis.map(|(r, _)| r), addr, postgres, data }
+    Stack { exchange, broker: broker.map(|(b, _)| b), redis: redis.map(|(r, _)| r), addr, postgres, data }
+}
+
+impl Stack {
+    fn pids(&self) -> Pids {
+        Pids { exchange: self.exchange.0.id(), broker: self.broker.as_ref().map(|b| b.0.id()), redis: self.redis.as_ref().map(|r| r.0.id()) }
+    }
 }
 
 fn run_mode(args: &Args, mode: &str, shards: usize, curve: bool) -> ModeResult {
@@ -234,7 +283,7 @@ fn run_mode(args: &Args, mode: &str, shards: usize, curve: bool) -> ModeResult {
         seed: 1,
         mix: Mix::OneLot,
     };
-    let closed = closed_loop(&stack.postgres, &load, stack.exchange.0.id());
+    let closed = closed_loop(&stack.postgres, &load, stack.pids());
     drop(stack);
     eprintln!(
         "{mode} ({shards} shards): {:.0} orders/s, p50 {:.2} ms, p99 {:.2} ms, errors {} {:?}",
@@ -301,12 +350,12 @@ fn main() {
         "\nclosed loop, {} connections, {} users, one-lot limit orders around one price on BTC-PERP, {} shards, {} s measured",
         args.connections, args.users, most, args.duration
     );
-    println!("| mode | orders/s | ÷ embedded | p50 ms | p99 ms | p99.9 ms | errors | PG xacts/order | PG rows/order | PG CPU µs/order | exchange CPU µs/order |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | orders/s | ÷ embedded | p50 ms | p99 ms | p99.9 ms | errors | PG xacts/order | PG rows/order |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &results {
         let c = &r.closed;
         println!(
-            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} |",
             r.mode,
             c.report.per_second(),
             embedded.map_or("-".into(), |e| format!("{:.2}", c.report.per_second() / e)),
@@ -316,8 +365,23 @@ fn main() {
             c.report.errors,
             c.per_order(c.pg_xacts as f64),
             c.per_order(c.pg_rows as f64),
-            c.per_order(c.pg_cpu) * 1e6,
-            c.per_order(c.exchange_cpu) * 1e6,
+        );
+    }
+    println!("\nCPU µs per order of each process over the same closed loops (user + system, all threads; `-`: not in the mode):");
+    println!("| mode | exchange | broker (tansu) | Redis | PostgreSQL | load generator | all |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &results {
+        let (c, cpu) = (&r.closed, r.closed.cpu);
+        let us = |v: f64, present: bool| if present { format!("{:.1}", c.per_order(v) * 1e6) } else { "-".into() };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} |",
+            r.mode,
+            us(cpu.exchange, true),
+            us(cpu.broker, needs_kafka(&r.mode)),
+            us(cpu.redis, needs_redis(&r.mode)),
+            us(cpu.postgres, matches!(r.mode.as_str(), "full" | "sync")),
+            us(cpu.load, true),
+            c.per_order(cpu.exchange + cpu.broker + cpu.redis + cpu.postgres + cpu.load) * 1e6,
         );
     }
     println!("\nopen loop (orders/s achieved, p50 ms, p99 ms) at {:?} of each maximum, then the closed loop:", args.fractions);
@@ -341,7 +405,7 @@ fn main() {
     let (f, s) = (&full.closed, &sync.closed);
     let throughput = f.report.per_second() / s.report.per_second();
     let latency = s.report.ms(0.5) / f.report.ms(0.5);
-    let db = s.per_order(s.pg_cpu) / f.per_order(f.pg_cpu).max(1e-9);
+    let db = s.per_order(s.cpu.postgres) / f.per_order(f.cpu.postgres).max(1e-9);
     println!("async_vs_sync: {throughput:.1}x throughput, {latency:.1}x p50 latency, {db:.1}x less db load");
 }
 
