@@ -197,7 +197,7 @@ fn a_redis_back_after_an_outage_is_used_again_within_five_seconds() {
     }
     // Long enough for the client's reconnection attempts to have backed off.
     std::thread::sleep(Duration::from_secs(6));
-    redis.start_again();
+    redis.restart();
     let back = Instant::now();
     loop {
         let (_, health) = s.request("GET", "/health", &[], None);

@@ -263,25 +263,15 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
         // After a failure the stream settles without waiting for a command to log: the
         // orders answered 504 are released only then, and their clients' retries (same
         // clientOrderId) are refused before they reach the log until it has happened.
-        let first = if pipeline.failed_from.get().is_some() {
-            let retry = async {
+        let wake = async {
+            if pipeline.failed_from.get().is_some() {
                 glommio::timer::sleep(SETTLE_RETRY).await;
-                Some(None)
-            };
-            match futures_lite::future::or(async { jobs.next().await.map(Some) }, retry).await {
-                Some(job) => job,
-                None => break,
-            }
-        } else {
-            let failed = async {
+            } else {
                 let _ = failures.next().await;
-                Some(None)
-            };
-            match futures_lite::future::or(async { jobs.next().await.map(Some) }, failed).await {
-                Some(job) => job,
-                None => break,
             }
+            Some(None)
         };
+        let Some(first) = futures_lite::future::or(async { jobs.next().await.map(Some) }, wake).await else { break };
         let mut batch: Vec<Job> = first.into_iter().collect();
         while let Ok(job) = jobs.try_recv() {
             batch.push(job);

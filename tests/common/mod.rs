@@ -392,11 +392,6 @@ impl RedisServer {
         self.spawn();
     }
 
-    /// Starts an empty one on the same port after [`Self::stop`].
-    pub fn start_again(&mut self) {
-        self.spawn();
-    }
-
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
