@@ -34,6 +34,9 @@ const USER_STREAM_BUCKETS: usize = 4096;
 #[derive(Default)]
 pub struct Health {
     pub stopping: AtomicBool,
+    /// Another process claimed the event log's topics: this one writes nothing more and
+    /// stops (see [`exchange_io::tenancy`]).
+    pub superseded: AtomicBool,
     pub event_log_down: AtomicUsize,
     /// Copies of the event log's topics: asked for and found at start (0: no Kafka).
     pub replication_wanted: std::sync::atomic::AtomicI32,

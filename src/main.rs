@@ -48,6 +48,10 @@ fn check(config: &exchange::config::Config) -> anyhow::Result<bool> {
     Ok(report["clean"] == true)
 }
 
+/// Exit status of a process that another one superseded on the event log's topics;
+/// the systemd unit does not restart it (`RestartPreventExitStatus`).
+const SUPERSEDED: u8 = 4;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,6 +90,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<exchange::server::Superseded>() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(SUPERSEDED)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -52,11 +52,13 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         }
     }
     let map = Arc::new(map);
+    let health_slot: Arc<std::sync::OnceLock<Arc<Health>>> = Arc::default();
 
     if config.redis.url.is_some() {
         tracing::info!("hot state: Redis, written behind the ledger");
     }
     let mut replication = None;
+    let mut tenancy = None;
     if let Some(brokers) = &config.kafka.brokers {
         let topics = crate::wire::topics(&config.kafka.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -65,6 +67,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
         );
         tracing::info!(brokers, "event log: Kafka");
+        tenancy = Some(claim(brokers, &config, health_slot.clone())?);
     }
     if config.admin_key.is_none() {
         tracing::warn!("EXCHANGE_ADMIN_KEY is not set: the admin API is disabled");
@@ -82,6 +85,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let initial = if config.redis.url.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
     let index_max_age = map.symbols.iter().map(|s| s.index_max_age_secs).min().unwrap_or(u64::MAX);
     let health = Arc::new(Health::new(shards, initial, map.symbols.len(), index_max_age));
+    let _ = health_slot.set(health.clone());
     if let Some(r) = replication {
         health.replication_wanted.store(r.wanted, Ordering::Release);
         health.replication_actual.store(r.actual, Ordering::Release);
@@ -150,12 +154,13 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         let cold = cold.clone();
         let sync = sync.clone();
         let numbering = (numbering.clone(), first_number);
+        let tenancy = tenancy.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
-                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, mode };
+                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, tenancy, mode };
                 let result = shard_main(start, mesh).await;
                 match result {
                     // The first shard to fail is the cause; the others then stop at their
@@ -182,6 +187,9 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             Err(e) => cause = cause.or(Some(anyhow::anyhow!("executor: {e}"))),
         }
     }
+    if health.superseded.load(Ordering::Acquire) {
+        return Err(Superseded.into());
+    }
     match cause {
         Some(e) => Err(e),
         None if failed => Err(anyhow::anyhow!("stopped (by a signal) before every shard started")),
@@ -203,7 +211,42 @@ struct Startup {
     sync: Option<crate::cold::sync::SyncStore>,
     /// The high-water mark of numbers that never repeat, and the first this run uses.
     numbering: (Arc<crate::numbering::HighWater>, u64),
+    /// Kafka: this process's claim on the topics.
+    tenancy: Option<Arc<exchange_io::tenancy::Tenancy>>,
     mode: Mode,
+}
+
+/// The process stopped because another one claimed the event log's topics (see
+/// [`exchange_io::tenancy`]): restarting it would take them back from the newer one.
+#[derive(Debug, thiserror::Error)]
+#[error("another process claimed the event log's topics: this one stopped (a restart would take them back)")]
+pub struct Superseded;
+
+/// Claims the event log's topics for this process (see [`exchange_io::tenancy`]). When
+/// a newer process claims them, this one refuses every write, says so in `/health`
+/// and stops.
+fn claim(brokers: &str, config: &Config, health: Arc<std::sync::OnceLock<Arc<Health>>>) -> anyhow::Result<Arc<exchange_io::tenancy::Tenancy>> {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let who = serde_json::json!({
+        "eventType": "WriterClaimed",
+        "host": host,
+        "pid": std::process::id(),
+        "httpAddr": config.http_addr.to_string(),
+        "dataDir": config.data_dir.display().to_string(),
+        "timestamp": handlers::now_ms(),
+    });
+    let topic = format!("{}{}", config.kafka.topic_prefix, crate::wire::CLAIMS_TOPIC);
+    let lost = move |_: &str| {
+        if let Some(health) = health.get() {
+            health.superseded.store(true, Ordering::Release);
+            health.stopping.store(true, Ordering::Release);
+        }
+    };
+    let tenancy = exchange_io::tenancy::Tenancy::claim(brokers, &topic, who.to_string().as_bytes(), Duration::from_secs(30), lost)
+        .map_err(anyhow::Error::msg)
+        .context("claiming the event log's topics")?;
+    tracing::info!(topic, offset = tenancy.claim_offset, "claimed the event log's topics");
+    Ok(tenancy)
 }
 
 /// What the process is started for.
@@ -215,17 +258,23 @@ pub enum Mode {
 }
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
-    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), mode } = start;
+    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), tenancy, mode } = start;
     health.starting(id, "joining the channel mesh");
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
     health.starting(id, "creating the Kafka producers");
-    let kafka = match &config.kafka.brokers {
-        Some(brokers) => Some(
-            crate::shard::logs::KafkaBackend::start(brokers, config.kafka.partitions, &config.kafka.topic_prefix, Duration::from_millis(config.kafka.timeout_ms))
-                .await
-                .map_err(anyhow::Error::msg)?,
+    let kafka = match (&config.kafka.brokers, tenancy) {
+        (Some(brokers), Some(tenancy)) => Some(
+            crate::shard::logs::KafkaBackend::start(
+                brokers,
+                config.kafka.partitions,
+                &config.kafka.topic_prefix,
+                Duration::from_millis(config.kafka.timeout_ms),
+                tenancy,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?,
         ),
-        None => None,
+        _ => None,
     };
     let (rpc, flushes) = Rpc::new(id, shards);
     let shard = Rc::new(Shard {

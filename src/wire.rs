@@ -28,8 +28,20 @@ pub const PRICES_TOPIC: &str = "prices.updated";
 pub const LIQUIDATIONS_TOPIC: &str = "positions.liquidated";
 /// Funding payments, one per position, and each round's settlement.
 pub const FUNDING_TOPIC: &str = "funding.settled";
-pub const TOPICS: [&str; 8] =
-    [COMMANDS_TOPIC, PLACED_TOPIC, CANCELLED_TOPIC, TRADES_TOPIC, ACCOUNTS_TOPIC, PRICES_TOPIC, LIQUIDATIONS_TOPIC, FUNDING_TOPIC];
+/// Claims of the processes that write the topics, newest last: one writer at a time
+/// (see [`exchange_io::tenancy`]).
+pub const CLAIMS_TOPIC: &str = "exchange.claims";
+pub const TOPICS: [&str; 9] = [
+    COMMANDS_TOPIC,
+    PLACED_TOPIC,
+    CANCELLED_TOPIC,
+    TRADES_TOPIC,
+    ACCOUNTS_TOPIC,
+    PRICES_TOPIC,
+    LIQUIDATIONS_TOPIC,
+    FUNDING_TOPIC,
+    CLAIMS_TOPIC,
+];
 
 /// Every topic the exchange uses, with a prefix.
 pub fn topics(prefix: &str) -> Vec<String> {
@@ -47,9 +59,10 @@ pub enum StreamRecord {
     Epoch,
 }
 
-/// The rule every reader of a symbol's command log applies, in log order: a command
-/// numbered (`seq`) below the newest `EpochStarted` read before it is void. (Voids are
-/// always honoured: they only ever void commands that were refused.)
+/// The rule every reader of a symbol's command log applies, in log order: a command or
+/// a void numbered (`seq`) below the newest `EpochStarted` read before it does not count.
+/// (A void from a process that another one superseded could otherwise void a command of
+/// the newer process at an offset it read back.)
 ///
 /// Records are numbered by their writer in the order it makes them, and a later run (or
 /// a second process) numbers above every earlier one ([`crate::numbering`]). The exchange

@@ -263,3 +263,53 @@ fn a_504_keeps_the_client_order_id_until_the_log_says_the_order_is_void() {
         s.restart();
     }
 }
+
+/// A second process started on the same topics (a second node by mistake, a unit
+/// restarted while the old process hangs) takes them over: the first stops acknowledging
+/// at once and exits with status 4, and every order it acknowledged is in the second
+/// one's book. Without the claim check, the first went on acknowledging orders that the
+/// second's start epoch made void for every reader.
+#[test]
+fn a_second_process_on_the_same_topics_takes_over_and_the_first_stops() {
+    let broker = Broker::start();
+    let topics = [("EXCHANGE_KAFKA_TOPIC_PREFIX", "takeover."), ("EXCHANGE_MAX_OPEN_ORDERS", "100000")];
+    let mut first = Server::start_kafka(&broker.addr, &topics);
+    let alice = first.funded("alice", "1000000");
+    let url = first.url("/v1/orders");
+    let placing = std::thread::spawn(move || {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+        let (mut acked, mut answers) = (Vec::new(), std::collections::BTreeMap::<u16, usize>::new());
+        for n in 0.. {
+            let body = ORDER.replace("CID", &format!("o{n}"));
+            let status = match agent.post(&url).set("x-api-key", &alice).set("content-type", "application/json").send_string(&body) {
+                Ok(r) => {
+                    let reply: serde_json::Value = r.into_json().unwrap();
+                    acked.push(reply["orderId"].as_str().unwrap().to_owned());
+                    200
+                }
+                Err(ureq::Error::Status(code, _)) => code,
+                Err(_) => break, // the first process is gone
+            };
+            *answers.entry(status).or_default() += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (alice, acked, answers)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Server::start_kafka(&broker.addr, &topics);
+    let status = first.wait_exit(Duration::from_secs(20)).expect("the first process stops");
+    assert_eq!(status.code(), Some(4), "superseded: {status}");
+    let (alice, acked, answers) = placing.join().unwrap();
+    assert!(acked.len() > 10, "orders were acknowledged before the takeover: {answers:?}");
+    for id in &acked {
+        let (status, order) = second.get(&alice, &format!("/v1/orders/{id}"));
+        assert_eq!(status, 200, "order {id} acknowledged by the first process is missing in the second ({answers:?}): {order}");
+    }
+    let (_, open) = second.get(&alice, "/v1/orders?symbol=BTC-PERP");
+    let open = open.as_array().map_or(0, Vec::len);
+    // Orders answered 504 (delivered, unconfirmed at the takeover) may count; none other.
+    let in_doubt = answers.get(&504).copied().unwrap_or(0);
+    assert!(open >= acked.len() && open <= acked.len() + in_doubt, "{open} open, {} acknowledged, {answers:?}", acked.len());
+    let (_, health) = second.request("GET", "/health", &[], None);
+    assert_eq!(health["status"], "ok", "{health}");
+}

@@ -52,6 +52,10 @@ pub enum JournalError {
     /// that their fate is unknown). The next commit cuts them before it writes.
     #[error("journal write failed and could not be undone: {0}")]
     InDoubt(String),
+    /// Another process writes the log now (see [`crate::tenancy`]): records delivered
+    /// but not confirmed count only if they landed before its start.
+    #[error("{0}")]
+    Superseded(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {

@@ -233,7 +233,13 @@ pub struct KafkaLog {
     next_offset: Rc<Cell<u64>>,
     /// The producer's replacement (see [`Renewal`]).
     renewal: Rc<Renewal>,
+    /// This process's claim on the topics, and its track of this partition: batches are
+    /// confirmed only while the claim holds.
+    tenancy: Option<Guard>,
 }
+
+/// A claim on the topics and the track of one partition (see [`crate::tenancy`]).
+type Guard = (std::sync::Arc<crate::tenancy::Tenancy>, std::sync::Arc<std::sync::Mutex<crate::tenancy::Track>>);
 
 /// Replacing a stream's producer after it failed.
 ///
@@ -281,21 +287,36 @@ impl KafkaLog {
             pending: Vec::new(),
             next_offset: Rc::new(Cell::new(next_offset)),
             renewal: Rc::default(),
+            tenancy: None,
         }
     }
 
+    /// Confirms batches only while `tenancy` holds (see [`crate::tenancy`]).
+    #[must_use]
+    pub fn with_tenancy(mut self, tenancy: std::sync::Arc<crate::tenancy::Tenancy>) -> Self {
+        let track = tenancy.track(&self.topic, self.partition);
+        self.tenancy = Some((tenancy, track));
+        self
+    }
+
     /// Takes the replacement producer once it is made; starts making one if the
-    /// producer hit a fatal error. `false` while the stream has no usable producer.
-    fn usable(&mut self) -> bool {
+    /// producer hit a fatal error.
+    ///
+    /// # Errors
+    /// The stream has no usable producer, or another process writes the log now.
+    fn usable(&mut self) -> Result<(), JournalError> {
+        if let Some(why) = self.tenancy.as_ref().and_then(|(t, _)| t.lost()) {
+            return Err(JournalError::Superseded(why));
+        }
         if let Some(fresh) = self.renewal.ready.borrow_mut().take() {
             tracing::info!(topic = self.topic, key = self.key, "Kafka producer replaced");
             self.producer = fresh;
         }
         if is_fatal(&self.producer) {
             self.renewal.start(&self.brokers, self.timeout);
-            return false;
+            return Err(JournalError::Write("the Kafka producer failed for good and is being replaced".into()));
         }
-        true
+        Ok(())
     }
 
     /// Makes the producer hit a fatal error, as a fenced one or one that lost a
@@ -317,11 +338,12 @@ impl KafkaLog {
     }
 }
 
-/// Awaits every delivery report of a batch, but never longer than `timeout` after it
-/// was sent: librdkafka checks `message.timeout.ms` only now and then (a killed broker's
+/// Awaits every delivery report of a batch, then a tenancy check that started after
+/// them (see [`crate::tenancy`]), but never longer than `timeout` after the batch was
+/// sent: librdkafka checks `message.timeout.ms` only now and then (a killed broker's
 /// records were seen failing after 2.4 times it), and the client is owed an answer
 /// within the configured time.
-async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration) -> Result<Vec<u64>, JournalError> {
+async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration, tenancy: Option<Guard>) -> Result<Vec<u64>, JournalError> {
     let reports = async {
         let mut offsets = Vec::with_capacity(pending.len());
         let mut failure = None;
@@ -333,7 +355,13 @@ async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration) -> Result<Vec<
                 Err(_) => failure = Some("producer closed".into()),
             }
         }
-        failure.map_or(Ok(offsets), |e| Err(JournalError::Write(e)))
+        if let Some(e) = failure {
+            return Err(JournalError::Write(e));
+        }
+        if let Some((tenancy, track)) = &tenancy {
+            tenancy.cleared(track, &offsets).await.map_err(JournalError::Superseded)?;
+        }
+        Ok(offsets)
     };
     let deadline = async {
         glommio::timer::sleep(timeout).await;
@@ -344,9 +372,7 @@ async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration) -> Result<Vec<
 
 impl EventLog for KafkaLog {
     fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
-        if !self.usable() {
-            return Err(JournalError::Write("the Kafka producer failed for good and is being replaced".into()));
-        }
+        self.usable()?;
         let record = FutureRecord::to(&self.topic).partition(self.partition).key(&self.key).payload(payload);
         let delivery = self.producer.send_result(record).map_err(|(e, _)| {
             if is_fatal(&self.producer) {
@@ -371,14 +397,16 @@ impl EventLog for KafkaLog {
     fn send(&mut self) -> Option<Confirmation> {
         let pending = std::mem::take(&mut self.pending);
         let (next_offset, renewal, timeout, brokers) = (self.next_offset.clone(), self.renewal.clone(), self.timeout, self.brokers.clone());
+        let tenancy = self.tenancy.clone();
         Some(Box::pin(async move {
-            let confirmed = confirm(pending, timeout).await;
+            let confirmed = confirm(pending, timeout, tenancy).await;
             match &confirmed {
                 Ok(offsets) => {
                     if let Some(last) = offsets.iter().max() {
                         next_offset.set(next_offset.get().max(last + 1));
                     }
                 }
+                Err(JournalError::Superseded(_)) => {}
                 Err(_) => renewal.start(&brokers, timeout),
             }
             confirmed

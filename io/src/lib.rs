@@ -11,6 +11,7 @@ pub mod journal;
 pub mod kafka;
 pub mod offcore;
 pub mod redis;
+pub mod tenancy;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -301,7 +301,8 @@ async fn check(shard: &Rc<Shard>) -> HttpReply {
 }
 
 fn health(shard: &Shard) -> HttpReply {
-    let log_ok = shard.health.event_log_down.load(Ordering::Acquire) == 0;
+    let superseded = shard.health.superseded.load(Ordering::Acquire);
+    let log_ok = shard.health.event_log_down.load(Ordering::Acquire) == 0 && !superseded;
     let worst = shard.health.hot.iter().map(|h| h.load(Ordering::Acquire)).filter(|s| *s != hot::DISABLED).min();
     let state = match worst {
         None | Some(hot::READY) => "ok",
@@ -320,7 +321,7 @@ fn health(shard: &Shard) -> HttpReply {
     let mut body = serde_json::json!({
         "status": if log_ok && state == "ok" && stale.is_empty() { "ok" } else { "degraded" },
         "components": {
-            "eventLog": if log_ok { "ok" } else { "down" },
+            "eventLog": if superseded { "superseded" } else if log_ok { "ok" } else { "down" },
             "stateStore": state,
             "coldStore": cold,
             "indexPrice": if stale.is_empty() { "ok" } else { "stale" },

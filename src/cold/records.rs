@@ -96,8 +96,9 @@ pub struct MarketRow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     Order(OrderRow),
-    /// The command at this offset of this partition of `orders.submitted` never counted.
-    Voided { partition: i32, offset: i64 },
+    /// The command at this offset of this partition of `orders.submitted` never counted
+    /// (if the void itself counts: see [`crate::wire::EpochFloor`]).
+    Voided { symbol: String, seq: u64, partition: i32, offset: i64 },
     /// A writer's epoch starts on a symbol's log: commands numbered below `seq` that
     /// come after it never count ([`crate::wire::EpochFloor`]).
     Epoch { symbol: String, seq: u64 },
@@ -163,7 +164,9 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
         | CommandJson::IndexPriceSet { .. }
         | CommandJson::FundingTick { .. }
         | CommandJson::LiquidationSweep { .. } => Row::Nothing,
-        CommandJson::CommandVoided { voided_offset, .. } => Row::Voided {
+        CommandJson::CommandVoided { voided_offset, symbol, seq, .. } => Row::Voided {
+            symbol,
+            seq,
             partition,
             offset: i64::try_from(voided_offset).map_err(|e| format!("voidedOffset {voided_offset}: {e}"))?,
         },
@@ -302,7 +305,7 @@ mod tests {
         assert_eq!((row.partition, row.offset, row.created_ms), (3, 41, 1_700_000_000_123));
         assert_eq!(row.client_order_id.as_deref(), Some("c-1"));
         let void = wire::encode_command(&spec, &StreamRecord::Void(41), 6);
-        assert_eq!(command(&void, 3, 42).unwrap(), Row::Voided { partition: 3, offset: 41 });
+        assert_eq!(command(&void, 3, 42).unwrap(), Row::Voided { symbol: spec.name.clone(), seq: 6, partition: 3, offset: 41 });
     }
 
     #[test]

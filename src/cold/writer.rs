@@ -277,7 +277,13 @@ impl Rows {
                 Ok(Row::Trade(t)) => rows.trades.push(t),
                 // Like the accounts: a duplicate-id refusal says nothing of the order it names.
                 Ok(Row::Closure(c)) if c.reason != CancelReason::DuplicateOrderId.as_str() => rows.closures.push(c),
-                Ok(Row::Voided { partition, offset }) => rows.voids.push((partition, offset)),
+                Ok(Row::Voided { symbol, seq, partition, offset }) => {
+                    if rows.floors.get(&symbol).copied().unwrap_or_default().admits(false, seq) {
+                        rows.voids.push((partition, offset));
+                    } else {
+                        tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, "a void older than its log's epoch landed late: ignored");
+                    }
+                }
                 Ok(Row::Funding(f)) => rows.funding.push(f),
                 Ok(Row::Liquidation(l, m)) => {
                     rows.liquidations.push(l);

@@ -32,9 +32,10 @@ async fn with_partition_log<T>(
     let bytes = shard.encode_account(&record, partition);
     let logged = match journal.append(&bytes) {
         // The journal cuts a failed commit; Kafka may still take it (see `voids`).
-        Ok(_) => journal.commit().await.map_err(|e| match &shard.kafka {
-            None => Refusal::Unavailable(format!("event log unavailable: {e}")),
-            Some(_) => super::voids::refuse(shard, super::logs::Stream::Accounts(partition), std::slice::from_ref(&bytes), &e.to_string()).into(),
+        Ok(_) => journal.commit().await.map_err(|e| match (&shard.kafka, e) {
+            (_, exchange_io::journal::JournalError::Superseded(why)) => super::stream::NotLogged::Unknown(why).into(),
+            (None, e) => Refusal::Unavailable(format!("event log unavailable: {e}")),
+            (Some(_), e) => super::voids::refuse(shard, super::logs::Stream::Accounts(partition), std::slice::from_ref(&bytes), &e.to_string()).into(),
         }),
         Err(e) => Err(Refusal::Unavailable(e.to_string())),
     };

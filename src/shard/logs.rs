@@ -8,10 +8,12 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::Context;
 use exchange_io::journal::{recover, Journal};
 use exchange_io::kafka::{self, DeliveryFuture, KafkaLog, Producer};
+use exchange_io::tenancy::Tenancy;
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
 
@@ -40,6 +42,8 @@ pub struct KafkaBackend {
     outbox: mpsc::UnboundedSender<Outgoing>,
     /// Which of them Kafka does not have yet.
     undelivered: Rc<Undelivered>,
+    /// This process's claim on the topics (see [`exchange_io::tenancy`]).
+    tenancy: Arc<Tenancy>,
 }
 
 /// Numbers result records as they are published, and keeps the numbers Kafka has not
@@ -94,7 +98,7 @@ impl KafkaBackend {
     ///
     /// # Errors
     /// The producers could not be created.
-    pub async fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration) -> Result<Self, String> {
+    pub async fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration, tenancy: Arc<Tenancy>) -> Result<Self, String> {
         let b = brokers.to_owned();
         let (producer, results) =
             exchange_io::offcore::run("kafka-clients", move || Ok::<_, String>((kafka::producer(&b, timeout)?, kafka::results_producer(&b, timeout)?)))
@@ -114,6 +118,7 @@ impl KafkaBackend {
             fences: RefCell::default(),
             outbox,
             undelivered,
+            tenancy,
         })
     }
 
@@ -302,7 +307,7 @@ pub async fn open(shard: &Shard, stream: Stream<'_>, from: u64) -> anyhow::Resul
             // Records this node answered 503 for may have landed anyway: they never count.
             let ours = read.1.iter().filter(|r| r.key == key.as_bytes() && r.offset >= from).map(|r| (r.offset, r.payload.clone()));
             let (records, voided_here) = without_voided(shard, stream, ours);
-            let log = KafkaLog::new(&k.brokers, k.timeout, k.producer.clone(), topic, partition, &key, read.2);
+            let log = KafkaLog::new(&k.brokers, k.timeout, k.producer.clone(), topic, partition, &key, read.2).with_tenancy(k.tenancy.clone());
             Ok(Opened { records, log: Box::new(log), voided_here })
         }
     }

@@ -103,7 +103,7 @@ pub async fn recover_symbols(shard: &Rc<Shard>) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{}: undecodable command at {offset}", spec.name))?;
             // Made before an epoch that precedes it in the log: void for every reader.
-            if let (Some(seq), StreamRecord::Command(_) | StreamRecord::Epoch) = (seq, record) {
+            if let Some(seq) = seq {
                 if !floor.admits(record == StreamRecord::Epoch, seq) {
                     tracing::warn!(symbol = spec.name, offset, seq, floor = floor.0, "a record older than the log's epoch landed late: skipped");
                     continue;

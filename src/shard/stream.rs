@@ -378,6 +378,14 @@ async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: 
                     super::snapshots::snapshot_symbol(&shard, &stream).await;
                 }
             }
+            Err(exchange_io::journal::JournalError::Superseded(why)) => {
+                // Delivered, but a newer process may have started before the records
+                // landed: its replay decides them. Nothing more is written here, so no
+                // void and no settling; the process is stopping.
+                for job in jobs {
+                    let _ = job.done.send(Err(NotLogged::Unknown(why.clone())));
+                }
+            }
             failed => {
                 // The journal could not cut what the failed write left: those records may
                 // be read back at the next start, so they are voided like Kafka's.
@@ -444,14 +452,19 @@ async fn settle(shard: &Rc<Shard>, stream: &Rc<SymbolStream>, journal: &mut supe
     let patience = std::time::Duration::from_millis(shard.config.kafka.timeout_ms.max(100));
     let found = journal.read_back(from, patience).await.map_err(|e| e.to_string())?;
     let mut records = Vec::new();
+    let mut floor = stream.epoch.get();
     for (offset, bytes) in &found {
-        records.push((*offset, shard.decode_command(stream.index, bytes)?.0));
+        let (record, seq) = shard.decode_command(stream.index, bytes)?;
+        // As every reader: below the floor, a command needs no void and a void counts not.
+        let counts = seq.is_none_or(|seq| floor.admits(record == StreamRecord::Epoch, seq));
+        records.push((*offset, record, counts));
     }
-    let voided: Vec<u64> = records.iter().filter_map(|(_, r)| if let StreamRecord::Void(o) = r { Some(*o) } else { None }).collect();
+    let voided: Vec<u64> =
+        records.iter().filter_map(|(_, r, counts)| if let (StreamRecord::Void(o), true) = (r, counts) { Some(*o) } else { None }).collect();
     let doubtful: Vec<u64> = records
         .iter()
-        .filter(|(o, r)| matches!(r, StreamRecord::Command(_)) && !voided.contains(o))
-        .map(|(o, _)| *o)
+        .filter(|(o, r, counts)| *counts && matches!(r, StreamRecord::Command(_)) && !voided.contains(o))
+        .map(|(o, _, _)| *o)
         .collect();
     for offset in &doubtful {
         journal.append(&shard.encode_command(stream.index, &StreamRecord::Void(*offset))).map_err(|e| e.to_string())?;
@@ -462,7 +475,7 @@ async fn settle(shard: &Rc<Shard>, stream: &Rc<SymbolStream>, journal: &mut supe
     journal.append(&epoch).map_err(|e| e.to_string())?;
     let offsets = journal.commit().await.map_err(|e| e.to_string())?;
     stream.epoch.set(floor);
-    let last = records.iter().map(|(o, _)| *o).chain(offsets).max();
+    let last = records.iter().map(|(o, _, _)| *o).chain(offsets).max();
     if let Some(last) = last {
         stream.next.set(stream.next.get().max(last + 1));
     }

@@ -200,6 +200,19 @@ impl Server {
         c.wait().expect("wait")
     }
 
+    /// Waits up to `patience` for the exchange to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
