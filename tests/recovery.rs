@@ -111,7 +111,8 @@ fn a_corrupt_last_journal_record_is_cut_not_replayed() {
     let dir = s.data.join("symbols").join("BTC-PERP");
     let segment = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).max().unwrap();
     let mut bytes = std::fs::read(&segment).unwrap();
-    let end = bytes.len() - 1;
+    // The last byte of the last record (zeros fill the segment after it).
+    let end = exchange_io::journal::decode_segment(&bytes).1 - 1;
     bytes[end] ^= 0x55;
     std::fs::write(&segment, &bytes).unwrap();
     s.restart();
