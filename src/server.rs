@@ -58,7 +58,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         tracing::info!("hot state: Redis, written behind the ledger");
     }
     let mut replication = None;
-    let mut tenancy = None;
+    let mut kafka_clients = None;
     if let Some(brokers) = &config.kafka.brokers {
         let topics = crate::wire::topics(&config.kafka.topic_prefix);
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -67,7 +67,9 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
         );
         tracing::info!(brokers, "event log: Kafka");
-        tenancy = Some(claim(brokers, &config, health_slot.clone())?);
+        let tenancy = claim(brokers, &config, health_slot.clone())?;
+        let timeout = Duration::from_millis(config.kafka.timeout_ms);
+        kafka_clients = Some(crate::shard::logs::Clients::new(brokers, timeout, tenancy).map_err(anyhow::Error::msg)?);
     }
     if config.admin_key.is_none() {
         tracing::warn!("EXCHANGE_ADMIN_KEY is not set: the admin API is disabled");
@@ -154,13 +156,13 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         let cold = cold.clone();
         let sync = sync.clone();
         let numbering = (numbering.clone(), first_number);
-        let tenancy = tenancy.clone();
+        let kafka_clients = kafka_clients.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
-                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, tenancy, mode };
+                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, kafka_clients, mode };
                 let result = shard_main(start, mesh).await;
                 match result {
                     // The first shard to fail is the cause; the others then stop at their
@@ -211,8 +213,8 @@ struct Startup {
     sync: Option<crate::cold::sync::SyncStore>,
     /// The high-water mark of numbers that never repeat, and the first this run uses.
     numbering: (Arc<crate::numbering::HighWater>, u64),
-    /// Kafka: this process's claim on the topics.
-    tenancy: Option<Arc<exchange_io::tenancy::Tenancy>>,
+    /// Kafka: the process's clients.
+    kafka_clients: Option<crate::shard::logs::Clients>,
     mode: Mode,
 }
 
@@ -258,22 +260,17 @@ pub enum Mode {
 }
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
-    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), tenancy, mode } = start;
+    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), kafka_clients, mode } = start;
     health.starting(id, "joining the channel mesh");
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
-    health.starting(id, "creating the Kafka producers");
-    let kafka = match (&config.kafka.brokers, tenancy) {
-        (Some(brokers), Some(tenancy)) => Some(
-            crate::shard::logs::KafkaBackend::start(
-                brokers,
-                config.kafka.partitions,
-                &config.kafka.topic_prefix,
-                Duration::from_millis(config.kafka.timeout_ms),
-                tenancy,
-            )
-            .await
-            .map_err(anyhow::Error::msg)?,
-        ),
+    let kafka = match (&config.kafka.brokers, kafka_clients) {
+        (Some(brokers), Some(clients)) => Some(crate::shard::logs::KafkaBackend::start(
+            brokers,
+            config.kafka.partitions,
+            &config.kafka.topic_prefix,
+            Duration::from_millis(config.kafka.timeout_ms),
+            clients,
+        )),
         _ => None,
     };
     let (rpc, flushes) = Rpc::new(id, shards);

@@ -20,12 +20,31 @@ use futures_lite::StreamExt;
 use super::{Log, Shard};
 use crate::wire::{ACCOUNTS_TOPIC, COMMANDS_TOPIC};
 
+/// The Kafka clients of the process, made once before the shards start (so that
+/// librdkafka's threads are not pinned to a shard's core) and shared by every shard:
+/// one producer of commands and one of results for the whole process means one set of
+/// librdkafka threads each, and the records of every core in the same requests.
+#[derive(Clone)]
+pub struct Clients {
+    pub tenancy: Arc<Tenancy>,
+    pub commands: Producer,
+    pub results: Producer,
+}
+
+impl Clients {
+    /// # Errors
+    /// A producer could not be created.
+    pub fn new(brokers: &str, timeout: std::time::Duration, tenancy: Arc<Tenancy>) -> Result<Self, String> {
+        Ok(Self { tenancy, commands: kafka::producer(brokers, timeout)?, results: kafka::results_producer(brokers, timeout)? })
+    }
+}
+
 /// The Kafka connection of a shard.
 pub struct KafkaBackend {
     pub brokers: String,
     pub partitions: i32,
     pub timeout: std::time::Duration,
-    /// The commands' producer, shared by the shard's streams.
+    /// The commands' producer, shared by the streams of every shard.
     pub producer: Producer,
     /// The results' producer: a connection of its own, so that result records never
     /// queue in front of the commands an acknowledgement waits for. Replaced when it
@@ -92,22 +111,15 @@ struct Outgoing {
 }
 
 impl KafkaBackend {
-    /// Connects a shard's producers and starts its result delivery task (on the calling
-    /// executor). librdkafka starts threads for each client: the clients are made off
-    /// the shard's core, so that those threads are not pinned to it.
-    ///
-    /// # Errors
-    /// The producers could not be created.
-    pub async fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration, tenancy: Arc<Tenancy>) -> Result<Self, String> {
-        let b = brokers.to_owned();
-        let (producer, results) =
-            exchange_io::offcore::run("kafka-clients", move || Ok::<_, String>((kafka::producer(&b, timeout)?, kafka::results_producer(&b, timeout)?)))
-                .await??;
+    /// Takes the process's producers (see [`Clients`]) and starts the shard's result
+    /// delivery task (on the calling executor).
+    pub fn start(brokers: &str, partitions: i32, topic_prefix: &str, timeout: std::time::Duration, clients: Clients) -> Self {
+        let Clients { tenancy, commands: producer, results } = clients;
         let results = Rc::new(RefCell::new(results));
         let (outbox, pending) = mpsc::unbounded();
         let undelivered = Rc::new(Undelivered::default());
         glommio::spawn_local(deliver(brokers.to_owned(), timeout, results.clone(), pending, undelivered.clone())).detach();
-        Ok(Self {
+        Self {
             brokers: brokers.to_owned(),
             partitions,
             timeout,
@@ -119,7 +131,7 @@ impl KafkaBackend {
             outbox,
             undelivered,
             tenancy,
-        })
+        }
     }
 
     /// The results not yet in Kafka.
