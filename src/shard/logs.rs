@@ -71,30 +71,67 @@ pub struct KafkaBackend {
 /// results left in memory behind it would never be published again.
 #[derive(Default)]
 pub struct Undelivered {
-    next: std::cell::Cell<u64>,
-    waiting: RefCell<std::collections::BTreeSet<u64>>,
+    state: RefCell<Tickets>,
+}
+
+/// Tickets are issued in order; `done[i]` says whether ticket `first + i` is delivered,
+/// and the front is dropped as soon as it is (most are delivered in order).
+#[derive(Default)]
+struct Tickets {
+    first: u64,
+    done: VecDeque<bool>,
 }
 
 impl Undelivered {
     fn issue(&self) -> u64 {
-        let n = self.next.get();
-        self.next.set(n + 1);
-        self.waiting.borrow_mut().insert(n);
-        n
+        let mut t = self.state.borrow_mut();
+        t.done.push_back(false);
+        t.first + t.done.len() as u64 - 1
     }
 
     fn delivered(&self, ticket: u64) {
-        self.waiting.borrow_mut().remove(&ticket);
+        let mut t = self.state.borrow_mut();
+        let Some(i) = ticket.checked_sub(t.first) else { return };
+        if let Some(done) = t.done.get_mut(i as usize) {
+            *done = true;
+        }
+        while t.done.front() == Some(&true) {
+            t.done.pop_front();
+            t.first += 1;
+        }
     }
 
     /// A mark for every result published so far.
     pub fn mark(&self) -> u64 {
-        self.next.get()
+        let t = self.state.borrow();
+        t.first + t.done.len() as u64
     }
 
     /// Whether every result published before `mark` is in Kafka.
     pub fn delivered_before(&self, mark: u64) -> bool {
-        self.waiting.borrow().first().is_none_or(|first| *first >= mark)
+        self.state.borrow().first >= mark
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Undelivered;
+
+    #[test]
+    fn a_mark_is_reached_once_every_result_before_it_is_delivered_in_any_order() {
+        let u = Undelivered::default();
+        let (a, b) = (u.issue(), u.issue());
+        let mark = u.mark();
+        let c = u.issue();
+        assert!(!u.delivered_before(mark));
+        u.delivered(b);
+        assert!(!u.delivered_before(mark), "a is not in yet");
+        u.delivered(c);
+        u.delivered(a);
+        assert!(u.delivered_before(mark));
+        assert!(u.delivered_before(u.mark()));
+        u.delivered(a);
+        assert_eq!(u.mark(), 3);
     }
 }
 
