@@ -37,6 +37,8 @@ use crate::kafka::{self, Producer};
 /// This process's claim on the topics (see the module documentation).
 pub struct Tenancy {
     state: Mutex<State>,
+    /// `state.lost` is set: read on every append without taking the lock.
+    gone: std::sync::atomic::AtomicBool,
     /// Per topic and partition, what is known of its offsets.
     tracks: Mutex<Vec<(String, i32, Arc<Mutex<Track>>)>>,
     wanted: Condvar,
@@ -88,6 +90,7 @@ impl Tenancy {
         };
         let this = Arc::new(Self {
             state: Mutex::default(),
+            gone: std::sync::atomic::AtomicBool::new(false),
             tracks: Mutex::default(),
             wanted: Condvar::new(),
             claim_offset,
@@ -134,6 +137,9 @@ impl Tenancy {
 
     /// Why the tenancy is lost, if it is: no record may be appended then.
     pub fn lost(&self) -> Option<String> {
+        if !self.gone.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         self.lock().lost.clone()
     }
 
@@ -190,6 +196,7 @@ impl Tenancy {
                     );
                     tracing::error!(reason = why, "this process no longer writes the event log: stopping");
                     state.lost = Some(why.clone());
+                    self.gone.store(true, std::sync::atomic::Ordering::Release);
                     if let Some(lost) = lost.take() {
                         drop(state);
                         lost(&why);
