@@ -259,7 +259,7 @@ impl Journal {
         let len = decode_segment(&bytes).1 as u64;
         let file = open_append(&path).await?;
         let block = len - len % file.alignment();
-        Ok(Self {
+        let mut journal = Self {
             dir: dir.to_owned(),
             tail: bytes[block as usize..len as usize].to_vec(),
             zeroed: bytes.len() as u64,
@@ -274,7 +274,13 @@ impl Journal {
             segment_bytes: SEGMENT_BYTES,
             #[cfg(test)]
             faults: Faults::default(),
-        })
+        };
+        // Filled before the first commit needs it: a new stream's first request does not
+        // wait for the zeros.
+        if journal.zeroed < journal.segment_len + journal.ahead() / 2 {
+            journal.filling = Some(journal.fill(journal.segment_len + journal.ahead()));
+        }
+        Ok(journal)
     }
 
     /// Buffers a record; returns its offset. Nothing is durable before [`Self::commit`].
