@@ -61,12 +61,18 @@ fn long_at_50x(s: &Server) -> (String, String) {
     (long, short)
 }
 
-/// A long and a short of 0.1 at 50,100 (10x), a maker's bid and ask around them
-/// (mid 50,140), held for a whole basis window (the server runs with a 1-second one),
-/// then a small trade at 50,200 that leaves the mid where it is. The index stays at
-/// 50,000; the next one makes the mark median(50,000 with the funding basis, 50,140 the
-/// index plus the basis average, 50,200 the last trade) = 50,140. Returns the mark.
+/// A long and a short of 0.1 at 50,100 (10x) with the index at 50,000 (mark 50,000:
+/// the book is empty again). Then a maker's bid and ask around them (mid 50,140), held
+/// across one whole basis window (the server runs with a 1-second one) before an index
+/// price and across a second one after it, then a small trade at 50,200 that leaves the
+/// mid where it is. The first window's average is a little under 140 (the quotes came
+/// some milliseconds into it) and no trade happened in it, so that index leaves the mark
+/// at 50,000; the second holds exactly 140, so the last index makes the mark
+/// median(50,000 with the funding basis, 50,140 the index plus the basis average, 50,200
+/// the last trade) = 50,140. Whatever the requests' timing, the premiums of the four index
+/// prices are 0, 0, 0 and 0.28 %. Returns the mark.
 fn mark_over_index(s: &Server) -> (String, String, Decimal) {
+    let window = std::time::Duration::from_millis(1100);
     index(s, "50000");
     let long = s.funded("long", "10000");
     let short = s.funded("short", "10000");
@@ -74,10 +80,12 @@ fn mark_over_index(s: &Server) -> (String, String, Decimal) {
     let taker = s.funded("taker", "10000");
     order(s, &short, "SELL", "50100", "0.1", 10);
     order(s, &long, "BUY", "50100", "0.1", 10);
+    assert_eq!(dec(&index(s, "50000")["markPrice"]), d("50000"), "no basis yet");
     order(s, &maker, "BUY", "50080", "0.01", 10);
     order(s, &maker, "SELL", "50200", "0.02", 10);
-    index(s, "50000");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::thread::sleep(window);
+    assert_eq!(dec(&index(s, "50000")["markPrice"]), d("50000"), "a basis, but no trade since the last index");
+    std::thread::sleep(window);
     order(s, &taker, "BUY", "50200", "0.01", 10);
     let mark = dec(&index(s, "50000")["markPrice"]);
     (long, short, mark)
@@ -201,10 +209,11 @@ fn funding_is_paid_by_longs_to_shorts_when_the_mark_is_above_the_index_and_is_ze
     let (before_long, before_short) = (total(&s, &long), total(&s, &short));
     let (status, settled) = s.request("POST", "/admin/v1/funding", ADMIN, Some(r#"{"symbol":"BTC-PERP"}"#));
     assert_eq!(status, 200, "{settled}");
-    // The premium averaged over the index prices since the last funding (0, almost 0,
-    // 0.28 %), less the pull towards the interest (clamped to 0.05 %).
+    // The premium averaged over the index prices since the last funding (0, 0, 0 and
+    // 0.28 %: 0.07 %), plus the pull towards the interest (0.01 % − 0.07 %, clamped to
+    // −0.05 %).
     let rate = dec(&settled["fundingRate"]);
-    assert!(rate > d("0.0003") && rate < d("0.0005"), "{settled}");
+    assert_eq!(rate, d("0.0002"), "{settled}");
     assert_eq!((dec(&settled["markPrice"]), &settled["positions"]), (mark, &serde_json::json!(4)));
     let paid = total(&s, &long) - before_long;
     let received = total(&s, &short) - before_short;
