@@ -11,7 +11,6 @@ use anyhow::Context;
 use exchange_io::http::{HyperIo, Prefixed};
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::{LocalExecutorBuilder, Placement};
-use rustc_hash::FxHashMap;
 
 use crate::accounts::Accounts;
 use crate::api::service::{self, Service};
@@ -20,7 +19,9 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::shard::protocol::{Message, Request};
 use crate::shard::rpc::Rpc;
-use crate::shard::{handlers, startup, Shard};
+use crate::shard::log::LogRoom;
+use crate::shard::projections::{Ledger, Projections};
+use crate::shard::{dispatch, Core, Shard};
 use crate::shard_map::ShardMap;
 
 /// Raises the locked-memory soft limit to the hard limit: glommio registers its I/O
@@ -69,7 +70,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         tracing::info!(brokers, "event log: Kafka");
         let tenancy = claim(brokers, &config, health_slot.clone())?;
         let timeout = Duration::from_millis(config.kafka.timeout_ms);
-        kafka_clients = Some(crate::shard::logs::Clients::new(brokers, timeout, tenancy).map_err(anyhow::Error::msg)?);
+        kafka_clients = Some(crate::shard::log::Clients::new(brokers, timeout, tenancy).map_err(anyhow::Error::msg)?);
     }
     if config.admin_key.is_none() {
         tracing::warn!("EXCHANGE_ADMIN_KEY is not set: the admin API is disabled");
@@ -84,7 +85,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let shards = cores.len();
     let config = Arc::new(config);
     let metrics = Metrics::new();
-    let initial = if config.redis.url.is_some() { crate::shard::hot::STALE } else { crate::shard::hot::DISABLED };
+    let initial = if config.redis.url.is_some() { crate::shard::projections::hot::STALE } else { crate::shard::projections::hot::DISABLED };
     let index_max_age = map.symbols.iter().map(|s| s.index_max_age_secs).min().unwrap_or(u64::MAX);
     let health = Arc::new(Health::new(shards, initial, map.symbols.len(), index_max_age));
     let _ = health_slot.set(health.clone());
@@ -214,7 +215,7 @@ struct Startup {
     /// The high-water mark of numbers that never repeat, and the first this run uses.
     numbering: (Arc<crate::numbering::HighWater>, u64),
     /// Kafka: the process's clients.
-    kafka_clients: Option<crate::shard::logs::Clients>,
+    kafka_clients: Option<crate::shard::log::Clients>,
     mode: Mode,
 }
 
@@ -235,7 +236,7 @@ fn claim(brokers: &str, config: &Config, health: Arc<std::sync::OnceLock<Arc<Hea
         "pid": std::process::id(),
         "httpAddr": config.http_addr.to_string(),
         "dataDir": config.data_dir.display().to_string(),
-        "timestamp": handlers::now_ms(),
+        "timestamp": crate::shard::core::now_ms(),
     });
     let topic = format!("{}{}", config.kafka.topic_prefix, crate::wire::CLAIMS_TOPIC);
     let lost = move |_: &str| {
@@ -264,7 +265,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     health.starting(id, "joining the channel mesh");
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
     let kafka = match (&config.kafka.brokers, kafka_clients) {
-        (Some(brokers), Some(clients)) => Some(crate::shard::logs::KafkaBackend::start(
+        (Some(brokers), Some(clients)) => Some(crate::shard::log::KafkaBackend::start(
             brokers,
             config.kafka.partitions,
             &config.kafka.topic_prefix,
@@ -274,73 +275,56 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
         _ => None,
     };
     let (rpc, flushes) = Rpc::new(id, shards);
-    let shard = Rc::new(Shard {
-        id,
-        shards,
-        map: map.clone(),
-        rpc,
-        accounts: RefCell::new(Box::new({
-            let accounts = Accounts::new(config.rate_limit, config.max_open_orders, first_number)
-                .with_position_limits(map.symbols.iter().map(crate::accounts::PositionLimit::of).collect());
-            // Redis deletes the closed orders the ledger forgets.
-            if redis.is_some() { accounts.collecting_forgotten() } else { accounts }
-        })),
-        account_logs: RefCell::new(FxHashMap::default()),
-        streams: RefCell::new(FxHashMap::default()),
-        metrics: metrics.shard(id),
-        all_metrics: metrics,
-        health: health.clone(),
-        snapshotting: Cell::new(false),
-        feed: RefCell::new(None),
-        wire_seq: Cell::new(first_number),
-        numbering,
-        account_in_doubt: RefCell::default(),
-        redis: redis.map(|bridge| {
-            crate::shard::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id)
-        }),
-        checkpoints: cold.as_ref().map(|(_, c)| Arc::new(c.clone()) as Arc<dyn crate::ports::CheckpointSink>),
-        sync: sync.map(|s| Rc::new(s) as Rc<dyn crate::ports::SyncStore>),
-        kafka,
-        config,
-    });
-    glommio::spawn_local(crate::shard::rpc::flush(shard.clone(), senders, flushes)).detach();
+    let sync = sync.map(|s| Rc::new(s) as Rc<dyn crate::ports::SyncStore>);
+    let core = Rc::new(Core::new((id, shards), map.clone(), config.clone(), rpc, metrics, health.clone(), sync));
+    let checkpoints = cold.as_ref().map(|(_, c)| Arc::new(c.clone()) as Arc<dyn crate::ports::CheckpointSink>);
+    let log = LogRoom::new(core.clone(), kafka, (numbering, first_number), checkpoints);
+    let ledger: Ledger = Rc::new(RefCell::new(Box::new({
+        let accounts = Accounts::new(config.rate_limit, config.max_open_orders, first_number)
+            .with_position_limits(map.symbols.iter().map(crate::accounts::PositionLimit::of).collect());
+        // Redis deletes the closed orders the ledger forgets.
+        if redis.is_some() { accounts.collecting_forgotten() } else { accounts }
+    })));
+    let redis = redis.map(|bridge| crate::shard::projections::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id));
+    let shard = Shard::new(log, Projections::new(core, ledger, redis));
+    glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes)).detach();
     listen_mesh(&shard, receivers);
     health.starting(id, "replaying account partitions");
-    startup::recover_accounts(&shard).await?;
+    crate::shard::accounts::recover_accounts(&shard.accounts).await?;
     health.starting(id, "waiting for the other shards' accounts");
     health.barrier(1, shards).await.map_err(anyhow::Error::msg)?;
     health.starting(id, "replaying symbols");
-    startup::recover_symbols(&shard).await?;
+    crate::shard::symbols::recover::recover_symbols(&shard.symbols).await?;
     health.starting(id, "waiting for the other shards' symbols");
     health.barrier(2, shards).await.map_err(anyhow::Error::msg)?;
     if mode == Mode::RebuildState {
         return rebuild_state(&shard).await;
     }
-    if shard.redis.is_some() {
-        glommio::spawn_local(crate::shard::hot::write_behind(shard.clone())).detach();
-        glommio::spawn_local(crate::shard::hot::watch(shard.clone())).detach();
+    if shard.out.redis.is_some() {
+        glommio::spawn_local(crate::shard::projections::hot::write_behind(shard.out.clone())).detach();
+        glommio::spawn_local(crate::shard::projections::hot::watch(shard.out.clone())).detach();
     } else {
-        glommio::spawn_local(crate::shard::hot::check_periodically(shard.clone())).detach();
+        glommio::spawn_local(crate::shard::projections::hot::check_periodically(shard.out.clone())).detach();
     }
-    glommio::spawn_local(crate::shard::funding::clock(shard.clone())).detach();
+    glommio::spawn_local(crate::shard::symbols::funding::clock(shard.symbols.clone())).detach();
     let history = cold.map(|(reader, _)| reader);
     let hub = crate::api::stream::Hub::new(&shard);
-    crate::shard::feed::install(&shard, Rc::new(crate::api::stream::HubFeed(hub.clone())));
+    crate::shard::projections::feed::install(&shard.out, Rc::new(crate::api::stream::HubFeed(hub.clone())));
     serve(Rc::new(Service { shard, history, hub: Some(hub) })).await
 }
 
 /// `exchange rebuild-state`: the logs are replayed (above); write every user to Redis.
 async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
-    if shard.redis.is_none() {
+    if shard.out.redis.is_none() {
         anyhow::bail!("rebuild-state needs EXCHANGE_REDIS_URL");
     }
     let started = std::time::Instant::now();
     let deadline = started + Duration::from_secs(60);
     loop {
-        match crate::shard::hot::rebuild(shard).await {
+        match crate::shard::projections::hot::rebuild(&shard.out).await {
             Ok(users) => {
                 tracing::info!(shard = shard.id, users, ms = started.elapsed().as_millis() as u64, "hot state written");
-                crate::shard::hot::mark_clean(shard).await;
+                crate::shard::projections::hot::mark_clean(&shard.out).await;
                 return Ok(());
             }
             Err(e) if std::time::Instant::now() > deadline => anyhow::bail!("rebuilding the hot state: {e}"),
@@ -373,12 +357,12 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
                                     | Request::User { .. }
                             );
                             if inline {
-                                let reply = handlers::handle(shard.clone(), body).await;
+                                let reply = dispatch::handle(shard.clone(), body).await;
                                 shard.rpc.reply(from, id, reply);
                             } else {
                                 let shard = shard.clone();
                                 glommio::spawn_local(async move {
-                                    let reply = handlers::handle(shard.clone(), body).await;
+                                    let reply = dispatch::handle(shard.clone(), body).await;
                                     shard.rpc.reply(from, id, reply);
                                 })
                                 .detach();
@@ -459,7 +443,7 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
         }
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    crate::shard::hot::mark_clean(&shard).await;
+    crate::shard::projections::hot::mark_clean(&shard.out).await;
     tracing::info!(shard = shard.id, "stopped");
     Ok(())
 }

@@ -138,3 +138,148 @@ fn every_module_uses_only_the_layers_below_it() {
     }
     assert!(wrong.is_empty(), "{}\n{graph:#?}", wrong.join("\n"));
 }
+
+/// The rooms of a shard (`src/shard/`), lowest first. A room may use its own modules and
+/// the rooms of lower layers only; the top layer (the `Shard` of `mod.rs` and the
+/// dispatcher) holds the rooms and hands them requests.
+const ROOMS: &[&[&str]] = &[
+    &["protocol"],
+    &["rpc"],
+    &["core"],
+    &["log"],
+    &["projections"],
+    &["accounts"],
+    &["symbols"],
+    &["mod", "dispatch"],
+];
+
+/// The module path of a source file under `src/`: `shard/log/mod.rs` is `[shard, log]`.
+fn module_path(file: &Path, src: &Path) -> Vec<String> {
+    let mut parts: Vec<String> =
+        file.strip_prefix(src).unwrap().with_extension("").iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The absolute paths (as module path components) a source names with `crate::` or
+/// `super::` (grouped imports included), resolved from the module `at`.
+fn named_paths(text: &str, at: &[String]) -> Vec<Vec<String>> {
+    let ident = |s: &str| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        let boundary = text[..i].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        let (mut base, mut tail) = if boundary && rest.starts_with("crate::") {
+            (Vec::new(), &rest["crate::".len()..])
+        } else if boundary && rest.starts_with("super::") {
+            let mut base = at.to_vec();
+            let mut tail = rest;
+            while let Some(t) = tail.strip_prefix("super::") {
+                base.pop();
+                tail = t;
+            }
+            (base, tail)
+        } else {
+            i += rest.chars().next().map_or(1, char::len_utf8);
+            continue;
+        };
+        // Path segments up to the item, then a group or a single name.
+        loop {
+            if let Some(group) = tail.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    let name = ident(item.trim());
+                    if !name.is_empty() && name != "self" {
+                        let mut p = base.clone();
+                        p.push(name);
+                        found.push(p);
+                    } else if name == "self" {
+                        found.push(base.clone());
+                    }
+                }
+                break;
+            }
+            let name = ident(tail);
+            if name.is_empty() {
+                found.push(base.clone());
+                break;
+            }
+            base.push(name.clone());
+            tail = &tail[name.len()..];
+            match tail.strip_prefix("::") {
+                Some(t) => tail = t,
+                None => {
+                    found.push(base.clone());
+                    break;
+                }
+            }
+        }
+        i += 1;
+    }
+    found
+}
+
+fn room_layer(room: &str) -> Option<usize> {
+    ROOMS.iter().position(|layer| layer.contains(&room))
+}
+
+/// The room a module path under `shard` belongs to: its first component, or `mod` for
+/// what `shard/mod.rs` itself defines.
+fn room_of(path: &[String]) -> Option<String> {
+    if path.first().is_none_or(|p| p != "shard") {
+        return None;
+    }
+    let first = path.get(1).cloned().unwrap_or_else(|| "mod".to_owned());
+    Some(if ROOMS.iter().any(|l| l.contains(&first.as_str())) { first } else { "mod".to_owned() })
+}
+
+fn shard_files(path: &Path, out: &mut Vec<std::path::PathBuf>) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            shard_files(&entry.unwrap().path(), out);
+        }
+    } else if path.extension().is_some_and(|x| x == "rs") {
+        out.push(path.to_owned());
+    }
+}
+
+#[test]
+fn the_resolver_sees_super_and_crate_paths_and_groups() {
+    let at: Vec<String> = ["shard", "symbols", "stream"].map(String::from).to_vec();
+    let text = "use super::SymbolRoom;\nuse super::super::log::{voids, Log};\nuse crate::shard::core::now_ms;\nx::super::no";
+    let rooms: Vec<Option<String>> = named_paths(text, &at).iter().map(|p| room_of(p)).collect();
+    assert_eq!(rooms, [Some("symbols"), Some("log"), Some("log"), Some("core")].map(|r| r.map(String::from)));
+}
+
+#[test]
+fn the_rooms_of_a_shard_use_only_the_rooms_below_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    shard_files(&src.join("shard"), &mut files);
+    files.sort();
+    let mut wrong = Vec::new();
+    let mut rooms_seen = BTreeSet::new();
+    for file in &files {
+        let at = module_path(file, &src);
+        let Some(room) = room_of(&at) else { continue };
+        let Some(layer) = room_layer(&room) else {
+            wrong.push(format!("{}: room `{room}` is in no layer: add it to ROOMS (and to the shard's module doc)", file.display()));
+            continue;
+        };
+        rooms_seen.insert(room.clone());
+        let text = std::fs::read_to_string(file).unwrap();
+        for used in named_paths(&text, &at).iter().filter_map(|p| room_of(p)) {
+            let ok = used == room || room_layer(&used).is_some_and(|l| l < layer || (l == layer && layer == ROOMS.len() - 1));
+            if !ok {
+                wrong.push(format!("{}: room `{room}` (layer {layer}) uses `{used}` (layer {:?})", file.display(), room_layer(&used)));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    for room in ["accounts", "symbols", "log", "projections", "core"] {
+        assert!(rooms_seen.contains(room), "no room `{room}` under src/shard");
+    }
+}

@@ -3,7 +3,7 @@
 use super::HttpReply;
 use crate::accounts::AdminError;
 use crate::shard::protocol::Refusal;
-use crate::shard::stream::NotLogged;
+use crate::shard::protocol::NotLogged;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {

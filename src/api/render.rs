@@ -12,7 +12,7 @@ use crate::ids::{self, IdKind};
 use crate::wire::rate_decimal;
 use super::HttpReply;
 use crate::shard::protocol::{Answer, MarketPrices};
-use crate::shard::stream::PublicTrade;
+use crate::shard::protocol::PublicTrade;
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {

@@ -316,7 +316,7 @@ fn health(shard: &Shard) -> HttpReply {
         _ => "disabled",
     };
     let stale: Vec<&str> =
-        shard.health.stale_indexes(crate::shard::handlers::now_ms()).into_iter().map(|s| shard.map.symbols[s].name.as_str()).collect();
+        shard.health.stale_indexes(crate::shard::core::now_ms()).into_iter().map(|s| shard.map.symbols[s].name.as_str()).collect();
     let (wanted, actual) = (shard.health.replication_wanted.load(Ordering::Acquire), shard.health.replication_actual.load(Ordering::Acquire));
     let mut body = serde_json::json!({
         "status": if log_ok && state == "ok" && stale.is_empty() { "ok" } else { "degraded" },

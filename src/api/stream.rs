@@ -4,7 +4,7 @@
 //! all, to `async-tungstenite` on the core that accepted it (handshake, framing, masking:
 //! not ours); every other connection goes to hyper. hyper's own upgrade path needs a
 //! `Send` socket, which glommio's are not. Each core has one [`Hub`]: the [`Feed`] the
-//! shard layer hands every durable result to (see `shard::feed`). A result is rendered
+//! shard layer hands every durable result to (see `shard::projections::feed`). A result is rendered
 //! once per core, not once per connection; each subscriber of its channel gets the
 //! rendered text with its own next `seq` appended to its queue (a copy, no allocation).
 //!
@@ -47,9 +47,10 @@ use super::render;
 use super::service::Service;
 use crate::engine::{Event, UserId};
 use crate::health::Health;
-use crate::shard::feed::{Feed, Levels};
+use crate::shard::projections::feed::{Feed, Levels};
+use crate::shard::projections::Projections;
 use crate::shard::protocol::{Answer, ApiRequest, MarketPrices, Reply, Request};
-use crate::shard::stream::PublicTrade;
+use crate::shard::protocol::PublicTrade;
 use crate::shard::Shard;
 use crate::shard_map::ShardMap;
 
@@ -648,11 +649,11 @@ impl Drop for Registered {
 pub struct HubFeed(pub Rc<Hub>);
 
 impl Feed for HubFeed {
-    fn market(&self, _shard: &Shard, symbol: usize, events: &[Event], bids: &Levels, asks: &Levels) {
+    fn market(&self, _shard: &Projections, symbol: usize, events: &[Event], bids: &Levels, asks: &Levels) {
         self.0.post(Item::Market { symbol, events: events.to_vec(), bids: bids.clone(), asks: asks.clone() });
     }
 
-    fn accounts(&self, shard: &Shard, symbol: usize, events: &[Event]) {
+    fn accounts(&self, shard: &Projections, symbol: usize, events: &[Event]) {
         let map = &self.0.map;
         let spec = &map.symbols[symbol];
         let mut users: Vec<UserId> = Vec::new();
@@ -663,7 +664,7 @@ impl Feed for HubFeed {
         }
         for user in users {
             let messages = {
-                let accounts = shard.accounts.borrow();
+                let accounts = shard.ledger.borrow();
                 let Some(account) = accounts.user(user) else { continue };
                 let mut out = Vec::new();
                 let typed = |kind: &str, mut value: serde_json::Value| {
@@ -737,7 +738,7 @@ impl Feed for HubFeed {
                 out
             };
             if !messages.is_empty() {
-                crate::shard::feed::user(shard, user, messages);
+                crate::shard::projections::feed::user(shard, user, messages);
             }
         }
     }

@@ -6,7 +6,43 @@
 use crate::accounts::{AdminError, Fill, Income, IncomeKind, OrderView};
 use crate::engine::units::Units;
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
-use super::stream::{NotLogged, PublicTrade};
+use crate::engine::Side;
+
+/// A public trade for `/v1/trades`.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PublicTrade {
+    pub seq: u64,
+    pub price: i64,
+    pub quantity: i64,
+    pub taker_side: Side,
+    pub time: i64,
+}
+
+/// Why a command was not executed.
+#[derive(Clone, Debug)]
+pub enum NotLogged {
+    /// It is not in the log and never will be, whatever crashes: 503.
+    Refused(String),
+    /// The log did not confirm it and it may still land: 504.
+    Unknown(String),
+}
+
+/// Up to 20 price levels a side (ticks, lots), best first.
+pub type Levels = Vec<(i64, i64)>;
+
+/// What one consistency check found and repaired.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub users: usize,
+    pub repaired: Vec<Repair>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Repair {
+    /// Account id (the 16 hex digits of the user's API key).
+    pub user: String,
+    pub found: Vec<String>,
+}
 
 /// How a client names one of its orders.
 #[derive(Clone, Copy, Debug)]
@@ -160,7 +196,7 @@ pub enum Request {
     /// The money of the receiver's users, summed.
     Summary,
     /// A symbol's results and top of book, for the receiver's stream connections.
-    Market { symbol: usize, events: Vec<Event>, bids: super::feed::Levels, asks: super::feed::Levels },
+    Market { symbol: usize, events: Vec<Event>, bids: Levels, asks: Levels },
     /// A user's stream messages, for the receiver's stream connections.
     User { user: UserId, messages: Vec<String> },
 }
@@ -184,7 +220,7 @@ pub enum Reply {
     /// Ids cancelled, or `None` if the order was not open; `Err` if the log is down.
     Cancelled(Result<Option<Vec<OrderId>>, NotLogged>),
     Prices(Vec<(usize, MarketPrices)>),
-    Checked(Result<super::hot::CheckReport, String>),
+    Checked(Result<CheckReport, String>),
     Summary(crate::accounts::Totals),
 }
 

@@ -109,14 +109,16 @@ impl Rpc {
     }
 }
 
-/// The flusher of one core: sends each gathered batch as one mesh item.
-pub async fn flush(rpc: std::rc::Rc<super::Shard>, senders: Senders<Batch>, woken: LocalReceiver<()>) {
+/// The flusher of one core: sends each gathered batch as one mesh item. `owner` holds the
+/// core's [`Rpc`].
+pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>) {
+    let rpc = (*owner).as_ref();
     while woken.recv().await.is_some() {
-        for (to, batch) in rpc.rpc.take() {
+        for (to, batch) in rpc.take() {
             let ids: Vec<u64> = batch.iter().filter_map(|m| if let Message::Request { id, .. } = m { Some(*id) } else { None }).collect();
             if senders.send_to(to, batch).await.is_err() {
                 // Shard gone (shutting down): the dropped senders make callers see `None`.
-                rpc.rpc.forget(&ids);
+                rpc.forget(&ids);
             }
         }
     }

@@ -87,7 +87,7 @@ pub fn journal_segment(data: &[u8]) {
 /// Snapshot files as read at start: a symbol's (its book inside), an account
 /// partition's; a restored book must then execute commands without panicking.
 pub fn snapshot(data: &[u8]) {
-    let book = exchange::shard::snapshots::decode_symbol(data).map_or_else(|| data.to_vec(), |s| s.market);
+    let book = exchange::shard::log::files::decode_symbol(data).map_or_else(|| data.to_vec(), |s| s.market);
     if let Ok(mut market) = Market::restore(spec(), &book) {
         let mut events = Vec::new();
         let _ = market.execute(&Command::CancelAll { user: exchange::engine::UserId(1), timestamp: 0 }, &mut events);

@@ -11,15 +11,15 @@ use exchange_io::redis::Op;
 
 use super::{check, connection, rebuild_user, RedisHot, READY, REBUILDING, STALE};
 use crate::redis_state::WRITE;
-use crate::shard::Shard;
+use crate::shard::projections::Projections;
 
 /// How long one user's rewrite may take, queue included, before a rebuild counts as
 /// failed.
 const REBUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Redis answers, and has the scripts (a restarted Redis has none).
-async fn prepare(shard: &Shard, hot: &RedisHot) -> Result<(), String> {
-    connection(shard, hot).call::<redis::Value>(exchange_io::redis::load_script(WRITE)).await.map(|_| ())
+async fn prepare(out: &Projections, hot: &RedisHot) -> Result<(), String> {
+    connection(out, hot).call::<redis::Value>(exchange_io::redis::load_script(WRITE)).await.map(|_| ())
 }
 
 /// Rewrites every user of the partitions owned here from the ledger, then sets their
@@ -28,25 +28,25 @@ async fn prepare(shard: &Shard, hot: &RedisHot) -> Result<(), String> {
 ///
 /// # Errors
 /// Redis unreachable, or a write failed: the state stays stale.
-pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
-    let Some(hot) = &shard.redis else { return Ok(0) };
+pub async fn rebuild(out: &Rc<Projections>) -> Result<usize, String> {
+    let Some(hot) = &out.redis else { return Ok(0) };
     let started = Instant::now();
-    prepare(shard, hot).await?;
-    shard.health.hot[shard.id].store(REBUILDING, Ordering::Release);
+    prepare(out, hot).await?;
+    out.health.hot[out.id].store(REBUILDING, Ordering::Release);
     hot.rebuild_failed.store(false, Ordering::Release);
-    let partitions: Vec<u32> = shard.owned_partitions().collect();
-    let users = shard.accounts.borrow().users_in(&partitions);
+    let partitions: Vec<u32> = out.owned_partitions().collect();
+    let users = out.ledger.borrow().users_in(&partitions);
     let pending = Arc::new(AtomicUsize::new(0));
     for chunk in users.chunks(256) {
         {
-            let accounts = shard.accounts.borrow();
+            let accounts = out.ledger.borrow();
             for user in chunk {
                 let Some(account) = accounts.user(*user) else { continue };
-                let writes = rebuild_user(shard, &hot.keys, *user, account);
+                let writes = rebuild_user(out, &hot.keys, *user, account);
                 pending.fetch_add(1, Ordering::AcqRel);
                 let (pending, failed) = (pending.clone(), hot.rebuild_failed.clone());
                 // Queued behind each other: a deadline for the bulk, not for one call.
-                connection(shard, hot).submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
+                connection(out, hot).submit_within::<i64, _>(writes.into_op(), REBUILD_TIMEOUT, move |r| {
                     if r.is_err() {
                         failed.store(true, Ordering::Release);
                     }
@@ -64,48 +64,48 @@ pub async fn rebuild(shard: &Rc<Shard>) -> Result<usize, String> {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     let markers: Vec<_> =
-        partitions.iter().map(|p| connection(shard, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
+        partitions.iter().map(|p| connection(out, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.marker(*p), 1)))).collect();
     for m in markers {
         m.await?;
     }
     if hot.rebuild_failed.load(Ordering::Acquire) {
-        shard.health.hot[shard.id].store(STALE, Ordering::Release);
+        out.health.hot[out.id].store(STALE, Ordering::Release);
         return Err("a write of the rebuild failed".into());
     }
-    if shard.health.hot[shard.id].compare_exchange(REBUILDING, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if out.health.hot[out.id].compare_exchange(REBUILDING, READY, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return Err("hot state lost again during the rebuild".into());
     }
-    shard.metrics.hot_rebuilds.inc();
-    tracing::info!(shard = shard.id, users = users.len(), ms = started.elapsed().as_millis() as u64, "hot state rebuilt in Redis");
+    out.metrics.hot_rebuilds.inc();
+    tracing::info!(shard = out.id, users = users.len(), ms = started.elapsed().as_millis() as u64, "hot state rebuilt in Redis");
     Ok(users.len())
 }
 
 /// What the ledger of the partitions owned here has applied: equal fingerprints at a
 /// clean stop and at the next start mean Redis already holds what the logs say.
-fn fingerprint(shard: &Shard) -> String {
-    let accounts = shard.accounts.borrow();
+fn fingerprint(out: &Projections) -> String {
+    let accounts = out.ledger.borrow();
     let mut applied = accounts.applied_offsets();
     applied.sort_unstable();
-    let partitions: Vec<u32> = shard.owned_partitions().collect();
+    let partitions: Vec<u32> = out.owned_partitions().collect();
     let users = accounts.users_in(&partitions).len();
-    let offsets: Vec<String> = applied.iter().map(|(s, o)| format!("{}={o}", shard.map.symbols[*s].name)).collect();
-    format!("shards={} users={users} {}", shard.shards, offsets.join(","))
+    let offsets: Vec<String> = applied.iter().map(|(s, o)| format!("{}={o}", out.map.symbols[*s].name)).collect();
+    format!("shards={} users={users} {}", out.shards, offsets.join(","))
 }
 
 /// At a clean stop, with everything written: leaves the fingerprint for the next start.
-pub async fn mark_clean(shard: &Shard) {
-    let Some(hot) = &shard.redis else { return };
-    if shard.hot_state(shard.id) != READY {
+pub async fn mark_clean(out: &Projections) {
+    let Some(hot) = &out.redis else { return };
+    if out.hot_state(out.id) != READY {
         return;
     }
-    let print = fingerprint(shard);
-    let sets: Vec<_> = shard
+    let print = fingerprint(out);
+    let sets: Vec<_> = out
         .owned_partitions()
-        .map(|p| connection(shard, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
+        .map(|p| connection(out, hot).call::<()>(Op::Cmd(redis::Cmd::set(hot.keys.clean(p), &print))))
         .collect();
     for s in sets {
         if let Err(e) = s.await {
-            tracing::warn!(shard = shard.id, error = e, "could not mark the hot state clean; the next start rebuilds it");
+            tracing::warn!(shard = out.id, error = e, "could not mark the hot state clean; the next start rebuilds it");
             return;
         }
     }
@@ -113,60 +113,60 @@ pub async fn mark_clean(shard: &Shard) {
 
 /// At start: whether Redis is as a clean stop left it, with the same logs behind it. The
 /// marks are consumed either way, so a crash after this start never reuses them.
-async fn resume_clean(shard: &Shard, hot: &RedisHot) -> bool {
-    if prepare(shard, hot).await.is_err() {
+async fn resume_clean(out: &Projections, hot: &RedisHot) -> bool {
+    if prepare(out, hot).await.is_err() {
         return false;
     }
-    let print = fingerprint(shard);
+    let print = fingerprint(out);
     let mut whole = true;
-    for p in shard.owned_partitions() {
-        let clean = connection(shard, hot).call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
-        let marker = connection(shard, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
+    for p in out.owned_partitions() {
+        let clean = connection(out, hot).call::<Option<String>>(Op::Cmd(redis::Cmd::get_del(hot.keys.clean(p))));
+        let marker = connection(out, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p))));
         let same = matches!(clean.await, Ok(Some(c)) if c == print);
         whole &= same && matches!(marker.await, Ok(true));
     }
-    whole && shard.health.hot[shard.id].compare_exchange(STALE, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    whole && out.health.hot[out.id].compare_exchange(STALE, READY, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
 
 /// Checks the partition markers; rebuilds when the state is stale; runs the consistency
 /// check every `EXCHANGE_CHECK_INTERVAL_SECS` (0: never).
-pub async fn watch(shard: Rc<Shard>) {
-    let Some(hot) = &shard.redis else { return };
-    let interval = Duration::from_secs(shard.config.check_interval_secs);
+pub async fn watch(out: Rc<Projections>) {
+    let Some(hot) = &out.redis else { return };
+    let interval = Duration::from_secs(out.config.check_interval_secs);
     let mut last_check = Instant::now();
-    if resume_clean(&shard, hot).await {
-        tracing::info!(shard = shard.id, "hot state in Redis is as the last clean stop left it: no rebuild");
+    if resume_clean(&out, hot).await {
+        tracing::info!(shard = out.id, "hot state in Redis is as the last clean stop left it: no rebuild");
     }
     let mut last_error = String::new();
-    while !shard.health.stopping.load(Ordering::Acquire) {
+    while !out.health.stopping.load(Ordering::Acquire) {
         glommio::timer::sleep(Duration::from_millis(250)).await;
-        match shard.hot_state(shard.id) {
-            STALE => match rebuild(&shard).await {
+        match out.hot_state(out.id) {
+            STALE => match rebuild(&out).await {
                 Ok(_) => last_error.clear(),
                 Err(e) => {
                     if e != last_error {
-                        tracing::warn!(shard = shard.id, error = e, "hot state rebuild failed; retrying");
+                        tracing::warn!(shard = out.id, error = e, "hot state rebuild failed; retrying");
                         last_error = e;
                     }
                 }
             },
             READY => {
-                let checks: Vec<_> = shard
+                let checks: Vec<_> = out
                     .owned_partitions()
-                    .map(|p| connection(&shard, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
+                    .map(|p| connection(&out, hot).call::<bool>(Op::Cmd(redis::Cmd::exists(hot.keys.marker(p)))))
                     .collect();
                 for c in checks {
                     match c.await {
                         Ok(true) => {}
-                        Ok(false) => shard.hot_lost("a partition marker is gone (Redis emptied or restarted)"),
-                        Err(e) => shard.hot_lost(&e),
+                        Ok(false) => out.hot_lost("a partition marker is gone (Redis emptied or restarted)"),
+                        Err(e) => out.hot_lost(&e),
                     }
                 }
                 if !interval.is_zero() && last_check.elapsed() >= interval {
                     last_check = Instant::now();
-                    match check(&shard).await {
-                        Ok(r) => tracing::info!(shard = shard.id, users = r.users, repaired = r.repaired.len(), "consistency check"),
-                        Err(e) => tracing::warn!(shard = shard.id, error = e, "consistency check failed"),
+                    match check(&out).await {
+                        Ok(r) => tracing::info!(shard = out.id, users = r.users, repaired = r.repaired.len(), "consistency check"),
+                        Err(e) => tracing::warn!(shard = out.id, error = e, "consistency check failed"),
                     }
                 }
             }

@@ -8,17 +8,17 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::handlers::{now_ms, settle_funding};
-use super::Shard;
+use super::{settle_funding, SymbolRoom};
+use crate::shard::core::now_ms;
 use crate::engine::perp::next_funding_time;
 
-pub async fn clock(shard: Rc<Shard>) {
+pub async fn clock(room: Rc<SymbolRoom>) {
     loop {
-        let streams: Vec<_> = shard.streams.borrow().values().cloned().collect();
+        let streams = room.streams();
         if streams.is_empty() {
             return;
         }
-        let interval = |s: &super::stream::SymbolStream| shard.map.symbols[s.index].funding_interval_secs;
+        let interval = |s: &super::stream::SymbolStream| room.map.symbols[s.index].funding_interval_secs;
         let now = now_ms();
         let Some(due) = streams.iter().map(|s| next_funding_time(now, interval(s))).min() else { return };
         glommio::timer::sleep(Duration::from_millis(u64::try_from(due - now).unwrap_or(0))).await;

@@ -6,9 +6,9 @@ use std::rc::Rc;
 
 use exchange_io::redis::Op;
 
-use super::{connection, READY};
+use super::{connection, CheckReport, Repair, READY};
 use crate::engine::PositionState;
-use crate::shard::Shard;
+use crate::shard::projections::Projections;
 
 /// A position hash as Redis returns it (`None`: no hash).
 fn parse_position(fields: &[(String, String)]) -> Option<PositionState> {
@@ -32,19 +32,19 @@ fn parse_position(fields: &[(String, String)]) -> Option<PositionState> {
 pub const ORPHAN_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Releases orphaned margin locks (see [`ORPHAN_AFTER`]) of the users owned here.
-fn release_orphans(shard: &Shard, partitions: &[u32]) -> Vec<Repair> {
-    let before = crate::shard::handlers::now_ms() - ORPHAN_AFTER.as_millis() as i64;
-    let released = shard.accounts.borrow_mut().release_orphans(partitions, before);
+fn release_orphans(out: &Projections, partitions: &[u32]) -> Vec<Repair> {
+    let before = crate::shard::core::now_ms() - ORPHAN_AFTER.as_millis() as i64;
+    let released = out.ledger.borrow_mut().release_orphans(partitions, before);
     released
         .into_iter()
         .map(|(user, view)| {
             let account = crate::wire::account_id(user);
             let found = vec![format!("margin lock {} of an order never logged (reserved at {} ms): released", view.reserved, view.created_at)];
-            tracing::warn!(shard = shard.id, user = account, found = ?found, "orphaned margin lock released");
-            if let Some(hot) = shard.writing() {
+            tracing::warn!(shard = out.id, user = account, found = ?found, "orphaned margin lock released");
+            if let Some(hot) = out.writing() {
                 hot.touch(user, |t| t.order(view.id, false));
             }
-            shard.all_metrics.consistency_repairs.inc();
+            out.all_metrics.consistency_repairs.inc();
             Repair { user: account, found }
         })
         .collect()
@@ -52,31 +52,17 @@ fn release_orphans(shard: &Shard, partitions: &[u32]) -> Vec<Repair> {
 
 /// Without Redis: the consistency check (orphaned locks only) every
 /// `EXCHANGE_CHECK_INTERVAL_SECS` (0: never). With Redis, [`super::watch`] runs it.
-pub async fn periodically(shard: Rc<Shard>) {
-    let interval = std::time::Duration::from_secs(shard.config.check_interval_secs);
+pub async fn periodically(out: Rc<Projections>) {
+    let interval = std::time::Duration::from_secs(out.config.check_interval_secs);
     if interval.is_zero() {
         return;
     }
-    while !shard.health.stopping.load(std::sync::atomic::Ordering::Acquire) {
+    while !out.health.stopping.load(std::sync::atomic::Ordering::Acquire) {
         glommio::timer::sleep(interval).await;
-        if let Ok(r) = check(&shard).await {
-            tracing::info!(shard = shard.id, users = r.users, repaired = r.repaired.len(), "consistency check");
+        if let Ok(r) = check(&out).await {
+            tracing::info!(shard = out.id, users = r.users, repaired = r.repaired.len(), "consistency check");
         }
     }
-}
-
-/// What one consistency check found and repaired.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct CheckReport {
-    pub users: usize,
-    pub repaired: Vec<Repair>,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Repair {
-    /// Account id (the 16 hex digits of the user's API key).
-    pub user: String,
-    pub found: Vec<String>,
 }
 
 type Balance = (Option<i64>, Option<i64>, Option<i64>);
@@ -90,35 +76,35 @@ type Balance = (Option<i64>, Option<i64>, Option<i64>);
 ///
 /// # Errors
 /// No Redis, the hot state not ready, or Redis failing.
-pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
-    if shard.redis.is_some() && shard.hot_state(shard.id) != READY {
+pub async fn check(out: &Rc<Projections>) -> Result<CheckReport, String> {
+    if out.redis.is_some() && out.hot_state(out.id) != READY {
         return Err("the hot state is not ready".into());
     }
-    let partitions: Vec<u32> = shard.owned_partitions().collect();
-    let users = shard.accounts.borrow().users_in(&partitions);
-    let mut report = CheckReport { users: users.len(), repaired: release_orphans(shard, &partitions) };
-    let Some(hot) = &shard.redis else {
-        shard.all_metrics.consistency_checks.inc();
+    let partitions: Vec<u32> = out.owned_partitions().collect();
+    let users = out.ledger.borrow().users_in(&partitions);
+    let mut report = CheckReport { users: users.len(), repaired: release_orphans(out, &partitions) };
+    let Some(hot) = &out.redis else {
+        out.all_metrics.consistency_checks.inc();
         return Ok(report);
     };
     for chunk in users.chunks(256) {
         let mut pending = Vec::with_capacity(chunk.len());
         {
-            let accounts = shard.accounts.borrow();
+            let accounts = out.ledger.borrow();
             for &user in chunk {
                 let Some(a) = accounts.user(user) else { continue };
                 let mut open: Vec<u64> = a.orders.values().filter(|v| !v.logged || v.status.is_open()).map(|v| v.id.0).collect();
                 open.sort_unstable();
                 let ledger_positions: Vec<Option<PositionState>> =
-                    (0..shard.map.symbols.len()).map(|s| a.positions.get(&s).copied()).collect();
+                    (0..out.map.symbols.len()).map(|s| a.positions.get(&s).copied()).collect();
                 let cmd = redis::cmd("HMGET").arg(hot.keys.balance(user)).arg("total").arg("available").arg("locked").to_owned();
-                let balance = connection(shard, hot).call::<Balance>(Op::Cmd(cmd));
-                let active = connection(shard, hot).call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
-                let positions: Vec<_> = shard
+                let balance = connection(out, hot).call::<Balance>(Op::Cmd(cmd));
+                let active = connection(out, hot).call::<Vec<u64>>(Op::Cmd(redis::Cmd::smembers(hot.keys.active(user))));
+                let positions: Vec<_> = out
                     .map
                     .symbols
                     .iter()
-                    .map(|s| connection(shard, hot).call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
+                    .map(|s| connection(out, hot).call::<Vec<(String, String)>>(Op::Cmd(redis::Cmd::hgetall(hot.keys.position(user, &s.name)))))
                     .collect();
                 let expected = ((a.total, a.available(), a.locked), open, ledger_positions);
                 pending.push((user, expected, balance, active, positions));
@@ -141,19 +127,19 @@ pub async fn check(shard: &Rc<Shard>) -> Result<CheckReport, String> {
             for ((symbol, call), ledger) in positions.into_iter().enumerate().zip(ledger_positions) {
                 let redis = parse_position(&call.await?);
                 if redis != ledger {
-                    found.push(format!("position {}: Redis {redis:?}, log {ledger:?}", shard.map.symbols[symbol].name));
+                    found.push(format!("position {}: Redis {redis:?}, log {ledger:?}", out.map.symbols[symbol].name));
                 }
             }
             if found.is_empty() {
                 continue;
             }
             let account = crate::wire::account_id(user);
-            tracing::warn!(shard = shard.id, user = account, found = ?found, "hot state differs from the log: repaired");
+            tracing::warn!(shard = out.id, user = account, found = ?found, "hot state differs from the log: repaired");
             hot.touch(user, |t| t.rewrite = true);
-            shard.all_metrics.consistency_repairs.inc();
+            out.all_metrics.consistency_repairs.inc();
             report.repaired.push(Repair { user: account, found });
         }
     }
-    shard.all_metrics.consistency_checks.inc();
+    out.all_metrics.consistency_checks.inc();
     Ok(report)
 }

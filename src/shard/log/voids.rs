@@ -2,7 +2,7 @@
 //!
 //! When Kafka does not confirm a batch in time, its records may still land (a broker can
 //! persist a request it never answered). The stream voids them in the log itself before
-//! it logs anything new (`stream::settle`), but that needs the broker back, and the client
+//! it logs anything new (`symbols::stream::settle`), but that needs the broker back, and the client
 //! is owed an answer now. So the records' digests are first appended here, on the
 //! node's own disk, and synced; only then is the client told 503. Every replay of the log
 //! on this node skips a record whose digest is here, so "never lands, now or after any
@@ -21,8 +21,8 @@ use std::path::PathBuf;
 use rustc_hash::FxHashSet;
 use sha2::{Digest, Sha256};
 
-use super::logs::Stream;
-use super::Shard;
+use super::{LogRoom, Stream};
+use crate::shard::protocol::NotLogged;
 
 /// What names a record: the first 16 bytes of its payload's SHA-256.
 pub type RecordDigest = [u8; 16];
@@ -34,21 +34,21 @@ pub fn digest(payload: &[u8]) -> RecordDigest {
     out
 }
 
-fn file(shard: &Shard, stream: Stream<'_>) -> PathBuf {
+fn file(room: &LogRoom, stream: Stream<'_>) -> PathBuf {
     let name = match stream {
         Stream::Symbol(name) => format!("symbol-{name}"),
         Stream::Accounts(p) => format!("accounts-{p:02}"),
     };
-    shard.config.data_dir.join("voids").join(name)
+    room.config.data_dir.join("voids").join(name)
 }
 
 /// Makes the void of these records durable.
 ///
 /// # Errors
 /// The disk refused the write or the sync.
-pub fn record(shard: &Shard, stream: Stream<'_>, payloads: &[Vec<u8>]) -> std::io::Result<()> {
-    let path = file(shard, stream);
-    let dir = path.parent().unwrap_or(&shard.config.data_dir);
+pub fn record(room: &LogRoom, stream: Stream<'_>, payloads: &[Vec<u8>]) -> std::io::Result<()> {
+    let path = file(room, stream);
+    let dir = path.parent().unwrap_or(&room.config.data_dir);
     let created = !dir.exists();
     std::fs::create_dir_all(dir)?;
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
@@ -61,14 +61,14 @@ pub fn record(shard: &Shard, stream: Stream<'_>, payloads: &[Vec<u8>]) -> std::i
     f.sync_all()?;
     if created {
         std::fs::File::open(dir)?.sync_all()?;
-        std::fs::File::open(&shard.config.data_dir)?.sync_all()?;
+        std::fs::File::open(&room.config.data_dir)?.sync_all()?;
     }
     Ok(())
 }
 
 /// The digests of every record voided on this node for `stream`.
-pub fn load(shard: &Shard, stream: Stream<'_>) -> FxHashSet<RecordDigest> {
-    let Ok(text) = std::fs::read_to_string(file(shard, stream)) else { return FxHashSet::default() };
+pub fn load(room: &LogRoom, stream: Stream<'_>) -> FxHashSet<RecordDigest> {
+    let Ok(text) = std::fs::read_to_string(file(room, stream)) else { return FxHashSet::default() };
     text.lines()
         .filter_map(|l| hex::decode(l.trim()).ok())
         .filter_map(|b| <RecordDigest>::try_from(b.as_slice()).ok())
@@ -77,12 +77,12 @@ pub fn load(shard: &Shard, stream: Stream<'_>) -> FxHashSet<RecordDigest> {
 
 /// The answer owed for records the log did not confirm and that may still land: 503
 /// once their void is durable here, 504 if it cannot be made so.
-pub fn refuse(shard: &Shard, stream: Stream<'_>, payloads: &[Vec<u8>], why: &str) -> super::stream::NotLogged {
-    match record(shard, stream, payloads) {
-        Ok(()) => super::stream::NotLogged::Refused(format!("event log unavailable: {why}")),
+pub fn refuse(room: &LogRoom, stream: Stream<'_>, payloads: &[Vec<u8>], why: &str) -> NotLogged {
+    match record(room, stream, payloads) {
+        Ok(()) => NotLogged::Refused(format!("event log unavailable: {why}")),
         Err(e) => {
             tracing::error!(error = %e, "could not void unconfirmed records on local disk: answering 504");
-            super::stream::NotLogged::Unknown(format!("event log did not confirm: {why}"))
+            NotLogged::Unknown(format!("event log did not confirm: {why}"))
         }
     }
 }

@@ -37,14 +37,16 @@ use futures_channel::mpsc;
 use futures_lite::StreamExt;
 use rustc_hash::FxHashMap;
 
-use super::Shard;
+use super::Projections;
 use crate::accounts::{Account, OrderView};
+use crate::shard::protocol::MarketPrices;
 use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
 use crate::redis_state::{Keys, Writes};
 use crate::health::Health;
 
 pub use crate::health::hot::{DISABLED, READY, REBUILDING, STALE};
-pub use check::{check, periodically as check_periodically, CheckReport};
+pub use check::{check, periodically as check_periodically};
+pub use crate::shard::protocol::{CheckReport, Repair};
 pub use rebuild::{mark_clean, rebuild, watch};
 
 mod check;
@@ -74,8 +76,8 @@ pub struct RedisHot {
 struct Dirty {
     users: Vec<UserId>,
     touched: FxHashMap<UserId, Touched>,
-    /// Symbols owned here whose prices or insurance fund changed.
-    markets: Vec<usize>,
+    /// Symbols owned here whose prices or insurance fund changed, as they are now.
+    markets: Vec<(usize, MarketPrices)>,
 }
 
 /// What changed for one user. Only *which* keys changed is kept: the batch writes them
@@ -142,8 +144,8 @@ impl RedisHot {
 /// The connection, for anything but the write-behind: what is changed and not written
 /// yet is handed over first, so that what is sent now reaches Redis after it (a check's
 /// reads see it).
-fn connection<'a>(shard: &Shard, hot: &'a RedisHot) -> &'a RedisBridge {
-    hand_over(shard, hot);
+fn connection<'a>(out: &Projections, hot: &'a RedisHot) -> &'a RedisBridge {
+    hand_over(out, hot);
     &hot.bridge
 }
 
@@ -156,7 +158,7 @@ fn connection<'a>(shard: &Shard, hot: &'a RedisHot) -> &'a RedisBridge {
 /// Before the writes, an `EXISTS` of each user's balance (but a new user's): a balance
 /// that is gone means Redis lost the user's state, which makes the state stale, so that
 /// a rewrite of everyone follows. A user to repair is rewritten by the script instead.
-fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::Receiver<()>> {
+fn hand_over(out: &Projections, hot: &RedisHot) -> Option<futures_channel::oneshot::Receiver<()>> {
     let dirty = std::mem::take(&mut *hot.dirty.borrow_mut());
     if dirty.users.is_empty() && dirty.markets.is_empty() {
         return None;
@@ -166,11 +168,11 @@ fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::
     // Where the replies of the checks are, among the batch's replies (one per operation).
     let mut checked_at = Vec::new();
     {
-        let accounts = shard.accounts.borrow();
+        let accounts = out.ledger.borrow();
         for user in dirty.users {
             let (Some(account), Some(touched)) = (accounts.user(user), dirty.touched.get(&user)) else { continue };
             if touched.rewrite {
-                writes.push(rebuild_user(shard, &hot.keys, user, account).into_op());
+                writes.push(rebuild_user(out, &hot.keys, user, account).into_op());
                 continue;
             }
             if !touched.created {
@@ -184,12 +186,11 @@ fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::
                     checks.push(exists);
                 }
             }
-            writes.extend(changes(shard, &hot.keys, user, account, touched).into_cmds().into_iter().map(Op::Cmd));
+            writes.extend(changes(out, &hot.keys, user, account, touched).into_cmds().into_iter().map(Op::Cmd));
         }
     }
-    for symbol in dirty.markets {
-        let (Some(stream), Some(spec)) = (shard.stream(symbol), shard.map.symbols.get(symbol)) else { continue };
-        let prices = stream.prices();
+    for (symbol, prices) in dirty.markets {
+        let Some(spec) = out.map.symbols.get(symbol) else { continue };
         let price = |t: Option<i64>| t.map_or_else(String::new, |t| t.to_string());
         let fields = [("index", price(prices.index)), ("mark", price(prices.mark)), ("insuranceFund", prices.fund.to_string())];
         writes.push(Op::Cmd(redis::Cmd::hset_multiple(hot.keys.market(&spec.name), &fields)));
@@ -225,7 +226,7 @@ fn hand_over(shard: &Shard, hot: &RedisHot) -> Option<futures_channel::oneshot::
 
 /// The keys `touched` names, as the ledger has them now. Absolute values: writing them
 /// twice, or after a later change was already written, leaves Redis right.
-fn changes(shard: &Shard, keys: &Keys, user: UserId, account: &Account, touched: &Touched) -> Writes {
+fn changes(out: &Projections, keys: &Keys, user: UserId, account: &Account, touched: &Touched) -> Writes {
     let mut w = Writes::new();
     w.op("HSET", keys.balance(user), balance_fields(account));
     for &(id, locked) in &touched.orders {
@@ -257,7 +258,7 @@ fn changes(shard: &Shard, keys: &Keys, user: UserId, account: &Account, touched:
         }
     }
     for &symbol in &touched.positions {
-        let key = keys.position(user, &shard.map.symbols[symbol].name);
+        let key = keys.position(user, &out.map.symbols[symbol].name);
         match account.positions.get(&symbol) {
             Some(p) => w.op("HSET", key, position_fields(p)),
             None => w.op("DEL", key, [""; 0]),
@@ -273,12 +274,12 @@ fn changes(shard: &Shard, keys: &Keys, user: UserId, account: &Account, touched:
 
 /// The writer task of a core: hands the changes to Redis as one batch, waits for its
 /// reply (meanwhile the next batch gathers), and again.
-pub async fn write_behind(shard: Rc<Shard>) {
-    let Some(hot) = &shard.redis else { return };
+pub async fn write_behind(out: Rc<Projections>) {
+    let Some(hot) = &out.redis else { return };
     let Some(mut woken) = hot.woken.borrow_mut().take() else { return };
     while woken.next().await.is_some() {
         hot.scheduled.set(false);
-        if let Some(replied) = hand_over(&shard, hot) {
+        if let Some(replied) = hand_over(&out, hot) {
             let _ = replied.await;
         }
     }
@@ -291,7 +292,7 @@ fn lost(health: &Health, shard: usize, why: &str) {
     }
 }
 
-impl Shard {
+impl Projections {
     fn hot_state(&self, shard: usize) -> u8 {
         self.health.hot[shard].load(Ordering::Acquire)
     }
@@ -307,24 +308,25 @@ impl Shard {
 }
 
 /// The lock the ledger has just taken for an order.
-pub fn reserved(shard: &Shard, order: &NewOrder) {
-    let Some(hot) = shard.writing() else { return };
+pub fn reserved(out: &Projections, order: &NewOrder) {
+    let Some(hot) = out.writing() else { return };
     hot.touch(order.user, |t| t.order(order.id, true));
 }
 
 /// Unlocks an order that could not be logged (its reserve succeeded).
-pub fn release(shard: &Shard, order: &NewOrder) {
-    let Some(hot) = shard.writing() else { return };
+pub fn release(out: &Projections, order: &NewOrder) {
+    let Some(hot) = out.writing() else { return };
     hot.touch(order.user, |t| t.order(order.id, false));
 }
 
 /// A symbol's prices or insurance fund changed (on its owner).
-pub fn market_changed(shard: &Shard, symbol: usize) {
-    let Some(hot) = shard.writing() else { return };
+pub fn market_changed(out: &Projections, symbol: usize, prices: MarketPrices) {
+    let Some(hot) = out.writing() else { return };
     {
         let mut dirty = hot.dirty.borrow_mut();
-        if !dirty.markets.contains(&symbol) {
-            dirty.markets.push(symbol);
+        match dirty.markets.iter_mut().find(|(s, _)| *s == symbol) {
+            Some((_, p)) => *p = prices,
+            None => dirty.markets.push((symbol, prices)),
         }
     }
     if !hot.scheduled.replace(true) {
@@ -333,14 +335,14 @@ pub fn market_changed(shard: &Shard, symbol: usize) {
 }
 
 /// A new user's empty balance, or a logged transfer.
-pub fn balance_changed(shard: &Shard, user: UserId, created: bool) {
-    let Some(hot) = shard.writing() else { return };
+pub fn balance_changed(out: &Projections, user: UserId, created: bool) {
+    let Some(hot) = out.writing() else { return };
     hot.touch(user, |t| t.created |= created);
 }
 
 /// Closed orders the ledger has just stopped keeping (see [`Touched::forgotten`]).
-pub fn forgotten(shard: &Shard, orders: &[(UserId, OrderId, Option<ClientOrderId>)]) {
-    let Some(hot) = shard.writing() else { return };
+pub fn forgotten(out: &Projections, orders: &[(UserId, OrderId, Option<ClientOrderId>)]) {
+    let Some(hot) = out.writing() else { return };
     for &(user, id, cid) in orders {
         hot.touch(user, |t| t.forgotten.push((id, cid)));
     }
@@ -348,9 +350,9 @@ pub fn forgotten(shard: &Shard, orders: &[(UserId, OrderId, Option<ClientOrderId
 
 /// What a command's results (already applied to the ledger) changed for the users owned
 /// here.
-pub fn settle(shard: &Shard, symbol: usize, logged: Option<&NewOrder>, events: &[Event]) {
-    let Some(hot) = shard.writing() else { return };
-    let mine = |user: UserId| shard.account_owner(user) == shard.id;
+pub fn settle(out: &Projections, symbol: usize, logged: Option<&NewOrder>, events: &[Event]) {
+    let Some(hot) = out.writing() else { return };
+    let mine = |user: UserId| out.account_owner(user) == out.id;
     if let Some(o) = logged.filter(|o| mine(o.user)) {
         hot.touch(o.user, |t| t.order(o.id, false));
     }
@@ -443,12 +445,12 @@ fn position_fields(p: &PositionState) -> Vec<String> {
 }
 
 /// Every key of one user, rewritten from the ledger.
-fn rebuild_user(shard: &Shard, keys: &Keys, user: UserId, account: &Account) -> Writes {
+fn rebuild_user(out: &Projections, keys: &Keys, user: UserId, account: &Account) -> Writes {
     let mut w = Writes::new();
     w.op("FORGET_OPEN", keys.active(user), [keys.order_prefix(user), keys.lock_prefix(user), keys.client_order_prefix(user)]);
     w.op("DEL", keys.fills(user), [""; 0]);
     w.op("HSET", keys.balance(user), balance_fields(account));
-    for (symbol, spec) in shard.map.symbols.iter().enumerate() {
+    for (symbol, spec) in out.map.symbols.iter().enumerate() {
         w.op("DEL", keys.position(user, &spec.name), [""; 0]);
         if let Some(p) = account.positions.get(&symbol) {
             w.op("HSET", keys.position(user, &spec.name), position_fields(p));

@@ -19,21 +19,14 @@ use futures_channel::{mpsc, oneshot};
 use glommio::channels::local_channel::LocalReceiver;
 use futures_lite::StreamExt;
 
-use super::rpc::Pending;
-use super::Shard;
-use super::protocol::Request;
+use super::SymbolRoom;
 use crate::engine::{Command, CommandError, Event, Market, NewOrder, Side};
+use crate::shard::core::now_ms;
+use crate::shard::log::{voids, Log, Stream};
+use crate::shard::projections::{feed, hot};
+use crate::shard::protocol::{MarketPrices, NotLogged, PublicTrade, Request};
+use crate::shard::rpc::Pending;
 use crate::wire::StreamRecord;
-
-/// A public trade for `/v1/trades`.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct PublicTrade {
-    pub seq: u64,
-    pub price: i64,
-    pub quantity: i64,
-    pub taker_side: Side,
-    pub time: i64,
-}
 
 pub const RECENT_TRADES: usize = 1_000;
 
@@ -43,15 +36,6 @@ pub struct Outcome {
     pub events: Vec<Event>,
     /// Acknowledgements of the account owners that applied the events.
     pub applied: Vec<Pending>,
-}
-
-/// Why a command was not executed.
-#[derive(Clone, Debug)]
-pub enum NotLogged {
-    /// It is not in the log and never will be, whatever crashes: 503.
-    Refused(String),
-    /// The log did not confirm it and it may still land: 504.
-    Unknown(String),
 }
 
 pub struct Job {
@@ -108,38 +92,38 @@ impl SymbolStream {
 
     /// Executes one logged command (at log `offset`) and forwards its results, at start
     /// and at run time.
-    pub async fn execute(&self, shard: &Rc<Shard>, command: &Command, offset: u64, replayed: bool) -> Outcome {
+    pub fn execute(&self, room: &SymbolRoom, command: &Command, offset: u64, replayed: bool) -> Outcome {
         let mut events = Vec::new();
         self.next.set(offset + 1);
         let result = self.market.borrow_mut().execute(command, &mut events);
         self.remember_trades(&events);
         if events.iter().any(|e| matches!(e, Event::PriceUpdated(_) | Event::LiquidationEnded(_) | Event::FundingSettled(_))) {
-            super::hot::market_changed(shard, self.index);
+            hot::market_changed(&room.out, self.index, self.prices());
         }
         if let Command::IndexPrice { timestamp, .. } = command {
-            shard.health.index_posted(self.index, *timestamp);
+            room.health.index_posted(self.index, *timestamp);
         }
         let ended = events.iter().filter(|e| matches!(e, Event::LiquidationEnded(_))).count();
         if ended > 0 {
-            shard.metrics.liquidations.inc_by(ended as u64);
+            room.metrics.liquidations.inc_by(ended as u64);
         }
         let due_before = self.due.replace(self.market.borrow().perp().queue.len() as i64);
         if due_before != self.due.get() {
-            shard.metrics.liquidations_due.inc_by(self.due.get() - due_before);
+            room.metrics.liquidations_due.inc_by(self.due.get() - due_before);
         }
-        if !replayed && super::feed::wanted(shard) {
+        if !replayed && feed::wanted(&room.out) {
             let (bids, asks) = {
                 let market = self.market.borrow();
-                let top = |side| market.book().depth(side).take(super::feed::DEPTH_LEVELS).collect::<Vec<_>>();
+                let top = |side| market.book().depth(side).take(feed::DEPTH_LEVELS).collect::<Vec<_>>();
                 (top(Side::Buy), top(Side::Sell))
             };
-            super::feed::market(shard, self.index, &events, bids, asks);
+            feed::market(&room.out, self.index, &events, bids, asks);
         }
         // Liquidations a bounded pass left: logged as a command of their own, at once.
         if !replayed
             && self.market.borrow().perp().pending()
             && !self.sweeping.replace(true)
-            && let Some(stream) = shard.stream(self.index)
+            && let Some(stream) = room.stream(self.index)
         {
             glommio::spawn_local(async move {
                 // Sweeps follow each other until the pass is done; one that takes nothing
@@ -147,7 +131,7 @@ impl SymbolStream {
                 // and the next command that leaves work starts them again.
                 loop {
                     let due = stream.market.borrow().perp().queue.len();
-                    let swept = match stream.submit(Command::Liquidate { timestamp: super::handlers::now_ms() }).await {
+                    let swept = match stream.submit(Command::Liquidate { timestamp: now_ms() }).await {
                         // The next sweep waits until the account owners have applied
                         // this one: orders in between wait behind one sweep's results,
                         // not behind a backlog of them.
@@ -168,22 +152,22 @@ impl SymbolStream {
             })
             .detach();
         }
-        if let Some(kafka) = &shard.kafka {
-            kafka.publish(&shard.map.symbols[self.index], &events);
+        if let Some(kafka) = &room.log.kafka {
+            kafka.publish(&room.map.symbols[self.index], &events);
         }
         let logged = match command {
             Command::Place(o) => Some(*o),
             _ => None,
         };
-        let applied = shard.forward_results(self.index, offset, logged, replayed, &events).await;
+        let applied = room.forward_results(self.index, offset, logged, replayed, &events);
         Outcome { result, events, applied }
     }
 
     /// The symbol's prices and insurance fund now.
-    pub fn prices(&self) -> super::protocol::MarketPrices {
+    pub fn prices(&self) -> MarketPrices {
         let market = self.market.borrow();
         let perp = market.perp();
-        super::protocol::MarketPrices { last: market.last_price(), index: perp.index, mark: perp.mark, fund: perp.fund }
+        MarketPrices { last: market.last_price(), index: perp.index, mark: perp.mark, fund: perp.fund }
     }
 
     fn remember_trades(&self, events: &[Event]) {
@@ -249,16 +233,16 @@ struct Pipeline {
 /// When a batch of a pipelined log fails, it and every batch sent after it fail: their
 /// records may still land (a broker can persist a batch whose acknowledgement never
 /// arrived), so they are voided on local disk before their clients hear 503 (see
-/// [`super::voids`]); and before anything else is logged, the committer waits for every
+/// [`crate::shard::log::voids`]); and before anything else is logged, the committer waits for every
 /// batch in flight to come back, reads what the log holds past the last command it
 /// executed and appends a void for each such record: replays skip them, and the book
 /// never holds an order its client was told failed. Until that succeeds the stream
 /// answers 503 and the health check says degraded.
-pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super::Log, mut jobs: mpsc::UnboundedReceiver<Job>) {
+pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Log, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let (failed, mut failures) = mpsc::unbounded();
     let pipeline = Rc::new(Pipeline { failed_from: Cell::new(None), in_flight: Cell::new(0), refusing: Cell::new(false), failed });
     let (to_executor, sent) = glommio::channels::local_channel::new_bounded(IN_FLIGHT);
-    glommio::spawn_local(execute_in_order(shard.clone(), stream.clone(), pipeline.clone(), sent)).detach();
+    glommio::spawn_local(execute_in_order(room.clone(), stream.clone(), pipeline.clone(), sent)).detach();
     loop {
         // After a failure the stream settles without waiting for a command to log: the
         // orders answered 504 are released only then, and their clients' retries (same
@@ -276,13 +260,13 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
         while let Ok(job) = jobs.try_recv() {
             batch.push(job);
         }
-        shard.metrics.queue_depth.set(batch.len() as i64);
+        room.metrics.queue_depth.set(batch.len() as i64);
         if let Some(from) = pipeline.failed_from.get() {
             let recover = async {
                 while pipeline.in_flight.get() > 0 {
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
-                settle(&shard, &stream, &mut journal, from).await
+                settle(&room, &stream, &mut journal, from).await
             };
             // Commands that arrive meanwhile are answered at once (a dead broker would
             // otherwise hold each for a read-back's patience); they were never logged.
@@ -295,9 +279,9 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
             match futures_lite::future::or(recover, refuse_meanwhile).await {
                 Ok(()) => {
                     pipeline.failed_from.set(None);
-                    shard.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
+                    room.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
                     tracing::info!(symbol = stream.index, "event log back; in-doubt records voided");
-                    release_in_doubt(&shard, &stream);
+                    release_in_doubt(&room, &stream);
                 }
                 Err(e) => {
                     for job in batch {
@@ -313,14 +297,14 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
         let mut accepted = Vec::with_capacity(batch.len());
         let mut payloads = Vec::with_capacity(batch.len());
         for job in batch {
-            let bytes = shard.encode_command(stream.index, &StreamRecord::Command(job.command));
+            let bytes = room.log.encode_command(stream.index, &StreamRecord::Command(job.command));
             let appended = journal.append(&bytes);
             if appended.is_ok() == pipeline.refusing.get() {
                 pipeline.refusing.set(appended.is_err());
                 if appended.is_err() {
-                    shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                    room.health.event_log_down.fetch_add(1, Ordering::AcqRel);
                 } else {
-                    shard.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
+                    room.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
                 }
             }
             match appended {
@@ -349,33 +333,33 @@ pub async fn run(shard: Rc<Shard>, stream: Rc<SymbolStream>, mut journal: super:
         if to_executor.send(sent).await.is_err() {
             break;
         }
-        shard.metrics.queue_depth.set(0);
+        room.metrics.queue_depth.set(0);
     }
 }
 
 /// Executes confirmed batches in the order they were sent (see [`run`]).
-async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: Rc<Pipeline>, sent: LocalReceiver<Sent>) {
+async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeline: Rc<Pipeline>, sent: LocalReceiver<Sent>) {
     let mut journal_down = false;
     while let Some(Sent { jobs, payloads, confirmation, started, pipelined }) = sent.recv().await {
         if pipelined && pipeline.failed_from.get().is_some() {
-            refuse(&shard, &stream, jobs, &payloads, "an earlier batch was not confirmed");
+            refuse(&room, &stream, jobs, &payloads, "an earlier batch was not confirmed");
             let _ = confirmation.await;
             pipeline.in_flight.set(pipeline.in_flight.get() - 1);
             continue;
         }
         let confirmed = confirmation.await;
-        shard.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        room.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
         match confirmed {
             Ok(offsets) if offsets.len() == jobs.len() => {
                 if std::mem::take(&mut journal_down) {
-                    shard.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
+                    room.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
                 }
                 for (job, offset) in jobs.into_iter().zip(offsets) {
-                    let outcome = stream.execute(&shard, &job.command, offset, false).await;
+                    let outcome = stream.execute(&room, &job.command, offset, false);
                     let _ = job.done.send(Ok(outcome));
                 }
-                if stream.next.get() - stream.snapshot_at.get() >= shard.config.snapshot_every.max(1) {
-                    super::snapshots::snapshot_symbol(&shard, &stream).await;
+                if stream.next.get() - stream.snapshot_at.get() >= room.config.snapshot_every.max(1) {
+                    room.snapshot_symbol(&stream);
                 }
             }
             Err(exchange_io::journal::JournalError::Superseded(why)) => {
@@ -394,18 +378,18 @@ async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: 
                 tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
                 if in_doubt {
                     if !std::mem::replace(&mut journal_down, true) {
-                        shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                        room.health.event_log_down.fetch_add(1, Ordering::AcqRel);
                     }
-                    refuse(&shard, &stream, jobs, &payloads, &e);
+                    refuse(&room, &stream, jobs, &payloads, &e);
                 } else if pipelined {
                     pipeline.failed_from.set(Some(stream.next.get()));
                     let _ = pipeline.failed.unbounded_send(());
-                    shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
-                    refuse(&shard, &stream, jobs, &payloads, &e);
+                    room.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                    refuse(&room, &stream, jobs, &payloads, &e);
                 } else {
                     // The journal cut what the failed commit wrote: it is certainly not logged.
                     if !std::mem::replace(&mut journal_down, true) {
-                        shard.health.event_log_down.fetch_add(1, Ordering::AcqRel);
+                        room.health.event_log_down.fetch_add(1, Ordering::AcqRel);
                     }
                     for job in jobs {
                         let _ = job.done.send(Err(NotLogged::Refused(format!("event log unavailable: {e}"))));
@@ -417,10 +401,10 @@ async fn execute_in_order(shard: Rc<Shard>, stream: Rc<SymbolStream>, pipeline: 
     }
 }
 
-/// Answers the jobs of a batch that may still land (see [`super::voids::refuse`]).
-fn refuse(shard: &Shard, stream: &SymbolStream, jobs: Vec<Job>, payloads: &[Vec<u8>], why: &str) {
-    let name = &shard.map.symbols[stream.index].name;
-    let answer = super::voids::refuse(shard, super::logs::Stream::Symbol(name), payloads, why);
+/// Answers the jobs of a batch that may still land (see [`voids::refuse`]).
+fn refuse(room: &SymbolRoom, stream: &SymbolStream, jobs: Vec<Job>, payloads: &[Vec<u8>], why: &str) {
+    let name = &room.map.symbols[stream.index].name;
+    let answer = voids::refuse(&room.log, Stream::Symbol(name), payloads, why);
     if let NotLogged::Unknown(_) = answer {
         let orders = jobs.iter().filter_map(|j| if let Command::Place(o) = &j.command { Some(*o) } else { None });
         stream.in_doubt.borrow_mut().extend(orders);
@@ -432,29 +416,29 @@ fn refuse(shard: &Shard, stream: &SymbolStream, jobs: Vec<Job>, payloads: &[Vec<
 
 /// Releases the orders answered 504 once [`settle`] has voided them in the log: they
 /// are certainly not in effect now, nor after any restart.
-fn release_in_doubt(shard: &Rc<Shard>, stream: &SymbolStream) {
+fn release_in_doubt(room: &Rc<SymbolRoom>, stream: &SymbolStream) {
     let orders = stream.in_doubt.take();
     if orders.is_empty() {
         return;
     }
     tracing::info!(symbol = stream.index, orders = orders.len(), "orders answered 504 are void in the log: their margin and clientOrderIds are free");
-    let shard = shard.clone();
+    let room = room.clone();
     glommio::spawn_local(async move {
         for order in orders {
-            let _ = shard.ask(shard.account_owner(order.user), Request::Release { order }).await;
+            let _ = room.ask(room.account_owner(order.user), Request::Release { order }).await;
         }
     })
     .detach();
 }
 
 /// Voids every command the log holds at or after `from` that was never executed.
-async fn settle(shard: &Rc<Shard>, stream: &Rc<SymbolStream>, journal: &mut super::Log, from: u64) -> Result<(), String> {
-    let patience = std::time::Duration::from_millis(shard.config.kafka.timeout_ms.max(100));
+async fn settle(room: &Rc<SymbolRoom>, stream: &Rc<SymbolStream>, journal: &mut Log, from: u64) -> Result<(), String> {
+    let patience = std::time::Duration::from_millis(room.config.kafka.timeout_ms.max(100));
     let found = journal.read_back(from, patience).await.map_err(|e| e.to_string())?;
     let mut records = Vec::new();
     let mut floor = stream.epoch.get();
     for (offset, bytes) in &found {
-        let (record, seq) = shard.decode_command(stream.index, bytes)?;
+        let (record, seq) = room.log.decode_command(stream.index, bytes)?;
         // As every reader: below the floor, a command needs no void and a void counts not.
         let counts = seq.is_none_or(|seq| floor.admits(record == StreamRecord::Epoch, seq));
         records.push((*offset, record, counts));
@@ -467,11 +451,11 @@ async fn settle(shard: &Rc<Shard>, stream: &Rc<SymbolStream>, journal: &mut supe
         .map(|(o, _, _)| *o)
         .collect();
     for offset in &doubtful {
-        journal.append(&shard.encode_command(stream.index, &StreamRecord::Void(*offset))).map_err(|e| e.to_string())?;
+        journal.append(&room.log.encode_command(stream.index, &StreamRecord::Void(*offset))).map_err(|e| e.to_string())?;
     }
     // And for what is not there yet: a record of the failed batches that lands after
     // this one counts for no reader.
-    let (epoch, floor) = shard.epoch_record(stream.index);
+    let (epoch, floor) = room.log.epoch_record(stream.index);
     journal.append(&epoch).map_err(|e| e.to_string())?;
     let offsets = journal.commit().await.map_err(|e| e.to_string())?;
     stream.epoch.set(floor);

@@ -1,0 +1,66 @@
+//! Hands each request that reaches a core (over the mesh, or from this core itself) to
+//! the room that owns its answer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use super::protocol::{ApiRequest, Reply, Request};
+use super::{accounts, projections, Shard};
+
+pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Reply>>> {
+    Box::pin(async move {
+        match req {
+            Request::Api(api) => Reply::Api(answer(&shard, api).await),
+            Request::Reserve { key, order, symbol } => Reply::Reserved(shard.accounts.reserve(&key, order, symbol)),
+            Request::Release { order } => {
+                shard.accounts.release(&order);
+                Reply::Done
+            }
+            Request::Hold { user, id } => {
+                shard.accounts.hold(user, id);
+                Reply::Done
+            }
+            Request::Apply { symbol, offset, logged, replayed, events, snapshot } => {
+                shard.accounts.apply(symbol, offset, logged, replayed, &events);
+                if snapshot {
+                    accounts::snapshot_accounts_soon(&shard.accounts);
+                }
+                Reply::Done
+            }
+            Request::Cancel { symbol, user, id } => Reply::Cancelled(shard.symbols.cancel(symbol, user, Some(id)).await),
+            Request::CancelAll { symbol, user } => Reply::Cancelled(shard.symbols.cancel(symbol, user, None).await),
+            Request::Check => Reply::Checked(projections::hot::check(&shard.out).await),
+            request @ (Request::Market { .. } | Request::User { .. }) => {
+                projections::feed::delivered(&shard.out, request);
+                Reply::Done
+            }
+            Request::Prices => Reply::Prices(shard.symbols.prices()),
+            Request::Summary => Reply::Summary(shard.accounts.totals()),
+        }
+    })
+}
+
+/// An API request, to the room that answers it: the order path and market data to the
+/// symbol's, everything about an account to the account's.
+async fn answer(shard: &Shard, req: ApiRequest) -> Result<super::protocol::Answer, super::protocol::Refusal> {
+    match req {
+        ApiRequest::PlaceOrder { .. }
+        | ApiRequest::Depth { .. }
+        | ApiRequest::Trades { .. }
+        | ApiRequest::PremiumIndex { .. }
+        | ApiRequest::IndexPrice { .. }
+        | ApiRequest::Funding { .. } => shard.symbols.answer(req).await,
+        ApiRequest::CancelOrder { .. }
+        | ApiRequest::CancelAll { .. }
+        | ApiRequest::GetOrder { .. }
+        | ApiRequest::OpenOrders { .. }
+        | ApiRequest::Fills { .. }
+        | ApiRequest::Authenticate { .. }
+        | ApiRequest::Balance { .. }
+        | ApiRequest::Positions { .. }
+        | ApiRequest::CreateUser { .. }
+        | ApiRequest::Transfer { .. }
+        | ApiRequest::Income { .. } => shard.accounts.answer(req).await,
+    }
+}

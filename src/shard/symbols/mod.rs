@@ -1,0 +1,310 @@
+//! The symbol room: the books (and the perpetual's state) of the symbols this core owns,
+//! each behind its command stream ([`stream`]), and the order path that runs here.
+//!
+//! The order path, for `POST /v1/orders` accepted on any core (the edge, `api`, sends it
+//! to the symbol's owner):
+//! 1. [`SymbolRoom::place_order`] prices the order by the engine's rules and asks the
+//!    user's account owner to reserve (auth, rate limit, available check, margin lock:
+//!    one step on one core, [`super::accounts`]);
+//! 2. the symbol's stream appends the command to its log; group commit makes it durable;
+//! 3. the stream executes it, in log order, and sends the results to the account owners
+//!    of everyone involved, in log order ([`SymbolRoom::forward_results`]), which apply
+//!    them;
+//! 4. once they have, the client gets the order as matched.
+//!
+//! If step 2 fails, the lock is released and the client gets 503.
+//!
+//! It uses every room below it: the log, the projections, and this core's account room
+//! directly (results for accounts owned here are applied without a message).
+
+pub mod funding;
+pub mod recover;
+pub mod stream;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+
+use super::accounts::AccountRoom;
+use super::core::{now_ms, Core};
+use super::log::{files, LogRoom};
+use super::projections::Projections;
+use super::protocol::{Answer, ApiRequest, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError};
+use super::rpc::Pending;
+use crate::accounts::{OrderStatus, OrderView};
+use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, UserId};
+use stream::SymbolStream;
+
+pub struct SymbolRoom {
+    pub core: Rc<Core>,
+    log: Rc<LogRoom>,
+    out: Rc<Projections>,
+    accounts: Rc<AccountRoom>,
+    streams: RefCell<FxHashMap<usize, Rc<SymbolStream>>>,
+}
+
+impl std::ops::Deref for SymbolRoom {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl SymbolRoom {
+    pub fn new(log: Rc<LogRoom>, out: Rc<Projections>, accounts: Rc<AccountRoom>) -> Self {
+        Self { core: log.core.clone(), log, out, accounts, streams: RefCell::default() }
+    }
+
+    pub fn stream(&self, symbol: usize) -> Option<Rc<SymbolStream>> {
+        self.streams.borrow().get(&symbol).cloned()
+    }
+
+    /// The streams of the symbols owned here.
+    pub fn streams(&self) -> Vec<Rc<SymbolStream>> {
+        self.streams.borrow().values().cloned().collect()
+    }
+
+    /// Prices and insurance funds of the symbols owned here.
+    pub fn prices(&self) -> Vec<(usize, MarketPrices)> {
+        self.streams.borrow().iter().map(|(i, s)| (*i, s.prices())).collect()
+    }
+
+    /// The API requests about a symbol, on its owner.
+    pub async fn answer(self: &Rc<Self>, req: ApiRequest) -> Result<Answer, Refusal> {
+        match req {
+            ApiRequest::PlaceOrder { key, symbol, order } => self.place_order(key, symbol, order).await.map(Answer::Order),
+            ApiRequest::Depth { symbol, limit } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let market = stream.market.borrow();
+                let side = |s| market.book().depth(s).take(limit).collect::<Vec<_>>();
+                Ok(Answer::Depth { symbol, seq: market.seq(), bids: side(crate::engine::Side::Buy), asks: side(crate::engine::Side::Sell) })
+            }
+            ApiRequest::Trades { symbol, limit } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let trades = stream.trades.borrow().iter().take(limit).copied().collect();
+                Ok(Answer::Trades { symbol, trades })
+            }
+            ApiRequest::PremiumIndex { symbol } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                Ok(premium_index(&stream, now_ms()))
+            }
+            ApiRequest::IndexPrice { symbol, price } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let time = now_ms();
+                stream.submit(Command::IndexPrice { price, timestamp: time }).await?;
+                Ok(premium_index(&stream, time))
+            }
+            ApiRequest::Funding { symbol } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                // Settles the coming funding time now: the scheduled tick then finds it done.
+                settle_funding(&stream, now_ms()).await
+            }
+            _ => Err(Refusal::Unavailable("not a symbol request".into())),
+        }
+    }
+
+    /// The order path on the symbol's owner (see the module doc).
+    async fn place_order(&self, key: String, symbol: usize, mut order: NewOrder) -> Result<OrderView, Refusal> {
+        let started = std::time::Instant::now();
+        let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+        order.timestamp = now_ms();
+        let spec = &self.map.symbols[symbol];
+        // Priced by the engine's rules (band, MARKET limit, the lock that covers the worst
+        // fill); the price travels with the command and the engine never fills beyond what
+        // the lock pays.
+        stream.market.borrow().price_order(&mut order).map_err(|e| match e {
+            crate::engine::PriceError::OutOfBand => Refusal::PriceOutOfBand,
+            crate::engine::PriceError::TooLarge => Refusal::TooLarge,
+        })?;
+        let user = crate::accounts::user_of_key(&key).ok_or(Refusal::Unauthorized)?;
+        let order = match self.ask(self.account_owner(user), Request::Reserve { key, order, symbol }).await {
+            Some(Reply::Reserved(Ok(order))) => order,
+            Some(Reply::Reserved(Err(e))) => {
+                return match e {
+                    ReserveError::Unauthorized => Err(Refusal::Unauthorized),
+                    ReserveError::RateLimited => Err(Refusal::RateLimited),
+                    ReserveError::InsufficientMargin => Err(Refusal::InsufficientMargin),
+                    ReserveError::TooManyOpenOrders => Err(Refusal::TooManyOpenOrders),
+                    ReserveError::PositionLimit => Err(Refusal::PositionLimit),
+                    ReserveError::Duplicate(Some(original)) => Ok(*original),
+                    ReserveError::Duplicate(None) => Err(Refusal::Unavailable("order is being placed; retry".into())),
+                };
+            }
+            _ => return Err(Refusal::Unavailable("account owner unavailable".into())),
+        };
+        let outcome = match stream.submit(Command::Place(order)).await {
+            Ok(outcome) => outcome,
+            Err(e @ NotLogged::Refused(_)) => {
+                // Not executed, and never will be.
+                let _ = self.ask(self.account_owner(order.user), Request::Release { order }).await;
+                return Err(e.into());
+            }
+            Err(e @ NotLogged::Unknown(_)) => {
+                // The log may still have it: its lock and clientOrderId stay (a retry with
+                // the same clientOrderId cannot make a second order) until the stream has
+                // voided it in the log and releases it, or a restart's replay finds it there.
+                let _ = self.ask(self.account_owner(order.user), Request::Hold { user: order.user, id: order.id }).await;
+                return Err(e.into());
+            }
+        };
+        for ack in outcome.applied {
+            let _ = ack.await;
+        }
+        let view = taker_view(symbol, &order, &outcome.events);
+        if let Some(sync) = &self.sync {
+            sync.order(spec, Some((&order, &view)), &outcome.events)
+                .await
+                .map_err(|e| Refusal::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
+        }
+        self.metrics.orders.inc();
+        self.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
+        // Refusals the engine made when the order executed (the market moved after it was
+        // priced) answer as the same refusals made before the log would.
+        match view.reason {
+            Some(CancelReason::ReduceOnlyRejected) => return Err(Refusal::ReduceOnlyRejected),
+            Some(CancelReason::PriceOutOfBand) => return Err(Refusal::PriceOutOfBand),
+            Some(CancelReason::InsufficientMargin) if view.filled == 0 => return Err(Refusal::InsufficientMargin),
+            _ => {}
+        }
+        Ok(view)
+    }
+
+    /// Logs and executes a cancel (one order, or all of a user's on the symbol); the ids
+    /// cancelled, or `None` if there was nothing open to cancel.
+    pub async fn cancel(&self, symbol: usize, user: UserId, id: Option<OrderId>) -> Result<Option<Vec<OrderId>>, NotLogged> {
+        let stream = self.stream(symbol).ok_or_else(|| NotLogged::Refused("symbol not owned here".into()))?;
+        let timestamp = now_ms();
+        let command = match id {
+            Some(id) => Command::Cancel { id, user, timestamp },
+            None => Command::CancelAll { user, timestamp },
+        };
+        let outcome = stream.submit(command).await?;
+        for ack in outcome.applied {
+            let _ = ack.await;
+        }
+        if let Some(sync) = &self.sync {
+            sync.order(&self.map.symbols[symbol], None, &outcome.events)
+                .await
+                .map_err(|e| NotLogged::Refused(format!("PostgreSQL (synchronous baseline): {e}")))?;
+        }
+        Ok(outcome.result.ok().map(|()| {
+            outcome
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::OrderCancelled(c) => Some(c.order_id),
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+
+    /// Sends a symbol's results to the account owners involved, in log order. Applies
+    /// them at once when the owner is this core; otherwise returns the pending
+    /// acknowledgements.
+    pub fn forward_results(&self, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event]) -> Vec<Pending> {
+        let mut owners: Vec<usize> = Vec::with_capacity(2);
+        let mut add = |user: UserId| {
+            let owner = self.account_owner(user);
+            if !owners.contains(&owner) {
+                owners.push(owner);
+            }
+        };
+        if let Some(o) = &logged {
+            add(o.user);
+        }
+        for user in events.iter().flat_map(Event::users).flatten() {
+            add(user);
+        }
+        let mut pending = Vec::new();
+        for owner in owners {
+            let ours = |u: UserId| self.account_owner(u) == owner;
+            let logged = logged.filter(|o| ours(o.user));
+            if owner == self.id {
+                self.accounts.apply(symbol, offset, logged, replayed, events);
+            } else {
+                let events = events.to_vec();
+                let req = Request::Apply { symbol, offset, logged, replayed, events, snapshot: false };
+                pending.push(self.rpc.send(owner, req));
+            }
+        }
+        pending
+    }
+
+    /// Takes a symbol snapshot and tells every shard, in order with the results already
+    /// sent, that the symbol got that far: time for each to snapshot its accounts.
+    pub fn snapshot_symbol(&self, stream: &SymbolStream) {
+        let offset = stream.next.get();
+        stream.snapshot_at.set(offset);
+        let snapshot = files::SymbolSnapshot {
+            offset,
+            market: stream.market.borrow().snapshot(),
+            trades: stream.trades.borrow().iter().copied().collect(),
+            epoch: stream.epoch.get(),
+        };
+        let name = self.map.symbols[stream.index].name.clone();
+        files::write_symbol(&self.log, name.clone(), offset, files::encode_symbol(&snapshot));
+        tracing::info!(symbol = name, offset, "symbol snapshot");
+        let at = offset.saturating_sub(1);
+        for to in 0..self.shards {
+            if to == self.id {
+                self.accounts.apply(stream.index, at, None, false, &[]);
+                super::accounts::snapshot_accounts_soon(&self.accounts);
+            } else {
+                let req = Request::Apply { symbol: stream.index, offset: at, logged: None, replayed: false, events: Vec::new(), snapshot: true };
+                drop(self.rpc.send(to, req));
+            }
+        }
+    }
+}
+
+/// The symbol's index, mark and funding as they are at `time`.
+fn premium_index(stream: &SymbolStream, time: i64) -> Answer {
+    let market = stream.market.borrow();
+    let perp = market.perp();
+    let interval = market.spec().funding_interval_secs;
+    let next_funding = crate::engine::perp::next_funding_time(time.max(perp.last_funding_time), interval);
+    Answer::PremiumIndex { symbol: stream.index, index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, time, next_funding }
+}
+
+/// Logs a funding tick for `time` and says what it settled.
+pub async fn settle_funding(stream: &SymbolStream, time: i64) -> Result<Answer, Refusal> {
+    let outcome = stream.submit(Command::Funding { timestamp: time }).await?;
+    match outcome.result {
+        Err(crate::engine::CommandError::IndexStale) => return Err(Refusal::IndexStale),
+        Err(_) => return Err(Refusal::FundingSettled),
+        Ok(()) => {}
+    }
+    let round = outcome.events.iter().find_map(|e| if let Event::FundingSettled(r) = e { Some(*r) } else { None });
+    let round = round.ok_or(Refusal::FundingSettled)?;
+    Ok(Answer::Funding { symbol: stream.index, rate: round.rate, mark: round.mark, time: round.timestamp, positions: round.positions })
+}
+
+/// The taker's order as its command's events left it.
+fn taker_view(symbol: usize, order: &NewOrder, events: &[Event]) -> OrderView {
+    let mut view = OrderView::new(order, symbol, true);
+    for e in events {
+        match e {
+            Event::TradeExecuted(t) if t.taker().order_id == order.id => {
+                view.filled += t.quantity;
+                view.filled_value += i128::from(t.price) * i128::from(t.quantity);
+            }
+            Event::OrderCancelled(c) if c.order_id == order.id => {
+                view.status = if c.reason.is_rejection() { OrderStatus::Rejected } else { OrderStatus::Cancelled };
+                view.reason = Some(c.reason);
+            }
+            _ => {}
+        }
+    }
+    if view.reason.is_none() {
+        view.status = if view.filled == view.quantity {
+            OrderStatus::Filled
+        } else if view.filled > 0 {
+            OrderStatus::PartiallyFilled
+        } else {
+            OrderStatus::New
+        };
+    }
+    view
+}
