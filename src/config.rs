@@ -38,6 +38,7 @@
 //! | `EXCHANGE_HEADER_TIMEOUT_SECS` | `limits.header_timeout_secs` | `10` |
 //! | `EXCHANGE_STREAM_QUEUE_BYTES` | `limits.stream_queue_bytes` | `4194304` (a WebSocket's unsent bytes before it is cut off) |
 //! | `EXCHANGE_STREAM_PING_SECS` | `limits.stream_ping_secs` | `15` (idle WebSockets pinged; silent for twice that: closed) |
+//! | `EXCHANGE_STREAM_PER_ADDRESS` | `limits.stream_per_address` | `50` (stream connections one client address may hold, on all cores together) |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -166,6 +167,7 @@ pub struct Limits {
     pub max_json_depth: usize,
     pub stream_queue_bytes: usize,
     pub stream_ping_secs: u64,
+    pub stream_per_address: usize,
 }
 
 impl Default for Limits {
@@ -178,6 +180,7 @@ impl Default for Limits {
             max_json_depth: 8,
             stream_queue_bytes: 4 * 1024 * 1024,
             stream_ping_secs: 15,
+            stream_per_address: 50,
         }
     }
 }
@@ -345,6 +348,9 @@ impl Config {
             let secs: u64 = parse("EXCHANGE_STREAM_PING_SECS", &v)?;
             anyhow::ensure!(secs > 0, "EXCHANGE_STREAM_PING_SECS must be at least 1");
             self.limits.stream_ping_secs = secs;
+        }
+        if let Some(v) = set("EXCHANGE_STREAM_PER_ADDRESS") {
+            self.limits.stream_per_address = parse("EXCHANGE_STREAM_PER_ADDRESS", &v)?;
         }
         Ok(())
     }

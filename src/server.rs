@@ -13,6 +13,8 @@ use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::accounts::Accounts;
+use crate::api::admission::{self, Admission, RESERVED_SLOTS};
+use crate::api::error::ApiError;
 use crate::api::service::{self, Service};
 use crate::config::Config;
 use crate::health::Health;
@@ -144,6 +146,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         });
         spawned.context("starting the start-up watchdog")?;
     }
+    let admission = Admission::new(config.limits.stream_per_address, config.limits.max_connections_per_core, shards);
     let mut handles = Vec::new();
     for (id, core) in cores.iter().copied().enumerate() {
         let (map, config, metrics, health, mesh) = (map.clone(), config.clone(), metrics.clone(), health.clone(), mesh.clone());
@@ -158,12 +161,13 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         let sync = sync.clone();
         let numbering = (numbering.clone(), first_number);
         let kafka_clients = kafka_clients.clone();
+        let admission = admission.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .spawn(move || async move {
-                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, kafka_clients, mode };
+                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, kafka_clients, admission, mode };
                 let result = shard_main(start, mesh).await;
                 match result {
                     // The first shard to fail is the cause; the others then stop at their
@@ -216,6 +220,8 @@ struct Startup {
     numbering: (Arc<crate::numbering::HighWater>, u64),
     /// Kafka: the process's clients.
     kafka_clients: Option<crate::shard::log::Clients>,
+    /// Who may hold a connection slot (process-wide).
+    admission: std::sync::Arc<Admission>,
     mode: Mode,
 }
 
@@ -261,7 +267,7 @@ pub enum Mode {
 }
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
-    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), kafka_clients, mode } = start;
+    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), kafka_clients, admission, mode } = start;
     health.starting(id, "joining the channel mesh");
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
     let kafka = match (&config.kafka.brokers, kafka_clients) {
@@ -310,7 +316,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     let history = cold.map(|(reader, _)| reader);
     let hub = crate::api::stream::Hub::new(&shard);
     crate::shard::projections::feed::install(&shard.out, Rc::new(crate::api::stream::HubFeed(hub.clone())));
-    serve(Rc::new(Service { shard, history, hub: Some(hub) })).await
+    serve(Rc::new(Service { shard, history, hub: Some(hub), admission })).await
 }
 
 /// `exchange rebuild-state`: the logs are replayed (above); write every user to Redis.
@@ -390,6 +396,8 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
     tracing::info!(shard = shard.id, addr = %shard.config.http_addr, "serving");
     shard.health.starting(shard.id, "serving");
     let connections = Rc::new(Cell::new(0usize));
+    // Connections being told that every slot is taken.
+    let refusing = Rc::new(Cell::new(0usize));
     // One accept stays pending across the stop checks: dropping a pending accept can
     // lose a connection the kernel completed at that instant (it stays established,
     // its request unread, until the client gives up), so only a finished accept is
@@ -421,15 +429,28 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
                 continue;
             }
         };
-        if connections.get() >= shard.config.limits.max_connections_per_core {
-            drop(stream);
+        let cap = shard.config.limits.max_connections_per_core;
+        if connections.get() >= cap + RESERVED_SLOTS {
+            // Full, the reserve too: told so at once. Past twice the reserve (a flood),
+            // closed at once.
+            if refusing.get() < RESERVED_SLOTS {
+                refusing.set(refusing.get() + 1);
+                let refusing = refusing.clone();
+                glommio::spawn_local(async move {
+                    let full = ApiError::Unavailable("connections are full".into());
+                    answer_and_close(stream, &admission::refusal(&full)).await;
+                    refusing.set(refusing.get() - 1);
+                })
+                .detach();
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let reserve = connections.get() >= cap;
         connections.set(connections.get() + 1);
         let (service, connections) = (service.clone(), connections.clone());
         glommio::spawn_local(async move {
-            connection(service, stream).await;
+            connection(service, stream, reserve).await;
             connections.set(connections.get() - 1);
         })
         .detach();
@@ -448,17 +469,40 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream) {
+/// Serves one connection. `reserve`: it came past the connection cap, and may only ask
+/// for `/health` or `/metrics` (see [`admission`]).
+async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, reserve: bool) {
     let limits = &service.shard.config.limits;
+    let started = std::time::Instant::now();
+    let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
     // The first bytes say who serves the connection: a stream request line goes to the
     // WebSocket side, anything else to hyper, each with those bytes put back in front.
-    let Some(head) = first_bytes(&mut stream, limits.idle_timeout_secs, limits.header_timeout_secs).await else { return };
-    if head.starts_with(crate::api::stream::REQUEST_LINE) {
+    // A reserved slot is held for a request, not for an idle client.
+    let idle_secs = if reserve { limits.header_timeout_secs } else { limits.idle_timeout_secs };
+    let Some(mut head) = first_bytes(&mut stream, idle_secs, limits.header_timeout_secs).await else { return };
+    if reserve {
+        head = whole_head(&mut stream, head, header_timeout).await;
+        let monitoring = [&b"GET /health "[..], b"GET /health?", b"GET /metrics ", b"GET /metrics?"];
+        if !monitoring.iter().any(|m| head.starts_with(m)) {
+            let full = ApiError::Unavailable("connections are full; only /health and /metrics are served".into());
+            return answer_and_close(stream, &admission::refusal(&full)).await;
+        }
+    } else if head.starts_with(crate::api::stream::REQUEST_LINE) {
+        let address = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let admitted = match service.admission.admit_stream(address, service.shard.id) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                whole_head(&mut stream, head, header_timeout).await;
+                return answer_and_close(stream, &admission::refusal(&refused)).await;
+            }
+        };
         // A small kernel send buffer: what a slow consumer has not read stays in its
         // queue, where the bound (and the cut-off) is, not in megabytes of socket buffer
         // per connection.
         set_send_buffer(&stream, STREAM_SEND_BUFFER);
-        crate::api::stream::accept(service, Prefixed::new(head, stream)).await;
+        let upgrade_by = header_timeout.saturating_sub(started.elapsed());
+        crate::api::stream::accept(service, Prefixed::new(head, stream), upgrade_by).await;
+        drop(admitted);
         return;
     }
     let io = HyperIo::new(Prefixed::new(head, stream));
@@ -466,7 +510,7 @@ async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream) {
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
     let service = service::hyper_service(service, activity.clone());
-    let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).max_buf_size(16 * 1024).serve_connection(io, service);
+    let conn = hyper::server::conn::http1::Builder::new().keep_alive(!reserve).max_buf_size(16 * 1024).serve_connection(io, service);
     // Closes connections that stay silent (idle keep-alive) or send a request's headers
     // too slowly (slowloris). Request bodies have their own deadline in `answer`.
     let watchdog = async {
@@ -491,25 +535,64 @@ async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream) {
 /// cannot: the first byte within the idle timeout, the rest within the header timeout.
 /// `None`: the peer closed or was too slow.
 async fn first_bytes(stream: &mut glommio::net::TcpStream, idle_secs: u64, header_secs: u64) -> Option<Vec<u8>> {
-    use futures_lite::AsyncReadExt;
     let want = crate::api::stream::REQUEST_LINE;
     let mut head = Vec::with_capacity(want.len());
     let mut buf = [0u8; 64];
     let started = std::time::Instant::now();
     while head.len() < want.len() && want.starts_with(&head) {
         let limit = if head.is_empty() { Duration::from_secs(idle_secs.max(1)) } else { Duration::from_secs(header_secs.max(1)) };
-        let left = limit.saturating_sub(started.elapsed());
-        let read = futures_lite::future::or(async { Some(stream.read(&mut buf).await) }, async {
-            glommio::timer::sleep(left).await;
-            None
-        })
-        .await;
-        match read {
-            Some(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
-            _ => return if head.is_empty() { None } else { Some(head) },
+        if !read_more(stream, &mut head, &mut buf, limit.saturating_sub(started.elapsed())).await {
+            return if head.is_empty() { None } else { Some(head) };
         }
     }
     Some(head)
+}
+
+/// Appends what one read brings within `patience`; `false` if it brought nothing (the
+/// peer closed, failed or was too slow).
+async fn read_more(stream: &mut glommio::net::TcpStream, head: &mut Vec<u8>, buf: &mut [u8], patience: Duration) -> bool {
+    use futures_lite::AsyncReadExt;
+    let read = futures_lite::future::or(async { Some(stream.read(buf).await) }, async {
+        glommio::timer::sleep(patience).await;
+        None
+    })
+    .await;
+    match read {
+        Some(Ok(n)) if n > 0 => {
+            head.extend_from_slice(&buf[..n]);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The request's head read whole (up to its blank line, at most [`HEAD_LIMIT`] bytes)
+/// within `patience`, so that an answer refusing it is not lost to a reset: a socket
+/// closed with unread bytes resets the connection.
+async fn whole_head(stream: &mut glommio::net::TcpStream, mut head: Vec<u8>, patience: Duration) -> Vec<u8> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < HEAD_LIMIT {
+        if !read_more(stream, &mut head, &mut buf, patience.saturating_sub(started.elapsed())).await {
+            break;
+        }
+    }
+    head
+}
+
+/// Refusals read at most this much of a request before answering.
+const HEAD_LIMIT: usize = 16 * 1024;
+
+/// Writes a whole answer (within a second: a peer that does not read gets no more) and
+/// closes the connection.
+async fn answer_and_close(mut stream: glommio::net::TcpStream, answer: &[u8]) {
+    use futures_lite::AsyncWriteExt;
+    let write = async {
+        let _ = stream.write_all(answer).await;
+        let _ = stream.flush().await;
+        let _ = stream.close().await;
+    };
+    futures_lite::future::or(write, glommio::timer::sleep(Duration::from_secs(1))).await;
 }
 
 /// The kernel send buffer of a stream (WebSocket) connection.

@@ -196,3 +196,39 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_serving_resumes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn past_the_connection_cap_health_is_still_served_and_everything_else_answered_503() {
+    // One core, four slots; reserved slots wait at most a second for a request.
+    let s = Server::start_with(&[("EXCHANGE_CORES", "0"), ("EXCHANGE_MAX_CONNECTIONS", "4"), ("EXCHANGE_HEADER_TIMEOUT_SECS", "1")]);
+    let key = s.funded("alice", "100000");
+    let connect = || TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    // Every slot taken by connections that say nothing (for up to the idle timeout).
+    let silent: Vec<TcpStream> = (0..4).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let health = send(&s, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert!(health.closed, "a reserved slot serves one request");
+    assert_eq!(send(&s, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    let order = send(&s, &order_request(&key, "", ORDER));
+    assert_eq!(order.status, 503, "{}", order.head);
+    let error: serde_json::Value = serde_json::from_str(&order.body).unwrap();
+    assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+    assert!(order.closed);
+    // Past the reserve as well: answered at once, not dropped.
+    let mut flood: Vec<TcpStream> = (0..40).map(|_| connect()).collect();
+    let last = flood.last_mut().unwrap();
+    let refused = read_response(last);
+    assert_eq!((refused.status, refused.closed), (503, true), "{}", refused.head);
+    drop((silent, flood));
+    // Once the slots are free again, orders are served.
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = s.order(&key, ORDER);
+        if status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -273,27 +273,124 @@ fn read_now(ws: &mut Ws) -> tungstenite::Result<Message> {
 /// (afterwards the window is already agreed): the kernel holds little of what it is not
 /// reading, so the server's queue is what fills.
 fn connect_small(s: &Server) -> Ws {
+    let tcp = tcp_to(s, None, Some(4096));
+    let request = s.url("/v1/stream").replace("http://", "ws://").into_client_request().unwrap();
+    let (ws, _) = tungstenite::client(request, MaybeTlsStream::Plain(tcp)).unwrap();
+    ws
+}
+
+/// A TCP connection to the server, from the local address `from` (any of 127/8) and with
+/// the receive buffer given, both set before it connects.
+fn tcp_to(s: &Server, from: Option<[u8; 4]>, receive_buffer: Option<libc::c_int>) -> TcpStream {
     use std::os::fd::FromRawFd;
     let addr: std::net::SocketAddrV4 = s.url("").trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
-    // SAFETY: a new socket, an int-sized option value, and a sockaddr_in for an IPv4
-    // address; the descriptor is owned by the TcpStream from here on.
+    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, an int-sized option value, and sockaddr_ins for IPv4
+    // addresses; the descriptor is owned by the TcpStream from here on.
     let tcp = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         assert!(fd >= 0);
-        let size: libc::c_int = 4096;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t);
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: addr.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.ip().octets()) },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+        if let Some(size) = receive_buffer {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+        }
+        if let Some(ip) = from {
+            let local = sockaddr(ip, 0);
+            let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len);
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(addr.ip().octets(), addr.port());
+        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len);
         assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         TcpStream::from_raw_fd(fd)
     };
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp
+}
+
+/// A stream upgrade from the local address `from`: the WebSocket, or the HTTP status and
+/// JSON body that refused it.
+fn upgrade_from(s: &Server, from: [u8; 4]) -> Result<Ws, (u16, Value)> {
     let request = s.url("/v1/stream").replace("http://", "ws://").into_client_request().unwrap();
-    let (ws, _) = tungstenite::client(request, MaybeTlsStream::Plain(tcp)).unwrap();
-    ws
+    match tungstenite::client(request, MaybeTlsStream::Plain(tcp_to(s, Some(from), None))) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            let body = response.body().as_deref().map(|b| serde_json::from_slice(b).unwrap()).unwrap_or(Value::Null);
+            Err((response.status().as_u16(), body))
+        }
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_of_streams_and_others_are_served() {
+    let s = Server::start_with(&[("EXCHANGE_STREAM_PER_ADDRESS", "3")]);
+    let alice = s.funded("alice", "100000");
+    let mut held: Vec<Ws> = (0..3).map(|_| upgrade_from(&s, [127, 0, 0, 1]).expect("within the share")).collect();
+    let refused = upgrade_from(&s, [127, 0, 0, 1]).err().expect("a fourth stream from one address is refused");
+    assert_eq!((refused.0, refused.1["code"].as_str()), (429, Some("RATE_LIMITED")), "{refused:?}");
+    // Everyone else is unaffected: another address, /health, orders.
+    let mut other = upgrade_from(&s, [127, 0, 0, 2]).expect("another address");
+    subscribe(&mut other, &["trades:BTC-PERP"]);
+    assert_eq!(s.request("GET", "/health", &[], None).0, 200);
+    s.limit(&alice, "BUY", "50000", "0.001");
+    // A stream that closes gives its slot back.
+    let mut closed = held.pop().unwrap();
+    closed.close(None).unwrap();
+    while closed.read().is_ok() {}
+    let started = Instant::now();
+    let again = loop {
+        match upgrade_from(&s, [127, 0, 0, 1]) {
+            Ok(ws) => break ws,
+            Err(e) => assert!(started.elapsed() < Duration::from_secs(5), "the slot never came back: {e:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop((held, again));
+}
+
+#[test]
+fn streams_never_take_the_slots_rest_and_health_need() {
+    // One core with 20 slots: streams may take 18 of them.
+    let s = Server::start_with(&[("EXCHANGE_CORES", "0"), ("EXCHANGE_MAX_CONNECTIONS", "20")]);
+    let alice = s.funded("alice", "100000");
+    let held: Vec<Ws> = (0..18).map(|i| upgrade_from(&s, [127, 0, 1, i]).expect("within the streams' share")).collect();
+    let refused = upgrade_from(&s, [127, 0, 2, 0]).err().expect("past the streams' share");
+    assert_eq!((refused.0, refused.1["code"].as_str()), (503, Some("UNAVAILABLE")), "{refused:?}");
+    assert_eq!(s.request("GET", "/health", &[], None).0, 200);
+    s.limit(&alice, "BUY", "50000", "0.001");
+    drop(held);
+}
+
+#[test]
+fn an_upgrade_that_does_not_arrive_whole_within_the_header_timeout_is_closed() {
+    use std::io::{Read, Write};
+    let s = Server::start_with(&[("EXCHANGE_HEADER_TIMEOUT_SECS", "1")]);
+    let mut tcp = tcp_to(&s, None, None);
+    tcp.write_all(b"GET /v1/stream HTTP/1.1\r\nHost: exchange\r\nUpgrade: websocket\r\n").unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tcp.read(&mut buf);
+    assert!(matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "closed only after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_clients_close_is_answered_with_close() {
+    let s = Server::start();
+    let mut ws = connect(&s, None);
+    subscribe(&mut ws, &["trades:BTC-PERP"]);
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("no Close in answer: {e}"),
+        }
+    }
 }

@@ -26,6 +26,8 @@ pub enum ApiError {
     TooManyOpenOrders,
     PositionLimit,
     RateLimited,
+    /// A client address holds its share of stream connections: 429 `RATE_LIMITED`.
+    StreamsPerAddress(usize),
     /// A funding time already settled, or no fresh index to settle it at.
     FundingRefused(&'static str),
     Unavailable(String),
@@ -45,7 +47,7 @@ impl ApiError {
             Self::MethodNotAllowed => 405,
             Self::OrderNotOpen | Self::UserExists | Self::TransferConflict | Self::FundingRefused(_) => 409,
             Self::InsufficientMargin | Self::InsufficientBalance | Self::ReduceOnlyRejected | Self::TooManyOpenOrders | Self::PositionLimit => 422,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::StreamsPerAddress(_) => 429,
             Self::Unavailable(_) => 503,
             Self::StatusUnknown(_) => 504,
         }
@@ -68,7 +70,7 @@ impl ApiError {
             Self::FundingRefused(_) => "FUNDING_REFUSED",
             Self::TooManyOpenOrders => "TOO_MANY_OPEN_ORDERS",
             Self::PositionLimit => "POSITION_LIMIT",
-            Self::RateLimited => "RATE_LIMITED",
+            Self::RateLimited | Self::StreamsPerAddress(_) => "RATE_LIMITED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::StatusUnknown(_) => "STATUS_UNKNOWN",
         }
@@ -93,6 +95,7 @@ impl ApiError {
             Self::TooManyOpenOrders => "the most open orders allowed on this symbol are open".into(),
             Self::PositionLimit => "filled, this order and the open ones on its side could take the position past the symbol's limit (see GET /v1/symbols)".into(),
             Self::RateLimited => "order rate limit exceeded".into(),
+            Self::StreamsPerAddress(n) => format!("at most {n} stream connections per client address"),
             Self::Unavailable(m) | Self::StatusUnknown(m) => m.clone(),
         }
     }
@@ -107,7 +110,7 @@ impl ApiError {
         HttpReply {
             status: self.status(),
             body: body.to_string().into_bytes(),
-            retry_after: (*self == Self::RateLimited).then_some(1),
+            retry_after: matches!(self, Self::RateLimited | Self::StreamsPerAddress(_)).then_some(1),
             close: matches!(self, Self::BodyTooLarge(_) | Self::HeadersTooLarge(_)),
             content_type: super::JSON,
         }

@@ -2,6 +2,7 @@
 //! request by asking the shard that owns its answer ([`service`]), the one mapping from
 //! errors to status and code ([`error`]), and the JSON shapes ([`render`]).
 
+pub mod admission;
 pub mod error;
 pub mod parse;
 pub mod render;

@@ -29,6 +29,8 @@ pub struct Service {
     pub history: Option<ColdReader>,
     /// This core's stream connections (`GET /v1/stream`).
     pub hub: Option<Rc<super::stream::Hub>>,
+    /// Who may hold a connection slot (process-wide).
+    pub admission: std::sync::Arc<super::admission::Admission>,
 }
 
 /// Headers allowed on a request, and their total size (names and values). Past them the

@@ -68,7 +68,7 @@ pub const REQUEST_LINE: &[u8] = b"GET /v1/stream";
 /// `async-tungstenite`: key, version, upgrade headers), then the session on this core.
 // The handshake callback's error type is tungstenite's.
 #[allow(clippy::result_large_err)]
-pub async fn accept<S>(service: Rc<Service>, socket: S)
+pub async fn accept<S>(service: Rc<Service>, socket: S, upgrade_by: Duration)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
@@ -91,7 +91,14 @@ where
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE))
         .read_buffer_size(READ_BUFFER);
-    let Ok(ws) = async_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config)).await else { return };
+    // The upgrade request must arrive whole within the header timeout (a half-sent one
+    // would otherwise hold its slot for as long as the client likes).
+    let handshake = async { Some(async_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config)).await) };
+    let late = async {
+        glommio::timer::sleep(upgrade_by).await;
+        None
+    };
+    let Some(Ok(ws)) = futures_lite::future::or(handshake, late).await else { return };
     let shard = service.shard.clone();
     let given = api_key.borrow_mut().take();
     let user = match given {
@@ -772,10 +779,11 @@ where
                 conn.last_heard.set(Instant::now());
                 match message {
                     Message::Text(text) => control(&hub, &shard, &conn, text.as_str()).await,
-                    Message::Close(_) => break,
+                    Message::Close(_) => return true,
                     _ => {}
                 }
             }
+            false
         }
     };
     let reader = match glommio::spawn_local_into(reader, hub.queue) {
@@ -826,7 +834,16 @@ where
             }
         }
     };
-    futures_lite::future::or(reader, writer).await;
+    let closed_by_peer = futures_lite::future::or(reader, async {
+        writer.await;
+        false
+    })
+    .await;
+    if closed_by_peer {
+        // Answered with a Close: tungstenite queued it when the client's arrived (and
+        // refuses to send another), so a flush sends it; within a second.
+        futures_lite::future::or(async { drop(sink.flush().await) }, glommio::timer::sleep(Duration::from_secs(1))).await;
+    }
 }
 
 /// A client's control message: subscribe, unsubscribe, auth.

@@ -181,7 +181,11 @@ fn main() {
     let a = Args::parse();
     let data = std::env::temp_dir().join(format!("fanout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let env = vec![("EXCHANGE_MAX_CONNECTIONS".to_owned(), (a.clients + 1_000).to_string())];
+    // Every client comes from this one address: it may hold them all.
+    let env = vec![
+        ("EXCHANGE_MAX_CONNECTIONS".to_owned(), (a.clients + 1_000).to_string()),
+        ("EXCHANGE_STREAM_PER_ADDRESS".to_owned(), a.clients.to_string()),
+    ];
     let (exchange, addr) = start_exchange(&a.exchange, &env, 2, &data);
     let pid = exchange.0.id();
 
