@@ -338,6 +338,27 @@ const MAX_FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// buffer).
 const WRITE_BATCH: usize = 32 * 1024;
 
+/// Spaces the flush ticks by what stream work took since the previous one (the writes it
+/// started, with the kernel's sends they made): fan-out keeps to about a third of the
+/// core, and more connections mean fewer, larger writes. The stream queue's runtime is
+/// cumulative, so each tick takes the difference from the last: spacing by the total
+/// would stretch the ticks to their ceiling after a while of any load, and keep them
+/// there for good.
+#[derive(Default)]
+struct Pacing {
+    /// The stream queue's cumulative runtime at the last tick.
+    ran: Duration,
+}
+
+impl Pacing {
+    /// The spacing after a tick, given the stream queue's cumulative runtime now.
+    fn next(&mut self, ran: Duration) -> Duration {
+        let spent = ran.saturating_sub(self.ran);
+        self.ran = ran;
+        FLUSH_EVERY.max(spent * STREAM_BUDGET_INVERSE).min(MAX_FLUSH_EVERY)
+    }
+}
+
 impl Hub {
     /// The hub of this core (call on its executor): starts its publisher, flush and ping
     /// tasks.
@@ -378,7 +399,7 @@ impl Hub {
         });
         let weak = Rc::downgrade(&hub);
         hub.spawn(async move {
-            let (mut last, mut every) = (Instant::now(), FLUSH_EVERY);
+            let (mut last, mut every, mut pacing) = (Instant::now(), FLUSH_EVERY, Pacing::default());
             loop {
                 let Some(hub) = weak.upgrade() else { return };
                 hub.tick.wait().await;
@@ -388,11 +409,8 @@ impl Hub {
                 }
                 last = Instant::now();
                 hub.flush();
-                // What stream work took since the last tick (the writes it started, with
-                // the kernel's sends they made) spaces the next: fan-out keeps to about a
-                // third of the core, and more connections mean fewer, larger writes.
-                let spent = glommio::executor().task_queue_stats(hub.queue).map(|s| s.runtime()).unwrap_or_default();
-                every = FLUSH_EVERY.max(spent * STREAM_BUDGET_INVERSE).min(MAX_FLUSH_EVERY);
+                let ran = glommio::executor().task_queue_stats(hub.queue).map(|s| s.runtime()).unwrap_or_default();
+                every = pacing.next(ran);
             }
         });
         let weak = Rc::downgrade(&hub);
@@ -892,5 +910,29 @@ async fn control(hub: &Hub, shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
             hub.reply(conn, &serde_json::json!({ "op": "unsubscribed", "channels": c.channels }).to_string());
         }
         other => error("INVALID_REQUEST", &format!("unknown op {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+
+    #[test]
+    fn ticks_follow_the_last_ticks_cost_not_the_total_so_far() {
+        let mut pacing = Pacing::default();
+        let mut ran = Duration::ZERO;
+        // Ten minutes of ticks at 1 ms, each costing 0.2 ms: the spacing stays at 1 ms.
+        for _ in 0..600_000 {
+            ran += Duration::from_micros(200);
+            assert_eq!(pacing.next(ran), FLUSH_EVERY);
+        }
+        // A heavy tick (10 ms of writes) spaces the next by three times its cost, and the
+        // spacing comes back once the work is light again.
+        ran += Duration::from_millis(10);
+        assert_eq!(pacing.next(ran), Duration::from_millis(30));
+        ran += Duration::from_secs(1);
+        assert_eq!(pacing.next(ran), MAX_FLUSH_EVERY);
+        ran += Duration::from_micros(100);
+        assert_eq!(pacing.next(ran), FLUSH_EVERY);
     }
 }
