@@ -252,8 +252,15 @@ fn idle_connections_are_pinged_and_dead_ones_closed() {
             Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 panic!("a client that never answered is still connected")
             }
-            Ok(Message::Close(_)) | Err(_) => break,
+            // Told why, in the close frame.
+            Ok(Message::Close(frame)) => {
+                let frame = frame.expect("a close frame with a code");
+                assert_eq!(u16::from(frame.code), 1001);
+                assert!(frame.reason.contains("ping"), "{}", frame.reason);
+                break;
+            }
             Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => panic!("closed without a close frame: {e}"),
         }
     }
 }

@@ -34,7 +34,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HandshakeRequest, Response as HandshakeResponse};
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use bytes::{Bytes, BytesMut};
@@ -814,7 +815,13 @@ where
             conn.ready.wait().await;
             if conn.cut.get() || conn.gone.get() {
                 // A peer that does not read may never take even the close frame.
-                let close = async { drop(sink.send(Message::Close(None)).await) };
+                // With the reason: too far behind (1008), or silent (1001).
+                let frame = if conn.cut.get() {
+                    CloseFrame { code: CloseCode::Policy, reason: format!("too far behind: more than {} bytes queued", hub.queue_bytes).into() }
+                } else {
+                    CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() }
+                };
+                let close = async { drop(sink.send(Message::Close(Some(frame))).await) };
                 futures_lite::future::or(close, glommio::timer::sleep(Duration::from_secs(1))).await;
                 break;
             }
