@@ -61,14 +61,9 @@ impl Shard {
         let symbols = Rc::new(SymbolRoom::new(log.clone(), out.clone(), accounts.clone()));
         let shard = Rc::new(Self { core: log.core.clone(), log, out, accounts, symbols });
         let weak = Rc::downgrade(&shard);
-        shard.core.serve_locally(Box::new(move |req| {
-            let shard = weak.clone();
-            Box::pin(async move {
-                match shard.upgrade() {
-                    Some(shard) => dispatch::handle(shard, req).await,
-                    None => protocol::Reply::Api(Err(protocol::Refusal::Unavailable("shard is stopping".into()))),
-                }
-            })
+        shard.core.serve_locally(Box::new(move |req| match weak.upgrade() {
+            Some(shard) => dispatch::handle(shard, req),
+            None => Box::pin(async { protocol::Reply::Api(Err(protocol::Refusal::Unavailable("shard is stopping".into()))) }),
         }));
         shard
     }
