@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on the embedded defaults, then the black-box suite
-# again with Kafka as the event log (a local tansu broker, started here if none answers
-# on 127.0.0.1:9092; installed the first time), then with Kafka and Redis as the hot
+# again with Kafka as the event log (a fresh local tansu broker on 127.0.0.1:9092, started
+# here and stopped at the end; installed the first time), then with Kafka and Redis as the hot
 # state: a single Redis (127.0.0.1:6379) and a 3-master Redis Cluster (127.0.0.1:7000-
 # 7002), each started if it does not answer. PostgreSQL (127.0.0.1:5432, database test)
 # is started if it does not answer; chromium and chromedriver (the page test) are
@@ -17,7 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! broker=$(scripts/kafka-broker.sh); then
+if ! broker=$(scripts/kafka-broker.sh --fresh); then
   echo "tests: 0 passed, 1 failed (no Kafka broker could be started)"
   exit 1
 fi
