@@ -39,6 +39,7 @@
 //! | `EXCHANGE_STREAM_QUEUE_BYTES` | `limits.stream_queue_bytes` | `4194304` (a WebSocket's unsent bytes before it is cut off) |
 //! | `EXCHANGE_STREAM_PING_SECS` | `limits.stream_ping_secs` | `15` (idle WebSockets pinged; silent for twice that: closed) |
 //! | `EXCHANGE_STREAM_PER_ADDRESS` | `limits.stream_per_address` | `50` (stream connections one client address may hold, on all cores together) |
+//! | `EXCHANGE_STREAM_WRITE_TIMEOUT_MS` | `limits.stream_write_timeout_ms` | `3000` (a WebSocket write the peer has not taken by then: closed as not reading) |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -168,6 +169,7 @@ pub struct Limits {
     pub stream_queue_bytes: usize,
     pub stream_ping_secs: u64,
     pub stream_per_address: usize,
+    pub stream_write_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -181,6 +183,7 @@ impl Default for Limits {
             stream_queue_bytes: 4 * 1024 * 1024,
             stream_ping_secs: 15,
             stream_per_address: 50,
+            stream_write_timeout_ms: 3000,
         }
     }
 }
@@ -351,6 +354,11 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_STREAM_PER_ADDRESS") {
             self.limits.stream_per_address = parse("EXCHANGE_STREAM_PER_ADDRESS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_STREAM_WRITE_TIMEOUT_MS") {
+            let ms: u64 = parse("EXCHANGE_STREAM_WRITE_TIMEOUT_MS", &v)?;
+            anyhow::ensure!(ms > 0, "EXCHANGE_STREAM_WRITE_TIMEOUT_MS must be at least 1");
+            self.limits.stream_write_timeout_ms = ms;
         }
         Ok(())
     }

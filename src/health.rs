@@ -49,6 +49,11 @@ pub struct Health {
     /// account's owner renders a user's stream messages only while their bucket counts
     /// one, so connections that follow only public channels cost the order path nothing.
     user_streams: Box<[AtomicU32]>,
+    /// Per symbol, the cores with a `trades:<symbol>` / `depth:<symbol>` subscriber: the
+    /// symbol's owner hands trades to the streams, and renders its depth, only while some
+    /// core follows them.
+    trade_streams: Box<[AtomicU32]>,
+    depth_streams: Box<[AtomicU32]>,
     /// Cold storage: one of [`cold`].
     pub cold: std::sync::atomic::AtomicU8,
     /// Per shard, the state of its partitions' hot state: one of [`hot`].
@@ -67,6 +72,15 @@ pub struct Health {
     applied: std::sync::Mutex<FxHashMap<u32, Option<SymbolOffsets>>>,
 }
 
+/// One more (`true`) or one fewer.
+fn count(counter: &AtomicU32, up: bool) {
+    if up {
+        counter.fetch_add(1, Ordering::AcqRel);
+    } else {
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Per symbol name, a log offset.
 type SymbolOffsets = Vec<(String, u64)>;
 
@@ -80,6 +94,8 @@ impl Health {
             index_times: (0..symbols).map(|_| AtomicI64::new(0)).collect(),
             index_max_age_ms: i64::try_from(index_max_age_secs).unwrap_or(i64::MAX).saturating_mul(1000),
             user_streams: (0..USER_STREAM_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            trade_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
+            depth_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
             ..Self::default()
         }
     }
@@ -98,11 +114,22 @@ impl Health {
     /// A `user` subscription of `user` opened (`true`) or closed.
     pub fn user_stream(&self, user: u64, opened: bool) {
         if let Some(b) = self.user_bucket(user) {
-            if opened {
-                b.fetch_add(1, Ordering::AcqRel);
-            } else {
-                b.fetch_sub(1, Ordering::AcqRel);
-            }
+            count(b, opened);
+        }
+    }
+
+    /// Whether some core follows `symbol`'s trades, and its depth.
+    pub fn market_streamed(&self, symbol: usize) -> (bool, bool) {
+        let on = |counts: &[AtomicU32]| counts.get(symbol).is_some_and(|c| c.load(Ordering::Acquire) > 0);
+        (on(&self.trade_streams), on(&self.depth_streams))
+    }
+
+    /// A core's first subscriber to `symbol`'s trades (or depth) came (`true`), or its
+    /// last one left.
+    pub fn market_stream(&self, symbol: usize, depth: bool, opened: bool) {
+        let counts = if depth { &self.depth_streams } else { &self.trade_streams };
+        if let Some(c) = counts.get(symbol) {
+            count(c, opened);
         }
     }
 

@@ -18,6 +18,12 @@ pub struct ShardLabel {
     pub shard: String,
 }
 
+/// Why the server closed a stream connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -37,6 +43,14 @@ pub struct Metrics {
     pub consistency_checks: Counter,
     /// Users whose hot state differed from the log and was rewritten.
     pub consistency_repairs: Counter,
+    /// Stream (WebSocket) connections open now, on all cores.
+    pub streams_open: Gauge,
+    /// Stream connections opened since start.
+    pub streams_opened: Counter,
+    /// Stream connections the server closed, by reason: `behind` (past its bound),
+    /// `stalled` (a write that did not finish within its deadline), `silent` (no
+    /// answer to pings), `overloaded` (messages for its core were dropped).
+    pub streams_cut: Family<ReasonLabel, Counter>,
 }
 
 /// One shard's handles.
@@ -101,6 +115,16 @@ impl Metrics {
             "Users whose hot state differed from the log and was rewritten",
             consistency_repairs.clone(),
         );
+        let streams_open = Gauge::default();
+        let streams_opened = Counter::default();
+        let streams_cut = Family::<ReasonLabel, Counter>::default();
+        registry.register("exchange_stream_connections", "Stream (WebSocket) connections open now", streams_open.clone());
+        registry.register("exchange_stream_connections_opened", "Stream connections opened since start", streams_opened.clone());
+        registry.register(
+            "exchange_stream_connections_cut",
+            "Stream connections closed by the server: behind (past its bound), stalled (a write past its deadline), silent (no answer to pings), overloaded (messages for its core dropped)",
+            streams_cut.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             orders,
@@ -116,6 +140,9 @@ impl Metrics {
             cold_records,
             consistency_checks,
             consistency_repairs,
+            streams_open,
+            streams_opened,
+            streams_cut,
         }
     }
 

@@ -351,6 +351,7 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
                 for message in batch {
                     match message {
                         Message::Reply { id, body } => shard.rpc.complete(id, body),
+                        Message::Notice(notice) => crate::shard::projections::feed::delivered(&shard.out, notice),
                         Message::Request { from, id, body } => {
                             let inline = matches!(
                                 body,
@@ -359,8 +360,6 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
                                     | Request::Hold { .. }
                                     | Request::Reserve { .. }
                                     | Request::Prices
-                                    | Request::Market { .. }
-                                    | Request::User { .. }
                             );
                             if inline {
                                 let reply = dispatch::handle(shard.clone(), body).await;

@@ -114,3 +114,36 @@ fn the_page_shows_a_trade_within_a_second_of_it_happening() {
     );
     assert_eq!(drawn, Value::Bool(true), "the depth chart is empty");
 }
+
+#[test]
+fn the_page_keeps_one_connection_across_symbol_changes() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let browser = Driver::start();
+    browser.go(&s.url("/?symbol=BTC-PERP"));
+    browser.wait("return document.getElementById('status').textContent === 'live: BTC-PERP'", Duration::from_secs(20), "the page subscribed");
+    let choose = |symbol: &str| {
+        browser.script(&format!("const s = document.getElementById('symbol'); s.value = '{symbol}'; s.dispatchEvent(new Event('change')); return true;"));
+        browser.wait(&format!("return document.getElementById('status').textContent === 'live: {symbol}'"), Duration::from_secs(5), symbol);
+    };
+    choose("ETH-PERP");
+    choose("BTC-PERP");
+    // Long enough for a reconnect loop (a second apart) to show.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(s.metric("exchange_stream_connections", ""), 1, "stream connections open");
+    assert_eq!(s.metric("exchange_stream_connections_opened_total", ""), 1, "stream connections opened");
+    // The one connection carries the symbol chosen last, and only it.
+    let eth = |key: &str, side: &str| {
+        let (status, body) = s.order(key, &format!(r#"{{"symbol":"ETH-PERP","side":"{side}","type":"LIMIT","price":"2000","quantity":"0.05","leverage":10}}"#));
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    eth(&alice, "SELL");
+    assert_eq!(eth(&bob, "BUY")["status"], "FILLED");
+    s.limit(&alice, "SELL", "50000", "0.002");
+    assert_eq!(s.limit(&bob, "BUY", "50000", "0.002")["status"], "FILLED");
+    browser.wait("const r = document.querySelector('#trades tr'); return r && r.textContent.includes('50000')", Duration::from_secs(2), "the BTC-PERP trade");
+    let rows = browser.script("return document.querySelectorAll('#trades tr').length");
+    assert_eq!(rows, json!(1), "only the BTC-PERP trade is shown");
+}

@@ -217,16 +217,7 @@ fn a_consumer_that_never_reads_is_cut_off_and_orders_keep_their_latency() {
     }
     assert_eq!(seqs, (1..=rounds).collect::<Vec<_>>(), "the reading consumer got every trade");
     // The stalled one was cut off: what it can still read ends in a close or an error.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match stalled.read() {
-            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                panic!("the stalled consumer is still connected, only quiet: it was never cut off")
-            }
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => assert!(Instant::now() < deadline, "the stalled consumer was never cut off"),
-        }
-    }
+    assert_closed_by_server(&mut stalled);
 }
 
 #[test]
@@ -261,6 +252,21 @@ fn idle_connections_are_pinged_and_dead_ones_closed() {
             }
             Ok(other) => panic!("unexpected {other:?}"),
             Err(e) => panic!("closed without a close frame: {e}"),
+        }
+    }
+}
+
+/// Reads what a connection the server cut off still holds, to its end (a Close or an
+/// error); fails if it is only quiet (still open) or goes on for 10 s.
+fn assert_closed_by_server(ws: &mut Ws) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ws.read() {
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("the connection is still open, only quiet: it was never cut off")
+            }
+            Ok(Message::Close(_)) | Err(_) => return,
+            Ok(_) => assert!(Instant::now() < deadline, "the connection was never cut off"),
         }
     }
 }
@@ -400,4 +406,74 @@ fn a_clients_close_is_answered_with_close() {
             Err(e) => panic!("no Close in answer: {e}"),
         }
     }
+}
+
+/// A subscribe message that asks for 64 channels that do not exist: 64 error answers
+/// (about 6 KiB) for 1.3 KiB sent.
+fn unknown_channels() -> Value {
+    json!({ "op": "subscribe", "channels": (0..64).map(|i| format!("nope:{i}")).collect::<Vec<_>>() })
+}
+
+/// Polls `/metrics` until `series` (on lines with `label`) reaches `want`.
+fn wait_metric(s: &Server, series: &str, label: &str, want: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = s.metric(series, label);
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series}{{{label}}} is {now}, not {want}, after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn answers_past_a_connections_bound_close_it_with_1008_and_the_reason() {
+    let s = Server::start_with(&[("EXCHANGE_STREAM_QUEUE_BYTES", "2048")]);
+    let mut ws = connect(&s, None);
+    send(&mut ws, unknown_channels());
+    let mut answers = 0;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(_)) => answers += 1,
+            Ok(Message::Close(frame)) => {
+                let frame = frame.expect("a close frame with a code");
+                assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+                assert!(frame.reason.contains("2048 bytes"), "{}", frame.reason);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("closed without a close frame after {answers} answers: {e}"),
+        }
+    }
+    assert!(answers < 64, "all {answers} answers were sent past a 2 KiB bound");
+    wait_metric(&s, "exchange_stream_connections_cut_total", "behind", 1, Duration::from_secs(2));
+    wait_metric(&s, "exchange_stream_connections", "", 0, Duration::from_secs(2));
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_closed_at_its_write_deadline_and_others_are_served() {
+    let s = Server::start_with(&[("EXCHANGE_STREAM_WRITE_TIMEOUT_MS", "500")]);
+    let alice = s.funded("alice", "100000");
+    let mut reader = connect(&s, None);
+    subscribe(&mut reader, &["trades:BTC-PERP"]);
+    // Never reads: its answers (about 600 KiB, far below the 4 MiB bound) fill its 4 KiB
+    // window and the server's 64 KiB send buffer, and the writer waits on the socket.
+    let mut stalled = connect_small(&s);
+    for _ in 0..100 {
+        send(&mut stalled, unknown_channels());
+    }
+    let sent = Instant::now();
+    wait_metric(&s, "exchange_stream_connections_cut_total", "stalled", 1, Duration::from_secs(5));
+    wait_metric(&s, "exchange_stream_connections", "", 1, Duration::from_secs(2));
+    assert!(sent.elapsed() < Duration::from_secs(5), "closed {:?} after it stopped reading", sent.elapsed());
+    assert_eq!(s.metric("exchange_stream_connections_cut_total", "behind"), 0, "cut by its deadline, not its bound");
+    // The reading client is still served.
+    let bob = s.funded("bob", "100000");
+    trade(&s, &alice, &bob, "50000");
+    let m = until(&mut reader, "trades:BTC-PERP", |_| true);
+    let (_, rest) = s.request("GET", "/v1/trades?symbol=BTC-PERP&limit=1", &[], None);
+    assert_eq!(m[0]["data"], rest[0]);
+    // What the stalled one can still read ends: the server is gone.
+    assert_closed_by_server(&mut stalled);
 }

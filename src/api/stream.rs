@@ -48,10 +48,10 @@ use super::render;
 use super::service::Service;
 use crate::engine::{Event, UserId};
 use crate::health::Health;
-use crate::shard::projections::feed::{Feed, Levels};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::shard::projections::feed::Feed;
 use crate::shard::projections::Projections;
-use crate::shard::protocol::{Answer, ApiRequest, MarketPrices, Reply, Request};
-use crate::shard::protocol::PublicTrade;
+use crate::shard::protocol::{Answer, ApiRequest, Depth, MarketPrices, PublicTrade, Reply, Request};
 use crate::shard::Shard;
 use crate::shard_map::ShardMap;
 
@@ -165,6 +165,9 @@ impl Signal {
 /// work for one subscriber or ten thousand.
 struct Channel {
     name: String,
+    /// The symbol it follows, and whether it is its depth (not its trades).
+    symbol: usize,
+    depth: bool,
     /// `{"channel":"<name>","seq":`
     head: String,
     /// Rendered messages after their `seq`: `,"data":{...}}`; `log[0]` is number `first`.
@@ -202,10 +205,11 @@ struct Conn {
     out: RefCell<BytesMut>,
     ends: RefCell<Vec<usize>>,
     limit: usize,
-    /// Past its bound: to be closed, nothing more queued.
-    cut: Cell<bool>,
-    /// Silent for two ping intervals: to be closed.
-    gone: Cell<bool>,
+    /// Bytes its writer has taken from the queue and not yet handed to the socket: they
+    /// count against `limit` with the queue until the write finishes.
+    in_flight: Cell<usize>,
+    /// To be closed, and why; nothing more is queued once set.
+    ended: Cell<Option<Why>>,
     ping_due: Cell<bool>,
     /// In the hub's list of connections with messages of their own to write.
     dirty: Cell<bool>,
@@ -217,11 +221,50 @@ struct Conn {
     cut_off: Signal,
 }
 
+/// Why the server closes a stream connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    /// More than its bound queued, or behind a channel's retained messages.
+    Behind,
+    /// A write that did not finish within the write deadline (a peer that does not read
+    /// and whose window is shut).
+    Stalled,
+    /// Nothing heard for two ping intervals.
+    Silent,
+    /// The core fell so far behind that messages for it were dropped (see
+    /// `shard::rpc`): the client reconnects and starts afresh.
+    Overloaded,
+}
+
+impl Why {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Behind => "behind",
+            Self::Stalled => "stalled",
+            Self::Silent => "silent",
+            Self::Overloaded => "overloaded",
+        }
+    }
+
+    /// The Close frame that says so: 1008 for a reader too slow, 1001 for a silent one.
+    fn frame(self, hub: &Hub) -> CloseFrame {
+        match self {
+            Self::Behind => CloseFrame { code: CloseCode::Policy, reason: format!("too far behind: more than {} bytes queued", hub.queue_bytes).into() },
+            Self::Stalled => CloseFrame { code: CloseCode::Policy, reason: format!("not reading: a write waited {} ms", hub.write_deadline.as_millis()).into() },
+            Self::Silent => CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() },
+            Self::Overloaded => CloseFrame { code: CloseCode::Again, reason: "messages were lost: reconnect".into() },
+        }
+    }
+}
+
 impl Conn {
-    fn cut_now(&self) {
-        if !self.cut.replace(true) {
-            self.out.borrow_mut().clear();
-            self.ends.borrow_mut().clear();
+    /// Marks the connection to be closed: its queue is freed now, its writer woken (and
+    /// stopped if stuck on a full socket).
+    fn cut_now(&self, why: Why) {
+        if self.ended.get().is_none() {
+            self.ended.set(Some(why));
+            *self.out.borrow_mut() = BytesMut::new();
+            *self.ends.borrow_mut() = Vec::new();
             self.cut_off.notify();
             self.ready.notify();
         }
@@ -231,14 +274,14 @@ impl Conn {
     /// cut off (now or before). The queue past its bound cuts the connection: it is
     /// never waited for.
     fn push(&self, parts: &[&[u8]]) -> bool {
-        if self.cut.get() {
+        if self.ended.get().is_some() {
             return false;
         }
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut out = self.out.borrow_mut();
-        if out.len() + len > self.limit {
+        if out.len() + self.in_flight.get() + len > self.limit {
             drop(out);
-            self.cut_now();
+            self.cut_now(Why::Behind);
             return false;
         }
         for p in parts {
@@ -297,7 +340,11 @@ struct Sub {
 pub struct Hub {
     map: Arc<ShardMap>,
     health: Arc<Health>,
+    metrics: Metrics,
     queue_bytes: usize,
+    /// How long one write round may wait for the socket before the peer counts as not
+    /// reading.
+    write_deadline: Duration,
     ping: Duration,
     next_id: Cell<u64>,
     conns: RefCell<Vec<Rc<Conn>>>,
@@ -309,9 +356,9 @@ pub struct Hub {
     dirty_channels: RefCell<Vec<Rc<Channel>>>,
     dirty: RefCell<Vec<Rc<Conn>>>,
     tick: Signal,
-    /// Per symbol, the book after its latest change since the last tick (event seq,
-    /// bids, asks): depth goes out at most once a tick.
-    depth: RefCell<FxHashMap<usize, (u64, Levels, Levels)>>,
+    /// Per symbol, the book after its latest change since the last tick: depth goes out
+    /// at most once a tick.
+    depth: RefCell<FxHashMap<usize, Depth>>,
     /// Results handed over by the shard, not yet fanned out: the order path only queues
     /// them; the publisher task renders and distributes them.
     inbox: RefCell<VecDeque<Item>>,
@@ -323,7 +370,7 @@ pub struct Hub {
 
 /// What the publisher has to fan out.
 enum Item {
-    Market { symbol: usize, events: Vec<Event>, bids: Levels, asks: Levels },
+    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth> },
     User { user: UserId, messages: Vec<String> },
 }
 
@@ -368,7 +415,9 @@ impl Hub {
         let hub = Rc::new(Self {
             map: shard.map.clone(),
             health: shard.health.clone(),
+            metrics: shard.all_metrics.clone(),
             queue_bytes: shard.config.limits.stream_queue_bytes,
+            write_deadline: Duration::from_millis(shard.config.limits.stream_write_timeout_ms.max(1)),
             ping: Duration::from_secs(shard.config.limits.stream_ping_secs.max(1)),
             next_id: Cell::new(0),
             conns: RefCell::default(),
@@ -391,7 +440,7 @@ impl Hub {
                     let item = hub.inbox.borrow_mut().pop_front();
                     let Some(item) = item else { break };
                     match item {
-                        Item::Market { symbol, events, bids, asks } => hub.publish_market(symbol, &events, bids, asks),
+                        Item::Market { symbol, trades, depth } => hub.publish_market(symbol, &trades, depth),
                         Item::User { user, messages } => hub.publish_user(user, &messages),
                     }
                     glommio::yield_if_needed().await;
@@ -456,7 +505,7 @@ impl Hub {
             drop(log);
             for c in subscribers.iter() {
                 if c.cursor_next(&ch).is_some_and(|next| next < ch.first.get()) {
-                    c.cut_now();
+                    c.cut_now(Why::Behind);
                 }
                 c.ready.notify();
             }
@@ -493,22 +542,16 @@ impl Hub {
         }
     }
 
-    fn publish_market(&self, symbol: usize, events: &[Event], bids: Levels, asks: Levels) {
+    fn publish_market(&self, symbol: usize, trades: &[PublicTrade], depth: Option<Depth>) {
         let spec = &self.map.symbols[symbol];
-        let trades = format!("trades:{}", spec.name);
-        for e in events {
-            if let Event::TradeExecuted(t) = e
-                && !t.adl
-            {
-                let trade = PublicTrade { seq: t.seq, price: t.price, quantity: t.quantity, taker_side: t.taker_side, time: t.timestamp };
-                self.broadcast(&trades, || render::public_trade(spec, &trade).to_string());
+        if !trades.is_empty() {
+            let channel = format!("trades:{}", spec.name);
+            for trade in trades {
+                self.broadcast(&channel, || render::public_trade(spec, trade).to_string());
             }
         }
-        let changed = events.iter().any(|e| matches!(e, Event::OrderPlaced(_) | Event::OrderCancelled(_) | Event::TradeExecuted(_)));
-        if let (true, Some(last)) = (changed, events.last())
-            && self.channels.borrow().contains_key(&format!("depth:{}", spec.name))
-        {
-            self.depth.borrow_mut().insert(symbol, (last.seq(), bids, asks));
+        if let Some(depth) = depth {
+            self.depth.borrow_mut().insert(symbol, depth);
             self.tick.notify();
         }
     }
@@ -516,9 +559,9 @@ impl Hub {
     /// The latest depth of each symbol that changed since the last tick.
     fn publish_depth(&self) {
         let pending = std::mem::take(&mut *self.depth.borrow_mut());
-        for (symbol, (seq, bids, asks)) in pending {
+        for (symbol, depth) in pending {
             let spec = &self.map.symbols[symbol];
-            self.broadcast(&format!("depth:{}", spec.name), || render::depth(spec, seq, &bids, &asks).to_string());
+            self.broadcast(&format!("depth:{}", spec.name), || render::depth(spec, depth.seq, &depth.bids, &depth.asks).to_string());
         }
     }
 
@@ -542,8 +585,7 @@ impl Hub {
         for c in self.conns.borrow().iter() {
             let silent = c.last_heard.get().elapsed();
             if silent > self.ping * 2 {
-                c.gone.set(true);
-                c.ready.notify();
+                c.cut_now(Why::Silent);
             } else if silent >= self.ping && c.last_ping.get().elapsed() >= self.ping {
                 c.ping_due.set(true);
                 c.ready.notify();
@@ -563,13 +605,19 @@ impl Hub {
         if conn.cursors.borrow().iter().any(|c| c.channel.name == channel) {
             return;
         }
+        let Some((kind, name)) = channel.split_once(':') else { return };
+        let Some(symbol) = self.map.symbols.iter().position(|s| s.name == name) else { return };
         let ch = self
             .channels
             .borrow_mut()
             .entry(channel.to_owned())
             .or_insert_with(|| {
+                // This core follows it now: the symbol's owner starts handing it over.
+                self.health.market_stream(symbol, kind == "depth", true);
                 Rc::new(Channel {
                     name: channel.to_owned(),
+                    symbol,
+                    depth: kind == "depth",
                     head: format!(r#"{{"channel":"{channel}","seq":"#),
                     log: RefCell::default(),
                     first: Cell::new(1),
@@ -606,6 +654,7 @@ impl Hub {
         ch.subscribers.borrow_mut().retain(|c| c.id != conn.id);
         if ch.subscribers.borrow().is_empty() {
             self.channels.borrow_mut().remove(channel);
+            self.health.market_stream(ch.symbol, ch.depth, false);
         }
         None
     }
@@ -634,8 +683,8 @@ impl Hub {
             out: RefCell::default(),
             ends: RefCell::default(),
             limit: self.queue_bytes,
-            cut: Cell::new(false),
-            gone: Cell::new(false),
+            in_flight: Cell::new(0),
+            ended: Cell::new(None),
             ping_due: Cell::new(false),
             dirty: Cell::new(false),
             last_heard: Cell::new(now),
@@ -645,6 +694,8 @@ impl Hub {
         });
         self.conns.borrow_mut().push(conn.clone());
         self.health.stream_clients.fetch_add(1, Ordering::AcqRel);
+        self.metrics.streams_open.inc();
+        self.metrics.streams_opened.inc();
         conn
     }
 
@@ -656,6 +707,7 @@ impl Hub {
         self.conns.borrow_mut().retain(|c| c.id != conn.id);
         self.dirty.borrow_mut().retain(|c| c.id != conn.id);
         self.health.stream_clients.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.streams_open.dec();
     }
 }
 
@@ -675,8 +727,14 @@ impl Drop for Registered {
 pub struct HubFeed(pub Rc<Hub>);
 
 impl Feed for HubFeed {
-    fn market(&self, _shard: &Projections, symbol: usize, events: &[Event], bids: &Levels, asks: &Levels) {
-        self.0.post(Item::Market { symbol, events: events.to_vec(), bids: bids.clone(), asks: asks.clone() });
+    fn market(&self, _shard: &Projections, symbol: usize, trades: &[PublicTrade], depth: Option<&Depth>) {
+        self.0.post(Item::Market { symbol, trades: trades.to_vec(), depth: depth.cloned() });
+    }
+
+    fn lost(&self) {
+        for c in self.0.conns.borrow().iter() {
+            c.cut_now(Why::Overloaded);
+        }
     }
 
     fn accounts(&self, shard: &Projections, symbol: usize, events: &[Event]) {
@@ -738,15 +796,16 @@ impl Feed for HubFeed {
                         _ => {}
                     }
                 }
+                // Order updates first, in the order their events came.
                 let mut seen = Vec::with_capacity(orders.len());
                 for id in orders {
                     if seen.contains(&id) {
                         continue;
                     }
-                    seen.push(id);
                     if let Some(view) = account.order(id) {
-                        out.insert(0, typed("order", serde_json::to_value(render::order(map, view)).unwrap_or_default()));
+                        out.insert(seen.len(), typed("order", serde_json::to_value(render::order(map, view)).unwrap_or_default()));
                     }
+                    seen.push(id);
                 }
                 if money {
                     if let Some(p) = account.positions.get(&symbol) {
@@ -813,15 +872,11 @@ where
         loop {
             // Woken by the flush tick, a cut-off or the silence check.
             conn.ready.wait().await;
-            if conn.cut.get() || conn.gone.get() {
-                // A peer that does not read may never take even the close frame.
-                // With the reason: too far behind (1008), or silent (1001).
-                let frame = if conn.cut.get() {
-                    CloseFrame { code: CloseCode::Policy, reason: format!("too far behind: more than {} bytes queued", hub.queue_bytes).into() }
-                } else {
-                    CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() }
-                };
-                let close = async { drop(sink.send(Message::Close(Some(frame))).await) };
+            if let Some(why) = conn.ended.get() {
+                hub.metrics.streams_cut.get_or_create(&ReasonLabel { reason: why.label() }).inc();
+                // With the reason; a peer that does not read may never take even the
+                // Close frame, so it gets a second at most.
+                let close = async { drop(sink.send(Message::Close(Some(why.frame(&hub)))).await) };
                 futures_lite::future::or(close, glommio::timer::sleep(Duration::from_secs(1))).await;
                 break;
             }
@@ -832,23 +887,32 @@ where
                 hub.mark(&conn);
             }
             if !pending.is_empty() {
-                // Raced against being cut off: a consumer that does not read leaves the
-                // socket full, and the write would wait for it for ever.
-                let written = futures_lite::future::or(
-                    async {
-                        for m in pending {
-                            sink.feed(Message::Text(m)).await?;
-                        }
-                        sink.flush().await
-                    },
-                    async {
-                        conn.cut_off.wait().await;
-                        Err(async_tungstenite::tungstenite::Error::ConnectionClosed)
-                    },
-                )
-                .await;
-                if written.is_err() {
-                    return;
+                // Raced against being cut off and against the write deadline: a
+                // consumer that does not read leaves the socket full, and the write
+                // would wait for it for ever. Until it ends, what it holds counts
+                // against the connection's bound.
+                conn.in_flight.set(pending.iter().map(|m| m.len()).sum());
+                let write = async {
+                    for m in pending {
+                        sink.feed(Message::Text(m)).await?;
+                    }
+                    sink.flush().await.map(|()| true)
+                };
+                let stopped = async {
+                    futures_lite::future::or(conn.cut_off.wait(), async {
+                        glommio::timer::sleep(hub.write_deadline).await;
+                        conn.cut_now(Why::Stalled);
+                    })
+                    .await;
+                    Ok(false)
+                };
+                let written = futures_lite::future::or(write, stopped).await;
+                conn.in_flight.set(0);
+                match written {
+                    Ok(true) => {}
+                    // Cut off or stalled: the next turn sends the Close frame.
+                    Ok(false) => continue,
+                    Err(_) => return,
                 }
             }
             if conn.ping_due.replace(false) {

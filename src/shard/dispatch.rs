@@ -31,10 +31,6 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
             Request::Cancel { symbol, user, id } => Reply::Cancelled(shard.symbols.cancel(symbol, user, Some(id)).await),
             Request::CancelAll { symbol, user } => Reply::Cancelled(shard.symbols.cancel(symbol, user, None).await),
             Request::Check => Reply::Checked(projections::hot::check(&shard.out).await),
-            request @ (Request::Market { .. } | Request::User { .. }) => {
-                projections::feed::delivered(&shard.out, request);
-                Reply::Done
-            }
             Request::Prices => Reply::Prices(shard.symbols.prices()),
             Request::Summary => Reply::Summary(shard.accounts.totals()),
         }

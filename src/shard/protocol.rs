@@ -18,6 +18,19 @@ pub struct PublicTrade {
     pub time: i64,
 }
 
+impl PublicTrade {
+    /// The public side of a trade event (liquidation's auto-deleveraging transfers are
+    /// not trades of the market: `None`).
+    pub fn of(event: &Event) -> Option<Self> {
+        match event {
+            Event::TradeExecuted(t) if !t.adl => {
+                Some(Self { seq: t.seq, price: t.price, quantity: t.quantity, taker_side: t.taker_side, time: t.timestamp })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why a command was not executed.
 #[derive(Clone, Debug)]
 pub enum NotLogged {
@@ -195,10 +208,27 @@ pub enum Request {
     Check,
     /// The money of the receiver's users, summed.
     Summary,
-    /// A symbol's results and top of book, for the receiver's stream connections.
-    Market { symbol: usize, events: Vec<Event>, bids: Levels, asks: Levels },
-    /// A user's stream messages, for the receiver's stream connections.
+}
+
+/// A message for another core's stream connections: one way, never answered.
+#[derive(Debug)]
+pub enum Notice {
+    /// A symbol's public trades (in log order) and, when some core follows its depth and
+    /// the book changed, its top levels (at most once a flush tick).
+    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth> },
+    /// A user's stream messages.
     User { user: UserId, messages: Vec<String> },
+    /// Notices from the sender were dropped (the receiver was that far behind): its
+    /// stream connections cannot be told everything and are closed, to reconnect.
+    Lost,
+}
+
+/// A book's top levels after the event numbered `seq`.
+#[derive(Clone, Debug)]
+pub struct Depth {
+    pub seq: u64,
+    pub bids: Levels,
+    pub asks: Levels,
 }
 
 #[derive(Debug)]
@@ -228,4 +258,5 @@ pub enum Reply {
 pub enum Message {
     Request { from: usize, id: u64, body: Request },
     Reply { id: u64, body: Reply },
+    Notice(Notice),
 }

@@ -12,6 +12,12 @@
 //! requests of every connection that had bytes, the results of a whole log batch, the
 //! replies to a whole received batch) crosses to each other core as one message: one
 //! ring slot and at most one wakeup of the peer, instead of one per request.
+//!
+//! Notices (stream fan-out) are one way: no id, no reply. They are the only messages a
+//! core may drop: while a destination's batch already holds [`NOTICES_WAITING`] of
+//! them (its core is that far behind), further ones are dropped, never waited for, and
+//! the batch ends with [`Notice::Lost`] so the receiver closes the stream connections
+//! that missed them. Requests and replies are never dropped.
 
 use std::cell::{Cell, RefCell};
 
@@ -20,7 +26,10 @@ use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use rustc_hash::FxHashMap;
 
-use super::protocol::{Message, Reply, Request};
+use super::protocol::{Message, Notice, Reply, Request};
+
+/// Notices one destination's batch may hold before further ones are dropped.
+pub const NOTICES_WAITING: usize = 65_536;
 
 /// What crosses the mesh: the messages one core had for another in one turn, in order.
 pub type Batch = Vec<Message>;
@@ -34,6 +43,8 @@ pub struct Rpc {
     /// Wakes the flusher when a batch starts.
     wake: LocalSender<()>,
     gathering: Cell<bool>,
+    /// Per destination, notices in the batch being gathered, and whether one was dropped.
+    notices: RefCell<Vec<(usize, bool)>>,
 }
 
 /// A reply still on its way.
@@ -51,6 +62,7 @@ impl Rpc {
             outbox: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
             wake,
             gathering: Cell::new(false),
+            notices: RefCell::new(vec![(0, false); shards]),
         };
         (rpc, woken)
     }
@@ -79,6 +91,20 @@ impl Rpc {
         rx
     }
 
+    /// Sends a notice, which nobody answers; dropped if `to` is too far behind (see the
+    /// module's comment).
+    pub fn notify(&self, to: usize, notice: Notice) {
+        let mut notices = self.notices.borrow_mut();
+        let Some((waiting, lost)) = notices.get_mut(to) else { return };
+        if *waiting >= NOTICES_WAITING {
+            *lost = true;
+            return;
+        }
+        *waiting += 1;
+        drop(notices);
+        self.post(to, Message::Notice(notice));
+    }
+
     pub async fn call(&self, to: usize, body: Request) -> Option<Reply> {
         self.send(to, body).await.ok()
     }
@@ -97,6 +123,12 @@ impl Rpc {
     fn take(&self) -> Vec<(usize, Batch)> {
         self.gathering.set(false);
         let mut outbox = self.outbox.borrow_mut();
+        for (batch, (waiting, lost)) in outbox.iter_mut().zip(self.notices.borrow_mut().iter_mut()) {
+            if std::mem::take(lost) {
+                batch.push(Message::Notice(Notice::Lost));
+            }
+            *waiting = 0;
+        }
         outbox.iter_mut().enumerate().filter(|(_, b)| !b.is_empty()).map(|(to, b)| (to, std::mem::take(b))).collect()
     }
 
@@ -121,5 +153,38 @@ pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>
                 rpc.forget(&ids);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::UserId;
+    use crate::shard::protocol::{Message, Notice, Request};
+    use crate::shard::rpc::{Rpc, NOTICES_WAITING};
+
+    fn notice() -> Notice {
+        Notice::User { user: UserId(1), messages: Vec::new() }
+    }
+
+    #[test]
+    fn notices_past_the_bound_are_dropped_and_the_batch_says_so_but_requests_never_are() {
+        let (rpc, _woken) = Rpc::new(0, 2);
+        for _ in 0..NOTICES_WAITING + 10 {
+            rpc.notify(1, notice());
+        }
+        let _reply = rpc.send(1, Request::Prices);
+        let batches = rpc.take();
+        assert_eq!(batches.len(), 1);
+        let (to, batch) = &batches[0];
+        assert_eq!(*to, 1);
+        let users = batch.iter().filter(|m| matches!(m, Message::Notice(Notice::User { .. }))).count();
+        assert_eq!(users, NOTICES_WAITING, "notices past the bound are dropped");
+        assert!(batch.iter().any(|m| matches!(m, Message::Request { body: Request::Prices, .. })), "the request after them is sent");
+        assert!(matches!(batch.last(), Some(Message::Notice(Notice::Lost))), "the receiver is told");
+        // The next batch starts with room again, and nothing lost.
+        rpc.notify(1, notice());
+        let batches = rpc.take();
+        assert_eq!(batches[0].1.len(), 1);
+        assert!(matches!(batches[0].1[0], Message::Notice(Notice::User { .. })));
     }
 }

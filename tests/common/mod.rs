@@ -250,6 +250,19 @@ impl Server {
         (status, value)
     }
 
+    /// The sum of a `/metrics` series over the lines that carry `label` (any label set
+    /// when empty), e.g. `metric("exchange_stream_connections_cut_total", "stalled")`.
+    pub fn metric(&self, series: &str, label: &str) -> i64 {
+        let (_, metrics) = self.request("GET", "/metrics", &[], None);
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(series) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum()
+    }
+
     pub fn get(&self, key: &str, path: &str) -> (u16, Value) {
         self.request("GET", path, &[("x-api-key", key)], None)
     }

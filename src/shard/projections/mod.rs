@@ -26,7 +26,7 @@ pub struct Projections {
     /// Redis, when it is the hot state; `None`: the ledger answers.
     pub redis: Option<hot::RedisHot>,
     /// The live streams' side of this core, once the HTTP layer installed it.
-    pub feed: RefCell<Option<feed::Installed>>,
+    pub feed: RefCell<Option<Rc<dyn feed::Feed>>>,
 }
 
 impl std::ops::Deref for Projections {

@@ -24,7 +24,7 @@ use crate::engine::{Command, CommandError, Event, Market, NewOrder, Side};
 use crate::shard::core::now_ms;
 use crate::shard::log::{voids, Log, Stream};
 use crate::shard::projections::{feed, hot};
-use crate::shard::protocol::{MarketPrices, NotLogged, PublicTrade, Request};
+use crate::shard::protocol::{Depth, MarketPrices, NotLogged, PublicTrade, Request};
 use crate::shard::rpc::Pending;
 use crate::wire::StreamRecord;
 
@@ -61,6 +61,8 @@ pub struct SymbolStream {
     /// Orders answered 504: the log may have them, so their locks are held until
     /// [`settle`] has voided them in the log.
     in_doubt: RefCell<Vec<NewOrder>>,
+    /// The streams' depth read is scheduled (at most one a tick).
+    depth_due: Cell<bool>,
     queue: mpsc::UnboundedSender<Job>,
 }
 
@@ -77,6 +79,7 @@ impl SymbolStream {
             sweeping: Cell::new(false),
             due: Cell::new(0),
             in_doubt: RefCell::default(),
+            depth_due: Cell::new(false),
             queue,
         });
         (stream, rx)
@@ -111,13 +114,8 @@ impl SymbolStream {
         if due_before != self.due.get() {
             room.metrics.liquidations_due.inc_by(self.due.get() - due_before);
         }
-        if !replayed && feed::wanted(&room.out) {
-            let (bids, asks) = {
-                let market = self.market.borrow();
-                let top = |side| market.book().depth(side).take(feed::DEPTH_LEVELS).collect::<Vec<_>>();
-                (top(Side::Buy), top(Side::Sell))
-            };
-            feed::market(&room.out, self.index, &events, bids, asks);
+        if !replayed {
+            self.stream_market(room, &events);
         }
         // Liquidations a bounded pass left: logged as a command of their own, at once.
         if !replayed
@@ -163,6 +161,34 @@ impl SymbolStream {
         Outcome { result, events, applied }
     }
 
+    /// Hands the streams what some core follows of this symbol: its public trades now,
+    /// its depth at most once a tick (read from the book then: the latest state wins).
+    fn stream_market(&self, room: &SymbolRoom, events: &[Event]) {
+        let (trades_followed, depth_followed) = room.health.market_streamed(self.index);
+        if trades_followed {
+            feed::market(&room.out, self.index, events.iter().filter_map(PublicTrade::of).collect(), None);
+        }
+        let changed = || events.iter().any(|e| matches!(e, Event::OrderPlaced(_) | Event::OrderCancelled(_) | Event::TradeExecuted(_)));
+        if depth_followed
+            && changed()
+            && !self.depth_due.replace(true)
+            && let Some(stream) = room.stream(self.index)
+        {
+            let out = room.out.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(feed::DEPTH_EVERY).await;
+                stream.depth_due.set(false);
+                let depth = {
+                    let market = stream.market.borrow();
+                    let top = |side| market.book().depth(side).take(feed::DEPTH_LEVELS).collect::<Vec<_>>();
+                    Depth { seq: market.seq(), bids: top(Side::Buy), asks: top(Side::Sell) }
+                };
+                feed::market(&out, stream.index, Vec::new(), Some(depth));
+            })
+            .detach();
+        }
+    }
+
     /// The symbol's prices and insurance fund now.
     pub fn prices(&self) -> MarketPrices {
         let market = self.market.borrow();
@@ -172,18 +198,8 @@ impl SymbolStream {
 
     fn remember_trades(&self, events: &[Event]) {
         let mut trades = self.trades.borrow_mut();
-        for e in events {
-            if let Event::TradeExecuted(t) = e
-                && !t.adl
-            {
-                trades.push_front(PublicTrade {
-                    seq: t.seq,
-                    price: t.price,
-                    quantity: t.quantity,
-                    taker_side: t.taker_side,
-                    time: t.timestamp,
-                });
-            }
+        for t in events.iter().filter_map(PublicTrade::of) {
+            trades.push_front(t);
         }
         trades.truncate(RECENT_TRADES);
     }
