@@ -472,44 +472,31 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
 /// for `/health` or `/metrics` (see [`admission`]).
 async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, reserve: bool) {
     let limits = &service.shard.config.limits;
-    let started = std::time::Instant::now();
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
-    // The first bytes say who serves the connection: a stream request line goes to the
-    // WebSocket side, anything else to hyper, each with those bytes put back in front.
-    // A reserved slot is held for a request, not for an idle client.
-    let idle_secs = if reserve { limits.header_timeout_secs } else { limits.idle_timeout_secs };
-    let Some(mut head) = first_bytes(&mut stream, idle_secs, limits.header_timeout_secs).await else { return };
+    let mut head = Vec::new();
     if reserve {
+        // A reserved slot is held for one request, not for an idle client.
         head = whole_head(&mut stream, head, header_timeout).await;
         let monitoring = [&b"GET /health "[..], b"GET /health?", b"GET /metrics ", b"GET /metrics?"];
         if !monitoring.iter().any(|m| head.starts_with(m)) {
             let full = ApiError::Unavailable("connections are full; only /health and /metrics are served".into());
             return answer_and_close(stream, &admission::refusal(&full)).await;
         }
-    } else if head.starts_with(crate::api::stream::REQUEST_LINE) {
-        let address = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        let admitted = match service.admission.admit_stream(address, service.shard.id) {
-            Ok(admitted) => admitted,
-            Err(refused) => {
-                whole_head(&mut stream, head, header_timeout).await;
-                return answer_and_close(stream, &admission::refusal(&refused)).await;
-            }
-        };
-        // A small kernel send buffer: what a slow consumer has not read stays in its
-        // queue, where the bound (and the cut-off) is, not in megabytes of socket buffer
-        // per connection.
-        set_send_buffer(&stream, STREAM_SEND_BUFFER);
-        let upgrade_by = header_timeout.saturating_sub(started.elapsed());
-        crate::api::stream::accept(service, Prefixed::new(head, stream), upgrade_by).await;
-        drop(admitted);
-        return;
     }
+    let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let io = HyperIo::new(Prefixed::new(head, stream));
     let activity = io.activity();
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
-    let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
-    let service = service::hyper_service(service, activity.clone());
-    let conn = hyper::server::conn::http1::Builder::new().keep_alive(!reserve).max_buf_size(16 * 1024).serve_connection(io, service);
+    let here = Rc::new(service::Connection { peer, upgrade: RefCell::new(None) });
+    let hyper_service = service::hyper_service(service.clone(), activity.clone(), here.clone());
+    // Served until it ends or a request is answered 101 (a stream upgrade, on any request
+    // of the connection): then hyper hands the socket back, with what it read past that
+    // request, and the WebSocket session takes it over.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(!reserve)
+        .max_buf_size(16 * 1024)
+        .serve_connection(io, hyper_service)
+        .without_shutdown();
     // Closes connections that stay silent (idle keep-alive) or send a request's headers
     // too slowly (slowloris). Request bodies have their own deadline in `answer`.
     let watchdog = async {
@@ -517,34 +504,20 @@ async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, r
             glommio::timer::sleep(Duration::from_millis(500)).await;
             let slow = activity.request_started.get().is_some_and(|t| t.elapsed() > header_timeout);
             if slow || activity.last_read.get().elapsed() > idle {
-                break;
+                return None;
             }
         }
     };
-    futures_lite::future::or(
-        async {
-            let _ = conn.await;
-        },
-        watchdog,
-    )
-    .await;
-}
-
-/// Reads until the bytes either start [`crate::api::stream::REQUEST_LINE`] whole or
-/// cannot: the first byte within the idle timeout, the rest within the header timeout.
-/// `None`: the peer closed or was too slow.
-async fn first_bytes(stream: &mut glommio::net::TcpStream, idle_secs: u64, header_secs: u64) -> Option<Vec<u8>> {
-    let want = crate::api::stream::REQUEST_LINE;
-    let mut head = Vec::with_capacity(want.len());
-    let mut buf = [0u8; 64];
-    let started = std::time::Instant::now();
-    while head.len() < want.len() && want.starts_with(&head) {
-        let limit = if head.is_empty() { Duration::from_secs(idle_secs.max(1)) } else { Duration::from_secs(header_secs.max(1)) };
-        if !read_more(stream, &mut head, &mut buf, limit.saturating_sub(started.elapsed())).await {
-            return if head.is_empty() { None } else { Some(head) };
-        }
-    }
-    Some(head)
+    let served = futures_lite::future::or(async { conn.await.ok() }, watchdog).await;
+    let (Some(parts), Some(upgrade)) = (served, here.upgrade.take()) else { return };
+    let (unread, socket) = parts.io.into_inner().into_parts();
+    // A small kernel send buffer: what a slow consumer has not read stays in its queue,
+    // where the bound (and the cut-off) is, not in megabytes of socket buffer per
+    // connection.
+    set_send_buffer(&socket, STREAM_SEND_BUFFER);
+    let mut ahead = parts.read_buf.to_vec();
+    ahead.extend_from_slice(&unread);
+    crate::api::stream::serve(service, Prefixed::new(ahead, socket), upgrade).await;
 }
 
 /// Appends what one read brings within `patience`; `false` if it brought nothing (the

@@ -477,3 +477,54 @@ fn a_peer_that_stops_reading_is_closed_at_its_write_deadline_and_others_are_serv
     // What the stalled one can still read ends: the server is gone.
     assert_closed_by_server(&mut stalled);
 }
+
+#[test]
+fn a_keep_alive_connection_upgrades_on_a_later_request() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let mut tcp = tcp_to(&s, None, None);
+    // Two plain requests on the connection first.
+    for _ in 0..2 {
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: exchange\r\n\r\n").unwrap();
+        let mut reader = BufReader::new(&tcp);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            if header == "\r\n" {
+                break;
+            }
+            if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        assert!(reader.buffer().is_empty(), "nothing after the answer");
+    }
+    // Then the upgrade, on the same connection.
+    let request = s.url("/v1/stream").replace("http://", "ws://").into_client_request().unwrap();
+    let (mut ws, response) = tungstenite::client(request, MaybeTlsStream::Plain(tcp)).expect("upgraded on the third request");
+    assert_eq!(response.status(), 101);
+    subscribe(&mut ws, &["trades:BTC-PERP"]);
+    trade(&s, &alice, &bob, "50000");
+    let m = until(&mut ws, "trades:BTC-PERP", |_| true);
+    assert_eq!(m[0]["seq"], 1);
+}
+
+#[test]
+fn a_stream_request_that_is_not_an_upgrade_is_answered_with_a_clear_error() {
+    let s = Server::start();
+    let (status, body) = s.request("GET", "/v1/stream", &[], None);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "INVALID_REQUEST");
+    assert!(body["message"].as_str().unwrap().contains("WebSocket"), "{body}");
+    let (status, _) = s.request("POST", "/v1/stream", &[], Some("{}"));
+    assert_eq!(status, 405);
+    assert_eq!(s.metric("exchange_stream_connections_opened_total", ""), 0);
+}

@@ -57,6 +57,11 @@ impl<T> HyperIo<T> {
         self.activity.clone()
     }
 
+    /// The socket back (after hyper handed over the connection for an upgrade).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
 }
 
 impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
@@ -116,6 +121,12 @@ pub struct Prefixed<T> {
 impl<T> Prefixed<T> {
     pub fn new(prefix: Vec<u8>, inner: T) -> Self {
         Self { prefix, at: 0, inner }
+    }
+
+    /// The socket, with what is left of the bytes put back in front of it.
+    pub fn into_parts(mut self) -> (Vec<u8>, T) {
+        self.prefix.drain(..self.at);
+        (self.prefix, self.inner)
     }
 }
 

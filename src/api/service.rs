@@ -3,6 +3,7 @@
 //! and render what it says ([`super::render`], [`super::error`]). Order history is read
 //! from cold storage here, once the account's owner has said whose key it is.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -39,21 +40,52 @@ pub struct Service {
 pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
+/// One connection as its requests see it: where it comes from, and the stream upgrade
+/// a request was answered with (101), which the server carries out once hyper hands the
+/// socket back.
+pub struct Connection {
+    pub peer: std::net::IpAddr,
+    pub upgrade: RefCell<Option<super::stream::Upgrade>>,
+}
+
 /// hyper's service for one connection; `activity` is told when a request's headers are
 /// in and when it is answered (the connection watchdog's view of the request).
 pub fn hyper_service(
     service: Rc<Service>,
     activity: Rc<Activity>,
+    connection: Rc<Connection>,
 ) -> impl hyper::service::Service<HttpRequest<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible> {
     hyper::service::service_fn(move |req| {
         activity.headers_done();
-        let (service, activity) = (service.clone(), activity.clone());
+        let (service, activity, connection) = (service.clone(), activity.clone(), connection.clone());
         async move {
-            let response = service.respond(req).await;
+            let response = if req.uri().path() == super::stream::PATH {
+                match super::stream::upgrade(&service, &req, connection.peer) {
+                    Ok((switching, upgrade)) => {
+                        *connection.upgrade.borrow_mut() = Some(upgrade);
+                        switching
+                    }
+                    Err(refused) => response(refused.reply()),
+                }
+            } else {
+                service.respond(req).await
+            };
             activity.answered();
             Ok::<_, Infallible>(response)
         }
     })
+}
+
+/// The HTTP response of an answer.
+fn response(reply: HttpReply) -> Response<Full<Bytes>> {
+    let mut response = Response::builder().status(reply.status).header("content-type", reply.content_type);
+    if let Some(secs) = reply.retry_after {
+        response = response.header("retry-after", secs.to_string());
+    }
+    if reply.close {
+        response = response.header("connection", "close");
+    }
+    response.body(Full::new(Bytes::from(reply.body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 struct InFlight<'a>(&'a Shard);
@@ -70,17 +102,7 @@ impl Service {
         shard.health.inflight.fetch_add(1, Ordering::AcqRel);
         let _guard = InFlight(shard);
         shard.metrics.requests.inc();
-        let reply = self.answer(req).await;
-        let mut response = Response::builder()
-            .status(reply.status)
-            .header("content-type", reply.content_type);
-        if let Some(secs) = reply.retry_after {
-            response = response.header("retry-after", secs.to_string());
-        }
-        if reply.close {
-            response = response.header("connection", "close");
-        }
-        response.body(Full::new(Bytes::from(reply.body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        response(self.answer(req).await)
     }
 
     async fn answer(&self, req: HttpRequest<Incoming>) -> HttpReply {

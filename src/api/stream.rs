@@ -1,9 +1,9 @@
 //! `GET /v1/stream`: the WebSocket API (API.md, "Streams").
 //!
-//! A connection whose first request line starts `GET /v1/stream` is handed, bytes and
-//! all, to `async-tungstenite` on the core that accepted it (handshake, framing, masking:
-//! not ours); every other connection goes to hyper. hyper's own upgrade path needs a
-//! `Send` socket, which glommio's are not. Each core has one [`Hub`]: the [`Feed`] the
+//! hyper answers the upgrade (on any request of a keep-alive connection: [`upgrade`]) with
+//! 101 and hands the socket back (`without_shutdown`: its own upgrade path needs a `Send`
+//! socket, which glommio's are not); `async-tungstenite` then frames the session on the
+//! core that accepted it ([`serve`]). Each core has one [`Hub`]: the [`Feed`] the
 //! shard layer hands every durable result to (see `shard::projections::feed`). A result is rendered
 //! once per core, not once per connection; each subscriber of its channel gets the
 //! rendered text with its own next `seq` appended to its queue (a copy, no allocation).
@@ -27,23 +27,28 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HandshakeRequest, Response as HandshakeResponse};
+use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
 use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request as HttpRequest, Response};
 use futures_util::{SinkExt, StreamExt};
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
-use super::error::ApiError;
+use super::admission::Admitted;
+use super::error::{invalid, ApiError};
 use super::render;
 use super::service::Service;
 use crate::engine::{Event, UserId};
@@ -61,52 +66,68 @@ const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// tungstenite's read buffer per connection.
 const READ_BUFFER: usize = 4 * 1024;
 
-/// The start of a stream request's first line: connections whose first bytes are this
-/// are WebSockets, served here, and every other connection is hyper's.
-pub const REQUEST_LINE: &[u8] = b"GET /v1/stream";
+/// The stream endpoint's path.
+pub const PATH: &str = "/v1/stream";
 
-/// A connection whose first request is `GET /v1/stream`: the WebSocket handshake (done by
-/// `async-tungstenite`: key, version, upgrade headers), then the session on this core.
-// The handshake callback's error type is tungstenite's.
-#[allow(clippy::result_large_err)]
-pub async fn accept<S>(service: Rc<Service>, socket: S, upgrade_by: Duration)
+/// A stream upgrade the HTTP side answered 101: the key it came with and its admission
+/// slot, held for the session's life.
+pub struct Upgrade {
+    api_key: Option<String>,
+    _admitted: Admitted,
+}
+
+/// Answers a request for [`PATH`], on any request of a connection: 101 with the
+/// WebSocket accept key (RFC 6455) when it is an upgrade and admission lets it in (see
+/// [`super::admission`]), the API's JSON error otherwise. The session starts once hyper
+/// has sent the 101 and handed the socket back ([`serve`]).
+pub fn upgrade(service: &Service, req: &HttpRequest<Incoming>, peer: IpAddr) -> Result<(Response<Full<Bytes>>, Upgrade), ApiError> {
+    if service.hub.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    if req.method() != hyper::Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let headers = req.headers();
+    let lists = |name: &str, token: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    let key = headers.get("sec-websocket-key").map(|k| k.as_bytes());
+    let version = headers.get("sec-websocket-version").and_then(|v| v.to_str().ok());
+    let Some(key) = key.filter(|_| lists("connection", "upgrade") && lists("upgrade", "websocket") && version == Some("13")) else {
+        return Err(invalid("GET /v1/stream is a WebSocket: it needs Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key"));
+    };
+    let admitted = service.admission.admit_stream(peer, service.shard.id)?;
+    let switching = Response::builder()
+        .status(hyper::StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok((switching, Upgrade { api_key, _admitted: admitted }))
+}
+
+/// The WebSocket session of an upgraded connection, on the core that accepted it
+/// (framing and masking by `async-tungstenite`); the admission slot is given back when
+/// it ends.
+pub async fn serve<S>(service: Rc<Service>, socket: S, upgrade: Upgrade)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let Some(hub) = service.hub.clone() else { return };
-    let api_key: Rc<RefCell<Option<String>>> = Rc::default();
-    let key = api_key.clone();
-    let callback = move |req: &HandshakeRequest, response: HandshakeResponse| -> Result<HandshakeResponse, ErrorResponse> {
-        let path_ok = req.uri().path() == "/v1/stream";
-        if !path_ok {
-            let mut refused = ErrorResponse::new(Some(ApiError::NotFound.reply_text()));
-            *refused.status_mut() = hyper::StatusCode::NOT_FOUND;
-            return Err(refused);
-        }
-        *key.borrow_mut() = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        Ok(response)
-    };
     // tungstenite zeroes a read buffer's worth before every read attempt: clients send
     // little, so a small one (its default is 128 KiB).
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_CLIENT_MESSAGE))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE))
         .read_buffer_size(READ_BUFFER);
-    // The upgrade request must arrive whole within the header timeout (a half-sent one
-    // would otherwise hold its slot for as long as the client likes).
-    let handshake = async { Some(async_tungstenite::accept_hdr_async_with_config(socket, callback, Some(config)).await) };
-    let late = async {
-        glommio::timer::sleep(upgrade_by).await;
-        None
-    };
-    let Some(Ok(ws)) = futures_lite::future::or(handshake, late).await else { return };
+    let mut ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
     let shard = service.shard.clone();
-    let given = api_key.borrow_mut().take();
-    let user = match given {
-        Some(k) => match authenticate(&shard, &k).await {
+    let user = match &upgrade.api_key {
+        Some(k) => match authenticate(&shard, k).await {
             Some(user) => Some(user),
             None => {
-                let mut ws = ws;
                 let refused = serde_json::json!({ "op": "error", "code": "UNAUTHORIZED", "message": "missing or invalid key" });
                 let _ = ws.send(Message::text(refused.to_string())).await;
                 let _ = ws.close(None).await;
@@ -120,6 +141,7 @@ where
         Ok(task) => task.await,
         Err(e) => tracing::error!(error = %e, "stream session not started"),
     }
+    drop(upgrade);
 }
 
 async fn authenticate(shard: &Rc<Shard>, key: &str) -> Option<UserId> {
