@@ -449,8 +449,19 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
         connections.set(connections.get() + 1);
         let (service, connections) = (service.clone(), connections.clone());
         glommio::spawn_local(async move {
-            connection(service, stream, reserve).await;
-            connections.set(connections.get() - 1);
+            match connection(service.clone(), stream, reserve).await {
+                None => connections.set(connections.get() - 1),
+                // The WebSocket session in a task of its own, which holds the slot from
+                // now: this one ends, and the HTTP side's memory (hyper's connection
+                // state is most of this task's) goes with it, not kept for the session.
+                Some((socket, upgrade)) => drop(
+                    glommio::spawn_local(async move {
+                        crate::api::stream::serve(service, socket, upgrade).await;
+                        connections.set(connections.get() - 1);
+                    })
+                    .detach(),
+                ),
+            }
         })
         .detach();
     }
@@ -470,7 +481,10 @@ async fn serve(service: Rc<Service>) -> anyhow::Result<()> {
 
 /// Serves one connection. `reserve`: it came past the connection cap, and may only ask
 /// for `/health` or `/metrics` (see [`admission`]).
-async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, reserve: bool) {
+/// Serves a connection over HTTP until it ends (`None`) or a request was answered with a
+/// stream upgrade: then the socket, with the bytes hyper read past that request in front,
+/// and the upgrade to carry out.
+async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, reserve: bool) -> Option<(Prefixed<glommio::net::TcpStream>, crate::api::stream::Upgrade)> {
     let limits = &service.shard.config.limits;
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
     let mut head = Vec::new();
@@ -480,7 +494,8 @@ async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, r
         let monitoring = [&b"GET /health "[..], b"GET /health?", b"GET /metrics ", b"GET /metrics?"];
         if !monitoring.iter().any(|m| head.starts_with(m)) {
             let full = ApiError::Unavailable("connections are full; only /health and /metrics are served".into());
-            return answer_and_close(stream, &admission::refusal(&full)).await;
+            answer_and_close(stream, &admission::refusal(&full)).await;
+            return None;
         }
     }
     let peer = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
@@ -509,7 +524,7 @@ async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, r
         }
     };
     let served = futures_lite::future::or(async { conn.await.ok() }, watchdog).await;
-    let (Some(parts), Some(upgrade)) = (served, here.upgrade.take()) else { return };
+    let (Some(parts), Some(upgrade)) = (served, here.upgrade.take()) else { return None };
     let (unread, socket) = parts.io.into_inner().into_parts();
     // A small kernel send buffer: what a slow consumer has not read stays in its queue,
     // where the bound (and the cut-off) is, not in megabytes of socket buffer per
@@ -517,7 +532,7 @@ async fn connection(service: Rc<Service>, mut stream: glommio::net::TcpStream, r
     set_send_buffer(&socket, STREAM_SEND_BUFFER);
     let mut ahead = parts.read_buf.to_vec();
     ahead.extend_from_slice(&unread);
-    crate::api::stream::serve(service, Prefixed::new(ahead, socket), upgrade).await;
+    Some((Prefixed::new(ahead, socket), upgrade))
 }
 
 /// Appends what one read brings within `patience`; `false` if it brought nothing (the

@@ -230,6 +230,8 @@ struct Conn {
     /// Bytes its writer has taken from the queue and not yet handed to the socket: they
     /// count against `limit` with the queue until the write finishes.
     in_flight: Cell<usize>,
+    /// When the write round in progress started (`None`: not writing).
+    writing_since: Cell<Option<Instant>>,
     /// To be closed, and why; nothing more is queued once set.
     ended: Cell<Option<Why>>,
     ping_due: Cell<bool>,
@@ -486,12 +488,14 @@ impl Hub {
             }
         });
         let weak = Rc::downgrade(&hub);
-        let every = (hub.ping / 4).min(Duration::from_secs(1));
+        // One timer for every connection's ping and write deadlines: glommio's timers
+        // are costly to cancel with many sockets polled, so none is armed per write.
+        let every = (hub.ping / 4).min(hub.write_deadline / 4).min(Duration::from_secs(1));
         hub.spawn(async move {
             loop {
                 glommio::timer::sleep(every).await;
                 let Some(hub) = weak.upgrade() else { return };
-                hub.check_silence();
+                hub.check_deadlines();
             }
         });
         hub
@@ -602,11 +606,14 @@ impl Hub {
         }
     }
 
-    /// Pings connections silent for a ping interval and marks those silent for two.
-    fn check_silence(&self) {
+    /// Cuts connections whose write waits past its deadline, pings connections silent
+    /// for a ping interval and cuts those silent for two.
+    fn check_deadlines(&self) {
         for c in self.conns.borrow().iter() {
             let silent = c.last_heard.get().elapsed();
-            if silent > self.ping * 2 {
+            if c.writing_since.get().is_some_and(|t| t.elapsed() > self.write_deadline) {
+                c.cut_now(Why::Stalled);
+            } else if silent > self.ping * 2 {
                 c.cut_now(Why::Silent);
             } else if silent >= self.ping && c.last_ping.get().elapsed() >= self.ping {
                 c.ping_due.set(true);
@@ -706,6 +713,7 @@ impl Hub {
             ends: RefCell::default(),
             limit: self.queue_bytes,
             in_flight: Cell::new(0),
+            writing_since: Cell::new(None),
             ended: Cell::new(None),
             ping_due: Cell::new(false),
             dirty: Cell::new(false),
@@ -909,11 +917,12 @@ where
                 hub.mark(&conn);
             }
             if !pending.is_empty() {
-                // Raced against being cut off and against the write deadline: a
-                // consumer that does not read leaves the socket full, and the write
-                // would wait for it for ever. Until it ends, what it holds counts
-                // against the connection's bound.
+                // Raced against being cut off (by its bound, or by the hub's deadline
+                // check when it waits too long): a consumer that does not read leaves the
+                // socket full, and the write would wait for it for ever. Until it ends,
+                // what it holds counts against the connection's bound.
                 conn.in_flight.set(pending.iter().map(|m| m.len()).sum());
+                conn.writing_since.set(Some(Instant::now()));
                 let write = async {
                     for m in pending {
                         sink.feed(Message::Text(m)).await?;
@@ -921,14 +930,11 @@ where
                     sink.flush().await.map(|()| true)
                 };
                 let stopped = async {
-                    futures_lite::future::or(conn.cut_off.wait(), async {
-                        glommio::timer::sleep(hub.write_deadline).await;
-                        conn.cut_now(Why::Stalled);
-                    })
-                    .await;
+                    conn.cut_off.wait().await;
                     Ok(false)
                 };
                 let written = futures_lite::future::or(write, stopped).await;
+                conn.writing_since.set(None);
                 conn.in_flight.set(0);
                 match written {
                     Ok(true) => {}

@@ -1,14 +1,16 @@
 //! Stream fan-out: order acknowledgement with and without many WebSocket clients on
 //! `trades:BTC-PERP`, and how fast each trade reaches every one of them.
 //!
-//! `cargo run --release -p perf --bin fanout -- [--clients 10000] [--rate 10000] [--seconds 5]`
+//! `cargo run --release -p perf --bin fanout -- [--clients 10000] [--rate 10000] [--seconds 5] [--depth]`
 //!
 //! One exchange (`target/release/exchange`, embedded journal, 2 shards). Run 1 (baseline):
 //! open-loop one-lot orders at `--rate` (about half trade) with no stream client. Run 2:
 //! the same load with `--clients` connections subscribed to `trades:BTC-PERP` (a glommio
 //! executor on its own thread reads them all), plus a marker trade every 100 ms placed by
 //! this process (a distinctive quantity): each client notes when each marker arrives,
-//! and the delay is arrival − the marker's acknowledgement. Reported: ack p50/p99 of both
+//! and the delay is arrival − the marker's acknowledgement. With `--depth` every client also
+//! follows `depth:BTC-PERP`. Reported: the exchange's resident memory per idle connection
+//! (after the clients subscribed, before the load), ack p50/p99 of both
 //! runs and their ratio, the marker delays (p50/p99/max over every client), how many
 //! clients got every trade and how many were cut off, and the exchange's CPU time beyond
 //! the baseline run's per message delivered (the fan-out's cost per message per client).
@@ -47,6 +49,9 @@ struct Args {
     /// remote readers would), at 0 they compete with it as equals.
     #[arg(long, default_value_t = 19)]
     client_nice: i32,
+    /// Clients also follow `depth:BTC-PERP` (every client: trades and depth of one symbol).
+    #[arg(long)]
+    depth: bool,
 }
 
 /// A plain HTTP/1.1 request on a new connection; status and body.
@@ -77,6 +82,12 @@ fn funded(addr: &str, name: &str) -> String {
     key
 }
 
+/// The process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
@@ -91,9 +102,11 @@ struct Seen {
     /// Per client, the highest trades `seq` received, and whether it was cut off.
     last_seq: Vec<u64>,
     cut: Vec<bool>,
+    /// Per client, depth messages received.
+    depth: Vec<u64>,
 }
 
-fn clients(addr: String, n: usize, nice: i32, ready: Arc<AtomicU64>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
+fn clients(addr: String, n: usize, nice: i32, depth: bool, ready: Arc<AtomicU64>, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
             // SAFETY: plain syscalls on this thread's own id.
@@ -101,7 +114,7 @@ fn clients(addr: String, n: usize, nice: i32, ready: Arc<AtomicU64>, stop: Arc<A
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
                 libc::setpriority(libc::PRIO_PROCESS, tid, nice);
             }
-            let local = Rc::new(RefCell::new(Seen { markers: vec![Vec::new(); n], last_seq: vec![0; n], cut: vec![false; n] }));
+            let local = Rc::new(RefCell::new(Seen { markers: vec![Vec::new(); n], last_seq: vec![0; n], cut: vec![false; n], depth: vec![0; n] }));
             let mut tasks = Vec::new();
             for i in 0..n {
                 let (addr, ready, stop, local) = (addr.clone(), ready.clone(), stop.clone(), local.clone());
@@ -118,7 +131,13 @@ fn clients(addr: String, n: usize, nice: i32, ready: Arc<AtomicU64>, stop: Arc<A
                     };
                     // FANOUT_IDLE_CLIENTS: connected but following only the markers' symbol, to
                     // tell the cost of connections from the cost of messages.
-                    let channels = if std::env::var_os("FANOUT_IDLE_CLIENTS").is_some() { r#"["trades:ETH-PERP"]"# } else { r#"["trades:BTC-PERP","trades:ETH-PERP"]"# };
+                    let channels = if std::env::var_os("FANOUT_IDLE_CLIENTS").is_some() {
+                        r#"["trades:ETH-PERP"]"#
+                    } else if depth {
+                        r#"["trades:BTC-PERP","depth:BTC-PERP","trades:ETH-PERP"]"#
+                    } else {
+                        r#"["trades:BTC-PERP","trades:ETH-PERP"]"#
+                    };
                     let _ = ws.send(Message::text(format!(r#"{{"op":"subscribe","channels":{channels}}}"#))).await;
                     let _ = ws.next().await;
                     ready.fetch_add(1, Ordering::AcqRel);
@@ -139,6 +158,8 @@ fn clients(addr: String, n: usize, nice: i32, ready: Arc<AtomicU64>, stop: Arc<A
                                 let mut l = local.borrow_mut();
                                 if text.starts_with(r#"{"channel":"trades:ETH-PERP""#) {
                                     l.markers[i].push(now);
+                                } else if text.starts_with(r#"{"channel":"depth:"#) {
+                                    l.depth[i] += 1;
                                 } else {
                                     l.last_seq[i] = l.last_seq[i].max(seq);
                                 }
@@ -192,17 +213,21 @@ fn main() {
     let cpu_start = cpu_ticks(pid);
     let baseline = run_load(&addr, a.rate, a.seconds, 1);
     let cpu_baseline = cpu_ticks(pid) - cpu_start;
+    let rss_before = rss_kib(pid);
 
     let (ready, stop, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Seen::default())));
     let reader = {
         let (addr, ready, stop, seen) = (addr.clone(), ready.clone(), stop.clone(), seen.clone());
-        std::thread::spawn(move || clients(addr, a.clients, a.client_nice, ready, stop, seen))
+        std::thread::spawn(move || clients(addr, a.clients, a.client_nice, a.depth, ready, stop, seen))
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while ready.load(Ordering::Acquire) < a.clients as u64 {
         assert!(Instant::now() < deadline, "only {} clients connected", ready.load(Ordering::Acquire));
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Connected, subscribed and idle: what each connection holds.
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_idle = rss_kib(pid);
     let (maker, taker) = (funded(&addr, "marker-maker"), funded(&addr, "marker-taker"));
     let markers_stop = Arc::new(AtomicBool::new(false));
     let marker_thread = {
@@ -254,7 +279,22 @@ fn main() {
     let extra = cpu.saturating_sub(cpu_baseline);
     let ns_per_message = if delivered > 0 { extra as f64 / hz * 1e9 / delivered as f64 } else { 0.0 };
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
-    println!("clients: {} subscribed to trades:BTC-PERP (their thread at nice {}); load: {} orders/s open loop, one lot, {} s", a.clients, a.client_nice, a.rate, a.seconds);
+    let followed = if std::env::var_os("FANOUT_IDLE_CLIENTS").is_some() {
+        "only the markers' trades:ETH-PERP"
+    } else if a.depth {
+        "trades:BTC-PERP and depth:BTC-PERP"
+    } else {
+        "trades:BTC-PERP"
+    };
+    println!("clients: {} subscribed to {followed} (their thread at nice {}); load: {} orders/s open loop, one lot, {} s", a.clients, a.client_nice, a.rate, a.seconds);
+    println!(
+        "exchange RSS: {rss_before} KiB before the clients, {rss_idle} KiB with them connected and idle: {:.1} KiB a connection",
+        rss_idle.saturating_sub(rss_before) as f64 / a.clients.max(1) as f64
+    );
+    if a.depth {
+        let depth: u64 = seen.depth.iter().sum();
+        println!("depth messages: {:.1} a client on average", depth as f64 / a.clients.max(1) as f64);
+    }
     println!("baseline (no clients): {:.0} orders/s, ack p50 {:.2} ms, p99 {:.2} ms", baseline.per_second(), baseline.ms(0.5), baseline.ms(0.99));
     println!("with clients:          {:.0} orders/s, ack p50 {:.2} ms, p99 {:.2} ms", with.per_second(), with.ms(0.5), with.ms(0.99));
     println!("newest trade on the wire: seq {newest_seq} (GET /v1/trades: {})", trades.chars().take(80).collect::<String>());
