@@ -528,3 +528,21 @@ fn a_stream_request_that_is_not_an_upgrade_is_answered_with_a_clear_error() {
     assert_eq!(status, 405);
     assert_eq!(s.metric("exchange_stream_connections_opened_total", ""), 0);
 }
+
+#[test]
+fn a_users_order_updates_come_in_the_order_of_their_events() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let first = s.limit(&alice, "SELL", "50000", "0.001")["orderId"].as_str().unwrap().to_owned();
+    let second = s.limit(&alice, "SELL", "50001", "0.001")["orderId"].as_str().unwrap().to_owned();
+    let mut ws = connect(&s, Some(&alice));
+    subscribe(&mut ws, &["user"]);
+    // One taker order fills both, best price first: two trades, in that order.
+    s.limit(&bob, "BUY", "50001", "0.002");
+    let mine = until(&mut ws, "user", |m| m["data"]["type"] == "balance");
+    let filled: Vec<&str> = mine.iter().filter(|m| m["data"]["type"] == "order").map(|m| m["data"]["orderId"].as_str().unwrap()).collect();
+    assert_eq!(filled, [first.as_str(), second.as_str()], "order updates in the order of their trades");
+    let fills: Vec<&str> = mine.iter().filter(|m| m["data"]["type"] == "fill").map(|m| m["data"]["orderId"].as_str().unwrap()).collect();
+    assert_eq!(fills, [first.as_str(), second.as_str()]);
+}
