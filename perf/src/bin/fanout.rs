@@ -52,6 +52,13 @@ struct Args {
     /// Clients also follow `depth:BTC-PERP` (every client: trades and depth of one symbol).
     #[arg(long)]
     depth: bool,
+    /// Marker delivery is also reported per window of this many seconds (by the marker's
+    /// acknowledgement), so that a long run shows whether delivery drifts.
+    #[arg(long, default_value_t = 60)]
+    window_secs: u64,
+    /// Length of the baseline run (no clients); `--seconds` when not given.
+    #[arg(long)]
+    baseline_seconds: Option<u64>,
 }
 
 /// A plain HTTP/1.1 request on a new connection; status and body.
@@ -211,7 +218,7 @@ fn main() {
     let pid = exchange.0.id();
 
     let cpu_start = cpu_ticks(pid);
-    let baseline = run_load(&addr, a.rate, a.seconds, 1);
+    let baseline = run_load(&addr, a.rate, a.baseline_seconds.unwrap_or(a.seconds), 1);
     let cpu_baseline = cpu_ticks(pid) - cpu_start;
     let rss_before = rss_kib(pid);
 
@@ -263,12 +270,23 @@ fn main() {
     let newest_seq = seen.last_seq.iter().copied().max().unwrap_or(0);
     let complete = seen.last_seq.iter().zip(&seen.cut).filter(|(s, c)| **s == newest_seq && !**c).count();
     let cut = seen.cut.iter().filter(|c| **c).count();
-    let mut delay = Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).unwrap();
+    let histogram = || Histogram::<u64>::new_with_bounds(1, 600_000_000_000, 3).unwrap();
+    let mut delay = histogram();
+    let window = Duration::from_secs(a.window_secs.max(1));
+    let mut windows: Vec<Histogram<u64>> = Vec::new();
     let mut missing = 0u64;
     for arrivals in &seen.markers {
         for (k, ack) in acks.iter().enumerate() {
             match arrivals.get(k) {
-                Some(t) => delay.record(t.saturating_duration_since(*ack).as_nanos().max(1) as u64).unwrap(),
+                Some(t) => {
+                    let ns = t.saturating_duration_since(*ack).as_nanos().max(1) as u64;
+                    delay.record(ns).unwrap();
+                    let w = (ack.saturating_duration_since(acks[0]).as_secs() / window.as_secs()) as usize;
+                    while windows.len() <= w {
+                        windows.push(histogram());
+                    }
+                    windows[w].record(ns).unwrap();
+                }
                 None => missing += 1,
             }
         }
@@ -306,6 +324,12 @@ fn main() {
         delay.max() as f64 / 1e6,
         delay.len()
     );
+    if windows.len() > 1 {
+        for (w, h) in windows.iter().enumerate() {
+            let from = w as u64 * window.as_secs();
+            println!("  markers acknowledged {from}-{} s: delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", from + window.as_secs(), ms(h, 0.5), ms(h, 0.99), h.max() as f64 / 1e6);
+        }
+    }
     println!(
         "exchange CPU: {:.2} s without clients, {:.2} s with; the difference over {delivered} messages delivered: {ns_per_message:.0} ns a message",
         cpu_baseline as f64 / hz,
