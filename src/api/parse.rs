@@ -17,16 +17,16 @@ use crate::engine::symbol::usdt_to_units;
 use crate::engine::units::{MAX_NOTIONAL, MAX_TICKS};
 use crate::engine::{ClientOrderId, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
-use crate::shard::protocol::{ApiRequest, OrderRef};
+use crate::shard::protocol::{AccountRequest, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
 
 /// Where a request must be answered.
 #[derive(Debug)]
 pub enum Routed {
     /// By the owner of a symbol.
-    Symbol(usize, ApiRequest),
+    Symbol(usize, SymbolRequest),
     /// By the owner of an account partition.
-    Partition(u32, ApiRequest),
+    Partition(u32, AccountRequest),
     /// From cold storage, once the partition's owner has authenticated the key;
     /// `before`: only orders created before this time (ms).
     History { partition: u32, key: String, symbol: Option<usize>, limit: usize, before: Option<i64> },
@@ -75,18 +75,18 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
         ("GET", ["v1", "symbols"]) => Routed::Symbols,
         ("GET", ["v1", "depth"]) => {
             let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
-            Routed::Symbol(symbol, ApiRequest::Depth { symbol, limit: query.limit(50, 1_000)? })
+            Routed::Symbol(symbol, SymbolRequest::Depth { symbol, limit: query.limit(50, 1_000)? })
         }
         ("GET", ["v1", "trades"]) => {
             let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
-            Routed::Symbol(symbol, ApiRequest::Trades { symbol, limit: query.limit(100, 1_000)? })
+            Routed::Symbol(symbol, SymbolRequest::Trades { symbol, limit: query.limit(100, 1_000)? })
         }
         ("POST", ["v1", "orders"]) => {
             let (key, _) = private()?;
             check_depth(input.body, limits.max_json_depth)?;
             let body: OrderBody = parse_json(input.body)?;
             let (symbol, order) = body.validate(map)?;
-            Routed::Symbol(symbol, ApiRequest::PlaceOrder { key, symbol, order })
+            Routed::Symbol(symbol, SymbolRequest::PlaceOrder { key, symbol, order })
         }
         ("GET", ["v1", "orders", "history"]) => {
             let (key, p) = private()?;
@@ -98,11 +98,11 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
         }
         ("GET", ["v1", "orders"]) => {
             let (key, p) = private()?;
-            Routed::Partition(p, ApiRequest::OpenOrders { key, symbol: query.symbol(map)? })
+            Routed::Partition(p, AccountRequest::OpenOrders { key, symbol: query.symbol(map)? })
         }
         ("DELETE", ["v1", "orders"]) => {
             let (key, p) = private()?;
-            Routed::Partition(p, ApiRequest::CancelAll { key, symbol: query.symbol(map)? })
+            Routed::Partition(p, AccountRequest::CancelAll { key, symbol: query.symbol(map)? })
         }
         ("GET" | "DELETE", ["v1", "orders", rest @ ..]) => {
             let (key, p) = private()?;
@@ -115,16 +115,16 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
                 [id] => order_ref(id),
                 _ => return Err(ApiError::NotFound),
             };
-            let req = if method == "GET" { ApiRequest::GetOrder { key, target } } else { ApiRequest::CancelOrder { key, target } };
+            let req = if method == "GET" { AccountRequest::GetOrder { key, target } } else { AccountRequest::CancelOrder { key, target } };
             Routed::Partition(p, req)
         }
         ("GET", ["v1", "fills"]) => {
             let (key, p) = private()?;
-            Routed::Partition(p, ApiRequest::Fills { key, symbol: query.symbol(map)?, limit: query.limit(100, 10_000)? })
+            Routed::Partition(p, AccountRequest::Fills { key, symbol: query.symbol(map)?, limit: query.limit(100, 10_000)? })
         }
         ("GET", ["v1", "premium-index"]) => {
             let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
-            Routed::Symbol(symbol, ApiRequest::PremiumIndex { symbol })
+            Routed::Symbol(symbol, SymbolRequest::PremiumIndex { symbol })
         }
         ("GET", ["v1", "insurance-fund"]) => Routed::InsuranceFund,
         ("GET", ["v1", "income"]) => {
@@ -138,7 +138,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
                         .ok_or_else(|| invalid("type must be REALIZED_PNL, COMMISSION, FUNDING_FEE, LIQUIDATION or TRANSFER"))?,
                 ),
             };
-            Routed::Partition(p, ApiRequest::Income { key, symbol: query.symbol(map)?, kind, limit: query.limit(100, 1_000)? })
+            Routed::Partition(p, AccountRequest::Income { key, symbol: query.symbol(map)?, kind, limit: query.limit(100, 1_000)? })
         }
         ("POST", ["admin", "v1", "index-prices"]) => {
             admin(input.admin_key, limits.admin_key)?;
@@ -153,22 +153,22 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             // Off-tick prices are rounded to the nearest tick.
             let ticks = (price / spec.tick_size).round().to_i64().filter(|t| (1..=MAX_TICKS).contains(t));
             let price = ticks.ok_or_else(|| invalid("price is out of range"))?;
-            Routed::Symbol(symbol, ApiRequest::IndexPrice { symbol, price })
+            Routed::Symbol(symbol, SymbolRequest::IndexPrice { symbol, price })
         }
         ("POST", ["admin", "v1", "funding"]) => {
             admin(input.admin_key, limits.admin_key)?;
             check_depth(input.body, limits.max_json_depth)?;
             let body: SymbolBody = parse_json(input.body)?;
             let symbol = map.symbols.iter().position(|x| x.name == body.symbol).ok_or(ApiError::UnknownSymbol)?;
-            Routed::Symbol(symbol, ApiRequest::Funding { symbol })
+            Routed::Symbol(symbol, SymbolRequest::Funding { symbol })
         }
         ("GET", ["v1", "balance"]) => {
             let (key, p) = private()?;
-            Routed::Partition(p, ApiRequest::Balance { key })
+            Routed::Partition(p, AccountRequest::Balance { key })
         }
         ("GET", ["v1", "positions"]) => {
             let (key, p) = private()?;
-            Routed::Partition(p, ApiRequest::Positions { key })
+            Routed::Partition(p, AccountRequest::Positions { key })
         }
         ("POST", ["admin", "v1", "check"]) => {
             admin(input.admin_key, limits.admin_key)?;
@@ -182,7 +182,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             admin(input.admin_key, limits.admin_key)?;
             check_depth(input.body, limits.max_json_depth)?;
             let body: UserBody = parse_json(input.body)?;
-            Routed::Partition(partition_of_name(&body.user_id), ApiRequest::CreateUser { name: body.user_id })
+            Routed::Partition(partition_of_name(&body.user_id), AccountRequest::CreateUser { name: body.user_id })
         }
         ("POST", ["admin", "v1", "deposits"]) => {
             admin(input.admin_key, limits.admin_key)?;
@@ -200,7 +200,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
                 return Err(invalid("transferId must be 1-64 characters"));
             }
             let p = partition_of_name(&body.user_id);
-            Routed::Partition(p, ApiRequest::Transfer { name: body.user_id, amount, transfer_id: body.transfer_id })
+            Routed::Partition(p, AccountRequest::Transfer { name: body.user_id, amount, transfer_id: body.transfer_id })
         }
         (_, ["health" | "metrics"] | ["v1", ..] | ["admin", ..]) if known_path(&segments) => {
             return Err(ApiError::MethodNotAllowed);
@@ -446,7 +446,7 @@ mod tests {
     #[test]
     fn orders_are_validated_at_the_edge() {
         let ok = r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.5","quantity":"0.010","leverage":10}"#;
-        assert!(matches!(post(ok), Ok(Routed::Symbol(0, ApiRequest::PlaceOrder { .. }))));
+        assert!(matches!(post(ok), Ok(Routed::Symbol(0, SymbolRequest::PlaceOrder { .. }))));
         for bad in [
             r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.55","quantity":"0.010"}"#,
             r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"50000.5","quantity":"0.0105"}"#,

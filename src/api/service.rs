@@ -157,8 +157,8 @@ impl Service {
             Routed::History { partition, key, symbol, limit, before } => {
                 return self.history(partition, key, symbol, limit, before).await.unwrap_or_else(|e| e.reply());
             }
-            Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), req),
-            Routed::Partition(partition, req) => (shard.partition_owner(partition), req),
+            Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), ApiRequest::Symbol(req)),
+            Routed::Partition(partition, req) => (shard.partition_owner(partition), ApiRequest::Account(req)),
         };
         match self.ask(to, req).await {
             Ok(answer) => render::answer(&shard.map, &answer),
@@ -174,7 +174,7 @@ impl Service {
         let Some(key) = api_key.filter(|_| error != ApiError::Unauthorized) else { return error };
         let Some(user) = crate::accounts::user_of_key(key) else { return ApiError::Unauthorized };
         let owner = self.shard.account_owner(user);
-        match self.ask(owner, ApiRequest::Authenticate { key: key.to_owned() }).await {
+        match self.ask(owner, ApiRequest::authenticate(key)).await {
             Err(ApiError::Unauthorized) => ApiError::Unauthorized,
             _ => error,
         }
@@ -200,7 +200,7 @@ impl Service {
     /// `GET /v1/orders/history`: the key's owner says whose it is; cold storage answers.
     async fn history(&self, partition: u32, key: String, symbol: Option<usize>, limit: usize, before: Option<i64>) -> Result<HttpReply, ApiError> {
         let to = self.shard.partition_owner(partition);
-        let Answer::User(user) = self.ask(to, ApiRequest::Authenticate { key }).await? else {
+        let Answer::User(user) = self.ask(to, ApiRequest::authenticate(&key)).await? else {
             return Err(ApiError::Unavailable("unexpected answer".into()));
         };
         let reader = self.history.as_ref().ok_or_else(|| {

@@ -146,7 +146,7 @@ where
 
 async fn authenticate(shard: &Rc<Shard>, key: &str) -> Option<UserId> {
     let user = crate::accounts::user_of_key(key)?;
-    match shard.ask(shard.account_owner(user), Request::Api(ApiRequest::Authenticate { key: key.to_owned() })).await {
+    match shard.ask(shard.account_owner(user), Request::Api(ApiRequest::authenticate(key))).await {
         Some(Reply::Api(Ok(Answer::User(u)))) => Some(u),
         _ => None,
     }

@@ -41,22 +41,7 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
 /// symbol's, everything about an account to the account's.
 async fn answer(shard: &Shard, req: ApiRequest) -> Result<super::protocol::Answer, super::protocol::Refusal> {
     match req {
-        ApiRequest::PlaceOrder { .. }
-        | ApiRequest::Depth { .. }
-        | ApiRequest::Trades { .. }
-        | ApiRequest::PremiumIndex { .. }
-        | ApiRequest::IndexPrice { .. }
-        | ApiRequest::Funding { .. } => shard.symbols.answer(req).await,
-        ApiRequest::CancelOrder { .. }
-        | ApiRequest::CancelAll { .. }
-        | ApiRequest::GetOrder { .. }
-        | ApiRequest::OpenOrders { .. }
-        | ApiRequest::Fills { .. }
-        | ApiRequest::Authenticate { .. }
-        | ApiRequest::Balance { .. }
-        | ApiRequest::Positions { .. }
-        | ApiRequest::CreateUser { .. }
-        | ApiRequest::Transfer { .. }
-        | ApiRequest::Income { .. } => shard.accounts.answer(req).await,
+        ApiRequest::Symbol(req) => shard.symbols.answer(req).await,
+        ApiRequest::Account(req) => shard.accounts.answer(req).await,
     }
 }

@@ -65,12 +65,31 @@ pub enum OrderRef {
     Client(ClientOrderId),
 }
 
-/// A parsed API request, sent to the shard that can answer it.
+/// A parsed API request, sent to the shard that can answer it: the owner of a symbol
+/// (its room of symbols answers) or of an account (its room of accounts).
 #[derive(Clone, Debug)]
 pub enum ApiRequest {
-    /// To the symbol's owner, which runs the whole order path.
+    Symbol(SymbolRequest),
+    Account(AccountRequest),
+}
+
+/// What the owner of a symbol answers.
+#[derive(Clone, Debug)]
+pub enum SymbolRequest {
+    /// The whole order path runs from here.
     PlaceOrder { key: String, symbol: usize, order: NewOrder },
-    /// The rest go to the owner of the key's account, except market data.
+    Depth { symbol: usize, limit: usize },
+    Trades { symbol: usize, limit: usize },
+    PremiumIndex { symbol: usize },
+    /// Admin: log an index price.
+    IndexPrice { symbol: usize, price: i64 },
+    /// Admin: settle funding now.
+    Funding { symbol: usize },
+}
+
+/// What the owner of the key's (or name's) account answers.
+#[derive(Clone, Debug)]
+pub enum AccountRequest {
     CancelOrder { key: String, target: OrderRef },
     CancelAll { key: String, symbol: Option<usize> },
     GetOrder { key: String, target: OrderRef },
@@ -82,16 +101,8 @@ pub enum ApiRequest {
     Positions { key: String },
     CreateUser { name: String },
     Transfer { name: String, amount: Units, transfer_id: String },
-    /// To the symbol's owner.
-    Depth { symbol: usize, limit: usize },
-    Trades { symbol: usize, limit: usize },
-    PremiumIndex { symbol: usize },
     /// The user's money movements, newest first.
     Income { key: String, symbol: Option<usize>, kind: Option<IncomeKind>, limit: usize },
-    /// Admin, to the symbol's owner: log an index price.
-    IndexPrice { symbol: usize, price: i64 },
-    /// Admin, to the symbol's owner: settle funding now.
-    Funding { symbol: usize },
 }
 
 /// A symbol's prices and insurance fund, as its owner has them.
@@ -114,16 +125,18 @@ impl ApiRequest {
     /// Whether answering it changes state (locks margin, logs a command): such work is
     /// finished, or undone, even when the client that asked has gone.
     pub fn changes_state(&self) -> bool {
-        matches!(
-            self,
-            Self::PlaceOrder { .. }
-                | Self::CancelOrder { .. }
-                | Self::CancelAll { .. }
-                | Self::CreateUser { .. }
-                | Self::Transfer { .. }
-                | Self::IndexPrice { .. }
-                | Self::Funding { .. }
-        )
+        match self {
+            Self::Symbol(r) => matches!(r, SymbolRequest::PlaceOrder { .. } | SymbolRequest::IndexPrice { .. } | SymbolRequest::Funding { .. }),
+            Self::Account(r) => matches!(
+                r,
+                AccountRequest::CancelOrder { .. } | AccountRequest::CancelAll { .. } | AccountRequest::CreateUser { .. } | AccountRequest::Transfer { .. }
+            ),
+        }
+    }
+
+    /// Whose key it is, asked of the account's owner.
+    pub fn authenticate(key: &str) -> Self {
+        Self::Account(AccountRequest::Authenticate { key: key.to_owned() })
     }
 }
 

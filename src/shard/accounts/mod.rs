@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap;
 use super::core::{now_ms, Core};
 use super::log::{Log, LogRoom};
 use super::projections::{feed, hot, Ledger, Projections};
-use super::protocol::{Answer, ApiRequest, OrderRef, Refusal, Reply, Request, ReserveError};
+use super::protocol::{AccountRequest, Answer, OrderRef, Refusal, Reply, Request, ReserveError};
 use crate::accounts::{OrderView, RiskError};
 use crate::engine::{Event, NewOrder, UserId};
 
@@ -125,26 +125,26 @@ impl AccountRoom {
     }
 
     /// The API requests about an account, on the owner of its partition.
-    pub async fn answer(self: &Rc<Self>, req: ApiRequest) -> Result<Answer, Refusal> {
+    pub async fn answer(self: &Rc<Self>, req: AccountRequest) -> Result<Answer, Refusal> {
         match req {
-            ApiRequest::CreateUser { name } => admin::create_user(self, &name).await,
-            ApiRequest::Transfer { name, amount, transfer_id } => {
+            AccountRequest::CreateUser { name } => admin::create_user(self, &name).await,
+            AccountRequest::Transfer { name, amount, transfer_id } => {
                 let user = admin::transfer(self, &name, amount, &transfer_id).await?;
                 self.balance(user)
             }
-            ApiRequest::CancelOrder { key, target } => self.cancel_order(&key, target).await,
-            ApiRequest::CancelAll { key, symbol } => self.cancel_all(&key, symbol).await,
-            ApiRequest::GetOrder { key, target } => {
+            AccountRequest::CancelOrder { key, target } => self.cancel_order(&key, target).await,
+            AccountRequest::CancelAll { key, symbol } => self.cancel_all(&key, symbol).await,
+            AccountRequest::GetOrder { key, target } => {
                 let user = self.authenticate(&key)?;
                 self.find(user, target).map(Answer::Order)
             }
-            ApiRequest::OpenOrders { key, symbol } => {
+            AccountRequest::OpenOrders { key, symbol } => {
                 let user = self.authenticate(&key)?;
                 let accounts = self.ledger.borrow();
                 let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
                 Ok(Answer::Orders(account.open_orders(symbol).into_iter().cloned().collect()))
             }
-            ApiRequest::Fills { key, symbol, limit } => {
+            AccountRequest::Fills { key, symbol, limit } => {
                 let user = self.authenticate(&key)?;
                 let mut fills: Vec<crate::accounts::Fill> = {
                     let accounts = self.ledger.borrow();
@@ -157,13 +157,13 @@ impl AccountRoom {
                 fills.truncate(limit);
                 Ok(Answer::Fills(fills))
             }
-            ApiRequest::Balance { key } => {
+            AccountRequest::Balance { key } => {
                 let user = self.authenticate(&key)?;
                 self.balance(user)
             }
-            ApiRequest::Authenticate { key } => self.authenticate(&key).map(Answer::User),
-            ApiRequest::Positions { key } => self.positions(&key).await,
-            ApiRequest::Income { key, symbol, kind, limit } => {
+            AccountRequest::Authenticate { key } => self.authenticate(&key).map(Answer::User),
+            AccountRequest::Positions { key } => self.positions(&key).await,
+            AccountRequest::Income { key, symbol, kind, limit } => {
                 let user = self.authenticate(&key)?;
                 let accounts = self.ledger.borrow();
                 let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
@@ -176,7 +176,6 @@ impl AccountRoom {
                     .collect();
                 Ok(Answer::Income(income))
             }
-            _ => Err(Refusal::Unavailable("not an account request".into())),
         }
     }
 

@@ -30,7 +30,7 @@ use super::accounts::AccountRoom;
 use super::core::{now_ms, Core};
 use super::log::{files, LogRoom};
 use super::projections::Projections;
-use super::protocol::{Answer, ApiRequest, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError};
+use super::protocol::{Answer, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError, SymbolRequest};
 use super::rpc::Pending;
 use crate::accounts::{OrderStatus, OrderView};
 use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, UserId};
@@ -71,36 +71,35 @@ impl SymbolRoom {
     }
 
     /// The API requests about a symbol, on its owner.
-    pub async fn answer(self: &Rc<Self>, req: ApiRequest) -> Result<Answer, Refusal> {
+    pub async fn answer(self: &Rc<Self>, req: SymbolRequest) -> Result<Answer, Refusal> {
         match req {
-            ApiRequest::PlaceOrder { key, symbol, order } => self.place_order(key, symbol, order).await.map(Answer::Order),
-            ApiRequest::Depth { symbol, limit } => {
+            SymbolRequest::PlaceOrder { key, symbol, order } => self.place_order(key, symbol, order).await.map(Answer::Order),
+            SymbolRequest::Depth { symbol, limit } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 let market = stream.market.borrow();
                 let side = |s| market.book().depth(s).take(limit).collect::<Vec<_>>();
                 Ok(Answer::Depth { symbol, seq: market.seq(), bids: side(crate::engine::Side::Buy), asks: side(crate::engine::Side::Sell) })
             }
-            ApiRequest::Trades { symbol, limit } => {
+            SymbolRequest::Trades { symbol, limit } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 let trades = stream.trades.borrow().iter().take(limit).copied().collect();
                 Ok(Answer::Trades { symbol, trades })
             }
-            ApiRequest::PremiumIndex { symbol } => {
+            SymbolRequest::PremiumIndex { symbol } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 Ok(premium_index(&stream, now_ms()))
             }
-            ApiRequest::IndexPrice { symbol, price } => {
+            SymbolRequest::IndexPrice { symbol, price } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 let time = now_ms();
                 stream.submit(Command::IndexPrice { price, timestamp: time }).await?;
                 Ok(premium_index(&stream, time))
             }
-            ApiRequest::Funding { symbol } => {
+            SymbolRequest::Funding { symbol } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 // Settles the coming funding time now: the scheduled tick then finds it done.
                 settle_funding(&stream, now_ms()).await
             }
-            _ => Err(Refusal::Unavailable("not a symbol request".into())),
         }
     }
 
