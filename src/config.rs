@@ -30,6 +30,7 @@
 //! | `EXCHANGE_IO_MEMORY_KIB` | `io_memory_kib` | `512` (locked memory per core) |
 //! | `EXCHANGE_SNAPSHOT_EVERY` | `snapshot_every` | `100000` (commands per stream) |
 //! | `EXCHANGE_SPIN_MICROS` | `spin_micros` | `0` (busy-poll before sleeping) |
+//! | `EXCHANGE_RING_DEPTH` | `ring_depth` | `128` (io_uring entries per ring, a power of two) |
 //! | `EXCHANGE_FUNDING_INTERVAL_SECS` | `funding_interval_secs` | unset: each symbol's (shard map; 28800) |
 //! | `EXCHANGE_INDEX_MAX_AGE_SECS` | `index_max_age_secs` | `60` (an older index pauses liquidation and funding) |
 //! | `EXCHANGE_MARK_BASIS_WINDOW_SECS` | `mark_basis_window_secs` | unset: each symbol's (shard map; 300) |
@@ -69,6 +70,8 @@ pub struct Config {
     pub sync_connections: usize,
     /// How long an idle shard busy-polls before it sleeps: trades CPU for wake-up latency.
     pub spin_micros: u64,
+    /// Entries of each io_uring ring of a core (glommio's default is 128).
+    pub ring_depth: usize,
     /// Overrides every symbol's funding interval (seconds).
     pub funding_interval_secs: Option<u64>,
     /// An index price older than this (seconds) pauses liquidation and funding of its
@@ -207,6 +210,7 @@ impl Default for Config {
             persistence: Persistence::Async,
             sync_connections: 64,
             spin_micros: 0,
+            ring_depth: 128,
             funding_interval_secs: None,
             index_max_age_secs: None,
             mark_basis_window_secs: None,
@@ -319,6 +323,13 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_SPIN_MICROS") {
             self.spin_micros = parse("EXCHANGE_SPIN_MICROS", &v)?;
+        }
+        if let Some(v) = set("EXCHANGE_RING_DEPTH") {
+            self.ring_depth = parse("EXCHANGE_RING_DEPTH", &v)?;
+            anyhow::ensure!(
+                self.ring_depth.is_power_of_two() && (8..=32_768).contains(&self.ring_depth),
+                "EXCHANGE_RING_DEPTH must be a power of two from 8 to 32768"
+            );
         }
         if let Some(v) = set("EXCHANGE_FUNDING_INTERVAL_SECS") {
             let secs: u64 = parse("EXCHANGE_FUNDING_INTERVAL_SECS", &v)?;

@@ -166,6 +166,7 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
+            .ring_depth(config.ring_depth)
             .spawn(move || async move {
                 let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, kafka_clients, admission, mode };
                 let result = shard_main(start, mesh).await;
