@@ -51,6 +51,10 @@ pub struct Metrics {
     /// `stalled` (a write that did not finish within its deadline), `silent` (no
     /// answer to pings), `overloaded` (messages for its core were dropped).
     pub streams_cut: Family<ReasonLabel, Counter>,
+    /// Stream messages written to their sockets, and the socket writes that carried them
+    /// (a connection's messages of one tick, from all its channels, go out in one write).
+    pub stream_messages: Counter,
+    pub stream_writes: Counter,
 }
 
 /// One shard's handles.
@@ -125,6 +129,10 @@ impl Metrics {
             "Stream connections closed by the server: behind (past its bound), stalled (a write past its deadline), silent (no answer to pings), overloaded (messages for its core dropped)",
             streams_cut.clone(),
         );
+        let stream_messages = Counter::default();
+        let stream_writes = Counter::default();
+        registry.register("exchange_stream_messages", "Stream messages written to their sockets", stream_messages.clone());
+        registry.register("exchange_stream_writes", "Socket writes of stream connections", stream_writes.clone());
         Self {
             registry: Arc::new(registry),
             orders,
@@ -143,6 +151,8 @@ impl Metrics {
             streams_open,
             streams_opened,
             streams_cut,
+            stream_messages,
+            stream_writes,
         }
     }
 

@@ -546,3 +546,37 @@ fn a_users_order_updates_come_in_the_order_of_their_events() {
     let fills: Vec<&str> = mine.iter().filter(|m| m["data"]["type"] == "fill").map(|m| m["data"]["orderId"].as_str().unwrap()).collect();
     assert_eq!(fills, [first.as_str(), second.as_str()]);
 }
+
+#[test]
+fn a_connection_reading_many_channels_gets_each_ticks_messages_in_one_write() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    for i in 0..8 {
+        s.limit(&alice, "SELL", &(50_000 + i).to_string(), "0.001");
+    }
+    let mut ws = connect(&s, Some(&bob));
+    subscribe(&mut ws, &["trades:BTC-PERP", "depth:BTC-PERP", "user"]);
+    let (writes, messages) = (s.metric("exchange_stream_writes_total", ""), s.metric("exchange_stream_messages_total", ""));
+    // One taker order, eight trades: each trade and each of bob's order, fill, balance
+    // and position messages on three channels, from the cores that own the symbol and
+    // bob's account.
+    s.limit(&bob, "BUY", "50007", "0.008");
+    let mut received = 0;
+    let (mut trades, mut balance) = (0, false);
+    while trades < 8 || !balance {
+        let m = next(&mut ws);
+        received += 1;
+        trades += usize::from(m["channel"] == "trades:BTC-PERP");
+        balance |= m["channel"] == "user" && m["data"]["type"] == "balance";
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while s.metric("exchange_stream_messages_total", "") - messages < received {
+        assert!(Instant::now() < deadline, "the server counted fewer messages than were received");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = s.metric("exchange_stream_messages_total", "") - messages;
+    let written = s.metric("exchange_stream_writes_total", "") - writes;
+    assert!(sent >= 18, "eight trades, eight fills, order updates, balance: {sent} messages");
+    assert!(written >= 1 && written * 4 <= sent, "{sent} messages took {written} socket writes, not one per tick");
+}

@@ -116,6 +116,7 @@ where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let Some(hub) = service.hub.clone() else { return };
+    let socket = Counted { inner: socket, writes: hub.metrics.stream_writes.clone() };
     // tungstenite zeroes a read buffer's worth before every read attempt: clients send
     // little, so a small one (its default is 128 KiB).
     let config = WebSocketConfig::default()
@@ -922,6 +923,7 @@ where
                 // socket full, and the write would wait for it for ever. Until it ends,
                 // what it holds counts against the connection's bound.
                 conn.in_flight.set(pending.iter().map(|m| m.len()).sum());
+                let sent = pending.len() as u64;
                 conn.writing_since.set(Some(Instant::now()));
                 let write = async {
                     for m in pending {
@@ -937,7 +939,9 @@ where
                 conn.writing_since.set(None);
                 conn.in_flight.set(0);
                 match written {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        hub.metrics.stream_messages.inc_by(sent);
+                    }
                     // Cut off or stalled: the next turn sends the Close frame.
                     Ok(false) => continue,
                     Err(_) => return,
@@ -960,6 +964,36 @@ where
         // Answered with a Close: tungstenite queued it when the client's arrived (and
         // refuses to send another), so a flush sends it; within a second.
         futures_lite::future::or(async { drop(sink.flush().await) }, glommio::timer::sleep(Duration::from_secs(1))).await;
+    }
+}
+
+/// A stream connection's socket, counting the writes that reach it (`exchange_stream_writes`).
+struct Counted<S> {
+    inner: S,
+    writes: prometheus_client::metrics::counter::Counter,
+}
+
+impl<S: futures_lite::AsyncRead + Unpin> futures_lite::AsyncRead for Counted<S> {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for Counted<S> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(_)) = written {
+            self.writes.inc();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
