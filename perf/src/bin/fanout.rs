@@ -294,7 +294,9 @@ fn main() {
     let delivered: u64 = seen.last_seq.iter().sum();
     let hz = 100.0; // USER_HZ
     // The fan-out's own cost: the exchange's CPU beyond what the same load took without clients.
-    let extra = cpu.saturating_sub(cpu_baseline);
+    // At the baseline's rate of CPU: the two runs may differ in length.
+    let base_secs = a.baseline_seconds.unwrap_or(a.seconds).max(1);
+    let extra = cpu.saturating_sub(cpu_baseline * a.seconds / base_secs);
     let ns_per_message = if delivered > 0 { extra as f64 / hz * 1e9 / delivered as f64 } else { 0.0 };
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
     let followed = if std::env::var_os("FANOUT_IDLE_CLIENTS").is_some() {
@@ -331,9 +333,10 @@ fn main() {
         }
     }
     println!(
-        "exchange CPU: {:.2} s without clients, {:.2} s with; the difference over {delivered} messages delivered: {ns_per_message:.0} ns a message",
+        "exchange CPU: {:.2} s in {base_secs} s without clients, {:.2} s in {} s with; beyond the baseline's rate, over {delivered} messages delivered: {ns_per_message:.0} ns a message",
         cpu_baseline as f64 / hz,
-        cpu as f64 / hz
+        cpu as f64 / hz,
+        a.seconds
     );
     println!(
         "fanout: {} clients, ack p99 {:.2} ms -> {:.2} ms ({:.2}x), delivery p99 {:.2} ms, {complete}/{} got every trade, {ns_per_message:.0} ns CPU per message",
