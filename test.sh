@@ -5,7 +5,8 @@
 # state: a single Redis (127.0.0.1:6379) and a 3-master Redis Cluster (127.0.0.1:7000-
 # 7002), each started if it does not answer. PostgreSQL (127.0.0.1:5432, database test)
 # is started if it does not answer; chromium and chromedriver (the page test) are
-# installed if missing. Prints one closing line with the totals.
+# installed if missing, and ccxt (the Binance-dialect test) into a virtual environment.
+# Prints one closing line with the totals.
 set -uo pipefail
 cd "$(dirname "$0")"
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
@@ -30,6 +31,11 @@ if ! scripts/browser.sh; then
   echo "tests: 0 passed, 1 failed (no headless browser could be installed)"
   exit 1
 fi
+if ! ccxt_python=$(scripts/ccxt.sh); then
+  echo "tests: 0 passed, 1 failed (ccxt could not be installed from PyPI)"
+  exit 1
+fi
+export EXCHANGE_TEST_CCXT_PYTHON="$ccxt_python"
 if ! scripts/postgres.sh; then
   echo "tests: 0 passed, 1 failed (no PostgreSQL could be started)"
   exit 1
@@ -42,7 +48,7 @@ cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 echo "== black-box tests, Kafka event log"
-EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --test api --test recovery --test perpetual --test streams "$@" 2>&1 | tee -a "$log"
+EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --test api --test recovery --test perpetual --test streams --test binance "$@" 2>&1 | tee -a "$log"
 kafka_status=${PIPESTATUS[0]}
 [ "$kafka_status" -ne 0 ] && status=$kafka_status
 

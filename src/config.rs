@@ -9,6 +9,7 @@
 //! | `EXCHANGE_HTTP_ADDR` | `http_addr` | `127.0.0.1:8080` |
 //! | `EXCHANGE_DATA_DIR` | `data_dir` | `./data` |
 //! | `EXCHANGE_ADMIN_KEY` | `admin_key` | none: admin API disabled |
+//! | `EXCHANGE_SIGNING_SECRET` | `signing_secret` | a random one, kept in `<data_dir>/signing.secret` (derives every key's Binance API secret) |
 //! | `EXCHANGE_CORES` | `cores` | all online cores |
 //! | `EXCHANGE_SHARD_MAP` | `shard_map` | `shards/default.toml` |
 //! | `EXCHANGE_KAFKA_BROKERS` | `kafka.brokers` | unset: embedded journal |
@@ -53,6 +54,9 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub admin_key: Option<String>,
+    /// What every key's API secret for Binance-style signing is derived from
+    /// (`accounts::secret::secret_of`); unset: made once and kept in the data dir.
+    pub signing_secret: Option<String>,
     pub cores: Option<Vec<usize>>,
     pub shard_map: PathBuf,
     pub kafka: Kafka,
@@ -197,6 +201,7 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             admin_key: None,
+            signing_secret: None,
             cores: None,
             shard_map: PathBuf::from("shards/default.toml"),
             kafka: Kafka::default(),
@@ -253,6 +258,9 @@ impl Config {
         }
         if let Some(v) = set("EXCHANGE_ADMIN_KEY") {
             self.admin_key = Some(v);
+        }
+        if let Some(v) = set("EXCHANGE_SIGNING_SECRET") {
+            self.signing_secret = Some(v);
         }
         // A blank key would be a key anyone can guess: it disables the admin API instead.
         self.admin_key = self.admin_key.take().filter(|k| !k.trim().is_empty());

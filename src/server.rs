@@ -41,7 +41,7 @@ fn raise_memlock() {
 ///
 /// # Errors
 /// Start-up failures (config, shard map, logs, executors), with context.
-pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
+pub fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
     let mut map = ShardMap::load(&config.shard_map)?;
     for symbol in &mut map.symbols {
         if let Some(secs) = config.funding_interval_secs {
@@ -83,6 +83,9 @@ pub fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let (numbering, first_number) =
         crate::numbering::HighWater::open(&config.data_dir, clock).context("the numbering high-water mark in the data dir")?;
     let numbering = Arc::new(numbering);
+    if config.signing_secret.is_none() {
+        config.signing_secret = Some(kept_secret(&config.data_dir).context("the signing secret in the data dir")?);
+    }
     let cores = config.shard_cores();
     let shards = cores.len();
     let config = Arc::new(config);
@@ -600,5 +603,47 @@ fn set_send_buffer(stream: &glommio::net::TcpStream, bytes: libc::c_int) {
     };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "SO_SNDBUF not set");
+    }
+}
+
+/// The signing secret kept in `dir` (`signing.secret`), made (32 random bytes, hex) the
+/// first time; readable by the owner only.
+///
+/// # Errors
+/// The file cannot be read or written, or there is no randomness.
+pub fn kept_secret(dir: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("signing.secret");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let secret = hex::encode(bytes);
+    let fresh = dir.join("signing.secret.new");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&fresh)?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&fresh, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_secret_is_made_once() {
+        let dir = std::env::temp_dir().join(format!("signing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = kept_secret(&dir).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(kept_secret(&dir).unwrap(), first);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -23,6 +23,7 @@ use crate::engine::units::Units;
 
 mod account;
 mod ledger;
+pub mod secret;
 mod snapshot;
 pub use account::{Account, Fill, Income, IncomeKind, OpenOn, OrderStatus, OrderView};
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, UserId};

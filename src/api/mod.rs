@@ -1,8 +1,10 @@
 //! The HTTP API: parsing and validation on the accepting core ([`parse`]), answering a
 //! request by asking the shard that owns its answer ([`service`]), the one mapping from
-//! errors to status and code ([`error`]), and the JSON shapes ([`render`]).
+//! errors to status and code ([`error`]), and the JSON shapes ([`render`]); beside it, the
+//! Binance USDⓈ-M dialect over the same requests ([`binance`]).
 
 pub mod admission;
+pub mod binance;
 pub mod error;
 pub mod parse;
 pub mod render;

@@ -233,7 +233,7 @@ fn admin(given: Option<&str>, configured: Option<&str>) -> Result<(), ApiError> 
 }
 
 /// An order id from a URL; one that is not ours becomes an id that matches nothing.
-fn order_ref(text: &str) -> OrderRef {
+pub(crate) fn order_ref(text: &str) -> OrderRef {
     text.parse::<uuid::Uuid>()
         .ok()
         .and_then(|u| ids::decode(IdKind::Order, &u))
@@ -311,23 +311,24 @@ struct DepositBody {
     transfer_id: String,
 }
 
+/// A new order as `POST /v1/orders` takes it (and the Binance dialect builds it).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct OrderBody {
-    symbol: String,
-    side: String,
+pub(crate) struct OrderBody {
+    pub symbol: String,
+    pub side: String,
     #[serde(rename = "type")]
-    kind: String,
-    price: Option<String>,
-    quantity: String,
-    leverage: Option<u32>,
-    time_in_force: Option<String>,
-    reduce_only: Option<bool>,
-    client_order_id: Option<String>,
+    pub kind: String,
+    pub price: Option<String>,
+    pub quantity: String,
+    pub leverage: Option<u32>,
+    pub time_in_force: Option<String>,
+    pub reduce_only: Option<bool>,
+    pub client_order_id: Option<String>,
 }
 
 impl OrderBody {
-    fn validate(self, map: &ShardMap) -> Result<(usize, NewOrder), ApiError> {
+    pub(crate) fn validate(self, map: &ShardMap) -> Result<(usize, NewOrder), ApiError> {
         let symbol = map.symbols.iter().position(|s| s.name == self.symbol).ok_or(ApiError::UnknownSymbol)?;
         let spec = &map.symbols[symbol];
         let side = match self.side.as_str() {

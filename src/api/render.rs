@@ -81,14 +81,19 @@ pub fn balance(total: i128, available: i128, locked: i128) -> serde_json::Value 
     })
 }
 
-pub fn position(spec: &SymbolSpec, p: &PositionState, prices: MarketPrices) -> serde_json::Value {
-    let size = p.size.abs();
-    // Cost ÷ (units per tick·lot × size), in ticks; a flat position has no entry price.
+/// A position's entry price (0 when flat).
+pub fn entry_price(spec: &SymbolSpec, p: &PositionState) -> Decimal {
+    // Cost ÷ (units per tick·lot × size), in ticks.
     let entry_ticks = Decimal::try_from_i128_with_scale(p.cost, 0)
         .ok()
-        .zip(Decimal::try_from_i128_with_scale(size * i128::from(spec.units_per_tick_lot()), 0).ok())
+        .zip(Decimal::try_from_i128_with_scale(p.size.abs() * i128::from(spec.units_per_tick_lot()), 0).ok())
         .and_then(|(cost, per_tick)| cost.checked_div(per_tick))
         .unwrap_or(Decimal::ZERO);
+    entry_ticks.checked_mul(spec.tick_size).unwrap_or(Decimal::ZERO).round_dp(8).normalize()
+}
+
+pub fn position(spec: &SymbolSpec, p: &PositionState, prices: MarketPrices) -> serde_json::Value {
+    let size = p.size.abs();
     // Measured at the mark price, or the last trade before the first index price.
     let health = prices.valuation().map(|px| Health::of(spec, p, px));
     let price = |ticks: Option<i64>| ticks.map(|t| spec.ticks_to_price(t).to_string());
@@ -96,7 +101,7 @@ pub fn position(spec: &SymbolSpec, p: &PositionState, prices: MarketPrices) -> s
         "symbol": spec.name,
         "side": if p.size > 0 { "LONG" } else { "SHORT" },
         "size": spec.lots_to_quantity(size).to_string(),
-        "entryPrice": entry_ticks.checked_mul(spec.tick_size).unwrap_or(Decimal::ZERO).round_dp(8).normalize().to_string(),
+        "entryPrice": entry_price(spec, p).to_string(),
         "leverage": p.leverage,
         "margin": units_to_usdt(p.margin).to_string(),
         "unrealizedPnl": units_to_usdt(health.map_or(0, |h| h.unrealized)).to_string(),
@@ -251,7 +256,7 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
             let cancelled: Vec<String> = list.iter().map(|(s, id)| order_uuid(&map.symbols[*s], *id)).collect();
             ok(&serde_json::json!({ "cancelled": cancelled }))
         }
-        Answer::UserCreated { name, api_key } => ok(&serde_json::json!({ "userId": name, "apiKey": api_key })),
+        Answer::UserCreated { name, api_key, api_secret } => ok(&serde_json::json!({ "userId": name, "apiKey": api_key, "apiSecret": api_secret })),
         Answer::User(user) => ok(&serde_json::json!({ "userId": crate::wire::account_id(*user) })),
     }
 }

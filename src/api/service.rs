@@ -125,6 +125,16 @@ impl Service {
             None => return invalid("body not received in time").reply().closing(),
         };
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        if parts.uri.path().starts_with(super::binance::PREFIX) {
+            let input = super::binance::Input {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                query: parts.uri.query().unwrap_or_default(),
+                body: &body,
+                api_key: header("x-mbx-apikey"),
+            };
+            return super::binance::answer(self, input).await;
+        }
         let input = Input {
             method: parts.method.as_str(),
             path: parts.uri.path(),
@@ -184,7 +194,7 @@ impl Service {
     /// runs as a task of its own, so a client that disconnects (which drops this
     /// request's future) cannot stop it half-way, between a margin lock and its log
     /// write or release.
-    async fn ask(&self, to: usize, req: ApiRequest) -> Result<Answer, ApiError> {
+    pub(crate) async fn ask(&self, to: usize, req: ApiRequest) -> Result<Answer, ApiError> {
         let reply = if req.changes_state() {
             let shard = self.shard.clone();
             glommio::spawn_local(async move { shard.ask(to, Request::Api(req)).await }).detach().await.flatten()

@@ -162,7 +162,8 @@ pub enum Answer {
     Trades { symbol: usize, trades: Vec<PublicTrade> },
     /// Orders cancelled, by symbol.
     Cancelled(Vec<(usize, OrderId)>),
-    UserCreated { name: String, api_key: String },
+    /// `api_secret`: the key's secret for Binance-style signing (shown this once).
+    UserCreated { name: String, api_key: String, api_secret: String },
     User(UserId),
 }
 

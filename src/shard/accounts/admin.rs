@@ -92,7 +92,8 @@ pub async fn create_user(room: &AccountRoom, name: &str) -> Result<Answer, Refus
     )
     .await?;
     tracing::info!(user = name, "user created");
-    Ok(Answer::UserCreated { name: name.to_owned(), api_key: key })
+    let api_secret = crate::accounts::secret::secret_of(room.config.signing_secret.as_deref().unwrap_or_default().as_bytes(), &key);
+    Ok(Answer::UserCreated { name: name.to_owned(), api_key: key, api_secret })
 }
 
 /// A deposit (or withdrawal); the user it was for.

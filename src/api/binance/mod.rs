@@ -1,0 +1,261 @@
+//! The Binance USDⓈ-M dialect (`/fapi/...`, BINANCE.md): a second surface over the same
+//! requests as the native API. It parses Binance's parameters into the native
+//! [`SymbolRequest`]s and [`AccountRequest`]s, asks the shards exactly as `/v1` does,
+//! and renders their answers in Binance's shapes and error codes ([`shapes`]); it owns
+//! no state and reaches nothing below the shard protocol.
+//!
+//! Signed calls carry the native API key in `X-MBX-APIKEY` and an HMAC-SHA256 of their
+//! parameters made with the key's API secret ([`sign`]).
+
+pub mod sign;
+mod shapes;
+
+use rust_decimal::Decimal;
+
+use crate::api::error::ApiError;
+use crate::api::service::Service;
+use crate::api::HttpReply;
+use crate::accounts::{OrderStatus, ORDER_NUMBER_MASK};
+use crate::api::parse::OrderBody;
+use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, OrderRef, SymbolRequest};
+use crate::shard_map::ShardMap;
+use shapes::{Error, ok};
+
+/// Where the dialect's paths start.
+pub const PREFIX: &str = "/fapi/";
+
+/// One `/fapi` request as the edge received it.
+pub struct Input<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: &'a [u8],
+    /// `X-MBX-APIKEY`.
+    pub api_key: Option<&'a str>,
+}
+
+/// `BTCUSDT` ↔ `BTC-PERP`: the symbol's index in the map.
+fn symbol_of(map: &ShardMap, name: &str) -> Option<usize> {
+    let base = name.strip_suffix("USDT")?;
+    map.symbols.iter().position(|s| s.name.strip_suffix("-PERP") == Some(base))
+}
+
+/// A parameter of the query string or form body.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: &str, body: &[u8]) -> Self {
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        pairs.extend(form_urlencoded::parse(body).into_owned());
+        Self(pairs)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    }
+
+    fn symbol(&self, map: &ShardMap) -> Result<Option<usize>, Error> {
+        self.get("symbol").map(|s| symbol_of(map, s).ok_or(Error::INVALID_SYMBOL)).transpose()
+    }
+
+    fn required_symbol(&self, map: &ShardMap) -> Result<usize, Error> {
+        self.symbol(map)?.ok_or_else(|| Error::missing("symbol"))
+    }
+}
+
+/// Answers a `/fapi` request.
+pub async fn answer(service: &Service, input: Input<'_>) -> HttpReply {
+    match route(service, &input).await {
+        Ok(reply) => reply,
+        Err(e) => e.reply(),
+    }
+}
+
+async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error> {
+    let shard = &service.shard;
+    let map = &*shard.map;
+    let path = input.path.strip_prefix(PREFIX).unwrap_or_default().trim_end_matches('/');
+    let params = Params::parse(input.query, input.body);
+    let now = crate::shard::core::now_ms();
+    match (input.method, path) {
+        ("GET", "v1/ping") => Ok(ok(&serde_json::json!({}))),
+        ("GET", "v1/time") => Ok(ok(&serde_json::json!({ "serverTime": now }))),
+        ("GET", "v1/exchangeInfo") => Ok(ok(&shapes::exchange_info(map, now))),
+        ("GET", "v1/depth") => {
+            let symbol = params.required_symbol(map)?;
+            let limit = match params.get("limit") {
+                None => 500,
+                Some(l) => l.parse().ok().filter(|l| [5, 10, 20, 50, 100, 500, 1000].contains(l)).ok_or_else(|| Error::invalid_value("limit"))?,
+            };
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Depth { symbol, limit })).await? {
+                Answer::Depth { symbol, seq, bids, asks } => Ok(ok(&shapes::depth(&map.symbols[symbol], seq, &bids, &asks, now))),
+                _ => Err(Error::internal()),
+            }
+        }
+        ("GET", "v2/account" | "v3/account") => {
+            let key = signed(service, input, now)?;
+            let (balance, positions) = account(service, &key).await?;
+            Ok(ok(&shapes::account(map, &balance, &positions, now)))
+        }
+        ("GET", "v2/balance" | "v3/balance") => {
+            let key = signed(service, input, now)?;
+            let (balance, positions) = account(service, &key).await?;
+            Ok(ok(&[shapes::asset(map, &balance, &positions, now)]))
+        }
+        ("GET", "v2/positionRisk" | "v3/positionRisk") => {
+            let key = signed(service, input, now)?;
+            let only = params.symbol(map)?;
+            let (_, positions) = account(service, &key).await?;
+            Ok(ok(&shapes::position_risk(map, &positions, only, now)))
+        }
+        ("GET", "v1/leverageBracket") => {
+            signed(service, input, now)?;
+            Ok(ok(&shapes::leverage_brackets(map, params.symbol(map)?)))
+        }
+        ("POST", "v1/order") => {
+            let key = signed(service, input, now)?;
+            let (symbol, order) = new_order(map, &params)?;
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PlaceOrder { key, symbol, order })).await? {
+                Answer::Order(v) if v.status == OrderStatus::Rejected => Err(shapes::rejection(v.reason)),
+                Answer::Order(v) => Ok(ok(&shapes::order(map, &v))),
+                _ => Err(Error::internal()),
+            }
+        }
+        ("GET" | "DELETE", "v1/order") => {
+            let key = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let user = crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?;
+            let mut target = order_ref(map, symbol, user, &params)?;
+            let owner = shard.account_owner(user);
+            let get = input.method == "GET";
+            let not_found = if get { Error::NO_SUCH_ORDER } else { Error::UNKNOWN_ORDER };
+            let on_symbol = |answer: Result<Answer, Error>| match answer {
+                Ok(Answer::Order(v)) if v.symbol == symbol => Ok(v),
+                Ok(Answer::Order(_)) | Err(Error { code: -2013 | -2011, .. }) => Err(not_found.clone()),
+                Ok(_) => Err(Error::internal()),
+                Err(e) => Err(e),
+            };
+            // A clientOrderId names an order of the user's on any symbol: found first,
+            // so that a cancel never reaches an order on another symbol.
+            if let OrderRef::Client(_) = target {
+                let v = on_symbol(ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await)?;
+                if get {
+                    return Ok(ok(&shapes::order(map, &v)));
+                }
+                target = OrderRef::Id(v.id, map.symbols[symbol].key);
+            }
+            let req = if get { AccountRequest::GetOrder { key, target } } else { AccountRequest::CancelOrder { key, target } };
+            let v = on_symbol(ask(service, owner, ApiRequest::Account(req)).await)?;
+            Ok(ok(&shapes::order(map, &v)))
+        }
+        ("GET", "v1/openOrders") => {
+            let key = signed(service, input, now)?;
+            let symbol = params.symbol(map)?;
+            let user = crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?;
+            match ask(service, shard.account_owner(user), ApiRequest::Account(AccountRequest::OpenOrders { key, symbol })).await? {
+                Answer::Orders(list) => Ok(ok(&list.iter().map(|v| shapes::order(map, v)).collect::<Vec<_>>())),
+                _ => Err(Error::internal()),
+            }
+        }
+        _ => Err(Error::unknown_path(input.method, input.path)),
+    }
+}
+
+/// Binance's `POST v1/order` parameters as a native order. Leverage is the symbol's
+/// default of 20 (at most its maximum): `POST v1/leverage` is not served yet.
+fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::NewOrder), Error> {
+    let symbol = params.required_symbol(map)?;
+    let spec = &map.symbols[symbol];
+    if params.get("positionSide").is_some_and(|s| s != "BOTH") {
+        return Err(Error::fixed(400, -4061, "Order's position side does not match user's setting."));
+    }
+    let required = |name: &str| params.get(name).map(str::to_owned).ok_or_else(|| Error::missing(name));
+    let kind = required("type")?;
+    let time_in_force = match (kind.as_str(), params.get("timeInForce")) {
+        ("LIMIT", Some("GTX")) => Some("POST_ONLY".to_owned()),
+        ("LIMIT", Some(t @ ("GTC" | "IOC" | "FOK"))) => Some(t.to_owned()),
+        ("LIMIT", None) => return Err(Error::missing("timeInForce")),
+        ("LIMIT", Some(_)) => return Err(Error::invalid_value("timeInForce")),
+        // Binance ignores it on MARKET orders.
+        _ => None,
+    };
+    let reduce_only = match params.get("reduceOnly") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(Error::invalid_value("reduceOnly")),
+    };
+    let body = OrderBody {
+        symbol: spec.name.clone(),
+        side: required("side")?,
+        price: if kind == "LIMIT" { Some(required("price")?) } else { None },
+        kind,
+        quantity: required("quantity")?,
+        leverage: Some(DEFAULT_LEVERAGE.min(spec.max_leverage)),
+        time_in_force,
+        reduce_only: Some(reduce_only),
+        client_order_id: params.get("newClientOrderId").map(str::to_owned),
+    };
+    body.validate(map).map_err(|e| match e {
+        // The filter a client's rounding rules know (ccxt: InvalidOrder by substring).
+        ApiError::InvalidRequest(m) if m.starts_with("price") => Error::new(400, -4014, format!("Price not increased by tick size (PRICE_FILTER): {m}")),
+        ApiError::InvalidRequest(m) if m.starts_with("quantity") => Error::new(400, -1013, format!("Filter failure: LOT_SIZE ({m})")),
+        e => Error::from(e),
+    })
+}
+
+/// Binance's leverage before a user sets one.
+const DEFAULT_LEVERAGE: u32 = 20;
+
+/// `orderId` (see [`shapes::order_id`]) or `origClientOrderId`, of `user`'s orders.
+fn order_ref(map: &ShardMap, symbol: usize, user: crate::engine::UserId, params: &Params) -> Result<OrderRef, Error> {
+    if let Some(id) = params.get("orderId") {
+        let n = id.parse::<u64>().ok().filter(|n| *n <= ORDER_NUMBER_MASK).ok_or_else(|| Error::invalid_value("orderId"))?;
+        let id = crate::engine::OrderId(u64::from(crate::accounts::partition_of(user)) << 52 | n);
+        return Ok(OrderRef::Id(id, map.symbols[symbol].key));
+    }
+    let cid = params.get("origClientOrderId").ok_or_else(|| Error::missing("orderId"))?;
+    // A client id of ours, or the order's UUID (what an order placed without one shows).
+    match crate::engine::ClientOrderId::new(cid) {
+        Ok(c) if cid.parse::<uuid::Uuid>().is_err() => Ok(OrderRef::Client(c)),
+        _ => Ok(crate::api::parse::order_ref(cid)),
+    }
+}
+
+/// The key of a signed request whose signature and timestamp hold.
+fn signed(service: &Service, input: &Input<'_>, now: i64) -> Result<String, Error> {
+    let key = input.api_key.filter(|k| crate::accounts::user_of_key(k).is_some()).ok_or(Error::BAD_KEY)?;
+    let signing = service.shard.config.signing_secret.as_deref().unwrap_or_default();
+    let secret = crate::accounts::secret::secret_of(signing.as_bytes(), key);
+    let body = std::str::from_utf8(input.body).map_err(|_| Error::from(sign::SignError::BadSignature))?;
+    sign::verify(&secret, input.query, body, now)?;
+    Ok(key.to_owned())
+}
+
+/// The account's balance and open positions (one owner, two questions).
+async fn account(service: &Service, key: &str) -> Result<(shapes::Balance, Vec<shapes::Position>), Error> {
+    let user = crate::accounts::user_of_key(key).ok_or(Error::BAD_KEY)?;
+    let owner = service.shard.account_owner(user);
+    let Answer::Balance { total, available, locked } = ask(service, owner, ApiRequest::Account(AccountRequest::Balance { key: key.to_owned() })).await?
+    else {
+        return Err(Error::internal());
+    };
+    let Answer::Positions(positions) = ask(service, owner, ApiRequest::Account(AccountRequest::Positions { key: key.to_owned() })).await? else {
+        return Err(Error::internal());
+    };
+    Ok((shapes::Balance { total, available, locked }, positions))
+}
+
+async fn ask(service: &Service, to: usize, req: ApiRequest) -> Result<Answer, Error> {
+    service.ask(to, req).await.map_err(Error::from)
+}
+
+/// A decimal as Binance writes it: a string, without trailing zeros.
+fn decimal(d: Decimal) -> String {
+    d.normalize().to_string()
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        shapes::error_of(&e)
+    }
+}

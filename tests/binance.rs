@@ -1,0 +1,173 @@
+//! The Binance USDⓈ-M dialect (`/fapi`, BINANCE.md) through an unmodified ccxt
+//! `binanceusdm` client, and its signing rules over plain HTTP.
+//!
+//! ccxt comes from PyPI into a virtual environment (`scripts/ccxt.sh`, run by test.sh);
+//! its interpreter is `EXCHANGE_TEST_CCXT_PYTHON`. Without it these tests fail, they do
+//! not skip.
+
+mod common;
+
+use std::process::Command;
+use std::str::FromStr;
+
+use common::{Server, ADMIN};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+/// A user with a deposit: key and API secret.
+fn trader(s: &Server, name: &str, amount: &str) -> (String, String) {
+    let (status, body) = s.request("POST", "/admin/v1/users", &[("x-admin-key", ADMIN)], Some(&format!(r#"{{"userId":"{name}"}}"#)));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.deposit(name, amount, &format!("fund-{name}")).0, 200);
+    let secret = body["apiSecret"].as_str().expect("apiSecret in the new user's answer").to_owned();
+    assert_eq!(secret.len(), 64, "{secret}");
+    (body["apiKey"].as_str().unwrap().to_owned(), secret)
+}
+
+/// What the ccxt script saw.
+fn ccxt(script: &str, args: &[&str]) -> Value {
+    let python = std::env::var("EXCHANGE_TEST_CCXT_PYTHON")
+        .expect("EXCHANGE_TEST_CCXT_PYTHON: a Python with ccxt installed (scripts/ccxt.sh makes one; test.sh sets it)");
+    let path = format!("{}/tests/binance/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(python).arg(path).args(args).output().expect("the ccxt script runs");
+    assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(v.as_str().unwrap_or_else(|| panic!("a decimal string: {v}"))).unwrap()
+}
+
+#[test]
+fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
+    let s = Server::start();
+    let (key, secret) = trader(&s, "ccxt-a", "100000");
+    let maker = s.funded("ccxt-maker", "100000");
+    s.limit(&maker, "BUY", "49000", "0.005");
+    s.limit(&maker, "SELL", "51000", "0.002");
+    // The book as ccxt will find it: nothing changes it before its fetch_order_book.
+    let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP&limit=5", &[], None);
+    let base = s.url("");
+    let seen = ccxt("ccxt_session.py", &[&base, &key, &secret]);
+
+    let (_, symbols) = s.request("GET", "/v1/symbols", &[], None);
+    let mut ids: Vec<String> =
+        symbols.as_array().unwrap().iter().map(|x| x["symbol"].as_str().unwrap().replace("-PERP", "USDT")).collect();
+    ids.sort();
+    assert_eq!(seen["markets"], serde_json::json!(ids), "every symbol, Binance-named");
+    let btc = symbols.as_array().unwrap().iter().find(|x| x["symbol"] == "BTC-PERP").unwrap();
+    assert_eq!(seen["btc"]["id"], "BTCUSDT");
+    assert_eq!(seen["btc"]["settle"], "USDT");
+    assert_eq!(seen["btc"]["active"], true);
+    assert_eq!(seen["btc"]["linear"], true);
+    assert_eq!(dec(&seen["btc"]["price_precision"]), dec(&btc["tickSize"]), "ccxt's price precision is the tick");
+    assert_eq!(dec(&seen["btc"]["amount_precision"]), dec(&btc["lotSize"]));
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let time = seen["time"].as_i64().expect("fetch_time");
+    assert!((now - time).abs() < 60_000, "server time {time}, here {now}");
+
+    assert_eq!(dec(&seen["balance"]["total"]), Decimal::from(100_000), "the deposit, before any trade");
+    assert_eq!(dec(&seen["balance"]["free"]), Decimal::from(100_000));
+    assert_eq!(dec(&seen["balance"]["used"]), Decimal::ZERO);
+
+    for side in ["bids", "asks"] {
+        let ours: Vec<(Decimal, Decimal)> = depth[side].as_array().unwrap().iter().map(|l| (dec(&l[0]), dec(&l[1]))).collect();
+        let theirs: Vec<(Decimal, Decimal)> = seen["book"][side].as_array().unwrap().iter().map(|l| (dec(&l[0]), dec(&l[1]))).collect();
+        assert_eq!(theirs, ours, "{side} as GET /v1/depth has them");
+        assert!(!ours.is_empty());
+    }
+    assert_eq!(seen["book"]["nonce"], depth["seq"], "lastUpdateId is the book's sequence");
+    assert_eq!(seen["positions"], serde_json::json!([]), "no position yet");
+
+    // Orders: one rests, is listed, fetched and cancelled; the same order natively.
+    assert_eq!(seen["resting"]["status"], "open");
+    assert_eq!(dec(&seen["resting"]["amount"]), Decimal::from_str("0.01").unwrap());
+    let id = seen["resting"]["id"].as_str().unwrap();
+    assert_eq!(seen["open"], serde_json::json!([id]));
+    assert_eq!(seen["fetched"]["id"], id);
+    assert_eq!(seen["fetched"]["status"], "open");
+    assert_eq!(seen["cancelled"]["status"], "canceled");
+    assert_eq!(seen["open_after_cancel"], serde_json::json!([]));
+    let native = seen["resting"]["clientOrderId"].as_str().unwrap();
+    let (status, order) = s.get(&key, &format!("/v1/orders/by-client-id/{native}"));
+    assert_eq!(status, 200, "ccxt's clientOrderId is the native one: {order}");
+    assert_eq!(order["status"], "CANCELLED");
+    // Refusals surface as ccxt's own classes.
+    assert_eq!(seen["post_only_cross"], "InvalidOrder");
+    assert_eq!(seen["oversized"], "InsufficientFunds");
+    assert_eq!(seen["unknown_cancel"], "OrderNotFound");
+    assert_eq!(seen["off_tick"], "InvalidOrder");
+    // A market buy takes the maker's ask: a long position at its price.
+    assert_eq!(seen["bought"]["status"], "closed");
+    assert_eq!(dec(&seen["bought"]["filled"]), Decimal::from_str("0.002").unwrap());
+    assert_eq!(dec(&seen["bought"]["average"]), Decimal::from(51000));
+    let (_, positions) = s.get(&key, "/v1/positions");
+    assert_eq!(positions.as_array().unwrap().len(), 1, "{positions}");
+    assert_eq!(seen["positions_after"][0]["symbol"], "BTC/USDT:USDT");
+    assert_eq!(seen["positions_after"][0]["side"], "long");
+    assert_eq!(dec(&seen["positions_after"][0]["contracts"]), dec(&positions[0]["size"]));
+    assert_eq!(dec(&seen["positions_after"][0]["entryPrice"]), dec(&positions[0]["entryPrice"]));
+    // The balance after the fee and with the position's margin held, as natively; ccxt's
+    // total is the margin balance (wallet + unrealized PnL).
+    let (_, balance) = s.get(&key, "/v1/balance");
+    let unrealized = dec(&positions[0]["unrealizedPnl"]);
+    assert_eq!(dec(&seen["balance_after"]["total"]), dec(&balance["total"]) + unrealized);
+    assert_eq!(dec(&seen["balance_after"]["free"]), dec(&balance["available"]));
+    assert_eq!(dec(&seen["balance_after"]["used"]), dec(&balance["locked"]));
+    assert!(dec(&balance["total"]) < Decimal::from(100_000), "the taker fee was paid: {balance}");
+
+    assert_eq!(seen["wrong_secret"], "AuthenticationError");
+    assert_eq!(seen["unknown_symbol"], "BadSymbol");
+    for r in seen["requested"].as_array().unwrap() {
+        let r = r.as_str().unwrap();
+        assert!(r.contains(&format!("{base}/fapi/")), "every request went to /fapi here: {r}");
+    }
+}
+
+/// A request signed as Binance's clients sign it; `(status, body)`.
+fn signed(s: &Server, method: &str, path: &str, key: &str, secret: &str, params: &str) -> (u16, Value) {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(params.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    s.request(method, &format!("{path}?{params}&signature={signature}"), &[("x-mbx-apikey", key)], None)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[test]
+fn signed_calls_are_refused_with_binances_codes_and_change_nothing() {
+    let s = Server::start();
+    let (key, secret) = trader(&s, "signer", "1000");
+    let (status, body) = signed(&s, "GET", "/fapi/v3/balance", &key, &secret, &format!("timestamp={}", now_ms()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["availableBalance"], "1000");
+    let order = |ts: i64| format!("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price=49000&timestamp={ts}");
+    // Stale, from the future, signed with another secret, with no key or an unknown one.
+    let (status, body) = signed(&s, "POST", "/fapi/v1/order", &key, &secret, &order(now_ms() - 6_000));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1021)), "{body}");
+    let (status, body) = signed(&s, "POST", "/fapi/v1/order", &key, &secret, &order(now_ms() + 5_000));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1021)), "{body}");
+    let (status, body) = signed(&s, "POST", "/fapi/v1/order", &key, &"0".repeat(64), &order(now_ms()));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1022)), "{body}");
+    let (status, body) = s.request("POST", &format!("/fapi/v1/order?{}&signature=00", order(now_ms())), &[], None);
+    assert_eq!((status, body["code"].as_i64()), (401, Some(-2015)), "{body}");
+    let stranger = format!("{}.{}", "0000000100000009", "1".repeat(48));
+    let (status, body) = signed(&s, "POST", "/fapi/v1/order", &stranger, &secret, &order(now_ms()));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1022)), "another key's secret does not sign: {body}");
+    let (status, body) = s.request("GET", "/fapi/v1/nope", &[], None);
+    assert_eq!((status, body["code"].as_i64()), (404, Some(-5000)), "{body}");
+    // None of them placed anything.
+    let (_, open) = s.get(&key, "/v1/orders");
+    assert_eq!(open, serde_json::json!([]));
+    // The same order, signed in time, rests.
+    let (status, body) = signed(&s, "POST", "/fapi/v1/order", &key, &secret, &order(now_ms()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "NEW");
+    assert!(body["orderId"].as_u64().is_some_and(|id| id < 1 << 53), "an integer id: {body}");
+    let (_, open) = s.get(&key, "/v1/orders");
+    assert_eq!(open.as_array().unwrap().len(), 1);
+}

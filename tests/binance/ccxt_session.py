@@ -1,0 +1,77 @@
+"""An unmodified ccxt `binanceusdm` client pointed at the exchange (BINANCE.md, section 1).
+
+Usage: ccxt_session.py BASE_URL API_KEY API_SECRET
+Prints one JSON object: what ccxt saw. The Rust test (tests/binance.rs) checks it against
+the native API. Every HTTP request ccxt makes is recorded, so the test can check that
+nothing left for binance.com.
+"""
+import json
+import sys
+
+import ccxt
+
+base, key, secret = sys.argv[1:4]
+requested = []
+
+
+class Recording(ccxt.binanceusdm):
+    def fetch(self, url, method="GET", headers=None, body=None):
+        requested.append(f"{method} {url.split('?')[0]}")
+        return super().fetch(url, method, headers, body)
+
+
+def client(secret):
+    ex = Recording({"apiKey": key, "secret": secret, "options": {"fetchCurrencies": False}})
+    for name, v in (("fapiPublic", "v1"), ("fapiPublicV2", "v2"), ("fapiPublicV3", "v3"),
+                    ("fapiPrivate", "v1"), ("fapiPrivateV2", "v2"), ("fapiPrivateV3", "v3")):
+        ex.urls["api"][name] = f"{base}/fapi/{v}"
+    return ex
+
+
+def error_class(call):
+    try:
+        call()
+    except ccxt.BaseError as e:
+        return type(e).__name__
+    return None
+
+
+ex = client(secret)
+markets = ex.load_markets()
+btc = markets["BTC/USDT:USDT"]
+seen = {
+    "markets": sorted(m["id"] for m in markets.values()),
+    "btc": {"id": btc["id"], "settle": btc["settle"], "active": btc["active"], "linear": btc["linear"],
+            "price_precision": str(btc["precision"]["price"]), "amount_precision": str(btc["precision"]["amount"])},
+    "time": ex.fetch_time(),
+}
+balance = ex.fetch_balance()
+seen["balance"] = {k: str(balance["USDT"][k]) for k in ("total", "free", "used")}
+book = ex.fetch_order_book("BTC/USDT:USDT", limit=5)
+seen["book"] = {side: [[str(p), str(q)] for p, q in book[side]] for side in ("bids", "asks")}
+seen["book"]["nonce"] = book["nonce"]
+seen["positions"] = [{"symbol": p["symbol"], "contracts": p["contracts"], "side": p["side"]}
+                     for p in ex.fetch_positions()]
+resting = ex.create_order("BTC/USDT:USDT", "limit", "sell", 0.01, 52000, {"timeInForce": "GTC"})
+seen["resting"] = {"id": resting["id"], "status": resting["status"], "amount": str(resting["amount"]),
+                   "price": str(resting["price"]), "clientOrderId": resting["clientOrderId"]}
+seen["open"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT")]
+fetched = ex.fetch_order(resting["id"], "BTC/USDT:USDT")
+seen["fetched"] = {"id": fetched["id"], "status": fetched["status"], "remaining": str(fetched["remaining"])}
+cancelled = ex.cancel_order(resting["id"], "BTC/USDT:USDT")
+seen["cancelled"] = {"id": cancelled["id"], "status": cancelled["status"]}
+seen["open_after_cancel"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT")]
+seen["post_only_cross"] = error_class(lambda: ex.create_order("BTC/USDT:USDT", "limit", "buy", 0.001, 51000, {"timeInForce": "GTX"}))
+seen["oversized"] = error_class(lambda: ex.create_order("BTC/USDT:USDT", "limit", "buy", 100, 49000))
+seen["unknown_cancel"] = error_class(lambda: ex.cancel_order("123456789", "BTC/USDT:USDT"))
+seen["off_tick"] = error_class(lambda: ex.fapiPrivatePostOrder({"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.001", "price": "49000.05"}))
+bought = ex.create_order("BTC/USDT:USDT", "market", "buy", 0.002)
+seen["bought"] = {"status": bought["status"], "filled": str(bought["filled"]), "average": str(bought["average"])}
+balance = ex.fetch_balance()
+seen["balance_after"] = {k: str(balance["USDT"][k]) for k in ("total", "free", "used")}
+seen["positions_after"] = [{"symbol": p["symbol"], "contracts": str(p["contracts"]), "side": p["side"],
+                            "entryPrice": str(p["entryPrice"])} for p in ex.fetch_positions()]
+seen["wrong_secret"] = error_class(lambda: client("0" * 64).fetch_balance())
+seen["unknown_symbol"] = error_class(lambda: ex.fapiPublicGetDepth({"symbol": "NOPEUSDT"}))
+seen["requested"] = requested
+print(json.dumps(seen))
