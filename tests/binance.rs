@@ -45,6 +45,9 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     let maker = s.funded("ccxt-maker", "100000");
     s.limit(&maker, "BUY", "49000", "0.005");
     s.limit(&maker, "SELL", "51000", "0.002");
+    // An index price: the funding rate ccxt reads has one.
+    let (status, body) = s.request("POST", "/admin/v1/index-prices", &[("x-admin-key", ADMIN)], Some(r#"{"symbol":"BTC-PERP","price":"50000"}"#));
+    assert_eq!(status, 200, "{body}");
     // The book as ccxt will find it: nothing changes it before its fetch_order_book.
     let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP&limit=5", &[], None);
     let base = s.url("");
@@ -117,6 +120,30 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(dec(&seen["balance_after"]["used"]), dec(&balance["locked"]));
     assert!(dec(&balance["total"]) < Decimal::from(100_000), "the taker fee was paid: {balance}");
 
+    // Its trade, as natively; a batch answered order by order; cancel-all.
+    let (_, fills) = s.get(&key, "/v1/fills?symbol=BTC-PERP");
+    assert_eq!(seen["my_trades"].as_array().unwrap().len(), 1, "{}", seen["my_trades"]);
+    let trade = &seen["my_trades"][0];
+    assert_eq!(trade["order"], seen["bought_id"]);
+    assert_eq!((dec(&trade["price"]), dec(&trade["amount"])), (dec(&fills[0]["price"]), dec(&fills[0]["quantity"])));
+    assert_eq!((&trade["side"], &trade["takerOrMaker"]), (&serde_json::json!("buy"), &serde_json::json!("taker")));
+    assert_eq!(dec(&trade["fee"]), dec(&fills[0]["fee"]));
+    // (ccxt may send them in another order than it was given them.)
+    let batch = seen["batch"].as_array().unwrap();
+    assert_eq!(batch.len(), 3);
+    let refused: Vec<&Value> = batch.iter().filter(|o| o["status"] == "rejected").collect();
+    assert_eq!(refused.len(), 1, "the one past the balance alone is refused: {}", seen["batch"]);
+    assert_eq!(refused[0]["info"]["code"], -2019);
+    let mut placed: Vec<&str> = batch.iter().filter(|o| o["status"] == "open").map(|o| o["id"].as_str().unwrap()).collect();
+    placed.sort_unstable();
+    assert_eq!(seen["open_after_batch"], serde_json::json!(placed));
+    assert_eq!(seen["open_after_cancel_all"], serde_json::json!([]));
+    let (_, premium) = s.request("GET", "/v1/premium-index?symbol=BTC-PERP", &[], None);
+    assert_eq!(dec(&seen["funding_rate"]["indexPrice"]), Decimal::from(50_000));
+    assert_eq!(dec(&seen["funding_rate"]["markPrice"]), dec(&premium["markPrice"]));
+    assert_eq!(seen["funding_rate"]["fundingTimestamp"], premium["nextFundingTime"]);
+    assert_eq!(seen["income_types"], serde_json::json!(["COMMISSION", "TRANSFER"]));
+
     assert_eq!(seen["wrong_secret"], "AuthenticationError");
     assert_eq!(seen["unknown_symbol"], "BadSymbol");
     for r in seen["requested"].as_array().unwrap() {
@@ -125,13 +152,21 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     }
 }
 
-/// A request signed as Binance's clients sign it; `(status, body)`.
-fn signed(s: &Server, method: &str, path: &str, key: &str, secret: &str, params: &str) -> (u16, Value) {
+fn signature(secret: &str, payload: &str) -> String {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(params.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    s.request(method, &format!("{path}?{params}&signature={signature}"), &[("x-mbx-apikey", key)], None)
+    mac.update(payload.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A request signed as Binance's clients sign it, parameters in the query; `(status, body)`.
+fn signed(s: &Server, method: &str, path: &str, key: &str, secret: &str, params: &str) -> (u16, Value) {
+    s.request(method, &format!("{path}?{params}&signature={}", signature(secret, params)), &[("x-mbx-apikey", key)], None)
+}
+
+/// The same with the parameters in the body, as a POST sends them.
+fn signed_body(s: &Server, path: &str, key: &str, secret: &str, params: &str) -> (u16, Value) {
+    s.request("POST", path, &[("x-mbx-apikey", key)], Some(&format!("{params}&signature={}", signature(secret, params))))
 }
 
 fn now_ms() -> i64 {
@@ -170,4 +205,14 @@ fn signed_calls_are_refused_with_binances_codes_and_change_nothing() {
     assert!(body["orderId"].as_u64().is_some_and(|id| id < 1 << 53), "an integer id: {body}");
     let (_, open) = s.get(&key, "/v1/orders");
     assert_eq!(open.as_array().unwrap().len(), 1);
+    // A batch, raw JSON in the form body as ccxt sends it: answered in its order, each
+    // on its own.
+    let batch = r#"[{"symbol":"BTCUSDT","side":"BUY","type":"LIMIT","timeInForce":"GTC","quantity":"0.001","price":"48000"},{"symbol":"BTCUSDT","side":"BUY","type":"LIMIT","timeInForce":"GTC","quantity":"0.001","price":"48000.05"},{"symbol":"BTCUSDT","side":"BUY","type":"LIMIT","timeInForce":"GTC","quantity":"0.001","price":"47000","reduceOnly":false}]"#;
+    let (status, body) = signed_body(&s, "/fapi/v1/batchOrders", &key, &secret, &format!("batchOrders={batch}&timestamp={}", now_ms()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["price"], "48000", "{body}");
+    assert_eq!(body[1]["code"], -4014, "off its tick: {body}");
+    assert_eq!(body[2]["price"], "47000", "{body}");
+    let (_, open) = s.get(&key, "/v1/orders");
+    assert_eq!(open.as_array().unwrap().len(), 3);
 }

@@ -71,6 +71,23 @@ balance = ex.fetch_balance()
 seen["balance_after"] = {k: str(balance["USDT"][k]) for k in ("total", "free", "used")}
 seen["positions_after"] = [{"symbol": p["symbol"], "contracts": str(p["contracts"]), "side": p["side"],
                             "entryPrice": str(p["entryPrice"])} for p in ex.fetch_positions()]
+trades = ex.fetch_my_trades("BTC/USDT:USDT")
+seen["my_trades"] = [{"id": t["id"], "order": t["order"], "price": str(t["price"]), "amount": str(t["amount"]),
+                      "side": t["side"], "takerOrMaker": t["takerOrMaker"], "fee": str(t["fee"]["cost"])} for t in trades]
+seen["bought_id"] = bought["id"]
+batch = ex.create_orders([
+    {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.001, "price": 48000},
+    {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 100, "price": 47500},
+    {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.001, "price": 47000},
+])
+seen["batch"] = [{"id": o["id"], "status": o["status"], "info": o["info"]} for o in batch]
+seen["open_after_batch"] = sorted(o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT"))
+ex.cancel_all_orders("BTC/USDT:USDT")
+seen["open_after_cancel_all"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT")]
+rate = ex.fetch_funding_rate("BTC/USDT:USDT")
+seen["funding_rate"] = {"markPrice": str(rate["markPrice"]), "indexPrice": str(rate["indexPrice"]),
+                        "fundingRate": str(rate["fundingRate"]), "fundingTimestamp": rate["fundingTimestamp"]}
+seen["income_types"] = sorted({i["incomeType"] for i in ex.fapiPrivateGetIncome()})
 seen["wrong_secret"] = error_class(lambda: client("0" * 64).fetch_balance())
 seen["unknown_symbol"] = error_class(lambda: ex.fapiPublicGetDepth({"symbol": "NOPEUSDT"}))
 seen["requested"] = requested

@@ -50,6 +50,16 @@ impl Params {
         Self(pairs)
     }
 
+    /// One order of `batchOrders`: its fields as parameters (strings as they are,
+    /// booleans and numbers as their text).
+    fn of_json(fields: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Self(fields.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
@@ -115,11 +125,8 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
         ("POST", "v1/order") => {
             let key = signed(service, input, now)?;
             let (symbol, order) = new_order(map, &params)?;
-            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PlaceOrder { key, symbol, order })).await? {
-                Answer::Order(v) if v.status == OrderStatus::Rejected => Err(shapes::rejection(v.reason)),
-                Answer::Order(v) => Ok(ok(&shapes::order(map, &v))),
-                _ => Err(Error::internal()),
-            }
+            let placed = place(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PlaceOrder { key, symbol, order })).await?;
+            Ok(ok(&placed))
         }
         ("GET" | "DELETE", "v1/order") => {
             let key = signed(service, input, now)?;
@@ -156,6 +163,75 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 Answer::Orders(list) => Ok(ok(&list.iter().map(|v| shapes::order(map, v)).collect::<Vec<_>>())),
                 _ => Err(Error::internal()),
             }
+        }
+        ("DELETE", "v1/allOpenOrders") => {
+            let key = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let owner = shard.account_owner(crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?);
+            ask(service, owner, ApiRequest::Account(AccountRequest::CancelAll { key, symbol: Some(symbol) })).await?;
+            Ok(ok(&serde_json::json!({ "code": 200, "msg": "The operation of cancel all open order is done." })))
+        }
+        ("POST", "v1/batchOrders") => {
+            let key = signed(service, input, now)?;
+            let list = params.get("batchOrders").ok_or_else(|| Error::missing("batchOrders"))?;
+            let orders: Vec<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_str(list).map_err(|_| Error::invalid_value("batchOrders"))?;
+            if orders.is_empty() || orders.len() > MAX_BATCH {
+                return Err(Error::new(400, -1130, format!("Invalid data sent for a parameter: batchOrders holds 1 to {MAX_BATCH} orders.")));
+            }
+            // Each answered on its own, in order; one refused does not stop the others.
+            let mut answers = Vec::with_capacity(orders.len());
+            for fields in orders {
+                let params = Params::of_json(&fields);
+                let placed = async {
+                    let (symbol, order) = new_order(map, &params)?;
+                    let req = ApiRequest::Symbol(SymbolRequest::PlaceOrder { key: key.clone(), symbol, order });
+                    place(service, shard.symbol_owner(symbol), req).await
+                };
+                answers.push(placed.await.unwrap_or_else(|e| e.body()));
+            }
+            Ok(ok(&answers))
+        }
+        ("GET", "v1/userTrades") => {
+            let key = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let limit = limit(&params, 500, 1000)?;
+            let owner = shard.account_owner(crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?);
+            match ask(service, owner, ApiRequest::Account(AccountRequest::Fills { key, symbol: Some(symbol), limit })).await? {
+                // Oldest first, as Binance lists them.
+                Answer::Fills(fills) => Ok(ok(&fills.iter().rev().map(|f| shapes::user_trade(map, f)).collect::<Vec<_>>())),
+                _ => Err(Error::internal()),
+            }
+        }
+        ("GET", "v1/income") => {
+            let key = signed(service, input, now)?;
+            let symbol = params.symbol(map)?;
+            let kind = match params.get("incomeType") {
+                None => None,
+                Some(t) => Some(shapes::income_kind(t).ok_or_else(|| Error::invalid_value("incomeType"))?),
+            };
+            let limit = limit(&params, 100, 1000)?;
+            let owner = shard.account_owner(crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?);
+            match ask(service, owner, ApiRequest::Account(AccountRequest::Income { key, symbol, kind, limit })).await? {
+                Answer::Income(list) => Ok(ok(&list.iter().rev().map(|i| shapes::income(map, i)).collect::<Vec<_>>())),
+                _ => Err(Error::internal()),
+            }
+        }
+        ("GET", "v1/premiumIndex") => {
+            let symbols: Vec<usize> = match params.symbol(map)? {
+                Some(s) => vec![s],
+                None => (0..map.symbols.len()).collect(),
+            };
+            let mut all = Vec::with_capacity(symbols.len());
+            for symbol in symbols {
+                match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PremiumIndex { symbol })).await? {
+                    Answer::PremiumIndex { symbol, index, mark, last_funding_rate, time, next_funding } => {
+                        all.push(shapes::premium_index(&map.symbols[symbol], index, mark, last_funding_rate, time, next_funding));
+                    }
+                    _ => return Err(Error::internal()),
+                }
+            }
+            Ok(ok(&if params.get("symbol").is_some() { all.swap_remove(0) } else { serde_json::Value::Array(all) }))
         }
         _ => Err(Error::unknown_path(input.method, input.path)),
     }
@@ -202,6 +278,26 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
         e => Error::from(e),
     })
 }
+
+/// Places an order; its answer in Binance's shape, or the error it is refused with.
+async fn place(service: &Service, owner: usize, req: ApiRequest) -> Result<serde_json::Value, Error> {
+    match ask(service, owner, req).await? {
+        Answer::Order(v) if v.status == OrderStatus::Rejected => Err(shapes::rejection(v.reason)),
+        Answer::Order(v) => Ok(shapes::order(&service.shard.map, &v)),
+        _ => Err(Error::internal()),
+    }
+}
+
+/// `limit`, between 1 and `max`.
+fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Error> {
+    match params.get("limit") {
+        None => Ok(default),
+        Some(l) => l.parse().ok().filter(|l| (1..=max).contains(l)).ok_or_else(|| Error::invalid_value("limit")),
+    }
+}
+
+/// Orders one `POST v1/batchOrders` may carry.
+const MAX_BATCH: usize = 5;
 
 /// Binance's leverage before a user sets one.
 const DEFAULT_LEVERAGE: u32 = 20;

@@ -12,7 +12,7 @@ use crate::api::render::entry_price;
 use crate::api::HttpReply;
 use crate::engine::perp::liquidation_price;
 use crate::engine::symbol::units_to_usdt;
-use crate::accounts::{OrderStatus, OrderView};
+use crate::accounts::{Fill, Income, IncomeKind, OrderStatus, OrderView};
 use crate::engine::{CancelReason, Health, OrderType, PositionState, SymbolSpec, TimeInForce};
 use crate::shard::protocol::MarketPrices;
 use crate::shard_map::ShardMap;
@@ -58,10 +58,15 @@ impl Error {
         Self::fixed(503, -1001, "Internal error; unable to process your request. Please try again.")
     }
 
+    /// `{code, msg}`.
+    pub fn body(&self) -> Value {
+        json!({ "code": self.code, "msg": self.msg })
+    }
+
     pub fn reply(&self) -> HttpReply {
         HttpReply {
             status: self.status,
-            body: json!({ "code": self.code, "msg": self.msg }).to_string().into_bytes(),
+            body: self.body().to_string().into_bytes(),
             retry_after: self.retry_after,
             close: false,
             content_type: crate::api::JSON,
@@ -388,4 +393,73 @@ fn tif_name(tif: TimeInForce) -> &'static str {
         TimeInForce::Fok => "FOK",
         TimeInForce::PostOnly => "GTX",
     }
+}
+
+/// A fill in `v1/userTrades`' shape; `id` is the trade's sequence number on its symbol.
+pub fn user_trade(map: &ShardMap, f: &Fill) -> Value {
+    let spec = &map.symbols[f.symbol];
+    let (price, qty) = (spec.ticks_to_price(f.price), spec.lots_to_quantity(f.quantity));
+    json!({
+        "symbol": name(spec).0,
+        "id": f.trade_seq,
+        "orderId": order_id(f.order_id),
+        "side": f.side.as_str(),
+        "price": decimal(price),
+        "qty": decimal(qty),
+        "quoteQty": decimal(price * qty),
+        "realizedPnl": usdt(f.pnl),
+        "commission": usdt(f.fee),
+        "commissionAsset": "USDT",
+        "time": f.time,
+        "positionSide": "BOTH",
+        "buyer": f.side == crate::engine::Side::Buy,
+        "maker": f.maker,
+    })
+}
+
+/// Binance's name of a kind of income, and back.
+const INCOME_KINDS: [(IncomeKind, &str); 5] = [
+    (IncomeKind::RealizedPnl, "REALIZED_PNL"),
+    (IncomeKind::Commission, "COMMISSION"),
+    (IncomeKind::FundingFee, "FUNDING_FEE"),
+    (IncomeKind::Liquidation, "INSURANCE_CLEAR"),
+    (IncomeKind::Transfer, "TRANSFER"),
+];
+
+pub fn income_kind(name: &str) -> Option<IncomeKind> {
+    INCOME_KINDS.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
+}
+
+/// A money movement in `v1/income`'s shape. `tranId` is made from what identifies the
+/// movement (its trade, or its time) and its kind, so it is the same on every call.
+pub fn income(map: &ShardMap, i: &Income) -> Value {
+    let spec = i.symbol.and_then(|s| map.symbols.get(s));
+    let kind = INCOME_KINDS.iter().position(|(k, _)| *k == i.kind).unwrap_or(0);
+    let base = i.trade_seq.map_or(i.time.unsigned_abs(), |t| t);
+    json!({
+        "symbol": spec.map_or_else(String::new, |s| name(s).0),
+        "incomeType": INCOME_KINDS[kind].1,
+        "income": usdt(i.amount),
+        "asset": "USDT",
+        "info": INCOME_KINDS[kind].1,
+        "time": i.time,
+        "tranId": (base.wrapping_mul(8).wrapping_add(kind as u64).wrapping_mul(64).wrapping_add(i.symbol.map_or(0, |s| s as u64 + 1))) & ((1 << 53) - 1),
+        "tradeId": i.trade_seq.map_or_else(String::new, |t| t.to_string()),
+    })
+}
+
+/// `v1/premiumIndex`: never null (no index yet: `"0"`).
+pub fn premium_index(spec: &SymbolSpec, index: Option<i64>, mark: Option<i64>, rate: i64, time: i64, next_funding: i64) -> Value {
+    let price = |t: Option<i64>| t.map_or_else(|| "0".to_owned(), |t| decimal(spec.ticks_to_price(t)));
+    let rate = decimal(crate::wire::rate_decimal(rate));
+    json!({
+        "symbol": name(spec).0,
+        "markPrice": price(mark),
+        "indexPrice": price(index),
+        "estimatedSettlePrice": price(index),
+        "lastFundingRate": rate,
+        "interestRate": "0",
+        "nextFundingTime": next_funding,
+        "time": time,
+    })
 }
