@@ -10,7 +10,7 @@
 //!
 //! Order is part of the contract: operations reach Redis in the order they were handed
 //! over (one channel, tasks first polled in spawn order on a current-thread runtime,
-//! one multiplexed connection per server). The exchange relies on it: a write handed
+//! one multiplexed connection per server; to a cluster, one operation after another). The exchange relies on it: a write handed
 //! over before a read is seen by that read, without waiting for the write's reply.
 
 use std::future::Future;
@@ -243,7 +243,17 @@ impl RedisBridge {
                     });
                     while let Some(job) = rx.next().await {
                         let c = conn.lock().ok().and_then(|c| c.clone());
-                        tokio::spawn(job(c));
+                        // To a cluster, one operation at a time: the cluster client
+                        // routes each request through tasks of its own and does not keep
+                        // their order, so an operation handed over later could overtake
+                        // an earlier one on the same key (a position written back over
+                        // its liquidation was seen). A single server keeps the order on
+                        // its one connection, and operations overlap there.
+                        if matches!(c, Some(Conn::Cluster(_))) {
+                            job(c).await;
+                        } else {
+                            tokio::spawn(job(c));
+                        }
                     }
                 });
             })
