@@ -44,18 +44,18 @@ export EXCHANGE_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test
 export EXCHANGE_TEST_REDIS_URL=redis://127.0.0.1:6379
 
 echo "== tests, embedded event log"
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 echo "== black-box tests, Kafka event log"
-EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --test api --test recovery --test perpetual --test streams --test binance "$@" 2>&1 | tee -a "$log"
+EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --no-fail-fast --test api --test recovery --test perpetual --test streams --test binance "$@" 2>&1 | tee -a "$log"
 kafka_status=${PIPESTATUS[0]}
 [ "$kafka_status" -ne 0 ] && status=$kafka_status
 
 for redis in redis://127.0.0.1:6379 redis://127.0.0.1:7000; do
   echo "== black-box tests, Kafka event log, Redis hot state at $redis"
   EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 EXCHANGE_TEST_HOT_REDIS=$redis \
-    cargo test -p exchange --locked --test api --test recovery --test hot_state --test perpetual "$@" 2>&1 | tee -a "$log"
+    cargo test -p exchange --locked --no-fail-fast --test api --test recovery --test hot_state --test perpetual "$@" 2>&1 | tee -a "$log"
   redis_status=${PIPESTATUS[0]}
   [ "$redis_status" -ne 0 ] && status=$redis_status
 done

@@ -11,4 +11,4 @@ if ! "$venv/bin/python" -c "import ccxt, sys; sys.exit(ccxt.__version__ != '$wan
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install -q "ccxt==$want" >&2
 fi
-realpath "$venv/bin/python"
+echo "$(cd "$venv/bin" && pwd)/python"
