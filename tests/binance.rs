@@ -129,6 +129,9 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!((&trade["side"], &trade["takerOrMaker"]), (&serde_json::json!("buy"), &serde_json::json!("taker")));
     assert_eq!(dec(&trade["fee"]), dec(&fills[0]["fee"]));
     // (ccxt may send them in another order than it was given them.)
+    assert_eq!(seen["public_trades"].as_array().unwrap().len(), 1, "{}", seen["public_trades"]);
+    assert_eq!(seen["public_trades"][0]["side"], "buy", "the taker bought");
+    assert_eq!(dec(&seen["public_trades"][0]["price"]), Decimal::from(51_000));
     let batch = seen["batch"].as_array().unwrap();
     assert_eq!(batch.len(), 3);
     let refused: Vec<&Value> = batch.iter().filter(|o| o["status"] == "rejected").collect();
@@ -215,4 +218,41 @@ fn signed_calls_are_refused_with_binances_codes_and_change_nothing() {
     assert_eq!(body[2]["price"], "47000", "{body}");
     let (_, open) = s.get(&key, "/v1/orders");
     assert_eq!(open.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn public_trades_book_ticker_and_the_fixed_settings() {
+    let s = Server::start();
+    let (key, secret) = trader(&s, "settings", "100000");
+    let maker = s.funded("book-maker", "100000");
+    s.limit(&maker, "BUY", "49000", "0.003");
+    s.limit(&maker, "SELL", "50000", "0.002");
+    s.limit(&key, "SELL", "49000", "0.001");
+    let (status, ticker) = s.request("GET", "/fapi/v1/ticker/bookTicker?symbol=BTCUSDT", &[], None);
+    assert_eq!(status, 200, "{ticker}");
+    assert_eq!((&ticker["bidPrice"], &ticker["bidQty"]), (&serde_json::json!("49000"), &serde_json::json!("0.002")));
+    assert_eq!((&ticker["askPrice"], &ticker["askQty"]), (&serde_json::json!("50000"), &serde_json::json!("0.002")));
+    let (_, all) = s.request("GET", "/fapi/v1/ticker/bookTicker", &[], None);
+    assert!(all.as_array().is_some_and(|a| a.len() >= 2), "every symbol without one: {all}");
+    let (_, trades) = s.request("GET", "/fapi/v1/trades?symbol=BTCUSDT", &[], None);
+    assert_eq!(trades.as_array().unwrap().len(), 1, "{trades}");
+    assert_eq!((&trades[0]["price"], &trades[0]["qty"], &trades[0]["isBuyerMaker"]), (&serde_json::json!("49000"), &serde_json::json!("0.001"), &serde_json::json!(true)));
+    let (_, agg) = s.request("GET", "/fapi/v1/aggTrades?symbol=BTCUSDT", &[], None);
+    assert_eq!((&agg[0]["a"], &agg[0]["m"]), (&trades[0]["id"], &serde_json::json!(true)));
+    // One-way positions and isolated margin only: asked for, they are confirmed; the
+    // other choices are refused.
+    let ts = now_ms();
+    let (status, body) = signed(&s, "GET", "/fapi/v1/positionSide/dual", &key, &secret, &format!("timestamp={ts}"));
+    assert_eq!((status, &body["dualSidePosition"]), (200, &serde_json::json!(false)));
+    let (status, body) = signed_body(&s, "/fapi/v1/positionSide/dual", &key, &secret, &format!("dualSidePosition=true&timestamp={ts}"));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1130)), "{body}");
+    let (status, body) = signed_body(&s, "/fapi/v1/marginType", &key, &secret, &format!("symbol=BTCUSDT&marginType=ISOLATED&timestamp={ts}"));
+    assert_eq!((status, body["code"].as_i64()), (200, Some(200)), "{body}");
+    let (status, body) = signed_body(&s, "/fapi/v1/marginType", &key, &secret, &format!("symbol=BTCUSDT&marginType=CROSSED&timestamp={ts}"));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1130)), "{body}");
+    let (status, body) = signed(&s, "GET", "/fapi/v1/commissionRate", &key, &secret, &format!("symbol=BTCUSDT&timestamp={ts}"));
+    let (_, symbols) = s.request("GET", "/v1/symbols", &[], None);
+    let btc = symbols.as_array().unwrap().iter().find(|x| x["symbol"] == "BTC-PERP").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((dec(&body["makerCommissionRate"]), dec(&body["takerCommissionRate"])), (dec(&btc["makerFee"]), dec(&btc["takerFee"])));
 }

@@ -75,6 +75,8 @@ trades = ex.fetch_my_trades("BTC/USDT:USDT")
 seen["my_trades"] = [{"id": t["id"], "order": t["order"], "price": str(t["price"]), "amount": str(t["amount"]),
                       "side": t["side"], "takerOrMaker": t["takerOrMaker"], "fee": str(t["fee"]["cost"])} for t in trades]
 seen["bought_id"] = bought["id"]
+seen["public_trades"] = [{"price": str(t["price"]), "amount": str(t["amount"]), "side": t["side"]}
+                         for t in ex.fetch_trades("BTC/USDT:USDT")]
 batch = ex.create_orders([
     {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 0.001, "price": 48000},
     {"symbol": "BTC/USDT:USDT", "type": "limit", "side": "buy", "amount": 100, "price": 47500},

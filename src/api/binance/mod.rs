@@ -68,6 +68,19 @@ impl Params {
         self.get("symbol").map(|s| symbol_of(map, s).ok_or(Error::INVALID_SYMBOL)).transpose()
     }
 
+    /// The symbol asked for, or every symbol when none is.
+    fn symbols(&self, map: &ShardMap) -> Result<Vec<usize>, Error> {
+        Ok(match self.symbol(map)? {
+            Some(s) => vec![s],
+            None => (0..map.symbols.len()).collect(),
+        })
+    }
+
+    /// The answer for [`Self::symbols`]: one object when a symbol was asked for, else a list.
+    fn one_or_all(&self, mut all: Vec<serde_json::Value>) -> serde_json::Value {
+        if self.get("symbol").is_some() && all.len() == 1 { all.swap_remove(0) } else { serde_json::Value::Array(all) }
+    }
+
     fn required_symbol(&self, map: &ShardMap) -> Result<usize, Error> {
         self.symbol(map)?.ok_or_else(|| Error::missing("symbol"))
     }
@@ -218,12 +231,8 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             }
         }
         ("GET", "v1/premiumIndex") => {
-            let symbols: Vec<usize> = match params.symbol(map)? {
-                Some(s) => vec![s],
-                None => (0..map.symbols.len()).collect(),
-            };
-            let mut all = Vec::with_capacity(symbols.len());
-            for symbol in symbols {
+            let mut all = Vec::new();
+            for symbol in params.symbols(map)? {
                 match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PremiumIndex { symbol })).await? {
                     Answer::PremiumIndex { symbol, index, mark, last_funding_rate, time, next_funding } => {
                         all.push(shapes::premium_index(&map.symbols[symbol], index, mark, last_funding_rate, time, next_funding));
@@ -231,7 +240,66 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                     _ => return Err(Error::internal()),
                 }
             }
-            Ok(ok(&if params.get("symbol").is_some() { all.swap_remove(0) } else { serde_json::Value::Array(all) }))
+            Ok(ok(&params.one_or_all(all)))
+        }
+        ("GET", "v1/trades" | "v1/aggTrades") => {
+            let symbol = params.required_symbol(map)?;
+            let limit = limit(&params, 500, 1000)?;
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Trades { symbol, limit })).await? {
+                // Oldest first, as Binance lists them; each trade is its own aggregate.
+                Answer::Trades { symbol, trades } => {
+                    let spec = &map.symbols[symbol];
+                    let render = if path == "v1/trades" { shapes::trade } else { shapes::agg_trade };
+                    Ok(ok(&trades.iter().rev().map(|t| render(spec, t)).collect::<Vec<_>>()))
+                }
+                _ => Err(Error::internal()),
+            }
+        }
+        ("GET", "v1/ticker/bookTicker") => {
+            let mut all = Vec::new();
+            for symbol in params.symbols(map)? {
+                match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Depth { symbol, limit: 1 })).await? {
+                    Answer::Depth { symbol, seq, bids, asks } => all.push(shapes::book_ticker(&map.symbols[symbol], seq, bids.first(), asks.first(), now)),
+                    _ => return Err(Error::internal()),
+                }
+            }
+            Ok(ok(&params.one_or_all(all)))
+        }
+        ("GET", "v1/commissionRate") => {
+            signed(service, input, now)?;
+            let spec = &map.symbols[params.required_symbol(map)?];
+            Ok(ok(&serde_json::json!({
+                "symbol": shapes::name(spec).0,
+                "makerCommissionRate": decimal(spec.maker_fee),
+                "takerCommissionRate": decimal(spec.taker_fee),
+            })))
+        }
+        // One-way positions, isolated margin, USDT only: settings that can only be what
+        // they are, answered as Binance answers a setting already in place.
+        ("GET", "v1/positionSide/dual") => {
+            signed(service, input, now)?;
+            Ok(ok(&serde_json::json!({ "dualSidePosition": false })))
+        }
+        ("POST", "v1/positionSide/dual") => {
+            signed(service, input, now)?;
+            match params.get("dualSidePosition") {
+                Some("false") => Ok(ok(&serde_json::json!({ "code": 200, "msg": "success" }))),
+                Some(_) => Err(Error::new(400, -1130, "Invalid data sent for a parameter: only one-way positions (dualSidePosition false) are offered.".to_owned())),
+                None => Err(Error::missing("dualSidePosition")),
+            }
+        }
+        ("GET", "v1/multiAssetsMargin") => {
+            signed(service, input, now)?;
+            Ok(ok(&serde_json::json!({ "multiAssetsMargin": false })))
+        }
+        ("POST", "v1/marginType") => {
+            signed(service, input, now)?;
+            params.required_symbol(map)?;
+            match params.get("marginType") {
+                Some("ISOLATED" | "isolated") => Ok(ok(&serde_json::json!({ "code": 200, "msg": "success" }))),
+                Some(_) => Err(Error::new(400, -1130, "Invalid data sent for a parameter: only ISOLATED margin is offered.".to_owned())),
+                None => Err(Error::missing("marginType")),
+            }
         }
         _ => Err(Error::unknown_path(input.method, input.path)),
     }

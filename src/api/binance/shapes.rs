@@ -14,7 +14,7 @@ use crate::engine::perp::liquidation_price;
 use crate::engine::symbol::units_to_usdt;
 use crate::accounts::{Fill, Income, IncomeKind, OrderStatus, OrderView};
 use crate::engine::{CancelReason, Health, OrderType, PositionState, SymbolSpec, TimeInForce};
-use crate::shard::protocol::MarketPrices;
+use crate::shard::protocol::{MarketPrices, PublicTrade};
 use crate::shard_map::ShardMap;
 
 pub use crate::api::render::ok;
@@ -461,5 +461,48 @@ pub fn premium_index(spec: &SymbolSpec, index: Option<i64>, mark: Option<i64>, r
         "interestRate": "0",
         "nextFundingTime": next_funding,
         "time": time,
+    })
+}
+
+/// A public trade in `v1/trades`' shape; `isBuyerMaker`: the taker sold.
+pub fn trade(spec: &SymbolSpec, t: &PublicTrade) -> Value {
+    let (price, qty) = (spec.ticks_to_price(t.price), spec.lots_to_quantity(t.quantity));
+    json!({
+        "id": t.seq,
+        "price": decimal(price),
+        "qty": decimal(qty),
+        "quoteQty": decimal(price * qty),
+        "time": t.time,
+        "isBuyerMaker": t.taker_side == crate::engine::Side::Sell,
+    })
+}
+
+/// A public trade in `v1/aggTrades`' shape (each trade its own aggregate).
+pub fn agg_trade(spec: &SymbolSpec, t: &PublicTrade) -> Value {
+    json!({
+        "a": t.seq,
+        "p": decimal(spec.ticks_to_price(t.price)),
+        "q": decimal(spec.lots_to_quantity(t.quantity)),
+        "f": t.seq,
+        "l": t.seq,
+        "T": t.time,
+        "m": t.taker_side == crate::engine::Side::Sell,
+    })
+}
+
+/// `v1/ticker/bookTicker`: the best level of each side (`"0"` for an empty side).
+pub fn book_ticker(spec: &SymbolSpec, seq: u64, bid: Option<&(i64, i64)>, ask: Option<&(i64, i64)>, now: i64) -> Value {
+    let level = |l: Option<&(i64, i64)>| {
+        l.map_or_else(|| ("0".to_owned(), "0".to_owned()), |(p, q)| (decimal(spec.ticks_to_price(*p)), decimal(spec.lots_to_quantity(*q))))
+    };
+    let ((bid_price, bid_qty), (ask_price, ask_qty)) = (level(bid), level(ask));
+    json!({
+        "symbol": name(spec).0,
+        "bidPrice": bid_price,
+        "bidQty": bid_qty,
+        "askPrice": ask_price,
+        "askQty": ask_qty,
+        "lastUpdateId": seq,
+        "time": now,
     })
 }
