@@ -237,6 +237,11 @@ fn public_trades_book_ticker_and_the_fixed_settings() {
     let (_, trades) = s.request("GET", "/fapi/v1/trades?symbol=BTCUSDT", &[], None);
     assert_eq!(trades.as_array().unwrap().len(), 1, "{trades}");
     assert_eq!((&trades[0]["price"], &trades[0]["qty"], &trades[0]["isBuyerMaker"]), (&serde_json::json!("49000"), &serde_json::json!("0.001"), &serde_json::json!(true)));
+    let (_, price) = s.request("GET", "/fapi/v2/ticker/price?symbol=BTCUSDT", &[], None);
+    assert_eq!((&price["symbol"], &price["price"], &price["time"]), (&serde_json::json!("BTCUSDT"), &serde_json::json!("49000"), &trades[0]["time"]));
+    let (_, prices) = s.request("GET", "/fapi/v2/ticker/price", &[], None);
+    let eth = prices.as_array().unwrap().iter().find(|p| p["symbol"] == "ETHUSDT").expect("every symbol");
+    assert_eq!(eth["price"], "0", "no trade yet: {prices}");
     let (_, agg) = s.request("GET", "/fapi/v1/aggTrades?symbol=BTCUSDT", &[], None);
     assert_eq!((&agg[0]["a"], &agg[0]["m"]), (&trades[0]["id"], &serde_json::json!(true)));
     // One-way positions and isolated margin only: asked for, they are confirmed; the

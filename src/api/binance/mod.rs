@@ -265,6 +265,16 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             }
             Ok(ok(&params.one_or_all(all)))
         }
+        ("GET", "v1/ticker/price" | "v2/ticker/price") => {
+            let mut all = Vec::new();
+            for symbol in params.symbols(map)? {
+                match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Trades { symbol, limit: 1 })).await? {
+                    Answer::Trades { symbol, trades } => all.push(shapes::price_ticker(&map.symbols[symbol], trades.first(), now)),
+                    _ => return Err(Error::internal()),
+                }
+            }
+            Ok(ok(&params.one_or_all(all)))
+        }
         ("GET", "v1/commissionRate") => {
             signed(service, input, now)?;
             let spec = &map.symbols[params.required_symbol(map)?];

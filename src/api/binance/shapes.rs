@@ -506,3 +506,12 @@ pub fn book_ticker(spec: &SymbolSpec, seq: u64, bid: Option<&(i64, i64)>, ask: O
         "time": now,
     })
 }
+
+/// `v2/ticker/price`: the last trade's price (`"0"` before the first trade).
+pub fn price_ticker(spec: &SymbolSpec, last: Option<&PublicTrade>, now: i64) -> Value {
+    json!({
+        "symbol": name(spec).0,
+        "price": last.map_or_else(|| "0".to_owned(), |t| decimal(spec.ticks_to_price(t.price))),
+        "time": last.map_or(now, |t| t.time),
+    })
+}
