@@ -116,19 +116,19 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             }
         }
         ("GET", "v2/account" | "v3/account") => {
-            let key = signed(service, input, now)?;
-            let (balance, positions) = account(service, &key).await?;
+            let caller = signed(service, input, now)?;
+            let (balance, positions) = account(service, caller).await?;
             Ok(ok(&shapes::account(map, &balance, &positions, now)))
         }
         ("GET", "v2/balance" | "v3/balance") => {
-            let key = signed(service, input, now)?;
-            let (balance, positions) = account(service, &key).await?;
+            let caller = signed(service, input, now)?;
+            let (balance, positions) = account(service, caller).await?;
             Ok(ok(&[shapes::asset(map, &balance, &positions, now)]))
         }
         ("GET", "v2/positionRisk" | "v3/positionRisk") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let only = params.symbol(map)?;
-            let (_, positions) = account(service, &key).await?;
+            let (_, positions) = account(service, caller).await?;
             Ok(ok(&shapes::position_risk(map, &positions, only, now)))
         }
         ("GET", "v1/leverageBracket") => {
@@ -136,17 +136,16 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             Ok(ok(&shapes::leverage_brackets(map, params.symbol(map)?)))
         }
         ("POST", "v1/order") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let (symbol, order) = new_order(map, &params)?;
-            let placed = place(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PlaceOrder { key, symbol, order })).await?;
+            let placed = place(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PlaceOrder { key: caller.key, symbol, order })).await?;
             Ok(ok(&placed))
         }
         ("GET" | "DELETE", "v1/order") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let symbol = params.required_symbol(map)?;
-            let user = crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?;
+            let Caller { key, user, owner } = caller;
             let mut target = order_ref(map, symbol, user, &params)?;
-            let owner = shard.account_owner(user);
             let get = input.method == "GET";
             let not_found = if get { Error::NO_SUCH_ORDER } else { Error::UNKNOWN_ORDER };
             let on_symbol = |answer: Result<Answer, Error>| match answer {
@@ -169,23 +168,22 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             Ok(ok(&shapes::order(map, &v)))
         }
         ("GET", "v1/openOrders") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let symbol = params.symbol(map)?;
-            let user = crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?;
-            match ask(service, shard.account_owner(user), ApiRequest::Account(AccountRequest::OpenOrders { key, symbol })).await? {
+            match ask(service, caller.owner, ApiRequest::Account(AccountRequest::OpenOrders { key: caller.key, symbol })).await? {
                 Answer::Orders(list) => Ok(ok(&list.iter().map(|v| shapes::order(map, v)).collect::<Vec<_>>())),
                 _ => Err(Error::internal()),
             }
         }
         ("DELETE", "v1/allOpenOrders") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let symbol = params.required_symbol(map)?;
-            let owner = shard.account_owner(crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?);
+            let Caller { key, owner, .. } = caller;
             ask(service, owner, ApiRequest::Account(AccountRequest::CancelAll { key, symbol: Some(symbol) })).await?;
             Ok(ok(&serde_json::json!({ "code": 200, "msg": "The operation of cancel all open order is done." })))
         }
         ("POST", "v1/batchOrders") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let list = params.get("batchOrders").ok_or_else(|| Error::missing("batchOrders"))?;
             let orders: Vec<serde_json::Map<String, serde_json::Value>> =
                 serde_json::from_str(list).map_err(|_| Error::invalid_value("batchOrders"))?;
@@ -198,7 +196,7 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 let params = Params::of_json(&fields);
                 let placed = async {
                     let (symbol, order) = new_order(map, &params)?;
-                    let req = ApiRequest::Symbol(SymbolRequest::PlaceOrder { key: key.clone(), symbol, order });
+                    let req = ApiRequest::Symbol(SymbolRequest::PlaceOrder { key: caller.key.clone(), symbol, order });
                     place(service, shard.symbol_owner(symbol), req).await
                 };
                 answers.push(placed.await.unwrap_or_else(|e| e.body()));
@@ -206,10 +204,10 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             Ok(ok(&answers))
         }
         ("GET", "v1/userTrades") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let symbol = params.required_symbol(map)?;
             let limit = limit(&params, 500, 1000)?;
-            let owner = shard.account_owner(crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?);
+            let Caller { key, owner, .. } = caller;
             match ask(service, owner, ApiRequest::Account(AccountRequest::Fills { key, symbol: Some(symbol), limit })).await? {
                 // Oldest first, as Binance lists them.
                 Answer::Fills(fills) => Ok(ok(&fills.iter().rev().map(|f| shapes::user_trade(map, f)).collect::<Vec<_>>())),
@@ -217,14 +215,14 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             }
         }
         ("GET", "v1/income") => {
-            let key = signed(service, input, now)?;
+            let caller = signed(service, input, now)?;
             let symbol = params.symbol(map)?;
             let kind = match params.get("incomeType") {
                 None => None,
                 Some(t) => Some(shapes::income_kind(t).ok_or_else(|| Error::invalid_value("incomeType"))?),
             };
             let limit = limit(&params, 100, 1000)?;
-            let owner = shard.account_owner(crate::accounts::user_of_key(&key).ok_or(Error::BAD_KEY)?);
+            let Caller { key, owner, .. } = caller;
             match ask(service, owner, ApiRequest::Account(AccountRequest::Income { key, symbol, kind, limit })).await? {
                 Answer::Income(list) => Ok(ok(&list.iter().rev().map(|i| shapes::income(map, i)).collect::<Vec<_>>())),
                 _ => Err(Error::internal()),
@@ -395,20 +393,27 @@ fn order_ref(map: &ShardMap, symbol: usize, user: crate::engine::UserId, params:
     }
 }
 
-/// The key of a signed request whose signature and timestamp hold.
-fn signed(service: &Service, input: &Input<'_>, now: i64) -> Result<String, Error> {
-    let key = input.api_key.filter(|k| crate::accounts::user_of_key(k).is_some()).ok_or(Error::BAD_KEY)?;
+/// Who sent a signed request: its key (checked by the account's owner when asked), the
+/// user the key names, and the shard that owns that user's account.
+struct Caller {
+    key: String,
+    user: crate::engine::UserId,
+    owner: usize,
+}
+
+/// The caller of a signed request whose signature and timestamp hold.
+fn signed(service: &Service, input: &Input<'_>, now: i64) -> Result<Caller, Error> {
+    let key = input.api_key.ok_or(Error::BAD_KEY)?;
+    let user = crate::accounts::user_of_key(key).ok_or(Error::BAD_KEY)?;
     let signing = service.shard.config.signing_secret.as_deref().unwrap_or_default();
     let secret = crate::accounts::secret::secret_of(signing.as_bytes(), key);
     let body = std::str::from_utf8(input.body).map_err(|_| Error::from(sign::SignError::BadSignature))?;
     sign::verify(&secret, input.query, body, now)?;
-    Ok(key.to_owned())
+    Ok(Caller { key: key.to_owned(), user, owner: service.shard.account_owner(user) })
 }
 
 /// The account's balance and open positions (one owner, two questions).
-async fn account(service: &Service, key: &str) -> Result<(shapes::Balance, Vec<shapes::Position>), Error> {
-    let user = crate::accounts::user_of_key(key).ok_or(Error::BAD_KEY)?;
-    let owner = service.shard.account_owner(user);
+async fn account(service: &Service, Caller { key, owner, .. }: Caller) -> Result<(shapes::Balance, Vec<shapes::Position>), Error> {
     let Answer::Balance { total, available, locked } = ask(service, owner, ApiRequest::Account(AccountRequest::Balance { key: key.to_owned() })).await?
     else {
         return Err(Error::internal());
