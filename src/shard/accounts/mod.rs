@@ -40,6 +40,8 @@ pub struct AccountRoom {
     in_doubt: RefCell<FxHashMap<u32, u64>>,
     /// An account snapshot is being written.
     snapshotting: Cell<bool>,
+    /// A symbol got further while a snapshot was being written: take another after it.
+    snapshot_again: Cell<bool>,
 }
 
 impl std::ops::Deref for AccountRoom {
@@ -59,6 +61,7 @@ impl AccountRoom {
             logs: RefCell::default(),
             in_doubt: RefCell::default(),
             snapshotting: Cell::new(false),
+            snapshot_again: Cell::new(false),
         }
     }
 

@@ -15,14 +15,24 @@ use crate::accounts::AccountRecord;
 use crate::ports::{self, Kind, ACCOUNT_MAGIC};
 use crate::shard::log::{self, files, Log, Stream};
 
-/// Snapshots the account partitions owned here, unless one is already being taken.
+/// Snapshots the account partitions owned here. A word that arrives while one is being
+/// taken asks for one more after it (not a second at once): a snapshot that began before
+/// the symbol's last results must not be the last one, or the newest checkpoint stays
+/// behind the state until the next symbol snapshot, however long that takes.
 pub fn snapshot_accounts_soon(room: &Rc<AccountRoom>) {
     if room.snapshotting.replace(true) {
+        room.snapshot_again.set(true);
         return;
     }
     let room = room.clone();
     glommio::spawn_local(async move {
-        snapshot_accounts(&room).await;
+        loop {
+            room.snapshot_again.set(false);
+            snapshot_accounts(&room).await;
+            if !room.snapshot_again.get() {
+                break;
+            }
+        }
         room.snapshotting.set(false);
     })
     .detach();
