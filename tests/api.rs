@@ -246,7 +246,20 @@ fn malformed_requests_get_json_errors_and_change_nothing() {
     assert_eq!((status, reply["code"].as_str()), (400, Some("UNKNOWN_SYMBOL")));
     let (status, reply) = s.order(&alice, r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"1","leverage":1}"#);
     assert_eq!((status, reply["code"].as_str()), (422, Some("INSUFFICIENT_MARGIN")));
-    for (method, path) in [("GET", "/nowhere"), ("GET", "/v1/depth?symbol=BTC-PERP&limit=0"), ("GET", "/v1/depth"), ("PUT", "/v1/orders")] {
+    let reads = [
+        ("GET", "/nowhere"),
+        ("GET", "/v1/depth?symbol=BTC-PERP&limit=0"),
+        ("GET", "/v1/depth"),
+        ("PUT", "/v1/orders"),
+        ("GET", "/v1/candles?symbol=BTC-PERP"),
+        ("GET", "/v1/candles?symbol=BTC-PERP&interval=7m"),
+        ("GET", "/v1/candles?symbol=BTC-PERP&interval=1m&limit=1501"),
+        ("GET", "/v1/candles?symbol=BTC-PERP&interval=1m&startTime=soon"),
+        ("GET", "/v1/candles?interval=1m"),
+        ("GET", "/v1/ticker"),
+        ("GET", "/v1/ticker?symbol=XRP-PERP"),
+    ];
+    for (method, path) in reads {
         let (status, reply) = s.request(method, path, &[("x-api-key", alice.as_str())], None);
         assert!((400..500).contains(&status), "{method} {path}: {status}");
         assert!(reply["code"].is_string(), "{method} {path}: {reply}");

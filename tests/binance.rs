@@ -120,6 +120,21 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(dec(&seen["balance_after"]["used"]), dec(&balance["locked"]));
     assert!(dec(&balance["total"]) < Decimal::from(100_000), "the taker fee was paid: {balance}");
 
+    // Candles and the day's ticker hold that one trade, as the native candles do.
+    let (_, candles) = s.request("GET", "/v1/candles?symbol=BTC-PERP&interval=1m&limit=3", &[], None);
+    let ohlcv = seen["ohlcv"].as_array().unwrap();
+    assert!(!ohlcv.is_empty() && ohlcv.len() <= 3, "{ohlcv:?}");
+    let volume: Decimal = ohlcv.iter().map(|c| dec(&c[5])).sum();
+    assert_eq!(volume, Decimal::from_str("0.002").unwrap(), "the one trade's volume: {ohlcv:?}");
+    assert_eq!(dec(&ohlcv.last().unwrap()[4]), Decimal::from(51_000), "closes at the trade");
+    let first = ohlcv[0][0].as_str().unwrap().parse::<i64>().unwrap();
+    let native = candles.as_array().unwrap().iter().find(|c| c["openTime"] == first).expect("the same minute natively");
+    assert_eq!((dec(&ohlcv[0][1]), dec(&ohlcv[0][5])), (dec(&native["open"]), dec(&native["volume"])));
+    for (field, want) in [("last", "51000"), ("high", "51000"), ("low", "51000"), ("open", "51000"), ("baseVolume", "0.002"), ("quoteVolume", "102")] {
+        assert_eq!(dec(&seen["ticker"][field]), Decimal::from_str(want).unwrap(), "ticker {field}: {}", seen["ticker"]);
+    }
+    assert_eq!(seen["tickers"].as_array().unwrap().len(), ids.len(), "a ticker per symbol");
+
     // Its trade, as natively; a batch answered order by order; cancel-all.
     let (_, fills) = s.get(&key, "/v1/fills?symbol=BTC-PERP");
     assert_eq!(seen["my_trades"].as_array().unwrap().len(), 1, "{}", seen["my_trades"]);

@@ -12,6 +12,12 @@ fn state(s: &Server, keys: &[String]) -> Vec<Value> {
     let mut out = Vec::new();
     for symbol in ["BTC-PERP", "ETH-PERP"] {
         out.push(s.request("GET", &format!("/v1/depth?symbol={symbol}&limit=1000"), &[], None).1);
+        // The candles that had trades (quiet periods up to now grow with the clock).
+        for interval in ["1m", "1h"] {
+            let (_, candles) = s.request("GET", &format!("/v1/candles?symbol={symbol}&interval={interval}&limit=1500"), &[], None);
+            let traded: Vec<Value> = candles.as_array().unwrap().iter().filter(|c| c["trades"] != 0).cloned().collect();
+            out.push(Value::Array(traded));
+        }
     }
     for key in keys {
         out.push(s.get(key, "/v1/balance").1);

@@ -12,7 +12,7 @@ use crate::ids::{self, IdKind};
 use crate::wire::rate_decimal;
 use super::HttpReply;
 use crate::shard::protocol::{Answer, MarketPrices};
-use crate::shard::protocol::PublicTrade;
+use crate::shard::protocol::{Candle, PublicTrade};
 use crate::shard_map::ShardMap;
 
 pub fn ok(body: &impl Serialize) -> HttpReply {
@@ -252,11 +252,77 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
             let spec = &map.symbols[*symbol];
             ok(&trades.iter().map(|t| public_trade(spec, t)).collect::<Vec<_>>())
         }
+        Answer::Klines { symbol, interval, candles } => {
+            let spec = &map.symbols[*symbol];
+            ok(&candles
+                .iter()
+                .map(|c| {
+                    let v = CandleView::of(spec, c);
+                    serde_json::json!({
+                        "openTime": c.open_time,
+                        "open": v.open, "high": v.high, "low": v.low, "close": v.close,
+                        "volume": v.volume, "quoteVolume": v.quote_volume, "trades": c.trades,
+                        "takerBuyVolume": v.taker_buy_volume, "takerBuyQuoteVolume": v.taker_buy_quote_volume,
+                        "closeTime": interval.next(c.open_time) - 1,
+                    })
+                })
+                .collect::<Vec<_>>())
+        }
+        Answer::Ticker { symbol, day, last, time } => {
+            let spec = &map.symbols[*symbol];
+            let v = day.as_ref().map(|d| CandleView::of(spec, d));
+            ok(&serde_json::json!({
+                "symbol": spec.name,
+                "open": v.as_ref().map(|v| v.open),
+                "high": v.as_ref().map(|v| v.high),
+                "low": v.as_ref().map(|v| v.low),
+                "last": last.map(|t| spec.ticks_to_price(t.price).normalize().to_string()),
+                "volume": v.as_ref().map_or(Decimal::ZERO, |v| v.volume).to_string(),
+                "quoteVolume": v.as_ref().map_or(Decimal::ZERO, |v| v.quote_volume).to_string(),
+                "trades": day.map_or(0, |d| d.trades),
+                "openTime": time - 24 * 3_600_000,
+                "closeTime": time,
+            }))
+        }
         Answer::Cancelled(list) => {
             let cancelled: Vec<String> = list.iter().map(|(s, id)| order_uuid(&map.symbols[*s], *id)).collect();
             ok(&serde_json::json!({ "cancelled": cancelled }))
         }
         Answer::UserCreated { name, api_key, api_secret } => ok(&serde_json::json!({ "userId": name, "apiKey": api_key, "apiSecret": api_secret })),
         Answer::User(user) => ok(&serde_json::json!({ "userId": crate::wire::account_id(*user) })),
+    }
+}
+
+const BIG: i128 = 10_i128.pow(26);
+
+/// A candle's prices and volumes as decimals (prices, base quantities, USDT), for both
+/// dialects.
+pub struct CandleView {
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub volume: Decimal,
+    pub quote_volume: Decimal,
+    pub taker_buy_volume: Decimal,
+    pub taker_buy_quote_volume: Decimal,
+}
+
+impl CandleView {
+    pub fn of(spec: &SymbolSpec, c: &Candle) -> Self {
+        let price = |t: i64| spec.ticks_to_price(t).normalize();
+        // A decimal holds 28 digits; no real volume comes near the clamp.
+        let quantity = |lots: i128| spec.lots_to_quantity(lots.clamp(-BIG, BIG)).normalize();
+        let quote = |tick_lots: i128| units_to_usdt(tick_lots.saturating_mul(i128::from(spec.units_per_tick_lot))).normalize();
+        Self {
+            open: price(c.open),
+            high: price(c.high),
+            low: price(c.low),
+            close: price(c.close),
+            volume: quantity(c.volume),
+            quote_volume: quote(c.quote_volume),
+            taker_buy_volume: quantity(c.taker_buy_volume),
+            taker_buy_quote_volume: quote(c.taker_buy_quote_volume),
+        }
     }
 }

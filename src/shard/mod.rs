@@ -13,6 +13,7 @@
 //! | [`projections`] | Redis (hot state) and the live streams' side, written behind | `projections/` |
 //! | [`log`] | the event log, record encoding, voids, snapshot files | `log/` |
 //! | [`core`] | nothing: ids, owners, the mesh ([`rpc`], [`protocol`]), gauges | `core.rs` |
+//! | [`tape`] | nothing: public trades and candles, as market data types | `tape.rs` |
 //!
 //! The edge (sockets, HTTP, WebSocket) is the `api` module above. [`Shard`] holds the
 //! rooms of one core and [`dispatch`] hands each request that reaches the core to the
@@ -27,6 +28,7 @@ pub mod projections;
 pub mod protocol;
 pub mod rpc;
 pub mod symbols;
+pub mod tape;
 
 use std::rc::Rc;
 

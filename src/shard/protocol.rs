@@ -6,30 +6,7 @@
 use crate::accounts::{AdminError, Fill, Income, IncomeKind, OrderView};
 use crate::engine::units::Units;
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
-use crate::engine::Side;
-
-/// A public trade for `/v1/trades`.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct PublicTrade {
-    pub seq: u64,
-    pub price: i64,
-    pub quantity: i64,
-    pub taker_side: Side,
-    pub time: i64,
-}
-
-impl PublicTrade {
-    /// The public side of a trade event (liquidation's auto-deleveraging transfers are
-    /// not trades of the market: `None`).
-    pub fn of(event: &Event) -> Option<Self> {
-        match event {
-            Event::TradeExecuted(t) if !t.adl => {
-                Some(Self { seq: t.seq, price: t.price, quantity: t.quantity, taker_side: t.taker_side, time: t.timestamp })
-            }
-            _ => None,
-        }
-    }
-}
+pub use super::tape::{Candle, Interval, PublicTrade};
 
 /// Why a command was not executed.
 #[derive(Clone, Debug)]
@@ -80,6 +57,10 @@ pub enum SymbolRequest {
     PlaceOrder { key: String, symbol: usize, order: NewOrder },
     Depth { symbol: usize, limit: usize },
     Trades { symbol: usize, limit: usize },
+    /// Up to `limit` candles, oldest first (see [`crate::shard::tape::Candles::klines`]).
+    Klines { symbol: usize, interval: Interval, start: Option<i64>, end: Option<i64>, limit: usize },
+    /// The last 24 hours' trades and the last trade.
+    Ticker { symbol: usize },
     PremiumIndex { symbol: usize },
     /// Admin: log an index price.
     IndexPrice { symbol: usize, price: i64 },
@@ -160,6 +141,10 @@ pub enum Answer {
     Depth { symbol: usize, seq: u64, bids: Vec<(i64, i64)>, asks: Vec<(i64, i64)> },
     /// Newest first.
     Trades { symbol: usize, trades: Vec<PublicTrade> },
+    /// Oldest first.
+    Klines { symbol: usize, interval: Interval, candles: Vec<Candle> },
+    /// `day`: the last 24 hours' trades as one candle (none: no trade in them).
+    Ticker { symbol: usize, day: Option<Candle>, last: Option<PublicTrade>, time: i64 },
     /// Orders cancelled, by symbol.
     Cancelled(Vec<(usize, OrderId)>),
     /// `api_secret`: the key's secret for Binance-style signing (shown this once).

@@ -71,6 +71,10 @@ balance = ex.fetch_balance()
 seen["balance_after"] = {k: str(balance["USDT"][k]) for k in ("total", "free", "used")}
 seen["positions_after"] = [{"symbol": p["symbol"], "contracts": str(p["contracts"]), "side": p["side"],
                             "entryPrice": str(p["entryPrice"])} for p in ex.fetch_positions()]
+seen["ohlcv"] = [[str(x) for x in c] for c in ex.fetch_ohlcv("BTC/USDT:USDT", "1m", limit=3)]
+ticker = ex.fetch_ticker("BTC/USDT:USDT")
+seen["ticker"] = {k: str(ticker[k]) for k in ("last", "high", "low", "open", "baseVolume", "quoteVolume", "percentage")}
+seen["tickers"] = sorted(ex.fetch_tickers().keys())
 trades = ex.fetch_my_trades("BTC/USDT:USDT")
 seen["my_trades"] = [{"id": t["id"], "order": t["order"], "price": str(t["price"]), "amount": str(t["amount"]),
                       "side": t["side"], "takerOrMaker": t["takerOrMaker"], "fee": str(t["fee"]["cost"])} for t in trades]

@@ -17,7 +17,7 @@ use crate::api::service::Service;
 use crate::api::HttpReply;
 use crate::accounts::{OrderStatus, ORDER_NUMBER_MASK};
 use crate::api::parse::OrderBody;
-use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, OrderRef, SymbolRequest};
+use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, Interval, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
 use shapes::{Error, ok};
 
@@ -252,6 +252,30 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 }
                 _ => Err(Error::internal()),
             }
+        }
+        ("GET", "v1/klines") => {
+            let symbol = params.required_symbol(map)?;
+            let interval = params.get("interval").ok_or_else(|| Error::missing("interval"))?;
+            let interval = Interval::parse(interval).ok_or_else(|| Error::new(400, -1120, "Invalid interval.".to_owned()))?;
+            let time = |name| params.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose();
+            let (start, end) = (time("startTime")?, time("endTime")?);
+            let req = SymbolRequest::Klines { symbol, interval, start, end, limit: limit(&params, 500, 1500)? };
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(req)).await? {
+                Answer::Klines { symbol, interval, candles } => {
+                    Ok(ok(&candles.iter().map(|c| shapes::kline(&map.symbols[symbol], interval, c)).collect::<Vec<_>>()))
+                }
+                _ => Err(Error::internal()),
+            }
+        }
+        ("GET", "v1/ticker/24hr") => {
+            let mut all = Vec::new();
+            for symbol in params.symbols(map)? {
+                match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Ticker { symbol })).await? {
+                    Answer::Ticker { symbol, day, last, time } => all.push(shapes::day_ticker(&map.symbols[symbol], day.as_ref(), last.as_ref(), time)),
+                    _ => return Err(Error::internal()),
+                }
+            }
+            Ok(ok(&params.one_or_all(all)))
         }
         ("GET", "v1/ticker/bookTicker") => {
             let mut all = Vec::new();

@@ -8,13 +8,13 @@ use serde_json::{json, Value};
 use super::decimal;
 use super::sign::SignError;
 use crate::api::error::ApiError;
-use crate::api::render::entry_price;
+use crate::api::render::{entry_price, CandleView};
 use crate::api::HttpReply;
 use crate::engine::perp::liquidation_price;
 use crate::engine::symbol::units_to_usdt;
 use crate::accounts::{Fill, Income, IncomeKind, OrderStatus, OrderView};
 use crate::engine::{CancelReason, Health, OrderType, PositionState, SymbolSpec, TimeInForce};
-use crate::shard::protocol::{MarketPrices, PublicTrade};
+use crate::shard::protocol::{Candle, Interval, MarketPrices, PublicTrade};
 use crate::shard_map::ShardMap;
 
 pub use crate::api::render::ok;
@@ -513,5 +513,56 @@ pub fn price_ticker(spec: &SymbolSpec, last: Option<&PublicTrade>, now: i64) -> 
         "symbol": name(spec).0,
         "price": last.map_or_else(|| "0".to_owned(), |t| decimal(spec.ticks_to_price(t.price))),
         "time": last.map_or(now, |t| t.time),
+    })
+}
+
+/// `v1/klines`: `[openTime, open, high, low, close, volume, closeTime, quoteVolume,
+/// trades, takerBuyVolume, takerBuyQuoteVolume, "0"]` per candle, oldest first.
+pub fn kline(spec: &SymbolSpec, interval: Interval, c: &Candle) -> Value {
+    let v = CandleView::of(spec, c);
+    json!([
+        c.open_time,
+        v.open.to_string(),
+        v.high.to_string(),
+        v.low.to_string(),
+        v.close.to_string(),
+        v.volume.to_string(),
+        interval.next(c.open_time) - 1,
+        v.quote_volume.to_string(),
+        c.trades,
+        v.taker_buy_volume.to_string(),
+        v.taker_buy_quote_volume.to_string(),
+        "0",
+    ])
+}
+
+/// `v1/ticker/24hr`: the last 24 hours' trades. With none, the prices are the last
+/// trade's (or `"0"`) and the volumes zero.
+pub fn day_ticker(spec: &SymbolSpec, day: Option<&Candle>, last: Option<&PublicTrade>, now: i64) -> Value {
+    let last_price = last.map_or(Decimal::ZERO, |t| spec.ticks_to_price(t.price).normalize());
+    let v = day.map(|d| CandleView::of(spec, d));
+    let open = v.as_ref().map_or(last_price, |v| v.open);
+    let change = last_price - open;
+    let percent = if open.is_zero() { Decimal::ZERO } else { (change * Decimal::ONE_HUNDRED / open).round_dp(3) };
+    let average = v.as_ref().filter(|v| !v.volume.is_zero()).map_or(last_price, |v| {
+        (v.quote_volume / v.volume).round_dp(places(spec.tick_size) + 2).normalize()
+    });
+    json!({
+        "symbol": name(spec).0,
+        "priceChange": decimal(change),
+        "priceChangePercent": decimal(percent),
+        "weightedAvgPrice": decimal(average),
+        "lastPrice": decimal(last_price),
+        "lastQty": last.map_or(Decimal::ZERO, |t| spec.lots_to_quantity(t.quantity)).normalize().to_string(),
+        "openPrice": decimal(open),
+        "highPrice": decimal(v.as_ref().map_or(last_price, |v| v.high)),
+        "lowPrice": decimal(v.as_ref().map_or(last_price, |v| v.low)),
+        "volume": decimal(v.as_ref().map_or(Decimal::ZERO, |v| v.volume)),
+        "quoteVolume": decimal(v.as_ref().map_or(Decimal::ZERO, |v| v.quote_volume)),
+        "openTime": day.map_or(now - 24 * 3_600_000, |d| d.open_time),
+        "closeTime": now,
+        "firstId": day.map_or(-1, |d| d.first_seq as i64),
+        "lastId": day.map_or(-1, |d| d.last_seq as i64),
+        "count": day.map_or(0, |d| d.trades),
     })
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::LogRoom;
-use crate::shard::protocol::PublicTrade;
+use crate::shard::tape::{Candles, PublicTrade};
 use crate::accounts::{PartitionState, PARTITIONS};
 use crate::ports::{self, files, Checkpoint, Kind};
 
@@ -37,6 +37,9 @@ pub struct SymbolSnapshot {
     /// the rest, absent (zero) in older files.
     #[serde(skip)]
     pub epoch: crate::wire::EpochFloor,
+    /// The symbol's candles; written after the epoch, absent (none) in older files.
+    #[serde(skip)]
+    pub candles: Candles,
 }
 
 pub fn symbol_dir(shard: &LogRoom, name: &str) -> PathBuf {
@@ -117,7 +120,11 @@ pub fn load_symbol(shard: &LogRoom, name: &str, at_most: u64) -> Option<SymbolSn
 pub fn decode_symbol(bytes: &[u8]) -> Option<SymbolSnapshot> {
     let (mut snapshot, rest): (SymbolSnapshot, _) = ports::unframe_first(SYMBOL_MAGIC, bytes)?;
     if !rest.is_empty() {
-        snapshot.epoch = postcard::from_bytes(rest).ok()?;
+        let (epoch, more) = postcard::take_from_bytes(rest).ok()?;
+        snapshot.epoch = epoch;
+        if !more.is_empty() {
+            snapshot.candles = postcard::from_bytes(more).ok()?;
+        }
     }
     Some(snapshot)
 }
@@ -126,5 +133,6 @@ pub fn decode_symbol(bytes: &[u8]) -> Option<SymbolSnapshot> {
 pub fn encode_symbol(snapshot: &SymbolSnapshot) -> Vec<u8> {
     let mut bytes = ports::frame(SYMBOL_MAGIC, snapshot);
     bytes.extend_from_slice(&postcard::to_allocvec(&snapshot.epoch).unwrap_or_default());
+    bytes.extend_from_slice(&postcard::to_allocvec(&snapshot.candles).unwrap_or_default());
     bytes
 }

@@ -85,6 +85,17 @@ impl SymbolRoom {
                 let trades = stream.trades.borrow().iter().take(limit).copied().collect();
                 Ok(Answer::Trades { symbol, trades })
             }
+            SymbolRequest::Klines { symbol, interval, start, end, limit } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let candles = stream.candles.borrow().klines(interval, start, end, limit, now_ms());
+                Ok(Answer::Klines { symbol, interval, candles })
+            }
+            SymbolRequest::Ticker { symbol } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let time = now_ms();
+                let day = stream.candles.borrow().day(time);
+                Ok(Answer::Ticker { symbol, day, last: stream.trades.borrow().front().copied(), time })
+            }
             SymbolRequest::PremiumIndex { symbol } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 Ok(premium_index(&stream, now_ms()))
@@ -241,6 +252,7 @@ impl SymbolRoom {
             market: stream.market.borrow().snapshot(),
             trades: stream.trades.borrow().iter().copied().collect(),
             epoch: stream.epoch.get(),
+            candles: stream.candles.borrow().clone(),
         };
         let name = self.map.symbols[stream.index].name.clone();
         files::write_symbol(&self.log, name.clone(), offset, files::encode_symbol(&snapshot));

@@ -26,13 +26,13 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
         }
         let started = Instant::now();
         let covered = room.health.applied_everywhere(&spec.name);
-        let (market, from, trades, mut floor) = match files::load_symbol(&room.log, &spec.name, covered) {
+        let (market, from, trades, mut floor, candles) = match files::load_symbol(&room.log, &spec.name, covered) {
             Some(snap) => {
                 let market = Market::restore(spec.clone(), &snap.market)
                     .with_context(|| format!("{}: snapshot at {}", spec.name, snap.offset))?;
-                (market, snap.offset, snap.trades, snap.epoch)
+                (market, snap.offset, snap.trades, snap.epoch, snap.candles)
             }
-            None => (Market::new(spec.clone()), 0, Vec::new(), crate::wire::EpochFloor::default()),
+            None => (Market::new(spec.clone()), 0, Vec::new(), crate::wire::EpochFloor::default(), Default::default()),
         };
         let log::Opened { records: found, log: mut journal, voided_here } = log::open(&room.log, Stream::Symbol(&spec.name), from).await?;
         if market.perp().index.is_some() {
@@ -42,6 +42,7 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
         stream.next.set(from);
         stream.snapshot_at.set(from);
         stream.trades.borrow_mut().extend(trades);
+        *stream.candles.borrow_mut() = candles;
         let mut records = Vec::with_capacity(found.len());
         for (offset, bytes) in &found {
             let (record, seq) = room

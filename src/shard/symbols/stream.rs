@@ -47,6 +47,7 @@ pub struct SymbolStream {
     pub index: usize,
     pub market: RefCell<Market>,
     pub trades: RefCell<VecDeque<PublicTrade>>,
+    pub candles: RefCell<crate::shard::tape::Candles>,
     /// Log offset of the next command to execute.
     pub next: Cell<u64>,
     /// Offset of the last snapshot taken.
@@ -73,6 +74,7 @@ impl SymbolStream {
             index,
             market: RefCell::new(market),
             trades: RefCell::default(),
+            candles: RefCell::default(),
             next: Cell::new(0),
             snapshot_at: Cell::new(0),
             epoch: Cell::default(),
@@ -198,7 +200,9 @@ impl SymbolStream {
 
     fn remember_trades(&self, events: &[Event]) {
         let mut trades = self.trades.borrow_mut();
+        let mut candles = self.candles.borrow_mut();
         for t in events.iter().filter_map(PublicTrade::of) {
+            candles.record(&t);
             trades.push_front(t);
         }
         trades.truncate(RECENT_TRADES);
