@@ -149,6 +149,15 @@ pub enum CommandJson {
         timestamp: i64,
         seq: u64,
     },
+    /// A user's leverage setting for the symbol (Binance's `POST /fapi/v1/leverage`).
+    LeverageSet {
+        event_id: String,
+        user_id: String,
+        symbol: String,
+        leverage: u32,
+        timestamp: i64,
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -237,6 +246,9 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
         }
         Command::Funding { timestamp } => CommandJson::FundingTick { event_id, symbol: spec.name.clone(), timestamp, seq },
         Command::Liquidate { timestamp } => CommandJson::LiquidationSweep { event_id, symbol: spec.name.clone(), timestamp, seq },
+        Command::SetLeverage { user, leverage, timestamp } => {
+            CommandJson::LeverageSet { event_id, user_id: account_id(user), symbol: spec.name.clone(), leverage, timestamp, seq }
+        }
     };
     serde_json::to_vec(&json).unwrap_or_default()
 }
@@ -259,7 +271,8 @@ impl CommandJson {
             | Self::CancelRequested { seq, .. }
             | Self::IndexPriceSet { seq, .. }
             | Self::FundingTick { seq, .. }
-            | Self::LiquidationSweep { seq, .. } => *seq,
+            | Self::LiquidationSweep { seq, .. }
+            | Self::LeverageSet { seq, .. } => *seq,
         }
     }
 }
@@ -350,6 +363,9 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
         },
         CommandJson::FundingTick { timestamp, .. } => Command::Funding { timestamp },
         CommandJson::LiquidationSweep { timestamp, .. } => Command::Liquidate { timestamp },
+        CommandJson::LeverageSet { user_id, leverage, timestamp, .. } => {
+            Command::SetLeverage { user: parse_account(&user_id)?, leverage, timestamp }
+        }
     };
     Ok(StreamRecord::Command(command))
 }
@@ -737,6 +753,7 @@ mod tests {
             Command::IndexPrice { price: 500_001, timestamp: 7 },
             Command::Funding { timestamp: 8 },
             Command::Liquidate { timestamp: 9 },
+            Command::SetLeverage { user: order.user, leverage: 7, timestamp: 10 },
         ] {
             let bytes = encode_command(&spec, &StreamRecord::Command(command), 42);
             assert_eq!(decode_command(&spec, &bytes), Ok(StreamRecord::Command(command)), "{}", String::from_utf8_lossy(&bytes));
@@ -864,6 +881,10 @@ mod tests {
             (encode_command(&spec, &StreamRecord::Command(Command::Funding { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
             (encode_command(&spec, &StreamRecord::Command(Command::Liquidate { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
             (
+                encode_command(&spec, &StreamRecord::Command(Command::SetLeverage { user: order.user, leverage: 5, timestamp: 3 }), 3),
+                "eventId eventType userId symbol leverage timestamp seq".to_owned(),
+            ),
+            (
                 encode_account(&AccountRecord::UserCreated { name: "alice".into(), user: order.user, key_hash: [1; 32] }, 5, 4),
                 "eventId eventType userId accountId keyHash".to_owned(),
             ),
@@ -918,7 +939,7 @@ mod tests {
             assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
         }
         let all = [
-            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "UserCreated", "BalanceAdjusted",
+            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "UserCreated", "BalanceAdjusted",
             "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
             "FundingPaid", "FundingSettled",
         ];

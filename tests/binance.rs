@@ -96,6 +96,10 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     let (status, order) = s.get(&key, &format!("/v1/orders/by-client-id/{native}"));
     assert_eq!(status, 200, "ccxt's clientOrderId is the native one: {order}");
     assert_eq!(order["status"], "CANCELLED");
+    // ccxt set leverage 5 first (its position below has it).
+    assert_eq!(seen["leverage"]["leverage"], 5, "{}", seen["leverage"]);
+    assert_eq!(seen["leverage"]["symbol"], "BTCUSDT");
+    assert_eq!(seen["leverage_too_high"], "BadRequest");
     // Refusals surface as ccxt's own classes.
     assert_eq!(seen["post_only_cross"], "InvalidOrder");
     assert_eq!(seen["oversized"], "InsufficientFunds");
@@ -107,6 +111,7 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(dec(&seen["bought"]["average"]), Decimal::from(51000));
     let (_, positions) = s.get(&key, "/v1/positions");
     assert_eq!(positions.as_array().unwrap().len(), 1, "{positions}");
+    assert_eq!(positions[0]["leverage"], 5, "the market buy took ccxt's setting: {positions}");
     assert_eq!(seen["positions_after"][0]["symbol"], "BTC/USDT:USDT");
     assert_eq!(seen["positions_after"][0]["side"], "long");
     assert_eq!(dec(&seen["positions_after"][0]["contracts"]), dec(&positions[0]["size"]));
@@ -233,6 +238,58 @@ fn signed_calls_are_refused_with_binances_codes_and_change_nothing() {
     assert_eq!(body[2]["price"], "47000", "{body}");
     let (_, open) = s.get(&key, "/v1/orders");
     assert_eq!(open.as_array().unwrap().len(), 3);
+}
+
+/// `POST /fapi/v1/leverage` is a logged command on the symbol's owner: orders sent
+/// through `/fapi` take it, before and after a crash; native orders name their own.
+#[test]
+fn a_leverage_setting_is_logged_and_outlives_a_crash() {
+    let mut s = Server::start_with(&[("EXCHANGE_SNAPSHOT_EVERY", "3")]);
+    let (key, secret) = trader(&s, "lever", "100000");
+    let set = |s: &Server, symbol: &str, leverage: &str| {
+        signed_body(s, "/fapi/v1/leverage", &key, &secret, &format!("symbol={symbol}&leverage={leverage}&timestamp={}", now_ms()))
+    };
+    // The leverage an order took, from what it locked: value ÷ leverage, and the taker
+    // fee (0.01 × 40000 = 400 USDT of value, 0.2 of fee; no mark, no open loss).
+    let locked = |s: &Server| dec(&s.get(&key, "/v1/balance").1["locked"]);
+    let place = |s: &Server| {
+        let before = locked(s);
+        let params = format!("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01&price=40000&timestamp={}", now_ms());
+        let (status, body) = signed_body(s, "/fapi/v1/order", &key, &secret, &params);
+        assert_eq!(status, 200, "{body}");
+        let lock = locked(s) - before;
+        let leverage = (1..=100).find(|l| {
+            let extra = lock - Decimal::from(400) / Decimal::from(*l);
+            extra >= Decimal::ZERO && extra < Decimal::ONE
+        });
+        leverage.unwrap_or_else(|| panic!("a lock of {lock} is no leverage's"))
+    };
+    assert_eq!(place(&s), 20, "Binance's default before any setting");
+    for bad in ["0", "101", "-1", "5.5", "x"] {
+        let (status, body) = set(&s, "BTCUSDT", bad);
+        assert_eq!((status, body["code"].as_i64()), (400, Some(-4028)), "{bad}: {body}");
+    }
+    let (status, body) = set(&s, "NOPEUSDT", "5");
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1121)), "{body}");
+    assert_eq!(place(&s), 20, "refused settings changed nothing");
+    let (status, body) = set(&s, "BTCUSDT", "7");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["leverage"].as_i64(), body["symbol"].as_str()), (Some(7), Some("BTCUSDT")));
+    assert_eq!(place(&s), 7);
+    let before = locked(&s);
+    let (status, _) = s.order(&key, r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.01"}"#);
+    assert_eq!(status, 200);
+    assert!(locked(&s) - before >= Decimal::from(400), "a native order without leverage keeps the native default of 1");
+    // Another symbol has its own setting.
+    let (status, _) = set(&s, "ETHUSDT", "3");
+    assert_eq!(status, 200);
+    s.kill9();
+    s.restart();
+    assert_eq!(place(&s), 7, "the setting came back from the log");
+    let (status, _) = set(&s, "BTCUSDT", "2");
+    assert_eq!(status, 200);
+    s.restart();
+    assert_eq!(place(&s), 2);
 }
 
 #[test]

@@ -38,6 +38,8 @@ struct RefModel {
     seq: u64,
     last_price: Option<i64>,
     arrivals: u64,
+    /// Leverage settings.
+    leverage: BTreeMap<UserId, u32>,
 }
 
 fn ceil_div(a: i128, b: i128) -> i128 {
@@ -143,6 +145,13 @@ impl RefModel {
                     let e = self.cancelled(&r.o, r.o.quantity, r.filled, r.locked, CancelReason::UserRequest, timestamp);
                     out.push(e);
                 }
+                Ok(())
+            }
+            Command::SetLeverage { user, leverage, .. } => {
+                if !(1..=MAX_LEVERAGE).contains(&leverage) {
+                    return Err(CommandError::InvalidLeverage);
+                }
+                self.leverage.insert(user, leverage);
                 Ok(())
             }
             Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
@@ -416,6 +425,7 @@ enum Op {
     Cancel { user: u64, id: u64 },
     CancelAll { user: u64 },
     Invalid { field: u8 },
+    SetLeverage { user: u64, leverage: u32 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -429,6 +439,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (1..=4u64, 1..=60u64).prop_map(|(user, id)| Op::Cancel { user, id }),
         1 => (1..=4u64).prop_map(|user| Op::CancelAll { user }),
         1 => (0..4u8).prop_map(|field| Op::Invalid { field }),
+        1 => (1..=4u64, 0..=MAX_LEVERAGE + 1).prop_map(|(user, leverage)| Op::SetLeverage { user, leverage }),
     ]
 }
 
@@ -467,6 +478,7 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
         }
         Op::Cancel { user, id } => Command::Cancel { id: OrderId(id), user: UserId(user), timestamp: ts },
         Op::CancelAll { user } => Command::CancelAll { user: UserId(user), timestamp: ts },
+        Op::SetLeverage { user, leverage } => Command::SetLeverage { user: UserId(user), leverage, timestamp: ts },
         Op::Invalid { field } => {
             let mut o = NewOrder {
                 id: OrderId(n),
@@ -610,6 +622,10 @@ fn run(ops: &[Op]) -> (Market, Vec<Command>, Vec<Vec<Event>>) {
         ledger.apply(&c, &got);
         check_invariants(&market, &ledger, &got);
         assert_eq!(market.seq(), model.seq);
+        for user in 1..=4 {
+            let want = model.leverage.get(&UserId(user)).copied().unwrap_or(exchange::engine::DEFAULT_LEVERAGE_SETTING);
+            assert_eq!(market.leverage_setting(UserId(user)), want, "command {i}: user {user}'s setting");
+        }
         commands.push(c);
         all.push(got);
     }

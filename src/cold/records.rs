@@ -163,7 +163,8 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
         CommandJson::CancelRequested { .. }
         | CommandJson::IndexPriceSet { .. }
         | CommandJson::FundingTick { .. }
-        | CommandJson::LiquidationSweep { .. } => Row::Nothing,
+        | CommandJson::LiquidationSweep { .. }
+        | CommandJson::LeverageSet { .. } => Row::Nothing,
         CommandJson::CommandVoided { voided_offset, symbol, seq, .. } => Row::Voided {
             symbol,
             seq,

@@ -184,7 +184,19 @@ pub enum Command {
     Funding { timestamp: i64 },
     /// Go on with liquidations a bounded pass left for later.
     Liquidate { timestamp: i64 },
+    /// `user`'s leverage for the symbol's orders that name none
+    /// ([`LEVERAGE_OF_SETTING`]): Binance's per-symbol setting.
+    SetLeverage { user: UserId, leverage: u32, timestamp: i64 },
 }
+
+/// An order's leverage that says "the user's setting for the symbol". The symbol's owner
+/// puts the setting ([`crate::engine::Market::leverage_setting`]) in its place before the
+/// order is priced, so no logged order carries it.
+pub const LEVERAGE_OF_SETTING: u32 = 0;
+
+/// A user's leverage setting before they make one (Binance's default), at most the
+/// symbol's maximum.
+pub const DEFAULT_LEVERAGE_SETTING: u32 = 20;
 
 impl Command {
     /// When the command was accepted (milliseconds since the Unix epoch).
@@ -195,7 +207,8 @@ impl Command {
             | Command::CancelAll { timestamp, .. }
             | Command::IndexPrice { timestamp, .. }
             | Command::Funding { timestamp }
-            | Command::Liquidate { timestamp } => timestamp,
+            | Command::Liquidate { timestamp }
+            | Command::SetLeverage { timestamp, .. } => timestamp,
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum CommandError {
     /// The index price is older than the symbol's `index_max_age_secs`: no funding.
     #[error("the index price is stale")]
     IndexStale,
+    /// A leverage setting outside `1..=max_leverage`.
+    #[error("leverage is outside 1 to the symbol's maximum")]
+    InvalidLeverage,
 }
 
 /// Why an order cannot be priced for the risk step; nothing is logged.
@@ -71,6 +74,8 @@ pub struct Market {
     pub(super) seq: u64,
     pub(super) last_price: Option<Ticks>,
     pub(super) perp: Perp,
+    /// Users' leverage settings ([`Command::SetLeverage`]).
+    pub(super) leverage: FxHashMap<UserId, u32>,
 }
 
 impl Market {
@@ -84,7 +89,14 @@ impl Market {
             seq: 0,
             last_price: None,
             perp: Perp::default(),
+            leverage: FxHashMap::default(),
         }
+    }
+
+    /// The leverage `user`'s orders take when they name none: their setting, or
+    /// [`super::command::DEFAULT_LEVERAGE_SETTING`] (at most the symbol's maximum).
+    pub fn leverage_setting(&self, user: UserId) -> u32 {
+        self.leverage.get(&user).copied().unwrap_or(super::command::DEFAULT_LEVERAGE_SETTING.min(self.spec.max_leverage))
     }
 
     pub fn spec(&self) -> &SymbolSpec {
@@ -216,7 +228,11 @@ impl Market {
                 self.check_positions(super::perp::Pass::New, now, events);
             }
             Command::Liquidate { .. } => self.check_positions(super::perp::Pass::Continue, now, events),
-            Command::IndexPrice { .. } | Command::Funding { .. } | Command::Cancel { .. } | Command::CancelAll { .. } => {}
+            Command::IndexPrice { .. }
+            | Command::Funding { .. }
+            | Command::Cancel { .. }
+            | Command::CancelAll { .. }
+            | Command::SetLeverage { .. } => {}
         }
         self.follow_basis(now);
         result
@@ -244,6 +260,13 @@ impl Market {
             }
             Command::CancelAll { user, timestamp } => {
                 self.cancel_all_of(user, CancelReason::UserRequest, timestamp, events);
+                Ok(())
+            }
+            Command::SetLeverage { user, leverage, .. } => {
+                if !(1..=self.spec.max_leverage).contains(&leverage) {
+                    return Err(CommandError::InvalidLeverage);
+                }
+                self.leverage.insert(user, leverage);
                 Ok(())
             }
         }

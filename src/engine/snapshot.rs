@@ -20,7 +20,7 @@ use super::symbol::SymbolSpec;
 use super::units::Ticks;
 
 const MAGIC: &[u8; 6] = b"EXSNAP";
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -49,6 +49,14 @@ struct StateV1 {
 struct StateV2<P> {
     market: StateV1,
     perp: P,
+}
+
+/// Version 4 added the users' leverage settings (sorted by user: the encoding stays
+/// canonical).
+#[derive(Serialize, Deserialize)]
+struct StateV4 {
+    state: StateV2<Perp>,
+    leverage: Vec<(UserId, u32)>,
 }
 
 /// The perpetual's state as version 2 held it.
@@ -89,11 +97,16 @@ impl Market {
             .flat_map(|side| self.book.iter(side))
             .map(|o| (*o, self.client_id_of.get(&o.id).copied()))
             .collect();
-        let state = StateV2 {
-            market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
-            perp: self.perp.clone(),
+        let mut leverage: Vec<(UserId, u32)> = self.leverage.iter().map(|(u, l)| (*u, *l)).collect();
+        leverage.sort_unstable();
+        let state = StateV4 {
+            state: StateV2 {
+                market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
+                perp: self.perp.clone(),
+            },
+            leverage,
         };
-        let mut out = Vec::with_capacity(64 + state.market.orders.len() * 64);
+        let mut out = Vec::with_capacity(64 + state.state.market.orders.len() * 64);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         // Serializing plain owned data into a Vec cannot fail.
@@ -109,15 +122,19 @@ impl Market {
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(SnapshotError::BadMagic)?;
         let (version, body) = rest.split_first_chunk::<2>().ok_or(SnapshotError::BadMagic)?;
         let corrupt = |e: postcard::Error| SnapshotError::Corrupt(e.to_string());
-        let (state, perp) = match u16::from_le_bytes(*version) {
-            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default()),
+        let (state, perp, leverage) = match u16::from_le_bytes(*version) {
+            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default(), Vec::new()),
             2 => {
                 let v2: StateV2<PerpV2> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v2.market, v2.perp.into())
+                (v2.market, v2.perp.into(), Vec::new())
+            }
+            3 => {
+                let v3: StateV2<Perp> = postcard::from_bytes(body).map_err(corrupt)?;
+                (v3.market, v3.perp, Vec::new())
             }
             VERSION => {
-                let v3: StateV2<Perp> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v3.market, v3.perp)
+                let v4: StateV4 = postcard::from_bytes(body).map_err(corrupt)?;
+                (v4.state.market, v4.state.perp, v4.leverage)
             }
             other => return Err(SnapshotError::UnsupportedVersion(other)),
         };
@@ -139,6 +156,7 @@ impl Market {
             }
         }
         market.positions = state.positions.into_iter().collect();
+        market.leverage = leverage.into_iter().collect();
         Ok(market)
     }
 }

@@ -61,6 +61,8 @@ pub enum SymbolRequest {
     Klines { symbol: usize, interval: Interval, start: Option<i64>, end: Option<i64>, limit: usize },
     /// The last 24 hours' trades and the last trade.
     Ticker { symbol: usize },
+    /// Log `user`'s leverage setting (the asker authenticated them).
+    SetLeverage { symbol: usize, user: UserId, leverage: u32 },
     PremiumIndex { symbol: usize },
     /// Admin: log an index price.
     IndexPrice { symbol: usize, price: i64 },
@@ -107,7 +109,10 @@ impl ApiRequest {
     /// finished, or undone, even when the client that asked has gone.
     pub fn changes_state(&self) -> bool {
         match self {
-            Self::Symbol(r) => matches!(r, SymbolRequest::PlaceOrder { .. } | SymbolRequest::IndexPrice { .. } | SymbolRequest::Funding { .. }),
+            Self::Symbol(r) => matches!(
+                r,
+                SymbolRequest::PlaceOrder { .. } | SymbolRequest::IndexPrice { .. } | SymbolRequest::Funding { .. } | SymbolRequest::SetLeverage { .. }
+            ),
             Self::Account(r) => matches!(
                 r,
                 AccountRequest::CancelOrder { .. } | AccountRequest::CancelAll { .. } | AccountRequest::CreateUser { .. } | AccountRequest::Transfer { .. }
@@ -150,6 +155,8 @@ pub enum Answer {
     /// `api_secret`: the key's secret for Binance-style signing (shown this once).
     UserCreated { name: String, api_key: String, api_secret: String },
     User(UserId),
+    /// A leverage setting logged.
+    Leverage { symbol: usize, leverage: u32 },
 }
 
 /// Why a shard did not do what an [`ApiRequest`] asked.
@@ -164,6 +171,8 @@ pub enum Refusal {
     PositionLimit,
     RateLimited,
     ReduceOnlyRejected,
+    /// A leverage setting outside 1 to the symbol's maximum.
+    InvalidLeverage,
     /// A LIMIT price outside the band around the mark.
     PriceOutOfBand,
     /// Funding for this funding time is already settled.

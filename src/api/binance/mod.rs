@@ -131,6 +131,24 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             let (_, positions) = account(service, caller).await?;
             Ok(ok(&shapes::position_risk(map, &positions, only, now)))
         }
+        ("POST", "v1/leverage") => {
+            let Caller { key, owner, .. } = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let spec = &map.symbols[symbol];
+            let asked = params.get("leverage").ok_or_else(|| Error::missing("leverage"))?;
+            let leverage = asked
+                .parse::<u32>()
+                .ok()
+                .filter(|l| (1..=spec.max_leverage).contains(l))
+                .ok_or_else(|| Error::new(400, -4028, format!("Leverage {asked} is not valid")))?;
+            let Answer::User(user) = ask(service, owner, ApiRequest::authenticate(&key)).await? else {
+                return Err(Error::internal());
+            };
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::SetLeverage { symbol, user, leverage })).await? {
+                Answer::Leverage { symbol, leverage } => Ok(ok(&shapes::leverage(&map.symbols[symbol], leverage))),
+                _ => Err(Error::internal()),
+            }
+        }
         ("GET", "v1/leverageBracket") => {
             signed(service, input, now)?;
             Ok(ok(&shapes::leverage_brackets(map, params.symbol(map)?)))
@@ -337,8 +355,8 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
     }
 }
 
-/// Binance's `POST v1/order` parameters as a native order. Leverage is the symbol's
-/// default of 20 (at most its maximum): `POST v1/leverage` is not served yet.
+/// Binance's `POST v1/order` parameters as a native order, at the user's leverage setting
+/// for the symbol (`POST v1/leverage`; the symbol's owner reads it).
 fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::NewOrder), Error> {
     let symbol = params.required_symbol(map)?;
     let spec = &map.symbols[symbol];
@@ -366,17 +384,20 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
         price: if kind == "LIMIT" { Some(required("price")?) } else { None },
         kind,
         quantity: required("quantity")?,
-        leverage: Some(DEFAULT_LEVERAGE.min(spec.max_leverage)),
+        // Validated as a native order would be, then left to the setting.
+        leverage: Some(1),
         time_in_force,
         reduce_only: Some(reduce_only),
         client_order_id: params.get("newClientOrderId").map(str::to_owned),
     };
-    body.validate(map).map_err(|e| match e {
+    let (symbol, mut order) = body.validate(map).map_err(|e| match e {
         // The filter a client's rounding rules know (ccxt: InvalidOrder by substring).
         ApiError::InvalidRequest(m) if m.starts_with("price") => Error::new(400, -4014, format!("Price not increased by tick size (PRICE_FILTER): {m}")),
         ApiError::InvalidRequest(m) if m.starts_with("quantity") => Error::new(400, -1013, format!("Filter failure: LOT_SIZE ({m})")),
         e => Error::from(e),
-    })
+    })?;
+    order.leverage = crate::engine::LEVERAGE_OF_SETTING;
+    Ok((symbol, order))
 }
 
 /// Places an order; its answer in Binance's shape, or the error it is refused with.
@@ -398,9 +419,6 @@ fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Error> {
 
 /// Orders one `POST v1/batchOrders` may carry.
 const MAX_BATCH: usize = 5;
-
-/// Binance's leverage before a user sets one.
-const DEFAULT_LEVERAGE: u32 = 20;
 
 /// `orderId` (see [`shapes::order_id`]) or `origClientOrderId`, of `user`'s orders.
 fn order_ref(map: &ShardMap, symbol: usize, user: crate::engine::UserId, params: &Params) -> Result<OrderRef, Error> {

@@ -566,3 +566,12 @@ pub fn day_ticker(spec: &SymbolSpec, day: Option<&Candle>, last: Option<&PublicT
         "count": day.map_or(0, |d| d.trades),
     })
 }
+
+/// `POST v1/leverage`'s answer: the setting, and the largest position the symbol allows.
+pub fn leverage(spec: &SymbolSpec, leverage: u32) -> Value {
+    json!({
+        "leverage": leverage,
+        "maxNotionalValue": usdt(spec.max_position_notional.into()),
+        "symbol": name(spec).0,
+    })
+}

@@ -33,7 +33,7 @@ use super::projections::Projections;
 use super::protocol::{Answer, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError, SymbolRequest};
 use super::rpc::Pending;
 use crate::accounts::{OrderStatus, OrderView};
-use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, UserId};
+use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, UserId, LEVERAGE_OF_SETTING};
 use stream::SymbolStream;
 
 pub struct SymbolRoom {
@@ -96,6 +96,12 @@ impl SymbolRoom {
                 let day = stream.candles.borrow().day(time);
                 Ok(Answer::Ticker { symbol, day, last: stream.trades.borrow().front().copied(), time })
             }
+            SymbolRequest::SetLeverage { symbol, user, leverage } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let outcome = stream.submit(Command::SetLeverage { user, leverage, timestamp: now_ms() }).await?;
+                outcome.result.map_err(|_| Refusal::InvalidLeverage)?;
+                Ok(Answer::Leverage { symbol, leverage })
+            }
             SymbolRequest::PremiumIndex { symbol } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 Ok(premium_index(&stream, now_ms()))
@@ -120,14 +126,22 @@ impl SymbolRoom {
         let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
         order.timestamp = now_ms();
         let spec = &self.map.symbols[symbol];
-        // Priced by the engine's rules (band, MARKET limit, the lock that covers the worst
-        // fill); the price travels with the command and the engine never fills beyond what
-        // the lock pays.
-        stream.market.borrow().price_order(&mut order).map_err(|e| match e {
-            crate::engine::PriceError::OutOfBand => Refusal::PriceOutOfBand,
-            crate::engine::PriceError::TooLarge => Refusal::TooLarge,
-        })?;
         let user = crate::accounts::user_of_key(&key).ok_or(Refusal::Unauthorized)?;
+        {
+            let market = stream.market.borrow();
+            // The key's user's setting (the key is checked by the risk step next; a wrong
+            // one is refused there, whatever leverage it found here).
+            if order.leverage == LEVERAGE_OF_SETTING {
+                order.leverage = market.leverage_setting(user);
+            }
+            // Priced by the engine's rules (band, MARKET limit, the lock that covers the
+            // worst fill); the price travels with the command and the engine never fills
+            // beyond what the lock pays.
+            market.price_order(&mut order).map_err(|e| match e {
+                crate::engine::PriceError::OutOfBand => Refusal::PriceOutOfBand,
+                crate::engine::PriceError::TooLarge => Refusal::TooLarge,
+            })?;
+        }
         let order = match self.ask(self.account_owner(user), Request::Reserve { key, order, symbol }).await {
             Some(Reply::Reserved(Ok(order))) => order,
             Some(Reply::Reserved(Err(e))) => {
