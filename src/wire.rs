@@ -158,6 +158,22 @@ pub enum CommandJson {
         timestamp: i64,
         seq: u64,
     },
+    /// A user's countdown (dead man's switch) set, renewed or (0) turned off.
+    CountdownSet {
+        event_id: String,
+        user_id: String,
+        symbol: String,
+        countdown_time: i64,
+        timestamp: i64,
+        seq: u64,
+    },
+    /// The orders of the users whose countdowns ran out by `timestamp` are cancelled.
+    CountdownDue {
+        event_id: String,
+        symbol: String,
+        timestamp: i64,
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -249,6 +265,10 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
         Command::SetLeverage { user, leverage, timestamp } => {
             CommandJson::LeverageSet { event_id, user_id: account_id(user), symbol: spec.name.clone(), leverage, timestamp, seq }
         }
+        Command::Countdown { user, after_ms, timestamp } => {
+            CommandJson::CountdownSet { event_id, user_id: account_id(user), symbol: spec.name.clone(), countdown_time: after_ms, timestamp, seq }
+        }
+        Command::CountdownDue { timestamp } => CommandJson::CountdownDue { event_id, symbol: spec.name.clone(), timestamp, seq },
     };
     serde_json::to_vec(&json).unwrap_or_default()
 }
@@ -272,7 +292,9 @@ impl CommandJson {
             | Self::IndexPriceSet { seq, .. }
             | Self::FundingTick { seq, .. }
             | Self::LiquidationSweep { seq, .. }
-            | Self::LeverageSet { seq, .. } => *seq,
+            | Self::LeverageSet { seq, .. }
+            | Self::CountdownSet { seq, .. }
+            | Self::CountdownDue { seq, .. } => *seq,
         }
     }
 }
@@ -366,6 +388,10 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
         CommandJson::LeverageSet { user_id, leverage, timestamp, .. } => {
             Command::SetLeverage { user: parse_account(&user_id)?, leverage, timestamp }
         }
+        CommandJson::CountdownSet { user_id, countdown_time, timestamp, .. } => {
+            Command::Countdown { user: parse_account(&user_id)?, after_ms: countdown_time, timestamp }
+        }
+        CommandJson::CountdownDue { timestamp, .. } => Command::CountdownDue { timestamp },
     };
     Ok(StreamRecord::Command(command))
 }
@@ -754,6 +780,8 @@ mod tests {
             Command::Funding { timestamp: 8 },
             Command::Liquidate { timestamp: 9 },
             Command::SetLeverage { user: order.user, leverage: 7, timestamp: 10 },
+            Command::Countdown { user: order.user, after_ms: 5_000, timestamp: 11 },
+            Command::CountdownDue { timestamp: 12 },
         ] {
             let bytes = encode_command(&spec, &StreamRecord::Command(command), 42);
             assert_eq!(decode_command(&spec, &bytes), Ok(StreamRecord::Command(command)), "{}", String::from_utf8_lossy(&bytes));
@@ -885,6 +913,11 @@ mod tests {
                 "eventId eventType userId symbol leverage timestamp seq".to_owned(),
             ),
             (
+                encode_command(&spec, &StreamRecord::Command(Command::Countdown { user: order.user, after_ms: 5, timestamp: 3 }), 3),
+                "eventId eventType userId symbol countdownTime timestamp seq".to_owned(),
+            ),
+            (encode_command(&spec, &StreamRecord::Command(Command::CountdownDue { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
+            (
                 encode_account(&AccountRecord::UserCreated { name: "alice".into(), user: order.user, key_hash: [1; 32] }, 5, 4),
                 "eventId eventType userId accountId keyHash".to_owned(),
             ),
@@ -939,7 +972,7 @@ mod tests {
             assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
         }
         let all = [
-            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "UserCreated", "BalanceAdjusted",
+            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "CountdownSet", "CountdownDue", "UserCreated", "BalanceAdjusted",
             "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
             "FundingPaid", "FundingSettled",
         ];

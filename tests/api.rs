@@ -466,3 +466,61 @@ fn a_client_order_id_with_a_slash_is_read_and_cancelled_percent_encoded() {
     assert_eq!(s.get(&alice, "/v1/orders/by-client-id/desk/7:a.1").0, 404);
     assert_eq!(s.get(&alice, "/v1/orders/by-client-id/%FF").0, 400);
 }
+
+/// The dead man's switch: orders on a symbol are cancelled (reason `COUNTDOWN`) when the
+/// countdown is not renewed in time; renewals and `0` keep them; a countdown that runs
+/// out while the process is down fires once it is back.
+#[test]
+fn a_countdown_not_renewed_cancels_the_users_orders_on_its_symbol() {
+    let mut s = Server::start();
+    let alice = s.funded("alice", "10000");
+    let bob = s.funded("bob", "10000");
+    let countdown = |key: &str, symbol: &str, ms: i64| s.post(key, "/v1/countdown", &format!(r#"{{"symbol":"{symbol}","countdownTime":{ms}}}"#));
+    let status_of = |s: &Server, key: &str, order: &serde_json::Value| s.get(key, &format!("/v1/orders/{}", order["orderId"].as_str().unwrap())).1;
+    for (body, why) in [
+        (r#"{"symbol":"BTC-PERP","countdownTime":-1}"#, "negative"),
+        (r#"{"symbol":"BTC-PERP","countdownTime":86400001}"#, "past a day"),
+        (r#"{"symbol":"BTC-PERP","countdownTime":"5"}"#, "a string"),
+        (r#"{"symbol":"BTC-PERP"}"#, "missing"),
+    ] {
+        let (status, reply) = s.post(&alice, "/v1/countdown", body);
+        assert_eq!((status, reply["code"].as_str()), (400, Some("INVALID_REQUEST")), "{why}: {reply}");
+    }
+    assert_eq!(countdown(&alice, "DOGE-PERP", 100).0, 400);
+    assert_eq!(s.post("nobody", "/v1/countdown", r#"{"symbol":"BTC-PERP","countdownTime":100}"#).0, 401);
+
+    let btc = s.limit(&alice, "BUY", "40000", "0.001");
+    let (status, eth) = s.order(&alice, r#"{"symbol":"ETH-PERP","side":"BUY","type":"LIMIT","price":"2000","quantity":"0.01","leverage":10}"#);
+    assert_eq!(status, 200, "{eth}");
+    let other = s.limit(&bob, "BUY", "40000", "0.001");
+    // Renewed every 200 ms, a 1.5 s countdown does not run out in 2 s.
+    for _ in 0..10 {
+        let (status, reply) = countdown(&alice, "BTC-PERP", 1_500);
+        assert_eq!((status, reply["countdownTime"].as_i64()), (200, Some(1_500)), "{reply}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(status_of(&s, &alice, &btc)["status"], "NEW");
+    // Not renewed: alice's BTC order goes, not her ETH order, not bob's.
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    let gone = status_of(&s, &alice, &btc);
+    assert_eq!((gone["status"].as_str(), gone["reason"].as_str()), (Some("CANCELLED"), Some("COUNTDOWN")), "{gone}");
+    assert_eq!(status_of(&s, &alice, &eth)["status"], "NEW");
+    assert_eq!(status_of(&s, &bob, &other)["status"], "NEW");
+    // Turned off, it fires no more.
+    let kept = s.limit(&alice, "BUY", "40000", "0.001");
+    assert_eq!(countdown(&alice, "BTC-PERP", 300).0, 200);
+    assert_eq!(countdown(&alice, "BTC-PERP", 0).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    assert_eq!(status_of(&s, &alice, &kept)["status"], "NEW");
+    // Set, then the process dies before it runs out: it fires once the exchange is back.
+    assert_eq!(countdown(&bob, "BTC-PERP", 1_500).0, 200);
+    s.kill9();
+    s.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status_of(&s, &bob, &other)["status"] == "NEW" {
+        assert!(std::time::Instant::now() < deadline, "bob's countdown never fired after the restart");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(status_of(&s, &bob, &other)["reason"], "COUNTDOWN");
+    assert_eq!(status_of(&s, &alice, &kept)["status"], "NEW", "alice's countdown is off, restart or not");
+}

@@ -292,6 +292,33 @@ fn a_leverage_setting_is_logged_and_outlives_a_crash() {
     assert_eq!(place(&s), 2);
 }
 
+/// `countdownCancelAll` is the native countdown: not renewed, the symbol's orders go.
+#[test]
+fn countdown_cancel_all_cancels_when_not_renewed() {
+    let s = Server::start();
+    let (key, secret) = trader(&s, "dead-man", "100000");
+    let params = format!("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01&price=40000&timestamp={}", now_ms());
+    let (status, order) = signed_body(&s, "/fapi/v1/order", &key, &secret, &params);
+    assert_eq!(status, 200, "{order}");
+    let countdown = |ms: &str| signed_body(&s, "/fapi/v1/countdownCancelAll", &key, &secret, &format!("symbol=BTCUSDT&countdownTime={ms}&timestamp={}", now_ms()));
+    for bad in ["-1", "86400001", "soon"] {
+        let (status, body) = countdown(bad);
+        assert_eq!((status, body["code"].as_i64()), (400, Some(-1130)), "{bad}: {body}");
+    }
+    let (status, body) = countdown("3000");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["symbol"].as_str(), body["countdownTime"].as_str()), (Some("BTCUSDT"), Some("3000")));
+    let open = || signed(&s, "GET", "/fapi/v1/openOrders", &key, &secret, &format!("symbol=BTCUSDT&timestamp={}", now_ms())).1;
+    assert_eq!(open().as_array().unwrap().len(), 1, "it has not run out yet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !open().as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the countdown never fired");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, gone) = signed(&s, "GET", "/fapi/v1/order", &key, &secret, &format!("symbol=BTCUSDT&orderId={}&timestamp={}", order["orderId"], now_ms()));
+    assert_eq!(gone["status"], "CANCELED", "{gone}");
+}
+
 #[test]
 fn public_trades_book_ticker_and_the_fixed_settings() {
     let s = Server::start();

@@ -40,6 +40,8 @@ struct RefModel {
     arrivals: u64,
     /// Leverage settings.
     leverage: BTreeMap<UserId, u32>,
+    /// Countdown deadlines.
+    countdowns: BTreeMap<UserId, i64>,
 }
 
 fn ceil_div(a: i128, b: i128) -> i128 {
@@ -135,16 +137,26 @@ impl RefModel {
                 Ok(())
             }
             Command::CancelAll { user, timestamp } => {
-                let mut mine: Vec<RefOrder> = self.resting.iter().filter(|r| r.o.user == user).cloned().collect();
-                mine.sort_by_key(|r| match r.o.side {
-                    Side::Buy => (0, -r.price, r.arrival),
-                    Side::Sell => (1, r.price, r.arrival),
-                });
-                for r in mine {
-                    self.resting.retain(|x| x.o.id != r.o.id);
-                    let e = self.cancelled(&r.o, r.o.quantity, r.filled, r.locked, CancelReason::UserRequest, timestamp);
-                    out.push(e);
+                self.cancel_all_of(&[user], CancelReason::UserRequest, timestamp, out);
+                Ok(())
+            }
+            Command::Countdown { user, after_ms, timestamp } => {
+                if !(0..=exchange::engine::MAX_COUNTDOWN_MS).contains(&after_ms) {
+                    return Err(CommandError::InvalidCountdown);
                 }
+                if after_ms == 0 {
+                    self.countdowns.remove(&user);
+                } else {
+                    self.countdowns.insert(user, timestamp + after_ms);
+                }
+                Ok(())
+            }
+            Command::CountdownDue { timestamp } => {
+                let due: Vec<UserId> = self.countdowns.iter().filter(|(_, d)| **d <= timestamp).map(|(u, _)| *u).collect();
+                for user in &due {
+                    self.countdowns.remove(user);
+                }
+                self.cancel_all_of(&due, CancelReason::Countdown, timestamp, out);
                 Ok(())
             }
             Command::SetLeverage { user, leverage, .. } => {
@@ -157,6 +169,20 @@ impl RefModel {
             Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
                 unreachable!("the model covers matching; the perpetual's commands have their own")
             }
+        }
+    }
+
+    /// Cancels every resting order of `users`: bids first, each side best first.
+    fn cancel_all_of(&mut self, users: &[UserId], reason: CancelReason, timestamp: i64, out: &mut Vec<Event>) {
+        let mut theirs: Vec<RefOrder> = self.resting.iter().filter(|r| users.contains(&r.o.user)).cloned().collect();
+        theirs.sort_by_key(|r| match r.o.side {
+            Side::Buy => (0, -r.price, r.arrival),
+            Side::Sell => (1, r.price, r.arrival),
+        });
+        for r in theirs {
+            self.resting.retain(|x| x.o.id != r.o.id);
+            let e = self.cancelled(&r.o, r.o.quantity, r.filled, r.locked, reason, timestamp);
+            out.push(e);
         }
     }
 
@@ -426,6 +452,8 @@ enum Op {
     CancelAll { user: u64 },
     Invalid { field: u8 },
     SetLeverage { user: u64, leverage: u32 },
+    Countdown { user: u64, after: i64 },
+    CountdownDue,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -440,6 +468,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..=4u64).prop_map(|user| Op::CancelAll { user }),
         1 => (0..4u8).prop_map(|field| Op::Invalid { field }),
         1 => (1..=4u64, 0..=MAX_LEVERAGE + 1).prop_map(|(user, leverage)| Op::SetLeverage { user, leverage }),
+        1 => (1..=4u64, prop_oneof![-1..=8i64, Just(exchange::engine::MAX_COUNTDOWN_MS + 1)])
+            .prop_map(|(user, after)| Op::Countdown { user, after }),
+        1 => Just(Op::CountdownDue),
     ]
 }
 
@@ -479,6 +510,8 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
         Op::Cancel { user, id } => Command::Cancel { id: OrderId(id), user: UserId(user), timestamp: ts },
         Op::CancelAll { user } => Command::CancelAll { user: UserId(user), timestamp: ts },
         Op::SetLeverage { user, leverage } => Command::SetLeverage { user: UserId(user), leverage, timestamp: ts },
+        Op::Countdown { user, after } => Command::Countdown { user: UserId(user), after_ms: after, timestamp: ts },
+        Op::CountdownDue => Command::CountdownDue { timestamp: ts },
         Op::Invalid { field } => {
             let mut o = NewOrder {
                 id: OrderId(n),

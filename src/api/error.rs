@@ -163,6 +163,7 @@ impl From<Refusal> for ApiError {
             Refusal::IndexStale => Self::FundingRefused("the index price is stale: no funding until a fresh one is posted"),
             Refusal::TooLarge => invalid("order is too large"),
             Refusal::InvalidLeverage => invalid("leverage must be between 1 and the symbol's maxLeverage"),
+            Refusal::InvalidCountdown => invalid("countdownTime must be between 0 and 86400000 ms"),
             Refusal::Admin(e) => e.into(),
             Refusal::NotLogged(e) => e.into(),
             Refusal::Unavailable(m) => Self::Unavailable(m),

@@ -96,6 +96,16 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
             Routed::Symbol(symbol, SymbolRequest::Ticker { symbol })
         }
+        ("POST", ["v1", "countdown"]) => {
+            let (key, _) = private()?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let body: CountdownBody = parse_json(input.body)?;
+            let symbol = map.symbols.iter().position(|s| s.name == body.symbol).ok_or(ApiError::UnknownSymbol)?;
+            if !(0..=crate::engine::MAX_COUNTDOWN_MS).contains(&body.countdown_time) {
+                return Err(invalid("countdownTime must be between 0 and 86400000 ms"));
+            }
+            Routed::Symbol(symbol, SymbolRequest::Countdown { key, symbol, after_ms: body.countdown_time })
+        }
         ("POST", ["v1", "orders"]) => {
             let (key, _) = private()?;
             check_depth(input.body, limits.max_json_depth)?;
@@ -324,6 +334,14 @@ struct DepositBody {
     currency: String,
     amount: String,
     transfer_id: String,
+}
+
+/// `POST /v1/countdown`: the user's dead man's switch on a symbol.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CountdownBody {
+    symbol: String,
+    countdown_time: i64,
 }
 
 /// A new order as `POST /v1/orders` takes it (and the Binance dialect builds it).

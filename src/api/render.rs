@@ -289,6 +289,7 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
             ok(&serde_json::json!({ "cancelled": cancelled }))
         }
         Answer::UserCreated { name, api_key, api_secret } => ok(&serde_json::json!({ "userId": name, "apiKey": api_key, "apiSecret": api_secret })),
+        Answer::Countdown { symbol, after_ms } => ok(&serde_json::json!({ "symbol": map.symbols[*symbol].name, "countdownTime": after_ms })),
         Answer::Leverage { symbol, leverage } => ok(&serde_json::json!({ "symbol": map.symbols[*symbol].name, "leverage": leverage })),
         Answer::User(user) => ok(&serde_json::json!({ "userId": crate::wire::account_id(*user) })),
     }

@@ -164,7 +164,9 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
         | CommandJson::IndexPriceSet { .. }
         | CommandJson::FundingTick { .. }
         | CommandJson::LiquidationSweep { .. }
-        | CommandJson::LeverageSet { .. } => Row::Nothing,
+        | CommandJson::LeverageSet { .. }
+        | CommandJson::CountdownSet { .. }
+        | CommandJson::CountdownDue { .. } => Row::Nothing,
         CommandJson::CommandVoided { voided_offset, symbol, seq, .. } => Row::Voided {
             symbol,
             seq,

@@ -187,6 +187,12 @@ pub enum Command {
     /// `user`'s leverage for the symbol's orders that name none
     /// ([`LEVERAGE_OF_SETTING`]): Binance's per-symbol setting.
     SetLeverage { user: UserId, leverage: u32, timestamp: i64 },
+    /// `user`'s dead man's switch: unless set again within `after_ms` of `timestamp`,
+    /// their orders on the symbol are cancelled (by a [`Command::CountdownDue`]); 0
+    /// turns it off.
+    Countdown { user: UserId, after_ms: i64, timestamp: i64 },
+    /// Cancels the orders of every user whose countdown ran out by `timestamp`.
+    CountdownDue { timestamp: i64 },
 }
 
 /// An order's leverage that says "the user's setting for the symbol". The symbol's owner
@@ -208,7 +214,9 @@ impl Command {
             | Command::IndexPrice { timestamp, .. }
             | Command::Funding { timestamp }
             | Command::Liquidate { timestamp }
-            | Command::SetLeverage { timestamp, .. } => timestamp,
+            | Command::SetLeverage { timestamp, .. }
+            | Command::Countdown { timestamp, .. }
+            | Command::CountdownDue { timestamp } => timestamp,
         }
     }
 }

@@ -250,6 +250,8 @@ pub enum CancelReason {
     /// Its next fill would have cost more than its lock pays (the book moved after the
     /// risk step priced it): the fill stops where the money does.
     InsufficientMargin,
+    /// Its owner's countdown (dead man's switch) on the symbol ran out.
+    Countdown,
 }
 
 impl CancelReason {
@@ -257,12 +259,19 @@ impl CancelReason {
     pub fn is_rejection(self) -> bool {
         !matches!(
             self,
-            Self::UserRequest | Self::Unfilled | Self::ReduceOnly | Self::Liquidation | Self::BankruptcyPrice | Self::SelfTrade | Self::InsufficientMargin
+            Self::UserRequest
+                | Self::Unfilled
+                | Self::ReduceOnly
+                | Self::Liquidation
+                | Self::BankruptcyPrice
+                | Self::SelfTrade
+                | Self::InsufficientMargin
+                | Self::Countdown
         )
     }
 
     /// Every reason, for readers that list them (cold storage's rejections).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::UserRequest,
         Self::Unfilled,
         Self::ReduceOnly,
@@ -278,6 +287,7 @@ impl CancelReason {
         Self::SelfTrade,
         Self::PriceOutOfBand,
         Self::InsufficientMargin,
+        Self::Countdown,
     ];
 
     /// The API's SCREAMING_SNAKE_CASE name.
@@ -298,6 +308,7 @@ impl CancelReason {
             Self::SelfTrade => "SELF_TRADE",
             Self::PriceOutOfBand => "PRICE_OUT_OF_BAND",
             Self::InsufficientMargin => "INSUFFICIENT_MARGIN",
+            Self::Countdown => "COUNTDOWN",
         }
     }
 }

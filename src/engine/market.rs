@@ -32,6 +32,9 @@ pub enum CommandError {
     /// A leverage setting outside `1..=max_leverage`.
     #[error("leverage is outside 1 to the symbol's maximum")]
     InvalidLeverage,
+    /// A countdown below zero or past [`MAX_COUNTDOWN_MS`].
+    #[error("countdown is outside 0 to a day")]
+    InvalidCountdown,
 }
 
 /// Why an order cannot be priced for the risk step; nothing is logged.
@@ -76,7 +79,12 @@ pub struct Market {
     pub(super) perp: Perp,
     /// Users' leverage settings ([`Command::SetLeverage`]).
     pub(super) leverage: FxHashMap<UserId, u32>,
+    /// Users' countdown deadlines ([`Command::Countdown`]), ms since the epoch.
+    pub(super) countdowns: FxHashMap<UserId, i64>,
 }
+
+/// The longest countdown a user may set: a day.
+pub const MAX_COUNTDOWN_MS: i64 = 86_400_000;
 
 impl Market {
     pub fn new(spec: SymbolSpec) -> Self {
@@ -90,7 +98,13 @@ impl Market {
             last_price: None,
             perp: Perp::default(),
             leverage: FxHashMap::default(),
+            countdowns: FxHashMap::default(),
         }
+    }
+
+    /// The earliest countdown deadline, if any user has one.
+    pub fn next_countdown(&self) -> Option<i64> {
+        self.countdowns.values().min().copied()
     }
 
     /// The leverage `user`'s orders take when they name none: their setting, or
@@ -232,7 +246,9 @@ impl Market {
             | Command::Funding { .. }
             | Command::Cancel { .. }
             | Command::CancelAll { .. }
-            | Command::SetLeverage { .. } => {}
+            | Command::SetLeverage { .. }
+            | Command::Countdown { .. }
+            | Command::CountdownDue { .. } => {}
         }
         self.follow_basis(now);
         result
@@ -267,6 +283,26 @@ impl Market {
                     return Err(CommandError::InvalidLeverage);
                 }
                 self.leverage.insert(user, leverage);
+                Ok(())
+            }
+            Command::Countdown { user, after_ms, timestamp } => {
+                if !(0..=MAX_COUNTDOWN_MS).contains(&after_ms) {
+                    return Err(CommandError::InvalidCountdown);
+                }
+                if after_ms == 0 {
+                    self.countdowns.remove(&user);
+                } else {
+                    self.countdowns.insert(user, timestamp + after_ms);
+                }
+                Ok(())
+            }
+            Command::CountdownDue { timestamp } => {
+                let mut due: Vec<UserId> = self.countdowns.iter().filter(|(_, d)| **d <= timestamp).map(|(u, _)| *u).collect();
+                due.sort_unstable();
+                for user in &due {
+                    self.countdowns.remove(user);
+                }
+                self.cancel_all_of_users(&due, CancelReason::Countdown, timestamp, events);
                 Ok(())
             }
         }

@@ -51,12 +51,13 @@ struct StateV2<P> {
     perp: P,
 }
 
-/// Version 4 added the users' leverage settings (sorted by user: the encoding stays
-/// canonical).
+/// Version 4 added the users' leverage settings and countdown deadlines (sorted by
+/// user: the encoding stays canonical).
 #[derive(Serialize, Deserialize)]
 struct StateV4 {
     state: StateV2<Perp>,
     leverage: Vec<(UserId, u32)>,
+    countdowns: Vec<(UserId, i64)>,
 }
 
 /// The perpetual's state as version 2 held it.
@@ -99,12 +100,15 @@ impl Market {
             .collect();
         let mut leverage: Vec<(UserId, u32)> = self.leverage.iter().map(|(u, l)| (*u, *l)).collect();
         leverage.sort_unstable();
+        let mut countdowns: Vec<(UserId, i64)> = self.countdowns.iter().map(|(u, d)| (*u, *d)).collect();
+        countdowns.sort_unstable();
         let state = StateV4 {
             state: StateV2 {
                 market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
                 perp: self.perp.clone(),
             },
             leverage,
+            countdowns,
         };
         let mut out = Vec::with_capacity(64 + state.state.market.orders.len() * 64);
         out.extend_from_slice(MAGIC);
@@ -122,19 +126,19 @@ impl Market {
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(SnapshotError::BadMagic)?;
         let (version, body) = rest.split_first_chunk::<2>().ok_or(SnapshotError::BadMagic)?;
         let corrupt = |e: postcard::Error| SnapshotError::Corrupt(e.to_string());
-        let (state, perp, leverage) = match u16::from_le_bytes(*version) {
-            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default(), Vec::new()),
+        let (state, perp, leverage, countdowns) = match u16::from_le_bytes(*version) {
+            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default(), Vec::new(), Vec::new()),
             2 => {
                 let v2: StateV2<PerpV2> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v2.market, v2.perp.into(), Vec::new())
+                (v2.market, v2.perp.into(), Vec::new(), Vec::new())
             }
             3 => {
                 let v3: StateV2<Perp> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v3.market, v3.perp, Vec::new())
+                (v3.market, v3.perp, Vec::new(), Vec::new())
             }
             VERSION => {
                 let v4: StateV4 = postcard::from_bytes(body).map_err(corrupt)?;
-                (v4.state.market, v4.state.perp, v4.leverage)
+                (v4.state.market, v4.state.perp, v4.leverage, v4.countdowns)
             }
             other => return Err(SnapshotError::UnsupportedVersion(other)),
         };
@@ -157,6 +161,7 @@ impl Market {
         }
         market.positions = state.positions.into_iter().collect();
         market.leverage = leverage.into_iter().collect();
+        market.countdowns = countdowns.into_iter().collect();
         Ok(market)
     }
 }

@@ -61,8 +61,10 @@ pub enum SymbolRequest {
     Klines { symbol: usize, interval: Interval, start: Option<i64>, end: Option<i64>, limit: usize },
     /// The last 24 hours' trades and the last trade.
     Ticker { symbol: usize },
-    /// Log `user`'s leverage setting (the asker authenticated them).
-    SetLeverage { symbol: usize, user: UserId, leverage: u32 },
+    /// Log the key's user's leverage setting.
+    SetLeverage { key: String, symbol: usize, leverage: u32 },
+    /// Log the key's user's countdown (0: off).
+    Countdown { key: String, symbol: usize, after_ms: i64 },
     PremiumIndex { symbol: usize },
     /// Admin: log an index price.
     IndexPrice { symbol: usize, price: i64 },
@@ -111,7 +113,9 @@ impl ApiRequest {
         match self {
             Self::Symbol(r) => matches!(
                 r,
-                SymbolRequest::PlaceOrder { .. } | SymbolRequest::IndexPrice { .. } | SymbolRequest::Funding { .. } | SymbolRequest::SetLeverage { .. }
+                SymbolRequest::PlaceOrder { .. } | SymbolRequest::IndexPrice { .. } | SymbolRequest::Funding { .. }
+                    | SymbolRequest::SetLeverage { .. }
+                    | SymbolRequest::Countdown { .. }
             ),
             Self::Account(r) => matches!(
                 r,
@@ -157,6 +161,8 @@ pub enum Answer {
     User(UserId),
     /// A leverage setting logged.
     Leverage { symbol: usize, leverage: u32 },
+    /// A countdown logged.
+    Countdown { symbol: usize, after_ms: i64 },
 }
 
 /// Why a shard did not do what an [`ApiRequest`] asked.
@@ -173,6 +179,8 @@ pub enum Refusal {
     ReduceOnlyRejected,
     /// A leverage setting outside 1 to the symbol's maximum.
     InvalidLeverage,
+    /// A countdown outside 0 to a day.
+    InvalidCountdown,
     /// A LIMIT price outside the band around the mark.
     PriceOutOfBand,
     /// Funding for this funding time is already settled.

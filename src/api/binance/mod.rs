@@ -132,7 +132,7 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             Ok(ok(&shapes::position_risk(map, &positions, only, now)))
         }
         ("POST", "v1/leverage") => {
-            let Caller { key, owner, .. } = signed(service, input, now)?;
+            let Caller { key, .. } = signed(service, input, now)?;
             let symbol = params.required_symbol(map)?;
             let spec = &map.symbols[symbol];
             let asked = params.get("leverage").ok_or_else(|| Error::missing("leverage"))?;
@@ -141,11 +141,24 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 .ok()
                 .filter(|l| (1..=spec.max_leverage).contains(l))
                 .ok_or_else(|| Error::new(400, -4028, format!("Leverage {asked} is not valid")))?;
-            let Answer::User(user) = ask(service, owner, ApiRequest::authenticate(&key)).await? else {
-                return Err(Error::internal());
-            };
-            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::SetLeverage { symbol, user, leverage })).await? {
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::SetLeverage { key, symbol, leverage })).await? {
                 Answer::Leverage { symbol, leverage } => Ok(ok(&shapes::leverage(&map.symbols[symbol], leverage))),
+                _ => Err(Error::internal()),
+            }
+        }
+        ("POST", "v1/countdownCancelAll") => {
+            let Caller { key, .. } = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let asked = params.get("countdownTime").ok_or_else(|| Error::missing("countdownTime"))?;
+            let after_ms = asked
+                .parse::<i64>()
+                .ok()
+                .filter(|t| (0..=crate::engine::MAX_COUNTDOWN_MS).contains(t))
+                .ok_or_else(|| Error::invalid_value("countdownTime"))?;
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Countdown { key, symbol, after_ms })).await? {
+                Answer::Countdown { symbol, after_ms } => {
+                    Ok(ok(&serde_json::json!({ "symbol": shapes::name(&map.symbols[symbol]).0, "countdownTime": after_ms.to_string() })))
+                }
                 _ => Err(Error::internal()),
             }
         }

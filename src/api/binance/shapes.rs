@@ -352,7 +352,8 @@ pub fn order(map: &ShardMap, v: &OrderView) -> Value {
     let quote = Decimal::try_from_i128_with_scale(v.filled_value, 0).unwrap_or(Decimal::ZERO) * spec.tick_size * spec.lot_size;
     let average = if v.filled > 0 { (quote / spec.lots_to_quantity(v.filled)).round_dp(8) } else { Decimal::ZERO };
     let status = match (v.status, v.reason) {
-        (OrderStatus::Cancelled, Some(CancelReason::UserRequest) | None) => "CANCELED",
+        // The countdown cancels on the user's own standing instruction.
+        (OrderStatus::Cancelled, Some(CancelReason::UserRequest | CancelReason::Countdown) | None) => "CANCELED",
         (OrderStatus::Cancelled, _) => "EXPIRED",
         (s, _) => s.as_str(),
     };

@@ -17,6 +17,7 @@
 //! It uses every room below it: the log, the projections, and this core's account room
 //! directly (results for accounts owned here are applied without a message).
 
+pub mod countdown;
 pub mod funding;
 pub mod recover;
 pub mod stream;
@@ -96,11 +97,15 @@ impl SymbolRoom {
                 let day = stream.candles.borrow().day(time);
                 Ok(Answer::Ticker { symbol, day, last: stream.trades.borrow().front().copied(), time })
             }
-            SymbolRequest::SetLeverage { symbol, user, leverage } => {
-                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
-                let outcome = stream.submit(Command::SetLeverage { user, leverage, timestamp: now_ms() }).await?;
-                outcome.result.map_err(|_| Refusal::InvalidLeverage)?;
+            SymbolRequest::SetLeverage { key, symbol, leverage } => {
+                let setting = |user, timestamp| Command::SetLeverage { user, leverage, timestamp };
+                self.set(&key, symbol, setting).await.map_err(|e| e.unwrap_or(Refusal::InvalidLeverage))?;
                 Ok(Answer::Leverage { symbol, leverage })
+            }
+            SymbolRequest::Countdown { key, symbol, after_ms } => {
+                let setting = |user, timestamp| Command::Countdown { user, after_ms, timestamp };
+                self.set(&key, symbol, setting).await.map_err(|e| e.unwrap_or(Refusal::InvalidCountdown))?;
+                Ok(Answer::Countdown { symbol, after_ms })
             }
             SymbolRequest::PremiumIndex { symbol } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
@@ -117,6 +122,25 @@ impl SymbolRoom {
                 // Settles the coming funding time now: the scheduled tick then finds it done.
                 settle_funding(&stream, now_ms()).await
             }
+        }
+    }
+
+    /// Logs and executes a user's setting on a symbol (leverage, countdown). `Err(None)`:
+    /// the engine refused its value.
+    async fn set(&self, key: &str, symbol: usize, setting: impl FnOnce(UserId, i64) -> Command) -> Result<(), Option<Refusal>> {
+        let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+        let user = self.authenticate(key).await?;
+        let outcome = stream.submit(setting(user, now_ms())).await.map_err(Refusal::from)?;
+        outcome.result.map_err(|_| None)
+    }
+
+    /// The key's user, as their account's owner knows them.
+    async fn authenticate(&self, key: &str) -> Result<UserId, Refusal> {
+        let user = crate::accounts::user_of_key(key).ok_or(Refusal::Unauthorized)?;
+        match self.ask(self.account_owner(user), Request::Api(crate::shard::protocol::ApiRequest::authenticate(key))).await {
+            Some(Reply::Api(Ok(Answer::User(user)))) => Ok(user),
+            Some(Reply::Api(Err(e))) => Err(e),
+            _ => Err(Refusal::Unavailable("account owner unavailable".into())),
         }
     }
 
