@@ -52,6 +52,7 @@ struct Entry {
     price_band_up: Option<Spanned<String>>,
     mark_band: Option<Spanned<String>>,
     mark_basis_window_secs: Option<Spanned<u64>>,
+    self_trade_prevention: Option<Spanned<String>>,
     shard: Spanned<usize>,
 }
 
@@ -145,6 +146,12 @@ impl ShardMap {
                     };
                     fail(span, field, err.to_string())
                 })?;
+            let mut spec = spec;
+            if let Some(mode) = &e.self_trade_prevention {
+                spec.self_trade_prevention = crate::engine::SelfTradePrevention::parse(mode.get_ref()).ok_or_else(|| {
+                    fail(mode.span(), "self_trade_prevention", format!("{:?} is not EXPIRE_TAKER, EXPIRE_MAKER or EXPIRE_BOTH", mode.get_ref()))
+                })?;
+            }
             if symbols.iter().any(|s| s.name == spec.name || s.key == spec.key) {
                 return Err(fail(e.name.span(), "name", format!("{} is listed twice", spec.name)));
             }
@@ -195,6 +202,11 @@ shard = 1
         assert_eq!(btc.max_leverage, 100);
         assert_eq!(btc.taker_fee, "0.0005".parse().unwrap());
         assert_eq!(map.get("ETH-PERP").unwrap().shard, 1);
+        assert_eq!(btc.self_trade_prevention, crate::engine::SelfTradePrevention::ExpireTaker);
+        let maker = ShardMap::parse(&GOOD.replace("max_leverage = 50", "max_leverage = 50\nself_trade_prevention = \"EXPIRE_MAKER\""), "m.toml").unwrap();
+        assert_eq!(maker.get("ETH-PERP").unwrap().self_trade_prevention, crate::engine::SelfTradePrevention::ExpireMaker);
+        let e = error_of(&GOOD.replace("max_leverage = 50", "max_leverage = 50\nself_trade_prevention = \"NONE\""));
+        assert_eq!((e.line, e.field.as_str()), (13, "self_trade_prevention"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounts::AccountRecord;
 use crate::engine::symbol::{units_to_usdt, usdt_to_units};
-use crate::engine::{ClientOrderId, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, Side, SymbolSpec, TimeInForce, UserId};
+use crate::engine::{ClientOrderId, Command, Event, FillUpdate, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, SymbolSpec, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
 
 /// Commands of every symbol, keyed by symbol: the log of record.
@@ -85,6 +85,9 @@ impl EpochFloor {
 }
 
 /// An `orders.submitted` record, as written and as every reader reads it.
+// Built or read one record at a time, like `ResultJson`: the order variant's size costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "eventType", rename_all_fields = "camelCase")]
 pub enum CommandJson {
@@ -119,6 +122,10 @@ pub enum CommandJson {
         /// Absent in records written before it existed (the band applies as it executes).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         protection_price: Option<String>,
+        /// Present unless `EXPIRE_TAKER` (the mode of every record written before it
+        /// existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        self_trade_prevention_mode: Option<String>,
         seq: u64,
     },
     CancelRequested {
@@ -238,6 +245,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
                 client_order_id: o.client_order_id.map(|c| c.as_str().to_owned()),
                 locked_margin: units_to_usdt(o.locked_margin).to_string(),
                 protection_price,
+                self_trade_prevention_mode: (o.stp != SelfTradePrevention::ExpireTaker).then(|| o.stp.as_str().to_owned()),
                 seq,
             }
         }
@@ -334,6 +342,7 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
             client_order_id,
             locked_margin,
             protection_price,
+            self_trade_prevention_mode,
             ..
         } => {
             let side = match s.as_str() {
@@ -371,6 +380,10 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
                 client_order_id: client_order_id.map(|c| ClientOrderId::new(&c)).transpose().map_err(|e| e.to_string())?,
                 locked_margin: usdt_to_units(decimal(&locked_margin)?).ok_or_else(|| format!("lockedMargin {locked_margin}"))?,
                 timestamp,
+                stp: match self_trade_prevention_mode {
+                    None => SelfTradePrevention::ExpireTaker,
+                    Some(m) => SelfTradePrevention::parse(&m).ok_or_else(|| format!("selfTradePreventionMode {m:?}"))?,
+                },
             })
         }
         CommandJson::CancelRequested { order_id: Some(id), user_id, timestamp, .. } => {
@@ -767,6 +780,7 @@ mod tests {
             client_order_id: Some(ClientOrderId::new("my-1").unwrap()),
             locked_margin: 25_000_250,
             timestamp: 1_764_100_000_000,
+            stp: Default::default(),
         };
         let market = NewOrder { kind: OrderType::Market, client_order_id: None, ..order };
         let priced = NewOrder { kind: OrderType::MarketWithin { limit: 525_000 }, ..market };
@@ -774,6 +788,7 @@ mod tests {
             Command::Place(order),
             Command::Place(market),
             Command::Place(priced),
+            Command::Place(NewOrder { stp: SelfTradePrevention::ExpireBoth, ..order }),
             Command::Cancel { id: order.id, user: order.user, timestamp: 5 },
             Command::CancelAll { user: order.user, timestamp: 6 },
             Command::IndexPrice { price: 500_001, timestamp: 7 },
@@ -816,6 +831,7 @@ mod tests {
                 client_order_id: None,
                 locked_margin: 30_000,
                 timestamp: 7,
+                stp: Default::default(),
             };
             market.execute(&Command::Place(order), &mut events).unwrap();
         }
@@ -890,6 +906,7 @@ mod tests {
             client_order_id: Some(ClientOrderId::new("c").unwrap()),
             locked_margin: 25_000_250,
             timestamp: 1,
+            stp: Default::default(),
         };
         let market = NewOrder { kind: OrderType::MarketWithin { limit: 525_000 }, ..order };
         let submitted = "eventId eventType orderId userId symbol side type price quantity leverage timestamp timeInForce reduceOnly clientOrderId lockedMargin seq";

@@ -524,3 +524,38 @@ fn a_countdown_not_renewed_cancels_the_users_orders_on_its_symbol() {
     assert_eq!(status_of(&s, &bob, &other)["reason"], "COUNTDOWN");
     assert_eq!(status_of(&s, &alice, &kept)["status"], "NEW", "alice's countdown is off, restart or not");
 }
+
+/// Self-trade prevention modes: the taker's (default the symbol's EXPIRE_TAKER) decides.
+#[test]
+fn self_trade_prevention_modes_choose_which_side_is_cancelled() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let order = |key: &str, side: &str, price: &str, qty: &str, mode: Option<&str>| {
+        let mode = mode.map_or(String::new(), |m| format!(r#","selfTradePreventionMode":"{m}""#));
+        s.order(key, &format!(r#"{{"symbol":"BTC-PERP","side":"{side}","type":"LIMIT","price":"{price}","quantity":"{qty}","leverage":10{mode}}}"#))
+    };
+    let get = |key: &str, o: &serde_json::Value| s.get(key, &format!("/v1/orders/{}", o["orderId"].as_str().unwrap())).1;
+    let (status, reply) = order(&alice, "BUY", "40000", "0.001", Some("NONE"));
+    assert_eq!((status, reply["code"].as_str()), (400, Some("INVALID_REQUEST")), "a user never trades with themself: {reply}");
+    // alice's ask at 50000 before bob's at 50001.
+    let (_, own) = order(&alice, "SELL", "50000", "0.001", None);
+    let (_, bobs) = order(&bob, "SELL", "50001", "0.001", None);
+    // EXPIRE_TAKER (the default): alice's buy stops at her own ask.
+    let (_, taker) = order(&alice, "BUY", "50001", "0.002", None);
+    assert_eq!((taker["status"].as_str(), taker["reason"].as_str()), (Some("CANCELLED"), Some("SELF_TRADE")), "{taker}");
+    assert_eq!(get(&alice, &own)["status"], "NEW");
+    // EXPIRE_MAKER: her ask goes, her buy fills from bob.
+    let (_, taker) = order(&alice, "BUY", "50001", "0.001", Some("EXPIRE_MAKER"));
+    assert_eq!(taker["status"], "FILLED", "{taker}");
+    let gone = get(&alice, &own);
+    assert_eq!((gone["status"].as_str(), gone["reason"].as_str()), (Some("CANCELLED"), Some("SELF_TRADE")), "{gone}");
+    assert_eq!(get(&bob, &bobs)["status"], "FILLED");
+    // EXPIRE_BOTH: both go.
+    let (_, own) = order(&alice, "SELL", "50000", "0.001", None);
+    let (_, taker) = order(&alice, "BUY", "50000", "0.001", Some("EXPIRE_BOTH"));
+    assert_eq!((taker["status"].as_str(), taker["reason"].as_str()), (Some("CANCELLED"), Some("SELF_TRADE")), "{taker}");
+    assert_eq!(get(&alice, &own)["status"], "CANCELLED");
+    let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);
+    assert_eq!(depth["asks"], serde_json::json!([]), "{depth}");
+}

@@ -218,6 +218,11 @@ fn signed_calls_are_refused_with_binances_codes_and_change_nothing() {
     assert_eq!((status, body["code"].as_i64()), (400, Some(-1022)), "another key's secret does not sign: {body}");
     let (status, body) = s.request("GET", "/fapi/v1/nope", &[], None);
     assert_eq!((status, body["code"].as_i64()), (404, Some(-5000)), "{body}");
+    // A self-trade is never allowed: NONE is refused; the other modes are taken.
+    let (status, body) = signed(&s, "POST", "/fapi/v1/order", &key, &secret, &format!("{}&selfTradePreventionMode=NONE", order(now_ms())));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-4000)), "{body}");
+    let (status, body) = signed(&s, "POST", "/fapi/v1/order", &key, &secret, &format!("{}&selfTradePreventionMode=EXPIRE_SOON", order(now_ms())));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-1130)), "{body}");
     // None of them placed anything.
     let (_, open) = s.get(&key, "/v1/orders");
     assert_eq!(open, serde_json::json!([]));

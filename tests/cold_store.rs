@@ -447,6 +447,7 @@ mod writer {
             client_order_id: None,
             locked_margin: 1,
             timestamp: 1_795_000_000_000 + offset,
+            stp: Default::default(),
         };
         at(COMMANDS_TOPIC, offset, wire::encode_command(&spec, &StreamRecord::Command(Command::Place(o)), id))
     }

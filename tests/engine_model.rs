@@ -334,6 +334,14 @@ impl RefModel {
                 break;
             }
             if m.o.user == o.user {
+                if o.stp != SelfTradePrevention::ExpireTaker {
+                    self.resting.remove(i);
+                    let e = self.cancelled(&m.o, m.o.quantity, m.filled, m.locked, CancelReason::SelfTrade, o.timestamp);
+                    out.push(e);
+                }
+                if o.stp == SelfTradePrevention::ExpireMaker {
+                    continue;
+                }
                 return (remaining, lock, Some(CancelReason::SelfTrade));
             }
             let room = self.room(&m);
@@ -447,7 +455,7 @@ fn spec() -> SymbolSpec {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Place { user: u64, side: Side, kind: u8, price: i64, qty: i64, leverage: u32, reduce_only: bool, cid: Option<u8>, lock_bias: i8 },
+    Place { user: u64, side: Side, kind: u8, price: i64, qty: i64, leverage: u32, reduce_only: bool, cid: Option<u8>, lock_bias: i8, stp: u8 },
     Cancel { user: u64, id: u64 },
     CancelAll { user: u64 },
     Invalid { field: u8 },
@@ -458,9 +466,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let side = prop_oneof![Just(Side::Buy), Just(Side::Sell)];
-    let place = (1..=4u64, side, 0..7u8, 95..=105i64, 1..=6i64, 1..=3u32, prop::bool::weighted(0.2), prop::option::weighted(0.2, 0..3u8), -1..=1i8)
-        .prop_map(|(user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias)| Op::Place {
-            user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias,
+    let place = (1..=4u64, side, 0..7u8, 95..=105i64, 1..=6i64, 1..=3u32, prop::bool::weighted(0.2), prop::option::weighted(0.2, 0..3u8), -1..=1i8, 0..3u8)
+        .prop_map(|(user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp)| Op::Place {
+            user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp,
         });
     prop_oneof![
         10 => place,
@@ -479,7 +487,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn command(op: &Op, n: u64, market: &Market) -> Command {
     let ts = 1_700_000_000_000 + n as i64;
     match *op {
-        Op::Place { user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias } => {
+        Op::Place { user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp } => {
             let kind = match kind {
                 0 => OrderType::Limit { price, tif: TimeInForce::Ioc },
                 1 => OrderType::Limit { price, tif: TimeInForce::Fok },
@@ -505,6 +513,7 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
                 client_order_id: cid.map(|c| ClientOrderId::new(&format!("c{c}")).unwrap()),
                 locked_margin: lock.max(0),
                 timestamp: ts,
+                stp: [SelfTradePrevention::ExpireTaker, SelfTradePrevention::ExpireMaker, SelfTradePrevention::ExpireBoth][usize::from(stp)],
             })
         }
         Op::Cancel { user, id } => Command::Cancel { id: OrderId(id), user: UserId(user), timestamp: ts },
@@ -524,6 +533,7 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
                 client_order_id: None,
                 locked_margin: 100,
                 timestamp: ts,
+                stp: Default::default(),
             };
             match field {
                 0 => o.quantity = 0,

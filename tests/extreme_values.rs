@@ -116,6 +116,7 @@ impl World {
             client_order_id: None,
             locked_margin: lock,
             timestamp: self.next as i64,
+            stp: Default::default(),
         };
         if self.accounts.reserve(order.user, &mut order, 0, 0).is_err() {
             return;

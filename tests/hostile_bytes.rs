@@ -79,6 +79,7 @@ fn command(price: i64, quantity: i64, market: bool, void: Option<u64>) -> Vec<u8
             client_order_id: None,
             locked_margin: 1_000,
             timestamp: 1,
+            stp: Default::default(),
         })),
     };
     wire::encode_command(&spec(), &record, 1)
@@ -129,6 +130,7 @@ proptest! {
                 client_order_id: None,
                 locked_margin: i64::MAX / 4,
                 timestamp: 1,
+                stp: Default::default(),
             };
             let _ = m.execute(&Command::Place(order), &mut events);
         }

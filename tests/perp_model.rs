@@ -172,6 +172,7 @@ proptest! {
                         client_order_id: None,
                         locked_margin: 0,
                         timestamp: ts,
+                        stp: Default::default(),
                     };
                     // The risk step: priced by the engine's rules, refused when out of
                     // the band or when the lock is more than is available.

@@ -46,6 +46,7 @@ pub fn command(op: &Op) -> Command {
             client_order_id: None,
             locked_margin: lock,
             timestamp: id as i64,
+            stp: Default::default(),
         }),
         Op::Cancel { id, user } => Command::Cancel { id: OrderId(id), user: UserId(user), timestamp: 0 },
     }

@@ -37,6 +37,7 @@ fn order(qty: i64, lock: Units, cid: Option<&str>) -> NewOrder {
         client_order_id: cid.map(|c| ClientOrderId::new(c).unwrap()),
         locked_margin: lock,
         timestamp: 1,
+        stp: Default::default(),
     }
 }
 

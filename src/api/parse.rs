@@ -15,7 +15,7 @@ use rust_decimal::prelude::ToPrimitive;
 use crate::accounts::{partition_of, partition_of_name, user_of_key, IncomeKind};
 use crate::engine::symbol::usdt_to_units;
 use crate::engine::units::{MAX_NOTIONAL, MAX_TICKS};
-use crate::engine::{ClientOrderId, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
+use crate::engine::{ClientOrderId, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
 use crate::shard::protocol::{AccountRequest, Interval, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
@@ -358,6 +358,7 @@ pub(crate) struct OrderBody {
     pub time_in_force: Option<String>,
     pub reduce_only: Option<bool>,
     pub client_order_id: Option<String>,
+    pub self_trade_prevention_mode: Option<String>,
 }
 
 impl OrderBody {
@@ -397,6 +398,11 @@ impl OrderBody {
             ("MARKET", None, Some(_)) => return Err(invalid("timeInForce is not allowed for MARKET orders")),
             _ => return Err(invalid("type must be LIMIT or MARKET")),
         };
+        let stp = match self.self_trade_prevention_mode.as_deref() {
+            None => spec.self_trade_prevention,
+            Some(mode) => SelfTradePrevention::parse(mode)
+                .ok_or_else(|| invalid("selfTradePreventionMode must be EXPIRE_TAKER, EXPIRE_MAKER or EXPIRE_BOTH (a user never trades with themself)"))?,
+        };
         let client_order_id = self
             .client_order_id
             .map(|c| ClientOrderId::new(&c))
@@ -415,6 +421,7 @@ impl OrderBody {
                 client_order_id,
                 locked_margin: 0,
                 timestamp: 0,
+                stp,
             },
         ))
     }

@@ -298,6 +298,7 @@ mod tests {
             client_order_id: Some(crate::engine::ClientOrderId::new("c-1").unwrap()),
             locked_margin: 1,
             timestamp: 1_700_000_000_123,
+            stp: Default::default(),
         };
         let bytes = wire::encode_command(&spec, &StreamRecord::Command(Command::Place(order)), 5);
         let Row::Order(row) = command(&bytes, 3, 41).unwrap() else { panic!("not an order") };

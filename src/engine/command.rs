@@ -167,6 +167,36 @@ pub struct NewOrder {
     pub locked_margin: Units,
     /// Milliseconds since the Unix epoch, stamped when the order was accepted.
     pub timestamp: i64,
+    /// What it does on meeting a resting order of its own user.
+    pub stp: SelfTradePrevention,
+}
+
+/// What a taker does when its next fill would meet a resting order of its own user
+/// (Binance's `selfTradePreventionMode`). No mode lets a user trade with themself: a
+/// self-trade moves no position and would only pay fees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SelfTradePrevention {
+    /// The taker's remainder is cancelled; the resting order stays.
+    #[default]
+    ExpireTaker,
+    /// The resting order is cancelled and the taker goes on matching.
+    ExpireMaker,
+    /// Both are cancelled.
+    ExpireBoth,
+}
+
+impl SelfTradePrevention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExpireTaker => "EXPIRE_TAKER",
+            Self::ExpireMaker => "EXPIRE_MAKER",
+            Self::ExpireBoth => "EXPIRE_BOTH",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::ExpireTaker, Self::ExpireMaker, Self::ExpireBoth].into_iter().find(|m| m.as_str() == text)
+    }
 }
 
 /// One entry of a symbol's command log.

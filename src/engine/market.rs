@@ -10,7 +10,7 @@
 use rustc_hash::FxHashMap;
 
 use super::book::{Book, Resting};
-use super::command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId};
+use super::command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId};
 use super::event::{CancelReason, Cancelled, Event, FillUpdate, Placed, PositionState, Trade};
 use super::perp::Perp;
 use super::position::{apply_fill, reducible, FillEffect, Role};
@@ -350,6 +350,13 @@ impl Market {
                 break;
             }
             if maker.user == order.user {
+                // Self-trade prevention, as the taker asks.
+                if order.stp != SelfTradePrevention::ExpireTaker {
+                    self.cancel_resting(maker.id, CancelReason::SelfTrade, order.timestamp, events);
+                }
+                if order.stp == SelfTradePrevention::ExpireMaker {
+                    continue;
+                }
                 return (remaining, lock, Some(CancelReason::SelfTrade));
             }
             let room = self.room(&maker, self.position(maker.user).size);
@@ -482,8 +489,15 @@ impl Market {
         };
         let mut filled = 0;
         for maker in self.book.iter(order.side.opposite()) {
-            // Matching stops at the taker's own resting order (self-trade prevention).
-            if filled == order.quantity || !order.side.accepts(limit, maker.price) || maker.user == order.user {
+            if filled == order.quantity || !order.side.accepts(limit, maker.price) {
+                break;
+            }
+            // Self-trade prevention: matching stops at the taker's own resting order, or
+            // (EXPIRE_MAKER) cancels it and goes past.
+            if maker.user == order.user {
+                if order.stp == SelfTradePrevention::ExpireMaker {
+                    continue;
+                }
                 break;
             }
             // A reduce-only maker may fill in several steps when it trades with its own

@@ -41,6 +41,7 @@ impl Harness {
             client_order_id: None,
             locked_margin: narrow(self.market.spec().margin(lock_price, qty, 1)),
             timestamp: 1_000 + self.next_id as i64,
+            stp: Default::default(),
         }
     }
 
@@ -391,5 +392,35 @@ fn a_taker_never_trades_with_its_own_resting_order() {
         // FOK counts only what it could fill before its own order.
         let ev = h.limit(A, taker_side, if taker_side == Side::Buy { 1001 } else { 999 }, 1, TimeInForce::Fok);
         assert_eq!(cancelled(&ev), [(4, CancelReason::FokUnfillable, 0)]);
+    }
+}
+
+#[test]
+fn expire_maker_cancels_the_own_order_and_goes_on_expire_both_stops_too() {
+    use crate::engine::SelfTradePrevention as Stp;
+    for (mode, taker_fills) in [(Stp::ExpireMaker, 1), (Stp::ExpireBoth, 0)] {
+        let mut h = Harness::new();
+        h.gtc(A, Side::Sell, 1000, 1);
+        h.gtc(B, Side::Sell, 1001, 1);
+        // A FOK for 2 fills entirely only by going past its own order: never.
+        let fok = NewOrder { stp: mode, ..h.order(A, Side::Buy, OrderType::Limit { price: 1001, tif: TimeInForce::Fok }, 2) };
+        let ev = h.submit(fok);
+        assert!(trades(&ev).is_empty() && h.market.book().len() == 2, "{mode:?}: a refused FOK cancels nothing: {ev:?}");
+        let taker = NewOrder { stp: mode, ..h.order(A, Side::Buy, OrderType::Limit { price: 1001, tif: TimeInForce::Gtc }, 2) };
+        let ev = h.submit(taker);
+        // A's own ask is cancelled (SELF_TRADE) either way.
+        assert!(
+            matches!(ev[0], Event::OrderCancelled(Cancelled { order_id: OrderId(1), reason: CancelReason::SelfTrade, .. })),
+            "{mode:?}: {ev:?}"
+        );
+        assert_eq!(trades(&ev).len(), taker_fills, "{mode:?}: {ev:?}");
+        assert_eq!(h.market.position(A).size, i128::from(taker_fills as i64));
+        if mode == Stp::ExpireBoth {
+            assert!(matches!(ev.last(), Some(Event::OrderCancelled(Cancelled { order_id: OrderId(4), reason: CancelReason::SelfTrade, .. }))), "{ev:?}");
+            assert_eq!(h.market.book().len(), 1, "B's ask stays");
+        } else {
+            // Filled from B, the rest rests.
+            assert_eq!(h.market.book().best_price(Side::Buy), Some(1001));
+        }
     }
 }

@@ -21,7 +21,7 @@ pub mod symbol;
 pub mod units;
 
 pub use book::{Book, Resting};
-pub use command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, Side, TimeInForce, UserId, DEFAULT_LEVERAGE_SETTING, LEVERAGE_OF_SETTING};
+pub use command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId, DEFAULT_LEVERAGE_SETTING, LEVERAGE_OF_SETTING};
 pub use event::{CancelReason, Cancelled, Event, FillUpdate, FundingPayment, FundingRound, Liquidated, LiquidationOrder, Placed, PositionState, PriceUpdate, Trade};
 pub use market::{CommandError, Market, PriceError, ADL_ORDER, ENGINE_ORDER, MAX_COUNTDOWN_MS};
 pub use perp::{Health, Perp};

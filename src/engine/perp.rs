@@ -415,6 +415,7 @@ impl Market {
             client_order_id: None,
             locked_margin: 0,
             timestamp,
+            stp: Default::default(),
         };
         // Past the bankruptcy price, down to the protection band around the mark, the
         // book takes it only as far as the insurance fund pays the difference.

@@ -48,6 +48,7 @@ impl H {
             client_order_id: None,
             locked_margin: 0,
             timestamp: self.now,
+            stp: Default::default(),
         };
         if self.m.price_order(&mut o).is_err()
             && let OrderType::Limit { price, .. } = kind
@@ -288,6 +289,7 @@ fn a_sell_locks_for_the_bid_it_meets_and_never_fills_past_its_lock() {
         client_order_id: None,
         locked_margin: 0,
         timestamp: 2_000,
+        stp: Default::default(),
     };
     h.m.price_order(&mut o).unwrap();
     let spec = h.m.spec();
@@ -327,6 +329,7 @@ fn limit_prices_must_lie_in_the_band_around_the_mark() {
         client_order_id: None,
         locked_margin: 0,
         timestamp: 1,
+        stp: Default::default(),
     };
     // Neither mark nor trade: anything goes.
     assert!(h.m.price_order(&mut order(1)).is_ok());

@@ -44,6 +44,8 @@ pub struct SymbolSpec {
     /// Largest position value (Σ lots × price) a user may hold, in money units, counting
     /// open orders as filled at their prices.
     pub max_position_notional: Units,
+    /// Self-trade prevention for orders that name none.
+    pub self_trade_prevention: super::command::SelfTradePrevention,
     /// Money units of one tick times one lot (`tick_size × lot_size × 1e8`).
     pub(crate) units_per_tick_lot: i64,
     pub(crate) maker_fee_rate: i64,
@@ -162,6 +164,7 @@ impl SymbolSpec {
             index_max_age_secs: DEFAULT_INDEX_MAX_AGE_SECS,
             max_position: MAX_LOTS,
             max_position_notional: MAX_NOTIONAL,
+            self_trade_prevention: super::command::SelfTradePrevention::ExpireTaker,
             units_per_tick_lot,
             maker_fee_rate,
             taker_fee_rate,

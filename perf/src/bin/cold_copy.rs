@@ -40,6 +40,7 @@ fn records(n: usize) -> Vec<Located> {
                     client_order_id: None,
                     locked_margin: 1_000,
                     timestamp: now + i as i64,
+                    stp: Default::default(),
                 };
                 let payload = wire::encode_command(spec, &StreamRecord::Command(Command::Place(order)), k);
                 Located { topic: COMMANDS_TOPIC.into(), partition, offset, timestamp_ms: None, payload }

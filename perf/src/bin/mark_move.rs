@@ -37,6 +37,7 @@ fn order(spec: &SymbolSpec, id: u64, user: u64, side: Side, price: i64, leverage
         client_order_id: None,
         locked_margin: i64::try_from(lock).unwrap(),
         timestamp: ts,
+        stp: Default::default(),
     })
 }
 

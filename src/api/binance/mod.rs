@@ -402,6 +402,12 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
         time_in_force,
         reduce_only: Some(reduce_only),
         client_order_id: params.get("newClientOrderId").map(str::to_owned),
+        self_trade_prevention_mode: match params.get("selfTradePreventionMode") {
+            Some("NONE") => {
+                return Err(Error::fixed(400, -4000, "selfTradePreventionMode NONE is not offered: a user never trades with themself."));
+            }
+            other => other.map(str::to_owned),
+        },
     };
     let (symbol, mut order) = body.validate(map).map_err(|e| match e {
         // The filter a client's rounding rules know (ccxt: InvalidOrder by substring).
