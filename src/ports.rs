@@ -96,7 +96,11 @@ fn body<'a>(magic: &[u8; 6], bytes: &'a [u8]) -> Option<&'a [u8]> {
 pub fn decode_partition(bytes: &[u8]) -> Option<PartitionState> {
     let (mut state, rest) = postcard::take_from_bytes::<PartitionState>(body(ACCOUNT_MAGIC, bytes)?).ok()?;
     if !rest.is_empty() {
-        state.income = postcard::from_bytes(rest).ok()?;
+        let (income, rest) = postcard::take_from_bytes(rest).ok()?;
+        state.income = income;
+        if !rest.is_empty() {
+            state.terms = postcard::from_bytes(rest).ok()?;
+        }
     }
     Some(state)
 }

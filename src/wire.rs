@@ -126,6 +126,9 @@ pub enum CommandJson {
         /// existed).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         self_trade_prevention_mode: Option<String>,
+        /// Present for a good-till-date order (ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        good_till_date: Option<i64>,
         seq: u64,
     },
     CancelRequested {
@@ -176,6 +179,13 @@ pub enum CommandJson {
     },
     /// The orders of the users whose countdowns ran out by `timestamp` are cancelled.
     CountdownDue {
+        event_id: String,
+        symbol: String,
+        timestamp: i64,
+        seq: u64,
+    },
+    /// The resting orders good till `timestamp` or before are cancelled.
+    ExpiryDue {
         event_id: String,
         symbol: String,
         timestamp: i64,
@@ -246,6 +256,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
                 locked_margin: units_to_usdt(o.locked_margin).to_string(),
                 protection_price,
                 self_trade_prevention_mode: (o.stp != SelfTradePrevention::ExpireTaker).then(|| o.stp.as_str().to_owned()),
+                good_till_date: (o.good_till != 0).then_some(o.good_till),
                 seq,
             }
         }
@@ -277,6 +288,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             CommandJson::CountdownSet { event_id, user_id: account_id(user), symbol: spec.name.clone(), countdown_time: after_ms, timestamp, seq }
         }
         Command::CountdownDue { timestamp } => CommandJson::CountdownDue { event_id, symbol: spec.name.clone(), timestamp, seq },
+        Command::ExpireDue { timestamp } => CommandJson::ExpiryDue { event_id, symbol: spec.name.clone(), timestamp, seq },
     };
     serde_json::to_vec(&json).unwrap_or_default()
 }
@@ -302,7 +314,8 @@ impl CommandJson {
             | Self::LiquidationSweep { seq, .. }
             | Self::LeverageSet { seq, .. }
             | Self::CountdownSet { seq, .. }
-            | Self::CountdownDue { seq, .. } => *seq,
+            | Self::CountdownDue { seq, .. }
+            | Self::ExpiryDue { seq, .. } => *seq,
         }
     }
 }
@@ -343,6 +356,7 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
             locked_margin,
             protection_price,
             self_trade_prevention_mode,
+            good_till_date,
             ..
         } => {
             let side = match s.as_str() {
@@ -384,6 +398,7 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
                     None => SelfTradePrevention::ExpireTaker,
                     Some(m) => SelfTradePrevention::parse(&m).ok_or_else(|| format!("selfTradePreventionMode {m:?}"))?,
                 },
+                good_till: good_till_date.unwrap_or(0),
             })
         }
         CommandJson::CancelRequested { order_id: Some(id), user_id, timestamp, .. } => {
@@ -405,6 +420,7 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
             Command::Countdown { user: parse_account(&user_id)?, after_ms: countdown_time, timestamp }
         }
         CommandJson::CountdownDue { timestamp, .. } => Command::CountdownDue { timestamp },
+        CommandJson::ExpiryDue { timestamp, .. } => Command::ExpireDue { timestamp },
     };
     Ok(StreamRecord::Command(command))
 }
@@ -781,6 +797,7 @@ mod tests {
             locked_margin: 25_000_250,
             timestamp: 1_764_100_000_000,
             stp: Default::default(),
+            good_till: 0,
         };
         let market = NewOrder { kind: OrderType::Market, client_order_id: None, ..order };
         let priced = NewOrder { kind: OrderType::MarketWithin { limit: 525_000 }, ..market };
@@ -789,6 +806,8 @@ mod tests {
             Command::Place(market),
             Command::Place(priced),
             Command::Place(NewOrder { stp: SelfTradePrevention::ExpireBoth, ..order }),
+            Command::Place(NewOrder { good_till: order.timestamp + 60_000, ..order }),
+            Command::ExpireDue { timestamp: 13 },
             Command::Cancel { id: order.id, user: order.user, timestamp: 5 },
             Command::CancelAll { user: order.user, timestamp: 6 },
             Command::IndexPrice { price: 500_001, timestamp: 7 },
@@ -832,6 +851,7 @@ mod tests {
                 locked_margin: 30_000,
                 timestamp: 7,
                 stp: Default::default(),
+                good_till: 0,
             };
             market.execute(&Command::Place(order), &mut events).unwrap();
         }
@@ -907,6 +927,7 @@ mod tests {
             locked_margin: 25_000_250,
             timestamp: 1,
             stp: Default::default(),
+            good_till: 0,
         };
         let market = NewOrder { kind: OrderType::MarketWithin { limit: 525_000 }, ..order };
         let submitted = "eventId eventType orderId userId symbol side type price quantity leverage timestamp timeInForce reduceOnly clientOrderId lockedMargin seq";
@@ -934,6 +955,11 @@ mod tests {
                 "eventId eventType userId symbol countdownTime timestamp seq".to_owned(),
             ),
             (encode_command(&spec, &StreamRecord::Command(Command::CountdownDue { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
+            (encode_command(&spec, &StreamRecord::Command(Command::ExpireDue { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
+            (
+                encode_command(&spec, &StreamRecord::Command(Command::Place(NewOrder { good_till: 9, stp: SelfTradePrevention::ExpireMaker, ..order })), 1),
+                format!("{submitted} selfTradePreventionMode goodTillDate"),
+            ),
             (
                 encode_account(&AccountRecord::UserCreated { name: "alice".into(), user: order.user, key_hash: [1; 32] }, 5, 4),
                 "eventId eventType userId accountId keyHash".to_owned(),
@@ -989,7 +1015,7 @@ mod tests {
             assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
         }
         let all = [
-            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "CountdownSet", "CountdownDue", "UserCreated", "BalanceAdjusted",
+            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "CountdownSet", "CountdownDue", "ExpiryDue", "UserCreated", "BalanceAdjusted",
             "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
             "FundingPaid", "FundingSettled",
         ];

@@ -559,3 +559,48 @@ fn self_trade_prevention_modes_choose_which_side_is_cancelled() {
     let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);
     assert_eq!(depth["asks"], serde_json::json!([]), "{depth}");
 }
+
+/// Good-till-date orders rest until their date, then are cancelled (reason `EXPIRED`),
+/// also when the date comes while the process is down.
+#[test]
+fn a_good_till_date_order_expires_at_its_date() {
+    let mut s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let gtd = |till: Option<i64>, tif: &str| {
+        let till = till.map_or(String::new(), |t| format!(r#","goodTillDate":{t}"#));
+        s.order(&alice, &format!(r#"{{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","timeInForce":"{tif}"{till}}}"#))
+    };
+    for (till, tif, why) in [(None, "GTD", "no date"), (Some(now() - 1_000), "GTD", "a past date"), (Some(now() + 60_000), "GTC", "a date without GTD")] {
+        let (status, reply) = gtd(till, tif);
+        assert_eq!((status, reply["code"].as_str()), (400, Some("INVALID_REQUEST")), "{why}: {reply}");
+    }
+    let get = |s: &Server, o: &serde_json::Value| s.get(&alice, &format!("/v1/orders/{}", o["orderId"].as_str().unwrap())).1;
+    let (status, soon) = gtd(Some(now() + 1_500), "GTD");
+    assert_eq!(status, 200, "{soon}");
+    assert_eq!((soon["timeInForce"].as_str(), soon["status"].as_str()), (Some("GTD"), Some("NEW")), "{soon}");
+    assert!(soon["goodTillDate"].is_i64(), "{soon}");
+    let (_, later) = gtd(Some(now() + 3_600_000), "GTD");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(&s, &soon)["status"] == "NEW" {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let gone = get(&s, &soon);
+    assert_eq!((gone["status"].as_str(), gone["reason"].as_str()), (Some("CANCELLED"), Some("EXPIRED")), "{gone}");
+    assert_eq!(get(&s, &later)["status"], "NEW", "an hour away");
+    // Its date comes while the process is down.
+    let (_, during) = gtd(Some(now() + 1_000), "GTD");
+    s.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    s.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(&s, &during)["status"] == "NEW" {
+        assert!(std::time::Instant::now() < deadline, "never expired after the restart");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(get(&s, &during)["reason"], "EXPIRED");
+    let kept = get(&s, &later);
+    assert_eq!((kept["status"].as_str(), kept["timeInForce"].as_str()), (Some("NEW"), Some("GTD")), "{kept}");
+    assert_eq!(s.get(&alice, "/v1/orders").1.as_array().unwrap().len(), 1, "only the hour-long order is open");
+}

@@ -161,6 +161,7 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     placed.sort_unstable();
     assert_eq!(seen["open_after_batch"], serde_json::json!(placed));
     assert_eq!(seen["open_after_cancel_all"], serde_json::json!([]));
+    assert_eq!(seen["reduce_only"], serde_json::json!({ "placed": true, "fetched": true }), "reduceOnly as placed");
     let (_, premium) = s.request("GET", "/v1/premium-index?symbol=BTC-PERP", &[], None);
     assert_eq!(dec(&seen["funding_rate"]["indexPrice"]), Decimal::from(50_000));
     assert_eq!(dec(&seen["funding_rate"]["markPrice"]), dec(&premium["markPrice"]));
@@ -315,13 +316,25 @@ fn countdown_cancel_all_cancels_when_not_renewed() {
     assert_eq!((body["symbol"].as_str(), body["countdownTime"].as_str()), (Some("BTCUSDT"), Some("3000")));
     let open = || signed(&s, "GET", "/fapi/v1/openOrders", &key, &secret, &format!("symbol=BTCUSDT&timestamp={}", now_ms())).1;
     assert_eq!(open().as_array().unwrap().len(), 1, "it has not run out yet");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !open().as_array().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the countdown never fired");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let none_open = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !open().as_array().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    none_open("the countdown never fired");
     let (_, gone) = signed(&s, "GET", "/fapi/v1/order", &key, &secret, &format!("symbol=BTCUSDT&orderId={}&timestamp={}", order["orderId"], now_ms()));
     assert_eq!(gone["status"], "CANCELED", "{gone}");
+    // A good-till-date order expires at its date.
+    let till = now_ms() + 1_500;
+    let params = format!("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTD&goodTillDate={till}&quantity=0.01&price=40000&timestamp={}", now_ms());
+    let (status, gtd) = signed_body(&s, "/fapi/v1/order", &key, &secret, &params);
+    assert_eq!(status, 200, "{gtd}");
+    assert_eq!((gtd["timeInForce"].as_str(), gtd["goodTillDate"].as_i64()), (Some("GTD"), Some(till)), "{gtd}");
+    none_open("the GTD order never expired");
+    let (_, gone) = signed(&s, "GET", "/fapi/v1/order", &key, &secret, &format!("symbol=BTCUSDT&orderId={}&timestamp={}", gtd["orderId"], now_ms()));
+    assert_eq!(gone["status"], "EXPIRED", "{gone}");
 }
 
 #[test]

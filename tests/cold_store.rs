@@ -448,6 +448,7 @@ mod writer {
             locked_margin: 1,
             timestamp: 1_795_000_000_000 + offset,
             stp: Default::default(),
+            good_till: 0,
         };
         at(COMMANDS_TOPIC, offset, wire::encode_command(&spec, &StreamRecord::Command(Command::Place(o)), id))
     }

@@ -166,6 +166,18 @@ impl RefModel {
                 self.leverage.insert(user, leverage);
                 Ok(())
             }
+            Command::ExpireDue { timestamp } => {
+                let mut due: Vec<(i64, OrderId)> =
+                    self.resting.iter().filter(|r| r.o.good_till != 0 && r.o.good_till <= timestamp).map(|r| (r.o.good_till, r.o.id)).collect();
+                due.sort_unstable();
+                for (_, id) in due {
+                    let i = self.resting.iter().position(|r| r.o.id == id).unwrap();
+                    let r = self.resting.remove(i);
+                    let e = self.cancelled(&r.o, r.o.quantity, r.filled, r.locked, CancelReason::Expired, timestamp);
+                    out.push(e);
+                }
+                Ok(())
+            }
             Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
                 unreachable!("the model covers matching; the perpetual's commands have their own")
             }
@@ -187,7 +199,13 @@ impl RefModel {
     }
 
     fn refusal(&self, o: &NewOrder) -> Result<i64, CancelReason> {
-        if o.quantity < 1 || o.quantity > MAX_LOTS || o.leverage < 1 || o.leverage > MAX_LEVERAGE || o.locked_margin < 0 {
+        if o.quantity < 1
+            || o.quantity > MAX_LOTS
+            || o.leverage < 1
+            || o.leverage > MAX_LEVERAGE
+            || o.locked_margin < 0
+            || (o.good_till != 0 && o.good_till <= o.timestamp)
+        {
             return Err(CancelReason::InvalidOrder);
         }
         if self.resting.iter().any(|r| r.o.id == o.id) {
@@ -455,20 +473,21 @@ fn spec() -> SymbolSpec {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Place { user: u64, side: Side, kind: u8, price: i64, qty: i64, leverage: u32, reduce_only: bool, cid: Option<u8>, lock_bias: i8, stp: u8 },
+    Place { user: u64, side: Side, kind: u8, price: i64, qty: i64, leverage: u32, reduce_only: bool, cid: Option<u8>, lock_bias: i8, stp: u8, gtd: u8 },
     Cancel { user: u64, id: u64 },
     CancelAll { user: u64 },
     Invalid { field: u8 },
     SetLeverage { user: u64, leverage: u32 },
     Countdown { user: u64, after: i64 },
     CountdownDue,
+    ExpireDue,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let side = prop_oneof![Just(Side::Buy), Just(Side::Sell)];
-    let place = (1..=4u64, side, 0..7u8, 95..=105i64, 1..=6i64, 1..=3u32, prop::bool::weighted(0.2), prop::option::weighted(0.2, 0..3u8), -1..=1i8, 0..3u8)
-        .prop_map(|(user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp)| Op::Place {
-            user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp,
+    let place = (1..=4u64, side, 0..7u8, 95..=105i64, 1..=6i64, 1..=3u32, prop::bool::weighted(0.2), prop::option::weighted(0.2, 0..3u8), -1..=1i8, 0..3u8, prop_oneof![4 => Just(0u8), 1 => 1..=6u8])
+        .prop_map(|(user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp, gtd)| Op::Place {
+            user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp, gtd,
         });
     prop_oneof![
         10 => place,
@@ -479,6 +498,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..=4u64, prop_oneof![-1..=8i64, Just(exchange::engine::MAX_COUNTDOWN_MS + 1)])
             .prop_map(|(user, after)| Op::Countdown { user, after }),
         1 => Just(Op::CountdownDue),
+        1 => Just(Op::ExpireDue),
     ]
 }
 
@@ -487,7 +507,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn command(op: &Op, n: u64, market: &Market) -> Command {
     let ts = 1_700_000_000_000 + n as i64;
     match *op {
-        Op::Place { user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp } => {
+        Op::Place { user, side, kind, price, qty, leverage, reduce_only, cid, lock_bias, stp, gtd } => {
             let kind = match kind {
                 0 => OrderType::Limit { price, tif: TimeInForce::Ioc },
                 1 => OrderType::Limit { price, tif: TimeInForce::Fok },
@@ -514,6 +534,8 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
                 locked_margin: lock.max(0),
                 timestamp: ts,
                 stp: [SelfTradePrevention::ExpireTaker, SelfTradePrevention::ExpireMaker, SelfTradePrevention::ExpireBoth][usize::from(stp)],
+                // 1: its own time (refused); 2..: a few commands later.
+                good_till: if gtd == 0 { 0 } else { ts + i64::from(gtd) - 1 },
             })
         }
         Op::Cancel { user, id } => Command::Cancel { id: OrderId(id), user: UserId(user), timestamp: ts },
@@ -521,6 +543,7 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
         Op::SetLeverage { user, leverage } => Command::SetLeverage { user: UserId(user), leverage, timestamp: ts },
         Op::Countdown { user, after } => Command::Countdown { user: UserId(user), after_ms: after, timestamp: ts },
         Op::CountdownDue => Command::CountdownDue { timestamp: ts },
+        Op::ExpireDue => Command::ExpireDue { timestamp: ts },
         Op::Invalid { field } => {
             let mut o = NewOrder {
                 id: OrderId(n),
@@ -534,6 +557,7 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
                 locked_margin: 100,
                 timestamp: ts,
                 stp: Default::default(),
+                good_till: 0,
             };
             match field {
                 0 => o.quantity = 0,

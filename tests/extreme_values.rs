@@ -117,6 +117,7 @@ impl World {
             locked_margin: lock,
             timestamp: self.next as i64,
             stp: Default::default(),
+            good_till: 0,
         };
         if self.accounts.reserve(order.user, &mut order, 0, 0).is_err() {
             return;

@@ -153,6 +153,7 @@ fn write_seeds() {
         locked_margin: 5_000_000_000,
         timestamp: 1_764_100_000_000,
         stp: Default::default(),
+        good_till: 0,
     };
     let records = [
         StreamRecord::Command(Command::Place(place(1, 1, Side::Sell, OrderType::Limit { price: 500_000, tif: TimeInForce::Gtc }))),

@@ -80,6 +80,7 @@ fn command(price: i64, quantity: i64, market: bool, void: Option<u64>) -> Vec<u8
             locked_margin: 1_000,
             timestamp: 1,
             stp: Default::default(),
+            good_till: 0,
         })),
     };
     wire::encode_command(&spec(), &record, 1)
@@ -131,6 +132,7 @@ proptest! {
                 locked_margin: i64::MAX / 4,
                 timestamp: 1,
                 stp: Default::default(),
+                good_till: 0,
             };
             let _ = m.execute(&Command::Place(order), &mut events);
         }

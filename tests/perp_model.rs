@@ -173,6 +173,7 @@ proptest! {
                         locked_margin: 0,
                         timestamp: ts,
                         stp: Default::default(),
+                        good_till: 0,
                     };
                     // The risk step: priced by the engine's rules, refused when out of
                     // the band or when the lock is more than is available.

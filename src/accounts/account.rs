@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{CLOSED_ORDERS_KEPT};
-use crate::engine::{CancelReason, ClientOrderId, NewOrder, OrderId, OrderType, PositionState, Side};
+use crate::engine::{CancelReason, ClientOrderId, NewOrder, OrderId, OrderType, PositionState, SelfTradePrevention, Side};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
@@ -58,6 +58,25 @@ pub struct OrderView {
     /// until the log says which (never released as an orphan).
     #[serde(skip)]
     pub in_doubt: bool,
+    /// Snapshotted after the partition's state (see [`super::PartitionState::terms`]).
+    #[serde(skip)]
+    pub terms: OrderTerms,
+}
+
+/// What an order was placed with beyond its price and quantity, for showing it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderTerms {
+    pub leverage: u32,
+    pub reduce_only: bool,
+    pub stp: SelfTradePrevention,
+    /// Good till (ms; 0: no expiry).
+    pub good_till: i64,
+}
+
+impl OrderTerms {
+    pub fn of(order: &NewOrder) -> Self {
+        Self { leverage: order.leverage, reduce_only: order.reduce_only, stp: order.stp, good_till: order.good_till }
+    }
 }
 
 impl OrderView {
@@ -126,6 +145,7 @@ impl OrderView {
             logged,
             reserved: order.locked_margin,
             in_doubt: false,
+            terms: OrderTerms::of(order),
         }
     }
 }

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use super::snapshot::{AccountRef, PartitionStateRef};
 use super::{
     partition_of, partition_of_name, user_of_key, Account, AccountRecord, Accounts, AdminError, Fill, HotState, Income, IncomeKind, OrderStatus, PartitionState,
-    OrderView, PositionLimit, RiskError, Totals, TransferPlan, FILLS_KEPT, MAX_BALANCE, ORDER_NUMBER_MASK,
+    OrderTerms, OrderView, PositionLimit, RiskError, Totals, TransferPlan, FILLS_KEPT, MAX_BALANCE, ORDER_NUMBER_MASK,
 };
 use crate::engine::units::Units;
 use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, OrderType, Side, UserId};
@@ -64,6 +64,14 @@ impl HotState for Accounts {
         let applied: Vec<(&String, u64)> =
             self.applied.iter().filter_map(|(s, o)| symbols.get(*s).map(|n| (n, *o))).collect();
         let income: Vec<(UserId, &VecDeque<Income>)> = users.iter().map(|(u, a)| (*u, &a.0.income)).collect();
+        let terms: Vec<(UserId, Vec<(OrderId, OrderTerms)>)> = users
+            .iter()
+            .map(|(u, a)| {
+                let mut terms: Vec<(OrderId, OrderTerms)> = a.0.orders.values().filter(|v| v.logged).map(|v| (v.id, v.terms)).collect();
+                terms.sort_unstable_by_key(|(id, _)| *id);
+                (*u, terms)
+            })
+            .collect();
         let state = PartitionStateRef {
             log_offset,
             applied,
@@ -73,7 +81,8 @@ impl HotState for Accounts {
         };
         // Serializing into a Vec cannot fail.
         postcard::to_io(&state, &mut *out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
-        postcard::to_io(&income, out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
+        postcard::to_io(&income, &mut *out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
+        postcard::to_io(&terms, out).map(|_| ()).unwrap_or_else(|e| unreachable!("postcard: {e}"));
     }
 
     /// Installs a partition's snapshot; its results floors make replay skip what it holds.
@@ -88,8 +97,14 @@ impl HotState for Accounts {
             self.transfers.insert(t, v);
         }
         let mut income: rustc_hash::FxHashMap<UserId, Vec<Income>> = state.income.into_iter().collect();
+        let mut terms: rustc_hash::FxHashMap<UserId, Vec<(OrderId, OrderTerms)>> = state.terms.into_iter().collect();
         for (user, mut account) in state.users {
             account.income = income.remove(&user).unwrap_or_default().into();
+            for (id, t) in terms.remove(&user).unwrap_or_default() {
+                if let Some(view) = account.orders.get_mut(&id) {
+                    view.terms = t;
+                }
+            }
             account.count_open();
             let highest = account.orders.keys().map(|id| id.0 & ORDER_NUMBER_MASK).max().unwrap_or(0);
             self.order_counter = self.order_counter.max(highest);
@@ -388,6 +403,7 @@ impl HotState for Accounts {
                         logged: true,
                         reserved: 0,
                         in_doubt: false,
+                        terms: OrderTerms { reduce_only: true, ..OrderTerms::default() },
                     });
                 }
                 Event::LiquidationEnded(l) if self.fresh(l.user, symbol, offset) => {

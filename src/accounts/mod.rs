@@ -25,7 +25,7 @@ mod account;
 mod ledger;
 pub mod secret;
 mod snapshot;
-pub use account::{Account, Fill, Income, IncomeKind, OpenOn, OrderStatus, OrderView};
+pub use account::{Account, Fill, Income, IncomeKind, OpenOn, OrderStatus, OrderTerms, OrderView};
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, UserId};
 
 /// Account partitions. Part of the data layout: changing it re-homes every user.
@@ -192,6 +192,10 @@ pub struct PartitionState {
     /// a snapshot written before they existed still reads, with none.
     #[serde(skip)]
     pub income: Vec<(UserId, Vec<Income>)>,
+    /// Each order's [`OrderTerms`], encoded after the income (absent in older snapshots:
+    /// their orders show default terms).
+    #[serde(skip)]
+    pub terms: Vec<(UserId, Vec<(OrderId, OrderTerms)>)>,
 }
 
 impl Accounts {

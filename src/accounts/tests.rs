@@ -38,6 +38,7 @@ fn order(qty: i64, lock: Units, cid: Option<&str>) -> NewOrder {
         locked_margin: lock,
         timestamp: 1,
         stp: Default::default(),
+        good_till: 0,
     }
 }
 

@@ -344,6 +344,9 @@ struct CountdownBody {
     countdown_time: i64,
 }
 
+/// The latest `goodTillDate` (Binance's: 9999-12-31T23:59:59Z).
+const MAX_GOOD_TILL: i64 = 253_402_300_799_000;
+
 /// A new order as `POST /v1/orders` takes it (and the Binance dialect builds it).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -359,6 +362,8 @@ pub(crate) struct OrderBody {
     pub reduce_only: Option<bool>,
     pub client_order_id: Option<String>,
     pub self_trade_prevention_mode: Option<String>,
+    /// With `timeInForce` GTD: good till this time (ms since the epoch).
+    pub good_till_date: Option<i64>,
 }
 
 impl OrderBody {
@@ -382,11 +387,12 @@ impl OrderBody {
             ("LIMIT", Some(price), tif) => {
                 let price = spec.price_to_ticks(decimal(&price, "price")?).map_err(|e| invalid(format!("price {e}")))?;
                 let tif = match tif.unwrap_or("GTC") {
-                    "GTC" => TimeInForce::Gtc,
+                    // A GTC order with an expiry (`good_till`, below).
+                    "GTC" | "GTD" => TimeInForce::Gtc,
                     "IOC" => TimeInForce::Ioc,
                     "FOK" => TimeInForce::Fok,
                     "POST_ONLY" => TimeInForce::PostOnly,
-                    _ => return Err(invalid("timeInForce must be GTC, IOC, FOK or POST_ONLY")),
+                    _ => return Err(invalid("timeInForce must be GTC, GTD, IOC, FOK or POST_ONLY")),
                 };
                 if spec.notional(price, quantity) > i128::from(MAX_NOTIONAL) {
                     return Err(invalid("order notional is too large"));
@@ -397,6 +403,15 @@ impl OrderBody {
             ("MARKET", Some(_), _) => return Err(invalid("price is not allowed for MARKET orders")),
             ("MARKET", None, Some(_)) => return Err(invalid("timeInForce is not allowed for MARKET orders")),
             _ => return Err(invalid("type must be LIMIT or MARKET")),
+        };
+        let good_till = match (self.time_in_force.as_deref(), self.good_till_date) {
+            (Some("GTD"), None) => return Err(invalid("goodTillDate is required for timeInForce GTD")),
+            (Some("GTD"), Some(t)) if t <= crate::shard::core::now_ms() || t > MAX_GOOD_TILL => {
+                return Err(invalid("goodTillDate must be a time in ms in the future (at most 253402300799000)"));
+            }
+            (Some("GTD"), Some(t)) => t,
+            (_, Some(_)) => return Err(invalid("goodTillDate is only for timeInForce GTD")),
+            (_, None) => 0,
         };
         let stp = match self.self_trade_prevention_mode.as_deref() {
             None => spec.self_trade_prevention,
@@ -422,6 +437,7 @@ impl OrderBody {
                 locked_margin: 0,
                 timestamp: 0,
                 stp,
+                good_till,
             },
         ))
     }

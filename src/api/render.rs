@@ -41,11 +41,20 @@ pub struct OrderJson {
     reason: Option<&'static str>,
     created_at: i64,
     updated_at: i64,
+    /// Beyond API.md: what the order was placed with (absent for orders a snapshot
+    /// older than these fields holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leverage: Option<u32>,
+    reduce_only: bool,
+    self_trade_prevention_mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    good_till_date: Option<i64>,
 }
 
 pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
     let spec = &map.symbols[v.symbol];
     let (price, time_in_force, kind) = match v.kind {
+        OrderType::Limit { price, .. } if v.terms.good_till != 0 => (Some(spec.ticks_to_price(price).to_string()), Some("GTD"), "LIMIT"),
         OrderType::Limit { price, tif: t } => (Some(spec.ticks_to_price(price).to_string()), Some(t.as_str()), "LIMIT"),
         OrderType::Market | OrderType::MarketWithin { .. } => (None, None, "MARKET"),
         OrderType::Liquidation { price } => (Some(spec.ticks_to_price(price).to_string()), Some("IOC"), "LIQUIDATION"),
@@ -69,6 +78,10 @@ pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
         reason: v.reason.map(|r| r.as_str()),
         created_at: v.created_at,
         updated_at: v.updated_at,
+        leverage: (v.terms.leverage > 0).then_some(v.terms.leverage),
+        reduce_only: v.terms.reduce_only,
+        self_trade_prevention_mode: v.terms.stp.as_str(),
+        good_till_date: (v.terms.good_till != 0).then_some(v.terms.good_till),
     }
 }
 

@@ -166,7 +166,8 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
         | CommandJson::LiquidationSweep { .. }
         | CommandJson::LeverageSet { .. }
         | CommandJson::CountdownSet { .. }
-        | CommandJson::CountdownDue { .. } => Row::Nothing,
+        | CommandJson::CountdownDue { .. }
+        | CommandJson::ExpiryDue { .. } => Row::Nothing,
         CommandJson::CommandVoided { voided_offset, symbol, seq, .. } => Row::Voided {
             symbol,
             seq,
@@ -299,6 +300,7 @@ mod tests {
             locked_margin: 1,
             timestamp: 1_700_000_000_123,
             stp: Default::default(),
+            good_till: 0,
         };
         let bytes = wire::encode_command(&spec, &StreamRecord::Command(Command::Place(order)), 5);
         let Row::Order(row) = command(&bytes, 3, 41).unwrap() else { panic!("not an order") };

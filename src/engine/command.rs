@@ -169,6 +169,9 @@ pub struct NewOrder {
     pub timestamp: i64,
     /// What it does on meeting a resting order of its own user.
     pub stp: SelfTradePrevention,
+    /// Good till this time (ms since the epoch; Binance's `GTD`): while resting, it is
+    /// cancelled by the first [`Command::ExpireDue`] at or after it. 0: no expiry.
+    pub good_till: i64,
 }
 
 /// What a taker does when its next fill would meet a resting order of its own user
@@ -223,6 +226,8 @@ pub enum Command {
     Countdown { user: UserId, after_ms: i64, timestamp: i64 },
     /// Cancels the orders of every user whose countdown ran out by `timestamp`.
     CountdownDue { timestamp: i64 },
+    /// Cancels every resting order good till `timestamp` or before.
+    ExpireDue { timestamp: i64 },
 }
 
 /// An order's leverage that says "the user's setting for the symbol". The symbol's owner
@@ -246,7 +251,8 @@ impl Command {
             | Command::Liquidate { timestamp }
             | Command::SetLeverage { timestamp, .. }
             | Command::Countdown { timestamp, .. }
-            | Command::CountdownDue { timestamp } => timestamp,
+            | Command::CountdownDue { timestamp }
+            | Command::ExpireDue { timestamp } => timestamp,
         }
     }
 }

@@ -252,6 +252,8 @@ pub enum CancelReason {
     InsufficientMargin,
     /// Its owner's countdown (dead man's switch) on the symbol ran out.
     Countdown,
+    /// Good till a date that came (`GTD`).
+    Expired,
 }
 
 impl CancelReason {
@@ -267,11 +269,12 @@ impl CancelReason {
                 | Self::SelfTrade
                 | Self::InsufficientMargin
                 | Self::Countdown
+                | Self::Expired
         )
     }
 
     /// Every reason, for readers that list them (cold storage's rejections).
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::UserRequest,
         Self::Unfilled,
         Self::ReduceOnly,
@@ -288,6 +291,7 @@ impl CancelReason {
         Self::PriceOutOfBand,
         Self::InsufficientMargin,
         Self::Countdown,
+        Self::Expired,
     ];
 
     /// The API's SCREAMING_SNAKE_CASE name.
@@ -309,6 +313,7 @@ impl CancelReason {
             Self::PriceOutOfBand => "PRICE_OUT_OF_BAND",
             Self::InsufficientMargin => "INSUFFICIENT_MARGIN",
             Self::Countdown => "COUNTDOWN",
+            Self::Expired => "EXPIRED",
         }
     }
 }

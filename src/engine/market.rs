@@ -81,6 +81,8 @@ pub struct Market {
     pub(super) leverage: FxHashMap<UserId, u32>,
     /// Users' countdown deadlines ([`Command::Countdown`]), ms since the epoch.
     pub(super) countdowns: FxHashMap<UserId, i64>,
+    /// Resting orders' expiry times ([`NewOrder::good_till`]).
+    pub(super) expiries: FxHashMap<OrderId, i64>,
 }
 
 /// The longest countdown a user may set: a day.
@@ -99,7 +101,13 @@ impl Market {
             perp: Perp::default(),
             leverage: FxHashMap::default(),
             countdowns: FxHashMap::default(),
+            expiries: FxHashMap::default(),
         }
+    }
+
+    /// The earliest expiry of a resting order, if one has one.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.expiries.values().min().copied()
     }
 
     /// The earliest countdown deadline, if any user has one.
@@ -248,7 +256,8 @@ impl Market {
             | Command::CancelAll { .. }
             | Command::SetLeverage { .. }
             | Command::Countdown { .. }
-            | Command::CountdownDue { .. } => {}
+            | Command::CountdownDue { .. }
+            | Command::ExpireDue { .. } => {}
         }
         self.follow_basis(now);
         result
@@ -303,6 +312,14 @@ impl Market {
                     self.countdowns.remove(user);
                 }
                 self.cancel_all_of_users(&due, CancelReason::Countdown, timestamp, events);
+                Ok(())
+            }
+            Command::ExpireDue { timestamp } => {
+                let mut due: Vec<(i64, OrderId)> = self.expiries.iter().filter(|(_, t)| **t <= timestamp).map(|(id, t)| (*t, *id)).collect();
+                due.sort_unstable();
+                for (_, id) in due {
+                    self.cancel_resting(id, CancelReason::Expired, timestamp, events);
+                }
                 Ok(())
             }
         }
@@ -386,7 +403,7 @@ impl Market {
             remaining -= qty;
             let after = self.book.fill(maker.id, qty, maker_margin);
             if after.is_none_or(|o| o.remaining == 0) {
-                self.forget_client_id(&maker);
+                self.forget(&maker);
             }
             self.trade(order, &maker, qty, maker_leg, taker_leg, events);
         }
@@ -433,7 +450,8 @@ impl Market {
     fn admit(&self, order: &NewOrder) -> Result<Ticks, CancelReason> {
         let valid = (1..=MAX_LOTS).contains(&order.quantity)
             && (1..=self.spec.max_leverage).contains(&order.leverage)
-            && order.locked_margin >= 0;
+            && order.locked_margin >= 0
+            && (order.good_till == 0 || order.good_till > order.timestamp);
         if !valid {
             return Err(CancelReason::InvalidOrder);
         }
@@ -582,6 +600,9 @@ impl Market {
             self.client_ids.insert((order.user, cid), order.id);
             self.client_id_of.insert(order.id, cid);
         }
+        if order.good_till != 0 {
+            self.expiries.insert(order.id, order.good_till);
+        }
         let seq = self.next_seq();
         events.push(Event::OrderPlaced(Placed {
             seq,
@@ -623,7 +644,7 @@ impl Market {
 
     pub(super) fn cancel_resting(&mut self, id: OrderId, reason: CancelReason, timestamp: i64, events: &mut Vec<Event>) {
         let Some(o) = self.book.remove(id) else { return };
-        self.forget_client_id(&o);
+        self.forget(&o);
         let seq = self.next_seq();
         events.push(Event::OrderCancelled(Cancelled {
             seq,
@@ -653,7 +674,9 @@ impl Market {
         }));
     }
 
-    fn forget_client_id(&mut self, order: &Resting) {
+    /// What is kept beside the book of an order that left it: its client id, its expiry.
+    fn forget(&mut self, order: &Resting) {
+        self.expiries.remove(&order.id);
         if order.has_client_order_id
             && let Some(cid) = self.client_id_of.remove(&order.id)
         {

@@ -42,6 +42,7 @@ impl Harness {
             locked_margin: narrow(self.market.spec().margin(lock_price, qty, 1)),
             timestamp: 1_000 + self.next_id as i64,
             stp: Default::default(),
+            good_till: 0,
         }
     }
 

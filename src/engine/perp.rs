@@ -416,6 +416,7 @@ impl Market {
             locked_margin: 0,
             timestamp,
             stp: Default::default(),
+            good_till: 0,
         };
         // Past the bankruptcy price, down to the protection band around the mark, the
         // book takes it only as far as the insurance fund pays the difference.

@@ -49,6 +49,7 @@ impl H {
             locked_margin: 0,
             timestamp: self.now,
             stp: Default::default(),
+            good_till: 0,
         };
         if self.m.price_order(&mut o).is_err()
             && let OrderType::Limit { price, .. } = kind
@@ -290,6 +291,7 @@ fn a_sell_locks_for_the_bid_it_meets_and_never_fills_past_its_lock() {
         locked_margin: 0,
         timestamp: 2_000,
         stp: Default::default(),
+        good_till: 0,
     };
     h.m.price_order(&mut o).unwrap();
     let spec = h.m.spec();
@@ -330,6 +332,7 @@ fn limit_prices_must_lie_in_the_band_around_the_mark() {
         locked_margin: 0,
         timestamp: 1,
         stp: Default::default(),
+        good_till: 0,
     };
     // Neither mark nor trade: anything goes.
     assert!(h.m.price_order(&mut order(1)).is_ok());

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::book::Resting;
-use super::command::{ClientOrderId, Side, UserId};
+use super::command::{ClientOrderId, OrderId, Side, UserId};
 use super::event::PositionState;
 use super::market::Market;
 use super::perp::Perp;
@@ -51,13 +51,14 @@ struct StateV2<P> {
     perp: P,
 }
 
-/// Version 4 added the users' leverage settings and countdown deadlines (sorted by
-/// user: the encoding stays canonical).
+/// Version 4 added the users' leverage settings and countdown deadlines and the resting
+/// orders' expiries (each sorted: the encoding stays canonical).
 #[derive(Serialize, Deserialize)]
 struct StateV4 {
     state: StateV2<Perp>,
     leverage: Vec<(UserId, u32)>,
     countdowns: Vec<(UserId, i64)>,
+    expiries: Vec<(OrderId, i64)>,
 }
 
 /// The perpetual's state as version 2 held it.
@@ -102,6 +103,8 @@ impl Market {
         leverage.sort_unstable();
         let mut countdowns: Vec<(UserId, i64)> = self.countdowns.iter().map(|(u, d)| (*u, *d)).collect();
         countdowns.sort_unstable();
+        let mut expiries: Vec<(OrderId, i64)> = self.expiries.iter().map(|(o, t)| (*o, *t)).collect();
+        expiries.sort_unstable();
         let state = StateV4 {
             state: StateV2 {
                 market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
@@ -109,6 +112,7 @@ impl Market {
             },
             leverage,
             countdowns,
+            expiries,
         };
         let mut out = Vec::with_capacity(64 + state.state.market.orders.len() * 64);
         out.extend_from_slice(MAGIC);
@@ -126,19 +130,19 @@ impl Market {
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(SnapshotError::BadMagic)?;
         let (version, body) = rest.split_first_chunk::<2>().ok_or(SnapshotError::BadMagic)?;
         let corrupt = |e: postcard::Error| SnapshotError::Corrupt(e.to_string());
-        let (state, perp, leverage, countdowns) = match u16::from_le_bytes(*version) {
-            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default(), Vec::new(), Vec::new()),
+        let (state, perp, v4) = match u16::from_le_bytes(*version) {
+            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default(), None),
             2 => {
                 let v2: StateV2<PerpV2> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v2.market, v2.perp.into(), Vec::new(), Vec::new())
+                (v2.market, v2.perp.into(), None)
             }
             3 => {
                 let v3: StateV2<Perp> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v3.market, v3.perp, Vec::new(), Vec::new())
+                (v3.market, v3.perp, None)
             }
             VERSION => {
                 let v4: StateV4 = postcard::from_bytes(body).map_err(corrupt)?;
-                (v4.state.market, v4.state.perp, v4.leverage, v4.countdowns)
+                (v4.state.market, v4.state.perp, Some((v4.leverage, v4.countdowns, v4.expiries)))
             }
             other => return Err(SnapshotError::UnsupportedVersion(other)),
         };
@@ -160,8 +164,16 @@ impl Market {
             }
         }
         market.positions = state.positions.into_iter().collect();
-        market.leverage = leverage.into_iter().collect();
-        market.countdowns = countdowns.into_iter().collect();
+        if let Some((leverage, countdowns, expiries)) = v4 {
+            market.leverage = leverage.into_iter().collect();
+            market.countdowns = countdowns.into_iter().collect();
+            for (id, at) in expiries {
+                if !market.book.contains(id) {
+                    return Err(SnapshotError::Corrupt(format!("order {id:?} expires but does not rest")));
+                }
+                market.expiries.insert(id, at);
+            }
+        }
         Ok(market)
     }
 }

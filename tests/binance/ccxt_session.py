@@ -92,6 +92,10 @@ seen["batch"] = [{"id": o["id"], "status": o["status"], "info": o["info"]} for o
 seen["open_after_batch"] = sorted(o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT"))
 ex.cancel_all_orders("BTC/USDT:USDT")
 seen["open_after_cancel_all"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT")]
+closing = ex.create_order("BTC/USDT:USDT", "limit", "sell", 0.001, 55000, {"reduceOnly": True})
+fetched = ex.fetch_order(closing["id"], "BTC/USDT:USDT")
+seen["reduce_only"] = {"placed": closing["reduceOnly"], "fetched": fetched["reduceOnly"]}
+ex.cancel_order(closing["id"], "BTC/USDT:USDT")
 rate = ex.fetch_funding_rate("BTC/USDT:USDT")
 seen["funding_rate"] = {"markPrice": str(rate["markPrice"]), "indexPrice": str(rate["indexPrice"]),
                         "fundingRate": str(rate["fundingRate"]), "fundingTimestamp": rate["fundingTimestamp"]}

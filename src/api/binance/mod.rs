@@ -380,7 +380,7 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
     let kind = required("type")?;
     let time_in_force = match (kind.as_str(), params.get("timeInForce")) {
         ("LIMIT", Some("GTX")) => Some("POST_ONLY".to_owned()),
-        ("LIMIT", Some(t @ ("GTC" | "IOC" | "FOK"))) => Some(t.to_owned()),
+        ("LIMIT", Some(t @ ("GTC" | "IOC" | "FOK" | "GTD"))) => Some(t.to_owned()),
         ("LIMIT", None) => return Err(Error::missing("timeInForce")),
         ("LIMIT", Some(_)) => return Err(Error::invalid_value("timeInForce")),
         // Binance ignores it on MARKET orders.
@@ -402,6 +402,10 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
         time_in_force,
         reduce_only: Some(reduce_only),
         client_order_id: params.get("newClientOrderId").map(str::to_owned),
+        good_till_date: match params.get("goodTillDate") {
+            None => None,
+            Some(t) => Some(t.parse::<i64>().map_err(|_| Error::invalid_value("goodTillDate"))?),
+        },
         self_trade_prevention_mode: match params.get("selfTradePreventionMode") {
             Some("NONE") => {
                 return Err(Error::fixed(400, -4000, "selfTradePreventionMode NONE is not offered: a user never trades with themself."));

@@ -345,6 +345,7 @@ pub fn order(map: &ShardMap, v: &OrderView) -> Value {
     let spec = &map.symbols[v.symbol];
     let price = |t| decimal(spec.ticks_to_price(t));
     let (limit, tif, kind) = match v.kind {
+        OrderType::Limit { price: p, .. } if v.terms.good_till != 0 => (price(p), "GTD", "LIMIT"),
         OrderType::Limit { price: p, tif } => (price(p), tif_name(tif), "LIMIT"),
         OrderType::Market | OrderType::MarketWithin { .. } => ("0".to_owned(), "GTC", "MARKET"),
         OrderType::Liquidation { price: p } => (price(p), "IOC", "LIQUIDATION"),
@@ -372,7 +373,7 @@ pub fn order(map: &ShardMap, v: &OrderView) -> Value {
         "timeInForce": tif,
         "type": kind,
         "origType": kind,
-        "reduceOnly": false,
+        "reduceOnly": v.terms.reduce_only,
         "closePosition": false,
         "side": v.side.as_str(),
         "positionSide": "BOTH",
@@ -380,8 +381,8 @@ pub fn order(map: &ShardMap, v: &OrderView) -> Value {
         "workingType": "CONTRACT_PRICE",
         "priceProtect": false,
         "priceMatch": "NONE",
-        "selfTradePreventionMode": "NONE",
-        "goodTillDate": 0,
+        "selfTradePreventionMode": v.terms.stp.as_str(),
+        "goodTillDate": v.terms.good_till,
         "time": v.created_at,
         "updateTime": v.updated_at,
     })

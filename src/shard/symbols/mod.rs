@@ -17,7 +17,7 @@
 //! It uses every room below it: the log, the projections, and this core's account room
 //! directly (results for accounts owned here are applied without a message).
 
-pub mod countdown;
+pub mod deadlines;
 pub mod funding;
 pub mod recover;
 pub mod stream;

@@ -1,0 +1,40 @@
+//! The deadline clock: countdowns (dead man's switch, `POST /v1/countdown` and Binance's
+//! `countdownCancelAll`) and good-till-date orders. Every tick, a symbol owned here whose
+//! market holds a countdown or an expiry that has come gets a [`Command::CountdownDue`]
+//! or [`Command::ExpireDue`] logged. Each cancels exactly what was due by its own logged
+//! time, so a replay cancels the same orders, and a renewal logged before it saves the
+//! user. Deadlines live in the market's state (and snapshot): after a restart, one that
+//! came while the process was down fires on the first tick.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::SymbolRoom;
+use crate::engine::Command;
+use crate::shard::core::now_ms;
+
+/// How often the clock looks: a deadline fires at most this late.
+pub const TICK: Duration = Duration::from_millis(100);
+
+pub async fn clock(room: Rc<SymbolRoom>) {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let streams = room.streams();
+        if streams.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        for stream in streams {
+            let (countdown, expiry) = {
+                let market = stream.market.borrow();
+                (market.next_countdown().is_some_and(|t| t <= now), market.next_expiry().is_some_and(|t| t <= now))
+            };
+            let due = [(countdown, Command::CountdownDue { timestamp: now }), (expiry, Command::ExpireDue { timestamp: now })];
+            for (_, command) in due.into_iter().filter(|(due, _)| *due) {
+                if let Err(e) = stream.submit(command).await {
+                    tracing::warn!(symbol = stream.index, error = ?e, "deadline not settled");
+                }
+            }
+        }
+    }
+}
