@@ -47,6 +47,7 @@ pub fn command(op: &Op) -> Command {
             locked_margin: lock,
             timestamp: id as i64,
             stp: Default::default(),
+            good_till: 0,
         }),
         Op::Cancel { id, user } => Command::Cancel { id: OrderId(id), user: UserId(user), timestamp: 0 },
     }

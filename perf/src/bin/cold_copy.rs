@@ -41,6 +41,7 @@ fn records(n: usize) -> Vec<Located> {
                     locked_margin: 1_000,
                     timestamp: now + i as i64,
                     stp: Default::default(),
+                    good_till: 0,
                 };
                 let payload = wire::encode_command(spec, &StreamRecord::Command(Command::Place(order)), k);
                 Located { topic: COMMANDS_TOPIC.into(), partition, offset, timestamp_ms: None, payload }

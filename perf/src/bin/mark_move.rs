@@ -38,6 +38,7 @@ fn order(spec: &SymbolSpec, id: u64, user: u64, side: Side, price: i64, leverage
         locked_margin: i64::try_from(lock).unwrap(),
         timestamp: ts,
         stp: Default::default(),
+        good_till: 0,
     })
 }
 
