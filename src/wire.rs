@@ -191,6 +191,19 @@ pub enum CommandJson {
         timestamp: i64,
         seq: u64,
     },
+    /// A resting order to be changed to `price` and a total `quantity`; `addedMargin`:
+    /// what the risk step locked for it.
+    OrderAmendRequested {
+        event_id: String,
+        order_id: String,
+        user_id: String,
+        symbol: String,
+        price: String,
+        quantity: String,
+        added_margin: String,
+        timestamp: i64,
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -289,6 +302,17 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
         }
         Command::CountdownDue { timestamp } => CommandJson::CountdownDue { event_id, symbol: spec.name.clone(), timestamp, seq },
         Command::ExpireDue { timestamp } => CommandJson::ExpiryDue { event_id, symbol: spec.name.clone(), timestamp, seq },
+        Command::Amend { id, user, price, quantity, added_margin, timestamp } => CommandJson::OrderAmendRequested {
+            event_id,
+            order_id: ids::encode(IdKind::Order, spec.key, id.0).to_string(),
+            user_id: account_id(user),
+            symbol: spec.name.clone(),
+            price: spec.ticks_to_price(price).to_string(),
+            quantity: spec.lots_to_quantity(quantity).to_string(),
+            added_margin: units_to_usdt(added_margin).to_string(),
+            timestamp,
+            seq,
+        },
     };
     serde_json::to_vec(&json).unwrap_or_default()
 }
@@ -315,7 +339,8 @@ impl CommandJson {
             | Self::LeverageSet { seq, .. }
             | Self::CountdownSet { seq, .. }
             | Self::CountdownDue { seq, .. }
-            | Self::ExpiryDue { seq, .. } => *seq,
+            | Self::ExpiryDue { seq, .. }
+            | Self::OrderAmendRequested { seq, .. } => *seq,
         }
     }
 }
@@ -421,6 +446,14 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
         }
         CommandJson::CountdownDue { timestamp, .. } => Command::CountdownDue { timestamp },
         CommandJson::ExpiryDue { timestamp, .. } => Command::ExpireDue { timestamp },
+        CommandJson::OrderAmendRequested { order_id, user_id, price, quantity, added_margin, timestamp, .. } => Command::Amend {
+            id: order_number(&order_id)?,
+            user: parse_account(&user_id)?,
+            price: spec.price_to_ticks(decimal(&price)?).map_err(|e| format!("price {price}: {e}"))?,
+            quantity: spec.quantity_to_lots(decimal(&quantity)?).map_err(|e| format!("quantity {quantity}: {e}"))?,
+            added_margin: usdt_to_units(decimal(&added_margin)?).ok_or_else(|| format!("addedMargin {added_margin}"))?,
+            timestamp,
+        },
     };
     Ok(StreamRecord::Command(command))
 }
@@ -501,6 +534,25 @@ pub enum ResultJson {
         filled_quantity: String,
         released_margin: String,
         reason: String,
+    },
+    /// On `orders.placed`: a resting order's new price and total quantity, or (with
+    /// `refused`) why they did not change.
+    OrderAmended {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        order_id: String,
+        user_id: String,
+        side: String,
+        price: String,
+        quantity: String,
+        filled_quantity: String,
+        locked_margin: String,
+        added_margin: String,
+        released_margin: String,
+        kept_priority: bool,
+        refused: Option<String>,
     },
     TradeExecuted {
         event_id: String,
@@ -661,6 +713,26 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
                 leverage: p.leverage,
                 reduce_only: p.reduce_only,
                 client_order_id: p.client_order_id.map(|c| c.as_str().to_owned()),
+            },
+        ),
+        Event::OrderAmended(a) => (
+            PLACED_TOPIC,
+            ResultJson::OrderAmended {
+                event_id,
+                symbol,
+                seq: a.seq,
+                timestamp: a.timestamp,
+                order_id: order(a.order_id),
+                user_id: account_id(a.user),
+                side: a.side.as_str().to_owned(),
+                price: spec.ticks_to_price(a.price).to_string(),
+                quantity: spec.lots_to_quantity(a.quantity).to_string(),
+                filled_quantity: spec.lots_to_quantity(a.filled).to_string(),
+                locked_margin: units_to_usdt(a.locked_margin).to_string(),
+                added_margin: units_to_usdt(a.added_margin).to_string(),
+                released_margin: units_to_usdt(a.released_margin).to_string(),
+                kept_priority: a.kept_priority,
+                refused: a.refused.map(|r| r.as_str().to_owned()),
             },
         ),
         Event::OrderCancelled(c) => (
@@ -957,6 +1029,10 @@ mod tests {
             (encode_command(&spec, &StreamRecord::Command(Command::CountdownDue { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
             (encode_command(&spec, &StreamRecord::Command(Command::ExpireDue { timestamp: 3 }), 3), "eventId eventType symbol timestamp seq".to_owned()),
             (
+                encode_command(&spec, &StreamRecord::Command(Command::Amend { id: order.id, user: order.user, price: 5, quantity: 1, added_margin: 0, timestamp: 3 }), 3),
+                "eventId eventType orderId userId symbol price quantity addedMargin timestamp seq".to_owned(),
+            ),
+            (
                 encode_command(&spec, &StreamRecord::Command(Command::Place(NewOrder { good_till: 9, stp: SelfTradePrevention::ExpireMaker, ..order })), 1),
                 format!("{submitted} selfTradePreventionMode goodTillDate"),
             ),
@@ -986,12 +1062,19 @@ mod tests {
                 seq: 31, order_id, user, side: Side::Sell, quantity: 1, filled: 1, deleveraged: 0, to_fund: 1, fund: 1, timestamp: 12,
             }),
             Event::FundingPaid(crate::engine::FundingPayment { seq: 32, user, amount: -1, margin_change: -1, rate: 1, mark: 1, position, timestamp: 13 }),
+            Event::OrderAmended(crate::engine::Amended {
+                seq: 33, order_id, user, side: Side::Buy, price: 5, quantity: 2, filled: 1, locked_margin: 3, added_margin: 1,
+                released_margin: 0, kept_priority: false, refused: Some(crate::engine::AmendRefusal::WouldTake), timestamp: 14,
+            }),
         ]);
         let update = "userId orderId pnl fee marginReleased position";
         let position = "position.size position.cost position.margin position.realizedPnl position.fees position.leverage";
         let result_fields = |e: &Event| match e {
             Event::OrderPlaced(_) => "eventId eventType symbol seq timestamp orderId userId side price quantity filledQuantity lockedMargin leverage reduceOnly clientOrderId".to_owned(),
             Event::OrderCancelled(_) => "eventId eventType symbol seq timestamp orderId userId side quantity filledQuantity releasedMargin reason".to_owned(),
+            Event::OrderAmended(_) => {
+                "eventId eventType symbol seq timestamp orderId userId side price quantity filledQuantity lockedMargin addedMargin releasedMargin keptPriority refused".to_owned()
+            }
             Event::TradeExecuted(t) => format!(
                 "eventId eventType symbol seq timestamp trade buyerUpdate sellerUpdate {}{} {} {}",
                 "trade.tradeId trade.symbol trade.price trade.quantity trade.buyerOrderId trade.sellerOrderId trade.takerSide trade.timestamp",
@@ -1015,8 +1098,8 @@ mod tests {
             assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
         }
         let all = [
-            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "CountdownSet", "CountdownDue", "ExpiryDue", "UserCreated", "BalanceAdjusted",
-            "RecordVoided", "OrderPlaced", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
+            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "CountdownSet", "CountdownDue", "ExpiryDue", "OrderAmendRequested", "UserCreated", "BalanceAdjusted",
+            "RecordVoided", "OrderPlaced", "OrderAmended", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
             "FundingPaid", "FundingSettled",
         ];
         assert_eq!(kinds, all.iter().map(|k| (*k).to_owned()).collect(), "every record type was looked at");

@@ -166,6 +166,10 @@ impl RefModel {
                 self.leverage.insert(user, leverage);
                 Ok(())
             }
+            Command::Amend { id, user, price, quantity, added_margin, timestamp } => {
+                out.push(Event::OrderAmended(self.amend(id, user, price, quantity, added_margin, timestamp)));
+                Ok(())
+            }
             Command::ExpireDue { timestamp } => {
                 let mut due: Vec<(i64, OrderId)> =
                     self.resting.iter().filter(|r| r.o.good_till != 0 && r.o.good_till <= timestamp).map(|r| (r.o.good_till, r.o.id)).collect();
@@ -181,6 +185,68 @@ impl RefModel {
             Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
                 unreachable!("the model covers matching; the perpetual's commands have their own")
             }
+        }
+    }
+
+    /// An amendment, by the rules the engine documents (`Market::amend`).
+    fn amend(&mut self, id: OrderId, user: UserId, price: i64, quantity: i64, added: i64, ts: i64) -> Amended {
+        let seq = self.next();
+        let Some(i) = self.resting.iter().position(|r| r.o.id == id && r.o.user == user) else {
+            return Amended {
+                seq, order_id: id, user, side: Side::Buy, price: 0, quantity: 0, filled: 0, locked_margin: 0,
+                added_margin: added, released_margin: added, kept_priority: false, refused: Some(AmendRefusal::NotOpen), timestamp: ts,
+            };
+        };
+        let r = self.resting[i].clone();
+        let remaining = quantity - r.filled;
+        let spec = spec();
+        let needed = if r.o.reduce_only || remaining <= 0 {
+            0
+        } else {
+            spec.margin(price, remaining, r.o.leverage) + spec.fee(spec.notional(price, remaining), false)
+        };
+        let have = i128::from(r.locked) + i128::from(added);
+        let in_band = self.last_price.is_none_or(|last| {
+            (ceil_div(i128::from(last) * 85, 100)..=i128::from(last) * 115 / 100).contains(&i128::from(price))
+        });
+        let crosses = self.best_price(r.o.side.opposite()).is_some_and(|p| match r.o.side {
+            Side::Buy => p <= price,
+            Side::Sell => p >= price,
+        });
+        let refused = if added < 0 || !(1..=MAX_TICKS).contains(&price) || quantity <= r.filled || quantity > MAX_LOTS
+            || i128::from(price) * i128::from(quantity) * UNIT > i128::from(MAX_NOTIONAL)
+        {
+            Some(AmendRefusal::Invalid)
+        } else if price == r.price && remaining == r.remaining {
+            Some(AmendRefusal::Unchanged)
+        } else if price != r.price && !in_band {
+            Some(AmendRefusal::PriceOutOfBand)
+        } else if crosses {
+            Some(AmendRefusal::WouldTake)
+        } else if needed > have {
+            Some(AmendRefusal::InsufficientMargin)
+        } else {
+            None
+        };
+        if refused.is_some() {
+            return Amended {
+                seq, order_id: id, user, side: r.o.side, price: r.price, quantity: r.filled + r.remaining, filled: r.filled,
+                locked_margin: r.locked, added_margin: added, released_margin: added, kept_priority: false, refused, timestamp: ts,
+            };
+        }
+        let kept_priority = price == r.price && remaining < r.remaining;
+        let o = &mut self.resting[i];
+        o.o.quantity = quantity;
+        o.price = price;
+        o.remaining = remaining;
+        o.locked = needed as i64;
+        if !kept_priority {
+            self.arrivals += 1;
+            o.arrival = self.arrivals;
+        }
+        Amended {
+            seq, order_id: id, user, side: r.o.side, price, quantity, filled: r.filled, locked_margin: needed as i64,
+            added_margin: added, released_margin: (have - needed) as i64, kept_priority, refused: None, timestamp: ts,
         }
     }
 
@@ -481,6 +547,7 @@ enum Op {
     Countdown { user: u64, after: i64 },
     CountdownDue,
     ExpireDue,
+    Amend { user: u64, id: u64, price: i64, qty: i64, added: i64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -499,6 +566,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, after)| Op::Countdown { user, after }),
         1 => Just(Op::CountdownDue),
         1 => Just(Op::ExpireDue),
+        3 => (1..=4u64, 1..=60u64, 95..=105i64, 0..=7i64, prop_oneof![Just(0i64), -1..=3_000_000i64, Just(1_000_000_000i64)])
+            .prop_map(|(user, id, price, qty, added)| Op::Amend { user, id, price, qty, added }),
     ]
 }
 
@@ -544,6 +613,9 @@ fn command(op: &Op, n: u64, market: &Market) -> Command {
         Op::Countdown { user, after } => Command::Countdown { user: UserId(user), after_ms: after, timestamp: ts },
         Op::CountdownDue => Command::CountdownDue { timestamp: ts },
         Op::ExpireDue => Command::ExpireDue { timestamp: ts },
+        Op::Amend { user, id, price, qty, added } => {
+            Command::Amend { id: OrderId(id), user: UserId(user), price, quantity: qty, added_margin: added, timestamp: ts }
+        }
         Op::Invalid { field } => {
             let mut o = NewOrder {
                 id: OrderId(n),
@@ -590,6 +662,9 @@ impl Ledger {
                 self.orders.insert(o.id, (o.quantity, 0, false));
             }
         }
+        if let Command::Amend { user, added_margin, .. } = command {
+            *self.locked.entry(*user).or_default() += i128::from(*added_margin);
+        }
         for e in events {
             match e {
                 Event::TradeExecuted(t) => {
@@ -613,6 +688,14 @@ impl Ledger {
                 }
                 Event::OrderPlaced(p) => {
                     assert_eq!(self.orders[&p.order_id].1, p.filled);
+                }
+                Event::OrderAmended(a) => {
+                    *self.locked.entry(a.user).or_default() -= i128::from(a.released_margin);
+                    if a.refused.is_none() {
+                        let entry = self.orders.get_mut(&a.order_id).expect("an amended order is known");
+                        assert_eq!(entry.1, a.filled, "amendment reports what trades filled");
+                        entry.0 = a.quantity;
+                    }
                 }
                 other => panic!("no index price was posted, yet {other:?}"),
             }

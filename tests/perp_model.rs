@@ -93,6 +93,8 @@ impl Ledger {
                     }
                 }
                 Event::OrderCancelled(c) => *self.locked.entry(c.user).or_default() -= i128::from(c.released_margin),
+                // The perpetual's model sends no amendments.
+                Event::OrderAmended(a) => *self.locked.entry(a.user).or_default() -= i128::from(a.released_margin) - i128::from(a.added_margin),
                 Event::LiquidationEnded(l) => *self.total.entry(l.user).or_default() -= l.to_fund,
                 Event::FundingPaid(f) => {
                     *self.total.entry(f.user).or_default() += f.amount;

@@ -61,6 +61,10 @@ pub struct OrderView {
     /// Snapshotted after the partition's state (see [`super::PartitionState::terms`]).
     #[serde(skip)]
     pub terms: OrderTerms,
+    /// Margin an amendment's risk step locked for it, not yet settled: left out of
+    /// snapshots, as an unlogged order's lock is.
+    #[serde(skip)]
+    pub amending: i64,
 }
 
 /// What an order was placed with beyond its price and quantity, for showing it.
@@ -146,6 +150,7 @@ impl OrderView {
             reserved: order.locked_margin,
             in_doubt: false,
             terms: OrderTerms::of(order),
+            amending: 0,
         }
     }
 }

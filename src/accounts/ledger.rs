@@ -294,6 +294,31 @@ impl HotState for Accounts {
         }
     }
 
+    fn reserve_amend(&mut self, user: UserId, id: OrderId, added: Units, now_ms: i64) -> Result<(), RiskError> {
+        let limit = self.rate_limit;
+        let account = self.users.get_mut(&user).ok_or(RiskError::Unauthorized)?;
+        if !account.orders.get(&id).is_some_and(|v| v.logged && v.status.is_open()) || added < 0 {
+            return Err(RiskError::Unauthorized);
+        }
+        account.count_request(limit, now_ms)?;
+        if account.available() < i128::from(added) {
+            return Err(RiskError::InsufficientMargin);
+        }
+        account.locked += i128::from(added);
+        if let Some(view) = account.orders.get_mut(&id) {
+            view.amending += added;
+        }
+        Ok(())
+    }
+
+    fn settle_amend(&mut self, user: UserId, id: OrderId, added: Units) {
+        let Some(account) = self.users.get_mut(&user) else { return };
+        account.locked -= i128::from(added);
+        if let Some(view) = account.orders.get_mut(&id) {
+            view.amending -= added;
+        }
+    }
+
     fn release_orphans(&mut self, partitions: &[u32], before_ms: i64) -> Vec<(UserId, OrderView)> {
         let mut released = Vec::new();
         for (user, account) in self.users.iter_mut().filter(|(u, _)| partitions.contains(&partition_of(**u))) {
@@ -331,6 +356,27 @@ impl HotState for Accounts {
             match event {
                 Event::OrderPlaced(p) if !self.fresh(p.user, symbol, offset) => {}
                 Event::OrderCancelled(c) if !self.fresh(c.user, symbol, offset) => {}
+                Event::OrderAmended(a) if self.fresh(a.user, symbol, offset) => {
+                    let Some(account) = self.users.get_mut(&a.user) else { continue };
+                    // Net of the margin its risk step added: that stays locked until the
+                    // reservation is settled (live), and a replay never reserved it.
+                    account.locked -= i128::from(a.released_margin) - i128::from(a.added_margin);
+                    if a.refused.is_none()
+                        && let Some(mut view) = account.orders.get(&a.order_id).cloned()
+                    {
+                        account.forget_open(&view);
+                        let tif = match view.kind {
+                            OrderType::Limit { tif, .. } => tif,
+                            _ => crate::engine::TimeInForce::Gtc,
+                        };
+                        view.kind = OrderType::Limit { price: a.price, tif };
+                        view.quantity = a.quantity;
+                        view.updated_at = a.timestamp;
+                        account.track_open(&view);
+                        account.orders.insert(a.order_id, view);
+                    }
+                }
+                Event::OrderAmended(_) => {}
                 Event::OrderPlaced(p) => {
                     if let Some(view) = self.view(p.user, p.order_id) {
                         view.status = if p.filled > 0 { OrderStatus::PartiallyFilled } else { OrderStatus::New };
@@ -404,6 +450,7 @@ impl HotState for Accounts {
                         reserved: 0,
                         in_doubt: false,
                         terms: OrderTerms { reduce_only: true, ..OrderTerms::default() },
+                        amending: 0,
                     });
                 }
                 Event::LiquidationEnded(l) if self.fresh(l.user, symbol, offset) => {

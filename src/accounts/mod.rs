@@ -337,6 +337,19 @@ pub trait HotState {
     /// The order could not be logged: unlock its margin and forget it.
     fn release(&mut self, order: &NewOrder);
 
+    /// The risk step of an amendment: rate limit, and `added` (what the amended order
+    /// must lock beyond its lock now) locked from the available balance, held on the
+    /// order as not yet logged until [`Self::settle_amend`].
+    ///
+    /// # Errors
+    /// [`RiskError`]; then nothing changed. `Unauthorized` also for an order that is not
+    /// an open, logged order of the user's.
+    fn reserve_amend(&mut self, user: UserId, id: OrderId, added: Units, now_ms: i64) -> Result<(), RiskError>;
+
+    /// The amendment's command was executed (its event moved the lock) or will never be:
+    /// the reservation ends.
+    fn settle_amend(&mut self, user: UserId, id: OrderId, added: Units);
+
     /// Releases the margin of orders reserved before `before_ms` and still not logged:
     /// no request is waiting for them any more (every path to the log ends in a confirm
     /// or a release well within that time), so their locks are orphaned. Returns them.

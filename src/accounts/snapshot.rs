@@ -50,7 +50,7 @@ impl Serialize for AccountRef<'_> {
             }
         }
         let a = self.0;
-        let pending: i128 = a.orders.values().filter(|v| !v.logged).map(|v| i128::from(v.reserved)).sum();
+        let pending: i128 = a.orders.values().map(|v| if v.logged { i128::from(v.amending) } else { i128::from(v.reserved) }).sum();
         let mut st = s.serialize_struct("Account", 11)?;
         st.serialize_field("name", &a.name)?;
         st.serialize_field("key_hash", &a.key_hash)?;

@@ -793,6 +793,7 @@ impl Feed for HubFeed {
                 for e in events {
                     match e {
                         Event::OrderPlaced(p) if p.user == user => orders.push(p.order_id),
+                        Event::OrderAmended(a) if a.user == user && a.refused.is_none() => orders.push(a.order_id),
                         Event::OrderCancelled(c) if c.user == user => {
                             orders.push(c.order_id);
                             money = true;

@@ -167,7 +167,8 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
         | CommandJson::LeverageSet { .. }
         | CommandJson::CountdownSet { .. }
         | CommandJson::CountdownDue { .. }
-        | CommandJson::ExpiryDue { .. } => Row::Nothing,
+        | CommandJson::ExpiryDue { .. }
+        | CommandJson::OrderAmendRequested { .. } => Row::Nothing,
         CommandJson::CommandVoided { voided_offset, symbol, seq, .. } => Row::Voided {
             symbol,
             seq,
@@ -255,7 +256,9 @@ pub fn result(bytes: &[u8]) -> Result<Row, String> {
             fund: Some(decimal(&insurance_fund)?),
             at_ms: timestamp,
         }),
-        ResultJson::OrderPlaced { .. } | ResultJson::LiquidationStarted { .. } => Row::Nothing,
+        // An amendment's price and quantity stay in the log: the orders table keeps what
+        // was submitted (see README, "Amend").
+        ResultJson::OrderPlaced { .. } | ResultJson::LiquidationStarted { .. } | ResultJson::OrderAmended { .. } => Row::Nothing,
     })
 }
 

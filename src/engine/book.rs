@@ -140,6 +140,23 @@ impl Book {
         Some(after)
     }
 
+    /// Lowers a resting order's remaining quantity to `remaining` and its lock to
+    /// `locked`, in place: it keeps its place in the queue.
+    pub fn reduce(&mut self, id: OrderId, remaining: Lots, locked: Units) -> Option<Resting> {
+        let slot = *self.index.get(&id)?;
+        let order = &mut self.slots[slot as usize].order;
+        debug_assert!(remaining > 0 && remaining <= order.remaining);
+        let less = order.remaining - remaining;
+        order.remaining = remaining;
+        order.locked = locked;
+        let after = *order;
+        let levels = self.levels_mut(after.side);
+        if let Ok(i) = find_level(levels, after.side, after.price) {
+            levels[i].total -= less;
+        }
+        Some(after)
+    }
+
     /// Removes an order from the book.
     pub fn remove(&mut self, id: OrderId) -> Option<Resting> {
         let slot = self.index.remove(&id)?;

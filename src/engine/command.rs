@@ -228,6 +228,10 @@ pub enum Command {
     CountdownDue { timestamp: i64 },
     /// Cancels every resting order good till `timestamp` or before.
     ExpireDue { timestamp: i64 },
+    /// Changes a resting LIMIT order of `user` to `price` and a total `quantity` (filled
+    /// included). `added_margin`: what the risk step locked on top of the order's lock
+    /// for it. See [`crate::engine::Amended`].
+    Amend { id: OrderId, user: UserId, price: Ticks, quantity: Lots, added_margin: Units, timestamp: i64 },
 }
 
 /// An order's leverage that says "the user's setting for the symbol". The symbol's owner
@@ -252,7 +256,8 @@ impl Command {
             | Command::SetLeverage { timestamp, .. }
             | Command::Countdown { timestamp, .. }
             | Command::CountdownDue { timestamp }
-            | Command::ExpireDue { timestamp } => timestamp,
+            | Command::ExpireDue { timestamp }
+            | Command::Amend { timestamp, .. } => timestamp,
         }
     }
 }

@@ -28,6 +28,8 @@ pub enum Event {
     FundingPaid(FundingPayment),
     /// A funding round is settled; its payments precede it.
     FundingSettled(FundingRound),
+    /// A resting order's price or quantity changed, or the change was refused.
+    OrderAmended(Amended),
 }
 
 impl Event {
@@ -41,6 +43,7 @@ impl Event {
             Event::LiquidationEnded(e) => e.seq,
             Event::FundingPaid(e) => e.seq,
             Event::FundingSettled(e) => e.seq,
+            Event::OrderAmended(e) => e.seq,
         }
     }
 
@@ -49,6 +52,7 @@ impl Event {
         match self {
             Event::OrderPlaced(e) => [Some(e.user), None],
             Event::OrderCancelled(e) => [Some(e.user), None],
+            Event::OrderAmended(e) => [Some(e.user), None],
             Event::TradeExecuted(t) => [Some(t.buyer.user), Some(t.seller.user)],
             Event::LiquidationStarted(e) => [Some(e.user), None],
             Event::LiquidationEnded(e) => [Some(e.user), None],
@@ -201,6 +205,67 @@ pub struct PositionState {
     /// deposits + Σ over symbols of (realized PnL − fees).
     pub fees: i128,
     pub leverage: u32,
+}
+
+/// An amendment ([`super::Command::Amend`]). Refused, nothing changed but the release of
+/// the added margin, and the fields are the order's as it is (zero when it is not open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amended {
+    pub seq: u64,
+    pub order_id: OrderId,
+    pub user: UserId,
+    pub side: Side,
+    pub price: Ticks,
+    /// Total quantity, filled included.
+    pub quantity: Lots,
+    pub filled: Lots,
+    /// What the resting order locks afterwards.
+    pub locked_margin: Units,
+    /// What the risk step locked for the amendment (the command's).
+    pub added_margin: Units,
+    /// Back to the available balance: the old lock and the added margin less the new
+    /// lock (refused: the added margin).
+    pub released_margin: Units,
+    /// Same price, smaller quantity: it kept its place in the queue.
+    pub kept_priority: bool,
+    pub refused: Option<AmendRefusal>,
+    pub timestamp: i64,
+}
+
+/// Why an amendment changed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AmendRefusal {
+    /// Not a resting order of the user's (filled, cancelled, unknown).
+    NotOpen,
+    /// The price and quantity it already has.
+    Unchanged,
+    /// A price or quantity the engine does not take (a quantity must exceed the filled).
+    Invalid,
+    /// A new price outside the band around the mark.
+    PriceOutOfBand,
+    /// The new price meets the other side: an amendment never takes liquidity.
+    WouldTake,
+    /// The new lock is more than the old one and the added margin.
+    InsufficientMargin,
+}
+
+impl AmendRefusal {
+    pub const ALL: [Self; 6] = [Self::NotOpen, Self::Unchanged, Self::Invalid, Self::PriceOutOfBand, Self::WouldTake, Self::InsufficientMargin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotOpen => "NOT_OPEN",
+            Self::Unchanged => "UNCHANGED",
+            Self::Invalid => "INVALID_ORDER",
+            Self::PriceOutOfBand => "PRICE_OUT_OF_BAND",
+            Self::WouldTake => "WOULD_TAKE",
+            Self::InsufficientMargin => "INSUFFICIENT_MARGIN",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -180,14 +180,18 @@ impl Market {
     /// and fee grow with the price and the open loss shrinks, so the worst is at one end,
     /// its limit or the best bid.
     fn lock_at(&self, order: &NewOrder, limit: Ticks) -> i128 {
+        self.lock_for(order.side, order.quantity, order.leverage, limit)
+    }
+
+    /// [`Self::lock_at`] of `quantity` on `side` at `leverage`.
+    fn lock_for(&self, side: Side, quantity: Lots, leverage: u32, limit: Ticks) -> i128 {
         let cost = |price: Ticks| {
             let spec = &self.spec;
-            let qty = i128::from(order.quantity);
-            spec.margin(price, order.quantity, order.leverage)
-                + spec.fee(spec.notional(price, order.quantity), false)
-                + super::position::open_loss(spec, order.side, price, self.perp.mark, qty)
+            spec.margin(price, quantity, leverage)
+                + spec.fee(spec.notional(price, quantity), false)
+                + super::position::open_loss(spec, side, price, self.perp.mark, i128::from(quantity))
         };
-        match order.side {
+        match side {
             Side::Buy => cost(limit),
             Side::Sell => match self.book.best_price(Side::Buy) {
                 Some(bid) if bid > limit => cost(limit).max(cost(bid)),
@@ -257,7 +261,8 @@ impl Market {
             | Command::SetLeverage { .. }
             | Command::Countdown { .. }
             | Command::CountdownDue { .. }
-            | Command::ExpireDue { .. } => {}
+            | Command::ExpireDue { .. }
+            | Command::Amend { .. } => {}
         }
         self.follow_basis(now);
         result
@@ -314,6 +319,10 @@ impl Market {
                 self.cancel_all_of_users(&due, CancelReason::Countdown, timestamp, events);
                 Ok(())
             }
+            Command::Amend { id, user, price, quantity, added_margin, timestamp } => {
+                self.amend(id, user, price, quantity, added_margin, timestamp, events);
+                Ok(())
+            }
             Command::ExpireDue { timestamp } => {
                 let mut due: Vec<(i64, OrderId)> = self.expiries.iter().filter(|(_, t)| **t <= timestamp).map(|(id, t)| (*t, *id)).collect();
                 due.sort_unstable();
@@ -323,6 +332,75 @@ impl Market {
                 Ok(())
             }
         }
+    }
+
+    /// What the risk step locks for amending `user`'s resting order `id` to `price` and
+    /// `quantity`: what the amended order must lock, less what it locks now (never below
+    /// zero). `None`: not a resting order of the user's.
+    pub fn amend_margin(&self, id: OrderId, user: UserId, price: Ticks, quantity: Lots) -> Option<i128> {
+        let o = self.book.get(id).filter(|o| o.user == user)?;
+        let remaining = quantity.saturating_sub(o.filled).max(1);
+        let needed = if o.reduce_only { 0 } else { self.lock_for(o.side, remaining, o.leverage, price) };
+        Some((needed - i128::from(o.locked)).max(0))
+    }
+
+    /// Amends a resting LIMIT order ([`Command::Amend`]): a new price and total quantity,
+    /// a lock worked out as a new order's ([`Self::lock_at`]) from the old lock and the
+    /// added margin, the rest released. Same price and a smaller quantity keep the
+    /// order's place; anything else puts it at the back of its new level. It never
+    /// trades: a price that meets the other side is refused, as is one outside the band.
+    #[allow(clippy::too_many_arguments)]
+    fn amend(&mut self, id: OrderId, user: UserId, price: Ticks, quantity: Lots, added: Units, timestamp: i64, events: &mut Vec<Event>) {
+        let seq = self.next_seq();
+        let Some(o) = self.book.get(id).copied().filter(|o| o.user == user) else {
+            let refused = Some(super::event::AmendRefusal::NotOpen);
+            events.push(Event::OrderAmended(super::event::Amended {
+                seq, order_id: id, user, side: Side::Buy, price: 0, quantity: 0, filled: 0, locked_margin: 0,
+                added_margin: added, released_margin: added, kept_priority: false, refused, timestamp,
+            }));
+            return;
+        };
+        let remaining = quantity.saturating_sub(o.filled);
+        let needed = if o.reduce_only || remaining <= 0 { 0 } else { self.lock_for(o.side, remaining, o.leverage, price) };
+        let have = i128::from(o.locked) + i128::from(added);
+        use super::event::AmendRefusal as Refusal;
+        let refused = if added < 0
+            || !(1..=MAX_TICKS).contains(&price)
+            || quantity <= o.filled
+            || quantity > MAX_LOTS
+            || self.spec.notional(price, quantity) > i128::from(MAX_NOTIONAL)
+        {
+            Some(Refusal::Invalid)
+        } else if price == o.price && remaining == o.remaining {
+            Some(Refusal::Unchanged)
+        } else if price != o.price && !self.in_price_band(price) {
+            Some(Refusal::PriceOutOfBand)
+        } else if self.book.best_price(o.side.opposite()).is_some_and(|p| o.side.accepts(price, p)) {
+            Some(Refusal::WouldTake)
+        } else if needed > have {
+            Some(Refusal::InsufficientMargin)
+        } else {
+            None
+        };
+        if refused.is_some() {
+            events.push(Event::OrderAmended(super::event::Amended {
+                seq, order_id: id, user, side: o.side, price: o.price, quantity: o.filled + o.remaining, filled: o.filled,
+                locked_margin: o.locked, added_margin: added, released_margin: added, kept_priority: false, refused, timestamp,
+            }));
+            return;
+        }
+        let locked = narrow(needed);
+        let kept_priority = price == o.price && remaining < o.remaining;
+        if kept_priority {
+            self.book.reduce(id, remaining, locked);
+        } else {
+            self.book.remove(id);
+            self.book.insert(Resting { price, remaining, locked, timestamp, ..o });
+        }
+        events.push(Event::OrderAmended(super::event::Amended {
+            seq, order_id: id, user, side: o.side, price, quantity, filled: o.filled, locked_margin: locked,
+            added_margin: added, released_margin: narrow(have - needed), kept_priority, refused: None, timestamp,
+        }));
     }
 
     fn place(&mut self, order: &NewOrder, events: &mut Vec<Event>) {

@@ -359,6 +359,7 @@ pub fn settle(out: &Projections, symbol: usize, logged: Option<&NewOrder>, event
     for e in events {
         match e {
             Event::OrderPlaced(p) if mine(p.user) => hot.touch(p.user, |t| t.order(p.order_id, false)),
+            Event::OrderAmended(a) if mine(a.user) && a.refused.is_none() => hot.touch(a.user, |t| t.order(a.order_id, false)),
             Event::OrderCancelled(c) if mine(c.user) && c.reason != CancelReason::DuplicateOrderId => {
                 hot.touch(c.user, |t| t.order(c.order_id, false));
             }
