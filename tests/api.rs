@@ -604,3 +604,80 @@ fn a_good_till_date_order_expires_at_its_date() {
     assert_eq!((kept["status"].as_str(), kept["timeInForce"].as_str()), (Some("NEW"), Some("GTD")), "{kept}");
     assert_eq!(s.get(&alice, "/v1/orders").1.as_array().unwrap().len(), 1, "only the hour-long order is open");
 }
+
+/// Amend (`PATCH /v1/orders/{id}`): same price and a smaller quantity keep the queue
+/// place, anything else goes to the back; the lock follows; refusals change nothing; a
+/// restart replays the amendments to the same state.
+#[test]
+fn an_order_is_amended_in_place_or_requeued_and_its_lock_follows() {
+    let mut s = Server::start_with(&[("EXCHANGE_SNAPSHOT_EVERY", "7")]);
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let carol = s.funded("carol", "100000");
+    let locked = |s: &Server, key: &str| dec(&s.get(key, "/v1/balance").1["locked"]);
+    let amend = |s: &Server, key: &str, order: &serde_json::Value, body: &str| {
+        s.request("PATCH", &format!("/v1/orders/{}", order["orderId"].as_str().unwrap()), &[("x-api-key", key)], Some(body))
+    };
+    let mine = s.limit(&alice, "BUY", "40000", "0.005");
+    let _bobs = s.limit(&bob, "BUY", "40000", "0.001");
+    let before = locked(&s, &alice);
+    // Smaller, same price: kept in front of bob, and less locked.
+    let (status, amended) = amend(&s, &alice, &mine, r#"{"quantity":"0.003"}"#);
+    assert_eq!(status, 200, "{amended}");
+    assert_eq!((amended["quantity"].as_str(), amended["price"].as_str(), amended["status"].as_str()), (Some("0.003"), Some("40000.0"), Some("NEW")), "{amended}");
+    let after = locked(&s, &alice);
+    assert!(after < before && after > Decimal::ZERO, "the lock follows: {before} -> {after}");
+    let (_, sold) = s.order(&carol, r#"{"symbol":"BTC-PERP","side":"SELL","type":"LIMIT","price":"40000","quantity":"0.001","leverage":10}"#);
+    assert_eq!(sold["status"], "FILLED");
+    let get = |s: &Server, key: &str, o: &serde_json::Value| s.get(key, &format!("/v1/orders/{}", o["orderId"].as_str().unwrap())).1;
+    assert_eq!(get(&s, &alice, &mine)["filledQuantity"], "0.001", "alice kept her place");
+    // Larger: to the back, behind bob.
+    let (status, _) = amend(&s, &alice, &mine, r#"{"quantity":"0.004"}"#);
+    assert_eq!(status, 200);
+    s.order(&carol, r#"{"symbol":"BTC-PERP","side":"SELL","type":"LIMIT","price":"40000","quantity":"0.001","leverage":10}"#);
+    assert_eq!(get(&s, &bob, &_bobs)["status"], "FILLED", "bob was first now");
+    assert_eq!(get(&s, &alice, &mine)["filledQuantity"], "0.001");
+    // A new price: moved, and a buy higher locks more.
+    let before = locked(&s, &alice);
+    let (status, moved) = amend(&s, &alice, &mine, r#"{"price":"40100"}"#);
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!((moved["price"].as_str(), moved["quantity"].as_str()), (Some("40100.0"), Some("0.004")));
+    assert!(locked(&s, &alice) > before);
+    // Refused, changing nothing.
+    let (_, ask) = s.order(&carol, r#"{"symbol":"BTC-PERP","side":"SELL","type":"LIMIT","price":"40500","quantity":"0.001","leverage":10}"#);
+    // (A refused amendment is an event too: the book's seq moves, its levels do not.)
+    let state = |s: &Server| {
+        let depth = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None).1;
+        (get(s, &alice, &mine), locked(s, &alice), depth["bids"].clone(), depth["asks"].clone())
+    };
+    let unchanged = state(&s);
+    for (body, code, why) in [
+        (r#"{"price":"40100"}"#, "INVALID_REQUEST", "the same price and quantity"),
+        (r#"{"price":"40500"}"#, "INVALID_REQUEST", "it would trade with the ask"),
+        (r#"{"quantity":"0.001"}"#, "INVALID_REQUEST", "not above what is filled"),
+        (r#"{"price":"40100.05"}"#, "INVALID_REQUEST", "off the tick"),
+        (r#"{"quantity":"500"}"#, "INSUFFICIENT_MARGIN", "more than the balance pays"),
+        (r#"{}"#, "INVALID_REQUEST", "nothing to change"),
+        (r#"{"price":40100}"#, "INVALID_REQUEST", "a number, not a decimal string"),
+    ] {
+        let (status, reply) = amend(&s, &alice, &mine, body);
+        assert_eq!(reply["code"], code, "{why}: {status} {reply}");
+    }
+    let (status, _) = amend(&s, &bob, &mine, r#"{"quantity":"0.002"}"#);
+    assert_eq!(status, 404, "another user's order");
+    let (status, reply) = amend(&s, &carol, &sold, r#"{"quantity":"0.002"}"#);
+    assert_eq!((status, reply["code"].as_str()), (409, Some("ORDER_NOT_OPEN")), "a filled order");
+    assert_eq!(state(&s), unchanged, "refusals change nothing");
+    let _ = ask;
+    // The amendments are in the log: a crash and a replay give the same state.
+    s.kill9();
+    s.restart();
+    assert_eq!(state(&s), unchanged);
+    let (status, _) = amend(&s, &alice, &mine, r#"{"quantity":"0.002"}"#);
+    assert_eq!(status, 200, "and it goes on after");
+    // The books balance and the hot state (Redis, when the suite runs with it) agrees.
+    let (_, summary) = s.request("GET", "/admin/v1/summary", &[("x-admin-key", ADMIN)], None);
+    assert_eq!(summary["balanced"], true, "{summary}");
+    let (status, check) = s.request("POST", "/admin/v1/check", &[("x-admin-key", ADMIN)], None);
+    assert_eq!((status, &check["clean"]), (200, &serde_json::Value::Bool(true)), "{check}");
+}

@@ -91,6 +91,10 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(seen["fetched"]["id"], id);
     assert_eq!(seen["fetched"]["status"], "open");
     assert_eq!(seen["cancelled"]["status"], "canceled");
+    // ccxt's edit_order amends it in place (the same id).
+    assert_eq!(seen["edited"]["id"], id);
+    assert_eq!((dec(&seen["edited"]["amount"]), dec(&seen["edited"]["price"])), (Decimal::from_str("0.008").unwrap(), Decimal::from(52_500)));
+    assert_eq!(seen["edited"]["status"], "open");
     assert_eq!(seen["open_after_cancel"], serde_json::json!([]));
     let native = seen["resting"]["clientOrderId"].as_str().unwrap();
     let (status, order) = s.get(&key, &format!("/v1/orders/by-client-id/{native}"));

@@ -34,12 +34,14 @@ pub enum ApiError {
     /// The event log did not confirm and the command may still land.
     StatusUnknown(String),
     MethodNotAllowed,
+    /// An amendment the engine did not make (unchanged, would trade, invalid).
+    AmendRefused(crate::engine::AmendRefusal),
 }
 
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidRequest(_) | Self::UnknownSymbol | Self::PriceOutOfBand => 400,
+            Self::InvalidRequest(_) | Self::UnknownSymbol | Self::PriceOutOfBand | Self::AmendRefused(_) => 400,
             Self::BodyTooLarge(_) => 413,
             Self::HeadersTooLarge(_) => 431,
             Self::Unauthorized => 401,
@@ -55,7 +57,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) | Self::BodyTooLarge(_) | Self::HeadersTooLarge(_) => "INVALID_REQUEST",
+            Self::InvalidRequest(_) | Self::BodyTooLarge(_) | Self::HeadersTooLarge(_) | Self::AmendRefused(_) => "INVALID_REQUEST",
             Self::UnknownSymbol => "UNKNOWN_SYMBOL",
             Self::Unauthorized => "UNAUTHORIZED",
             Self::NotFound => "NOT_FOUND",
@@ -79,6 +81,9 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             Self::InvalidRequest(m) | Self::HeadersTooLarge(m) => m.clone(),
+            Self::AmendRefused(crate::engine::AmendRefusal::Unchanged) => "the order already has this price and quantity".into(),
+            Self::AmendRefused(crate::engine::AmendRefusal::WouldTake) => "the new price meets the other side: an amendment never trades".into(),
+            Self::AmendRefused(_) => "the amended price or quantity is invalid (a quantity must exceed what is filled)".into(),
             Self::BodyTooLarge(limit) => format!("body larger than {limit} bytes"),
             Self::UnknownSymbol => "symbol is not listed".into(),
             Self::Unauthorized => "missing or invalid key".into(),
@@ -164,6 +169,13 @@ impl From<Refusal> for ApiError {
             Refusal::TooLarge => invalid("order is too large"),
             Refusal::InvalidLeverage => invalid("leverage must be between 1 and the symbol's maxLeverage"),
             Refusal::InvalidCountdown => invalid("countdownTime must be between 0 and 86400000 ms"),
+            Refusal::AmendRefused(r) => match r {
+                crate::engine::AmendRefusal::NotOpen => Self::OrderNotOpen,
+                crate::engine::AmendRefusal::InsufficientMargin => Self::InsufficientMargin,
+                crate::engine::AmendRefusal::PriceOutOfBand => Self::PriceOutOfBand,
+                other => Self::AmendRefused(other),
+            },
+            Refusal::Invalid(m) => invalid(m),
             Refusal::Admin(e) => e.into(),
             Refusal::NotLogged(e) => e.into(),
             Refusal::Unavailable(m) => Self::Unavailable(m),

@@ -129,7 +129,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             let (key, p) = private()?;
             Routed::Partition(p, AccountRequest::CancelAll { key, symbol: query.symbol(map)? })
         }
-        ("GET" | "DELETE", ["v1", "orders", rest @ ..]) => {
+        ("GET" | "DELETE" | "PATCH", ["v1", "orders", rest @ ..]) => {
             let (key, p) = private()?;
             let target = match rest {
                 // Percent-decoded: a clientOrderId may hold `/`, sent as `%2F`.
@@ -140,7 +140,20 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
                 [id] => order_ref(id),
                 _ => return Err(ApiError::NotFound),
             };
-            let req = if method == "GET" { AccountRequest::GetOrder { key, target } } else { AccountRequest::CancelOrder { key, target } };
+            let req = match method {
+                "GET" => AccountRequest::GetOrder { key, target },
+                "DELETE" => AccountRequest::CancelOrder { key, target },
+                _ => {
+                    check_depth(input.body, limits.max_json_depth)?;
+                    let body: AmendBody = parse_json(input.body)?;
+                    if body.price.is_none() && body.quantity.is_none() {
+                        return Err(invalid("price or quantity is required"));
+                    }
+                    let price = body.price.as_deref().map(|p| decimal(p, "price")).transpose()?;
+                    let quantity = body.quantity.as_deref().map(|q| decimal(q, "quantity")).transpose()?;
+                    AccountRequest::AmendOrder { key, target, price, quantity }
+                }
+            };
             Routed::Partition(p, req)
         }
         ("GET", ["v1", "fills"]) => {
@@ -334,6 +347,14 @@ struct DepositBody {
     currency: String,
     amount: String,
     transfer_id: String,
+}
+
+/// `PATCH /v1/orders/{id}`: a new price and/or total quantity.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmendBody {
+    price: Option<String>,
+    quantity: Option<String>,
 }
 
 /// `POST /v1/countdown`: the user's dead man's switch on a symbol.

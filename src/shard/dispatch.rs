@@ -28,6 +28,12 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
                 }
                 Reply::Done
             }
+            Request::Amend { symbol, user, id, price, quantity } => Reply::Amended(shard.symbols.amend(symbol, user, id, price, quantity).await),
+            Request::ReserveAmend { user, id, added } => Reply::AmendReserved(shard.accounts.reserve_amend(user, id, added)),
+            Request::SettleAmend { user, id, added } => {
+                shard.accounts.settle_amend(user, id, added);
+                Reply::Done
+            }
             Request::Cancel { symbol, user, id } => Reply::Cancelled(shard.symbols.cancel(symbol, user, Some(id)).await),
             Request::CancelAll { symbol, user } => Reply::Cancelled(shard.symbols.cancel(symbol, user, None).await),
             Request::Check => Reply::Checked(projections::hot::check(&shard.out).await),

@@ -76,6 +76,9 @@ pub enum SymbolRequest {
 #[derive(Clone, Debug)]
 pub enum AccountRequest {
     CancelOrder { key: String, target: OrderRef },
+    /// A new price and/or total quantity for an open LIMIT order (decimals: the owner
+    /// converts them with the order's symbol).
+    AmendOrder { key: String, target: OrderRef, price: Option<rust_decimal::Decimal>, quantity: Option<rust_decimal::Decimal> },
     CancelAll { key: String, symbol: Option<usize> },
     GetOrder { key: String, target: OrderRef },
     OpenOrders { key: String, symbol: Option<usize> },
@@ -119,7 +122,9 @@ impl ApiRequest {
             ),
             Self::Account(r) => matches!(
                 r,
-                AccountRequest::CancelOrder { .. } | AccountRequest::CancelAll { .. } | AccountRequest::CreateUser { .. } | AccountRequest::Transfer { .. }
+                AccountRequest::CancelOrder { .. }
+                    | AccountRequest::AmendOrder { .. }
+                    | AccountRequest::CancelAll { .. } | AccountRequest::CreateUser { .. } | AccountRequest::Transfer { .. }
             ),
         }
     }
@@ -181,6 +186,10 @@ pub enum Refusal {
     InvalidLeverage,
     /// A countdown outside 0 to a day.
     InvalidCountdown,
+    /// The engine did not amend the order.
+    AmendRefused(crate::engine::AmendRefusal),
+    /// A value the request cannot have, said in words.
+    Invalid(String),
     /// A LIMIT price outside the band around the mark.
     PriceOutOfBand,
     /// Funding for this funding time is already settled.
@@ -217,6 +226,12 @@ pub enum Request {
     Apply { symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: Vec<Event>, snapshot: bool },
     /// Log and execute a cancel on the symbol's owner.
     Cancel { symbol: usize, user: UserId, id: OrderId },
+    /// Price, reserve, log and execute an amendment on the symbol's owner (`None`: as now).
+    Amend { symbol: usize, user: UserId, id: OrderId, price: Option<i64>, quantity: Option<i64> },
+    /// An amendment's risk step on the account owner: rate limit, lock `added`.
+    ReserveAmend { user: UserId, id: OrderId, added: Units },
+    /// The amendment was executed, or never will be: its reservation ends.
+    SettleAmend { user: UserId, id: OrderId, added: Units },
     CancelAll { symbol: usize, user: UserId },
     /// Prices and insurance funds of the symbols the receiver owns.
     Prices,
@@ -262,6 +277,8 @@ pub enum ReserveError {
 pub enum Reply {
     Api(Result<Answer, Refusal>),
     Reserved(Result<NewOrder, ReserveError>),
+    AmendReserved(Result<(), ReserveError>),
+    Amended(Result<(), Refusal>),
     Done,
     /// Ids cancelled, or `None` if the order was not open; `Err` if the log is down.
     Cancelled(Result<Option<Vec<OrderId>>, NotLogged>),

@@ -198,6 +198,33 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             let v = on_symbol(ask(service, owner, ApiRequest::Account(req)).await)?;
             Ok(ok(&shapes::order(map, &v)))
         }
+        // Amend: the order is read first (its symbol and side must be the ones named), then
+        // changed by its id.
+        ("PUT", "v1/order") => {
+            let Caller { key, user, owner } = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let target = order_ref(map, symbol, user, &params)?;
+            let side = params.get("side").ok_or_else(|| Error::missing("side"))?;
+            let number = |name: &str| -> Result<Decimal, Error> {
+                params.get(name).ok_or_else(|| Error::missing(name))?.parse::<Decimal>().map_err(|_| Error::invalid_value(name))
+            };
+            let (quantity, price) = (number("quantity")?, number("price")?);
+            let v = match ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await {
+                Ok(Answer::Order(v)) if v.symbol == symbol => v,
+                Ok(Answer::Order(_)) | Err(Error { code: -2013 | -2011, .. }) => return Err(Error::UNKNOWN_ORDER),
+                Ok(_) => return Err(Error::internal()),
+                Err(e) => return Err(e),
+            };
+            if v.side.as_str() != side {
+                return Err(Error::fixed(400, -4061, "The order's side does not match the side sent."));
+            }
+            let target = OrderRef::Id(v.id, map.symbols[symbol].key);
+            let req = AccountRequest::AmendOrder { key, target, price: Some(price), quantity: Some(quantity) };
+            match ask(service, owner, ApiRequest::Account(req)).await? {
+                Answer::Order(v) => Ok(ok(&shapes::order(map, &v))),
+                _ => Err(Error::internal()),
+            }
+        }
         ("GET", "v1/openOrders") => {
             let caller = signed(service, input, now)?;
             let symbol = params.symbol(map)?;

@@ -110,6 +110,8 @@ pub fn error_of(e: &ApiError) -> Error {
             "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
         ),
         ApiError::MethodNotAllowed => Error::new(405, -5000, e.message()),
+        ApiError::AmendRefused(crate::engine::AmendRefusal::Unchanged) => Error::fixed(400, -5027, "No need to modify the order."),
+        ApiError::AmendRefused(_) => Error::new(400, -1130, e.message()),
     };
     if matches!(e, ApiError::RateLimited | ApiError::StreamsPerAddress(_)) {
         error.retry_after = Some(1);

@@ -91,6 +91,22 @@ impl AccountRoom {
         }
     }
 
+    /// An amendment's risk step (see [`crate::accounts::HotState::reserve_amend`]).
+    pub fn reserve_amend(&self, user: UserId, id: crate::engine::OrderId, added: crate::engine::units::Units) -> Result<(), ReserveError> {
+        let result = self.ledger.borrow_mut().reserve_amend(user, id, added, now_ms());
+        hot::balance_changed(&self.out, user, false);
+        result.map_err(|e| match e {
+            RiskError::RateLimited => ReserveError::RateLimited,
+            RiskError::InsufficientMargin => ReserveError::InsufficientMargin,
+            _ => ReserveError::Unauthorized,
+        })
+    }
+
+    pub fn settle_amend(&self, user: UserId, id: crate::engine::OrderId, added: crate::engine::units::Units) {
+        self.ledger.borrow_mut().settle_amend(user, id, added);
+        hot::balance_changed(&self.out, user, false);
+    }
+
     /// The order could not be logged: unlock.
     pub fn release(&self, order: &NewOrder) {
         self.ledger.borrow_mut().release(order);
@@ -136,6 +152,7 @@ impl AccountRoom {
                 self.balance(user)
             }
             AccountRequest::CancelOrder { key, target } => self.cancel_order(&key, target).await,
+            AccountRequest::AmendOrder { key, target, price, quantity } => self.amend_order(&key, target, price, quantity).await,
             AccountRequest::CancelAll { key, symbol } => self.cancel_all(&key, symbol).await,
             AccountRequest::GetOrder { key, target } => {
                 let user = self.authenticate(&key)?;
@@ -197,6 +214,27 @@ impl AccountRoom {
             _ => return Err(Refusal::Unavailable("symbol owner unavailable".into())),
         }
         self.find(user, OrderRef::Id(view.id, self.map.symbols[view.symbol].key)).map(Answer::Order)
+    }
+
+    async fn amend_order(&self, key: &str, target: OrderRef, price: Option<rust_decimal::Decimal>, quantity: Option<rust_decimal::Decimal>) -> Result<Answer, Refusal> {
+        let user = self.authenticate(key)?;
+        let view = self.find(user, target)?;
+        if !view.status.is_open() {
+            return Err(Refusal::OrderNotOpen);
+        }
+        if !matches!(view.kind, crate::engine::OrderType::Limit { .. }) {
+            return Err(Refusal::Invalid("only LIMIT orders are amended".into()));
+        }
+        let spec = &self.map.symbols[view.symbol];
+        let price = price.map(|p| spec.price_to_ticks(p).map_err(|e| Refusal::Invalid(format!("price {e}")))).transpose()?;
+        let quantity = quantity.map(|q| spec.quantity_to_lots(q).map_err(|e| Refusal::Invalid(format!("quantity {e}")))).transpose()?;
+        let owner = self.symbol_owner(view.symbol);
+        match self.ask(owner, Request::Amend { symbol: view.symbol, user, id: view.id, price, quantity }).await {
+            Some(Reply::Amended(Ok(()))) => {}
+            Some(Reply::Amended(Err(e))) => return Err(e),
+            _ => return Err(Refusal::Unavailable("symbol owner unavailable".into())),
+        }
+        self.find(user, OrderRef::Id(view.id, spec.key)).map(Answer::Order)
     }
 
     async fn cancel_all(&self, key: &str, symbol: Option<usize>) -> Result<Answer, Refusal> {

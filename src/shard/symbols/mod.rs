@@ -218,6 +218,52 @@ impl SymbolRoom {
         Ok(view)
     }
 
+    /// An amendment on the symbol's owner: priced by the engine's rules (what the amended
+    /// order must lock beyond its lock now), that margin reserved by the account's owner,
+    /// then logged and executed. The reservation is settled once the results are applied
+    /// (or the log refused the command); after a 504 it stays held, which only over-locks,
+    /// until a restart's replay settles the account from the log.
+    pub async fn amend(&self, symbol: usize, user: UserId, id: OrderId, price: Option<i64>, quantity: Option<i64>) -> Result<(), Refusal> {
+        let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+        let (price, quantity, added) = {
+            let market = stream.market.borrow();
+            let o = market.book().get(id).filter(|o| o.user == user).ok_or(Refusal::OrderNotOpen)?;
+            let (price, quantity) = (price.unwrap_or(o.price), quantity.unwrap_or(o.filled + o.remaining));
+            let added = market.amend_margin(id, user, price, quantity).ok_or(Refusal::OrderNotOpen)?;
+            (price, quantity, crate::engine::units::Units::try_from(added).map_err(|_| Refusal::TooLarge)?)
+        };
+        let owner = self.account_owner(user);
+        match self.ask(owner, Request::ReserveAmend { user, id, added }).await {
+            Some(Reply::AmendReserved(Ok(()))) => {}
+            Some(Reply::AmendReserved(Err(ReserveError::RateLimited))) => return Err(Refusal::RateLimited),
+            Some(Reply::AmendReserved(Err(ReserveError::InsufficientMargin))) => return Err(Refusal::InsufficientMargin),
+            Some(Reply::AmendReserved(Err(_))) => return Err(Refusal::OrderNotOpen),
+            _ => return Err(Refusal::Unavailable("account owner unavailable".into())),
+        }
+        let outcome = match stream.submit(Command::Amend { id, user, price, quantity, added_margin: added, timestamp: now_ms() }).await {
+            Ok(outcome) => outcome,
+            Err(e @ NotLogged::Refused(_)) => {
+                let _ = self.ask(owner, Request::SettleAmend { user, id, added }).await;
+                return Err(e.into());
+            }
+            Err(e @ NotLogged::Unknown(_)) => return Err(e.into()),
+        };
+        for ack in outcome.applied {
+            let _ = ack.await;
+        }
+        let _ = self.ask(owner, Request::SettleAmend { user, id, added }).await;
+        if let Some(sync) = &self.sync {
+            sync.order(&self.map.symbols[symbol], None, &outcome.events)
+                .await
+                .map_err(|e| Refusal::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
+        }
+        match outcome.events.iter().find_map(|e| if let Event::OrderAmended(a) = e { Some(a.refused) } else { None }) {
+            Some(None) => Ok(()),
+            Some(Some(refusal)) => Err(Refusal::AmendRefused(refusal)),
+            None => Err(Refusal::Unavailable("the amendment left no result".into())),
+        }
+    }
+
     /// Logs and executes a cancel (one order, or all of a user's on the symbol); the ids
     /// cancelled, or `None` if there was nothing open to cancel.
     pub async fn cancel(&self, symbol: usize, user: UserId, id: Option<OrderId>) -> Result<Option<Vec<OrderId>>, NotLogged> {
