@@ -165,6 +165,15 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     placed.sort_unstable();
     assert_eq!(seen["open_after_batch"], serde_json::json!(placed));
     assert_eq!(seen["open_after_cancel_all"], serde_json::json!([]));
+    // Every order so far, closed ones included (allOrders).
+    let all = seen["all_orders"].as_object().unwrap();
+    assert_eq!(all[id], "canceled", "{all:?}");
+    assert_eq!(all[seen["bought_id"].as_str().unwrap()], "closed", "{all:?}");
+    for placed in &placed {
+        assert_eq!(all[*placed], "canceled", "{all:?}");
+    }
+    assert_eq!(all.len(), 2 + placed.len(), "refused orders are no orders: {all:?}");
+    assert_eq!(seen["closed_orders"], serde_json::json!([seen["bought_id"]]), "only the filled one is closed, to ccxt");
     assert_eq!(seen["reduce_only"], serde_json::json!({ "placed": true, "fetched": true }), "reduceOnly as placed");
     let (_, premium) = s.request("GET", "/v1/premium-index?symbol=BTC-PERP", &[], None);
     assert_eq!(dec(&seen["funding_rate"]["indexPrice"]), Decimal::from(50_000));

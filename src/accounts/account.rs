@@ -255,6 +255,13 @@ impl Account {
         open
     }
 
+    /// The open orders and the latest closed ones ([`CLOSED_ORDERS_KEPT`]), oldest first.
+    pub fn all_orders(&self, symbol: Option<usize>) -> Vec<&OrderView> {
+        let mut all: Vec<&OrderView> = self.orders.values().filter(|o| o.logged && symbol.is_none_or(|s| s == o.symbol)).collect();
+        all.sort_by_key(|o| (o.created_at, o.id));
+        all
+    }
+
     pub fn order(&self, id: OrderId) -> Option<&OrderView> {
         self.orders.get(&id).filter(|o| o.logged)
     }

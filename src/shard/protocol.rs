@@ -82,6 +82,8 @@ pub enum AccountRequest {
     CancelAll { key: String, symbol: Option<usize> },
     GetOrder { key: String, target: OrderRef },
     OpenOrders { key: String, symbol: Option<usize> },
+    /// Open orders and the latest closed ones the ledger keeps, oldest first.
+    AllOrders { key: String, symbol: Option<usize> },
     Fills { key: String, symbol: Option<usize>, limit: usize },
     /// Whose key it is (order history, read from cold storage by the asker).
     Authenticate { key: String },

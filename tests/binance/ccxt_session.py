@@ -94,6 +94,8 @@ seen["batch"] = [{"id": o["id"], "status": o["status"], "info": o["info"]} for o
 seen["open_after_batch"] = sorted(o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT"))
 ex.cancel_all_orders("BTC/USDT:USDT")
 seen["open_after_cancel_all"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT")]
+seen["all_orders"] = {o["id"]: o["status"] for o in ex.fetch_orders("BTC/USDT:USDT")}
+seen["closed_orders"] = sorted(o["id"] for o in ex.fetch_closed_orders("BTC/USDT:USDT"))
 closing = ex.create_order("BTC/USDT:USDT", "limit", "sell", 0.001, 55000, {"reduceOnly": True})
 fetched = ex.fetch_order(closing["id"], "BTC/USDT:USDT")
 seen["reduce_only"] = {"placed": closing["reduceOnly"], "fetched": fetched["reduceOnly"]}

@@ -225,6 +225,27 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 _ => Err(Error::internal()),
             }
         }
+        ("GET", "v1/allOrders") => {
+            let caller = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let limit = limit(&params, 500, 1000)?;
+            let time = |name| params.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose();
+            let (start, end) = (time("startTime")?, time("endTime")?);
+            let from = params.get("orderId").map(|id| id.parse::<u64>().map_err(|_| Error::invalid_value("orderId"))).transpose()?;
+            match ask(service, caller.owner, ApiRequest::Account(AccountRequest::AllOrders { key: caller.key, symbol: Some(symbol) })).await? {
+                Answer::Orders(list) => {
+                    // Binance records no order it rejects (the refusal is the answer).
+                    let kept = list.iter().filter(|v| {
+                        v.status != OrderStatus::Rejected
+                            && from.is_none_or(|f| shapes::order_id(v.id) >= f)
+                            && start.is_none_or(|t| v.created_at >= t)
+                            && end.is_none_or(|t| v.created_at <= t)
+                    });
+                    Ok(ok(&kept.take(limit).map(|v| shapes::order(map, v)).collect::<Vec<_>>()))
+                }
+                _ => Err(Error::internal()),
+            }
+        }
         ("GET", "v1/openOrders") => {
             let caller = signed(service, input, now)?;
             let symbol = params.symbol(map)?;

@@ -158,12 +158,8 @@ impl AccountRoom {
                 let user = self.authenticate(&key)?;
                 self.find(user, target).map(Answer::Order)
             }
-            AccountRequest::OpenOrders { key, symbol } => {
-                let user = self.authenticate(&key)?;
-                let accounts = self.ledger.borrow();
-                let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
-                Ok(Answer::Orders(account.open_orders(symbol).into_iter().cloned().collect()))
-            }
+            AccountRequest::OpenOrders { key, symbol } => self.orders(&key, |a| a.open_orders(symbol)),
+            AccountRequest::AllOrders { key, symbol } => self.orders(&key, |a| a.all_orders(symbol)),
             AccountRequest::Fills { key, symbol, limit } => {
                 let user = self.authenticate(&key)?;
                 let mut fills: Vec<crate::accounts::Fill> = {
@@ -281,6 +277,14 @@ impl AccountRoom {
         }
         let price_of = |s: usize| prices.iter().find(|(i, _)| *i == s).map(|(_, p)| *p).unwrap_or_default();
         Ok(Answer::Positions(positions.into_iter().map(|(s, p)| (s, p, price_of(s))).collect()))
+    }
+
+    /// Some of the key's user's orders.
+    fn orders(&self, key: &str, which: impl Fn(&crate::accounts::Account) -> Vec<&OrderView>) -> Result<Answer, Refusal> {
+        let user = self.authenticate(key)?;
+        let accounts = self.ledger.borrow();
+        let account = accounts.user(user).ok_or(Refusal::Unauthorized)?;
+        Ok(Answer::Orders(which(account).into_iter().cloned().collect()))
     }
 
     /// The key's user.
