@@ -1,7 +1,7 @@
-//! The Binance USDⓈ-M dialect (`/fapi`, BINANCE.md) through an unmodified ccxt
-//! `binanceusdm` client, and its signing rules over plain HTTP.
+//! The Binance USDⓈ-M dialect (`/fapi`, BINANCE.md) through unmodified clients (ccxt's
+//! `binanceusdm`, python-binance), and its signing rules over plain HTTP.
 //!
-//! ccxt comes from PyPI into a virtual environment (`scripts/ccxt.sh`, run by test.sh);
+//! Both come from PyPI into a virtual environment (`scripts/ccxt.sh`, run by test.sh);
 //! its interpreter is `EXCHANGE_TEST_CCXT_PYTHON`. Without it these tests fail, they do
 //! not skip.
 
@@ -257,6 +257,37 @@ fn signed_calls_are_refused_with_binances_codes_and_change_nothing() {
     assert_eq!(body[2]["price"], "47000", "{body}");
     let (_, open) = s.get(&key, "/v1/orders");
     assert_eq!(open.as_array().unwrap().len(), 3);
+}
+
+/// An unmodified python-binance (its futures methods, base URL pointed here): leverage,
+/// place, read, amend, cancel, market data, positions, and its error codes.
+#[test]
+fn an_unmodified_python_binance_client_trades_and_reads() {
+    let s = Server::start();
+    let (key, secret) = trader(&s, "pb", "100000");
+    let maker = s.funded("pb-maker", "100000");
+    s.limit(&maker, "SELL", "51000", "0.002");
+    let taker = s.funded("pb-taker", "100000");
+    s.limit(&taker, "BUY", "51000", "0.001");
+    let seen = ccxt("python_binance_session.py", &[&s.url(""), &key, &secret]);
+    assert_eq!(seen["symbols"], serde_json::json!(["BTCUSDT", "ETHUSDT"]), "{seen}");
+    assert_eq!(dec(&seen["balance"]), Decimal::from(100_000));
+    assert_eq!(seen["leverage"], 4);
+    assert_eq!(seen["order"]["status"], "NEW");
+    assert_eq!((dec(&seen["order"]["price"]), dec(&seen["order"]["origQty"])), (Decimal::from(45_000), Decimal::from_str("0.01").unwrap()));
+    assert_eq!(seen["get"], "NEW");
+    assert_eq!(seen["open"], serde_json::json!([seen["order"]["orderId"]]));
+    assert_eq!((dec(&seen["modified"]["price"]), dec(&seen["modified"]["origQty"])), (Decimal::from(44_000), Decimal::from_str("0.02").unwrap()));
+    assert_eq!(seen["cancelled"], "CANCELED");
+    let klines = seen["klines"].as_array().unwrap();
+    assert!(!klines.is_empty() && dec(&klines.last().unwrap()[4]) == Decimal::from(51_000), "{klines:?}");
+    assert_eq!(dec(&seen["ticker"]), Decimal::from(51_000));
+    assert_eq!(seen["book"]["asks"][0][0], "51000", "{}", seen["book"]);
+    assert_eq!(seen["trades"], serde_json::json!(["51000"]));
+    assert_eq!(seen["too_big"], -2019, "insufficient balance, Binance's code");
+    assert_eq!(seen["bad_secret"], -1022, "a bad signature, Binance's code");
+    let _ = seen["mark"].as_str().expect("a mark price string");
+    let _ = seen["positions"].as_array().expect("positions");
 }
 
 /// `POST /fapi/v1/leverage` is a logged command on the symbol's owner: orders sent
