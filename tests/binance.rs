@@ -360,18 +360,12 @@ fn countdown_cancel_all_cancels_when_not_renewed() {
     assert_eq!((body["symbol"].as_str(), body["countdownTime"].as_str()), (Some("BTCUSDT"), Some("3000")));
     let open = || signed(&s, "GET", "/fapi/v1/openOrders", &key, &secret, &format!("symbol=BTCUSDT&timestamp={}", now_ms())).1;
     assert_eq!(open().as_array().unwrap().len(), 1, "it has not run out yet");
-    let none_open = |what: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !open().as_array().unwrap().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
+    let none_open = |what: &str| common::eventually(what, 10, || open().as_array().unwrap().is_empty());
     none_open("the countdown never fired");
     let (_, gone) = signed(&s, "GET", "/fapi/v1/order", &key, &secret, &format!("symbol=BTCUSDT&orderId={}&timestamp={}", order["orderId"], now_ms()));
     assert_eq!(gone["status"], "CANCELED", "{gone}");
     // A good-till-date order expires at its date.
-    let till = now_ms() + 1_500;
+    let till = now_ms() + 3_000;
     let params = format!("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTD&goodTillDate={till}&quantity=0.01&price=40000&timestamp={}", now_ms());
     let (status, gtd) = signed_body(&s, "/fapi/v1/order", &key, &secret, &params);
     assert_eq!(status, 200, "{gtd}");

@@ -528,3 +528,13 @@ pub fn connect_any(url: &str) -> Box<dyn redis::ConnectionLike> {
         Box::new(seed)
     }
 }
+
+/// Polls `done` every 100 ms until it holds; fails with `what` after `secs` seconds.
+#[allow(dead_code)] // not every test binary polls
+pub fn eventually(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what} (after {secs} s)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
