@@ -30,6 +30,10 @@ pub enum Mix {
     /// One-lot GTC limit orders around one price on the first symbol (a buy or sell at
     /// the mid or one tick off it): about half of them trade.
     OneLot,
+    /// The same orders through the Binance dialect: a form `POST /fapi/v1/order` with
+    /// `timestamp` and an HMAC-SHA256 `signature` (made here, as clients do), the key in
+    /// `X-MBX-APIKEY`.
+    OneLotBinance,
 }
 
 /// One load run.
@@ -154,6 +158,27 @@ fn next_realistic(rng: &mut Rng, syms: &[Symbol], resting: &mut Vec<(usize, Stri
     (user, "POST".into(), "/v1/orders".into(), body)
 }
 
+/// [`next_one_lot`] as a signed Binance order (`BTC-PERP` is `BTCUSDT` there).
+fn next_one_lot_binance(rng: &mut Rng, s: &Symbol, user: usize, secret: &str) -> (usize, String, String, String) {
+    use hmac::Mac;
+    let buy = rng.chance(50);
+    let price = s.mid + rng.range(-1, 1) as f64 * s.tick;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let params = format!(
+        "symbol={}USDT&side={}&type=LIMIT&timeInForce=GTC&price={:.pd$}&quantity={:.ld$}&timestamp={now}",
+        s.name.trim_end_matches("-PERP"),
+        if buy { "BUY" } else { "SELL" },
+        price,
+        10f64.powi(-(s.lot_decimals as i32)),
+        pd = s.tick_decimals,
+        ld = s.lot_decimals,
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    mac.update(params.as_bytes());
+    let signature: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    (user, "POST".into(), "/fapi/v1/order".into(), format!("{params}&signature={signature}"))
+}
+
 /// A one-lot GTC at the mid or one tick off it, either side.
 fn next_one_lot(rng: &mut Rng, s: &Symbol, user: usize) -> (usize, String, String, String) {
     let buy = rng.chance(50);
@@ -184,7 +209,8 @@ struct Tally {
     hist: Option<Histogram<u64>>,
 }
 
-pub async fn setup(args: &LoadArgs) -> Vec<String> {
+/// Funds `users` users; their API keys and secrets.
+pub async fn setup(args: &LoadArgs) -> Vec<(String, String)> {
     let mut conn = connect(&args.addr).await;
     let mut keys = Vec::with_capacity(args.users);
     for i in 0..args.users {
@@ -195,14 +221,14 @@ pub async fn setup(args: &LoadArgs) -> Vec<String> {
             panic!("creating {name}: {status} {}", String::from_utf8_lossy(&body));
         }
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        keys.push(v["apiKey"].as_str().unwrap_or_default().to_owned());
+        keys.push((v["apiKey"].as_str().unwrap_or_default().to_owned(), v["apiSecret"].as_str().unwrap_or_default().to_owned()));
         let deposit = format!(r#"{{"userId":"{name}","currency":"USDT","amount":"1000000000","transferId":"load-{name}"}}"#);
         call(&mut conn, "POST", "/admin/v1/deposits", &admin, deposit).await;
     }
     keys
 }
 
-async fn worker(args: LoadArgs, index: usize, keys: Rc<Vec<String>>, start: Instant, end: Instant, measure_from: Instant) -> Tally {
+async fn worker(args: LoadArgs, index: usize, keys: Rc<Vec<(String, String)>>, start: Instant, end: Instant, measure_from: Instant) -> Tally {
     let syms = symbols(&args.symbols);
     let mut rng = Rng::new(args.seed * 1_000_003 + index as u64);
     let mut conn = connect(&args.addr).await;
@@ -235,8 +261,10 @@ async fn worker(args: LoadArgs, index: usize, keys: Rc<Vec<String>>, start: Inst
         let (user, method, path, body) = match args.mix {
             Mix::Realistic => next_realistic(&mut rng, &syms, &mut resting, user),
             Mix::OneLot => next_one_lot(&mut rng, &syms[0], user),
+            Mix::OneLotBinance => next_one_lot_binance(&mut rng, &syms[0], user, &keys[user].1),
         };
-        let (status, reply) = call(&mut conn, &method, &path, &[("x-api-key", &keys[user])], body).await;
+        let key = if args.mix == Mix::OneLotBinance { "x-mbx-apikey" } else { "x-api-key" };
+        let (status, reply) = call(&mut conn, &method, &path, &[(key, &keys[user].0)], body).await;
         let done = Instant::now();
         free_at = done;
         if scheduled >= measure_from {

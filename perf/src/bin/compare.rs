@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use perf::load::{self, LoadArgs, Mix, Report};
-use perf::stack::{fresh_database, start_exchange, start_redis, start_tansu, Running};
+use perf::stack::{cpu_seconds as cpu_of, fresh_database, start_exchange, start_redis, start_tansu, Running};
 use plotters::prelude::*;
 
 #[derive(Parser)]
@@ -162,17 +162,6 @@ fn needs_kafka(mode: &str) -> bool {
 
 fn needs_redis(mode: &str) -> bool {
     matches!(mode, "redis" | "kafka-redis" | "full")
-}
-
-/// CPU seconds (user + system) of a process.
-fn cpu_of(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the command name (which may hold spaces) closed by ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 /// CPU seconds of every PostgreSQL server process now running.
