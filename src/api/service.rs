@@ -65,7 +65,10 @@ pub fn hyper_service(
                         *connection.upgrade.borrow_mut() = Some(upgrade);
                         switching
                     }
-                    Err(refused) => response(refused.reply()),
+                    // The request's body (a POST's, say) is never read here, and hyper
+                    // does not keep such a connection: say so, or a client that pools it
+                    // sends its next request into a closed socket (connection reset).
+                    Err(refused) => response(HttpReply { close: true, ..refused.reply() }),
                 }
             } else {
                 service.respond(req).await
