@@ -48,6 +48,9 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     // An index price: the funding rate ccxt reads has one.
     let (status, body) = s.request("POST", "/admin/v1/index-prices", &[("x-admin-key", ADMIN)], Some(r#"{"symbol":"BTC-PERP","price":"50000"}"#));
     assert_eq!(status, 200, "{body}");
+    // A funding round (no one holds a position yet: no one pays).
+    let (status, funded) = s.request("POST", "/admin/v1/funding", &[("x-admin-key", ADMIN)], Some(r#"{"symbol":"BTC-PERP"}"#));
+    assert_eq!(status, 200, "{funded}");
     // The book as ccxt will find it: nothing changes it before its fetch_order_book.
     let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP&limit=5", &[], None);
     let base = s.url("");
@@ -179,6 +182,10 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(dec(&seen["funding_rate"]["indexPrice"]), Decimal::from(50_000));
     assert_eq!(dec(&seen["funding_rate"]["markPrice"]), dec(&premium["markPrice"]));
     assert_eq!(seen["funding_rate"]["fundingTimestamp"], premium["nextFundingTime"]);
+    assert_eq!(seen["funding_history"], serde_json::json!([[funded["time"], seen["funding_history"][0][1]]]), "{}", seen["funding_history"]);
+    assert_eq!(dec(&seen["funding_history"][0][1]), dec(&funded["fundingRate"]));
+    let marks = seen["mark_ohlcv"].as_array().unwrap();
+    assert_eq!(dec(&marks.last().unwrap()[4]), dec(&premium["markPrice"]), "the mark's candles: {marks:?}");
     assert_eq!(seen["income_types"], serde_json::json!(["COMMISSION", "TRANSFER"]));
 
     assert_eq!(seen["wrong_secret"], "AuthenticationError");

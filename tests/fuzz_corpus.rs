@@ -182,7 +182,7 @@ fn write_seeds() {
         write("kafka_record", &format!("result-{n}"), &wire::encode_event(&spec, event).1);
     }
     write("snapshot", "book", &market.snapshot());
-    let file = exchange::shard::log::files::encode_symbol(&exchange::shard::log::files::SymbolSnapshot { offset: 6, market: market.snapshot(), trades: Vec::new(), epoch: Default::default(), candles: Default::default() });
+    let file = exchange::shard::log::files::encode_symbol(&exchange::shard::log::files::SymbolSnapshot { offset: 6, market: market.snapshot(), trades: Vec::new(), epoch: Default::default(), candles: Default::default(), history: Default::default() });
     write("snapshot", "symbol-file", &file);
 
     // Account records and a partition snapshot file.

@@ -225,6 +225,18 @@ fn funding_is_paid_by_longs_to_shorts_when_the_mark_is_above_the_index_and_is_ze
     assert_eq!(income(&s, &short, "FUNDING_FEE"), vec![received]);
     let (_, premium) = s.request("GET", "/v1/premium-index?symbol=BTC-PERP", &[], None);
     assert_eq!(dec(&premium["lastFundingRate"]), rate);
+    // The round is in the funding history, and the mark in its candles.
+    let (_, rounds) = s.request("GET", "/v1/funding-rates?symbol=BTC-PERP", &[], None);
+    let last = rounds.as_array().unwrap().last().cloned().unwrap_or_default();
+    assert_eq!((dec(&last["fundingRate"]), dec(&last["markPrice"])), (rate, mark), "{rounds}");
+    assert_eq!(last["fundingTime"], settled["time"]);
+    let (_, marks) = s.request("GET", "/v1/candles?symbol=BTC-PERP&interval=1h&price=mark", &[], None);
+    let candle = marks.as_array().unwrap().last().cloned().unwrap_or_default();
+    assert_eq!((dec(&candle["close"]), dec(&candle["volume"])), (mark, Decimal::ZERO), "{marks}");
+    let (_, indexes) = s.request("GET", "/v1/candles?symbol=BTC-PERP&interval=1h&price=index", &[], None);
+    assert_eq!(dec(&indexes.as_array().unwrap().last().unwrap()["close"]), dec(&premium["indexPrice"]), "{indexes}");
+    let (status, _) = s.request("GET", "/v1/candles?symbol=BTC-PERP&interval=1h&price=last", &[], None);
+    assert_eq!(status, 400);
     // Settled "now": that was the coming funding time; it is not settled twice, and the
     // next one is an interval later.
     assert!(premium["nextFundingTime"].as_i64().unwrap() - premium["time"].as_i64().unwrap() > 8 * 3600 * 1000 - 60_000);
@@ -252,7 +264,9 @@ fn funding_ticks_on_its_schedule() {
 
 #[test]
 fn kill_9_and_restart_reproduce_balances_positions_and_the_fund() {
-    let mut s = Server::start_with(&[("EXCHANGE_FUNDING_INTERVAL_SECS", "86400")]);
+    // Snapshots every few commands: the restart starts from one (books, candles, funding
+    // history) and replays the rest.
+    let mut s = Server::start_with(&[("EXCHANGE_FUNDING_INTERVAL_SECS", "86400"), ("EXCHANGE_SNAPSHOT_EVERY", "3")]);
     index(&s, "50000");
     let (long, short) = long_at_50x(&s);
     let maker = s.funded("maker", "100000");
@@ -263,8 +277,14 @@ fn kill_9_and_restart_reproduce_balances_positions_and_the_fund() {
     index(&s, "49150");
     let (status, _) = s.request("POST", "/admin/v1/funding", ADMIN, Some(r#"{"symbol":"BTC-PERP"}"#));
     assert_eq!(status, 200);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let window = format!("startTime={}&endTime={now}", now - 3_600_000);
     let read = |s: &Server| {
         let mut out = vec![s.request("GET", "/v1/insurance-fund", &[], None).1, balanced(s)];
+        out.push(s.request("GET", "/v1/funding-rates?symbol=BTC-PERP", &[], None).1);
+        for price in ["mark", "index", "trade"] {
+            out.push(s.request("GET", &format!("/v1/candles?symbol=BTC-PERP&interval=1m&price={price}&{window}"), &[], None).1);
+        }
         let mut premium = s.request("GET", "/v1/premium-index?symbol=BTC-PERP", &[], None).1;
         premium.as_object_mut().unwrap().retain(|k, _| k == "markPrice" || k == "indexPrice" || k == "lastFundingRate");
         out.push(premium);

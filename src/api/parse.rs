@@ -17,7 +17,7 @@ use crate::engine::symbol::usdt_to_units;
 use crate::engine::units::{MAX_NOTIONAL, MAX_TICKS};
 use crate::engine::{ClientOrderId, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId};
 use crate::ids::{self, IdKind};
-use crate::shard::protocol::{AccountRequest, Interval, OrderRef, SymbolRequest};
+use crate::shard::protocol::{AccountRequest, Interval, KlinePrice, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
 
 /// Where a request must be answered.
@@ -81,16 +81,25 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
             Routed::Symbol(symbol, SymbolRequest::Trades { symbol, limit: query.limit(100, 1_000)? })
         }
-        ("GET", ["v1", "candles"]) => {
+        ("GET", ["v1", "candles" | "funding-rates"]) => {
             let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;
-            let interval = query.get("interval").ok_or_else(|| invalid("interval is required"))?;
-            let interval = Interval::parse(interval).ok_or_else(|| invalid("interval must be one of 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"))?;
             let time = |name: &str| match query.get(name) {
                 None => Ok(None),
                 Some(v) => v.parse::<i64>().map(Some).map_err(|_| invalid(format!("{name} must be a time in ms"))),
             };
             let (start, end) = (time("startTime")?, time("endTime")?);
-            Routed::Symbol(symbol, SymbolRequest::Klines { symbol, interval, start, end, limit: query.limit(500, 1_500)? })
+            if segments[1] == "funding-rates" {
+                return Ok(Routed::Symbol(symbol, SymbolRequest::FundingHistory { symbol, start, end, limit: query.limit(100, 1_000)? }));
+            }
+            let interval = query.get("interval").ok_or_else(|| invalid("interval is required"))?;
+            let interval = Interval::parse(interval).ok_or_else(|| invalid("interval must be one of 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M"))?;
+            let price = match query.get("price") {
+                None | Some("trade") => KlinePrice::Trade,
+                Some("mark") => KlinePrice::Mark,
+                Some("index") => KlinePrice::Index,
+                Some(_) => return Err(invalid("price must be trade, mark or index")),
+            };
+            Routed::Symbol(symbol, SymbolRequest::Klines { symbol, price, interval, start, end, limit: query.limit(500, 1_500)? })
         }
         ("GET", ["v1", "ticker"]) => {
             let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required"))?;

@@ -281,6 +281,20 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
                 })
                 .collect::<Vec<_>>())
         }
+        Answer::FundingHistory { symbol, rounds } => {
+            let spec = &map.symbols[*symbol];
+            ok(&rounds
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "symbol": spec.name,
+                        "fundingRate": rate_decimal(f.rate).to_string(),
+                        "fundingTime": f.time,
+                        "markPrice": f.mark.map(|t| spec.ticks_to_price(t).to_string()),
+                    })
+                })
+                .collect::<Vec<_>>())
+        }
         Answer::Ticker { symbol, day, last, time } => {
             let spec = &map.symbols[*symbol];
             let v = day.as_ref().map(|d| CandleView::of(spec, d));

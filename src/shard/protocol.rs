@@ -6,7 +6,15 @@
 use crate::accounts::{AdminError, Fill, Income, IncomeKind, OrderView};
 use crate::engine::units::Units;
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
-pub use super::tape::{Candle, Interval, PublicTrade};
+pub use super::tape::{Candle, FundingRate, Interval, PublicTrade};
+
+/// Which price candles follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KlinePrice {
+    Trade,
+    Mark,
+    Index,
+}
 
 /// Why a command was not executed.
 #[derive(Clone, Debug)]
@@ -58,7 +66,9 @@ pub enum SymbolRequest {
     Depth { symbol: usize, limit: usize },
     Trades { symbol: usize, limit: usize },
     /// Up to `limit` candles, oldest first (see [`crate::shard::tape::Candles::klines`]).
-    Klines { symbol: usize, interval: Interval, start: Option<i64>, end: Option<i64>, limit: usize },
+    Klines { symbol: usize, price: KlinePrice, interval: Interval, start: Option<i64>, end: Option<i64>, limit: usize },
+    /// Up to `limit` settled funding rounds, oldest first.
+    FundingHistory { symbol: usize, start: Option<i64>, end: Option<i64>, limit: usize },
     /// The last 24 hours' trades and the last trade.
     Ticker { symbol: usize },
     /// Log the key's user's leverage setting.
@@ -159,6 +169,8 @@ pub enum Answer {
     Trades { symbol: usize, trades: Vec<PublicTrade> },
     /// Oldest first.
     Klines { symbol: usize, interval: Interval, candles: Vec<Candle> },
+    /// Oldest first.
+    FundingHistory { symbol: usize, rounds: Vec<FundingRate> },
     /// `day`: the last 24 hours' trades as one candle (none: no trade in them).
     Ticker { symbol: usize, day: Option<Candle>, last: Option<PublicTrade>, time: i64 },
     /// Orders cancelled, by symbol.

@@ -96,13 +96,30 @@ impl Candle {
         self.last_seq = t.seq;
     }
 
+    /// A price that is no trade (a mark or an index price): moves the prices only.
+    fn of_price(open_time: i64, seq: u64, price: i64) -> Self {
+        Self { first_seq: seq, last_seq: seq, ..Self::flat(open_time, price) }
+    }
+
+    fn add_price(&mut self, seq: u64, price: i64) {
+        self.high = self.high.max(price);
+        self.low = self.low.min(price);
+        self.close = price;
+        self.last_seq = seq;
+    }
+
+    /// A flat period made up between two that had data.
+    fn is_filler(&self) -> bool {
+        self.trades == 0 && self.first_seq == 0
+    }
+
     /// `later`'s trades added to these (periods merged into a longer one).
     fn merge(&mut self, later: &Self) {
-        if self.trades == 0 {
+        if self.is_filler() {
             *self = Self { open_time: self.open_time, ..*later };
             return;
         }
-        if later.trades == 0 {
+        if later.is_filler() {
             return;
         }
         self.high = self.high.max(later.high);
@@ -231,8 +248,16 @@ impl Candles {
     /// Adds a trade. A trade timed before the newest candle (the clock stepped back)
     /// counts in the newest: the series only moves forward.
     pub fn record(&mut self, trade: &PublicTrade) {
-        add(&mut self.minutes, MINUTE, KEEP_MINUTES, trade);
-        add(&mut self.hours, HOUR, KEEP_HOURS, trade);
+        for (series, len, keep) in [(&mut self.minutes, MINUTE, KEEP_MINUTES), (&mut self.hours, HOUR, KEEP_HOURS)] {
+            add(series, len, keep, trade.time, |c| c.add(trade), |open| Candle::of(open, trade));
+        }
+    }
+
+    /// Adds a price that is no trade (a mark or an index price, event `seq`, at `time`).
+    pub fn record_price(&mut self, seq: u64, price: i64, time: i64) {
+        for (series, len, keep) in [(&mut self.minutes, MINUTE, KEEP_MINUTES), (&mut self.hours, HOUR, KEEP_HOURS)] {
+            add(series, len, keep, time, |c| c.add_price(seq, price), |open| Candle::of_price(open, seq, price));
+        }
     }
 
     /// Up to `limit` candles of `interval`, oldest first: from the period holding `start`
@@ -300,16 +325,69 @@ fn fill(out: &mut Vec<Candle>, interval: Interval, first: i64, close: Option<i64
     }
 }
 
-fn add(series: &mut VecDeque<Candle>, len: i64, keep: usize, trade: &PublicTrade) {
-    let open = trade.time.div_euclid(len) * len;
+fn add(series: &mut VecDeque<Candle>, len: i64, keep: usize, time: i64, update: impl FnOnce(&mut Candle), fresh: impl FnOnce(i64) -> Candle) {
+    let open = time.div_euclid(len) * len;
     match series.back_mut() {
-        Some(c) if c.open_time >= open => c.add(trade),
+        Some(c) if c.open_time >= open => update(c),
         _ => {
-            series.push_back(Candle::of(open, trade));
+            series.push_back(fresh(open));
             if series.len() > keep {
                 series.pop_front();
             }
         }
+    }
+}
+
+/// Funding rounds kept per symbol (Binance's `fundingRate` answers at most 1,000).
+const KEEP_FUNDING: usize = 1_000;
+
+/// A settled funding round, as `fundingRate` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundingRate {
+    pub time: i64,
+    /// In the engine's rate units ([`crate::wire::rate_decimal`]).
+    pub rate: i64,
+    pub mark: Option<i64>,
+}
+
+/// A symbol's perpetual prices over time: candles of its mark and index prices (from
+/// each posted index) and its latest funding rounds. Kept and snapshotted as the trade
+/// candles are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceHistory {
+    pub marks: Candles,
+    pub indexes: Candles,
+    funding: VecDeque<FundingRate>,
+}
+
+impl PriceHistory {
+    pub fn record(&mut self, event: &Event) {
+        match event {
+            Event::PriceUpdated(p) => {
+                self.marks.record_price(p.seq, p.mark, p.timestamp);
+                self.indexes.record_price(p.seq, p.index, p.timestamp);
+            }
+            Event::FundingSettled(f) => {
+                self.funding.push_back(FundingRate { time: f.timestamp, rate: f.rate, mark: f.mark });
+                if self.funding.len() > KEEP_FUNDING {
+                    self.funding.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Up to `limit` rounds, oldest first: from `start` if given, else the latest
+    /// (up to `end`).
+    pub fn funding(&self, start: Option<i64>, end: Option<i64>, limit: usize) -> Vec<FundingRate> {
+        let within = self.funding.iter().filter(|f| start.is_none_or(|s| f.time >= s) && end.is_none_or(|e| f.time <= e));
+        let mut rounds: Vec<FundingRate> = within.copied().collect();
+        if start.is_some() {
+            rounds.truncate(limit);
+        } else {
+            rounds.drain(..rounds.len().saturating_sub(limit));
+        }
+        rounds
     }
 }
 
@@ -404,6 +482,26 @@ mod tests {
         let later = c.day(T0 + 26 * HOUR).unwrap();
         assert_eq!((later.open, later.volume, later.first_seq), (120, 5, 2), "the first trade left the window");
         assert_eq!(c.day(T0 + 45 * HOUR), None);
+    }
+
+    #[test]
+    fn mark_and_index_prices_make_candles_without_volume_and_funding_rounds_are_kept() {
+        use crate::engine::{FundingRound, PriceUpdate};
+        let mut h = PriceHistory::default();
+        h.record(&Event::PriceUpdated(PriceUpdate { seq: 1, index: 100, mark: 101, timestamp: T0 }));
+        h.record(&Event::PriceUpdated(PriceUpdate { seq: 2, index: 90, mark: 95, timestamp: T0 + 30_000 }));
+        h.record(&Event::PriceUpdated(PriceUpdate { seq: 3, index: 97, mark: 98, timestamp: T0 + MINUTE }));
+        let marks = h.marks.klines(Interval::Fixed(MINUTE), Some(T0), None, 10, T0 + MINUTE + 1);
+        assert_eq!(marks.iter().map(|k| (k.open, k.high, k.low, k.close, k.volume)).collect::<Vec<_>>(), vec![(101, 101, 95, 95, 0), (98, 98, 98, 98, 0)]);
+        let five = h.indexes.klines(Interval::Fixed(5 * MINUTE), None, None, 10, T0 + MINUTE + 1);
+        assert_eq!(five.iter().map(|k| (k.open, k.high, k.low, k.close)).collect::<Vec<_>>(), vec![(100, 100, 90, 97)], "merged, not replaced");
+        for i in 0..(KEEP_FUNDING as i64 + 3) {
+            let round = FundingRound { seq: 10 + i as u64, rate: i, mark: Some(100), positions: 0, to_fund: 0, fund: 0, timestamp: T0 + i * 8 * HOUR };
+            h.record(&Event::FundingSettled(round));
+        }
+        assert_eq!(h.funding(None, None, 2).iter().map(|f| f.rate).collect::<Vec<_>>(), vec![KEEP_FUNDING as i64 + 1, KEEP_FUNDING as i64 + 2]);
+        assert_eq!(h.funding(Some(T0 + 5 * 8 * HOUR), None, 2).iter().map(|f| f.rate).collect::<Vec<_>>(), vec![5, 6]);
+        assert_eq!(h.funding(None, None, 10_000).len(), KEEP_FUNDING);
     }
 
     #[test]

@@ -100,6 +100,8 @@ closing = ex.create_order("BTC/USDT:USDT", "limit", "sell", 0.001, 55000, {"redu
 fetched = ex.fetch_order(closing["id"], "BTC/USDT:USDT")
 seen["reduce_only"] = {"placed": closing["reduceOnly"], "fetched": fetched["reduceOnly"]}
 ex.cancel_order(closing["id"], "BTC/USDT:USDT")
+seen["funding_history"] = [[f["timestamp"], str(f["fundingRate"])] for f in ex.fetch_funding_rate_history("BTC/USDT:USDT")]
+seen["mark_ohlcv"] = [[str(x) for x in c] for c in ex.fetch_mark_ohlcv("BTC/USDT:USDT", "1m", limit=3)]
 rate = ex.fetch_funding_rate("BTC/USDT:USDT")
 seen["funding_rate"] = {"markPrice": str(rate["markPrice"]), "indexPrice": str(rate["indexPrice"]),
                         "fundingRate": str(rate["fundingRate"]), "fundingTimestamp": rate["fundingTimestamp"]}

@@ -17,7 +17,7 @@ use crate::api::service::Service;
 use crate::api::HttpReply;
 use crate::accounts::{OrderStatus, ORDER_NUMBER_MASK};
 use crate::api::parse::OrderBody;
-use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, Interval, OrderRef, SymbolRequest};
+use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, Interval, KlinePrice, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
 use shapes::{Error, ok};
 
@@ -332,19 +332,41 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 _ => Err(Error::internal()),
             }
         }
-        ("GET", "v1/klines") => {
-            let symbol = params.required_symbol(map)?;
+        ("GET", "v1/klines" | "v1/markPriceKlines" | "v1/indexPriceKlines") => {
+            let (symbol, price) = match path {
+                "v1/markPriceKlines" => (params.required_symbol(map)?, KlinePrice::Mark),
+                // Named by its pair.
+                "v1/indexPriceKlines" => {
+                    let pair = params.get("pair").ok_or_else(|| Error::missing("pair"))?;
+                    (symbol_of(map, pair).ok_or(Error::INVALID_SYMBOL)?, KlinePrice::Index)
+                }
+                _ => (params.required_symbol(map)?, KlinePrice::Trade),
+            };
             let interval = params.get("interval").ok_or_else(|| Error::missing("interval"))?;
             let interval = Interval::parse(interval).ok_or_else(|| Error::new(400, -1120, "Invalid interval.".to_owned()))?;
             let time = |name| params.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose();
             let (start, end) = (time("startTime")?, time("endTime")?);
-            let req = SymbolRequest::Klines { symbol, interval, start, end, limit: limit(&params, 500, 1500)? };
+            let req = SymbolRequest::Klines { symbol, price, interval, start, end, limit: limit(&params, 500, 1500)? };
             match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(req)).await? {
                 Answer::Klines { symbol, interval, candles } => {
                     Ok(ok(&candles.iter().map(|c| shapes::kline(&map.symbols[symbol], interval, c)).collect::<Vec<_>>()))
                 }
                 _ => Err(Error::internal()),
             }
+        }
+        ("GET", "v1/fundingRate") => {
+            let time = |name| params.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose();
+            let (start, end) = (time("startTime")?, time("endTime")?);
+            let limit = limit(&params, 100, 1000)?;
+            let mut all = Vec::new();
+            for symbol in params.symbols(map)? {
+                match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::FundingHistory { symbol, start, end, limit })).await? {
+                    Answer::FundingHistory { symbol, rounds } => all.extend(rounds.iter().map(|f| (f.time, shapes::funding_rate(&map.symbols[symbol], f)))),
+                    _ => return Err(Error::internal()),
+                }
+            }
+            all.sort_by_key(|(time, _)| *time);
+            Ok(ok(&all.into_iter().map(|(_, v)| v).take(limit).collect::<Vec<_>>()))
         }
         ("GET", "v1/ticker/24hr") => {
             let mut all = Vec::new();

@@ -579,3 +579,13 @@ pub fn leverage(spec: &SymbolSpec, leverage: u32) -> Value {
         "symbol": name(spec).0,
     })
 }
+
+/// `v1/fundingRate`: one settled round.
+pub fn funding_rate(spec: &SymbolSpec, f: &crate::shard::protocol::FundingRate) -> Value {
+    json!({
+        "symbol": name(spec).0,
+        "fundingRate": decimal(crate::wire::rate_decimal(f.rate)),
+        "fundingTime": f.time,
+        "markPrice": f.mark.map_or_else(String::new, |t| decimal(spec.ticks_to_price(t))),
+    })
+}

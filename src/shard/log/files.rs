@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::LogRoom;
-use crate::shard::tape::{Candles, PublicTrade};
+use crate::shard::tape::{Candles, PriceHistory, PublicTrade};
 use crate::accounts::{PartitionState, PARTITIONS};
 use crate::ports::{self, files, Checkpoint, Kind};
 
@@ -40,6 +40,9 @@ pub struct SymbolSnapshot {
     /// The symbol's candles; written after the epoch, absent (none) in older files.
     #[serde(skip)]
     pub candles: Candles,
+    /// Its mark and index candles and funding rounds; written after the candles.
+    #[serde(skip)]
+    pub history: PriceHistory,
 }
 
 pub fn symbol_dir(shard: &LogRoom, name: &str) -> PathBuf {
@@ -123,7 +126,11 @@ pub fn decode_symbol(bytes: &[u8]) -> Option<SymbolSnapshot> {
         let (epoch, more) = postcard::take_from_bytes(rest).ok()?;
         snapshot.epoch = epoch;
         if !more.is_empty() {
-            snapshot.candles = postcard::from_bytes(more).ok()?;
+            let (candles, more) = postcard::take_from_bytes(more).ok()?;
+            snapshot.candles = candles;
+            if !more.is_empty() {
+                snapshot.history = postcard::from_bytes(more).ok()?;
+            }
         }
     }
     Some(snapshot)
@@ -134,5 +141,6 @@ pub fn encode_symbol(snapshot: &SymbolSnapshot) -> Vec<u8> {
     let mut bytes = ports::frame(SYMBOL_MAGIC, snapshot);
     bytes.extend_from_slice(&postcard::to_allocvec(&snapshot.epoch).unwrap_or_default());
     bytes.extend_from_slice(&postcard::to_allocvec(&snapshot.candles).unwrap_or_default());
+    bytes.extend_from_slice(&postcard::to_allocvec(&snapshot.history).unwrap_or_default());
     bytes
 }

@@ -31,7 +31,7 @@ use super::accounts::AccountRoom;
 use super::core::{now_ms, Core};
 use super::log::{files, LogRoom};
 use super::projections::Projections;
-use super::protocol::{Answer, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError, SymbolRequest};
+use super::protocol::{Answer, KlinePrice, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError, SymbolRequest};
 use super::rpc::Pending;
 use crate::accounts::{OrderStatus, OrderView};
 use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, UserId, LEVERAGE_OF_SETTING};
@@ -86,10 +86,20 @@ impl SymbolRoom {
                 let trades = stream.trades.borrow().iter().take(limit).copied().collect();
                 Ok(Answer::Trades { symbol, trades })
             }
-            SymbolRequest::Klines { symbol, interval, start, end, limit } => {
+            SymbolRequest::Klines { symbol, price, interval, start, end, limit } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
-                let candles = stream.candles.borrow().klines(interval, start, end, limit, now_ms());
+                let now = now_ms();
+                let candles = match price {
+                    KlinePrice::Trade => stream.candles.borrow().klines(interval, start, end, limit, now),
+                    KlinePrice::Mark => stream.history.borrow().marks.klines(interval, start, end, limit, now),
+                    KlinePrice::Index => stream.history.borrow().indexes.klines(interval, start, end, limit, now),
+                };
                 Ok(Answer::Klines { symbol, interval, candles })
+            }
+            SymbolRequest::FundingHistory { symbol, start, end, limit } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let rounds = stream.history.borrow().funding(start, end, limit);
+                Ok(Answer::FundingHistory { symbol, rounds })
             }
             SymbolRequest::Ticker { symbol } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
@@ -337,6 +347,7 @@ impl SymbolRoom {
             trades: stream.trades.borrow().iter().copied().collect(),
             epoch: stream.epoch.get(),
             candles: stream.candles.borrow().clone(),
+            history: stream.history.borrow().clone(),
         };
         let name = self.map.symbols[stream.index].name.clone();
         files::write_symbol(&self.log, name.clone(), offset, files::encode_symbol(&snapshot));

@@ -30,7 +30,7 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
             Some(snap) => {
                 let market = Market::restore(spec.clone(), &snap.market)
                     .with_context(|| format!("{}: snapshot at {}", spec.name, snap.offset))?;
-                (market, snap.offset, snap.trades, snap.epoch, snap.candles)
+                (market, snap.offset, snap.trades, snap.epoch, (snap.candles, snap.history))
             }
             None => (Market::new(spec.clone()), 0, Vec::new(), crate::wire::EpochFloor::default(), Default::default()),
         };
@@ -42,7 +42,8 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
         stream.next.set(from);
         stream.snapshot_at.set(from);
         stream.trades.borrow_mut().extend(trades);
-        *stream.candles.borrow_mut() = candles;
+        *stream.candles.borrow_mut() = candles.0;
+        *stream.history.borrow_mut() = candles.1;
         let mut records = Vec::with_capacity(found.len());
         for (offset, bytes) in &found {
             let (record, seq) = room

@@ -48,6 +48,7 @@ pub struct SymbolStream {
     pub market: RefCell<Market>,
     pub trades: RefCell<VecDeque<PublicTrade>>,
     pub candles: RefCell<crate::shard::tape::Candles>,
+    pub history: RefCell<crate::shard::tape::PriceHistory>,
     /// Log offset of the next command to execute.
     pub next: Cell<u64>,
     /// Offset of the last snapshot taken.
@@ -75,6 +76,7 @@ impl SymbolStream {
             market: RefCell::new(market),
             trades: RefCell::default(),
             candles: RefCell::default(),
+            history: RefCell::default(),
             next: Cell::new(0),
             snapshot_at: Cell::new(0),
             epoch: Cell::default(),
@@ -201,9 +203,13 @@ impl SymbolStream {
     fn remember_trades(&self, events: &[Event]) {
         let mut trades = self.trades.borrow_mut();
         let mut candles = self.candles.borrow_mut();
-        for t in events.iter().filter_map(PublicTrade::of) {
-            candles.record(&t);
-            trades.push_front(t);
+        let mut history = self.history.borrow_mut();
+        for e in events {
+            history.record(e);
+            if let Some(t) = PublicTrade::of(e) {
+                candles.record(&t);
+                trades.push_front(t);
+            }
         }
         trades.truncate(RECENT_TRADES);
     }
