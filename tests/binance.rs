@@ -396,6 +396,13 @@ fn public_trades_book_ticker_and_the_fixed_settings() {
     assert_eq!((&ticker["askPrice"], &ticker["askQty"]), (&serde_json::json!("50000"), &serde_json::json!("0.002")));
     let (_, all) = s.request("GET", "/fapi/v1/ticker/bookTicker", &[], None);
     assert!(all.as_array().is_some_and(|a| a.len() >= 2), "every symbol without one: {all}");
+    // The price band as exchangeInfo states it is the native one.
+    let (_, info) = s.request("GET", "/fapi/v1/exchangeInfo", &[], None);
+    let (_, symbols) = s.request("GET", "/v1/symbols", &[], None);
+    let btc = info["symbols"].as_array().unwrap().iter().find(|x| x["symbol"] == "BTCUSDT").unwrap();
+    let band = btc["filters"].as_array().unwrap().iter().find(|f| f["filterType"] == "PERCENT_PRICE").unwrap();
+    let native = symbols.as_array().unwrap().iter().find(|x| x["symbol"] == "BTC-PERP").unwrap();
+    assert_eq!((dec(&band["multiplierUp"]), dec(&band["multiplierDown"])), (dec(&native["priceBandUp"]), dec(&native["priceBandDown"])), "{band}");
     let (_, trades) = s.request("GET", "/fapi/v1/trades?symbol=BTCUSDT", &[], None);
     assert_eq!(trades.as_array().unwrap().len(), 1, "{trades}");
     assert_eq!((&trades[0]["price"], &trades[0]["qty"], &trades[0]["isBuyerMaker"]), (&serde_json::json!("49000"), &serde_json::json!("0.001"), &serde_json::json!(true)));

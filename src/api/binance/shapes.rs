@@ -164,10 +164,10 @@ pub fn exchange_info(map: &ShardMap, now: i64) -> Value {
                     { "filterType": "LOT_SIZE", "minQty": lot, "maxQty": max_qty, "stepSize": lot },
                     { "filterType": "MARKET_LOT_SIZE", "minQty": lot, "maxQty": max_qty, "stepSize": lot },
                     { "filterType": "MAX_NUM_ORDERS", "limit": 1000 },
-                    { "filterType": "PERCENT_PRICE", "multiplierUp": decimal(Decimal::ONE + s.price_band_up), "multiplierDown": decimal(Decimal::ONE - s.price_band_down), "multiplierDecimal": "4" },
+                    { "filterType": "PERCENT_PRICE", "multiplierUp": decimal(s.price_band_up), "multiplierDown": decimal(s.price_band_down), "multiplierDecimal": "4" },
                 ],
                 "orderTypes": ["LIMIT", "MARKET"],
-                "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+                "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
             })
         })
         .collect();
