@@ -107,6 +107,9 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(seen["leverage"]["leverage"], 5, "{}", seen["leverage"]);
     assert_eq!(seen["leverage"]["symbol"], "BTCUSDT");
     assert_eq!(seen["leverage_too_high"], "BadRequest");
+    // fetch_leverages: the setting where one was made, the default elsewhere.
+    assert_eq!(seen["leverages"]["BTC/USDT:USDT"], serde_json::json!([5, 5, "isolated"]), "{}", seen["leverages"]);
+    assert_eq!(seen["leverages"]["ETH/USDT:USDT"], serde_json::json!([20, 20, "isolated"]), "{}", seen["leverages"]);
     // Refusals surface as ccxt's own classes.
     assert_eq!(seen["post_only_cross"], "InvalidOrder");
     assert_eq!(seen["oversized"], "InsufficientFunds");

@@ -73,6 +73,8 @@ pub enum SymbolRequest {
     Ticker { symbol: usize },
     /// Log the key's user's leverage setting.
     SetLeverage { key: String, symbol: usize, leverage: u32 },
+    /// A user's leverage setting (the asker checked their key's signature).
+    Leverage { symbol: usize, user: UserId },
     /// Log the key's user's countdown (0: off).
     Countdown { key: String, symbol: usize, after_ms: i64 },
     PremiumIndex { symbol: usize },

@@ -54,6 +54,8 @@ seen["positions"] = [{"symbol": p["symbol"], "contracts": p["contracts"], "side"
                      for p in ex.fetch_positions()]
 seen["leverage"] = ex.set_leverage(5, "BTC/USDT:USDT")
 seen["leverage_too_high"] = error_class(lambda: ex.set_leverage(100000, "BTC/USDT:USDT"))
+leverages = ex.fetch_leverages()
+seen["leverages"] = {s: [l["longLeverage"], l["shortLeverage"], l["marginMode"]] for s, l in leverages.items()}
 resting = ex.create_order("BTC/USDT:USDT", "limit", "sell", 0.01, 52000, {"timeInForce": "GTC"})
 seen["resting"] = {"id": resting["id"], "status": resting["status"], "amount": str(resting["amount"]),
                    "price": str(resting["price"]), "clientOrderId": resting["clientOrderId"]}

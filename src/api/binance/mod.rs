@@ -146,6 +146,18 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 _ => Err(Error::internal()),
             }
         }
+        // Each symbol's settings for the caller (ccxt's fetch_leverages reads it).
+        ("GET", "v1/symbolConfig") => {
+            let caller = signed(service, input, now)?;
+            let mut all = Vec::new();
+            for symbol in params.symbols(map)? {
+                match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Leverage { symbol, user: caller.user })).await? {
+                    Answer::Leverage { symbol, leverage } => all.push(shapes::symbol_config(&map.symbols[symbol], leverage)),
+                    _ => return Err(Error::internal()),
+                }
+            }
+            Ok(ok(&all))
+        }
         ("POST", "v1/countdownCancelAll") => {
             let Caller { key, .. } = signed(service, input, now)?;
             let symbol = params.required_symbol(map)?;

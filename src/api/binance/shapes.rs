@@ -589,3 +589,14 @@ pub fn funding_rate(spec: &SymbolSpec, f: &crate::shard::protocol::FundingRate) 
         "markPrice": f.mark.map_or_else(String::new, |t| decimal(spec.ticks_to_price(t))),
     })
 }
+
+/// `v1/symbolConfig`: one symbol's settings for the caller (isolated margin only).
+pub fn symbol_config(spec: &SymbolSpec, leverage: u32) -> Value {
+    json!({
+        "symbol": name(spec).0,
+        "marginType": "ISOLATED",
+        "isAutoAddMargin": "false",
+        "leverage": leverage,
+        "maxNotionalValue": usdt(spec.max_position_notional.into()),
+    })
+}

@@ -112,6 +112,11 @@ impl SymbolRoom {
                 self.set(&key, symbol, setting).await.map_err(|e| e.unwrap_or(Refusal::InvalidLeverage))?;
                 Ok(Answer::Leverage { symbol, leverage })
             }
+            SymbolRequest::Leverage { symbol, user } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let leverage = stream.market.borrow().leverage_setting(user);
+                Ok(Answer::Leverage { symbol, leverage })
+            }
             SymbolRequest::Countdown { key, symbol, after_ms } => {
                 let setting = |user, timestamp| Command::Countdown { user, after_ms, timestamp };
                 self.set(&key, symbol, setting).await.map_err(|e| e.unwrap_or(Refusal::InvalidCountdown))?;
