@@ -16,7 +16,12 @@ use crate::shard::core::now_ms;
 /// How often the clock looks: a deadline fires at most this late.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// How long a symbol whose log refused a deadline's command is left alone (one warning
+/// a second, not ten, while the log is down).
+const BACK_OFF: Duration = Duration::from_secs(1);
+
 pub async fn clock(room: Rc<SymbolRoom>) {
+    let mut resting: rustc_hash::FxHashMap<usize, std::time::Instant> = rustc_hash::FxHashMap::default();
     loop {
         glommio::timer::sleep(TICK).await;
         let streams = room.streams();
@@ -24,7 +29,11 @@ pub async fn clock(room: Rc<SymbolRoom>) {
             return;
         }
         let now = now_ms();
+        resting.retain(|_, until| *until > std::time::Instant::now());
         for stream in streams {
+            if resting.contains_key(&stream.index) {
+                continue;
+            }
             let (countdown, expiry) = {
                 let market = stream.market.borrow();
                 (market.next_countdown().is_some_and(|t| t <= now), market.next_expiry().is_some_and(|t| t <= now))
@@ -33,6 +42,8 @@ pub async fn clock(room: Rc<SymbolRoom>) {
             for (_, command) in due.into_iter().filter(|(due, _)| *due) {
                 if let Err(e) = stream.submit(command).await {
                     tracing::warn!(symbol = stream.index, error = ?e, "deadline not settled");
+                    resting.insert(stream.index, std::time::Instant::now() + BACK_OFF);
+                    break;
                 }
             }
         }
