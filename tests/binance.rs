@@ -197,6 +197,16 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
         let r = r.as_str().unwrap();
         assert!(r.contains(&format!("{base}/fapi/")), "every request went to /fapi here: {r}");
     }
+    consistent(&s);
+}
+
+/// The books balance, and the hot state (Redis, when the suite runs with it) agrees with
+/// the ledger after everything a client did through /fapi.
+fn consistent(s: &Server) {
+    let (_, summary) = s.request("GET", "/admin/v1/summary", &[("x-admin-key", ADMIN)], None);
+    assert_eq!(summary["balanced"], true, "{summary}");
+    let (status, check) = s.request("POST", "/admin/v1/check", &[("x-admin-key", ADMIN)], None);
+    assert_eq!((status, &check["clean"]), (200, &Value::Bool(true)), "{check}");
 }
 
 fn signature(secret: &str, payload: &str) -> String {
@@ -298,6 +308,7 @@ fn an_unmodified_python_binance_client_trades_and_reads() {
     assert_eq!(seen["bad_secret"], -1022, "a bad signature, Binance's code");
     let _ = seen["mark"].as_str().expect("a mark price string");
     let _ = seen["positions"].as_array().expect("positions");
+    consistent(&s);
 }
 
 /// `POST /fapi/v1/leverage` is a logged command on the symbol's owner: orders sent
