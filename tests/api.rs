@@ -671,3 +671,32 @@ fn an_order_is_amended_in_place_or_requeued_and_its_lock_follows() {
     let (status, check) = s.request("POST", "/admin/v1/check", &[("x-admin-key", ADMIN)], None);
     assert_eq!((status, &check["clean"]), (200, &serde_json::Value::Bool(true)), "{check}");
 }
+
+/// `POST /v1/orders/batch`: up to five orders, each placed and answered on its own, in order.
+#[test]
+fn a_batch_of_orders_is_answered_order_by_order() {
+    let s = Server::start();
+    let alice = s.funded("alice", "1000");
+    let batch = r#"[
+        {"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001","leverage":10},
+        {"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000.05","quantity":"0.001"},
+        {"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"1"},
+        {"symbol":"ETH-PERP","side":"SELL","type":"LIMIT","price":"3000","quantity":"0.01","leverage":5}
+    ]"#;
+    let (status, answers) = s.post(&alice, "/v1/orders/batch", batch);
+    assert_eq!(status, 200, "{answers}");
+    assert_eq!(answers[0]["status"], "NEW", "{answers}");
+    assert_eq!(answers[1]["code"], "INVALID_REQUEST", "off the tick: {answers}");
+    assert_eq!(answers[2]["code"], "INSUFFICIENT_MARGIN", "{answers}");
+    assert_eq!((answers[3]["status"].as_str(), answers[3]["symbol"].as_str()), (Some("NEW"), Some("ETH-PERP")), "{answers}");
+    let (_, open) = s.get(&alice, "/v1/orders");
+    assert_eq!(open.as_array().unwrap().len(), 2);
+    let six = format!("[{}]", vec![r#"{"symbol":"BTC-PERP","side":"BUY","type":"LIMIT","price":"40000","quantity":"0.001"}"#; 6].join(","));
+    for (body, why) in [(six.as_str(), "six orders"), ("[]", "none"), ("{}", "not a list")] {
+        let (status, reply) = s.post(&alice, "/v1/orders/batch", body);
+        assert_eq!((status, reply["code"].as_str()), (400, Some("INVALID_REQUEST")), "{why}: {reply}");
+    }
+    assert_eq!(s.post("nobody", "/v1/orders/batch", batch).0, 401);
+    let (_, open) = s.get(&alice, "/v1/orders");
+    assert_eq!(open.as_array().unwrap().len(), 2, "refused batches placed nothing");
+}

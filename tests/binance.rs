@@ -277,6 +277,14 @@ fn signed_calls_are_refused_with_binances_codes_and_change_nothing() {
     assert_eq!(body[2]["price"], "47000", "{body}");
     let (_, open) = s.get(&key, "/v1/orders");
     assert_eq!(open.as_array().unwrap().len(), 3);
+    // Cancelled as a batch, answered in order; an unknown id gets its own error.
+    let ids = format!("[{},{},{},123]", body[0]["orderId"], body[2]["orderId"], body[0]["orderId"]);
+    let (status, cancelled) = signed(&s, "DELETE", "/fapi/v1/batchOrders", &key, &secret, &format!("symbol=BTCUSDT&orderIdList={ids}&timestamp={}", now_ms()));
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!((cancelled[0]["status"].as_str(), cancelled[1]["status"].as_str()), (Some("CANCELED"), Some("CANCELED")), "{cancelled}");
+    assert_eq!((cancelled[2]["code"].as_i64(), cancelled[3]["code"].as_i64()), (Some(-2011), Some(-2011)), "already cancelled, unknown: {cancelled}");
+    let (_, open) = s.get(&key, "/v1/orders");
+    assert_eq!(open.as_array().unwrap().len(), 1, "the first order stays");
 }
 
 /// An unmodified python-binance (its futures methods, base URL pointed here): leverage,

@@ -107,11 +107,16 @@ impl ApiError {
 
     /// The JSON body alone.
     pub fn reply_text(&self) -> String {
-        serde_json::json!({ "code": self.code(), "message": self.message() }).to_string()
+        self.body().to_string()
+    }
+
+    /// `{code, message}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code(), "message": self.message() })
     }
 
     pub fn reply(&self) -> HttpReply {
-        let body = serde_json::json!({ "code": self.code(), "message": self.message() });
+        let body = self.body();
         HttpReply {
             status: self.status(),
             body: body.to_string().into_bytes(),

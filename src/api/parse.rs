@@ -27,6 +27,8 @@ pub enum Routed {
     Symbol(usize, SymbolRequest),
     /// By the owner of an account partition.
     Partition(u32, AccountRequest),
+    /// Orders placed one after another, each answered on its own (`POST /v1/orders/batch`).
+    Batch { key: String, orders: Vec<Result<(usize, NewOrder), ApiError>> },
     /// From cold storage, once the partition's owner has authenticated the key;
     /// `before`: only orders created before this time (ms).
     History { partition: u32, key: String, symbol: Option<usize>, limit: usize, before: Option<i64> },
@@ -114,6 +116,19 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
                 return Err(invalid("countdownTime must be between 0 and 86400000 ms"));
             }
             Routed::Symbol(symbol, SymbolRequest::Countdown { key, symbol, after_ms: body.countdown_time })
+        }
+        ("POST", ["v1", "orders", "batch"]) => {
+            let (key, _) = private()?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let list: Vec<serde_json::Value> = parse_json(input.body)?;
+            if list.is_empty() || list.len() > MAX_BATCH {
+                return Err(invalid(format!("a batch holds 1 to {MAX_BATCH} orders")));
+            }
+            let orders = list
+                .into_iter()
+                .map(|v| serde_json::from_value::<OrderBody>(v).map_err(|e| invalid(format!("invalid order: {e}")))?.validate(map))
+                .collect();
+            Routed::Batch { key, orders }
         }
         ("POST", ["v1", "orders"]) => {
             let (key, _) = private()?;
@@ -373,6 +388,9 @@ struct CountdownBody {
     symbol: String,
     countdown_time: i64,
 }
+
+/// Orders one `POST /v1/orders/batch` may carry (as Binance's `batchOrders`).
+pub(crate) const MAX_BATCH: usize = 5;
 
 /// The latest `goodTillDate` (Binance's: 9999-12-31T23:59:59Z).
 const MAX_GOOD_TILL: i64 = 253_402_300_799_000;

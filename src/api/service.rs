@@ -20,7 +20,7 @@ use super::parse::{self, Input, Limits, Routed};
 use super::{render, HttpReply};
 use crate::cold::reader::{ColdReader, HistoryQuery};
 use crate::health::{cold, hot};
-use crate::shard::protocol::{Answer, ApiRequest, MarketPrices, Reply, Request};
+use crate::shard::protocol::{Answer, ApiRequest, MarketPrices, Reply, Request, SymbolRequest};
 use crate::shard::Shard;
 
 /// The HTTP side of one core.
@@ -169,6 +169,25 @@ impl Service {
             Routed::InsuranceFund => return insurance_fund(shard).await,
             Routed::History { partition, key, symbol, limit, before } => {
                 return self.history(partition, key, symbol, limit, before).await.unwrap_or_else(|e| e.reply());
+            }
+            Routed::Batch { key, orders } => {
+                // One after another, in order; a refused one does not stop the rest.
+                let mut answers = Vec::with_capacity(orders.len());
+                for order in orders {
+                    let answer = match order {
+                        Ok((symbol, order)) => {
+                            let req = ApiRequest::Symbol(SymbolRequest::PlaceOrder { key: key.clone(), symbol, order });
+                            match self.ask(shard.symbol_owner(symbol), req).await {
+                                Ok(Answer::Order(v)) => serde_json::to_value(render::order(&shard.map, &v)).unwrap_or_default(),
+                                Ok(_) => ApiError::Unavailable("unexpected answer".into()).body(),
+                                Err(e) => e.body(),
+                            }
+                        }
+                        Err(e) => e.body(),
+                    };
+                    answers.push(answer);
+                }
+                return render::ok(&answers);
             }
             Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), ApiRequest::Symbol(req)),
             Routed::Partition(partition, req) => (shard.partition_owner(partition), ApiRequest::Account(req)),

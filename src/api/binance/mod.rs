@@ -16,7 +16,7 @@ use crate::api::error::ApiError;
 use crate::api::service::Service;
 use crate::api::HttpReply;
 use crate::accounts::{OrderStatus, ORDER_NUMBER_MASK};
-use crate::api::parse::OrderBody;
+use crate::api::parse::{OrderBody, MAX_BATCH};
 use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, Interval, KlinePrice, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
 use shapes::{Error, ok};
@@ -273,6 +273,48 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             ask(service, owner, ApiRequest::Account(AccountRequest::CancelAll { key, symbol: Some(symbol) })).await?;
             Ok(ok(&serde_json::json!({ "code": 200, "msg": "The operation of cancel all open order is done." })))
         }
+        // Up to 10 cancels, by `orderIdList` or `origClientOrderIdList` (JSON arrays), each
+        // answered on its own, in order.
+        ("DELETE", "v1/batchOrders") => {
+            let Caller { key, user, owner } = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let ids: Vec<Params> = match (params.get("orderIdList"), params.get("origClientOrderIdList")) {
+                (Some(list), None) => serde_json::from_str::<Vec<u64>>(list)
+                    .map_err(|_| Error::invalid_value("orderIdList"))?
+                    .into_iter()
+                    .map(|id| Params(vec![("orderId".to_owned(), id.to_string())]))
+                    .collect(),
+                (None, Some(list)) => serde_json::from_str::<Vec<String>>(list)
+                    .map_err(|_| Error::invalid_value("origClientOrderIdList"))?
+                    .into_iter()
+                    .map(|id| Params(vec![("origClientOrderId".to_owned(), id)]))
+                    .collect(),
+                _ => return Err(Error::missing("orderIdList")),
+            };
+            if ids.is_empty() || ids.len() > 10 {
+                return Err(Error::new(400, -1130, "Invalid data sent for a parameter: 1 to 10 orders.".to_owned()));
+            }
+            let mut answers = Vec::with_capacity(ids.len());
+            for one in &ids {
+                let cancelled = async {
+                    let target = order_ref(map, symbol, user, one)?;
+                    // Found first: a clientOrderId names an order on any symbol.
+                    let found = ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await;
+                    let v = match found {
+                        Ok(Answer::Order(v)) if v.symbol == symbol => v,
+                        Ok(_) | Err(Error { code: -2013 | -2011, .. }) => return Err(Error::UNKNOWN_ORDER),
+                        Err(e) => return Err(e),
+                    };
+                    let target = OrderRef::Id(v.id, map.symbols[symbol].key);
+                    match ask(service, owner, ApiRequest::Account(AccountRequest::CancelOrder { key: key.clone(), target })).await? {
+                        Answer::Order(v) => Ok(shapes::order(map, &v)),
+                        _ => Err(Error::internal()),
+                    }
+                };
+                answers.push(cancelled.await.unwrap_or_else(|e| e.body()));
+            }
+            Ok(ok(&answers))
+        }
         ("POST", "v1/batchOrders") => {
             let caller = signed(service, input, now)?;
             let list = params.get("batchOrders").ok_or_else(|| Error::missing("batchOrders"))?;
@@ -521,9 +563,6 @@ fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Error> {
         Some(l) => l.parse().ok().filter(|l| (1..=max).contains(l)).ok_or_else(|| Error::invalid_value("limit")),
     }
 }
-
-/// Orders one `POST v1/batchOrders` may carry.
-const MAX_BATCH: usize = 5;
 
 /// `orderId` (see [`shapes::order_id`]) or `origClientOrderId`, of `user`'s orders.
 fn order_ref(map: &ShardMap, symbol: usize, user: crate::engine::UserId, params: &Params) -> Result<OrderRef, Error> {
