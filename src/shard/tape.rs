@@ -248,16 +248,18 @@ impl Candles {
     /// Adds a trade. A trade timed before the newest candle (the clock stepped back)
     /// counts in the newest: the series only moves forward.
     pub fn record(&mut self, trade: &PublicTrade) {
-        for (series, len, keep) in [(&mut self.minutes, MINUTE, KEEP_MINUTES), (&mut self.hours, HOUR, KEEP_HOURS)] {
-            add(series, len, keep, trade.time, |c| c.add(trade), |open| Candle::of(open, trade));
-        }
+        self.each_series(|series, len, keep| add(series, len, keep, trade.time, |c| c.add(trade), |open| Candle::of(open, trade)));
     }
 
     /// Adds a price that is no trade (a mark or an index price, event `seq`, at `time`).
     pub fn record_price(&mut self, seq: u64, price: i64, time: i64) {
-        for (series, len, keep) in [(&mut self.minutes, MINUTE, KEEP_MINUTES), (&mut self.hours, HOUR, KEEP_HOURS)] {
-            add(series, len, keep, time, |c| c.add_price(seq, price), |open| Candle::of_price(open, seq, price));
-        }
+        self.each_series(|series, len, keep| add(series, len, keep, time, |c| c.add_price(seq, price), |open| Candle::of_price(open, seq, price)));
+    }
+
+    /// Both series, with their period and how many periods they keep.
+    fn each_series(&mut self, mut f: impl FnMut(&mut VecDeque<Candle>, i64, usize)) {
+        f(&mut self.minutes, MINUTE, KEEP_MINUTES);
+        f(&mut self.hours, HOUR, KEEP_HOURS);
     }
 
     /// Up to `limit` candles of `interval`, oldest first: from the period holding `start`

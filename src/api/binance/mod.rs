@@ -64,6 +64,11 @@ impl Params {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
     }
 
+    /// A time in ms, if sent.
+    fn time(&self, name: &str) -> Result<Option<i64>, Error> {
+        self.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose()
+    }
+
     fn symbol(&self, map: &ShardMap) -> Result<Option<usize>, Error> {
         self.get("symbol").map(|s| symbol_of(map, s).ok_or(Error::INVALID_SYMBOL)).transpose()
     }
@@ -191,23 +196,18 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             let mut target = order_ref(map, symbol, user, &params)?;
             let get = input.method == "GET";
             let not_found = if get { Error::NO_SUCH_ORDER } else { Error::UNKNOWN_ORDER };
-            let on_symbol = |answer: Result<Answer, Error>| match answer {
-                Ok(Answer::Order(v)) if v.symbol == symbol => Ok(v),
-                Ok(Answer::Order(_)) | Err(Error { code: -2013 | -2011, .. }) => Err(not_found.clone()),
-                Ok(_) => Err(Error::internal()),
-                Err(e) => Err(e),
-            };
+            let found = |answer| on_symbol(answer, symbol, &not_found);
             // A clientOrderId names an order of the user's on any symbol: found first,
             // so that a cancel never reaches an order on another symbol.
             if let OrderRef::Client(_) = target {
-                let v = on_symbol(ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await)?;
+                let v = found(ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await)?;
                 if get {
                     return Ok(ok(&shapes::order(map, &v)));
                 }
                 target = OrderRef::Id(v.id, map.symbols[symbol].key);
             }
             let req = if get { AccountRequest::GetOrder { key, target } } else { AccountRequest::CancelOrder { key, target } };
-            let v = on_symbol(ask(service, owner, ApiRequest::Account(req)).await)?;
+            let v = found(ask(service, owner, ApiRequest::Account(req)).await)?;
             Ok(ok(&shapes::order(map, &v)))
         }
         // Amend: the order is read first (its symbol and side must be the ones named), then
@@ -221,12 +221,8 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                 params.get(name).ok_or_else(|| Error::missing(name))?.parse::<Decimal>().map_err(|_| Error::invalid_value(name))
             };
             let (quantity, price) = (number("quantity")?, number("price")?);
-            let v = match ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await {
-                Ok(Answer::Order(v)) if v.symbol == symbol => v,
-                Ok(Answer::Order(_)) | Err(Error { code: -2013 | -2011, .. }) => return Err(Error::UNKNOWN_ORDER),
-                Ok(_) => return Err(Error::internal()),
-                Err(e) => return Err(e),
-            };
+            let found = ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await;
+            let v = on_symbol(found, symbol, &Error::UNKNOWN_ORDER)?;
             if v.side.as_str() != side {
                 return Err(Error::fixed(400, -4061, "The order's side does not match the side sent."));
             }
@@ -241,8 +237,7 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             let caller = signed(service, input, now)?;
             let symbol = params.required_symbol(map)?;
             let limit = limit(&params, 500, 1000)?;
-            let time = |name| params.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose();
-            let (start, end) = (time("startTime")?, time("endTime")?);
+            let (start, end) = (params.time("startTime")?, params.time("endTime")?);
             let from = params.get("orderId").map(|id| id.parse::<u64>().map_err(|_| Error::invalid_value("orderId"))).transpose()?;
             match ask(service, caller.owner, ApiRequest::Account(AccountRequest::AllOrders { key: caller.key, symbol: Some(symbol) })).await? {
                 Answer::Orders(list) => {
@@ -300,11 +295,7 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
                     let target = order_ref(map, symbol, user, one)?;
                     // Found first: a clientOrderId names an order on any symbol.
                     let found = ask(service, owner, ApiRequest::Account(AccountRequest::GetOrder { key: key.clone(), target })).await;
-                    let v = match found {
-                        Ok(Answer::Order(v)) if v.symbol == symbol => v,
-                        Ok(_) | Err(Error { code: -2013 | -2011, .. }) => return Err(Error::UNKNOWN_ORDER),
-                        Err(e) => return Err(e),
-                    };
+                    let v = on_symbol(found, symbol, &Error::UNKNOWN_ORDER)?;
                     let target = OrderRef::Id(v.id, map.symbols[symbol].key);
                     match ask(service, owner, ApiRequest::Account(AccountRequest::CancelOrder { key: key.clone(), target })).await? {
                         Answer::Order(v) => Ok(shapes::order(map, &v)),
@@ -398,8 +389,7 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             };
             let interval = params.get("interval").ok_or_else(|| Error::missing("interval"))?;
             let interval = Interval::parse(interval).ok_or_else(|| Error::new(400, -1120, "Invalid interval.".to_owned()))?;
-            let time = |name| params.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose();
-            let (start, end) = (time("startTime")?, time("endTime")?);
+            let (start, end) = (params.time("startTime")?, params.time("endTime")?);
             let req = SymbolRequest::Klines { symbol, price, interval, start, end, limit: limit(&params, 500, 1500)? };
             match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(req)).await? {
                 Answer::Klines { symbol, interval, candles } => {
@@ -409,8 +399,7 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             }
         }
         ("GET", "v1/fundingRate") => {
-            let time = |name| params.get(name).map(|t| t.parse::<i64>().map_err(|_| Error::invalid_value(name))).transpose();
-            let (start, end) = (time("startTime")?, time("endTime")?);
+            let (start, end) = (params.time("startTime")?, params.time("endTime")?);
             let limit = limit(&params, 100, 1000)?;
             let mut all = Vec::new();
             for symbol in params.symbols(map)? {
@@ -561,6 +550,17 @@ fn limit(params: &Params, default: usize, max: usize) -> Result<usize, Error> {
     match params.get("limit") {
         None => Ok(default),
         Some(l) => l.parse().ok().filter(|l| (1..=max).contains(l)).ok_or_else(|| Error::invalid_value("limit")),
+    }
+}
+
+/// The order an answer holds, if it is on `symbol`; `not_found` if it is not there
+/// (Binance says -2013 to a read, -2011 to a change).
+fn on_symbol(answer: Result<Answer, Error>, symbol: usize, not_found: &Error) -> Result<crate::accounts::OrderView, Error> {
+    match answer {
+        Ok(Answer::Order(v)) if v.symbol == symbol => Ok(v),
+        Ok(Answer::Order(_)) | Err(Error { code: -2013 | -2011, .. }) => Err(not_found.clone()),
+        Ok(_) => Err(Error::internal()),
+        Err(e) => Err(e),
     }
 }
 
