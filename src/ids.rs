@@ -20,6 +20,8 @@ pub enum IdKind {
     Command = 0x0e04,
     /// An account record (`accounts.adjusted`), numbered per account partition.
     Account = 0x0e05,
+    /// A conditional order, numbered by the symbol's sequence.
+    Conditional = 0x0e06,
 }
 
 /// The UUID of `n` of the given kind on the symbol with `symbol_key`.

@@ -129,6 +129,9 @@ pub enum CommandJson {
         /// Present for a good-till-date order (ms).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         good_till_date: Option<i64>,
+        /// Present for the order a conditional order became once triggered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conditional_id: Option<String>,
         seq: u64,
     },
     CancelRequested {
@@ -191,6 +194,47 @@ pub enum CommandJson {
         timestamp: i64,
         seq: u64,
     },
+    /// A conditional order (stop-loss, take-profit) to wait for its trigger. `quantity`
+    /// is absent with `closePosition`; `price` and `timeInForce` only for STOP and
+    /// TAKE_PROFIT. Its id is minted when it is accepted: the `ConditionalOrderUpdated`
+    /// result says it.
+    ConditionalOrderSubmitted {
+        event_id: String,
+        user_id: String,
+        symbol: String,
+        side: String,
+        #[serde(rename = "type")]
+        kind: String,
+        trigger_price: String,
+        working_type: String,
+        price: Option<String>,
+        time_in_force: Option<String>,
+        quantity: Option<String>,
+        close_position: bool,
+        reduce_only: bool,
+        client_order_id: Option<String>,
+        timestamp: i64,
+        seq: u64,
+    },
+    /// Cancel a waiting conditional order of the user's (`None`: all on the symbol).
+    ConditionalCancelRequested {
+        event_id: String,
+        conditional_id: Option<String>,
+        user_id: String,
+        symbol: String,
+        timestamp: i64,
+        seq: u64,
+    },
+    /// A triggered conditional order whose order the risk step refused.
+    ConditionalRefused {
+        event_id: String,
+        conditional_id: String,
+        user_id: String,
+        symbol: String,
+        reason: String,
+        timestamp: i64,
+        seq: u64,
+    },
     /// A resting order to be changed to `price` and a total `quantity`; `addedMargin`:
     /// what the risk step locked for it.
     OrderAmendRequested {
@@ -241,8 +285,9 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             return serde_json::to_vec(&json).unwrap_or_default();
         }
     };
+    let conditional = |n: u64| ids::encode(IdKind::Conditional, spec.key, n).to_string();
     let json = match command {
-        Command::Place(o) => {
+        Command::Place(o) | Command::PlaceTriggered { order: o, .. } => {
             let (kind, price, time_in_force) = match o.kind {
                 OrderType::Limit { price, tif: t } => ("LIMIT", Some(spec.ticks_to_price(price).to_string()), Some(t.as_str().to_owned())),
                 OrderType::Market | OrderType::MarketWithin { .. } => ("MARKET", None, None),
@@ -270,9 +315,47 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
                 protection_price,
                 self_trade_prevention_mode: (o.stp != SelfTradePrevention::ExpireTaker).then(|| o.stp.as_str().to_owned()),
                 good_till_date: (o.good_till != 0).then_some(o.good_till),
+                conditional_id: match command {
+                    Command::PlaceTriggered { conditional: n, .. } => Some(conditional(n)),
+                    _ => None,
+                },
                 seq,
             }
         }
+        Command::PlaceConditional(c) => CommandJson::ConditionalOrderSubmitted {
+            event_id,
+            user_id: account_id(c.user),
+            symbol: spec.name.clone(),
+            side: c.side.as_str().to_owned(),
+            kind: c.type_name().to_owned(),
+            trigger_price: spec.ticks_to_price(c.trigger).to_string(),
+            working_type: c.working.as_str().to_owned(),
+            price: c.price.map(|p| spec.ticks_to_price(p).to_string()),
+            time_in_force: c.price.map(|_| c.tif.as_str().to_owned()),
+            quantity: (!c.close_position).then(|| spec.lots_to_quantity(c.quantity).to_string()),
+            close_position: c.close_position,
+            reduce_only: c.reduce_only,
+            client_order_id: c.client_order_id.map(|c| c.as_str().to_owned()),
+            timestamp: c.timestamp,
+            seq,
+        },
+        Command::CancelConditional { id, user, timestamp } => CommandJson::ConditionalCancelRequested {
+            event_id,
+            conditional_id: id.map(conditional),
+            user_id: account_id(user),
+            symbol: spec.name.clone(),
+            timestamp,
+            seq,
+        },
+        Command::RefuseTriggered { conditional: n, user, reason, timestamp } => CommandJson::ConditionalRefused {
+            event_id,
+            conditional_id: conditional(n),
+            user_id: account_id(user),
+            symbol: spec.name.clone(),
+            reason: reason.as_str().to_owned(),
+            timestamp,
+            seq,
+        },
         Command::Cancel { id, user, timestamp } => CommandJson::CancelRequested {
             event_id,
             order_id: Some(ids::encode(IdKind::Order, spec.key, id.0).to_string()),
@@ -340,7 +423,10 @@ impl CommandJson {
             | Self::CountdownSet { seq, .. }
             | Self::CountdownDue { seq, .. }
             | Self::ExpiryDue { seq, .. }
-            | Self::OrderAmendRequested { seq, .. } => *seq,
+            | Self::OrderAmendRequested { seq, .. }
+            | Self::ConditionalOrderSubmitted { seq, .. }
+            | Self::ConditionalCancelRequested { seq, .. }
+            | Self::ConditionalRefused { seq, .. } => *seq,
         }
     }
 }
@@ -363,6 +449,18 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
             _ => Err(format!("orderId {text} is not an order of {}", spec.name)),
         }
     };
+    let conditional_number = |text: &str| -> Result<u64, String> {
+        let uuid: uuid::Uuid = text.parse().map_err(|e| format!("conditionalId {text:?}: {e}"))?;
+        match ids::decode(IdKind::Conditional, &uuid) {
+            Some((key, n)) if key == spec.key => Ok(n),
+            _ => Err(format!("conditionalId {text} is not a conditional order of {}", spec.name)),
+        }
+    };
+    let side_of = |s: &str| match s {
+        "BUY" => Ok(Side::Buy),
+        "SELL" => Ok(Side::Sell),
+        other => Err(format!("side {other:?}")),
+    };
     let command = match json {
         CommandJson::EpochStarted { .. } => return Ok(StreamRecord::Epoch),
         CommandJson::CommandVoided { voided_offset, .. } => return Ok(StreamRecord::Void(voided_offset)),
@@ -382,13 +480,10 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
             protection_price,
             self_trade_prevention_mode,
             good_till_date,
+            conditional_id,
             ..
         } => {
-            let side = match s.as_str() {
-                "BUY" => Side::Buy,
-                "SELL" => Side::Sell,
-                other => return Err(format!("side {other:?}")),
-            };
+            let side = side_of(&s)?;
             let kind = match (kind.as_str(), price, time_in_force.as_deref()) {
                 ("MARKET", None, _) => match protection_price {
                     Some(p) => OrderType::MarketWithin {
@@ -398,17 +493,11 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
                 },
                 ("LIMIT", Some(p), Some(t)) => OrderType::Limit {
                     price: spec.price_to_ticks(decimal(&p)?).map_err(|e| format!("price {p}: {e}"))?,
-                    tif: match t {
-                        "GTC" => TimeInForce::Gtc,
-                        "IOC" => TimeInForce::Ioc,
-                        "FOK" => TimeInForce::Fok,
-                        "POST_ONLY" => TimeInForce::PostOnly,
-                        other => return Err(format!("timeInForce {other:?}")),
-                    },
+                    tif: TimeInForce::parse(t).ok_or_else(|| format!("timeInForce {t:?}"))?,
                 },
                 (other, _, _) => return Err(format!("type {other:?} with its price and timeInForce")),
             };
-            Command::Place(NewOrder {
+            let order = NewOrder {
                 id: order_number(&order_id)?,
                 user: parse_account(&user_id)?,
                 side,
@@ -424,8 +513,55 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
                     Some(m) => SelfTradePrevention::parse(&m).ok_or_else(|| format!("selfTradePreventionMode {m:?}"))?,
                 },
                 good_till: good_till_date.unwrap_or(0),
+            };
+            match conditional_id {
+                Some(id) => Command::PlaceTriggered { conditional: conditional_number(&id)?, order },
+                None => Command::Place(order),
+            }
+        }
+        CommandJson::ConditionalOrderSubmitted {
+            user_id, side, kind, trigger_price, working_type, price, time_in_force, quantity, close_position, reduce_only, client_order_id, timestamp, ..
+        } => {
+            let (kind, limited) = crate::engine::NewConditional::parse_type(&kind).ok_or_else(|| format!("type {kind:?}"))?;
+            let ticks = |p: &str| -> Result<crate::engine::units::Ticks, String> {
+                spec.price_to_ticks(decimal(p)?).map_err(|e| format!("price {p}: {e}"))
+            };
+            let (price, tif) = match (limited, price, time_in_force) {
+                (true, Some(p), Some(t)) => (Some(ticks(&p)?), TimeInForce::parse(&t).ok_or_else(|| format!("timeInForce {t:?}"))?),
+                (false, None, None) => (None, TimeInForce::Gtc),
+                _ => return Err("price and timeInForce go with STOP and TAKE_PROFIT only".to_owned()),
+            };
+            let quantity = match (close_position, quantity) {
+                (true, None) => 0,
+                (false, Some(q)) => spec.quantity_to_lots(decimal(&q)?).map_err(|e| format!("quantity {q}: {e}"))?,
+                _ => return Err("quantity goes with closePosition false only".to_owned()),
+            };
+            Command::PlaceConditional(crate::engine::NewConditional {
+                user: parse_account(&user_id)?,
+                side: side_of(&side)?,
+                kind,
+                trigger: ticks(&trigger_price)?,
+                working: crate::engine::WorkingPrice::parse(&working_type).ok_or_else(|| format!("workingType {working_type:?}"))?,
+                price,
+                tif,
+                quantity,
+                close_position,
+                reduce_only,
+                client_order_id: client_order_id.map(|c| ClientOrderId::new(&c)).transpose().map_err(|e| e.to_string())?,
+                timestamp,
             })
         }
+        CommandJson::ConditionalCancelRequested { conditional_id, user_id, timestamp, .. } => Command::CancelConditional {
+            id: conditional_id.as_deref().map(conditional_number).transpose()?,
+            user: parse_account(&user_id)?,
+            timestamp,
+        },
+        CommandJson::ConditionalRefused { conditional_id, user_id, reason, timestamp, .. } => Command::RefuseTriggered {
+            conditional: conditional_number(&conditional_id)?,
+            user: parse_account(&user_id)?,
+            reason: crate::engine::CancelReason::parse(&reason).ok_or_else(|| format!("reason {reason:?}"))?,
+            timestamp,
+        },
         CommandJson::CancelRequested { order_id: Some(id), user_id, timestamp, .. } => {
             Command::Cancel { id: order_number(&id)?, user: parse_account(&user_id)?, timestamp }
         }
@@ -553,6 +689,29 @@ pub enum ResultJson {
         released_margin: String,
         kept_priority: bool,
         refused: Option<String>,
+    },
+    /// On `orders.placed`: a conditional order accepted (`NEW`), triggered
+    /// (`TRIGGERING`), placed as `orderId` (`TRIGGERED`), cancelled or rejected (`reason`).
+    ConditionalOrderUpdated {
+        event_id: String,
+        symbol: String,
+        seq: u64,
+        timestamp: i64,
+        conditional_id: String,
+        user_id: String,
+        side: String,
+        #[serde(rename = "type")]
+        kind: String,
+        trigger_price: String,
+        working_type: String,
+        price: Option<String>,
+        quantity: Option<String>,
+        close_position: bool,
+        reduce_only: bool,
+        client_order_id: Option<String>,
+        status: String,
+        order_id: Option<String>,
+        reason: Option<String>,
     },
     TradeExecuted {
         event_id: String,
@@ -735,6 +894,33 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
                 refused: a.refused.map(|r| r.as_str().to_owned()),
             },
         ),
+        Event::Conditional(u) => {
+            let c = &u.conditional;
+            let o = &c.order;
+            (
+                PLACED_TOPIC,
+                ResultJson::ConditionalOrderUpdated {
+                    event_id,
+                    symbol,
+                    seq: u.seq,
+                    timestamp: c.updated,
+                    conditional_id: ids::encode(IdKind::Conditional, spec.key, c.id).to_string(),
+                    user_id: account_id(o.user),
+                    side: o.side.as_str().to_owned(),
+                    kind: o.type_name().to_owned(),
+                    trigger_price: spec.ticks_to_price(o.trigger).to_string(),
+                    working_type: o.working.as_str().to_owned(),
+                    price: o.price.map(|p| spec.ticks_to_price(p).to_string()),
+                    quantity: (!o.close_position).then(|| spec.lots_to_quantity(o.quantity).to_string()),
+                    close_position: o.close_position,
+                    reduce_only: o.reduce_only,
+                    client_order_id: o.client_order_id.map(|c| c.as_str().to_owned()),
+                    status: c.status.as_str().to_owned(),
+                    order_id: c.order_id.map(order),
+                    reason: c.reason.map(|r| r.as_str().to_owned()),
+                },
+            )
+        }
         Event::OrderCancelled(c) => (
             CANCELLED_TOPIC,
             ResultJson::OrderCancelled {
@@ -852,6 +1038,24 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reduce-only sell stop-market on the mark at 4 ticks.
+    fn stop(user: UserId) -> crate::engine::NewConditional {
+        crate::engine::NewConditional {
+            user,
+            side: Side::Sell,
+            kind: crate::engine::ConditionalKind::Stop,
+            trigger: 4,
+            working: crate::engine::WorkingPrice::Mark,
+            price: None,
+            tif: TimeInForce::Gtc,
+            quantity: 3,
+            close_position: false,
+            reduce_only: true,
+            client_order_id: Some(ClientOrderId::new("sl-1").unwrap()),
+            timestamp: 12,
+        }
+    }
     use crate::engine::symbol::btc;
 
     #[test]
@@ -888,6 +1092,12 @@ mod tests {
             Command::SetLeverage { user: order.user, leverage: 7, timestamp: 10 },
             Command::Countdown { user: order.user, after_ms: 5_000, timestamp: 11 },
             Command::CountdownDue { timestamp: 12 },
+            Command::PlaceConditional(stop(order.user)),
+            Command::PlaceConditional(crate::engine::NewConditional { close_position: true, quantity: 0, price: Some(9), tif: TimeInForce::PostOnly, ..stop(order.user) }),
+            Command::CancelConditional { id: Some(7), user: order.user, timestamp: 14 },
+            Command::CancelConditional { id: None, user: order.user, timestamp: 15 },
+            Command::PlaceTriggered { conditional: 7, order: market },
+            Command::RefuseTriggered { conditional: 7, user: order.user, reason: crate::engine::CancelReason::ReduceOnlyRejected, timestamp: 16 },
         ] {
             let bytes = encode_command(&spec, &StreamRecord::Command(command), 42);
             assert_eq!(decode_command(&spec, &bytes), Ok(StreamRecord::Command(command)), "{}", String::from_utf8_lossy(&bytes));
@@ -1037,6 +1247,26 @@ mod tests {
                 format!("{submitted} selfTradePreventionMode goodTillDate"),
             ),
             (
+                encode_command(&spec, &StreamRecord::Command(Command::PlaceTriggered { conditional: 4, order: market }), 1),
+                format!("{submitted} protectionPrice conditionalId"),
+            ),
+            (
+                encode_command(&spec, &StreamRecord::Command(Command::PlaceConditional(stop(order.user))), 1),
+                "eventId eventType userId symbol side type triggerPrice workingType price timeInForce quantity closePosition reduceOnly clientOrderId timestamp seq".to_owned(),
+            ),
+            (
+                encode_command(&spec, &StreamRecord::Command(Command::CancelConditional { id: Some(4), user: order.user, timestamp: 3 }), 1),
+                "eventId eventType conditionalId userId symbol timestamp seq".to_owned(),
+            ),
+            (
+                encode_command(
+                    &spec,
+                    &StreamRecord::Command(Command::RefuseTriggered { conditional: 4, user: order.user, reason: crate::engine::CancelReason::InsufficientMargin, timestamp: 3 }),
+                    1,
+                ),
+                "eventId eventType conditionalId userId symbol reason timestamp seq".to_owned(),
+            ),
+            (
                 encode_account(&AccountRecord::UserCreated { name: "alice".into(), user: order.user, key_hash: [1; 32] }, 5, 4),
                 "eventId eventType userId accountId keyHash".to_owned(),
             ),
@@ -1054,6 +1284,7 @@ mod tests {
         m.execute(&Command::Cancel { id: sell.id, user: sell.user, timestamp: 9 }, &mut events).unwrap();
         m.execute(&Command::IndexPrice { price: 5, timestamp: 10 }, &mut events).unwrap();
         m.execute(&Command::Funding { timestamp: 11 }, &mut events).unwrap();
+        m.execute(&Command::PlaceConditional(stop(order.user)), &mut events).unwrap();
         let position = crate::engine::PositionState::default();
         let (user, order_id) = (order.user, OrderId(crate::engine::ENGINE_ORDER | 30));
         events.extend([
@@ -1089,6 +1320,7 @@ mod tests {
             Event::LiquidationEnded(_) => "eventId eventType symbol seq timestamp orderId userId side quantity filledQuantity deleveragedQuantity toInsuranceFund insuranceFund".to_owned(),
             Event::FundingPaid(_) => format!("eventId eventType symbol seq timestamp userId amount marginChange fundingRate markPrice position {position}"),
             Event::FundingSettled(_) => "eventId eventType symbol seq timestamp fundingRate markPrice positions toInsuranceFund insuranceFund".to_owned(),
+            Event::Conditional(_) => "eventId eventType symbol seq timestamp conditionalId userId side type triggerPrice workingType price quantity closePosition reduceOnly clientOrderId status orderId reason".to_owned(),
         };
         let mut kinds = std::collections::BTreeSet::new();
         let results: Vec<(Vec<u8>, String)> = events.iter().map(|e| (encode_event(&spec, e).1, result_fields(e))).collect();
@@ -1098,9 +1330,9 @@ mod tests {
             assert_eq!(layout(&bytes), fields(&expected), "{}", String::from_utf8_lossy(&bytes));
         }
         let all = [
-            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "CountdownSet", "CountdownDue", "ExpiryDue", "OrderAmendRequested", "UserCreated", "BalanceAdjusted",
+            "OrderSubmitted", "CancelRequested", "CommandVoided", "EpochStarted", "IndexPriceSet", "FundingTick", "LiquidationSweep", "LeverageSet", "CountdownSet", "CountdownDue", "ExpiryDue", "OrderAmendRequested", "ConditionalOrderSubmitted", "ConditionalCancelRequested", "ConditionalRefused", "UserCreated", "BalanceAdjusted",
             "RecordVoided", "OrderPlaced", "OrderAmended", "OrderCancelled", "TradeExecuted", "MarkPriceUpdated", "LiquidationStarted", "PositionLiquidated",
-            "FundingPaid", "FundingSettled",
+            "FundingPaid", "FundingSettled", "ConditionalOrderUpdated",
         ];
         assert_eq!(kinds, all.iter().map(|k| (*k).to_owned()).collect(), "every record type was looked at");
     }

@@ -185,6 +185,9 @@ impl RefModel {
             Command::IndexPrice { .. } | Command::Funding { .. } | Command::Liquidate { .. } => {
                 unreachable!("the model covers matching; the perpetual's commands have their own")
             }
+            Command::PlaceConditional(_) | Command::CancelConditional { .. } | Command::PlaceTriggered { .. } | Command::RefuseTriggered { .. } => {
+                unreachable!("the model covers matching; conditional orders have their own tests")
+            }
         }
     }
 

@@ -119,7 +119,7 @@ impl World {
             stp: Default::default(),
             good_till: 0,
         };
-        if self.accounts.reserve(order.user, &mut order, 0, 0).is_err() {
+        if self.accounts.reserve(order.user, &mut order, 0, Some(0)).is_err() {
             return;
         }
         self.accounts.confirm(order.user, order.id);

@@ -198,7 +198,7 @@ fn write_seeds() {
     }
     write("journal_segment", "accounts", &segment);
     let mut order = place(9, 1, Side::Buy, OrderType::Limit { price: 400_000, tif: TimeInForce::Gtc });
-    accounts.reserve(user, &mut order, 0, 0).unwrap();
+    accounts.reserve(user, &mut order, 0, Some(0)).unwrap();
     accounts.confirm(user, order.id);
     let mut file = exchange::ports::header(exchange::ports::ACCOUNT_MAGIC);
     let partition = exchange::accounts::partition_of(user);

@@ -100,7 +100,7 @@ impl Ledger {
                     *self.total.entry(f.user).or_default() += f.amount;
                     *self.locked.entry(f.user).or_default() += f.margin_change;
                 }
-                Event::OrderPlaced(_) | Event::PriceUpdated(_) | Event::LiquidationStarted(_) | Event::FundingSettled(_) => {}
+                Event::OrderPlaced(_) | Event::PriceUpdated(_) | Event::LiquidationStarted(_) | Event::FundingSettled(_) | Event::Conditional(_) => {}
             }
         }
     }

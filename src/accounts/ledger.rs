@@ -234,7 +234,7 @@ impl HotState for Accounts {
     ///
     /// # Errors
     /// [`RiskError`]; then nothing changed.
-    fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError> {
+    fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: Option<i64>) -> Result<(), RiskError> {
         let limit = self.rate_limit;
         let account = self.users.get_mut(&user).ok_or(RiskError::Unauthorized)?;
         if let Some(cid) = &order.client_order_id
@@ -242,7 +242,9 @@ impl HotState for Accounts {
         {
             return Err(RiskError::Duplicate(existing));
         }
-        account.count_request(limit, now_ms)?;
+        if let Some(now_ms) = now_ms {
+            account.count_request(limit, now_ms)?;
+        }
         if account.open_on(symbol).count >= self.max_open_orders {
             return Err(RiskError::TooManyOpenOrders);
         }
@@ -477,7 +479,12 @@ impl HotState for Accounts {
                     account.positions.insert(symbol, f.position);
                     account.record(Some(symbol), IncomeKind::FundingFee, f.amount, f.timestamp, None);
                 }
-                Event::LiquidationStarted(_) | Event::LiquidationEnded(_) | Event::FundingPaid(_) | Event::PriceUpdated(_) | Event::FundingSettled(_) => {}
+                Event::LiquidationStarted(_)
+                | Event::LiquidationEnded(_)
+                | Event::FundingPaid(_)
+                | Event::PriceUpdated(_)
+                | Event::FundingSettled(_)
+                | Event::Conditional(_) => {}
                 Event::OrderCancelled(c) => {
                     let Some(account) = self.users.get_mut(&c.user) else { continue };
                     account.locked -= i128::from(c.released_margin);

@@ -315,8 +315,10 @@ pub trait HotState {
     ///
     /// # Errors
     /// [`RiskError`]; then nothing changed but the rate limit's count, which counts
-    /// every order request once its key is known (API.md, "Limits").
-    fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: i64) -> Result<(), RiskError>;
+    /// every order request once its key is known (API.md, "Limits"). A request is
+    /// counted at `now_ms`; an order the exchange places for the user (a triggered
+    /// conditional order: `None`) is not.
+    fn reserve(&mut self, user: UserId, order: &mut NewOrder, symbol: usize, now_ms: Option<i64>) -> Result<(), RiskError>;
 
     /// Counts a cancel request against the user's rate limit (orders are counted by
     /// [`Self::reserve`]).

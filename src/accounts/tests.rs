@@ -7,10 +7,10 @@ use crate::engine::{ClientOrderId, OrderType, Side, TimeInForce};
 fn partition_snapshots_round_trip_without_pending_reservations() {
     let (mut a, user, key) = with_user(0);
     let mut kept = order(1, 100, Some("kept"));
-    a.reserve(user, &mut kept, 0, 0).unwrap();
+    a.reserve(user, &mut kept, 0, Some(0)).unwrap();
     a.confirm(user, kept.id);
     let mut pending = order(1, 50, Some("pending"));
-    a.reserve(user, &mut pending, 0, 0).unwrap();
+    a.reserve(user, &mut pending, 0, Some(0)).unwrap();
     let mut bytes = Vec::new();
     a.partition_snapshot(partition_of(user), 7, &["BTC-PERP".into()], &mut bytes);
     let state: PartitionState = postcard::from_bytes(&bytes).unwrap();
@@ -68,12 +68,12 @@ fn keys_authenticate_only_their_user() {
 fn reserve_checks_locks_and_is_idempotent_by_client_id() {
     let (mut a, user, _) = with_user(0);
     let mut o = order(1, 600, Some("c1"));
-    a.reserve(user, &mut o, 0, 0).unwrap();
+    a.reserve(user, &mut o, 0, Some(0)).unwrap();
     assert_eq!(a.user(user).unwrap().available(), 400);
     let mut again = order(1, 1, Some("c1"));
-    assert_eq!(a.reserve(user, &mut again, 0, 0), Err(RiskError::Duplicate(o.id)));
+    assert_eq!(a.reserve(user, &mut again, 0, Some(0)), Err(RiskError::Duplicate(o.id)));
     let mut big = order(1, 401, None);
-    assert_eq!(a.reserve(user, &mut big, 0, 0), Err(RiskError::InsufficientMargin));
+    assert_eq!(a.reserve(user, &mut big, 0, Some(0)), Err(RiskError::InsufficientMargin));
     assert_eq!(a.user(user).unwrap().locked, 600, "a refusal changes nothing");
     a.release(&o);
     assert_eq!(a.user(user).unwrap().locked, 0);
@@ -84,10 +84,10 @@ fn reserve_checks_locks_and_is_idempotent_by_client_id() {
 fn rate_limit_counts_per_second() {
     let (mut a, user, _) = with_user(2);
     for _ in 0..2 {
-        a.reserve(user, &mut order(1, 1, None), 0, 5_000).unwrap();
+        a.reserve(user, &mut order(1, 1, None), 0, Some(5_000)).unwrap();
     }
-    assert_eq!(a.reserve(user, &mut order(1, 1, None), 0, 5_999), Err(RiskError::RateLimited));
-    a.reserve(user, &mut order(1, 1, None), 0, 6_000).unwrap();
+    assert_eq!(a.reserve(user, &mut order(1, 1, None), 0, Some(5_999)), Err(RiskError::RateLimited));
+    a.reserve(user, &mut order(1, 1, None), 0, Some(6_000)).unwrap();
 }
 
 #[test]
@@ -118,23 +118,23 @@ fn positions_are_limited_counting_open_orders_as_filled() {
     let mut a = a.with_position_limits(vec![limit]);
     // Six lots at 100 (value 600) then four more: at the limit in lots and in value.
     let mut six = NewOrder { quantity: 6, ..order(6, 6, None) };
-    a.reserve(user, &mut six, 0, 0).unwrap();
+    a.reserve(user, &mut six, 0, Some(0)).unwrap();
     let mut four = order(4, 4, None);
-    a.reserve(user, &mut four, 0, 0).unwrap();
+    a.reserve(user, &mut four, 0, Some(0)).unwrap();
     let mut one = order(1, 1, None);
-    assert_eq!(a.reserve(user, &mut one, 0, 0), Err(RiskError::PositionLimit));
+    assert_eq!(a.reserve(user, &mut one, 0, Some(0)), Err(RiskError::PositionLimit));
     // The other side is a separate exposure, and reduce-only orders are never refused.
     let mut sell = NewOrder { side: Side::Sell, ..order(10, 10, None) };
-    a.reserve(user, &mut sell, 0, 0).unwrap();
+    a.reserve(user, &mut sell, 0, Some(0)).unwrap();
     let mut reduce = NewOrder { reduce_only: true, side: Side::Sell, ..order(1, 0, None) };
-    a.reserve(user, &mut reduce, 0, 0).unwrap();
+    a.reserve(user, &mut reduce, 0, Some(0)).unwrap();
     // Value counts too: two lots at 600 are 1200 > 1000.
     let mut pricey = NewOrder { kind: OrderType::Limit { price: 600, tif: TimeInForce::Gtc }, side: Side::Sell, ..order(2, 2, None) };
     a.release(&sell);
-    assert_eq!(a.reserve(user, &mut pricey, 0, 0), Err(RiskError::PositionLimit));
+    assert_eq!(a.reserve(user, &mut pricey, 0, Some(0)), Err(RiskError::PositionLimit));
     // Released orders free their room.
     a.release(&four);
-    a.reserve(user, &mut one, 0, 0).unwrap();
+    a.reserve(user, &mut one, 0, Some(0)).unwrap();
     assert_eq!(a.user(user).unwrap().open_on(0).lots, [7, 1], "the reduce-only sell counts on its side");
 }
 
@@ -142,14 +142,14 @@ fn positions_are_limited_counting_open_orders_as_filled() {
 fn orphaned_locks_are_released_and_logged_ones_kept() {
     let (mut a, user, _) = with_user(0);
     let mut logged = order(1, 100, None);
-    a.reserve(user, &mut logged, 0, 0).unwrap();
+    a.reserve(user, &mut logged, 0, Some(0)).unwrap();
     a.confirm(user, logged.id);
     let mut orphan = order(1, 250, Some("orphan"));
     orphan.timestamp = 1_000;
-    a.reserve(user, &mut orphan, 0, 0).unwrap();
+    a.reserve(user, &mut orphan, 0, Some(0)).unwrap();
     let mut recent = order(1, 50, None);
     recent.timestamp = 9_000;
-    a.reserve(user, &mut recent, 0, 0).unwrap();
+    a.reserve(user, &mut recent, 0, Some(0)).unwrap();
     assert_eq!(a.user(user).unwrap().locked, 400);
     let released = a.release_orphans(&[partition_of(user)], 5_000);
     assert_eq!(released.iter().map(|(u, v)| (*u, v.id)).collect::<Vec<_>>(), [(user, orphan.id)]);
@@ -158,7 +158,7 @@ fn orphaned_locks_are_released_and_logged_ones_kept() {
     assert_eq!(account.open_on(0).count, 2);
     // Its clientOrderId is free again.
     let mut again = order(1, 1, Some("orphan"));
-    a.reserve(user, &mut again, 0, 0).unwrap();
+    a.reserve(user, &mut again, 0, Some(0)).unwrap();
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn deposits_stop_at_the_balance_limit() {
 fn order_numbers_start_above_every_order_replayed_or_restored() {
     let (mut a, user, _) = with_user(0);
     let mut o = order(1, 0, None);
-    a.reserve(user, &mut o, 0, 0).unwrap();
+    a.reserve(user, &mut o, 0, Some(0)).unwrap();
     // A run whose numbering starts lower (the clock stepped back, the mark lost) replays
     // the first run's order, then numbers above it.
     let mut b = Accounts::new(0, 1_000, 5);
@@ -184,6 +184,6 @@ fn order_numbers_start_above_every_order_replayed_or_restored() {
     b.apply(&rec, false);
     b.replay_order(&o, 0, 0);
     let mut next = order(1, 0, None);
-    b.reserve(user, &mut next, 0, 0).unwrap();
+    b.reserve(user, &mut next, 0, Some(0)).unwrap();
     assert!(next.id.0 & ORDER_NUMBER_MASK > o.id.0 & ORDER_NUMBER_MASK, "{next:?} after {o:?}");
 }

@@ -168,7 +168,10 @@ pub fn command(bytes: &[u8], partition: i32, offset: i64) -> Result<Row, String>
         | CommandJson::CountdownSet { .. }
         | CommandJson::CountdownDue { .. }
         | CommandJson::ExpiryDue { .. }
-        | CommandJson::OrderAmendRequested { .. } => Row::Nothing,
+        | CommandJson::OrderAmendRequested { .. }
+        | CommandJson::ConditionalOrderSubmitted { .. }
+        | CommandJson::ConditionalCancelRequested { .. }
+        | CommandJson::ConditionalRefused { .. } => Row::Nothing,
         CommandJson::CommandVoided { voided_offset, symbol, seq, .. } => Row::Voided {
             symbol,
             seq,
@@ -258,7 +261,10 @@ pub fn result(bytes: &[u8]) -> Result<Row, String> {
         }),
         // An amendment's price and quantity stay in the log: the orders table keeps what
         // was submitted (see README, "Amend").
-        ResultJson::OrderPlaced { .. } | ResultJson::LiquidationStarted { .. } | ResultJson::OrderAmended { .. } => Row::Nothing,
+        ResultJson::OrderPlaced { .. }
+        | ResultJson::LiquidationStarted { .. }
+        | ResultJson::OrderAmended { .. }
+        | ResultJson::ConditionalOrderUpdated { .. } => Row::Nothing,
     })
 }
 

@@ -288,7 +288,7 @@ pub fn transaction(
             Event::FundingPaid(f) => balance(&mut tx, f.user, f.amount, f.margin_change),
             Event::OrderAmended(a) => balance(&mut tx, a.user, 0, i128::from(a.added_margin) - i128::from(a.released_margin)),
             Event::LiquidationEnded(l) => balance(&mut tx, l.user, -l.to_fund, 0),
-            Event::OrderPlaced(_) | Event::PriceUpdated(_) | Event::LiquidationStarted(_) | Event::FundingSettled(_) => {}
+            Event::OrderPlaced(_) | Event::PriceUpdated(_) | Event::LiquidationStarted(_) | Event::FundingSettled(_) | Event::Conditional(_) => {}
         }
     }
     tx

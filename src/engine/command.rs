@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::conditional::NewConditional;
 use super::units::{Lots, Ticks, Units};
 
 /// An order id, unique across the exchange, minted before the order is logged.
@@ -77,6 +78,10 @@ impl TimeInForce {
             TimeInForce::Fok => "FOK",
             TimeInForce::PostOnly => "POST_ONLY",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Gtc, Self::Ioc, Self::Fok, Self::PostOnly].into_iter().find(|t| t.as_str() == text)
     }
 }
 
@@ -232,6 +237,15 @@ pub enum Command {
     /// included). `added_margin`: what the risk step locked on top of the order's lock
     /// for it. See [`crate::engine::Amended`].
     Amend { id: OrderId, user: UserId, price: Ticks, quantity: Lots, added_margin: Units, timestamp: i64 },
+    /// A conditional order waits for its trigger (see [`crate::engine::conditional`]).
+    PlaceConditional(NewConditional),
+    /// Cancels `user`'s waiting conditional order `id`, or all of them on the symbol.
+    CancelConditional { id: Option<u64>, user: UserId, timestamp: i64 },
+    /// The order a triggered conditional order became, its margin locked by the risk
+    /// step: placed if the conditional is still `Triggering`, else refused.
+    PlaceTriggered { conditional: u64, order: NewOrder },
+    /// A triggered conditional order whose order the risk step refused (`reason`).
+    RefuseTriggered { conditional: u64, user: UserId, reason: super::event::CancelReason, timestamp: i64 },
 }
 
 /// An order's leverage that says "the user's setting for the symbol". The symbol's owner
@@ -244,10 +258,19 @@ pub const LEVERAGE_OF_SETTING: u32 = 0;
 pub const DEFAULT_LEVERAGE_SETTING: u32 = 20;
 
 impl Command {
+    /// The order it logs (placed now, or once risk-checked for a triggered conditional).
+    pub fn order(&self) -> Option<&NewOrder> {
+        match self {
+            Command::Place(o) | Command::PlaceTriggered { order: o, .. } => Some(o),
+            _ => None,
+        }
+    }
+
     /// When the command was accepted (milliseconds since the Unix epoch).
     pub fn timestamp(&self) -> i64 {
         match *self {
-            Command::Place(o) => o.timestamp,
+            Command::Place(o) | Command::PlaceTriggered { order: o, .. } => o.timestamp,
+            Command::PlaceConditional(c) => c.timestamp,
             Command::Cancel { timestamp, .. }
             | Command::CancelAll { timestamp, .. }
             | Command::IndexPrice { timestamp, .. }
@@ -257,7 +280,9 @@ impl Command {
             | Command::Countdown { timestamp, .. }
             | Command::CountdownDue { timestamp }
             | Command::ExpireDue { timestamp }
-            | Command::Amend { timestamp, .. } => timestamp,
+            | Command::Amend { timestamp, .. }
+            | Command::CancelConditional { timestamp, .. }
+            | Command::RefuseTriggered { timestamp, .. } => timestamp,
         }
     }
 }

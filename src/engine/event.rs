@@ -30,6 +30,14 @@ pub enum Event {
     FundingSettled(FundingRound),
     /// A resting order's price or quantity changed, or the change was refused.
     OrderAmended(Amended),
+    /// A conditional order was accepted, triggered, cancelled, or became an order.
+    Conditional(ConditionalUpdate),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConditionalUpdate {
+    pub seq: u64,
+    pub conditional: super::conditional::Conditional,
 }
 
 impl Event {
@@ -44,6 +52,7 @@ impl Event {
             Event::FundingPaid(e) => e.seq,
             Event::FundingSettled(e) => e.seq,
             Event::OrderAmended(e) => e.seq,
+            Event::Conditional(e) => e.seq,
         }
     }
 
@@ -53,6 +62,7 @@ impl Event {
             Event::OrderPlaced(e) => [Some(e.user), None],
             Event::OrderCancelled(e) => [Some(e.user), None],
             Event::OrderAmended(e) => [Some(e.user), None],
+            Event::Conditional(e) => [Some(e.conditional.order.user), None],
             Event::TradeExecuted(t) => [Some(t.buyer.user), Some(t.seller.user)],
             Event::LiquidationStarted(e) => [Some(e.user), None],
             Event::LiquidationEnded(e) => [Some(e.user), None],
@@ -358,6 +368,10 @@ impl CancelReason {
         Self::Countdown,
         Self::Expired,
     ];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
 
     /// The API's SCREAMING_SNAKE_CASE name.
     pub fn as_str(self) -> &'static str {

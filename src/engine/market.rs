@@ -35,6 +35,9 @@ pub enum CommandError {
     /// A countdown below zero or past [`MAX_COUNTDOWN_MS`].
     #[error("countdown is outside 0 to a day")]
     InvalidCountdown,
+    /// A conditional order not accepted.
+    #[error("conditional order refused: {0:?}")]
+    Conditional(super::conditional::ConditionalRefusal),
 }
 
 /// Why an order cannot be priced for the risk step; nothing is logged.
@@ -83,6 +86,8 @@ pub struct Market {
     pub(super) countdowns: FxHashMap<UserId, i64>,
     /// Resting orders' expiry times ([`NewOrder::good_till`]).
     pub(super) expiries: FxHashMap<OrderId, i64>,
+    /// Conditional orders ([`super::conditional`]).
+    pub(super) conditionals: super::conditional::Conditionals,
 }
 
 /// The longest countdown a user may set: a day.
@@ -102,6 +107,7 @@ impl Market {
             leverage: FxHashMap::default(),
             countdowns: FxHashMap::default(),
             expiries: FxHashMap::default(),
+            conditionals: super::conditional::Conditionals::default(),
         }
     }
 
@@ -119,6 +125,18 @@ impl Market {
     /// [`super::command::DEFAULT_LEVERAGE_SETTING`] (at most the symbol's maximum).
     pub fn leverage_setting(&self, user: UserId) -> u32 {
         self.leverage.get(&user).copied().unwrap_or(super::command::DEFAULT_LEVERAGE_SETTING.min(self.spec.max_leverage))
+    }
+
+    pub fn conditionals(&self) -> &super::conditional::Conditionals {
+        &self.conditionals
+    }
+
+    /// The price a conditional order watching `working` compares with its trigger now.
+    pub fn working_price(&self, working: super::conditional::WorkingPrice) -> Option<Ticks> {
+        match working {
+            super::conditional::WorkingPrice::Last => self.last_price,
+            super::conditional::WorkingPrice::Mark => self.perp.mark,
+        }
     }
 
     pub fn spec(&self) -> &SymbolSpec {
@@ -249,7 +267,7 @@ impl Market {
         // of them when the mark (or margins) moved, else those its trades touched; a
         // sweep goes on with the pass a bounded one left.
         match command {
-            Command::Place(_) => self.check_positions(super::perp::Pass::Traded(first), now, events),
+            Command::Place(_) | Command::PlaceTriggered { .. } => self.check_positions(super::perp::Pass::Traded(first), now, events),
             Command::IndexPrice { .. } | Command::Funding { .. } if result.is_ok() => {
                 self.check_positions(super::perp::Pass::New, now, events);
             }
@@ -262,9 +280,13 @@ impl Market {
             | Command::Countdown { .. }
             | Command::CountdownDue { .. }
             | Command::ExpireDue { .. }
-            | Command::Amend { .. } => {}
+            | Command::Amend { .. }
+            | Command::PlaceConditional(_)
+            | Command::CancelConditional { .. }
+            | Command::RefuseTriggered { .. } => {}
         }
         self.follow_basis(now);
+        self.trigger_conditionals(now, events);
         result
     }
 
@@ -321,6 +343,58 @@ impl Market {
             }
             Command::Amend { id, user, price, quantity, added_margin, timestamp } => {
                 self.amend(id, user, price, quantity, added_margin, timestamp, events);
+                Ok(())
+            }
+            Command::PlaceConditional(order) => {
+                let reference = self.working_price(order.working);
+                let id = self.seq + 1;
+                let c = self.conditionals.place(id, order, reference).map_err(CommandError::Conditional)?;
+                self.emit_conditional(c, events);
+                Ok(())
+            }
+            Command::CancelConditional { id, user, timestamp } => {
+                use super::conditional::ConditionalStatus::{Cancelled, New};
+                let ids: Vec<u64> = match id {
+                    Some(id) => vec![id],
+                    None => self.conditionals.open_of(user).filter(|c| c.status == New).map(|c| c.id).collect(),
+                };
+                let mut any = false;
+                for id in ids {
+                    let end = |c: &mut super::conditional::Conditional| {
+                        c.status = Cancelled;
+                        c.reason = Some(CancelReason::UserRequest);
+                    };
+                    if let Some(c) = self.conditionals.close(id, user, New, timestamp, end) {
+                        self.emit_conditional(c, events);
+                        any = true;
+                    }
+                }
+                if any || id.is_none() { Ok(()) } else { Err(CommandError::OrderNotOpen) }
+            }
+            Command::PlaceTriggered { conditional, ref order } => {
+                use super::conditional::ConditionalStatus::{Triggered, Triggering};
+                let end = |c: &mut super::conditional::Conditional| {
+                    c.status = Triggered;
+                    c.order_id = Some(order.id);
+                };
+                match self.conditionals.close(conditional, order.user, Triggering, order.timestamp, end) {
+                    Some(c) => {
+                        self.emit_conditional(c, events);
+                        self.place(order, events);
+                    }
+                    // Placed already (a retry after a 504), or never triggered.
+                    None => self.emit_cancelled(order, 0, order.locked_margin, CancelReason::InvalidOrder, events),
+                }
+                Ok(())
+            }
+            Command::RefuseTriggered { conditional, user, reason, timestamp } => {
+                use super::conditional::ConditionalStatus::{Rejected, Triggering};
+                let end = |c: &mut super::conditional::Conditional| {
+                    c.status = Rejected;
+                    c.reason = Some(reason);
+                };
+                let c = self.conditionals.close(conditional, user, Triggering, timestamp, end).ok_or(CommandError::OrderNotOpen)?;
+                self.emit_conditional(c, events);
                 Ok(())
             }
             Command::ExpireDue { timestamp } => {
@@ -750,6 +824,21 @@ impl Market {
             reason,
             timestamp: order.timestamp,
         }));
+    }
+
+    /// Marks `Triggering` every conditional order the last and mark prices reach now,
+    /// oldest first.
+    fn trigger_conditionals(&mut self, now: i64, events: &mut Vec<Event>) {
+        for id in self.conditionals.due(self.last_price, self.perp.mark) {
+            if let Some(c) = self.conditionals.trigger(id, now) {
+                self.emit_conditional(c, events);
+            }
+        }
+    }
+
+    fn emit_conditional(&mut self, conditional: super::conditional::Conditional, events: &mut Vec<Event>) {
+        let seq = self.next_seq();
+        events.push(Event::Conditional(super::event::ConditionalUpdate { seq, conditional }));
     }
 
     /// What is kept beside the book of an order that left it: its client id, its expiry.

@@ -425,3 +425,106 @@ fn expire_maker_cancels_the_own_order_and_goes_on_expire_both_stops_too() {
         }
     }
 }
+
+fn conditional(user: UserId, side: Side, kind: crate::engine::ConditionalKind, trigger: Ticks, qty: Lots) -> crate::engine::NewConditional {
+    crate::engine::NewConditional {
+        user,
+        side,
+        kind,
+        trigger,
+        working: crate::engine::WorkingPrice::Last,
+        price: None,
+        tif: TimeInForce::Gtc,
+        quantity: qty,
+        close_position: false,
+        reduce_only: false,
+        client_order_id: None,
+        timestamp: 5_000,
+    }
+}
+
+fn conditional_updates(events: &[Event]) -> Vec<(u64, crate::engine::ConditionalStatus)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Conditional(u) => Some((u.conditional.id, u.conditional.status)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stop_waits_outside_the_book_and_triggers_once_when_the_last_price_reaches_it() {
+    use crate::engine::{ConditionalKind, ConditionalStatus};
+    let mut h = Harness::new();
+    h.gtc(B, Side::Sell, 100, 1);
+    h.market(C, Side::Buy, 1); // last = 100
+    let mut events = Vec::new();
+    // A sell stop at 100 would fire at once: refused, nothing changes.
+    let seq = h.market.seq();
+    let refused = h.market.execute(&Command::PlaceConditional(conditional(A, Side::Sell, ConditionalKind::Stop, 100, 1)), &mut events);
+    assert_eq!(refused, Err(CommandError::Conditional(crate::engine::conditional::ConditionalRefusal::WouldTrigger)));
+    assert!(events.is_empty());
+    assert_eq!(h.market.seq(), seq);
+    // A buy stop at 105 and a sell take-profit at 103 wait; neither holds any margin nor rests.
+    h.market.execute(&Command::PlaceConditional(conditional(A, Side::Buy, ConditionalKind::Stop, 105, 2)), &mut events).unwrap();
+    h.market.execute(&Command::PlaceConditional(conditional(D, Side::Sell, ConditionalKind::TakeProfit, 103, 1)), &mut events).unwrap();
+    let accepted = conditional_updates(&events);
+    assert_eq!(accepted.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [ConditionalStatus::New, ConditionalStatus::New]);
+    assert_eq!(h.depth(Side::Buy), []);
+    assert_eq!(h.market.conditionals().waiting(), 2);
+    // A trade at 102 reaches neither.
+    h.gtc(B, Side::Sell, 102, 1);
+    let events = h.market(C, Side::Buy, 1);
+    assert!(conditional_updates(&events).is_empty());
+    // A trade at 104 reaches the take-profit only, once.
+    h.gtc(B, Side::Sell, 104, 3);
+    let events = h.market(C, Side::Buy, 1);
+    assert_eq!(conditional_updates(&events), [(accepted[1].0, ConditionalStatus::Triggering)]);
+    let events = h.market(C, Side::Buy, 1);
+    assert!(conditional_updates(&events).is_empty(), "a triggering order does not trigger again");
+    assert_eq!(h.market.conditionals().waiting(), 1);
+    // Its order, risk-checked, is placed by the command that says so; a second one is refused.
+    let tp = accepted[1].0;
+    let order = h.order(D, Side::Sell, OrderType::Market, 1);
+    let mut events = Vec::new();
+    h.market.execute(&Command::PlaceTriggered { conditional: tp, order }, &mut events).unwrap();
+    assert_eq!(conditional_updates(&events), [(tp, ConditionalStatus::Triggered)]);
+    assert_eq!(h.market.conditionals().get(tp).unwrap().order_id, Some(order.id));
+    let again = h.order(D, Side::Sell, OrderType::Market, 1);
+    let mut events = Vec::new();
+    h.market.execute(&Command::PlaceTriggered { conditional: tp, order: again }, &mut events).unwrap();
+    assert_eq!(cancelled(&events), [(again.id.0, CancelReason::InvalidOrder, 0)]);
+    // Snapshot and restore keep the waiting stop and the closed take-profit.
+    let restored = Market::restore(btc(), &h.market.snapshot()).unwrap();
+    assert_eq!(restored.snapshot(), h.market.snapshot());
+    assert_eq!(restored.conditionals().waiting(), 1);
+    assert_eq!(restored.conditionals().get(tp).unwrap().status, ConditionalStatus::Triggered);
+    // Cancelling the stop takes it off the queue; cancelling it again finds nothing.
+    let stop = accepted[0].0;
+    let mut events = Vec::new();
+    h.market.execute(&Command::CancelConditional { id: Some(stop), user: A, timestamp: 9_000 }, &mut events).unwrap();
+    assert_eq!(conditional_updates(&events), [(stop, ConditionalStatus::Cancelled)]);
+    assert_eq!(h.market.execute(&Command::CancelConditional { id: Some(stop), user: A, timestamp: 9_001 }, &mut events), Err(CommandError::OrderNotOpen));
+    assert_eq!(h.market.conditionals().waiting(), 0);
+}
+
+#[test]
+fn a_mark_price_stop_triggers_on_the_index_and_a_refused_one_is_rejected() {
+    use crate::engine::{ConditionalKind, ConditionalStatus, WorkingPrice};
+    let mut h = Harness::new();
+    let mut events = Vec::new();
+    h.market.execute(&Command::IndexPrice { price: 100, timestamp: 1 }, &mut events).unwrap();
+    let stop = crate::engine::NewConditional { working: WorkingPrice::Mark, close_position: true, quantity: 0, ..conditional(A, Side::Sell, ConditionalKind::Stop, 95, 0) };
+    let mut events = Vec::new();
+    h.market.execute(&Command::PlaceConditional(stop), &mut events).unwrap();
+    let id = conditional_updates(&events)[0].0;
+    let mut events = Vec::new();
+    h.market.execute(&Command::IndexPrice { price: 94, timestamp: 2 }, &mut events).unwrap();
+    assert_eq!(conditional_updates(&events), [(id, ConditionalStatus::Triggering)]);
+    let mut events = Vec::new();
+    let refuse = Command::RefuseTriggered { conditional: id, user: A, reason: CancelReason::ReduceOnlyRejected, timestamp: 3 };
+    h.market.execute(&refuse, &mut events).unwrap();
+    assert_eq!(conditional_updates(&events), [(id, ConditionalStatus::Rejected)]);
+    assert_eq!(h.market.execute(&refuse, &mut events), Err(CommandError::OrderNotOpen));
+}

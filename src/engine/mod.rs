@@ -12,6 +12,7 @@
 
 pub mod book;
 pub mod command;
+pub mod conditional;
 pub mod event;
 pub mod market;
 pub mod perp;
@@ -22,7 +23,8 @@ pub mod units;
 
 pub use book::{Book, Resting};
 pub use command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId, DEFAULT_LEVERAGE_SETTING, LEVERAGE_OF_SETTING};
-pub use event::{AmendRefusal, Amended, CancelReason, Cancelled, Event, FillUpdate, FundingPayment, FundingRound, Liquidated, LiquidationOrder, Placed, PositionState, PriceUpdate, Trade};
+pub use conditional::{Conditional, ConditionalKind, ConditionalStatus, NewConditional, WorkingPrice};
+pub use event::{AmendRefusal, Amended, ConditionalUpdate, CancelReason, Cancelled, Event, FillUpdate, FundingPayment, FundingRound, Liquidated, LiquidationOrder, Placed, PositionState, PriceUpdate, Trade};
 pub use market::{CommandError, Market, PriceError, ADL_ORDER, ENGINE_ORDER, MAX_COUNTDOWN_MS};
 pub use perp::{Health, Perp};
 pub use snapshot::SnapshotError;

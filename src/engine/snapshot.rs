@@ -20,7 +20,7 @@ use super::symbol::SymbolSpec;
 use super::units::Ticks;
 
 const MAGIC: &[u8; 6] = b"EXSNAP";
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -59,6 +59,15 @@ struct StateV4 {
     leverage: Vec<(UserId, u32)>,
     countdowns: Vec<(UserId, i64)>,
     expiries: Vec<(OrderId, i64)>,
+}
+
+/// Version 5 added the conditional orders: the open ones and the closed ones the market
+/// remembers, each oldest first.
+#[derive(Serialize, Deserialize)]
+struct StateV5 {
+    state: StateV4,
+    open: Vec<super::conditional::Conditional>,
+    closed: Vec<super::conditional::Conditional>,
 }
 
 /// The perpetual's state as version 2 held it.
@@ -105,16 +114,21 @@ impl Market {
         countdowns.sort_unstable();
         let mut expiries: Vec<(OrderId, i64)> = self.expiries.iter().map(|(o, t)| (*o, *t)).collect();
         expiries.sort_unstable();
-        let state = StateV4 {
-            state: StateV2 {
-                market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
-                perp: self.perp.clone(),
+        let (open, closed) = self.conditionals.parts();
+        let state = StateV5 {
+            state: StateV4 {
+                state: StateV2 {
+                    market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
+                    perp: self.perp.clone(),
+                },
+                leverage,
+                countdowns,
+                expiries,
             },
-            leverage,
-            countdowns,
-            expiries,
+            open,
+            closed,
         };
-        let mut out = Vec::with_capacity(64 + state.state.market.orders.len() * 64);
+        let mut out = Vec::with_capacity(64 + state.state.state.market.orders.len() * 64);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         // Serializing plain owned data into a Vec cannot fail.
@@ -130,19 +144,25 @@ impl Market {
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(SnapshotError::BadMagic)?;
         let (version, body) = rest.split_first_chunk::<2>().ok_or(SnapshotError::BadMagic)?;
         let corrupt = |e: postcard::Error| SnapshotError::Corrupt(e.to_string());
-        let (state, perp, v4) = match u16::from_le_bytes(*version) {
-            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default(), None),
+        let v4 = |v4: StateV4| (v4.state.market, v4.state.perp, Some((v4.leverage, v4.countdowns, v4.expiries)));
+        let (state, perp, v4, v5) = match u16::from_le_bytes(*version) {
+            1 => (postcard::from_bytes::<StateV1>(body).map_err(corrupt)?, Perp::default(), None, None),
             2 => {
                 let v2: StateV2<PerpV2> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v2.market, v2.perp.into(), None)
+                (v2.market, v2.perp.into(), None, None)
             }
             3 => {
                 let v3: StateV2<Perp> = postcard::from_bytes(body).map_err(corrupt)?;
-                (v3.market, v3.perp, None)
+                (v3.market, v3.perp, None, None)
+            }
+            4 => {
+                let (market, perp, settings) = v4(postcard::from_bytes(body).map_err(corrupt)?);
+                (market, perp, settings, None)
             }
             VERSION => {
-                let v4: StateV4 = postcard::from_bytes(body).map_err(corrupt)?;
-                (v4.state.market, v4.state.perp, Some((v4.leverage, v4.countdowns, v4.expiries)))
+                let v5: StateV5 = postcard::from_bytes(body).map_err(corrupt)?;
+                let (market, perp, settings) = v4(v5.state);
+                (market, perp, settings, Some((v5.open, v5.closed)))
             }
             other => return Err(SnapshotError::UnsupportedVersion(other)),
         };
@@ -173,6 +193,9 @@ impl Market {
                 }
                 market.expiries.insert(id, at);
             }
+        }
+        if let Some((open, closed)) = v5 {
+            market.conditionals = super::conditional::Conditionals::from_parts(open, closed).map_err(SnapshotError::Corrupt)?;
         }
         Ok(market)
     }

@@ -12,7 +12,7 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
     Box::pin(async move {
         match req {
             Request::Api(api) => Reply::Api(answer(&shard, api).await),
-            Request::Reserve { key, order, symbol } => Reply::Reserved(shard.accounts.reserve(&key, order, symbol)),
+            Request::Reserve { key, order, symbol } => Reply::Reserved(shard.accounts.reserve(key.as_deref(), order, symbol)),
             Request::Release { order } => {
                 shard.accounts.release(&order);
                 Reply::Done

@@ -230,8 +230,9 @@ impl From<NotLogged> for Refusal {
 #[derive(Debug)]
 pub enum Request {
     Api(ApiRequest),
-    /// Risk step on the account owner: authenticate, rate-limit, check and lock.
-    Reserve { key: String, order: NewOrder, symbol: usize },
+    /// Risk step on the account owner: authenticate, rate-limit, check and lock. No
+    /// key: the order of a triggered conditional order, placed for `order.user`.
+    Reserve { key: Option<String>, order: NewOrder, symbol: usize },
     /// The order could not be logged: unlock.
     Release { order: NewOrder },
     /// The log may still have the order (504): keep its lock until a `Release` or a restart.

@@ -67,18 +67,22 @@ impl AccountRoom {
 
     /// The risk step, in the ledger of the account's owner: one uninterrupted step (it
     /// also numbers the order). Redis, when configured, is told behind it.
-    pub fn reserve(&self, key: &str, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
+    /// `key: None`: an order the exchange places for `order.user` (a triggered
+    /// conditional order), neither authenticated nor counted against the rate limit.
+    pub fn reserve(&self, key: Option<&str>, mut order: NewOrder, symbol: usize) -> Result<NewOrder, ReserveError> {
         self.reserve_in_ledger(key, &mut order, symbol)?;
         self.log.numbered(order.id.0 & crate::accounts::ORDER_NUMBER_MASK);
         hot::reserved(&self.out, &order);
         Ok(order)
     }
 
-    fn reserve_in_ledger(&self, key: &str, order: &mut NewOrder, symbol: usize) -> Result<(), ReserveError> {
+    fn reserve_in_ledger(&self, key: Option<&str>, order: &mut NewOrder, symbol: usize) -> Result<(), ReserveError> {
         let mut accounts = self.ledger.borrow_mut();
-        let user = accounts.authenticate(key).ok_or(ReserveError::Unauthorized)?;
-        let now = order.timestamp;
-        match accounts.reserve(user, order, symbol, now) {
+        let (user, counted) = match key {
+            Some(key) => (accounts.authenticate(key).ok_or(ReserveError::Unauthorized)?, Some(order.timestamp)),
+            None => (order.user, None),
+        };
+        match accounts.reserve(user, order, symbol, counted) {
             Ok(()) => Ok(()),
             Err(RiskError::Unauthorized) => Err(ReserveError::Unauthorized),
             Err(RiskError::RateLimited) => Err(ReserveError::RateLimited),

@@ -181,7 +181,7 @@ impl SymbolRoom {
                 crate::engine::PriceError::TooLarge => Refusal::TooLarge,
             })?;
         }
-        let order = match self.ask(self.account_owner(user), Request::Reserve { key, order, symbol }).await {
+        let order = match self.ask(self.account_owner(user), Request::Reserve { key: Some(key), order, symbol }).await {
             Some(Reply::Reserved(Ok(order))) => order,
             Some(Reply::Reserved(Err(e))) => {
                 return match e {
