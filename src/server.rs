@@ -318,6 +318,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     }
     glommio::spawn_local(crate::shard::symbols::funding::clock(shard.symbols.clone())).detach();
     glommio::spawn_local(crate::shard::symbols::deadlines::clock(shard.symbols.clone())).detach();
+    glommio::spawn_local(crate::shard::symbols::triggers::placer(shard.symbols.clone())).detach();
     let history = cold.map(|(reader, _)| reader);
     let hub = crate::api::stream::Hub::new(&shard);
     crate::shard::projections::feed::install(&shard.out, Rc::new(crate::api::stream::HubFeed(hub.clone())));

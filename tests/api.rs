@@ -700,3 +700,90 @@ fn a_batch_of_orders_is_answered_order_by_order() {
     let (_, open) = s.get(&alice, "/v1/orders");
     assert_eq!(open.as_array().unwrap().len(), 2, "refused batches placed nothing");
 }
+
+/// Conditional orders: accepted while their trigger is not reached, placed through the
+/// risk step once it is (a stop that the account cannot pay for ends REJECTED), cancelled
+/// by id or clientOrderId, and kept across a kill -9.
+#[test]
+fn conditional_orders_trigger_through_the_risk_step_and_survive_a_restart() {
+    let mut s = Server::start();
+    let alice = s.funded("alice", "10000");
+    let bob = s.funded("bob", "10000");
+    let poor = s.funded("poor", "50");
+    let conditional = |key: &str, body: &str| s.post(key, "/v1/conditional-orders", body);
+    let carol = s.funded("carol", "10000");
+    // A last price of 50000, bob long 0.004, the book empty.
+    s.limit(&alice, "SELL", "50000", "0.004");
+    s.limit(&bob, "BUY", "50000", "0.004");
+
+    for (body, why) in [
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49000"}"#, "no quantity"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49000","quantity":"0.001","price":"1"}"#, "a price on a MARKET stop"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP","triggerPrice":"49000","quantity":"0.001"}"#, "no price on a LIMIT stop"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP","triggerPrice":"49000","price":"49000","closePosition":true}"#, "closePosition on a LIMIT stop"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49000","quantity":"0.001","closePosition":true}"#, "quantity with closePosition"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49000.05","quantity":"0.001"}"#, "off tick"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49000","quantity":"0.001","workingType":"INDEX"}"#, "working type"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"TRAILING","triggerPrice":"49000","quantity":"0.001"}"#, "type"),
+    ] {
+        let (status, reply) = conditional(&bob, body);
+        assert_eq!((status, reply["code"].as_str()), (400, Some("INVALID_REQUEST")), "{why}: {reply}");
+    }
+    // A sell stop at or above the last price would fire at once.
+    let (status, reply) = conditional(&bob, r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"50000","closePosition":true}"#);
+    assert_eq!((status, reply["code"].as_str()), (400, Some("WOULD_TRIGGER_IMMEDIATELY")), "{reply}");
+    assert_eq!(conditional("nobody", r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"1","quantity":"1"}"#).0, 401);
+
+    let (status, stop) = conditional(&bob, r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49900","closePosition":true,"clientOrderId":"sl-1"}"#);
+    assert_eq!(status, 200, "{stop}");
+    assert_eq!((stop["status"].as_str(), stop["reduceOnly"].as_bool(), stop["quantity"].as_str()), (Some("NEW"), Some(true), None), "{stop}");
+    let (status, dup) = conditional(&bob, r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49800","quantity":"0.001","clientOrderId":"sl-1"}"#);
+    assert_eq!(status, 400, "a second open sl-1: {dup}");
+    let (_, tp) = conditional(&bob, r#"{"symbol":"BTC-PERP","side":"SELL","type":"TAKE_PROFIT","triggerPrice":"52000","price":"51900","quantity":"0.001","reduceOnly":true,"clientOrderId":"tp-1"}"#);
+    assert_eq!(tp["timeInForce"], "GTC", "{tp}");
+    // A buy stop the poor account cannot pay for, and one it can.
+    let (_, big) = conditional(&poor, r#"{"symbol":"BTC-PERP","side":"BUY","type":"STOP_MARKET","triggerPrice":"50100","quantity":"1"}"#);
+    let (_, small) = conditional(&poor, r#"{"symbol":"BTC-PERP","side":"BUY","type":"STOP_MARKET","triggerPrice":"50100","quantity":"0.001"}"#);
+    let open = s.get(&bob, "/v1/conditional-orders?symbol=BTC-PERP").1;
+    assert_eq!(open.as_array().map(Vec::len), Some(2), "{open}");
+    assert_eq!(s.get(&alice, "/v1/conditional-orders").1, serde_json::json!([]), "only the user's own");
+
+    // Kept across a kill -9; nothing locked while waiting.
+    s.kill9();
+    s.restart();
+    let by_cid = s.get(&bob, "/v1/conditional-orders/by-client-id/sl-1?symbol=BTC-PERP").1;
+    assert_eq!(by_cid["conditionalId"], stop["conditionalId"], "{by_cid}");
+    assert_eq!(s.get(&poor, "/v1/balance").1["locked"], "0");
+
+    // The take-profit, cancelled by clientOrderId: once, then it is not open.
+    let (status, cancelled) = s.delete(&bob, "/v1/conditional-orders/by-client-id/tp-1?symbol=BTC-PERP");
+    assert_eq!((status, cancelled["status"].as_str(), cancelled["reason"].as_str()), (200, Some("CANCELLED"), Some("USER_REQUEST")), "{cancelled}");
+    assert_eq!(s.delete(&bob, "/v1/conditional-orders/by-client-id/tp-1?symbol=BTC-PERP").0, 409);
+
+    // A trade at 50100 fires the poor user's stops; one at 49900 fires bob's.
+    s.limit(&carol, "SELL", "50100", "0.002");
+    s.limit(&alice, "BUY", "50100", "0.001");
+    let path = |c: &serde_json::Value| format!("/v1/conditional-orders/{}", c["conditionalId"].as_str().unwrap());
+    common::eventually("the poor user's stops were not placed", 10, || {
+        [&big, &small].iter().all(|c| !matches!(s.get(&poor, &path(c)).1["status"].as_str(), Some("NEW" | "TRIGGERING")))
+    });
+    let big = s.get(&poor, &path(&big)).1;
+    assert_eq!((big["status"].as_str(), big["reason"].as_str(), big["orderId"].as_str()), (Some("REJECTED"), Some("INSUFFICIENT_MARGIN"), None), "{big}");
+    let small = s.get(&poor, &path(&small)).1;
+    assert_eq!(small["status"], "TRIGGERED", "{small}");
+    let placed = s.get(&poor, &format!("/v1/orders/{}", small["orderId"].as_str().unwrap())).1;
+    assert_eq!((placed["type"].as_str(), placed["status"].as_str()), (Some("MARKET"), Some("FILLED")), "{placed}");
+    assert_eq!(s.get(&poor, "/v1/positions").1[0]["size"], "0.001");
+
+    s.limit(&alice, "BUY", "49900", "0.005");
+    s.limit(&carol, "SELL", "49900", "0.001");
+    common::eventually("bob's stop-loss was not placed", 10, || s.get(&bob, &path(&stop)).1["status"] == "TRIGGERED");
+    // closePosition: bob's whole long (0.004) sold at once against alice's bid.
+    let positions = s.get(&bob, "/v1/positions").1;
+    assert_eq!(positions, serde_json::json!([]), "bob is flat: {positions}");
+    let all = s.get(&bob, "/v1/conditional-orders?symbol=BTC-PERP&closed=true").1;
+    let statuses: Vec<&str> = all.as_array().unwrap().iter().map(|c| c["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["TRIGGERED", "CANCELLED"], "{all}");
+    let (_, check) = s.request("POST", "/admin/v1/check", &[("x-admin-key", ADMIN)], None);
+    assert_eq!(check["clean"], true, "{check}");
+}

@@ -36,19 +36,23 @@ pub enum ApiError {
     MethodNotAllowed,
     /// An amendment the engine did not make (unchanged, would trade, invalid).
     AmendRefused(crate::engine::AmendRefusal),
+    /// A conditional order whose trigger the price has already reached.
+    WouldTrigger,
+    /// The most conditional orders a user may have waiting on a symbol are waiting.
+    TooManyConditionals,
 }
 
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidRequest(_) | Self::UnknownSymbol | Self::PriceOutOfBand | Self::AmendRefused(_) => 400,
+            Self::InvalidRequest(_) | Self::UnknownSymbol | Self::PriceOutOfBand | Self::AmendRefused(_) | Self::WouldTrigger => 400,
             Self::BodyTooLarge(_) => 413,
             Self::HeadersTooLarge(_) => 431,
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::OrderNotOpen | Self::UserExists | Self::TransferConflict | Self::FundingRefused(_) => 409,
-            Self::InsufficientMargin | Self::InsufficientBalance | Self::ReduceOnlyRejected | Self::TooManyOpenOrders | Self::PositionLimit => 422,
+            Self::InsufficientMargin | Self::InsufficientBalance | Self::ReduceOnlyRejected | Self::TooManyOpenOrders | Self::PositionLimit | Self::TooManyConditionals => 422,
             Self::RateLimited | Self::StreamsPerAddress(_) => 429,
             Self::Unavailable(_) => 503,
             Self::StatusUnknown(_) => 504,
@@ -70,7 +74,8 @@ impl ApiError {
             Self::ReduceOnlyRejected => "REDUCE_ONLY_REJECTED",
             Self::PriceOutOfBand => "PRICE_OUT_OF_BAND",
             Self::FundingRefused(_) => "FUNDING_REFUSED",
-            Self::TooManyOpenOrders => "TOO_MANY_OPEN_ORDERS",
+            Self::TooManyOpenOrders | Self::TooManyConditionals => "TOO_MANY_OPEN_ORDERS",
+            Self::WouldTrigger => "WOULD_TRIGGER_IMMEDIATELY",
             Self::PositionLimit => "POSITION_LIMIT",
             Self::RateLimited | Self::StreamsPerAddress(_) => "RATE_LIMITED",
             Self::Unavailable(_) => "UNAVAILABLE",
@@ -98,6 +103,8 @@ impl ApiError {
             Self::PriceOutOfBand => "price is outside the band around the mark price (priceBandDown..priceBandUp in GET /v1/symbols)".into(),
             Self::FundingRefused(why) => (*why).into(),
             Self::TooManyOpenOrders => "the most open orders allowed on this symbol are open".into(),
+            Self::TooManyConditionals => format!("at most {} conditional orders may wait on a symbol", crate::engine::conditional::MAX_CONDITIONALS_PER_USER),
+            Self::WouldTrigger => "the price the order watches has already reached triggerPrice: it would trigger immediately".into(),
             Self::PositionLimit => "filled, this order and the open ones on its side could take the position past the symbol's limit (see GET /v1/symbols)".into(),
             Self::RateLimited => "order rate limit exceeded".into(),
             Self::StreamsPerAddress(n) => format!("at most {n} stream connections per client address"),
@@ -184,6 +191,12 @@ impl From<Refusal> for ApiError {
             Refusal::Admin(e) => e.into(),
             Refusal::NotLogged(e) => e.into(),
             Refusal::Unavailable(m) => Self::Unavailable(m),
+            Refusal::Conditional(r) => match r {
+                crate::engine::ConditionalRefusal::WouldTrigger => Self::WouldTrigger,
+                crate::engine::ConditionalRefusal::TooMany => Self::TooManyConditionals,
+                crate::engine::ConditionalRefusal::DuplicateClientOrderId => invalid("clientOrderId is already used by an open conditional order on this symbol"),
+                crate::engine::ConditionalRefusal::Invalid => invalid("triggerPrice, price or quantity is out of range"),
+            },
         }
     }
 }

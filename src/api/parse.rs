@@ -15,9 +15,9 @@ use rust_decimal::prelude::ToPrimitive;
 use crate::accounts::{partition_of, partition_of_name, user_of_key, IncomeKind};
 use crate::engine::symbol::usdt_to_units;
 use crate::engine::units::{MAX_NOTIONAL, MAX_TICKS};
-use crate::engine::{ClientOrderId, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId};
+use crate::engine::{ClientOrderId, NewConditional, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId, WorkingPrice};
 use crate::ids::{self, IdKind};
-use crate::shard::protocol::{AccountRequest, Interval, KlinePrice, OrderRef, SymbolRequest};
+use crate::shard::protocol::{AccountRequest, ConditionalRef, Interval, KlinePrice, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
 
 /// Where a request must be answered.
@@ -27,6 +27,9 @@ pub enum Routed {
     Symbol(usize, SymbolRequest),
     /// By the owner of an account partition.
     Partition(u32, AccountRequest),
+    /// Asked of each symbol's owner in turn; their lists answer together
+    /// (`GET`/`DELETE /v1/conditional-orders` with no symbol: every symbol).
+    EachSymbol(Vec<(usize, SymbolRequest)>),
     /// Orders placed one after another, each answered on its own (`POST /v1/orders/batch`).
     Batch { key: String, orders: Vec<Result<(usize, NewOrder), ApiError>> },
     /// From cold storage, once the partition's owner has authenticated the key;
@@ -137,6 +140,50 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             let (symbol, order) = body.validate(map)?;
             Routed::Symbol(symbol, SymbolRequest::PlaceOrder { key, symbol, order })
         }
+        ("POST", ["v1", "conditional-orders"]) => {
+            let (key, _) = private()?;
+            check_depth(input.body, limits.max_json_depth)?;
+            let body: ConditionalBody = parse_json(input.body)?;
+            let (symbol, order) = body.validate(map)?;
+            Routed::Symbol(symbol, SymbolRequest::PlaceConditional { key, symbol, order })
+        }
+        ("GET" | "DELETE", ["v1", "conditional-orders"]) => {
+            let (key, _) = private()?;
+            let symbols: Vec<usize> = match query.symbol(map)? {
+                Some(symbol) => vec![symbol],
+                None => (0..map.symbols.len()).collect(),
+            };
+            let closed = match query.get("closed") {
+                None | Some("false") => false,
+                Some("true") if method == "GET" => true,
+                Some(_) => return Err(invalid("closed must be true or false, and only for GET")),
+            };
+            let ask = |symbol| match method {
+                "GET" => SymbolRequest::Conditionals { key: key.clone(), symbol, closed },
+                _ => SymbolRequest::CancelConditional { key: key.clone(), symbol, target: None },
+            };
+            Routed::EachSymbol(symbols.into_iter().map(|s| (s, ask(s))).collect())
+        }
+        ("GET" | "DELETE", ["v1", "conditional-orders", rest @ ..]) => {
+            let (key, _) = private()?;
+            let (symbol, target) = match rest {
+                ["by-client-id", cid] => {
+                    let symbol = query.symbol(map)?.ok_or_else(|| invalid("symbol is required with a clientOrderId"))?;
+                    (symbol, ConditionalRef::Client(client_id_in_path(cid)?))
+                }
+                [id] => {
+                    let absent = if method == "GET" { ApiError::NotFound } else { ApiError::OrderNotOpen };
+                    let (symbol_key, n) = id.parse::<uuid::Uuid>().ok().and_then(|u| ids::decode(IdKind::Conditional, &u)).ok_or(absent.clone())?;
+                    (map.symbols.iter().position(|s| s.key == symbol_key).ok_or(absent)?, ConditionalRef::Id(n))
+                }
+                _ => return Err(ApiError::NotFound),
+            };
+            let req = match method {
+                "GET" => SymbolRequest::GetConditional { key, symbol, target },
+                _ => SymbolRequest::CancelConditional { key, symbol, target: Some(target) },
+            };
+            Routed::Symbol(symbol, req)
+        }
         ("GET", ["v1", "orders", "history"]) => {
             let (key, p) = private()?;
             let before = match query.get("before") {
@@ -157,10 +204,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             let (key, p) = private()?;
             let target = match rest {
                 // Percent-decoded: a clientOrderId may hold `/`, sent as `%2F`.
-                ["by-client-id", cid] => {
-                    let cid = percent_encoding::percent_decode_str(cid).decode_utf8().map_err(|_| invalid("clientOrderId is not UTF-8"))?;
-                    OrderRef::Client(ClientOrderId::new(&cid).map_err(|e| invalid(e.to_string()))?)
-                }
+                ["by-client-id", cid] => OrderRef::Client(client_id_in_path(cid)?),
                 [id] => order_ref(id),
                 _ => return Err(ApiError::NotFound),
             };
@@ -276,10 +320,16 @@ fn known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
         ["health"] | ["metrics"]
-            | ["v1", "symbols" | "depth" | "trades" | "orders" | "fills" | "balance" | "positions" | "premium-index" | "insurance-fund" | "income"]
-            | ["v1", "orders", ..]
+            | ["v1", "symbols" | "depth" | "trades" | "orders" | "conditional-orders" | "fills" | "balance" | "positions" | "premium-index" | "insurance-fund" | "income"]
+            | ["v1", "orders" | "conditional-orders", ..]
             | ["admin", "v1", "users" | "deposits" | "summary" | "check" | "index-prices" | "funding"]
     )
+}
+
+/// A clientOrderId in a path, percent-decoded (it may hold `/`, sent as `%2F`).
+fn client_id_in_path(text: &str) -> Result<ClientOrderId, ApiError> {
+    let cid = percent_encoding::percent_decode_str(text).decode_utf8().map_err(|_| invalid("clientOrderId is not UTF-8"))?;
+    ClientOrderId::new(&cid).map_err(|e| invalid(e.to_string()))
 }
 
 /// The admin key check. An empty or blank key never grants admin, whatever is
@@ -418,11 +468,7 @@ impl OrderBody {
     pub(crate) fn validate(self, map: &ShardMap) -> Result<(usize, NewOrder), ApiError> {
         let symbol = map.symbols.iter().position(|s| s.name == self.symbol).ok_or(ApiError::UnknownSymbol)?;
         let spec = &map.symbols[symbol];
-        let side = match self.side.as_str() {
-            "BUY" => Side::Buy,
-            "SELL" => Side::Sell,
-            _ => return Err(invalid("side must be BUY or SELL")),
-        };
+        let side = side(&self.side)?;
         let quantity = spec
             .quantity_to_lots(decimal(&self.quantity, "quantity")?)
             .map_err(|e| invalid(format!("quantity {e}")))?;
@@ -488,6 +534,91 @@ impl OrderBody {
                 good_till,
             },
         ))
+    }
+}
+
+fn side(text: &str) -> Result<Side, ApiError> {
+    match text {
+        "BUY" => Ok(Side::Buy),
+        "SELL" => Ok(Side::Sell),
+        _ => Err(invalid("side must be BUY or SELL")),
+    }
+}
+
+/// A conditional order as `POST /v1/conditional-orders` takes it (and the Binance
+/// dialect builds it).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConditionalBody {
+    pub symbol: String,
+    pub side: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub trigger_price: String,
+    pub working_type: Option<String>,
+    pub price: Option<String>,
+    pub time_in_force: Option<String>,
+    pub quantity: Option<String>,
+    pub reduce_only: Option<bool>,
+    pub close_position: Option<bool>,
+    pub client_order_id: Option<String>,
+}
+
+impl ConditionalBody {
+    pub(crate) fn validate(self, map: &ShardMap) -> Result<(usize, NewConditional), ApiError> {
+        let symbol = map.symbols.iter().position(|s| s.name == self.symbol).ok_or(ApiError::UnknownSymbol)?;
+        let spec = &map.symbols[symbol];
+        let side = side(&self.side)?;
+        let (kind, limited) =
+            NewConditional::parse_type(&self.kind).ok_or_else(|| invalid("type must be STOP_MARKET, TAKE_PROFIT_MARKET, STOP or TAKE_PROFIT"))?;
+        let ticks = |text: &str, field: &str| spec.price_to_ticks(decimal(text, field)?).map_err(|e| invalid(format!("{field} {e}")));
+        let trigger = ticks(&self.trigger_price, "triggerPrice")?;
+        let working = match self.working_type.as_deref() {
+            None => WorkingPrice::Last,
+            Some(w) => WorkingPrice::parse(w).ok_or_else(|| invalid("workingType must be CONTRACT_PRICE or MARK_PRICE"))?,
+        };
+        let (price, tif) = match (limited, self.price.as_deref(), self.time_in_force.as_deref()) {
+            (true, None, _) => return Err(invalid("price is required for STOP and TAKE_PROFIT")),
+            (true, Some(p), tif) => {
+                let tif = match tif {
+                    None => TimeInForce::Gtc,
+                    Some(t) => TimeInForce::parse(t).ok_or_else(|| invalid("timeInForce must be GTC, IOC, FOK or POST_ONLY"))?,
+                };
+                (Some(ticks(p, "price")?), tif)
+            }
+            (false, Some(_), _) => return Err(invalid("price is not allowed for STOP_MARKET and TAKE_PROFIT_MARKET")),
+            (false, None, Some(_)) => return Err(invalid("timeInForce is not allowed for STOP_MARKET and TAKE_PROFIT_MARKET")),
+            (false, None, None) => (None, TimeInForce::Gtc),
+        };
+        let close_position = self.close_position.unwrap_or(false);
+        let reduce_only = self.reduce_only.unwrap_or(false);
+        let quantity = match (close_position, self.quantity.as_deref()) {
+            (true, _) if limited => return Err(invalid("closePosition is only for STOP_MARKET and TAKE_PROFIT_MARKET")),
+            (true, Some(_)) => return Err(invalid("quantity is not allowed with closePosition (the whole position closes)")),
+            (true, None) if reduce_only => return Err(invalid("reduceOnly is not allowed with closePosition (it always reduces)")),
+            (true, None) => 0,
+            (false, None) => return Err(invalid("quantity is required (or closePosition)")),
+            (false, Some(q)) => spec.quantity_to_lots(decimal(q, "quantity")?).map_err(|e| invalid(format!("quantity {e}")))?,
+        };
+        if price.is_some_and(|p| spec.notional(p, quantity) > i128::from(MAX_NOTIONAL)) {
+            return Err(invalid("order notional is too large"));
+        }
+        let client_order_id = self.client_order_id.map(|c| ClientOrderId::new(&c)).transpose().map_err(|e| invalid(e.to_string()))?;
+        let order = NewConditional {
+            user: UserId(0),
+            side,
+            kind,
+            trigger,
+            working,
+            price,
+            tif,
+            quantity,
+            close_position,
+            reduce_only,
+            client_order_id,
+            timestamp: 0,
+        };
+        Ok((symbol, order))
     }
 }
 

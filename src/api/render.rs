@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::accounts::{Fill, Income, OrderView};
 use crate::engine::perp::liquidation_price;
 use crate::engine::symbol::units_to_usdt;
-use crate::engine::{Health, OrderType, PositionState, SymbolSpec, ADL_ORDER, ENGINE_ORDER};
+use crate::engine::{Conditional, Health, OrderType, PositionState, SymbolSpec, ADL_ORDER, ENGINE_ORDER};
 use crate::ids::{self, IdKind};
 use crate::wire::rate_decimal;
 use super::HttpReply;
@@ -230,9 +230,63 @@ pub fn summary(map: &ShardMap, totals: &crate::accounts::Totals, prices: &[(usiz
     })
 }
 
+pub fn conditional_uuid(spec: &SymbolSpec, id: u64) -> String {
+    ids::encode(IdKind::Conditional, spec.key, id).to_string()
+}
+
+/// A conditional order (`/v1/conditional-orders`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionalJson {
+    conditional_id: String,
+    client_order_id: Option<String>,
+    symbol: String,
+    side: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    trigger_price: String,
+    working_type: &'static str,
+    price: Option<String>,
+    time_in_force: Option<&'static str>,
+    quantity: Option<String>,
+    close_position: bool,
+    reduce_only: bool,
+    status: &'static str,
+    /// The order it placed once triggered.
+    order_id: Option<String>,
+    reason: Option<&'static str>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+pub fn conditional(spec: &SymbolSpec, c: &Conditional) -> ConditionalJson {
+    let o = &c.order;
+    ConditionalJson {
+        conditional_id: conditional_uuid(spec, c.id),
+        client_order_id: o.client_order_id.map(|c| c.as_str().to_owned()),
+        symbol: spec.name.clone(),
+        side: o.side.as_str(),
+        kind: o.type_name(),
+        trigger_price: spec.ticks_to_price(o.trigger).to_string(),
+        working_type: o.working.as_str(),
+        price: o.price.map(|p| spec.ticks_to_price(p).to_string()),
+        time_in_force: o.price.map(|_| o.tif.as_str()),
+        quantity: (!o.close_position).then(|| spec.lots_to_quantity(o.quantity).to_string()),
+        close_position: o.close_position,
+        reduce_only: o.reduces(),
+        status: c.status.as_str(),
+        order_id: c.order_id.map(|id| order_uuid(spec, id)),
+        reason: c.reason.map(|r| r.as_str()),
+        created_at: o.timestamp,
+        updated_at: c.updated,
+    }
+}
+
 /// A shard's answer, as the API shows it.
 pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
     match answer {
+        Answer::Conditional { symbol, conditional: c } => ok(&conditional(&map.symbols[*symbol], c)),
+        Answer::Conditionals { symbol, list } => ok(&list.iter().map(|c| conditional(&map.symbols[*symbol], c)).collect::<Vec<_>>()),
         Answer::Order(v) => ok(&order(map, v)),
         Answer::Orders(list) => ok(&list.iter().map(|v| order(map, v)).collect::<Vec<_>>()),
         Answer::Fills(list) => ok(&list.iter().map(|f| fill(map, f)).collect::<Vec<_>>()),

@@ -189,6 +189,17 @@ impl Service {
                 }
                 return render::ok(&answers);
             }
+            Routed::EachSymbol(asks) => {
+                let mut all = Vec::new();
+                for (symbol, req) in asks {
+                    match self.ask(shard.symbol_owner(symbol), ApiRequest::Symbol(req)).await {
+                        Ok(Answer::Conditionals { symbol, list }) => all.extend(list.iter().map(|c| render::conditional(&shard.map.symbols[symbol], c))),
+                        Ok(_) => return ApiError::Unavailable("unexpected answer".into()).reply(),
+                        Err(e) => return e.reply(),
+                    }
+                }
+                return render::ok(&all);
+            }
             Routed::Symbol(symbol, req) => (shard.symbol_owner(symbol), ApiRequest::Symbol(req)),
             Routed::Partition(partition, req) => (shard.partition_owner(partition), ApiRequest::Account(req)),
         };

@@ -23,7 +23,7 @@ pub mod units;
 
 pub use book::{Book, Resting};
 pub use command::{ClientOrderId, Command, NewOrder, OrderId, OrderType, SelfTradePrevention, Side, TimeInForce, UserId, DEFAULT_LEVERAGE_SETTING, LEVERAGE_OF_SETTING};
-pub use conditional::{Conditional, ConditionalKind, ConditionalStatus, NewConditional, WorkingPrice};
+pub use conditional::{Conditional, ConditionalKind, ConditionalRefusal, ConditionalStatus, NewConditional, WorkingPrice};
 pub use event::{AmendRefusal, Amended, ConditionalUpdate, CancelReason, Cancelled, Event, FillUpdate, FundingPayment, FundingRound, Liquidated, LiquidationOrder, Placed, PositionState, PriceUpdate, Trade};
 pub use market::{CommandError, Market, PriceError, ADL_ORDER, ENGINE_ORDER, MAX_COUNTDOWN_MS};
 pub use perp::{Health, Perp};

@@ -82,6 +82,21 @@ pub enum SymbolRequest {
     IndexPrice { symbol: usize, price: i64 },
     /// Admin: settle funding now.
     Funding { symbol: usize },
+    /// Log the key's user's conditional order (user and time are set by the owner).
+    PlaceConditional { key: String, symbol: usize, order: crate::engine::NewConditional },
+    /// The key's user's open conditional orders (`closed`: and the closed ones remembered).
+    Conditionals { key: String, symbol: usize, closed: bool },
+    GetConditional { key: String, symbol: usize, target: ConditionalRef },
+    /// Cancel one waiting conditional order, or (`None`) all of the user's on the symbol.
+    CancelConditional { key: String, symbol: usize, target: Option<ConditionalRef> },
+}
+
+/// How a client names one of its conditional orders on a symbol.
+#[derive(Clone, Copy, Debug)]
+pub enum ConditionalRef {
+    /// The number in its UUID.
+    Id(u64),
+    Client(ClientOrderId),
 }
 
 /// What the owner of the key's (or name's) account answers.
@@ -133,6 +148,8 @@ impl ApiRequest {
                 SymbolRequest::PlaceOrder { .. } | SymbolRequest::IndexPrice { .. } | SymbolRequest::Funding { .. }
                     | SymbolRequest::SetLeverage { .. }
                     | SymbolRequest::Countdown { .. }
+                    | SymbolRequest::PlaceConditional { .. }
+                    | SymbolRequest::CancelConditional { .. }
             ),
             Self::Account(r) => matches!(
                 r,
@@ -184,6 +201,9 @@ pub enum Answer {
     Leverage { symbol: usize, leverage: u32 },
     /// A countdown logged.
     Countdown { symbol: usize, after_ms: i64 },
+    Conditional { symbol: usize, conditional: crate::engine::Conditional },
+    /// Oldest first.
+    Conditionals { symbol: usize, list: Vec<crate::engine::Conditional> },
 }
 
 /// Why a shard did not do what an [`ApiRequest`] asked.
@@ -219,6 +239,8 @@ pub enum Refusal {
     NotLogged(NotLogged),
     /// Another core, or a store, did not answer.
     Unavailable(String),
+    /// A conditional order the engine did not accept.
+    Conditional(crate::engine::ConditionalRefusal),
 }
 
 impl From<NotLogged> for Refusal {

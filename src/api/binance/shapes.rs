@@ -112,6 +112,8 @@ pub fn error_of(e: &ApiError) -> Error {
         ApiError::MethodNotAllowed => Error::new(405, -5000, e.message()),
         ApiError::AmendRefused(crate::engine::AmendRefusal::Unchanged) => Error::fixed(400, -5027, "No need to modify the order."),
         ApiError::AmendRefused(_) => Error::new(400, -1130, e.message()),
+        ApiError::WouldTrigger => Error::fixed(400, -2021, "Order would immediately trigger."),
+        ApiError::TooManyConditionals => Error::fixed(400, -4045, "Reach max stop order limit."),
     };
     if matches!(e, ApiError::RateLimited | ApiError::StreamsPerAddress(_)) {
         error.retry_after = Some(1);

@@ -21,6 +21,7 @@ pub mod deadlines;
 pub mod funding;
 pub mod recover;
 pub mod stream;
+pub mod triggers;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -31,10 +32,10 @@ use super::accounts::AccountRoom;
 use super::core::{now_ms, Core};
 use super::log::{files, LogRoom};
 use super::projections::Projections;
-use super::protocol::{Answer, KlinePrice, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError, SymbolRequest};
+use super::protocol::{Answer, ConditionalRef, KlinePrice, MarketPrices, NotLogged, Refusal, Reply, Request, ReserveError, SymbolRequest};
 use super::rpc::Pending;
 use crate::accounts::{OrderStatus, OrderView};
-use crate::engine::{CancelReason, Command, Event, NewOrder, OrderId, UserId, LEVERAGE_OF_SETTING};
+use crate::engine::{CancelReason, Command, Conditional, Event, NewConditional, NewOrder, OrderId, UserId, LEVERAGE_OF_SETTING};
 use stream::SymbolStream;
 
 pub struct SymbolRoom {
@@ -43,6 +44,7 @@ pub struct SymbolRoom {
     out: Rc<Projections>,
     accounts: Rc<AccountRoom>,
     streams: RefCell<FxHashMap<usize, Rc<SymbolStream>>>,
+    pub triggers: triggers::Triggers,
 }
 
 impl std::ops::Deref for SymbolRoom {
@@ -54,7 +56,7 @@ impl std::ops::Deref for SymbolRoom {
 
 impl SymbolRoom {
     pub fn new(log: Rc<LogRoom>, out: Rc<Projections>, accounts: Rc<AccountRoom>) -> Self {
-        Self { core: log.core.clone(), log, out, accounts, streams: RefCell::default() }
+        Self { core: log.core.clone(), log, out, accounts, streams: RefCell::default(), triggers: triggers::Triggers::default() }
     }
 
     pub fn stream(&self, symbol: usize) -> Option<Rc<SymbolStream>> {
@@ -136,6 +138,51 @@ impl SymbolRoom {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 // Settles the coming funding time now: the scheduled tick then finds it done.
                 settle_funding(&stream, now_ms()).await
+            }
+            SymbolRequest::PlaceConditional { key, symbol, order } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let user = self.authenticate(&key).await?;
+                let order = NewConditional { user, timestamp: now_ms(), ..order };
+                let outcome = stream.submit(Command::PlaceConditional(order)).await?;
+                match outcome.result {
+                    Err(crate::engine::CommandError::Conditional(refusal)) => Err(Refusal::Conditional(refusal)),
+                    Err(e) => Err(Refusal::Invalid(e.to_string())),
+                    Ok(()) => {
+                        let mut changed = conditionals_in(&outcome.events);
+                        // Accepted is the first; a trigger in the same step cannot follow
+                        // (one that would trigger at once is refused).
+                        changed.next().map(|conditional| Answer::Conditional { symbol, conditional }).ok_or_else(|| Refusal::Unavailable("no result".into()))
+                    }
+                }
+            }
+            SymbolRequest::Conditionals { key, symbol, closed } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let user = self.authenticate(&key).await?;
+                let market = stream.market.borrow();
+                let list = if closed { market.conditionals().all_of(user) } else { market.conditionals().open_of(user).copied().collect() };
+                Ok(Answer::Conditionals { symbol, list })
+            }
+            SymbolRequest::GetConditional { key, symbol, target } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let user = self.authenticate(&key).await?;
+                let conditional = find_conditional(&stream, user, target, false).ok_or(Refusal::NotFound)?;
+                Ok(Answer::Conditional { symbol, conditional })
+            }
+            SymbolRequest::CancelConditional { key, symbol, target } => {
+                let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
+                let user = self.authenticate(&key).await?;
+                let id = match target {
+                    Some(target) => Some(find_conditional(&stream, user, target, true).ok_or(Refusal::OrderNotOpen)?.id),
+                    None => None,
+                };
+                let outcome = stream.submit(Command::CancelConditional { id, user, timestamp: now_ms() }).await?;
+                outcome.result.map_err(|_| Refusal::OrderNotOpen)?;
+                let list: Vec<_> = conditionals_in(&outcome.events).collect();
+                match (target, list.first()) {
+                    (Some(_), Some(c)) => Ok(Answer::Conditional { symbol, conditional: *c }),
+                    (Some(_), None) => Err(Refusal::OrderNotOpen),
+                    (None, _) => Ok(Answer::Conditionals { symbol, list }),
+                }
             }
         }
     }
@@ -368,6 +415,22 @@ impl SymbolRoom {
             }
         }
     }
+}
+
+/// The conditional orders a command's events changed, as they are after it.
+fn conditionals_in(events: &[Event]) -> impl Iterator<Item = Conditional> + '_ {
+    events.iter().filter_map(|e| if let Event::Conditional(c) = e { Some(c.conditional) } else { None })
+}
+
+/// The user's conditional order named by `target` (`open`: only one still open).
+fn find_conditional(stream: &SymbolStream, user: UserId, target: ConditionalRef, open: bool) -> Option<Conditional> {
+    let market = stream.market.borrow();
+    let all = market.conditionals();
+    let found = match target {
+        ConditionalRef::Id(id) => all.get(id),
+        ConditionalRef::Client(cid) => all.by_client_id(user, cid),
+    };
+    found.filter(|c| c.order.user == user && (!open || c.status.is_open())).copied()
 }
 
 /// The symbol's index, mark and funding as they are at `time`.

@@ -20,7 +20,7 @@ use glommio::channels::local_channel::LocalReceiver;
 use futures_lite::StreamExt;
 
 use super::SymbolRoom;
-use crate::engine::{Command, CommandError, Event, Market, NewOrder, Side};
+use crate::engine::{Command, CommandError, ConditionalStatus, Event, Market, NewOrder, Side};
 use crate::shard::core::now_ms;
 use crate::shard::log::{voids, Log, Stream};
 use crate::shard::projections::{feed, hot};
@@ -120,6 +120,10 @@ impl SymbolStream {
         }
         if !replayed {
             self.stream_market(room, &events);
+            let triggered = |e: &Event| matches!(e, Event::Conditional(c) if c.conditional.status == ConditionalStatus::Triggering);
+            if events.iter().any(triggered) {
+                room.triggers.wake(self.index);
+            }
         }
         // Liquidations a bounded pass left: logged as a command of their own, at once.
         if !replayed
@@ -157,10 +161,7 @@ impl SymbolStream {
         if let Some(kafka) = &room.log.kafka {
             kafka.publish(&room.map.symbols[self.index], &events);
         }
-        let logged = match command {
-            Command::Place(o) => Some(*o),
-            _ => None,
-        };
+        let logged = command.order().copied();
         let applied = room.forward_results(self.index, offset, logged, replayed, &events);
         Outcome { result, events, applied }
     }
@@ -432,7 +433,7 @@ fn refuse(room: &SymbolRoom, stream: &SymbolStream, jobs: Vec<Job>, payloads: &[
     let name = &room.map.symbols[stream.index].name;
     let answer = voids::refuse(&room.log, Stream::Symbol(name), payloads, why);
     if let NotLogged::Unknown(_) = answer {
-        let orders = jobs.iter().filter_map(|j| if let Command::Place(o) = &j.command { Some(*o) } else { None });
+        let orders = jobs.iter().filter_map(|j| j.command.order().copied());
         stream.in_doubt.borrow_mut().extend(orders);
     }
     for job in jobs {
