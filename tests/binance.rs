@@ -135,6 +135,27 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(dec(&seen["balance_after"]["used"]), dec(&balance["locked"]));
     assert!(dec(&balance["total"]) < Decimal::from(100_000), "the taker fee was paid: {balance}");
 
+    // Its stop-loss went to the algo API (ccxt shows a MARKET order with a triggerPrice),
+    // rested, and was cancelled, as natively.
+    assert_eq!(
+        (&seen["stop"]["status"], &seen["stop"]["type"], &seen["stop"]["reduceOnly"]),
+        (&serde_json::json!("open"), &serde_json::json!("market"), &serde_json::json!(true)),
+        "{}",
+        seen["stop"]
+    );
+    assert_eq!(dec(&Value::String(seen["stop"]["triggerPrice"].as_str().unwrap().to_owned())), Decimal::from(45_000));
+    assert_eq!(seen["stops_open"], serde_json::json!([seen["stop"]["id"]]));
+    assert_eq!(seen["stop_fetched"], "open");
+    assert_eq!(seen["stop_cancelled"], seen["stop"]["id"]);
+    assert_eq!(seen["stops_after_cancel"], serde_json::json!([]));
+    // ccxt maps -2021 to OrderImmediatelyFillable and -4120 to InvalidOrder only for
+    // Binance's own hostnames; elsewhere both are its generic ExchangeError.
+    assert_eq!(seen["stop_would_trigger"], serde_json::json!(["ExchangeError", -2021]));
+    assert_eq!(seen["stop_on_order_endpoint"], serde_json::json!(["ExchangeError", -4120]));
+    let cid = seen["stop"]["clientOrderId"].as_str().unwrap();
+    let (status, native) = s.get(&key, &format!("/v1/conditional-orders/by-client-id/{cid}?symbol=BTC-PERP"));
+    assert_eq!((status, native["status"].as_str(), native["type"].as_str()), (200, Some("CANCELLED"), Some("STOP_MARKET")), "{native}");
+
     // Candles and the day's ticker hold that one trade, as the native candles do.
     let (_, candles) = s.request("GET", "/v1/candles?symbol=BTC-PERP&interval=1m&limit=3", &[], None);
     let ohlcv = seen["ohlcv"].as_array().unwrap();
@@ -451,4 +472,66 @@ fn public_trades_book_ticker_and_the_fixed_settings() {
     let btc = symbols.as_array().unwrap().iter().find(|x| x["symbol"] == "BTC-PERP").unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!((dec(&body["makerCommissionRate"]), dec(&body["takerCommissionRate"])), (dec(&btc["makerFee"]), dec(&btc["takerFee"])));
+}
+
+/// Algo orders over signed HTTP: refusals with Binance's codes, a take-profit found by
+/// algoId and by clientAlgoId, triggered by a trade into an order of its own.
+#[test]
+fn an_algo_order_is_refused_read_triggered_and_cancelled_as_binance_does() {
+    let s = Server::start();
+    let (key, secret) = trader(&s, "algo", "100000");
+    let maker = s.funded("algo-maker", "100000");
+    // A last price of 50000 and the caller long 0.002.
+    s.limit(&maker, "SELL", "50000", "0.002");
+    let params = format!("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.002&timestamp={}", now_ms());
+    assert_eq!(signed_body(&s, "/fapi/v1/order", &key, &secret, &params).0, 200);
+    let algo = |params: &str| signed_body(&s, "/fapi/v1/algoOrder", &key, &secret, &format!("{params}&timestamp={}", now_ms()));
+    for (params, code) in [
+        ("symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT_MARKET&triggerPrice=51000&closePosition=true", -1102),
+        ("algoType=VP&symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT_MARKET&triggerPrice=51000&closePosition=true", -1130),
+        ("algoType=CONDITIONAL&symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT_MARKET&triggerPrice=49000&closePosition=true", -2021),
+        ("algoType=CONDITIONAL&symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT_MARKET&triggerPrice=51000.05&closePosition=true", -4014),
+        ("algoType=CONDITIONAL&symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT&triggerPrice=51000&quantity=0.001", -1102),
+    ] {
+        let (status, body) = algo(params);
+        assert_eq!((status, body["code"].as_i64()), (400, Some(code)), "{params}: {body}");
+    }
+    let params = format!("symbol=BTCUSDT&side=SELL&type=STOP_MARKET&stopPrice=45000&quantity=0.001&timestamp={}", now_ms());
+    let (status, body) = signed_body(&s, "/fapi/v1/order", &key, &secret, &params);
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-4120)), "{body}");
+
+    let (status, tp) = algo("algoType=CONDITIONAL&symbol=BTCUSDT&side=SELL&type=TAKE_PROFIT_MARKET&triggerPrice=51000&closePosition=true&clientAlgoId=tp-1");
+    assert_eq!(status, 200, "{tp}");
+    assert_eq!((tp["algoStatus"].as_str(), tp["orderType"].as_str(), tp["closePosition"].as_bool()), (Some("NEW"), Some("TAKE_PROFIT_MARKET"), Some(true)), "{tp}");
+    let id = tp["algoId"].as_u64().expect("an integer algoId");
+    let get = |params: &str| signed(&s, "GET", "/fapi/v1/algoOrder", &key, &secret, &format!("{params}&timestamp={}", now_ms()));
+    assert_eq!(get(&format!("algoId={id}")).1, tp);
+    assert_eq!(get("clientAlgoId=tp-1").1["algoId"], id, "found by clientAlgoId without a symbol");
+    assert_eq!(get(&format!("algoId={}", id + 1024 * 1000)).1["code"], -2013);
+    let (_, other) = algo("algoType=CONDITIONAL&symbol=BTCUSDT&side=SELL&type=STOP&triggerPrice=45000&price=44900&quantity=0.001&timeInForce=GTC");
+    assert_eq!(other["price"], "44900", "{other}");
+    let open = signed(&s, "GET", "/fapi/v1/openAlgoOrders", &key, &secret, &format!("timestamp={}", now_ms())).1;
+    assert_eq!(open.as_array().map(Vec::len), Some(2), "{open}");
+
+    // A trade at 51000 fires the take-profit: its order closes the whole long.
+    let buyer = s.funded("algo-buyer", "100000");
+    s.limit(&buyer, "BUY", "50900", "0.002");
+    s.limit(&maker, "SELL", "51000", "0.001");
+    s.limit(&buyer, "BUY", "51000", "0.001");
+    common::eventually("the take-profit never triggered", 10, || get(&format!("algoId={id}")).1["algoStatus"] == "TRIGGERED");
+    let done = get(&format!("algoId={id}")).1;
+    let order = done["actualOrderId"].as_str().unwrap().to_owned();
+    let (_, placed) = signed(&s, "GET", "/fapi/v1/order", &key, &secret, &format!("symbol=BTCUSDT&orderId={order}&timestamp={}", now_ms()));
+    assert_eq!((placed["type"].as_str(), placed["status"].as_str(), placed["reduceOnly"].as_bool()), (Some("MARKET"), Some("FILLED"), Some(true)), "{placed}");
+    assert_eq!(s.get(&key, "/v1/positions").1, serde_json::json!([]), "flat");
+
+    // The stop left is cancelled with the rest; cancelling the closed one is -2011.
+    let (status, body) = signed(&s, "DELETE", "/fapi/v1/algoOpenOrders", &key, &secret, &format!("symbol=BTCUSDT&timestamp={}", now_ms()));
+    assert_eq!((status, body["code"].as_i64()), (200, Some(200)), "{body}");
+    let all = signed(&s, "GET", "/fapi/v1/allAlgoOrders", &key, &secret, &format!("symbol=BTCUSDT&timestamp={}", now_ms())).1;
+    let statuses: Vec<&str> = all.as_array().unwrap().iter().map(|a| a["algoStatus"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["TRIGGERED", "CANCELED"], "{all}");
+    let (status, body) = signed(&s, "DELETE", "/fapi/v1/algoOrder", &key, &secret, &format!("algoId={id}&timestamp={}", now_ms()));
+    assert_eq!((status, body["code"].as_i64()), (400, Some(-2011)), "{body}");
+    consistent(&s);
 }

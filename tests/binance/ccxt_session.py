@@ -6,6 +6,7 @@ the native API. Every HTTP request ccxt makes is recorded, so the test can check
 nothing left for binance.com.
 """
 import json
+import re
 import sys
 
 import ccxt
@@ -33,6 +34,17 @@ def error_class(call):
         call()
     except ccxt.BaseError as e:
         return type(e).__name__
+    return None
+
+
+def error_code(call):
+    """The class and Binance code of the error a call raises (ccxt maps some codes, -2021
+    and -4120 among them, to classes only on Binance's own hostnames)."""
+    try:
+        call()
+    except ccxt.BaseError as e:
+        found = re.search(r'"code":\s*(-?\d+)', str(e))
+        return [type(e).__name__, int(found.group(1)) if found else None]
     return None
 
 
@@ -73,6 +85,16 @@ seen["unknown_cancel"] = error_class(lambda: ex.cancel_order("123456789", "BTC/U
 seen["off_tick"] = error_class(lambda: ex.fapiPrivatePostOrder({"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.001", "price": "49000.05"}))
 bought = ex.create_order("BTC/USDT:USDT", "market", "buy", 0.002)
 seen["bought"] = {"status": bought["status"], "filled": str(bought["filled"]), "average": str(bought["average"])}
+# A stop-loss for that long: an algo order (ccxt's trigger orders), listed, read, cancelled.
+stop = ex.create_order("BTC/USDT:USDT", "market", "sell", 0.002, None, {"stopLossPrice": 45000, "reduceOnly": True})
+seen["stop"] = {"id": stop["id"], "status": stop["status"], "type": stop["type"], "triggerPrice": str(stop["triggerPrice"]),
+                "reduceOnly": stop["reduceOnly"], "clientOrderId": stop["clientOrderId"]}
+seen["stops_open"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT", params={"trigger": True})]
+seen["stop_fetched"] = ex.fetch_order(stop["id"], "BTC/USDT:USDT", {"trigger": True})["status"]
+seen["stop_cancelled"] = ex.cancel_order(stop["id"], "BTC/USDT:USDT", {"trigger": True})["id"]
+seen["stops_after_cancel"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT", params={"trigger": True})]
+seen["stop_would_trigger"] = error_code(lambda: ex.create_order("BTC/USDT:USDT", "market", "sell", 0.002, None, {"stopLossPrice": 60000, "reduceOnly": True}))
+seen["stop_on_order_endpoint"] = error_code(lambda: ex.fapiPrivatePostOrder({"symbol": "BTCUSDT", "side": "SELL", "type": "STOP_MARKET", "stopPrice": "45000", "quantity": "0.001"}))
 balance = ex.fetch_balance()
 seen["balance_after"] = {k: str(balance["USDT"][k]) for k in ("total", "free", "used")}
 seen["positions_after"] = [{"symbol": p["symbol"], "contracts": str(p["contracts"]), "side": p["side"],

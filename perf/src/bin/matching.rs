@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use exchange::engine::{Event, Market, Side as OurSide, SymbolSpec};
+use exchange::engine::{Command, ConditionalKind, Event, Market, NewConditional, Side as OurSide, SymbolSpec, TimeInForce as OurTif, UserId, WorkingPrice};
 use hdrhistogram::Histogram;
 use orderbook_rs::{Id, OrderBook, Side, StubClock, TimeInForce};
 use perf::alloc::{live_bytes, Counting};
@@ -52,6 +52,49 @@ impl Engine for Ours {
 
     fn resting(&self) -> Option<usize> {
         Some(self.market.book().len())
+    }
+}
+
+/// Ours with 100,000 conditional orders waiting far from the price (100 for each of
+/// 1,000 users, half stops above, half below): what waiting triggers cost every command.
+struct OursWithTriggers(Ours);
+
+/// Conditional orders [`OursWithTriggers`] keeps waiting.
+const WAITING: u64 = 100_000;
+
+impl Engine for OursWithTriggers {
+    fn new(spec: &SymbolSpec) -> Self {
+        let mut ours = Ours::new(spec);
+        for i in 0..WAITING {
+            let above = i % 2 == 0;
+            let order = NewConditional {
+                user: UserId(i % 1_000 + 1),
+                side: if above { OurSide::Buy } else { OurSide::Sell },
+                kind: ConditionalKind::Stop,
+                trigger: if above { MID * 10 + i as i64 } else { 1 + (i % 1_000) as i64 },
+                working: WorkingPrice::Last,
+                price: None,
+                tif: OurTif::Gtc,
+                quantity: 1,
+                close_position: false,
+                reduce_only: false,
+                client_order_id: None,
+                timestamp: 0,
+            };
+            ours.events.clear();
+            ours.market.execute(&Command::PlaceConditional(order), &mut ours.events).expect("a conditional order far from the price");
+        }
+        assert_eq!(ours.market.conditionals().waiting() as u64, WAITING);
+        Self(ours)
+    }
+
+    fn apply(&mut self, op: &Op) -> u64 {
+        self.0.apply(op)
+    }
+
+    fn resting(&self) -> Option<usize> {
+        assert_eq!(self.0.market.conditionals().waiting() as u64, WAITING, "none triggered");
+        self.0.resting()
     }
 }
 
@@ -188,6 +231,7 @@ fn main() {
     );
 
     let ours = measure::<Ours>(&w, &spec);
+    let waiting = measure::<OursWithTriggers>(&w, &spec);
     let peer = measure::<Peer>(&w, &spec);
     if ours.traded != peer.traded {
         println!("WARNING: traded volume differs: ours {} lots, orderbook-rs {} lots", ours.traded, peer.traded);
@@ -195,7 +239,7 @@ fn main() {
         println!("both engines traded {} lots (same workload, same outcome volume)", ours.traded);
     }
     println!("{:<14} {:>12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12}", "engine", "ops/s", "p50 ns", "p90 ns", "p99 ns", "p99.9 ns", "max ns", "B/resting");
-    for (name, r) in [("ours", &ours), ("orderbook-rs", &peer)] {
+    for (name, r) in [("ours", &ours), ("ours+100k stop", &waiting), ("orderbook-rs", &peer)] {
         println!(
             "{:<14} {:>12.0} {:>8} {:>8} {:>8} {:>9} {:>9} {:>12.1}",
             name,
@@ -208,6 +252,11 @@ fn main() {
             r.bytes_per_order
         );
     }
+    println!(
+        "100,000 waiting conditional orders: {:.3}x the throughput, p99 {:+} ns (B/resting counts them over the 1,000,000 orders)",
+        waiting.ops_per_sec / ours.ops_per_sec,
+        waiting.hist.value_at_quantile(0.99) as i64 - ours.hist.value_at_quantile(0.99) as i64
+    );
     println!(
         "matching: {:.0} ops/s, p99 {} ns, {:.1}x vs orderbook-rs",
         ours.ops_per_sec,

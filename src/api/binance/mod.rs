@@ -16,8 +16,8 @@ use crate::api::error::ApiError;
 use crate::api::service::Service;
 use crate::api::HttpReply;
 use crate::accounts::{OrderStatus, ORDER_NUMBER_MASK};
-use crate::api::parse::{OrderBody, MAX_BATCH};
-use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, Interval, KlinePrice, OrderRef, SymbolRequest};
+use crate::api::parse::{ConditionalBody, OrderBody, MAX_BATCH};
+use crate::shard::protocol::{AccountRequest, Answer, ApiRequest, ConditionalRef, Interval, KlinePrice, OrderRef, SymbolRequest};
 use crate::shard_map::ShardMap;
 use shapes::{Error, ok};
 
@@ -327,6 +327,64 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
             }
             Ok(ok(&answers))
         }
+        ("POST", "v1/algoOrder") => {
+            let Caller { key, .. } = signed(service, input, now)?;
+            match params.get("algoType") {
+                Some("CONDITIONAL") => {}
+                Some(_) => return Err(Error::invalid_value("algoType")),
+                None => return Err(Error::missing("algoType")),
+            }
+            let (symbol, order) = new_conditional(map, &params)?;
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::PlaceConditional { key, symbol, order })).await? {
+                Answer::Conditional { symbol, conditional } => Ok(ok(&shapes::algo_order(map, symbol, &conditional))),
+                _ => Err(Error::internal()),
+            }
+        }
+        ("GET" | "DELETE", "v1/algoOrder") => {
+            let Caller { key, .. } = signed(service, input, now)?;
+            let get = input.method == "GET";
+            let not_found = if get { Error::NO_SUCH_ORDER } else { Error::UNKNOWN_ORDER };
+            let (symbol, found) = find_algo(service, &key, &params, &not_found).await?;
+            if get {
+                return Ok(ok(&shapes::algo_order(map, symbol, &found)));
+            }
+            let req = SymbolRequest::CancelConditional { key, symbol, target: Some(ConditionalRef::Id(found.id)) };
+            match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(req)).await {
+                Ok(Answer::Conditional { symbol, conditional }) => {
+                    let algo = shapes::algo_order(map, symbol, &conditional);
+                    Ok(ok(&serde_json::json!({ "algoId": algo["algoId"], "clientAlgoId": algo["clientAlgoId"], "code": "200", "msg": "success" })))
+                }
+                Ok(_) => Err(Error::internal()),
+                Err(Error { code: -2011 | -2013, .. }) => Err(not_found),
+                Err(e) => Err(e),
+            }
+        }
+        ("GET", "v1/openAlgoOrders" | "v1/allAlgoOrders") => {
+            let Caller { key, .. } = signed(service, input, now)?;
+            let closed = path == "v1/allAlgoOrders";
+            let (start, end) = (params.time("startTime")?, params.time("endTime")?);
+            let limit = limit(&params, 500, 1000)?;
+            let mut all = Vec::new();
+            for symbol in params.symbols(map)? {
+                match ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(SymbolRequest::Conditionals { key: key.clone(), symbol, closed })).await? {
+                    Answer::Conditionals { symbol, list } => all.extend(
+                        list.iter()
+                            .filter(|c| start.is_none_or(|t| c.order.timestamp >= t) && end.is_none_or(|t| c.order.timestamp <= t))
+                            .map(|c| (c.order.timestamp, shapes::algo_order(map, symbol, c))),
+                    ),
+                    _ => return Err(Error::internal()),
+                }
+            }
+            all.sort_by_key(|(time, _)| *time);
+            Ok(ok(&all.into_iter().map(|(_, v)| v).take(limit).collect::<Vec<_>>()))
+        }
+        ("DELETE", "v1/algoOpenOrders") => {
+            let Caller { key, .. } = signed(service, input, now)?;
+            let symbol = params.required_symbol(map)?;
+            let req = SymbolRequest::CancelConditional { key, symbol, target: None };
+            ask(service, shard.symbol_owner(symbol), ApiRequest::Symbol(req)).await?;
+            Ok(ok(&serde_json::json!({ "code": 200, "msg": "success" })))
+        }
         ("GET", "v1/userTrades") => {
             let caller = signed(service, input, now)?;
             let symbol = params.required_symbol(map)?;
@@ -486,11 +544,12 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
 fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::NewOrder), Error> {
     let symbol = params.required_symbol(map)?;
     let spec = &map.symbols[symbol];
-    if params.get("positionSide").is_some_and(|s| s != "BOTH") {
-        return Err(Error::fixed(400, -4061, "Order's position side does not match user's setting."));
-    }
+    one_way(params)?;
     let required = |name: &str| params.get(name).map(str::to_owned).ok_or_else(|| Error::missing(name));
     let kind = required("type")?;
+    if crate::engine::NewConditional::parse_type(&kind).is_some() || kind == "TRAILING_STOP_MARKET" {
+        return Err(Error::fixed(400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead."));
+    }
     let time_in_force = match (kind.as_str(), params.get("timeInForce")) {
         ("LIMIT", Some("GTX")) => Some("POST_ONLY".to_owned()),
         ("LIMIT", Some(t @ ("GTC" | "IOC" | "FOK" | "GTD"))) => Some(t.to_owned()),
@@ -499,11 +558,7 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
         // Binance ignores it on MARKET orders.
         _ => None,
     };
-    let reduce_only = match params.get("reduceOnly") {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(Error::invalid_value("reduceOnly")),
-    };
+    let reduce_only = flag(params, "reduceOnly")?;
     let body = OrderBody {
         symbol: spec.name.clone(),
         side: required("side")?,
@@ -526,14 +581,99 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
             other => other.map(str::to_owned),
         },
     };
-    let (symbol, mut order) = body.validate(map).map_err(|e| match e {
-        // The filter a client's rounding rules know (ccxt: InvalidOrder by substring).
-        ApiError::InvalidRequest(m) if m.starts_with("price") => Error::new(400, -4014, format!("Price not increased by tick size (PRICE_FILTER): {m}")),
-        ApiError::InvalidRequest(m) if m.starts_with("quantity") => Error::new(400, -1013, format!("Filter failure: LOT_SIZE ({m})")),
-        e => Error::from(e),
-    })?;
+    let (symbol, mut order) = body.validate(map).map_err(filter_error)?;
     order.leverage = crate::engine::LEVERAGE_OF_SETTING;
     Ok((symbol, order))
+}
+
+/// Binance's `POST v1/algoOrder` parameters as a native conditional order.
+fn new_conditional(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::NewConditional), Error> {
+    let symbol = params.required_symbol(map)?;
+    one_way(params)?;
+    let required = |name: &str| params.get(name).map(str::to_owned).ok_or_else(|| Error::missing(name));
+    let kind = required("type")?;
+    let limited = matches!(kind.as_str(), "STOP" | "TAKE_PROFIT");
+    let time_in_force = match (limited, params.get("timeInForce")) {
+        (true, Some("GTX")) => Some("POST_ONLY".to_owned()),
+        (true, Some(t @ ("GTC" | "IOC" | "FOK"))) => Some(t.to_owned()),
+        (true, Some(_)) => return Err(Error::invalid_value("timeInForce")),
+        // Binance ignores it on the MARKET types.
+        (_, _) => None,
+    };
+    let body = ConditionalBody {
+        symbol: map.symbols[symbol].name.clone(),
+        side: required("side")?,
+        price: if limited { Some(required("price")?) } else { None },
+        kind,
+        trigger_price: required("triggerPrice")?,
+        working_type: params.get("workingType").map(str::to_owned),
+        time_in_force,
+        quantity: params.get("quantity").map(str::to_owned),
+        reduce_only: Some(flag(params, "reduceOnly")?),
+        close_position: Some(flag(params, "closePosition")?),
+        client_order_id: params.get("clientAlgoId").map(str::to_owned),
+    };
+    body.validate(map).map_err(filter_error)
+}
+
+/// The caller's conditional order named by `algoId`, or by `clientAlgoId` on `symbol`
+/// (or on any symbol when none is sent).
+async fn find_algo(service: &Service, key: &str, params: &Params, not_found: &Error) -> Result<(usize, crate::engine::Conditional), Error> {
+    let map = &*service.shard.map;
+    let (symbols, target) = match (params.get("algoId"), params.get("clientAlgoId")) {
+        (Some(id), _) => {
+            let (symbol, n) = shapes::algo_of(id.parse::<u64>().map_err(|_| Error::invalid_value("algoId"))?);
+            if symbol >= map.symbols.len() {
+                return Err(not_found.clone());
+            }
+            (vec![symbol], ConditionalRef::Id(n))
+        }
+        (None, Some(cid)) => {
+            let cid = crate::engine::ClientOrderId::new(cid).map_err(|_| Error::invalid_value("clientAlgoId"))?;
+            (params.symbols(map)?, ConditionalRef::Client(cid))
+        }
+        (None, None) => return Err(Error::missing("algoId")),
+    };
+    for symbol in symbols {
+        let req = SymbolRequest::GetConditional { key: key.to_owned(), symbol, target };
+        match ask(service, service.shard.symbol_owner(symbol), ApiRequest::Symbol(req)).await {
+            Ok(Answer::Conditional { symbol, conditional }) => return Ok((symbol, conditional)),
+            Ok(_) => return Err(Error::internal()),
+            Err(Error { code: -2013, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(not_found.clone())
+}
+
+/// `true` or `false` (absent: false).
+fn flag(params: &Params, name: &str) -> Result<bool, Error> {
+    match params.get(name) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+        Some(_) => Err(Error::invalid_value(name)),
+    }
+}
+
+/// Positions are one-way: `positionSide` may only be `BOTH`.
+fn one_way(params: &Params) -> Result<(), Error> {
+    if params.get("positionSide").is_some_and(|s| s != "BOTH") {
+        return Err(Error::fixed(400, -4061, "Order's position side does not match user's setting."));
+    }
+    Ok(())
+}
+
+/// A native refusal of an order's values, as the filter a client's rounding rules know
+/// (ccxt: InvalidOrder by substring).
+fn filter_error(e: ApiError) -> Error {
+    match e {
+        ApiError::InvalidRequest(m) if m.starts_with("price") || m.starts_with("triggerPrice") => {
+            Error::new(400, -4014, format!("Price not increased by tick size (PRICE_FILTER): {m}"))
+        }
+        ApiError::InvalidRequest(m) if m.starts_with("quantity") => Error::new(400, -1013, format!("Filter failure: LOT_SIZE ({m})")),
+        e => Error::from(e),
+    }
 }
 
 /// Places an order; its answer in Binance's shape, or the error it is refused with.

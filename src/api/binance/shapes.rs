@@ -13,7 +13,7 @@ use crate::api::HttpReply;
 use crate::engine::perp::liquidation_price;
 use crate::engine::symbol::units_to_usdt;
 use crate::accounts::{Fill, Income, IncomeKind, OrderStatus, OrderView};
-use crate::engine::{CancelReason, Health, OrderType, PositionState, SymbolSpec, TimeInForce};
+use crate::engine::{CancelReason, Conditional, ConditionalStatus, Health, OrderType, PositionState, SymbolSpec, TimeInForce};
 use crate::shard::protocol::{Candle, Interval, MarketPrices, PublicTrade};
 use crate::shard_map::ShardMap;
 
@@ -166,9 +166,10 @@ pub fn exchange_info(map: &ShardMap, now: i64) -> Value {
                     { "filterType": "LOT_SIZE", "minQty": lot, "maxQty": max_qty, "stepSize": lot },
                     { "filterType": "MARKET_LOT_SIZE", "minQty": lot, "maxQty": max_qty, "stepSize": lot },
                     { "filterType": "MAX_NUM_ORDERS", "limit": 1000 },
+                    { "filterType": "MAX_NUM_ALGO_ORDERS", "limit": crate::engine::conditional::MAX_CONDITIONALS_PER_USER },
                     { "filterType": "PERCENT_PRICE", "multiplierUp": decimal(s.price_band_up), "multiplierDown": decimal(s.price_band_down), "multiplierDecimal": "4" },
                 ],
-                "orderTypes": ["LIMIT", "MARKET"],
+                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET"],
                 "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
             })
         })
@@ -389,6 +390,62 @@ pub fn order(map: &ShardMap, v: &OrderView) -> Value {
         "goodTillDate": v.terms.good_till,
         "time": v.created_at,
         "updateTime": v.updated_at,
+    })
+}
+
+/// How many symbols an [`algo_id`] can tell apart.
+const ALGO_SYMBOLS: u64 = 1024;
+
+/// An algo order's `algoId`: its conditional order's number on its symbol × 1,024 + the
+/// symbol's place in the shard map, so that the id alone names it (Binance's
+/// `GET v1/algoOrder` needs no symbol). Below 2^53 while the number is below 2^43.
+pub fn algo_id(symbol: usize, id: u64) -> u64 {
+    id.saturating_mul(ALGO_SYMBOLS) + symbol as u64
+}
+
+/// The symbol and number an [`algo_id`] names (the symbol may not exist).
+pub fn algo_of(algo_id: u64) -> (usize, u64) {
+    ((algo_id % ALGO_SYMBOLS) as usize, algo_id / ALGO_SYMBOLS)
+}
+
+/// A conditional order as Binance's AlgoOrder.
+pub fn algo_order(map: &ShardMap, symbol: usize, c: &Conditional) -> Value {
+    let spec = &map.symbols[symbol];
+    let o = &c.order;
+    let price = |t| decimal(spec.ticks_to_price(t));
+    let status = match c.status {
+        ConditionalStatus::New => "NEW",
+        ConditionalStatus::Triggering => "TRIGGERING",
+        ConditionalStatus::Triggered => "TRIGGERED",
+        ConditionalStatus::Cancelled => "CANCELED",
+        ConditionalStatus::Rejected => "REJECTED",
+    };
+    let client_algo_id = o.client_order_id.map_or_else(|| crate::api::render::conditional_uuid(spec, c.id), |c| c.as_str().to_owned());
+    json!({
+        "algoId": algo_id(symbol, c.id),
+        "clientAlgoId": client_algo_id,
+        "algoType": "CONDITIONAL",
+        "orderType": o.type_name(),
+        "symbol": name(spec).0,
+        "side": o.side.as_str(),
+        "positionSide": "BOTH",
+        "timeInForce": tif_name(o.tif),
+        "quantity": decimal(spec.lots_to_quantity(o.quantity)),
+        "algoStatus": status,
+        "triggerPrice": price(o.trigger),
+        "price": o.price.map_or_else(|| "0".to_owned(), price),
+        "icebergQuantity": null,
+        "selfTradePreventionMode": spec.self_trade_prevention.as_str(),
+        "workingType": o.working.as_str(),
+        "priceMatch": "NONE",
+        "closePosition": o.close_position,
+        "priceProtect": false,
+        "reduceOnly": o.reduces(),
+        "createTime": o.timestamp,
+        "updateTime": c.updated,
+        "triggerTime": if c.status == ConditionalStatus::Triggered { c.updated } else { 0 },
+        "goodTillDate": 0,
+        "actualOrderId": c.order_id.map(|id| order_id(id).to_string()).unwrap_or_default(),
     })
 }
 
