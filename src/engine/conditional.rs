@@ -188,14 +188,27 @@ pub struct Conditionals {
     open: BTreeMap<u64, Conditional>,
     /// `New` ones by trigger: `[watching the mark][fires on a rise]` → (trigger, id).
     queues: [[BTreeSet<(Ticks, u64)>; 2]; 2],
+    /// Each queue's nearest trigger (the lowest of those that fire on a rise, the highest
+    /// of those that fire on a fall): what every command compares its prices with, kept
+    /// beside the sets so that the check reads no tree.
+    edges: [[Option<Ticks>; 2]; 2],
     client_ids: FxHashMap<(UserId, ClientOrderId), u64>,
     per_user: FxHashMap<UserId, u32>,
     closed: VecDeque<Conditional>,
 }
 
 impl Conditionals {
-    fn queue(&mut self, c: &NewConditional) -> &mut BTreeSet<(Ticks, u64)> {
-        &mut self.queues[usize::from(c.working == WorkingPrice::Mark)][usize::from(c.fires_on_rise())]
+    /// Files (`add`) or takes out a `New` one's trigger, keeping its queue's edge.
+    fn file(&mut self, c: &NewConditional, id: u64, add: bool) {
+        let (mark, rise) = (usize::from(c.working == WorkingPrice::Mark), usize::from(c.fires_on_rise()));
+        let queue = &mut self.queues[mark][rise];
+        if add {
+            queue.insert((c.trigger, id));
+        } else {
+            queue.remove(&(c.trigger, id));
+        }
+        let edge = if rise == 1 { queue.first() } else { queue.last() };
+        self.edges[mark][rise] = edge.map(|(t, _)| *t);
     }
 
     /// Accepts `order` as conditional order `id` if `reference` (the price it watches,
@@ -226,7 +239,7 @@ impl Conditionals {
     /// Files an open conditional order (accepted, or restored from a snapshot).
     fn insert(&mut self, c: Conditional) {
         if c.status == ConditionalStatus::New {
-            self.queue(&c.order).insert((c.order.trigger, c.id));
+            self.file(&c.order, c.id, true);
         }
         if let Some(cid) = c.order.client_order_id {
             self.client_ids.insert((c.order.user, cid), c.id);
@@ -274,9 +287,15 @@ impl Conditionals {
         let mut due = Vec::new();
         for (watching_mark, price) in [(false, last), (true, mark)] {
             let Some(price) = price else { continue };
-            let [falls, rises] = &self.queues[usize::from(watching_mark)];
-            due.extend(rises.iter().take_while(|(t, _)| *t <= price).map(|(_, id)| *id));
-            due.extend(falls.iter().rev().take_while(|(t, _)| *t >= price).map(|(_, id)| *id));
+            let i = usize::from(watching_mark);
+            let [falls, rises] = &self.queues[i];
+            let [fall_edge, rise_edge] = self.edges[i];
+            if rise_edge.is_some_and(|t| t <= price) {
+                due.extend(rises.iter().take_while(|(t, _)| *t <= price).map(|(_, id)| *id));
+            }
+            if fall_edge.is_some_and(|t| t >= price) {
+                due.extend(falls.iter().rev().take_while(|(t, _)| *t >= price).map(|(_, id)| *id));
+            }
         }
         due.sort_unstable();
         due
@@ -285,7 +304,7 @@ impl Conditionals {
     /// Marks a `New` one `Triggering`; its copy as it is now.
     pub fn trigger(&mut self, id: u64, now: i64) -> Option<Conditional> {
         let c = self.open.get(&id).copied().filter(|c| c.status == ConditionalStatus::New)?;
-        self.queue(&c.order).remove(&(c.order.trigger, id));
+        self.file(&c.order, id, false);
         let c = self.open.get_mut(&id)?;
         c.status = ConditionalStatus::Triggering;
         c.updated = now;
@@ -299,7 +318,7 @@ impl Conditionals {
         let mut c = *c;
         self.open.remove(&id);
         if c.status == ConditionalStatus::New {
-            self.queue(&c.order).remove(&(c.order.trigger, id));
+            self.file(&c.order, id, false);
         }
         if let Some(cid) = c.order.client_order_id {
             self.client_ids.remove(&(c.order.user, cid));
@@ -341,5 +360,50 @@ impl Conditionals {
             all.remember(c);
         }
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stop(side: Side, trigger: Ticks) -> NewConditional {
+        NewConditional {
+            user: UserId(1),
+            side,
+            kind: ConditionalKind::Stop,
+            trigger,
+            working: WorkingPrice::Last,
+            price: None,
+            tif: TimeInForce::Gtc,
+            quantity: 1,
+            close_position: false,
+            reduce_only: false,
+            client_order_id: None,
+            timestamp: 0,
+        }
+    }
+
+    /// The nearest trigger of each queue follows every acceptance, trigger and cancel.
+    #[test]
+    fn due_follows_the_nearest_trigger_as_orders_come_and_go() {
+        let mut all = Conditionals::default();
+        for (id, trigger) in [(1, 90), (2, 95), (3, 100)] {
+            all.place(id, stop(Side::Sell, trigger), Some(101)).unwrap();
+        }
+        all.place(4, stop(Side::Buy, 110), Some(101)).unwrap();
+        assert_eq!(all.due(Some(101), None), Vec::<u64>::new());
+        assert!(all.close(3, UserId(1), ConditionalStatus::New, 1, |c| c.status = ConditionalStatus::Cancelled).is_some());
+        assert_eq!(all.due(Some(97), None), Vec::<u64>::new(), "the cancelled 100 no longer fires");
+        assert_eq!(all.due(Some(95), None), [2]);
+        assert!(all.trigger(2, 2).is_some());
+        assert_eq!(all.due(Some(95), None), Vec::<u64>::new(), "a triggered one is out of its queue");
+        assert_eq!(all.due(Some(80), Some(200)), [1], "the mark watches none of them");
+        assert_eq!(all.due(Some(110), None), [4]);
+        assert!(all.trigger(1, 3).is_some() && all.trigger(4, 3).is_some());
+        assert_eq!((all.due(Some(1), None), all.due(Some(1_000), None)), (vec![], vec![]));
+        let (open, closed) = all.parts();
+        let back = Conditionals::from_parts(open, closed).unwrap();
+        assert_eq!(back.waiting(), 0);
     }
 }
