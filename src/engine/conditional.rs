@@ -192,6 +192,8 @@ pub struct Conditionals {
     /// of those that fire on a fall): what every command compares its prices with, kept
     /// beside the sets so that the check reads no tree.
     edges: [[Option<Ticks>; 2]; 2],
+    /// `Triggering` ones by id: what the placer looks at, without walking the waiting ones.
+    triggering: BTreeSet<u64>,
     client_ids: FxHashMap<(UserId, ClientOrderId), u64>,
     per_user: FxHashMap<UserId, u32>,
     closed: VecDeque<Conditional>,
@@ -238,8 +240,12 @@ impl Conditionals {
 
     /// Files an open conditional order (accepted, or restored from a snapshot).
     fn insert(&mut self, c: Conditional) {
-        if c.status == ConditionalStatus::New {
-            self.file(&c.order, c.id, true);
+        match c.status {
+            ConditionalStatus::New => self.file(&c.order, c.id, true),
+            ConditionalStatus::Triggering => {
+                self.triggering.insert(c.id);
+            }
+            _ => {}
         }
         if let Some(cid) = c.order.client_order_id {
             self.client_ids.insert((c.order.user, cid), c.id);
@@ -277,6 +283,11 @@ impl Conditionals {
         self.open.values()
     }
 
+    /// The `Triggering` ones (triggered, their order not yet placed or refused), oldest first.
+    pub fn triggering(&self) -> impl Iterator<Item = &Conditional> {
+        self.triggering.iter().filter_map(|id| self.open.get(id))
+    }
+
     /// Those waiting for their trigger.
     pub fn waiting(&self) -> usize {
         self.queues.iter().flatten().map(BTreeSet::len).sum()
@@ -308,6 +319,7 @@ impl Conditionals {
         let c = self.open.get_mut(&id)?;
         c.status = ConditionalStatus::Triggering;
         c.updated = now;
+        self.triggering.insert(id);
         Some(*c)
     }
 
@@ -317,8 +329,11 @@ impl Conditionals {
         let c = self.open.get(&id).filter(|c| c.order.user == user && c.status == wanted)?;
         let mut c = *c;
         self.open.remove(&id);
-        if c.status == ConditionalStatus::New {
-            self.file(&c.order, id, false);
+        match c.status {
+            ConditionalStatus::New => self.file(&c.order, id, false),
+            _ => {
+                self.triggering.remove(&id);
+            }
         }
         if let Some(cid) = c.order.client_order_id {
             self.client_ids.remove(&(c.order.user, cid));
@@ -402,8 +417,13 @@ mod tests {
         assert_eq!(all.due(Some(110), None), [4]);
         assert!(all.trigger(1, 3).is_some() && all.trigger(4, 3).is_some());
         assert_eq!((all.due(Some(1), None), all.due(Some(1_000), None)), (vec![], vec![]));
+        let ids = |all: &Conditionals| all.triggering().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(&all), [1, 2, 4], "the triggered ones, and only they, await their placer");
+        assert!(all.close(2, UserId(1), ConditionalStatus::Triggering, 4, |c| c.status = ConditionalStatus::Triggered).is_some());
+        assert_eq!(ids(&all), [1, 4]);
         let (open, closed) = all.parts();
         let back = Conditionals::from_parts(open, closed).unwrap();
         assert_eq!(back.waiting(), 0);
+        assert_eq!(ids(&back), [1, 4], "a snapshot keeps them");
     }
 }

@@ -19,7 +19,7 @@ use futures_lite::StreamExt;
 
 use super::stream::SymbolStream;
 use super::SymbolRoom;
-use crate::engine::{CancelReason, Command, Conditional, ConditionalStatus, NewOrder, OrderType, PriceError, Side};
+use crate::engine::{CancelReason, Command, Conditional, NewOrder, OrderType, PriceError, Side};
 use crate::shard::core::now_ms;
 use crate::shard::protocol::{NotLogged, Reply, Request, ReserveError};
 
@@ -44,8 +44,7 @@ pub async fn placer(room: Rc<SymbolRoom>) {
             None => room.streams(),
         };
         for stream in streams {
-            let triggered: Vec<Conditional> =
-                stream.market.borrow().conditionals().open().filter(|c| c.status == ConditionalStatus::Triggering).copied().collect();
+            let triggered: Vec<Conditional> = stream.market.borrow().conditionals().triggering().copied().collect();
             for c in triggered {
                 if room.triggers.placing.borrow_mut().insert((stream.index, c.id)) {
                     glommio::spawn_local(place(room.clone(), stream.clone(), c)).detach();
