@@ -48,14 +48,14 @@ cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 echo "== black-box tests, Kafka event log"
-EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --no-fail-fast --test api --test recovery --test perpetual --test streams --test binance "$@" 2>&1 | tee -a "$log"
+EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 cargo test -p exchange --locked --no-fail-fast --test api --test recovery --test perpetual --test streams --test binance --test binance_streams "$@" 2>&1 | tee -a "$log"
 kafka_status=${PIPESTATUS[0]}
 [ "$kafka_status" -ne 0 ] && status=$kafka_status
 
 for redis in redis://127.0.0.1:6379 redis://127.0.0.1:7000; do
   echo "== black-box tests, Kafka event log, Redis hot state at $redis"
   EXCHANGE_TEST_KAFKA_BROKERS=127.0.0.1:9092 EXCHANGE_TEST_HOT_REDIS=$redis \
-    cargo test -p exchange --locked --no-fail-fast --test api --test recovery --test hot_state --test perpetual --test binance "$@" 2>&1 | tee -a "$log"
+    cargo test -p exchange --locked --no-fail-fast --test api --test recovery --test hot_state --test perpetual --test binance --test binance_streams "$@" 2>&1 | tee -a "$log"
   redis_status=${PIPESTATUS[0]}
   [ "$redis_status" -ne 0 ] && status=$redis_status
 done

@@ -27,6 +27,16 @@ pub mod cold {
     pub const LAGGING: u8 = 3;
 }
 
+/// What a stream connection follows of a symbol, as its owner must hand it over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Followed {
+    Trades,
+    /// The top levels, whole, after each change.
+    Depth,
+    /// The levels that changed (the diff depth of the Binance dialect).
+    Diffs,
+}
+
 /// Buckets of [`Health::user_streamed`].
 const USER_STREAM_BUCKETS: usize = 4096;
 
@@ -48,12 +58,15 @@ pub struct Health {
     /// `user` stream subscriptions on all cores, counted per bucket of user ids: an
     /// account's owner renders a user's stream messages only while their bucket counts
     /// one, so connections that follow only public channels cost the order path nothing.
-    user_streams: Box<[AtomicU32]>,
+    /// Native `[0]` and Binance `[1]`.
+    user_streams: [Box<[AtomicU32]>; 2],
     /// Per symbol, the cores with a `trades:<symbol>` / `depth:<symbol>` subscriber: the
     /// symbol's owner hands trades to the streams, and renders its depth, only while some
     /// core follows them.
     trade_streams: Box<[AtomicU32]>,
     depth_streams: Box<[AtomicU32]>,
+    /// Likewise for the diff depth of the Binance dialect's `<symbol>@depth`.
+    diff_streams: Box<[AtomicU32]>,
     /// Cold storage: one of [`cold`].
     pub cold: std::sync::atomic::AtomicU8,
     /// Per shard, the state of its partitions' hot state: one of [`hot`].
@@ -93,41 +106,47 @@ impl Health {
             start_phases: std::sync::Mutex::new(vec!["starting the executor"; shards]),
             index_times: (0..symbols).map(|_| AtomicI64::new(0)).collect(),
             index_max_age_ms: i64::try_from(index_max_age_secs).unwrap_or(i64::MAX).saturating_mul(1000),
-            user_streams: (0..USER_STREAM_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            user_streams: [(); 2].map(|()| (0..USER_STREAM_BUCKETS).map(|_| AtomicU32::new(0)).collect()),
             trade_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
             depth_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
+            diff_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
             ..Self::default()
         }
     }
 
-    fn user_bucket(&self, user: u64) -> Option<&AtomicU32> {
-        let buckets = self.user_streams.len() as u64;
-        (buckets > 0).then(|| &self.user_streams[(user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % buckets as usize])
+    fn user_bucket(&self, user: u64, binance: bool) -> Option<&AtomicU32> {
+        let buckets = &self.user_streams[usize::from(binance)];
+        let n = buckets.len() as u64;
+        (n > 0).then(|| &buckets[(user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n as usize])
     }
 
-    /// Whether `user` may have a `user` stream subscription on some core (rarely a false
-    /// yes: users share buckets).
-    pub fn user_streamed(&self, user: u64) -> bool {
-        self.user_bucket(user).is_none_or(|b| b.load(Ordering::Acquire) > 0)
+    /// Whether `user` may have a native `user` subscription, and a Binance user data
+    /// stream, on some core (rarely a false yes: users share buckets).
+    pub fn user_streamed(&self, user: u64) -> [bool; 2] {
+        [false, true].map(|binance| self.user_bucket(user, binance).is_none_or(|b| b.load(Ordering::Acquire) > 0))
     }
 
-    /// A `user` subscription of `user` opened (`true`) or closed.
-    pub fn user_stream(&self, user: u64, opened: bool) {
-        if let Some(b) = self.user_bucket(user) {
+    /// A user stream of `user` (Binance's, or a native `user` subscription) opened
+    /// (`true`) or closed.
+    pub fn user_stream(&self, user: u64, binance: bool, opened: bool) {
+        if let Some(b) = self.user_bucket(user, binance) {
             count(b, opened);
         }
     }
 
-    /// Whether some core follows `symbol`'s trades, and its depth.
-    pub fn market_streamed(&self, symbol: usize) -> (bool, bool) {
+    /// Whether some core follows `symbol`'s trades, its depth, its diff depth.
+    pub fn market_streamed(&self, symbol: usize) -> [bool; 3] {
         let on = |counts: &[AtomicU32]| counts.get(symbol).is_some_and(|c| c.load(Ordering::Acquire) > 0);
-        (on(&self.trade_streams), on(&self.depth_streams))
+        [on(&self.trade_streams), on(&self.depth_streams), on(&self.diff_streams)]
     }
 
-    /// A core's first subscriber to `symbol`'s trades (or depth) came (`true`), or its
-    /// last one left.
-    pub fn market_stream(&self, symbol: usize, depth: bool, opened: bool) {
-        let counts = if depth { &self.depth_streams } else { &self.trade_streams };
+    /// A core's first subscriber to `symbol`'s `what` came (`true`), or its last one left.
+    pub fn market_stream(&self, symbol: usize, what: Followed, opened: bool) {
+        let counts = match what {
+            Followed::Trades => &self.trade_streams,
+            Followed::Depth => &self.depth_streams,
+            Followed::Diffs => &self.diff_streams,
+        };
         if let Some(c) = counts.get(symbol) {
             count(c, opened);
         }

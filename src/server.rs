@@ -150,6 +150,7 @@ pub fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         spawned.context("starting the start-up watchdog")?;
     }
     let admission = Admission::new(config.limits.stream_per_address, config.limits.max_connections_per_core, shards);
+    let listen_keys = std::sync::Arc::new(crate::api::binance::stream::ListenKeys::default());
     let mut handles = Vec::new();
     for (id, core) in cores.iter().copied().enumerate() {
         let (map, config, metrics, health, mesh) = (map.clone(), config.clone(), metrics.clone(), health.clone(), mesh.clone());
@@ -165,13 +166,14 @@ pub fn run(mut config: Config, mode: Mode) -> anyhow::Result<()> {
         let numbering = (numbering.clone(), first_number);
         let kafka_clients = kafka_clients.clone();
         let admission = admission.clone();
+        let listen_keys = listen_keys.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(core))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_kib * 1024)
             .spin_before_park(Duration::from_micros(config.spin_micros))
             .ring_depth(config.ring_depth)
             .spawn(move || async move {
-                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, kafka_clients, admission, mode };
+                let start = Startup { id, shards, map, config, metrics, health: health.clone(), redis, cold, sync, numbering, kafka_clients, admission, listen_keys, mode };
                 let result = shard_main(start, mesh).await;
                 match result {
                     // The first shard to fail is the cause; the others then stop at their
@@ -226,6 +228,8 @@ struct Startup {
     kafka_clients: Option<crate::shard::log::Clients>,
     /// Who may hold a connection slot (process-wide).
     admission: std::sync::Arc<Admission>,
+    /// The Binance dialect's listen keys (process-wide).
+    listen_keys: std::sync::Arc<crate::api::binance::stream::ListenKeys>,
     mode: Mode,
 }
 
@@ -271,7 +275,7 @@ pub enum Mode {
 }
 
 async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, glommio::channels::channel_mesh::Full>) -> anyhow::Result<()> {
-    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), kafka_clients, admission, mode } = start;
+    let Startup { id, shards, map, config, metrics, health, redis, cold, sync, numbering: (numbering, first_number), kafka_clients, admission, listen_keys, mode } = start;
     health.starting(id, "joining the channel mesh");
     let (senders, receivers) = mesh.join().await.map_err(|e| anyhow::anyhow!("mesh join failed: {e}"))?;
     let kafka = match (&config.kafka.brokers, kafka_clients) {
@@ -320,9 +324,9 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     glommio::spawn_local(crate::shard::symbols::deadlines::clock(shard.symbols.clone())).detach();
     glommio::spawn_local(crate::shard::symbols::triggers::placer(shard.symbols.clone())).detach();
     let history = cold.map(|(reader, _)| reader);
-    let hub = crate::api::stream::Hub::new(&shard);
+    let hub = crate::api::stream::Hub::new(&shard, listen_keys.clone());
     crate::shard::projections::feed::install(&shard.out, Rc::new(crate::api::stream::HubFeed(hub.clone())));
-    serve(Rc::new(Service { shard, history, hub: Some(hub), admission })).await
+    serve(Rc::new(Service { shard, history, hub: Some(hub), admission, listen_keys })).await
 }
 
 /// `exchange rebuild-state`: the logs are replayed (above); write every user to Redis.

@@ -535,3 +535,35 @@ fn an_algo_order_is_refused_read_triggered_and_cancelled_as_binance_does() {
     assert_eq!((status, body["code"].as_i64()), (400, Some(-2011)), "{body}");
     consistent(&s);
 }
+
+#[test]
+fn unmodified_ccxt_pro_watchers_see_book_trades_orders_fills_balance_and_position() {
+    let s = Server::start();
+    let (key_a, secret_a) = trader(&s, "pro-a", "100000");
+    let (key_b, secret_b) = trader(&s, "pro-b", "100000");
+    let maker = s.funded("pro-maker", "100000");
+    s.limit(&maker, "BUY", "49000", "0.005");
+    s.limit(&maker, "SELL", "51000", "0.003");
+    let seen = ccxt("ccxt_pro_session.py", &[&s.url(""), &key_a, &secret_a, &key_b, &secret_b]);
+    for watcher in ["book", "trades", "orders", "my_trades", "balance", "positions"] {
+        assert!(seen.get(format!("{watcher}_error")).is_none(), "{watcher}: {seen}");
+        let after = seen[format!("{watcher}_after")].as_f64().unwrap_or_else(|| panic!("{watcher} saw nothing: {seen}"));
+        assert!(after < 2.0, "{watcher} saw it {after} s after the orders: {seen}");
+    }
+    assert_eq!(seen["book_first"]["bids"][0], serde_json::json!([49000.0, 0.005]), "{seen}");
+    assert_eq!(seen["book_first"]["asks"][0], serde_json::json!([51000.0, 0.003]), "{seen}");
+    assert_eq!(seen["book"]["bids"][0], serde_json::json!([49500.0, 0.002]), "A's bid on top once it rests: {seen}");
+    assert!(seen["trades"].as_array().unwrap().iter().any(|t| t["price"] == 49500.0 && t["amount"] == 0.002 && t["side"] == "sell"), "{seen}");
+    let order = seen["order_id"].as_str().unwrap();
+    assert!(seen["orders"].as_array().unwrap().iter().any(|o| o["id"] == order && o["status"] == "closed" && o["filled"] == 0.002), "{seen}");
+    assert_eq!(seen["my_trades"][0]["order"], order, "{seen}");
+    assert_eq!((seen["my_trades"][0]["price"].as_f64(), seen["my_trades"][0]["takerOrMaker"].as_str()), (Some(49500.0), Some("maker")), "{seen}");
+    let (_, balance) = s.get(&key_a, "/v1/balance");
+    assert_eq!(seen["balance_total"].as_f64(), balance["total"].as_str().unwrap().parse::<f64>().ok(), "{seen} {balance}");
+    assert_eq!(seen["positions"][0]["contracts"], 0.002, "{seen}");
+    assert_eq!((seen["positions"][0]["side"].as_str(), seen["positions"][0]["entryPrice"].as_f64()), (Some("long"), Some(49500.0)), "{seen}");
+    for request in seen["requests"].as_array().unwrap() {
+        assert!(request.as_str().unwrap().contains(&s.url("/fapi/")), "only /fapi over HTTP: {request}");
+    }
+    consistent(&s);
+}

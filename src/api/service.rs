@@ -32,6 +32,8 @@ pub struct Service {
     pub hub: Option<Rc<super::stream::Hub>>,
     /// Who may hold a connection slot (process-wide).
     pub admission: std::sync::Arc<super::admission::Admission>,
+    /// The Binance dialect's listen keys (process-wide).
+    pub listen_keys: std::sync::Arc<super::binance::stream::ListenKeys>,
 }
 
 /// Headers allowed on a request, and their total size (names and values). Past them the
@@ -59,7 +61,7 @@ pub fn hyper_service(
         activity.headers_done();
         let (service, activity, connection) = (service.clone(), activity.clone(), connection.clone());
         async move {
-            let response = if req.uri().path() == super::stream::PATH {
+            let response = if super::stream::is_stream(req.uri()) {
                 match super::stream::upgrade(&service, &req, connection.peer) {
                     Ok((switching, upgrade)) => {
                         *connection.upgrade.borrow_mut() = Some(upgrade);

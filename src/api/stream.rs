@@ -48,15 +48,16 @@ use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::admission::Admitted;
+use super::binance::stream as binance;
 use super::error::{invalid, ApiError};
 use super::render;
 use super::service::Service;
 use crate::engine::{Event, UserId};
-use crate::health::Health;
+use crate::health::{Followed, Health};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::shard::projections::feed::Feed;
 use crate::shard::projections::Projections;
-use crate::shard::protocol::{Answer, ApiRequest, Depth, MarketPrices, PublicTrade, Reply, Request};
+use crate::shard::protocol::{Answer, ApiRequest, BookDiff, Depth, MarketPrices, PublicTrade, Reply, Request, UserMessages};
 use crate::shard::Shard;
 use crate::shard_map::ShardMap;
 
@@ -73,7 +74,15 @@ pub const PATH: &str = "/v1/stream";
 /// slot, held for the session's life.
 pub struct Upgrade {
     api_key: Option<String>,
+    /// A Binance-dialect session: what its path asked for, and the user of its listen key.
+    binance: Option<(binance::Connect, Option<(UserId, String)>)>,
     _admitted: Admitted,
+}
+
+/// Whether a request is for a stream: [`PATH`], or one of the Binance dialect's
+/// WebSocket paths ([`binance::connect`]).
+pub fn is_stream(uri: &hyper::Uri) -> bool {
+    uri.path() == PATH || binance::connect(uri.path(), uri.query().unwrap_or_default()).is_some()
 }
 
 /// Answers a request for [`PATH`], on any request of a connection: 101 with the
@@ -87,6 +96,23 @@ pub fn upgrade(service: &Service, req: &HttpRequest<Incoming>, peer: IpAddr) -> 
     if req.method() != hyper::Method::GET {
         return Err(ApiError::MethodNotAllowed);
     }
+    let uri = req.uri();
+    let binance = match binance::connect(uri.path(), uri.query().unwrap_or_default()).filter(|_| uri.path() != PATH) {
+        None => None,
+        Some(connect) => {
+            let listener = match &connect.listen_key {
+                None => None,
+                Some(key) => {
+                    let signing = service.shard.config.signing_secret.as_deref().unwrap_or_default();
+                    let user = binance::listen_user(signing.as_bytes(), key)
+                        .filter(|u| service.listen_keys.valid(*u, crate::shard::core::now_ms()))
+                        .ok_or_else(|| invalid("unknown or expired listenKey"))?;
+                    Some((user, key.clone()))
+                }
+            };
+            Some((connect, listener))
+        }
+    };
     let headers = req.headers();
     let lists = |name: &str, token: &str| {
         headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -94,7 +120,7 @@ pub fn upgrade(service: &Service, req: &HttpRequest<Incoming>, peer: IpAddr) -> 
     let key = headers.get("sec-websocket-key").map(|k| k.as_bytes());
     let version = headers.get("sec-websocket-version").and_then(|v| v.to_str().ok());
     let Some(key) = key.filter(|_| lists("connection", "upgrade") && lists("upgrade", "websocket") && version == Some("13")) else {
-        return Err(invalid("GET /v1/stream is a WebSocket: it needs Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key"));
+        return Err(invalid("a stream is a WebSocket: it needs Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key"));
     };
     let admitted = service.admission.admit_stream(peer, service.shard.id)?;
     let switching = Response::builder()
@@ -105,13 +131,13 @@ pub fn upgrade(service: &Service, req: &HttpRequest<Incoming>, peer: IpAddr) -> 
         .body(Full::new(Bytes::new()))
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    Ok((switching, Upgrade { api_key, _admitted: admitted }))
+    Ok((switching, Upgrade { api_key, binance, _admitted: admitted }))
 }
 
 /// The WebSocket session of an upgraded connection, on the core that accepted it
 /// (framing and masking by `async-tungstenite`); the admission slot is given back when
 /// it ends.
-pub async fn serve<S>(service: Rc<Service>, socket: S, upgrade: Upgrade)
+pub async fn serve<S>(service: Rc<Service>, socket: S, mut upgrade: Upgrade)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
@@ -125,6 +151,14 @@ where
         .read_buffer_size(READ_BUFFER);
     let mut ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
     let shard = service.shard.clone();
+    if let Some((connect, listener)) = upgrade.binance.take() {
+        let session = binance_session(hub.clone(), ws, connect, listener);
+        match glommio::spawn_local_into(session, hub.queue) {
+            Ok(task) => task.await,
+            Err(e) => tracing::error!(error = %e, "stream session not started"),
+        }
+        return;
+    }
     let user = match &upgrade.api_key {
         Some(k) => match authenticate(&shard, k).await {
             Some(user) => Some(user),
@@ -138,7 +172,7 @@ where
         None => None,
     };
     // The session runs in the stream task queue; this task (the connection's) waits for it.
-    match glommio::spawn_local_into(session(hub.clone(), shard, ws, user), hub.queue) {
+    match glommio::spawn_local_into(native_session(hub.clone(), shard, ws, user), hub.queue) {
         Ok(task) => task.await,
         Err(e) => tracing::error!(error = %e, "stream session not started"),
     }
@@ -188,10 +222,13 @@ impl Signal {
 /// work for one subscriber or ten thousand.
 struct Channel {
     name: String,
-    /// The symbol it follows, and whether it is its depth (not its trades).
+    /// The symbol it follows, and what of it.
     symbol: usize,
-    depth: bool,
-    /// `{"channel":"<name>","seq":`
+    followed: Followed,
+    /// A Binance stream: its messages are whole events, sent as they are or, on a
+    /// combined connection, wrapped after `head`.
+    binance: bool,
+    /// `{"channel":"<name>","seq":` (native), `{"stream":"<name>","data":` (Binance).
     head: String,
     /// Rendered messages after their `seq`: `,"data":{...}}`; `log[0]` is number `first`.
     log: RefCell<VecDeque<Bytes>>,
@@ -219,6 +256,10 @@ struct Cursor {
 /// One connection's side of the hub.
 struct Conn {
     id: u64,
+    /// A Binance connection of the combined form (`/stream?streams=`).
+    combined: bool,
+    /// A Binance user data stream: its user and listen key.
+    listener: Option<(UserId, String)>,
     user: Cell<Option<UserId>>,
     cursors: RefCell<Vec<Cursor>>,
     /// Subscribed to its user's `user` channel (the hub holds that subscription).
@@ -259,6 +300,8 @@ enum Why {
     /// The core fell so far behind that messages for it were dropped (see
     /// `shard::rpc`): the client reconnects and starts afresh.
     Overloaded,
+    /// A Binance user data stream whose listen key expired or was closed.
+    Expired,
 }
 
 impl Why {
@@ -268,6 +311,7 @@ impl Why {
             Self::Stalled => "stalled",
             Self::Silent => "silent",
             Self::Overloaded => "overloaded",
+            Self::Expired => "expired",
         }
     }
 
@@ -278,6 +322,7 @@ impl Why {
             Self::Stalled => CloseFrame { code: CloseCode::Policy, reason: format!("not reading: a write waited {} ms", hub.write_deadline.as_millis()).into() },
             Self::Silent => CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() },
             Self::Overloaded => CloseFrame { code: CloseCode::Again, reason: "messages were lost: reconnect".into() },
+            Self::Expired => CloseFrame { code: CloseCode::Normal, reason: "listenKey expired".into() },
         }
     }
 }
@@ -328,9 +373,20 @@ impl Conn {
             let (log, first, end) = (channel.log.borrow(), channel.first.get(), channel.end());
             let mut n = cursor.next.get().max(first);
             while n < end && out.len() < WRITE_BATCH {
-                out.extend_from_slice(channel.head.as_bytes());
-                out.extend_from_slice(digits.format(n - cursor.base).as_bytes());
-                out.extend_from_slice(&log[(n - first) as usize]);
+                let message = &log[(n - first) as usize];
+                match (channel.binance, self.combined) {
+                    (false, _) => {
+                        out.extend_from_slice(channel.head.as_bytes());
+                        out.extend_from_slice(digits.format(n - cursor.base).as_bytes());
+                        out.extend_from_slice(message);
+                    }
+                    (true, true) => {
+                        out.extend_from_slice(channel.head.as_bytes());
+                        out.extend_from_slice(message);
+                        out.extend_from_slice(b"}");
+                    }
+                    (true, false) => out.extend_from_slice(message),
+                }
                 ends.push(out.len());
                 n += 1;
             }
@@ -355,10 +411,12 @@ impl Conn {
     }
 }
 
-/// A connection's subscription to its user's `user` channel, and the last `seq` sent.
+/// A connection's subscription to its user's `user` channel (native: with the last `seq`
+/// sent), or its Binance user data stream.
 struct Sub {
     conn: Rc<Conn>,
     seq: u64,
+    binance: bool,
 }
 
 /// One core's stream connections.
@@ -371,6 +429,7 @@ pub struct Hub {
     /// reading.
     write_deadline: Duration,
     ping: Duration,
+    listen_keys: Arc<binance::ListenKeys>,
     next_id: Cell<u64>,
     conns: RefCell<Vec<Rc<Conn>>>,
     /// Public channels with a subscriber on this core.
@@ -395,8 +454,8 @@ pub struct Hub {
 
 /// What the publisher has to fan out.
 enum Item {
-    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth> },
-    User { user: UserId, messages: Vec<String> },
+    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth>, diff: Option<BookDiff> },
+    User { user: UserId, messages: UserMessages },
 }
 
 /// The stream task queue's share of its core against the default queue's 1,000.
@@ -435,7 +494,7 @@ impl Pacing {
 impl Hub {
     /// The hub of this core (call on its executor): starts its publisher, flush and ping
     /// tasks.
-    pub fn new(shard: &Shard) -> Rc<Self> {
+    pub fn new(shard: &Shard, listen_keys: Arc<binance::ListenKeys>) -> Rc<Self> {
         let queue = glommio::executor().create_task_queue(glommio::Shares::Static(STREAM_SHARES), glommio::Latency::NotImportant, "streams");
         let hub = Rc::new(Self {
             map: shard.map.clone(),
@@ -444,6 +503,7 @@ impl Hub {
             queue_bytes: shard.config.limits.stream_queue_bytes,
             write_deadline: Duration::from_millis(shard.config.limits.stream_write_timeout_ms.max(1)),
             ping: Duration::from_secs(shard.config.limits.stream_ping_secs.max(1)),
+            listen_keys,
             next_id: Cell::new(0),
             conns: RefCell::default(),
             channels: RefCell::default(),
@@ -465,7 +525,7 @@ impl Hub {
                     let item = hub.inbox.borrow_mut().pop_front();
                     let Some(item) = item else { break };
                     match item {
-                        Item::Market { symbol, trades, depth } => hub.publish_market(symbol, &trades, depth),
+                        Item::Market { symbol, trades, depth, diff } => hub.publish_market(symbol, &trades, depth, diff.as_ref()),
                         Item::User { user, messages } => hub.publish_user(user, &messages),
                     }
                     glommio::yield_if_needed().await;
@@ -546,7 +606,7 @@ impl Hub {
     /// Appends a message to a public channel, if anyone here follows it.
     fn broadcast(&self, channel: &str, data: impl FnOnce() -> String) {
         let Some(ch) = self.channels.borrow().get(channel).cloned() else { return };
-        let tail = Bytes::from(format!(r#","data":{}}}"#, data()));
+        let tail = if ch.binance { Bytes::from(data()) } else { Bytes::from(format!(r#","data":{}}}"#, data())) };
         ch.bytes.set(ch.bytes.get() + tail.len());
         ch.log.borrow_mut().push_back(tail);
         if !ch.dirty.replace(true) {
@@ -569,12 +629,21 @@ impl Hub {
         }
     }
 
-    fn publish_market(&self, symbol: usize, trades: &[PublicTrade], depth: Option<Depth>) {
+    fn publish_market(&self, symbol: usize, trades: &[PublicTrade], depth: Option<Depth>, diff: Option<&BookDiff>) {
         let spec = &self.map.symbols[symbol];
+        let lower = binance::lower(spec);
         if !trades.is_empty() {
-            let channel = format!("trades:{}", spec.name);
+            let (channel, now) = (format!("trades:{}", spec.name), crate::shard::core::now_ms());
+            let (plain, agg) = (format!("{lower}@trade"), format!("{lower}@aggTrade"));
             for trade in trades {
                 self.broadcast(&channel, || render::public_trade(spec, trade).to_string());
+                self.broadcast(&plain, || binance::trade(spec, trade, now));
+                self.broadcast(&agg, || binance::agg_trade(spec, trade, now));
+            }
+        }
+        if let Some(diff) = diff {
+            for name in binance::names(&lower, binance::Kind::Depth) {
+                self.broadcast(&name, || binance::depth_update(spec, diff));
             }
         }
         if let Some(depth) = depth {
@@ -589,18 +658,27 @@ impl Hub {
         for (symbol, depth) in pending {
             let spec = &self.map.symbols[symbol];
             self.broadcast(&format!("depth:{}", spec.name), || render::depth(spec, depth.seq, &depth.bids, &depth.asks).to_string());
+            let now = crate::shard::core::now_ms();
+            self.broadcast(&format!("{}@bookTicker", binance::lower(spec)), || binance::book_ticker(spec, &depth, now));
         }
     }
 
-    fn publish_user(&self, user: UserId, messages: &[String]) {
+    fn publish_user(&self, user: UserId, messages: &UserMessages) {
         let mut users = self.users.borrow_mut();
         let Some(subs) = users.get_mut(&user) else { return };
         let mut digits = itoa::Buffer::new();
-        for m in messages {
+        for m in &messages.native {
             let tail = format!(r#","data":{m}}}"#);
-            for s in subs.iter_mut() {
+            for s in subs.iter_mut().filter(|s| !s.binance) {
                 s.seq += 1;
                 if s.conn.push(&[br#"{"channel":"user","seq":"#, digits.format(s.seq).as_bytes(), tail.as_bytes()]) {
+                    self.mark(&s.conn);
+                }
+            }
+        }
+        for m in &messages.binance {
+            for s in subs.iter_mut().filter(|s| s.binance) {
+                if s.conn.push(&[m.as_bytes()]) {
                     self.mark(&s.conn);
                 }
             }
@@ -610,9 +688,18 @@ impl Hub {
     /// Cuts connections whose write waits past its deadline, pings connections silent
     /// for a ping interval and cuts those silent for two.
     fn check_deadlines(&self) {
+        let now = crate::shard::core::now_ms();
         for c in self.conns.borrow().iter() {
             let silent = c.last_heard.get().elapsed();
-            if c.writing_since.get().is_some_and(|t| t.elapsed() > self.write_deadline) {
+            if let Some((user, key)) = c.listener.as_ref().filter(|(user, _)| !self.listen_keys.valid(*user, now)) {
+                // Said once, then closed (Binance's listenKeyExpired).
+                tracing::debug!(user = user.0, "listen key expired");
+                c.push(&[binance::listen_key_expired(key, now).as_bytes()]);
+                self.mark(c);
+                c.ended.set(Some(Why::Expired));
+                c.cut_off.notify();
+                c.ready.notify();
+            } else if c.writing_since.get().is_some_and(|t| t.elapsed() > self.write_deadline) {
                 c.cut_now(Why::Stalled);
             } else if silent > self.ping * 2 {
                 c.cut_now(Why::Silent);
@@ -627,28 +714,36 @@ impl Hub {
         if channel == "user" {
             let Some(user) = conn.user.get() else { return };
             if !conn.user_channel.replace(true) {
-                self.users.borrow_mut().entry(user).or_default().push(Sub { conn: conn.clone(), seq: 0 });
-                self.health.user_stream(user.0, true);
+                let binance = conn.listener.is_some();
+                self.users.borrow_mut().entry(user).or_default().push(Sub { conn: conn.clone(), seq: 0, binance });
+                self.health.user_stream(user.0, binance, true);
             }
-            return;
-        }
-        if conn.cursors.borrow().iter().any(|c| c.channel.name == channel) {
             return;
         }
         let Some((kind, name)) = channel.split_once(':') else { return };
         let Some(symbol) = self.map.symbols.iter().position(|s| s.name == name) else { return };
+        let followed = if kind == "depth" { Followed::Depth } else { Followed::Trades };
+        self.follow(conn, channel, symbol, followed, false);
+    }
+
+    /// Adds a public channel (native, or a Binance stream) to a connection.
+    fn follow(&self, conn: &Rc<Conn>, channel: &str, symbol: usize, followed: Followed, binance: bool) {
+        if conn.cursors.borrow().iter().any(|c| c.channel.name == channel) {
+            return;
+        }
         let ch = self
             .channels
             .borrow_mut()
             .entry(channel.to_owned())
             .or_insert_with(|| {
                 // This core follows it now: the symbol's owner starts handing it over.
-                self.health.market_stream(symbol, kind == "depth", true);
+                self.health.market_stream(symbol, followed, true);
                 Rc::new(Channel {
                     name: channel.to_owned(),
                     symbol,
-                    depth: kind == "depth",
-                    head: format!(r#"{{"channel":"{channel}","seq":"#),
+                    followed,
+                    binance,
+                    head: if binance { format!(r#"{{"stream":"{channel}","data":"#) } else { format!(r#"{{"channel":"{channel}","seq":"#) },
                     log: RefCell::default(),
                     first: Cell::new(1),
                     bytes: Cell::new(0),
@@ -675,7 +770,7 @@ impl Hub {
             if subs.is_empty() {
                 users.remove(&user);
             }
-            self.health.user_stream(user.0, false);
+            self.health.user_stream(user.0, conn.listener.is_some(), false);
             return seq;
         }
         let mut cursors = conn.cursors.borrow_mut();
@@ -684,7 +779,7 @@ impl Hub {
         ch.subscribers.borrow_mut().retain(|c| c.id != conn.id);
         if ch.subscribers.borrow().is_empty() {
             self.channels.borrow_mut().remove(channel);
-            self.health.market_stream(ch.symbol, ch.depth, false);
+            self.health.market_stream(ch.symbol, ch.followed, false);
         }
         None
     }
@@ -701,12 +796,14 @@ impl Hub {
         }
     }
 
-    fn opened(&self, user: Option<UserId>) -> Rc<Conn> {
+    fn opened(&self, user: Option<UserId>, combined: bool, listener: Option<(UserId, String)>) -> Rc<Conn> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let now = Instant::now();
         let conn = Rc::new(Conn {
             id,
+            combined,
+            listener,
             user: Cell::new(user),
             cursors: RefCell::default(),
             user_channel: Cell::new(false),
@@ -758,8 +855,8 @@ impl Drop for Registered {
 pub struct HubFeed(pub Rc<Hub>);
 
 impl Feed for HubFeed {
-    fn market(&self, _shard: &Projections, symbol: usize, trades: &[PublicTrade], depth: Option<&Depth>) {
-        self.0.post(Item::Market { symbol, trades: trades.to_vec(), depth: depth.cloned() });
+    fn market(&self, _shard: &Projections, symbol: usize, trades: &[PublicTrade], depth: Option<&Depth>, diff: Option<&BookDiff>) {
+        self.0.post(Item::Market { symbol, trades: trades.to_vec(), depth: depth.cloned(), diff: diff.cloned() });
     }
 
     fn lost(&self) {
@@ -769,100 +866,172 @@ impl Feed for HubFeed {
     }
 
     fn accounts(&self, shard: &Projections, symbol: usize, events: &[Event]) {
-        let map = &self.0.map;
-        let spec = &map.symbols[symbol];
-        let mut users: Vec<UserId> = Vec::new();
+        let mut users: Vec<(UserId, [bool; 2])> = Vec::new();
         for u in events.iter().flat_map(Event::users).flatten() {
-            if shard.account_owner(u) == shard.id && !users.contains(&u) && shard.health.user_streamed(u.0) {
-                users.push(u);
+            if shard.account_owner(u) == shard.id && !users.iter().any(|(v, _)| *v == u) {
+                let dialects = shard.health.user_streamed(u.0);
+                if dialects.contains(&true) {
+                    users.push((u, dialects));
+                }
             }
         }
-        for user in users {
+        for (user, [native, binance]) in users {
             let messages = {
                 let accounts = shard.ledger.borrow();
                 let Some(account) = accounts.user(user) else { continue };
-                let mut out = Vec::new();
-                let typed = |kind: &str, mut value: serde_json::Value| {
-                    if let Some(o) = value.as_object_mut() {
-                        o.insert("type".to_owned(), kind.into());
-                    }
-                    value.to_string()
-                };
-                let mut orders = Vec::new();
-                let mut money = false;
-                for e in events {
-                    match e {
-                        Event::OrderPlaced(p) if p.user == user => orders.push(p.order_id),
-                        Event::OrderAmended(a) if a.user == user && a.refused.is_none() => orders.push(a.order_id),
-                        Event::OrderCancelled(c) if c.user == user => {
-                            orders.push(c.order_id);
-                            money = true;
-                        }
-                        Event::LiquidationStarted(l) if l.user == user => orders.push(l.order_id),
-                        Event::LiquidationEnded(l) if l.user == user => {
-                            orders.push(l.order_id);
-                            money = true;
-                        }
-                        Event::TradeExecuted(t) => {
-                            for side in [&t.buyer, &t.seller].into_iter().filter(|s| s.user == user) {
-                                orders.push(side.order_id);
-                                money = true;
-                                if let Some(f) = account.fills.iter().find(|f| f.trade_seq == t.seq && f.symbol == symbol && f.order_id == side.order_id) {
-                                    out.push(typed("fill", render::fill(map, f)));
-                                }
-                            }
-                        }
-                        Event::FundingPaid(f) if f.user == user => {
-                            money = true;
-                            out.push(typed(
-                                "funding",
-                                serde_json::json!({
-                                    "symbol": spec.name,
-                                    "amount": crate::engine::symbol::units_to_usdt(f.amount).to_string(),
-                                    "fundingRate": crate::wire::rate_decimal(f.rate).to_string(),
-                                    "markPrice": spec.ticks_to_price(f.mark).to_string(),
-                                    "time": f.timestamp,
-                                }),
-                            ));
-                        }
-                        _ => {}
-                    }
+                UserMessages {
+                    native: if native { native_user_messages(&self.0.map, account, user, symbol, events) } else { Vec::new() },
+                    binance: if binance { binance_user_messages(&self.0.map, account, user, symbol, events) } else { Vec::new() },
                 }
-                // Order updates first, in the order their events came.
-                let mut seen = Vec::with_capacity(orders.len());
-                for id in orders {
-                    if seen.contains(&id) {
-                        continue;
-                    }
-                    if let Some(view) = account.order(id) {
-                        out.insert(seen.len(), typed("order", serde_json::to_value(render::order(map, view)).unwrap_or_default()));
-                    }
-                    seen.push(id);
-                }
-                if money {
-                    if let Some(p) = account.positions.get(&symbol) {
-                        let mut position = render::position(spec, p, MarketPrices::default());
-                        if let Some(o) = position.as_object_mut() {
-                            // Valued where the account is, which has no mark: only what it holds.
-                            for field in ["unrealizedPnl", "markPrice", "maintenanceMargin"] {
-                                o.remove(field);
-                            }
-                        }
-                        out.push(typed("position", position));
-                    }
-                    out.push(typed("balance", render::balance(account.total, account.available(), account.locked)));
-                }
-                out
             };
-            if !messages.is_empty() {
+            if !messages.native.is_empty() || !messages.binance.is_empty() {
                 crate::shard::projections::feed::user(shard, user, messages);
             }
         }
     }
 
-    fn user(&self, user: UserId, messages: &[String]) {
-        self.0.post(Item::User { user, messages: messages.to_vec() });
+    fn user(&self, user: UserId, messages: &UserMessages) {
+        self.0.post(Item::User { user, messages: messages.clone() });
     }
+}
+
+/// A fill of `user`'s in `t`, as the account recorded it.
+fn fill_of<'a>(account: &'a crate::accounts::Account, symbol: usize, t: &crate::engine::Trade, order: crate::engine::OrderId) -> Option<&'a crate::accounts::Fill> {
+    account.fills.iter().find(|f| f.trade_seq == t.seq && f.symbol == symbol && f.order_id == order)
+}
+
+/// `user`'s messages on the native `user` channel for events just applied: order updates
+/// first (each order once, as it is now), then fills, funding, conditional orders, and the
+/// position and balance when money moved.
+fn native_user_messages(map: &ShardMap, account: &crate::accounts::Account, user: UserId, symbol: usize, events: &[Event]) -> Vec<String> {
+    let spec = &map.symbols[symbol];
+    let mut out = Vec::new();
+    let typed = |kind: &str, mut value: serde_json::Value| {
+        if let Some(o) = value.as_object_mut() {
+            o.insert("type".to_owned(), kind.into());
+        }
+        value.to_string()
+    };
+    let mut orders = Vec::new();
+    let mut money = false;
+    for e in events {
+        match e {
+            Event::OrderPlaced(p) if p.user == user => orders.push(p.order_id),
+            Event::OrderAmended(a) if a.user == user && a.refused.is_none() => orders.push(a.order_id),
+            Event::OrderCancelled(c) if c.user == user => {
+                orders.push(c.order_id);
+                money = true;
+            }
+            Event::LiquidationStarted(l) if l.user == user => orders.push(l.order_id),
+            Event::LiquidationEnded(l) if l.user == user => {
+                orders.push(l.order_id);
+                money = true;
+            }
+            Event::TradeExecuted(t) => {
+                for side in [&t.buyer, &t.seller].into_iter().filter(|s| s.user == user) {
+                    orders.push(side.order_id);
+                    money = true;
+                    if let Some(f) = fill_of(account, symbol, t, side.order_id) {
+                        out.push(typed("fill", render::fill(map, f)));
+                    }
+                }
+            }
+            Event::FundingPaid(f) if f.user == user => {
+                money = true;
+                out.push(typed(
+                    "funding",
+                    serde_json::json!({
+                        "symbol": spec.name,
+                        "amount": crate::engine::symbol::units_to_usdt(f.amount).to_string(),
+                        "fundingRate": crate::wire::rate_decimal(f.rate).to_string(),
+                        "markPrice": spec.ticks_to_price(f.mark).to_string(),
+                        "time": f.timestamp,
+                    }),
+                ));
+            }
+            Event::Conditional(c) if c.conditional.order.user == user => {
+                out.push(typed("conditional", serde_json::to_value(render::conditional(spec, &c.conditional)).unwrap_or_default()));
+            }
+            _ => {}
+        }
+    }
+    // Order updates first, in the order their events came.
+    let mut seen = Vec::with_capacity(orders.len());
+    for id in orders {
+        if seen.contains(&id) {
+            continue;
+        }
+        if let Some(view) = account.order(id) {
+            out.insert(seen.len(), typed("order", serde_json::to_value(render::order(map, view)).unwrap_or_default()));
+        }
+        seen.push(id);
+    }
+    if money {
+        if let Some(p) = account.positions.get(&symbol) {
+            let mut position = render::position(spec, p, MarketPrices::default());
+            if let Some(o) = position.as_object_mut() {
+                // Valued where the account is, which has no mark: only what it holds.
+                for field in ["unrealizedPnl", "markPrice", "maintenanceMargin"] {
+                    o.remove(field);
+                }
+            }
+            out.push(typed("position", position));
+        }
+        out.push(typed("balance", render::balance(account.total, account.available(), account.locked)));
+    }
+    out
+}
+
+/// `user`'s Binance user-data events for events just applied, in their order:
+/// `ORDER_TRADE_UPDATE` per order event (a trade's with its fill), `ALGO_UPDATE` per
+/// conditional order change, and an `ACCOUNT_UPDATE` after them when money moved.
+fn binance_user_messages(map: &ShardMap, account: &crate::accounts::Account, user: UserId, symbol: usize, events: &[Event]) -> Vec<String> {
+    use binance::Execution;
+    let now = crate::shard::core::now_ms();
+    let mut out = Vec::new();
+    // Each order's filled quantity before these events: what it has now less their fills.
+    let mut filled: FxHashMap<crate::engine::OrderId, i64> = FxHashMap::default();
+    for e in events {
+        if let Event::TradeExecuted(t) = e {
+            for side in [&t.buyer, &t.seller].into_iter().filter(|s| s.user == user) {
+                *filled.entry(side.order_id).or_insert_with(|| account.order(side.order_id).map_or(0, |v| v.filled)) -= t.quantity;
+            }
+        }
+    }
+    let mut reason = None;
+    let mut order = |id, execution, fill: Option<&crate::accounts::Fill>, out: &mut Vec<String>| {
+        let Some(view) = account.order(id) else { return };
+        let now_filled = filled.entry(id).or_insert(view.filled);
+        if let Some(f) = fill {
+            *now_filled += f.quantity;
+        }
+        out.push(binance::order_trade_update(map, view, execution, fill, *now_filled, now));
+    };
+    for e in events {
+        match e {
+            Event::OrderPlaced(p) if p.user == user => order(p.order_id, Execution::New, None, &mut out),
+            Event::OrderAmended(a) if a.user == user && a.refused.is_none() => order(a.order_id, Execution::Amendment, None, &mut out),
+            Event::OrderCancelled(c) if c.user == user => {
+                order(c.order_id, Execution::Gone, None, &mut out);
+                reason.get_or_insert("ORDER");
+            }
+            Event::TradeExecuted(t) => {
+                for side in [&t.buyer, &t.seller].into_iter().filter(|s| s.user == user) {
+                    order(side.order_id, Execution::Trade, fill_of(account, symbol, t, side.order_id), &mut out);
+                    reason.get_or_insert("ORDER");
+                }
+            }
+            Event::FundingPaid(f) if f.user == user => {
+                reason = Some("FUNDING_FEE");
+            }
+            Event::Conditional(c) if c.conditional.order.user == user => out.push(binance::algo_update(map, symbol, &c.conditional, now)),
+            _ => {}
+        }
+    }
+    if let Some(reason) = reason {
+        out.push(binance::account_update(map, account, symbol, reason, now));
+    }
+    out
 }
 
 #[derive(Deserialize)]
@@ -874,11 +1043,69 @@ struct Control {
     api_key: Option<String>,
 }
 
-async fn session<S>(hub: Rc<Hub>, shard: Rc<Shard>, ws: WebSocketStream<S>, user: Option<UserId>)
+/// Whose control messages a session reads.
+enum Dialect {
+    Native(Rc<Shard>),
+    Binance,
+}
+
+/// A Binance-dialect session (BINANCE.md, section 7): the streams its path named, then
+/// what its `SUBSCRIBE` messages add; a listen key's user data stream from the start.
+async fn binance_session<S>(hub: Rc<Hub>, ws: WebSocketStream<S>, connect: binance::Connect, listener: Option<(UserId, String)>)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let conn = hub.opened(user);
+    let user = listener.as_ref().map(|(user, _)| *user);
+    let conn = hub.opened(user, connect.combined, listener);
+    for topic in connect.streams.iter().filter_map(|name| binance::topic(&hub.map, name)) {
+        hub.follow(&conn, &topic.name, topic.symbol, topic.kind.followed(), true);
+    }
+    if user.is_some() {
+        hub.subscribe(&conn, "user");
+    }
+    session(hub, ws, conn, Dialect::Binance).await;
+}
+
+/// A Binance control message: `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, answered
+/// always (ccxt asks for the book only once it has the answer).
+fn binance_control(hub: &Hub, conn: &Rc<Conn>, text: &str) {
+    let reply = match binance::control(&hub.map, text) {
+        Err(refused) => refused,
+        Ok((asked, id)) => {
+            let result = match asked {
+                binance::Control::Subscribe(topics) => {
+                    for t in topics {
+                        hub.follow(conn, &t.name, t.symbol, t.kind.followed(), true);
+                    }
+                    serde_json::Value::Null
+                }
+                binance::Control::Unsubscribe(names) => {
+                    for name in names {
+                        hub.unsubscribe(conn, &name);
+                    }
+                    serde_json::Value::Null
+                }
+                binance::Control::List => conn.cursors.borrow().iter().map(|c| c.channel.name.clone()).collect(),
+                binance::Control::Property => serde_json::Value::Null,
+            };
+            binance::result(result, &id)
+        }
+    };
+    hub.reply(conn, &reply);
+}
+
+async fn native_session<S>(hub: Rc<Hub>, shard: Rc<Shard>, ws: WebSocketStream<S>, user: Option<UserId>)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let conn = hub.opened(user, false, None);
+    session(hub, ws, conn, Dialect::Native(shard)).await;
+}
+
+async fn session<S>(hub: Rc<Hub>, ws: WebSocketStream<S>, conn: Rc<Conn>, dialect: Dialect)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
     let _registered = Registered { hub: hub.clone(), conn: conn.clone() };
     let (mut sink, mut incoming) = ws.split();
     // The reader is a task of its own, so waking the writer does not poll the socket.
@@ -888,7 +1115,10 @@ where
             while let Some(Ok(message)) = incoming.next().await {
                 conn.last_heard.set(Instant::now());
                 match message {
-                    Message::Text(text) => control(&hub, &shard, &conn, text.as_str()).await,
+                    Message::Text(text) => match &dialect {
+                        Dialect::Native(shard) => control(&hub, shard, &conn, text.as_str()).await,
+                        Dialect::Binance => binance_control(&hub, &conn, text.as_str()),
+                    },
                     Message::Close(_) => return true,
                     _ => {}
                 }
@@ -908,7 +1138,15 @@ where
                 hub.metrics.streams_cut.get_or_create(&ReasonLabel { reason: why.label() }).inc();
                 // With the reason; a peer that does not read may never take even the
                 // Close frame, so it gets a second at most.
-                let close = async { drop(sink.send(Message::Close(Some(why.frame(&hub)))).await) };
+                let close = async {
+                    if why == Why::Expired {
+                        // Its last words (listenKeyExpired) go out before the Close.
+                        for m in conn.take().0 {
+                            let _ = sink.feed(Message::Text(m)).await;
+                        }
+                    }
+                    drop(sink.send(Message::Close(Some(why.frame(&hub)))).await)
+                };
                 futures_lite::future::or(close, glommio::timer::sleep(Duration::from_secs(1))).await;
                 break;
             }

@@ -284,13 +284,37 @@ pub enum Request {
 #[derive(Debug)]
 pub enum Notice {
     /// A symbol's public trades (in log order) and, when some core follows its depth and
-    /// the book changed, its top levels (at most once a flush tick).
-    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth> },
+    /// the book changed, its top levels (at most once a flush tick) or the levels that
+    /// changed (at most once every 100 ms: the diff depth).
+    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth>, diff: Option<BookDiff> },
     /// A user's stream messages.
-    User { user: UserId, messages: Vec<String> },
+    User { user: UserId, messages: UserMessages },
     /// Notices from the sender were dropped (the receiver was that far behind): its
     /// stream connections cannot be told everything and are closed, to reconnect.
     Lost,
+}
+
+/// The levels of a book that changed between two of its events, at their quantities after
+/// the later one (0: the level is gone): Binance's diff depth (`U`, `u`, `pu`). `first` is
+/// `previous + 1`, so that consecutive diffs chain, and one whose range holds a depth
+/// read's `seq` brings that read up to date.
+#[derive(Clone, Debug)]
+pub struct BookDiff {
+    pub first: u64,
+    pub last: u64,
+    pub previous: u64,
+    /// When it was read (ms).
+    pub time: i64,
+    pub bids: Levels,
+    pub asks: Levels,
+}
+
+/// A user's stream messages for one batch of results, rendered by the account's owner in
+/// each dialect somebody follows (an empty list for one nobody does).
+#[derive(Clone, Debug, Default)]
+pub struct UserMessages {
+    pub native: Vec<String>,
+    pub binance: Vec<String>,
 }
 
 /// A book's top levels after the event numbered `seq`.

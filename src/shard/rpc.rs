@@ -163,7 +163,7 @@ mod tests {
     use crate::shard::rpc::{Rpc, NOTICES_WAITING};
 
     fn notice() -> Notice {
-        Notice::User { user: UserId(1), messages: Vec::new() }
+        Notice::User { user: UserId(1), messages: crate::shard::protocol::UserMessages::default() }
     }
 
     #[test]

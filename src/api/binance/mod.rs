@@ -9,6 +9,7 @@
 
 pub mod sign;
 mod shapes;
+pub mod stream;
 
 use rust_decimal::Decimal;
 
@@ -108,6 +109,7 @@ async fn route(service: &Service, input: &Input<'_>) -> Result<HttpReply, Error>
     match (input.method, path) {
         ("GET", "v1/ping") => Ok(ok(&serde_json::json!({}))),
         ("GET", "v1/time") => Ok(ok(&serde_json::json!({ "serverTime": now }))),
+        ("POST" | "PUT" | "DELETE", "v1/listenKey") => listen_key(service, input, now).await,
         ("GET", "v1/exchangeInfo") => Ok(ok(&shapes::exchange_info(map, now))),
         ("GET", "v1/depth") => {
             let symbol = params.required_symbol(map)?;
@@ -736,6 +738,32 @@ fn signed(service: &Service, input: &Input<'_>, now: i64) -> Result<Caller, Erro
     let body = std::str::from_utf8(input.body).map_err(|_| Error::from(sign::SignError::BadSignature))?;
     sign::verify(&secret, input.query, body, now)?;
     Ok(Caller { key: key.to_owned(), user, owner: service.shard.account_owner(user) })
+}
+
+/// `POST`, `PUT` and `DELETE v1/listenKey`: the caller's user data stream key (the API
+/// key alone names the caller here, unsigned, as on Binance). One key per user
+/// ([`stream::listen_key`]); `PUT` of a closed or expired one is -1125.
+async fn listen_key(service: &Service, input: &Input<'_>, now: i64) -> Result<HttpReply, Error> {
+    let key = input.api_key.ok_or(Error::BAD_KEY)?;
+    let user = crate::accounts::user_of_key(key).ok_or(Error::BAD_KEY)?;
+    match ask(service, service.shard.account_owner(user), ApiRequest::authenticate(key)).await {
+        Ok(Answer::User(u)) if u == user => {}
+        Ok(_) | Err(Error { code: -2015, .. }) => return Err(Error::BAD_KEY),
+        Err(e) => return Err(e),
+    }
+    let signing = service.shard.config.signing_secret.as_deref().unwrap_or_default();
+    let listen = serde_json::json!({ "listenKey": stream::listen_key(signing.as_bytes(), user) });
+    let keys = &service.listen_keys;
+    match input.method {
+        "POST" => keys.open(user, now),
+        "PUT" if !keys.keep_alive(user, now) => return Err(Error::fixed(400, -1125, "This listenKey does not exist.")),
+        "PUT" => {}
+        _ => {
+            keys.close(user);
+            return Ok(ok(&serde_json::json!({})));
+        }
+    }
+    Ok(ok(&listen))
 }
 
 /// The account's balance and open positions (one owner, two questions).

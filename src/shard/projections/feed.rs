@@ -18,17 +18,18 @@ use std::time::Duration;
 
 use super::Projections;
 use crate::engine::{Event, UserId};
-use crate::shard::protocol::{Depth, Notice, PublicTrade};
+use crate::shard::protocol::{BookDiff, Depth, Notice, PublicTrade, UserMessages};
 
 pub use crate::shard::protocol::Levels;
 
 pub trait Feed {
-    /// A symbol's public trades and, at most once a tick, its depth, on every core.
-    fn market(&self, out: &Projections, symbol: usize, trades: &[PublicTrade], depth: Option<&Depth>);
+    /// A symbol's public trades and, at most once a tick, its depth (and at most once
+    /// every [`DIFF_EVERY`], the levels that changed), on every core.
+    fn market(&self, out: &Projections, symbol: usize, trades: &[PublicTrade], depth: Option<&Depth>, diff: Option<&BookDiff>);
     /// Results just applied to the accounts owned by this core.
     fn accounts(&self, out: &Projections, symbol: usize, events: &[Event]);
     /// A user's messages (rendered by the account's owner), for this core's connections.
-    fn user(&self, user: UserId, messages: &[String]);
+    fn user(&self, user: UserId, messages: &UserMessages);
     /// Notices for this core were dropped: its connections cannot be told everything.
     fn lost(&self);
 }
@@ -43,6 +44,9 @@ pub const DEPTH_LEVELS: usize = 20;
 
 /// Depth is read from a book at most this often (the stream side's flush tick).
 pub const DEPTH_EVERY: Duration = Duration::from_millis(1);
+
+/// A book's changed levels are read at most this often (Binance's `@depth@100ms`).
+pub const DIFF_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether any core has a stream connection.
 pub fn wanted(out: &Projections) -> bool {
@@ -64,14 +68,14 @@ fn everywhere(out: &Projections, notice: impl Fn() -> Notice, here: impl FnOnce(
 
 /// On the symbol's owner, after a command executed (not during replay), or when its
 /// depth is due: what some core follows.
-pub fn market(out: &Projections, symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth>) {
-    if trades.is_empty() && depth.is_none() {
+pub fn market(out: &Projections, symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth>, diff: Option<BookDiff>) {
+    if trades.is_empty() && depth.is_none() && diff.is_none() {
         return;
     }
     everywhere(
         out,
-        || Notice::Market { symbol, trades: trades.clone(), depth: depth.clone() },
-        |feed| feed.market(out, symbol, &trades, depth.as_ref()),
+        || Notice::Market { symbol, trades: trades.clone(), depth: depth.clone(), diff: diff.clone() },
+        |feed| feed.market(out, symbol, &trades, depth.as_ref(), diff.as_ref()),
     );
 }
 
@@ -85,7 +89,7 @@ pub fn accounts(out: &Projections, symbol: usize, events: &[Event]) {
 }
 
 /// Delivers a user's messages on every core.
-pub fn user(out: &Projections, user: UserId, messages: Vec<String>) {
+pub fn user(out: &Projections, user: UserId, messages: UserMessages) {
     everywhere(out, || Notice::User { user, messages: messages.clone() }, |feed| feed.user(user, &messages));
 }
 
@@ -93,7 +97,7 @@ pub fn user(out: &Projections, user: UserId, messages: Vec<String>) {
 pub fn delivered(out: &Projections, notice: Notice) {
     let Some(feed) = feed(out) else { return };
     match notice {
-        Notice::Market { symbol, trades, depth } => feed.market(out, symbol, &trades, depth.as_ref()),
+        Notice::Market { symbol, trades, depth, diff } => feed.market(out, symbol, &trades, depth.as_ref(), diff.as_ref()),
         Notice::User { user, messages } => feed.user(user, &messages),
         Notice::Lost => feed.lost(),
     }

@@ -18,6 +18,7 @@
 //! directly (results for accounts owned here are applied without a message).
 
 pub mod deadlines;
+pub mod diffs;
 pub mod funding;
 pub mod recover;
 pub mod stream;

@@ -24,7 +24,7 @@ use crate::engine::{Command, CommandError, ConditionalStatus, Event, Market, New
 use crate::shard::core::now_ms;
 use crate::shard::log::{voids, Log, Stream};
 use crate::shard::projections::{feed, hot};
-use crate::shard::protocol::{Depth, MarketPrices, NotLogged, PublicTrade, Request};
+use crate::shard::protocol::{BookDiff, Depth, MarketPrices, NotLogged, PublicTrade, Request};
 use crate::shard::rpc::Pending;
 use crate::wire::StreamRecord;
 
@@ -65,6 +65,9 @@ pub struct SymbolStream {
     in_doubt: RefCell<Vec<NewOrder>>,
     /// The streams' depth read is scheduled (at most one a tick).
     depth_due: Cell<bool>,
+    /// The diff depth: the book as its last diff left it, and whether a read is scheduled.
+    diffs: super::diffs::Diffs,
+    diff_due: Cell<bool>,
     queue: mpsc::UnboundedSender<Job>,
 }
 
@@ -84,6 +87,8 @@ impl SymbolStream {
             due: Cell::new(0),
             in_doubt: RefCell::default(),
             depth_due: Cell::new(false),
+            diffs: super::diffs::Diffs::default(),
+            diff_due: Cell::new(false),
             queue,
         });
         (stream, rx)
@@ -167,30 +172,46 @@ impl SymbolStream {
     }
 
     /// Hands the streams what some core follows of this symbol: its public trades now,
-    /// its depth at most once a tick (read from the book then: the latest state wins).
+    /// its depth at most once a tick and its changed levels at most once every
+    /// [`feed::DIFF_EVERY`] (read from the book then: the latest state wins).
     fn stream_market(&self, room: &SymbolRoom, events: &[Event]) {
-        let (trades_followed, depth_followed) = room.health.market_streamed(self.index);
+        let [trades_followed, depth_followed, diffs_followed] = room.health.market_streamed(self.index);
         if trades_followed {
-            feed::market(&room.out, self.index, events.iter().filter_map(PublicTrade::of).collect(), None);
+            feed::market(&room.out, self.index, events.iter().filter_map(PublicTrade::of).collect(), None, None);
         }
-        let changed = || events.iter().any(|e| matches!(e, Event::OrderPlaced(_) | Event::OrderCancelled(_) | Event::TradeExecuted(_)));
-        if depth_followed
-            && changed()
-            && !self.depth_due.replace(true)
-            && let Some(stream) = room.stream(self.index)
-        {
+        if !diffs_followed {
+            self.diffs.forget();
+        }
+        let changed = events.iter().any(|e| matches!(e, Event::OrderPlaced(_) | Event::OrderCancelled(_) | Event::TradeExecuted(_) | Event::OrderAmended(_)));
+        if !changed {
+            return;
+        }
+        let later = |due: &Cell<bool>, after: Duration, read: fn(&SymbolStream) -> (Option<Depth>, Option<BookDiff>)| {
+            if due.replace(true) {
+                return;
+            }
+            let Some(stream) = room.stream(self.index) else { return };
             let out = room.out.clone();
             glommio::spawn_local(async move {
-                glommio::timer::sleep(feed::DEPTH_EVERY).await;
-                stream.depth_due.set(false);
-                let depth = {
-                    let market = stream.market.borrow();
-                    let top = |side| market.book().depth(side).take(feed::DEPTH_LEVELS).collect::<Vec<_>>();
-                    Depth { seq: market.seq(), bids: top(Side::Buy), asks: top(Side::Sell) }
-                };
-                feed::market(&out, stream.index, Vec::new(), Some(depth));
+                glommio::timer::sleep(after).await;
+                let (depth, diff) = read(&stream);
+                feed::market(&out, stream.index, Vec::new(), depth, diff);
             })
             .detach();
+        };
+        if depth_followed {
+            later(&self.depth_due, feed::DEPTH_EVERY, |stream| {
+                stream.depth_due.set(false);
+                let market = stream.market.borrow();
+                let top = |side| market.book().depth(side).take(feed::DEPTH_LEVELS).collect::<Vec<_>>();
+                (Some(Depth { seq: market.seq(), bids: top(Side::Buy), asks: top(Side::Sell) }), None)
+            });
+        }
+        if diffs_followed {
+            later(&self.diff_due, feed::DIFF_EVERY, |stream| {
+                stream.diff_due.set(false);
+                (None, stream.diffs.read(&stream.market.borrow(), now_ms()))
+            });
         }
     }
 
