@@ -567,3 +567,42 @@ fn unmodified_ccxt_pro_watchers_see_book_trades_orders_fills_balance_and_positio
     }
     consistent(&s);
 }
+
+#[test]
+fn ccxts_stop_and_take_profit_outlive_a_kill_9_and_the_stop_fires_once() {
+    let mut s = Server::start();
+    let (key, secret) = trader(&s, "crash", "100000");
+    let maker = s.funded("crash-maker", "100000");
+    s.limit(&maker, "SELL", "50000", "0.002");
+    let base = s.url("");
+    let placed = ccxt("ccxt_restart.py", &[&base, &key, &secret, "place"]);
+    assert_eq!(placed["position"], serde_json::json!([{"contracts": 0.002, "side": "long"}]), "{placed}");
+
+    s.kill9();
+    s.restart();
+    let base = s.url("");
+    let after = ccxt("ccxt_restart.py", &[&base, &key, &secret, "after"]);
+    let open = after["open"].as_array().unwrap();
+    let ids: Vec<&Value> = open.iter().map(|o| &o["id"]).collect();
+    assert_eq!(ids, [&placed["stop"], &placed["take"]], "both kept across the crash: {after}");
+    assert_eq!(after["open_after_cancel"].as_array().map(Vec::len), Some(1), "{after}");
+
+    // Trades at 49000 fire the stop: its order closes the long, once (above the
+    // position's bankruptcy price at 20x, 47500, below which no close is taken).
+    let buyer = s.funded("crash-buyer", "100000");
+    s.limit(&buyer, "BUY", "49000", "0.003");
+    s.limit(&maker, "SELL", "49000", "0.001");
+    common::eventually("the stop-loss never closed the position", 10, || s.get(&key, "/v1/positions").1 == serde_json::json!([]));
+    // A second crash right after: replay must not fire it again.
+    s.kill9();
+    s.restart();
+    let base = s.url("");
+    let check = ccxt("ccxt_restart.py", &[&base, &key, &secret, "check"]);
+    assert_eq!(check["position"], serde_json::json!([]), "{check}");
+    let closed = check["closed"].as_array().unwrap();
+    assert!(closed.iter().any(|o| o["id"] == placed["stop"] && o["status"] == "closed"), "the stop triggered: {check}");
+    let sells: Vec<&Value> = check["orders"].as_array().unwrap().iter().filter(|o| o["side"] == "sell").collect();
+    assert_eq!(sells.len(), 1, "one closing order, not two: {check}");
+    assert_eq!((sells[0]["filled"].as_f64(), sells[0]["reduceOnly"].as_bool()), (Some(0.002), Some(true)), "{check}");
+    consistent(&s);
+}
