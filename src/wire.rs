@@ -26,14 +26,17 @@ pub const TRADES_TOPIC: &str = "trades.executed";
 pub const PRICES_TOPIC: &str = "prices.updated";
 /// Liquidations: each `LIQUIDATION` order's start and end (its fills are trades).
 pub const LIQUIDATIONS_TOPIC: &str = "positions.liquidated";
+/// Conditional orders: every change of one's status.
+pub const CONDITIONAL_TOPIC: &str = "orders.conditional";
 /// Funding payments, one per position, and each round's settlement.
 pub const FUNDING_TOPIC: &str = "funding.settled";
 /// Claims of the processes that write the topics, newest last: one writer at a time
 /// (see [`exchange_io::tenancy`]).
 pub const CLAIMS_TOPIC: &str = "exchange.claims";
-pub const TOPICS: [&str; 9] = [
+pub const TOPICS: [&str; 10] = [
     COMMANDS_TOPIC,
     PLACED_TOPIC,
+    CONDITIONAL_TOPIC,
     CANCELLED_TOPIC,
     TRADES_TOPIC,
     ACCOUNTS_TOPIC,
@@ -898,7 +901,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
             let c = &u.conditional;
             let o = &c.order;
             (
-                PLACED_TOPIC,
+                CONDITIONAL_TOPIC,
                 ResultJson::ConditionalOrderUpdated {
                     event_id,
                     symbol,

@@ -271,6 +271,52 @@ fn funding_payments_liquidations_and_the_fund_reach_postgres() {
     }
 }
 
+#[test]
+fn conditional_orders_reach_postgres_as_their_latest_status() {
+    let db = Database::create();
+    let s = common::Server::start_kafka(&broker(), &[("EXCHANGE_POSTGRES_URL", &db.url)]);
+    let long = s.funded("cond-long", "100000");
+    let maker = s.funded("cond-maker", "100000");
+    s.limit(&maker, "SELL", "50000", "0.002");
+    s.limit(&long, "BUY", "50000", "0.002");
+    let conditional = |body: &str| {
+        let (status, c) = s.post(&long, "/v1/conditional-orders", body);
+        assert_eq!(status, 200, "{c}");
+        c["conditionalId"].as_str().unwrap().to_owned()
+    };
+    let stop = conditional(r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49000","closePosition":true}"#);
+    let take = conditional(r#"{"symbol":"BTC-PERP","side":"SELL","type":"TAKE_PROFIT","triggerPrice":"52000","price":"52000","quantity":"0.001","clientOrderId":"tp-1"}"#);
+    let waiting = conditional(r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"40000","quantity":"0.001","reduceOnly":true}"#);
+    assert_eq!(s.delete(&long, &format!("/v1/conditional-orders/{take}")).0, 200);
+    // A trade at 49000 fires the stop.
+    let buyer = s.funded("cond-buyer", "100000");
+    s.limit(&buyer, "BUY", "49000", "0.003");
+    s.limit(&maker, "SELL", "49000", "0.001");
+    common::eventually("the stop never closed the position", 10, || s.get(&long, "/v1/positions").1 == serde_json::json!([]));
+    let order = s.get(&long, &format!("/v1/conditional-orders/{stop}")).1["orderId"].as_str().unwrap().to_owned();
+    let stored = || {
+        runtime().block_on(async {
+            let c = connect(&db.url).await;
+            let rows = c
+                .query("SELECT conditional_id::text, status, order_id::text, reason, type, trigger_price::text, client_order_id FROM conditional_orders ORDER BY seq", &[])
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| {
+                    let text = |i: usize| r.get::<_, Option<String>>(i).unwrap_or_default();
+                    [text(0), text(1), text(2), text(3), text(4), text(5), text(6)].join(" ")
+                })
+                .collect::<Vec<String>>()
+        })
+    };
+    let want = vec![
+        format!("{waiting} NEW   STOP_MARKET 40000.0 "),
+        format!("{take} CANCELLED  USER_REQUEST TAKE_PROFIT 52000.0 tp-1"),
+        format!("{stop} TRIGGERED {order}  STOP_MARKET 49000.0 "),
+    ];
+    common::eventually(&format!("PostgreSQL never held {want:?}: {:?}", stored()), 30, || stored() == want);
+}
+
 /// An exchange whose PostgreSQL is reached through a proxy (to cut or freeze), with
 /// cold storage up, and two funded users.
 fn behind_a_proxy() -> (Database, common::Proxy, common::Server, String, String) {

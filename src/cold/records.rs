@@ -81,6 +81,28 @@ pub struct LiquidationRow {
     pub at_ms: i64,
 }
 
+/// A conditional order as one of its status changes left it (`ConditionalOrderUpdated`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditionalRow {
+    pub id: Uuid,
+    pub user_id: String,
+    pub symbol: String,
+    pub side: String,
+    pub kind: String,
+    pub trigger: Decimal,
+    pub working_type: String,
+    pub price: Option<Decimal>,
+    pub quantity: Option<Decimal>,
+    pub close_position: bool,
+    pub reduce_only: bool,
+    pub client_order_id: Option<String>,
+    pub status: String,
+    pub order_id: Option<Uuid>,
+    pub reason: Option<String>,
+    pub seq: i64,
+    pub at_ms: i64,
+}
+
 /// What a result says of its symbol's prices and insurance fund (absent: unchanged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MarketRow {
@@ -108,6 +130,7 @@ pub enum Row {
     /// A liquidation, and the fund after it.
     Liquidation(LiquidationRow, MarketRow),
     Market(MarketRow),
+    Conditional(ConditionalRow),
     /// Nothing to store (a cancel request, a placement).
     Nothing,
 }
@@ -259,12 +282,47 @@ pub fn result(bytes: &[u8]) -> Result<Row, String> {
             fund: Some(decimal(&insurance_fund)?),
             at_ms: timestamp,
         }),
+        ResultJson::ConditionalOrderUpdated {
+            symbol,
+            seq,
+            timestamp,
+            conditional_id,
+            user_id,
+            side,
+            kind,
+            trigger_price,
+            working_type,
+            price,
+            quantity,
+            close_position,
+            reduce_only,
+            client_order_id,
+            status,
+            order_id,
+            reason,
+            ..
+        } => Row::Conditional(ConditionalRow {
+            id: uuid(&conditional_id)?,
+            user_id,
+            symbol,
+            side,
+            kind,
+            trigger: decimal(&trigger_price)?,
+            working_type,
+            price: price.as_deref().map(decimal).transpose()?,
+            quantity: quantity.as_deref().map(decimal).transpose()?,
+            close_position,
+            reduce_only,
+            client_order_id,
+            status,
+            order_id: order_id.as_deref().map(uuid).transpose()?,
+            reason,
+            seq: seq_of(seq)?,
+            at_ms: timestamp,
+        }),
         // An amendment's price and quantity stay in the log: the orders table keeps what
         // was submitted (see README, "Amend").
-        ResultJson::OrderPlaced { .. }
-        | ResultJson::LiquidationStarted { .. }
-        | ResultJson::OrderAmended { .. }
-        | ResultJson::ConditionalOrderUpdated { .. } => Row::Nothing,
+        ResultJson::OrderPlaced { .. } | ResultJson::LiquidationStarted { .. } | ResultJson::OrderAmended { .. } => Row::Nothing,
     })
 }
 

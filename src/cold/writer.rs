@@ -35,7 +35,7 @@ use super::records::{self, Row};
 use crate::engine::CancelReason;
 use crate::metrics::Metrics;
 use crate::health::Health;
-use crate::wire::{EpochFloor, CANCELLED_TOPIC, COMMANDS_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC, TRADES_TOPIC};
+use crate::wire::{EpochFloor, CANCELLED_TOPIC, COMMANDS_TOPIC, CONDITIONAL_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC, TRADES_TOPIC};
 
 pub use crate::health::cold::{DISABLED, DOWN, LAGGING, OK};
 
@@ -132,7 +132,7 @@ impl Writer {
 
     /// Connects, then stores batch after batch until stopped or an error.
     async fn follow(&self) -> anyhow::Result<()> {
-        let topics: Vec<String> = [COMMANDS_TOPIC, TRADES_TOPIC, CANCELLED_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC]
+        let topics: Vec<String> = [COMMANDS_TOPIC, TRADES_TOPIC, CANCELLED_TOPIC, FUNDING_TOPIC, LIQUIDATIONS_TOPIC, PRICES_TOPIC, CONDITIONAL_TOPIC]
             .iter()
             .map(|t| format!("{}{t}", self.prefix))
             .collect();
@@ -252,6 +252,8 @@ struct Rows {
     epochs_moved: bool,
     funding: Vec<records::FundingRow>,
     liquidations: Vec<records::LiquidationRow>,
+    /// Each conditional order's newest change in the batch.
+    conditionals: Vec<records::ConditionalRow>,
     /// Per symbol, the newest prices and the newest fund the batch says.
     prices: Vec<records::MarketRow>,
     funds: Vec<records::MarketRow>,
@@ -290,6 +292,11 @@ impl Rows {
                     rows.market(m);
                 }
                 Ok(Row::Market(m)) => rows.market(m),
+                Ok(Row::Conditional(c)) => match rows.conditionals.iter_mut().find(|x| x.id == c.id) {
+                    Some(x) if x.seq < c.seq => *x = c,
+                    Some(_) => {}
+                    None => rows.conditionals.push(c),
+                },
                 Ok(_) => {}
                 Err(e) => tracing::error!(
                     topic = r.topic,
@@ -319,7 +326,8 @@ impl Rows {
         }
     }
 
-    /// Stores the perpetual's rows (few: funding times, liquidations, one row per symbol).
+    /// Stores the perpetual's rows (few: funding times, liquidations, one row per symbol)
+    /// and the conditional orders' changes.
     async fn store_perpetual(&self, tx: &tokio_postgres::Transaction<'_>) -> anyhow::Result<()> {
         if !self.funding.is_empty() {
             let f = &self.funding;
@@ -352,6 +360,53 @@ impl Rows {
                 "INSERT INTO liquidations SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], \
                  $6::numeric[], $7::numeric[], $8::numeric[], $9::timestamptz[]) ON CONFLICT (order_id) DO NOTHING",
                 &[&ids, &users, &symbols, &sides, &quantities, &filled, &deleveraged, &to_fund, &at],
+            )
+            .await?;
+        }
+        if !self.conditionals.is_empty() {
+            let c = &self.conditionals;
+            let text = |f: fn(&records::ConditionalRow) -> &str| c.iter().map(f).collect::<Vec<&str>>();
+            let ids: Vec<Uuid> = c.iter().map(|r| r.id).collect();
+            let triggers: Vec<Decimal> = c.iter().map(|r| r.trigger).collect();
+            let prices: Vec<Option<Decimal>> = c.iter().map(|r| r.price).collect();
+            let quantities: Vec<Option<Decimal>> = c.iter().map(|r| r.quantity).collect();
+            let closes: Vec<bool> = c.iter().map(|r| r.close_position).collect();
+            let reduces: Vec<bool> = c.iter().map(|r| r.reduce_only).collect();
+            let client_ids: Vec<Option<&str>> = c.iter().map(|r| r.client_order_id.as_deref()).collect();
+            let orders: Vec<Option<Uuid>> = c.iter().map(|r| r.order_id).collect();
+            let reasons: Vec<Option<&str>> = c.iter().map(|r| r.reason.as_deref()).collect();
+            let seqs: Vec<i64> = c.iter().map(|r| r.seq).collect();
+            let at: Vec<SystemTime> = c.iter().map(|r| time(r.at_ms)).collect();
+            // A row is made by the first change read (its time: created_at) and updated by
+            // newer ones only.
+            tx.execute(
+                "INSERT INTO conditional_orders SELECT *, u.at FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::numeric[], $7::text[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::text[], \
+                 $13::text[], $14::uuid[], $15::text[], $16::bigint[], $17::timestamptz[]) AS u(id, user_id, symbol, side, type, \
+                 trigger_price, working_type, price, quantity, close_position, reduce_only, client_order_id, status, order_id, \
+                 reason, seq, at)
+                 ON CONFLICT (conditional_id) DO UPDATE SET status = EXCLUDED.status, order_id = EXCLUDED.order_id,
+                     reason = EXCLUDED.reason, seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
+                 WHERE conditional_orders.seq < EXCLUDED.seq",
+                &[
+                    &ids,
+                    &text(|r| &r.user_id),
+                    &text(|r| &r.symbol),
+                    &text(|r| &r.side),
+                    &text(|r| &r.kind),
+                    &triggers,
+                    &text(|r| &r.working_type),
+                    &prices,
+                    &quantities,
+                    &closes,
+                    &reduces,
+                    &client_ids,
+                    &text(|r| &r.status),
+                    &orders,
+                    &reasons,
+                    &seqs,
+                    &at,
+                ],
             )
             .await?;
         }
