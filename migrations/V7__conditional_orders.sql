@@ -12,6 +12,9 @@ CREATE TABLE conditional_orders (
     working_type     TEXT NOT NULL,
     price            NUMERIC,
     quantity         NUMERIC,
+    -- A trailing stop's callback rate (percent); its trigger_price is its activation
+    -- price, 0 for none.
+    callback_rate    NUMERIC,
     close_position   BOOLEAN NOT NULL,
     reduce_only      BOOLEAN NOT NULL,
     client_order_id  TEXT,

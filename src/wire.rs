@@ -218,6 +218,10 @@ pub enum CommandJson {
         client_order_id: Option<String>,
         timestamp: i64,
         seq: u64,
+        /// A trailing stop's callback rate (percent); its `triggerPrice` is its activation
+        /// price, 0 for none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback_rate: Option<String>,
     },
     /// Cancel a waiting conditional order of the user's (`None`: all on the symbol).
     ConditionalCancelRequested {
@@ -341,6 +345,7 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             client_order_id: c.client_order_id.map(|c| c.as_str().to_owned()),
             timestamp: c.timestamp,
             seq,
+            callback_rate: callback_rate(&c),
         },
         Command::CancelConditional { id, user, timestamp } => CommandJson::ConditionalCancelRequested {
             event_id,
@@ -523,7 +528,20 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
             }
         }
         CommandJson::ConditionalOrderSubmitted {
-            user_id, side, kind, trigger_price, working_type, price, time_in_force, quantity, close_position, reduce_only, client_order_id, timestamp, ..
+            user_id,
+            side,
+            kind,
+            trigger_price,
+            working_type,
+            price,
+            time_in_force,
+            quantity,
+            close_position,
+            reduce_only,
+            client_order_id,
+            timestamp,
+            callback_rate,
+            ..
         } => {
             let (kind, limited) = crate::engine::NewConditional::parse_type(&kind).ok_or_else(|| format!("type {kind:?}"))?;
             let ticks = |p: &str| -> Result<crate::engine::units::Ticks, String> {
@@ -543,7 +561,7 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
                 user: parse_account(&user_id)?,
                 side: side_of(&side)?,
                 kind,
-                trigger: ticks(&trigger_price)?,
+                trigger: if decimal(&trigger_price)?.is_zero() { 0 } else { ticks(&trigger_price)? },
                 working: crate::engine::WorkingPrice::parse(&working_type).ok_or_else(|| format!("workingType {working_type:?}"))?,
                 price,
                 tif,
@@ -552,6 +570,10 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
                 reduce_only,
                 client_order_id: client_order_id.map(|c| ClientOrderId::new(&c)).transpose().map_err(|e| e.to_string())?,
                 timestamp,
+                callback: match callback_rate {
+                    None => 0,
+                    Some(r) => crate::engine::conditional::callback_of(decimal(&r)?).ok_or_else(|| format!("callbackRate {r:?}"))?,
+                },
             })
         }
         CommandJson::ConditionalCancelRequested { conditional_id, user_id, timestamp, .. } => Command::CancelConditional {
@@ -715,6 +737,8 @@ pub enum ResultJson {
         status: String,
         order_id: Option<String>,
         reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback_rate: Option<String>,
     },
     TradeExecuted {
         event_id: String,
@@ -847,6 +871,11 @@ fn position_json(spec: &SymbolSpec, p: &crate::engine::PositionState) -> Positio
 }
 
 /// A rate in parts of 1e8 as a decimal.
+/// A trailing stop's callback rate in percent (`None` for the other kinds).
+fn callback_rate(c: &crate::engine::NewConditional) -> Option<String> {
+    (c.callback != 0).then(|| crate::engine::conditional::callback_percent(c.callback).to_string())
+}
+
 pub fn rate_decimal(rate: i64) -> Decimal {
     Decimal::new(rate, 8).normalize()
 }
@@ -921,6 +950,7 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
                     status: c.status.as_str().to_owned(),
                     order_id: c.order_id.map(order),
                     reason: c.reason.map(|r| r.as_str().to_owned()),
+                    callback_rate: callback_rate(o),
                 },
             )
         }
@@ -1057,6 +1087,7 @@ mod tests {
             reduce_only: true,
             client_order_id: Some(ClientOrderId::new("sl-1").unwrap()),
             timestamp: 12,
+            callback: 0,
         }
     }
     use crate::engine::symbol::btc;

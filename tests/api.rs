@@ -701,6 +701,56 @@ fn a_batch_of_orders_is_answered_order_by_order() {
     assert_eq!(open.as_array().unwrap().len(), 2, "refused batches placed nothing");
 }
 
+/// A trailing stop: active at once, it follows the highest trade price, fires when the
+/// price comes back by its callback rate, and keeps what it followed across a kill -9.
+#[test]
+fn a_trailing_stop_follows_the_best_price_and_fires_on_its_callback() {
+    let mut s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let carol = s.funded("carol", "100000");
+    s.limit(&bob, "SELL", "50000", "0.004");
+    s.limit(&alice, "BUY", "50000", "0.004");
+    let trail = |body: &str| s.post(&alice, "/v1/conditional-orders", body);
+    for (body, why) in [
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"TRAILING_STOP_MARKET","quantity":"0.004"}"#, "no callbackRate"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"TRAILING_STOP_MARKET","callbackRate":"10.1","quantity":"0.004"}"#, "above 10 %"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"TRAILING_STOP_MARKET","callbackRate":"0.15","quantity":"0.004"}"#, "not a step of 0.1"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"TRAILING_STOP_MARKET","callbackRate":"1","triggerPrice":"50000","quantity":"0.004"}"#, "a triggerPrice"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"TRAILING_STOP_MARKET","callbackRate":"1","closePosition":true}"#, "closePosition"),
+        (r#"{"symbol":"BTC-PERP","side":"SELL","type":"STOP_MARKET","triggerPrice":"49000","callbackRate":"1","quantity":"0.004"}"#, "callbackRate on a stop"),
+    ] {
+        let (status, reply) = trail(body);
+        assert_eq!((status, reply["code"].as_str()), (400, Some("INVALID_REQUEST")), "{why}: {reply}");
+    }
+    let (status, reply) = trail(r#"{"symbol":"BTC-PERP","side":"BUY","type":"TRAILING_STOP_MARKET","callbackRate":"1","activationPrice":"50100","quantity":"0.001"}"#);
+    assert_eq!((status, reply["code"].as_str()), (400, Some("WOULD_TRIGGER_IMMEDIATELY")), "a buy activated above the price: {reply}");
+    let (status, t) = trail(r#"{"symbol":"BTC-PERP","side":"SELL","type":"TRAILING_STOP_MARKET","callbackRate":"1","quantity":"0.004","reduceOnly":true}"#);
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(
+        (t["type"].as_str(), t["callbackRate"].as_str(), &t["activationPrice"], &t["triggerPrice"], t["trailingPrice"].as_str()),
+        (Some("TRAILING_STOP_MARKET"), Some("1"), &serde_json::Value::Null, &serde_json::Value::Null, Some("50000.0")),
+        "{t}"
+    );
+    let id = t["conditionalId"].as_str().unwrap().to_owned();
+    let get = |s: &Server| s.get(&alice, &format!("/v1/conditional-orders/{id}")).1;
+    // The price rises to 51000: the stop follows it.
+    s.limit(&bob, "SELL", "51000", "0.001");
+    s.limit(&carol, "BUY", "51000", "0.001");
+    assert_eq!(get(&s)["trailingPrice"], "51000.0");
+    s.restart();
+    assert_eq!(get(&s)["trailingPrice"], "51000.0", "what it followed is kept across a crash");
+    // 50500 is less than 1 % back from 51000; 50490 is 1 %.
+    s.limit(&bob, "SELL", "50500", "0.001");
+    s.limit(&carol, "BUY", "50500", "0.001");
+    assert_eq!(get(&s)["status"], "NEW");
+    s.limit(&carol, "BUY", "50400", "0.004");
+    s.limit(&bob, "SELL", "50490", "0.001");
+    s.limit(&carol, "BUY", "50490", "0.001");
+    common::eventually("the trailing stop never closed the position", 10, || s.get(&alice, "/v1/positions").1 == serde_json::json!([]));
+    assert_eq!(get(&s)["status"], "TRIGGERED");
+}
+
 /// Conditional orders: accepted while their trigger is not reached, placed through the
 /// risk step once it is (a stop that the account cannot pay for ends REJECTED), cancelled
 /// by id or clientOrderId, and kept across a kill -9.

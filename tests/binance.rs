@@ -150,6 +150,10 @@ fn an_unmodified_ccxt_client_reads_markets_balance_book_and_positions() {
     assert_eq!(seen["stops_after_cancel"], serde_json::json!([]));
     // ccxt maps -2021 to OrderImmediatelyFillable and -4120 to InvalidOrder only for
     // Binance's own hostnames; elsewhere both are its generic ExchangeError.
+    // A trailing stop (trailingPercent): 1.5 % behind the best price, active at once.
+    assert_eq!(seen["trailing"]["rate"], "1.5", "{}", seen["trailing"]);
+    assert_eq!(seen["trailing_open"], serde_json::json!([seen["trailing"]["id"]]));
+    assert_eq!(seen["trailing_cancelled"], seen["trailing"]["id"]);
     assert_eq!(seen["stop_would_trigger"], serde_json::json!(["ExchangeError", -2021]));
     assert_eq!(seen["stop_on_order_endpoint"], serde_json::json!(["ExchangeError", -4120]));
     let cid = seen["stop"]["clientOrderId"].as_str().unwrap();
@@ -525,12 +529,23 @@ fn an_algo_order_is_refused_read_triggered_and_cancelled_as_binance_does() {
     assert_eq!((placed["type"].as_str(), placed["status"].as_str(), placed["reduceOnly"].as_bool()), (Some("MARKET"), Some("FILLED"), Some(true)), "{placed}");
     assert_eq!(s.get(&key, "/v1/positions").1, serde_json::json!([]), "flat");
 
-    // The stop left is cancelled with the rest; cancelling the closed one is -2011.
+    // A trailing stop (ccxt's trailingPercent): 2 % behind the best price once 52000 is reached.
+    let (status, trailing) = algo("algoType=CONDITIONAL&symbol=BTCUSDT&side=BUY&type=TRAILING_STOP_MARKET&callbackRate=2&activatePrice=52000&quantity=0.001");
+    assert_eq!((status, trailing["code"].as_i64()), (400, Some(-2021)), "a buy's activation above the price (51000): {trailing}");
+    let (status, trailing) = algo("algoType=CONDITIONAL&symbol=BTCUSDT&side=SELL&type=TRAILING_STOP_MARKET&callbackRate=2&activatePrice=52000&quantity=0.001");
+    assert_eq!(status, 200, "{trailing}");
+    assert_eq!(
+        (trailing["orderType"].as_str(), trailing["priceRate"].as_str(), trailing["activatePrice"].as_str(), trailing["algoStatus"].as_str()),
+        (Some("TRAILING_STOP_MARKET"), Some("2"), Some("52000"), Some("NEW")),
+        "{trailing}"
+    );
+
+    // The stop and the trailing stop left are cancelled with the rest; cancelling the closed one is -2011.
     let (status, body) = signed(&s, "DELETE", "/fapi/v1/algoOpenOrders", &key, &secret, &format!("symbol=BTCUSDT&timestamp={}", now_ms()));
     assert_eq!((status, body["code"].as_i64()), (200, Some(200)), "{body}");
     let all = signed(&s, "GET", "/fapi/v1/allAlgoOrders", &key, &secret, &format!("symbol=BTCUSDT&timestamp={}", now_ms())).1;
     let statuses: Vec<&str> = all.as_array().unwrap().iter().map(|a| a["algoStatus"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["TRIGGERED", "CANCELED"], "{all}");
+    assert_eq!(statuses, ["TRIGGERED", "CANCELED", "CANCELED"], "{all}");
     let (status, body) = signed(&s, "DELETE", "/fapi/v1/algoOrder", &key, &secret, &format!("algoId={id}&timestamp={}", now_ms()));
     assert_eq!((status, body["code"].as_i64()), (400, Some(-2011)), "{body}");
     consistent(&s);

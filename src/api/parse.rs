@@ -554,7 +554,11 @@ pub(crate) struct ConditionalBody {
     pub side: String,
     #[serde(rename = "type")]
     pub kind: String,
-    pub trigger_price: String,
+    pub trigger_price: Option<String>,
+    /// A trailing stop's: the price that activates it (else it is active at once), and
+    /// how far back (in percent) from its best price it fires.
+    pub activation_price: Option<String>,
+    pub callback_rate: Option<String>,
     pub working_type: Option<String>,
     pub price: Option<String>,
     pub time_in_force: Option<String>,
@@ -569,10 +573,22 @@ impl ConditionalBody {
         let symbol = map.symbols.iter().position(|s| s.name == self.symbol).ok_or(ApiError::UnknownSymbol)?;
         let spec = &map.symbols[symbol];
         let side = side(&self.side)?;
-        let (kind, limited) =
-            NewConditional::parse_type(&self.kind).ok_or_else(|| invalid("type must be STOP_MARKET, TAKE_PROFIT_MARKET, STOP or TAKE_PROFIT"))?;
+        let (kind, limited) = NewConditional::parse_type(&self.kind)
+            .ok_or_else(|| invalid("type must be STOP_MARKET, TAKE_PROFIT_MARKET, STOP, TAKE_PROFIT or TRAILING_STOP_MARKET"))?;
         let ticks = |text: &str, field: &str| spec.price_to_ticks(decimal(text, field)?).map_err(|e| invalid(format!("{field} {e}")));
-        let trigger = ticks(&self.trigger_price, "triggerPrice")?;
+        let trailing = kind == crate::engine::ConditionalKind::Trailing;
+        let (trigger, callback) = match (trailing, self.trigger_price.as_deref(), self.activation_price.as_deref(), self.callback_rate.as_deref()) {
+            (false, Some(t), None, None) => (ticks(t, "triggerPrice")?, 0),
+            (false, None, _, _) => return Err(invalid("triggerPrice is required")),
+            (false, Some(_), _, _) => return Err(invalid("activationPrice and callbackRate are for TRAILING_STOP_MARKET only")),
+            (true, Some(_), _, _) => return Err(invalid("a TRAILING_STOP_MARKET has an activationPrice, not a triggerPrice")),
+            (true, None, _, None) => return Err(invalid("callbackRate is required for TRAILING_STOP_MARKET")),
+            (true, None, activation, Some(rate)) => {
+                let callback = crate::engine::conditional::callback_of(decimal(rate, "callbackRate")?)
+                    .ok_or_else(|| invalid("callbackRate must be 0.1 to 10 (percent) in steps of 0.1"))?;
+                (activation.map(|a| ticks(a, "activationPrice")).transpose()?.unwrap_or(0), callback)
+            }
+        };
         let working = match self.working_type.as_deref() {
             None => WorkingPrice::Last,
             Some(w) => WorkingPrice::parse(w).ok_or_else(|| invalid("workingType must be CONTRACT_PRICE or MARK_PRICE"))?,
@@ -593,7 +609,7 @@ impl ConditionalBody {
         let close_position = self.close_position.unwrap_or(false);
         let reduce_only = self.reduce_only.unwrap_or(false);
         let quantity = match (close_position, self.quantity.as_deref()) {
-            (true, _) if limited => return Err(invalid("closePosition is only for STOP_MARKET and TAKE_PROFIT_MARKET")),
+            (true, _) if limited || trailing => return Err(invalid("closePosition is only for STOP_MARKET and TAKE_PROFIT_MARKET")),
             (true, Some(_)) => return Err(invalid("quantity is not allowed with closePosition (the whole position closes)")),
             (true, None) if reduce_only => return Err(invalid("reduceOnly is not allowed with closePosition (it always reduces)")),
             (true, None) => 0,
@@ -617,6 +633,7 @@ impl ConditionalBody {
             reduce_only,
             client_order_id,
             timestamp: 0,
+            callback,
         };
         Ok((symbol, order))
     }

@@ -244,7 +244,16 @@ pub struct ConditionalJson {
     side: &'static str,
     #[serde(rename = "type")]
     kind: &'static str,
-    trigger_price: String,
+    /// `null` for a trailing stop, which has the three fields after it instead.
+    trigger_price: Option<String>,
+    /// A trailing stop's activation price (`null`: active from the start), its callback
+    /// rate (percent), and its best price since activation (`null`: not active yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activation_price: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_rate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trailing_price: Option<Option<String>>,
     working_type: &'static str,
     price: Option<String>,
     time_in_force: Option<&'static str>,
@@ -261,13 +270,18 @@ pub struct ConditionalJson {
 
 pub fn conditional(spec: &SymbolSpec, c: &Conditional) -> ConditionalJson {
     let o = &c.order;
+    let price = |t| spec.ticks_to_price(t).to_string();
+    let trailing = o.kind == crate::engine::ConditionalKind::Trailing;
     ConditionalJson {
         conditional_id: conditional_uuid(spec, c.id),
         client_order_id: o.client_order_id.map(|c| c.as_str().to_owned()),
         symbol: spec.name.clone(),
         side: o.side.as_str(),
         kind: o.type_name(),
-        trigger_price: spec.ticks_to_price(o.trigger).to_string(),
+        trigger_price: (!trailing).then(|| price(o.trigger)),
+        activation_price: trailing.then(|| (o.trigger != 0).then(|| price(o.trigger))),
+        callback_rate: trailing.then(|| crate::engine::conditional::callback_percent(o.callback).to_string()),
+        trailing_price: trailing.then(|| c.extreme.map(price)),
         working_type: o.working.as_str(),
         price: o.price.map(|p| spec.ticks_to_price(p).to_string()),
         time_in_force: o.price.map(|_| o.tif.as_str()),

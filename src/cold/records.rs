@@ -93,6 +93,7 @@ pub struct ConditionalRow {
     pub working_type: String,
     pub price: Option<Decimal>,
     pub quantity: Option<Decimal>,
+    pub callback_rate: Option<Decimal>,
     pub close_position: bool,
     pub reduce_only: bool,
     pub client_order_id: Option<String>,
@@ -300,6 +301,7 @@ pub fn result(bytes: &[u8]) -> Result<Row, String> {
             status,
             order_id,
             reason,
+            callback_rate,
             ..
         } => Row::Conditional(ConditionalRow {
             id: uuid(&conditional_id)?,
@@ -311,6 +313,7 @@ pub fn result(bytes: &[u8]) -> Result<Row, String> {
             working_type,
             price: price.as_deref().map(decimal).transpose()?,
             quantity: quantity.as_deref().map(decimal).transpose()?,
+            callback_rate: callback_rate.as_deref().map(decimal).transpose()?,
             close_position,
             reduce_only,
             client_order_id,

@@ -370,6 +370,7 @@ impl Rows {
             let triggers: Vec<Decimal> = c.iter().map(|r| r.trigger).collect();
             let prices: Vec<Option<Decimal>> = c.iter().map(|r| r.price).collect();
             let quantities: Vec<Option<Decimal>> = c.iter().map(|r| r.quantity).collect();
+            let callbacks: Vec<Option<Decimal>> = c.iter().map(|r| r.callback_rate).collect();
             let closes: Vec<bool> = c.iter().map(|r| r.close_position).collect();
             let reduces: Vec<bool> = c.iter().map(|r| r.reduce_only).collect();
             let client_ids: Vec<Option<&str>> = c.iter().map(|r| r.client_order_id.as_deref()).collect();
@@ -381,10 +382,10 @@ impl Rows {
             // newer ones only.
             tx.execute(
                 "INSERT INTO conditional_orders SELECT *, u.at FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::numeric[], $7::text[], $8::numeric[], $9::numeric[], $10::bool[], $11::bool[], $12::text[], \
-                 $13::text[], $14::uuid[], $15::text[], $16::bigint[], $17::timestamptz[]) AS u(id, user_id, symbol, side, type, \
-                 trigger_price, working_type, price, quantity, close_position, reduce_only, client_order_id, status, order_id, \
-                 reason, seq, at)
+                 $5::text[], $6::numeric[], $7::text[], $8::numeric[], $9::numeric[], $10::numeric[], $11::bool[], $12::bool[], \
+                 $13::text[], $14::text[], $15::uuid[], $16::text[], $17::bigint[], $18::timestamptz[]) AS u(id, user_id, symbol, \
+                 side, type, trigger_price, working_type, price, quantity, callback_rate, close_position, reduce_only, \
+                 client_order_id, status, order_id, reason, seq, at)
                  ON CONFLICT (conditional_id) DO UPDATE SET status = EXCLUDED.status, order_id = EXCLUDED.order_id,
                      reason = EXCLUDED.reason, seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
                  WHERE conditional_orders.seq < EXCLUDED.seq",
@@ -398,6 +399,7 @@ impl Rows {
                     &text(|r| &r.working_type),
                     &prices,
                     &quantities,
+                    &callbacks,
                     &closes,
                     &reduces,
                     &client_ids,

@@ -827,12 +827,10 @@ impl Market {
     }
 
     /// Marks `Triggering` every conditional order the last and mark prices reach now,
-    /// oldest first.
+    /// oldest first (and moves the trailing stops on with them).
     fn trigger_conditionals(&mut self, now: i64, events: &mut Vec<Event>) {
-        for id in self.conditionals.due(self.last_price, self.perp.mark) {
-            if let Some(c) = self.conditionals.trigger(id, now) {
-                self.emit_conditional(c, events);
-            }
+        for c in self.conditionals.advance(self.last_price, self.perp.mark, now) {
+            self.emit_conditional(c, events);
         }
     }
 

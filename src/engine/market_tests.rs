@@ -440,6 +440,7 @@ fn conditional(user: UserId, side: Side, kind: crate::engine::ConditionalKind, t
         reduce_only: false,
         client_order_id: None,
         timestamp: 5_000,
+        callback: 0,
     }
 }
 

@@ -20,7 +20,7 @@ use super::symbol::SymbolSpec;
 use super::units::Ticks;
 
 const MAGIC: &[u8; 6] = b"EXSNAP";
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -62,12 +62,71 @@ struct StateV4 {
 }
 
 /// Version 5 added the conditional orders: the open ones and the closed ones the market
-/// remembers, each oldest first.
+/// remembers, each oldest first; 6 has their trailing stops' callback rates and best
+/// prices.
 #[derive(Serialize, Deserialize)]
-struct StateV5 {
+struct StateV5<C> {
     state: StateV4,
-    open: Vec<super::conditional::Conditional>,
-    closed: Vec<super::conditional::Conditional>,
+    open: Vec<C>,
+    closed: Vec<C>,
+}
+
+/// A conditional order as version 5 held it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ConditionalV5 {
+    id: u64,
+    order: NewConditionalV5,
+    status: super::conditional::ConditionalStatus,
+    updated: i64,
+    order_id: Option<OrderId>,
+    reason: Option<super::event::CancelReason>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct NewConditionalV5 {
+    user: UserId,
+    side: Side,
+    kind: super::conditional::ConditionalKind,
+    trigger: Ticks,
+    working: super::conditional::WorkingPrice,
+    price: Option<Ticks>,
+    tif: super::command::TimeInForce,
+    quantity: super::units::Lots,
+    close_position: bool,
+    reduce_only: bool,
+    client_order_id: Option<ClientOrderId>,
+    timestamp: i64,
+}
+
+impl From<ConditionalV5> for super::conditional::Conditional {
+    fn from(v: ConditionalV5) -> Self {
+        let o = v.order;
+        Self {
+            id: v.id,
+            order: super::conditional::NewConditional {
+                user: o.user,
+                side: o.side,
+                kind: o.kind,
+                trigger: o.trigger,
+                working: o.working,
+                price: o.price,
+                tif: o.tif,
+                quantity: o.quantity,
+                close_position: o.close_position,
+                reduce_only: o.reduce_only,
+                client_order_id: o.client_order_id,
+                timestamp: o.timestamp,
+                callback: 0,
+            },
+            status: v.status,
+            updated: v.updated,
+            order_id: v.order_id,
+            reason: v.reason,
+            extreme: None,
+        }
+    }
 }
 
 /// The perpetual's state as version 2 held it.
@@ -115,7 +174,7 @@ impl Market {
         let mut expiries: Vec<(OrderId, i64)> = self.expiries.iter().map(|(o, t)| (*o, *t)).collect();
         expiries.sort_unstable();
         let (open, closed) = self.conditionals.parts();
-        let state = StateV5 {
+        let state = StateV5::<super::conditional::Conditional> {
             state: StateV4 {
                 state: StateV2 {
                     market: StateV1 { symbol: self.spec.name.clone(), seq: self.seq, last_price: self.last_price, orders, positions: self.positions() },
@@ -159,10 +218,16 @@ impl Market {
                 let (market, perp, settings) = v4(postcard::from_bytes(body).map_err(corrupt)?);
                 (market, perp, settings, None)
             }
-            VERSION => {
-                let v5: StateV5 = postcard::from_bytes(body).map_err(corrupt)?;
+            5 => {
+                let v5: StateV5<ConditionalV5> = postcard::from_bytes(body).map_err(corrupt)?;
                 let (market, perp, settings) = v4(v5.state);
-                (market, perp, settings, Some((v5.open, v5.closed)))
+                let new = |all: Vec<ConditionalV5>| all.into_iter().map(Into::into).collect();
+                (market, perp, settings, Some((new(v5.open), new(v5.closed))))
+            }
+            VERSION => {
+                let v6: StateV5<super::conditional::Conditional> = postcard::from_bytes(body).map_err(corrupt)?;
+                let (market, perp, settings) = v4(v6.state);
+                (market, perp, settings, Some((v6.open, v6.closed)))
             }
             other => return Err(SnapshotError::UnsupportedVersion(other)),
         };
@@ -198,5 +263,67 @@ impl Market {
             market.conditionals = super::conditional::Conditionals::from_parts(open, closed).map_err(SnapshotError::Corrupt)?;
         }
         Ok(market)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::conditional::{Conditional, ConditionalKind, NewConditional, WorkingPrice};
+    use crate::engine::symbol::btc;
+    use crate::engine::{Command, TimeInForce};
+
+    /// A snapshot taken before trailing stops (version 5) restores with its conditional
+    /// orders as they were.
+    #[test]
+    fn a_version_5_snapshot_restores_its_conditional_orders() {
+        let mut market = Market::new(btc());
+        let stop = NewConditional {
+            user: UserId(7),
+            side: Side::Sell,
+            kind: ConditionalKind::Stop,
+            trigger: 90,
+            working: WorkingPrice::Mark,
+            price: Some(89),
+            tif: TimeInForce::Gtc,
+            quantity: 2,
+            close_position: false,
+            reduce_only: true,
+            client_order_id: None,
+            timestamp: 3,
+            callback: 0,
+        };
+        market.execute(&Command::PlaceConditional(stop), &mut Vec::new()).unwrap();
+        let now = market.snapshot();
+        let body = &now[MAGIC.len() + 2..];
+        let v6: StateV5<Conditional> = postcard::from_bytes(body).unwrap();
+        let old = |c: &Conditional| ConditionalV5 {
+            id: c.id,
+            order: NewConditionalV5 {
+                user: c.order.user,
+                side: c.order.side,
+                kind: c.order.kind,
+                trigger: c.order.trigger,
+                working: c.order.working,
+                price: c.order.price,
+                tif: c.order.tif,
+                quantity: c.order.quantity,
+                close_position: c.order.close_position,
+                reduce_only: c.order.reduce_only,
+                client_order_id: c.order.client_order_id,
+                timestamp: c.order.timestamp,
+            },
+            status: c.status,
+            updated: c.updated,
+            order_id: c.order_id,
+            reason: c.reason,
+        };
+        let v5 = StateV5 { open: v6.open.iter().map(old).collect(), closed: v6.closed.iter().map(old).collect(), state: v6.state };
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&5u16.to_le_bytes());
+        bytes.extend_from_slice(&postcard::to_allocvec(&v5).unwrap());
+        let restored = Market::restore(btc(), &bytes).unwrap();
+        assert_eq!(restored.snapshot(), now);
+        assert_eq!(restored.conditionals().open().map(|c| c.order).collect::<Vec<_>>(), [stop]);
     }
 }

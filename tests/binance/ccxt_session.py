@@ -93,6 +93,11 @@ seen["stops_open"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT", par
 seen["stop_fetched"] = ex.fetch_order(stop["id"], "BTC/USDT:USDT", {"trigger": True})["status"]
 seen["stop_cancelled"] = ex.cancel_order(stop["id"], "BTC/USDT:USDT", {"trigger": True})["id"]
 seen["stops_after_cancel"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT", params={"trigger": True})]
+trailing = ex.create_order("BTC/USDT:USDT", "market", "sell", 0.002, None, {"trailingPercent": 1.5, "reduceOnly": True})
+seen["trailing"] = {"id": trailing["id"], "type": trailing["type"],
+                    "rate": str(ex.safe_string(trailing["info"], "priceRate"))}
+seen["trailing_open"] = [o["id"] for o in ex.fetch_open_orders("BTC/USDT:USDT", params={"trigger": True})]
+seen["trailing_cancelled"] = ex.cancel_order(trailing["id"], "BTC/USDT:USDT", {"trigger": True})["id"]
 seen["stop_would_trigger"] = error_code(lambda: ex.create_order("BTC/USDT:USDT", "market", "sell", 0.002, None, {"stopLossPrice": 60000, "reduceOnly": True}))
 seen["stop_on_order_endpoint"] = error_code(lambda: ex.fapiPrivatePostOrder({"symbol": "BTCUSDT", "side": "SELL", "type": "STOP_MARKET", "stopPrice": "45000", "quantity": "0.001"}))
 balance = ex.fetch_balance()

@@ -80,6 +80,7 @@ impl Engine for OursWithTriggers {
                 reduce_only: false,
                 client_order_id: None,
                 timestamp: 0,
+                callback: 0,
             };
             ours.events.clear();
             ours.market.execute(&Command::PlaceConditional(order), &mut ours.events).expect("a conditional order far from the price");

@@ -549,7 +549,7 @@ fn new_order(map: &ShardMap, params: &Params) -> Result<(usize, crate::engine::N
     one_way(params)?;
     let required = |name: &str| params.get(name).map(str::to_owned).ok_or_else(|| Error::missing(name));
     let kind = required("type")?;
-    if crate::engine::NewConditional::parse_type(&kind).is_some() || kind == "TRAILING_STOP_MARKET" {
+    if crate::engine::NewConditional::parse_type(&kind).is_some() {
         return Err(Error::fixed(400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead."));
     }
     let time_in_force = match (kind.as_str(), params.get("timeInForce")) {
@@ -606,8 +606,11 @@ fn new_conditional(map: &ShardMap, params: &Params) -> Result<(usize, crate::eng
         symbol: map.symbols[symbol].name.clone(),
         side: required("side")?,
         price: if limited { Some(required("price")?) } else { None },
+        trigger_price: if kind == "TRAILING_STOP_MARKET" { None } else { Some(required("triggerPrice")?) },
+        // `activatePrice` on the algo API, `activationPrice` on the order API before it.
+        activation_price: params.get("activatePrice").or_else(|| params.get("activationPrice")).map(str::to_owned),
+        callback_rate: params.get("callbackRate").map(str::to_owned),
         kind,
-        trigger_price: required("triggerPrice")?,
         working_type: params.get("workingType").map(str::to_owned),
         time_in_force,
         quantity: params.get("quantity").map(str::to_owned),

@@ -13,7 +13,7 @@ use crate::api::HttpReply;
 use crate::engine::perp::liquidation_price;
 use crate::engine::symbol::units_to_usdt;
 use crate::accounts::{Fill, Income, IncomeKind, OrderStatus, OrderView};
-use crate::engine::{CancelReason, Conditional, ConditionalStatus, Health, OrderType, PositionState, SymbolSpec, TimeInForce};
+use crate::engine::{CancelReason, Conditional, ConditionalKind, ConditionalStatus, Health, OrderType, PositionState, SymbolSpec, TimeInForce};
 use crate::shard::protocol::{Candle, Interval, MarketPrices, PublicTrade};
 use crate::shard_map::ShardMap;
 
@@ -169,7 +169,7 @@ pub fn exchange_info(map: &ShardMap, now: i64) -> Value {
                     { "filterType": "MAX_NUM_ALGO_ORDERS", "limit": crate::engine::conditional::MAX_CONDITIONALS_PER_USER },
                     { "filterType": "PERCENT_PRICE", "multiplierUp": decimal(s.price_band_up), "multiplierDown": decimal(s.price_band_down), "multiplierDecimal": "4" },
                 ],
-                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET"],
+                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"],
                 "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
             })
         })
@@ -421,7 +421,7 @@ pub fn algo_order(map: &ShardMap, symbol: usize, c: &Conditional) -> Value {
         ConditionalStatus::Rejected => "REJECTED",
     };
     let client_algo_id = o.client_order_id.map_or_else(|| crate::api::render::conditional_uuid(spec, c.id), |c| c.as_str().to_owned());
-    json!({
+    let mut algo = json!({
         "algoId": algo_id(symbol, c.id),
         "clientAlgoId": client_algo_id,
         "algoType": "CONDITIONAL",
@@ -446,7 +446,14 @@ pub fn algo_order(map: &ShardMap, symbol: usize, c: &Conditional) -> Value {
         "triggerTime": if c.status == ConditionalStatus::Triggered { c.updated } else { 0 },
         "goodTillDate": 0,
         "actualOrderId": c.order_id.map(|id| order_id(id).to_string()).unwrap_or_default(),
-    })
+    });
+    if o.kind == ConditionalKind::Trailing {
+        // The activation price (none: active from the start) and the callback rate.
+        algo["triggerPrice"] = "0".into();
+        algo["activatePrice"] = if o.trigger == 0 { Value::Null } else { price(o.trigger).into() };
+        algo["priceRate"] = crate::engine::conditional::callback_percent(o.callback).to_string().into();
+    }
+    algo
 }
 
 fn tif_name(tif: TimeInForce) -> &'static str {

@@ -160,7 +160,7 @@ impl SymbolRoom {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 let user = self.authenticate(&key).await?;
                 let market = stream.market.borrow();
-                let list = if closed { market.conditionals().all_of(user) } else { market.conditionals().open_of(user).copied().collect() };
+                let list = if closed { market.conditionals().all_of(user) } else { market.conditionals().open_of(user).collect() };
                 Ok(Answer::Conditionals { symbol, list })
             }
             SymbolRequest::GetConditional { key, symbol, target } => {
@@ -431,7 +431,7 @@ fn find_conditional(stream: &SymbolStream, user: UserId, target: ConditionalRef,
         ConditionalRef::Id(id) => all.get(id),
         ConditionalRef::Client(cid) => all.by_client_id(user, cid),
     };
-    found.filter(|c| c.order.user == user && (!open || c.status.is_open())).copied()
+    found.filter(|c| c.order.user == user && (!open || c.status.is_open()))
 }
 
 /// The symbol's index, mark and funding as they are at `time`.
