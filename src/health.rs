@@ -35,6 +35,8 @@ pub enum Followed {
     Depth,
     /// The levels that changed (the diff depth of the Binance dialect).
     Diffs,
+    /// The index and mark price and funding, when they change.
+    Prices,
 }
 
 /// Buckets of [`Health::user_streamed`].
@@ -65,8 +67,10 @@ pub struct Health {
     /// core follows them.
     trade_streams: Box<[AtomicU32]>,
     depth_streams: Box<[AtomicU32]>,
-    /// Likewise for the diff depth of the Binance dialect's `<symbol>@depth`.
+    /// Likewise for the diff depth of the Binance dialect's `<symbol>@depth`, and its
+    /// `<symbol>@markPrice`.
     diff_streams: Box<[AtomicU32]>,
+    price_streams: Box<[AtomicU32]>,
     /// Cold storage: one of [`cold`].
     pub cold: std::sync::atomic::AtomicU8,
     /// Per shard, the state of its partitions' hot state: one of [`hot`].
@@ -110,6 +114,7 @@ impl Health {
             trade_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
             depth_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
             diff_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
+            price_streams: (0..symbols).map(|_| AtomicU32::new(0)).collect(),
             ..Self::default()
         }
     }
@@ -134,10 +139,10 @@ impl Health {
         }
     }
 
-    /// Whether some core follows `symbol`'s trades, its depth, its diff depth.
-    pub fn market_streamed(&self, symbol: usize) -> [bool; 3] {
+    /// Whether some core follows `symbol`'s trades, its depth, its diff depth, its prices.
+    pub fn market_streamed(&self, symbol: usize) -> [bool; 4] {
         let on = |counts: &[AtomicU32]| counts.get(symbol).is_some_and(|c| c.load(Ordering::Acquire) > 0);
-        [on(&self.trade_streams), on(&self.depth_streams), on(&self.diff_streams)]
+        [on(&self.trade_streams), on(&self.depth_streams), on(&self.diff_streams), on(&self.price_streams)]
     }
 
     /// A core's first subscriber to `symbol`'s `what` came (`true`), or its last one left.
@@ -146,6 +151,7 @@ impl Health {
             Followed::Trades => &self.trade_streams,
             Followed::Depth => &self.depth_streams,
             Followed::Diffs => &self.diff_streams,
+            Followed::Prices => &self.price_streams,
         };
         if let Some(c) = counts.get(symbol) {
             count(c, opened);

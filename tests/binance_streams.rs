@@ -224,3 +224,21 @@ fn a_listen_key_carries_the_users_orders_fills_and_account_until_it_is_closed() 
     s.limit(&key, "SELL", "52000", "0.001");
     assert_eq!(next(&mut ws).expect("an update")["o"]["x"], "NEW");
 }
+
+#[test]
+fn mark_price_updates_follow_the_index_price() {
+    let s = Server::start();
+    let mut ws = connect(&s, "/market/ws/btcusdt@markPrice@1s");
+    let index = |price: &str| {
+        let (status, body) = s.request("POST", "/admin/v1/index-prices", &[("x-admin-key", ADMIN)], Some(&format!(r#"{{"symbol":"BTC-PERP","price":"{price}"}}"#)));
+        assert_eq!(status, 200, "{body}");
+    };
+    index("50000");
+    let first = next(&mut ws).expect("markPriceUpdate");
+    assert_eq!((first["e"].as_str(), first["s"].as_str(), first["i"].as_str(), first["p"].as_str()), (Some("markPriceUpdate"), Some("BTCUSDT"), Some("50000"), Some("50000")), "{first}");
+    let (_, premium) = s.request("GET", "/fapi/v1/premiumIndex?symbol=BTCUSDT", &[], None);
+    assert_eq!((&first["r"], &first["T"]), (&premium["lastFundingRate"], &premium["nextFundingTime"]), "{first} {premium}");
+    index("50100");
+    let second = next(&mut ws).expect("another");
+    assert_eq!(second["i"], "50100", "{second}");
+}

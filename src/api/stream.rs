@@ -57,7 +57,7 @@ use crate::health::{Followed, Health};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::shard::projections::feed::Feed;
 use crate::shard::projections::Projections;
-use crate::shard::protocol::{Answer, ApiRequest, BookDiff, Depth, MarketPrices, PublicTrade, Reply, Request, UserMessages};
+use crate::shard::protocol::{Answer, ApiRequest, Depth, MarketNews, MarketPrices, Reply, Request, UserMessages};
 use crate::shard::Shard;
 use crate::shard_map::ShardMap;
 
@@ -454,7 +454,7 @@ pub struct Hub {
 
 /// What the publisher has to fan out.
 enum Item {
-    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth>, diff: Option<BookDiff> },
+    Market(MarketNews),
     User { user: UserId, messages: UserMessages },
 }
 
@@ -525,7 +525,7 @@ impl Hub {
                     let item = hub.inbox.borrow_mut().pop_front();
                     let Some(item) = item else { break };
                     match item {
-                        Item::Market { symbol, trades, depth, diff } => hub.publish_market(symbol, &trades, depth, diff.as_ref()),
+                        Item::Market(news) => hub.publish_market(news),
                         Item::User { user, messages } => hub.publish_user(user, &messages),
                     }
                     glommio::yield_if_needed().await;
@@ -629,13 +629,14 @@ impl Hub {
         }
     }
 
-    fn publish_market(&self, symbol: usize, trades: &[PublicTrade], depth: Option<Depth>, diff: Option<&BookDiff>) {
+    fn publish_market(&self, news: MarketNews) {
+        let MarketNews { symbol, trades, depth, diff, prices } = news;
         let spec = &self.map.symbols[symbol];
         let lower = binance::lower(spec);
         if !trades.is_empty() {
             let (channel, now) = (format!("trades:{}", spec.name), crate::shard::core::now_ms());
             let (plain, agg) = (format!("{lower}@trade"), format!("{lower}@aggTrade"));
-            for trade in trades {
+            for trade in &trades {
                 self.broadcast(&channel, || render::public_trade(spec, trade).to_string());
                 self.broadcast(&plain, || binance::trade(spec, trade, now));
                 self.broadcast(&agg, || binance::agg_trade(spec, trade, now));
@@ -643,7 +644,12 @@ impl Hub {
         }
         if let Some(diff) = diff {
             for name in binance::names(&lower, binance::Kind::Depth) {
-                self.broadcast(&name, || binance::depth_update(spec, diff));
+                self.broadcast(&name, || binance::depth_update(spec, &diff));
+            }
+        }
+        if let Some(prices) = prices {
+            for name in binance::names(&lower, binance::Kind::MarkPrice) {
+                self.broadcast(&name, || binance::mark_price_update(spec, &prices));
             }
         }
         if let Some(depth) = depth {
@@ -855,8 +861,8 @@ impl Drop for Registered {
 pub struct HubFeed(pub Rc<Hub>);
 
 impl Feed for HubFeed {
-    fn market(&self, _shard: &Projections, symbol: usize, trades: &[PublicTrade], depth: Option<&Depth>, diff: Option<&BookDiff>) {
-        self.0.post(Item::Market { symbol, trades: trades.to_vec(), depth: depth.cloned(), diff: diff.cloned() });
+    fn market(&self, _shard: &Projections, news: &MarketNews) {
+        self.0.post(Item::Market(news.clone()));
     }
 
     fn lost(&self) {

@@ -283,10 +283,8 @@ pub enum Request {
 /// A message for another core's stream connections: one way, never answered.
 #[derive(Debug)]
 pub enum Notice {
-    /// A symbol's public trades (in log order) and, when some core follows its depth and
-    /// the book changed, its top levels (at most once a flush tick) or the levels that
-    /// changed (at most once every 100 ms: the diff depth).
-    Market { symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth>, diff: Option<BookDiff> },
+    /// What some core follows of a symbol.
+    Market(MarketNews),
     /// A user's stream messages.
     User { user: UserId, messages: UserMessages },
     /// Notices from the sender were dropped (the receiver was that far behind): its
@@ -307,6 +305,35 @@ pub struct BookDiff {
     pub time: i64,
     pub bids: Levels,
     pub asks: Levels,
+}
+
+/// What the streams are handed of a symbol: its public trades (in log order) and, when
+/// some core follows them, its top levels after a change (at most once a flush tick),
+/// the levels that changed (at most once every 100 ms: the diff depth), and its prices
+/// when an index price or a funding round moved them.
+#[derive(Clone, Debug, Default)]
+pub struct MarketNews {
+    pub symbol: usize,
+    pub trades: Vec<PublicTrade>,
+    pub depth: Option<Depth>,
+    pub diff: Option<BookDiff>,
+    pub prices: Option<MarkPrices>,
+}
+
+impl MarketNews {
+    pub fn is_empty(&self) -> bool {
+        self.trades.is_empty() && self.depth.is_none() && self.diff.is_none() && self.prices.is_none()
+    }
+}
+
+/// A symbol's index and mark price, its last funding rate and its next funding time.
+#[derive(Clone, Copy, Debug)]
+pub struct MarkPrices {
+    pub index: Option<i64>,
+    pub mark: Option<i64>,
+    pub last_funding_rate: i64,
+    pub next_funding: i64,
+    pub time: i64,
 }
 
 /// A user's stream messages for one batch of results, rendered by the account's owner in

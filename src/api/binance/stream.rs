@@ -17,7 +17,7 @@ use crate::api::render::entry_price;
 use crate::engine::symbol::units_to_usdt;
 use crate::engine::{Conditional, SymbolSpec, UserId};
 use crate::health::Followed;
-use crate::shard::protocol::{BookDiff, Depth, PublicTrade};
+use crate::shard::protocol::{BookDiff, Depth, MarkPrices, PublicTrade};
 use crate::shard_map::ShardMap;
 
 /// A stream a connection may follow.
@@ -28,6 +28,8 @@ pub enum Kind {
     /// Diff depth (`<s>@depth`, `@depth@100ms`, ...).
     Depth,
     BookTicker,
+    /// `<s>@markPrice`: sent when the index price or funding moves the prices.
+    MarkPrice,
 }
 
 impl Kind {
@@ -37,13 +39,14 @@ impl Kind {
             Self::Trade | Self::AggTrade => Followed::Trades,
             Self::Depth => Followed::Diffs,
             Self::BookTicker => Followed::Depth,
+            Self::MarkPrice => Followed::Prices,
         }
     }
 }
 
 /// The names each kind is followed by, after `<symbol>@`. Every diff-depth name carries
 /// the same diffs, made at most once every 100 ms.
-const NAMES: [(&str, Kind); 8] = [
+const NAMES: [(&str, Kind); 10] = [
     ("trade", Kind::Trade),
     ("aggTrade", Kind::AggTrade),
     ("depth", Kind::Depth),
@@ -52,6 +55,8 @@ const NAMES: [(&str, Kind); 8] = [
     ("depth@500ms", Kind::Depth),
     ("depth@0ms", Kind::Depth),
     ("bookTicker", Kind::BookTicker),
+    ("markPrice", Kind::MarkPrice),
+    ("markPrice@1s", Kind::MarkPrice),
 ];
 
 /// A stream name the server serves: as Binance writes it (symbol in lower case).
@@ -299,6 +304,17 @@ pub fn book_ticker(spec: &SymbolSpec, depth: &Depth, now: i64) -> String {
     json!({
         "e": "bookTicker", "u": depth.seq, "E": now, "T": now, "s": ticker["symbol"],
         "b": ticker["bidPrice"], "B": ticker["bidQty"], "a": ticker["askPrice"], "A": ticker["askQty"],
+    })
+    .to_string()
+}
+
+/// `<s>@markPrice`: the mark and index price, the funding rate (the last settled one)
+/// and the next funding time, as `GET v1/premiumIndex` has them.
+pub fn mark_price_update(spec: &SymbolSpec, p: &MarkPrices) -> String {
+    let premium = shapes::premium_index(spec, p.index, p.mark, p.last_funding_rate, p.time, p.next_funding);
+    json!({
+        "e": "markPriceUpdate", "E": p.time, "s": premium["symbol"], "p": premium["markPrice"], "i": premium["indexPrice"],
+        "P": premium["estimatedSettlePrice"], "r": premium["lastFundingRate"], "T": premium["nextFundingTime"],
     })
     .to_string()
 }

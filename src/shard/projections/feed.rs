@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use super::Projections;
 use crate::engine::{Event, UserId};
-use crate::shard::protocol::{BookDiff, Depth, Notice, PublicTrade, UserMessages};
+use crate::shard::protocol::{MarketNews, Notice, UserMessages};
 
 pub use crate::shard::protocol::Levels;
 
 pub trait Feed {
-    /// A symbol's public trades and, at most once a tick, its depth (and at most once
-    /// every [`DIFF_EVERY`], the levels that changed), on every core.
-    fn market(&self, out: &Projections, symbol: usize, trades: &[PublicTrade], depth: Option<&Depth>, diff: Option<&BookDiff>);
+    /// What some core follows of a symbol, on every core.
+    fn market(&self, out: &Projections, news: &MarketNews);
     /// Results just applied to the accounts owned by this core.
     fn accounts(&self, out: &Projections, symbol: usize, events: &[Event]);
     /// A user's messages (rendered by the account's owner), for this core's connections.
@@ -68,15 +67,11 @@ fn everywhere(out: &Projections, notice: impl Fn() -> Notice, here: impl FnOnce(
 
 /// On the symbol's owner, after a command executed (not during replay), or when its
 /// depth is due: what some core follows.
-pub fn market(out: &Projections, symbol: usize, trades: Vec<PublicTrade>, depth: Option<Depth>, diff: Option<BookDiff>) {
-    if trades.is_empty() && depth.is_none() && diff.is_none() {
+pub fn market(out: &Projections, news: MarketNews) {
+    if news.is_empty() {
         return;
     }
-    everywhere(
-        out,
-        || Notice::Market { symbol, trades: trades.clone(), depth: depth.clone(), diff: diff.clone() },
-        |feed| feed.market(out, symbol, &trades, depth.as_ref(), diff.as_ref()),
-    );
+    everywhere(out, || Notice::Market(news.clone()), |feed| feed.market(out, &news));
 }
 
 /// On an account owner, after results were applied (not during replay).
@@ -97,7 +92,7 @@ pub fn user(out: &Projections, user: UserId, messages: UserMessages) {
 pub fn delivered(out: &Projections, notice: Notice) {
     let Some(feed) = feed(out) else { return };
     match notice {
-        Notice::Market { symbol, trades, depth, diff } => feed.market(out, symbol, &trades, depth.as_ref(), diff.as_ref()),
+        Notice::Market(news) => feed.market(out, &news),
         Notice::User { user, messages } => feed.user(user, &messages),
         Notice::Lost => feed.lost(),
     }

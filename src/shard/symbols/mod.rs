@@ -436,11 +436,17 @@ fn find_conditional(stream: &SymbolStream, user: UserId, target: ConditionalRef,
 
 /// The symbol's index, mark and funding as they are at `time`.
 fn premium_index(stream: &SymbolStream, time: i64) -> Answer {
+    let p = mark_prices(stream, time);
+    Answer::PremiumIndex { symbol: stream.index, index: p.index, mark: p.mark, last_funding_rate: p.last_funding_rate, time, next_funding: p.next_funding }
+}
+
+/// The symbol's index, mark and funding as they are at `time`.
+pub(crate) fn mark_prices(stream: &SymbolStream, time: i64) -> crate::shard::protocol::MarkPrices {
     let market = stream.market.borrow();
     let perp = market.perp();
     let interval = market.spec().funding_interval_secs;
     let next_funding = crate::engine::perp::next_funding_time(time.max(perp.last_funding_time), interval);
-    Answer::PremiumIndex { symbol: stream.index, index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, time, next_funding }
+    crate::shard::protocol::MarkPrices { index: perp.index, mark: perp.mark, last_funding_rate: perp.last_funding_rate, next_funding, time }
 }
 
 /// Logs a funding tick for `time` and says what it settled.

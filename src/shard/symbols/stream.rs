@@ -24,7 +24,7 @@ use crate::engine::{Command, CommandError, ConditionalStatus, Event, Market, New
 use crate::shard::core::now_ms;
 use crate::shard::log::{voids, Log, Stream};
 use crate::shard::projections::{feed, hot};
-use crate::shard::protocol::{BookDiff, Depth, MarketPrices, NotLogged, PublicTrade, Request};
+use crate::shard::protocol::{BookDiff, Depth, MarketNews, MarketPrices, NotLogged, PublicTrade, Request};
 use crate::shard::rpc::Pending;
 use crate::wire::StreamRecord;
 
@@ -175,10 +175,15 @@ impl SymbolStream {
     /// its depth at most once a tick and its changed levels at most once every
     /// [`feed::DIFF_EVERY`] (read from the book then: the latest state wins).
     fn stream_market(&self, room: &SymbolRoom, events: &[Event]) {
-        let [trades_followed, depth_followed, diffs_followed] = room.health.market_streamed(self.index);
+        let [trades_followed, depth_followed, diffs_followed, prices_followed] = room.health.market_streamed(self.index);
+        let mut news = MarketNews { symbol: self.index, ..MarketNews::default() };
         if trades_followed {
-            feed::market(&room.out, self.index, events.iter().filter_map(PublicTrade::of).collect(), None, None);
+            news.trades = events.iter().filter_map(PublicTrade::of).collect();
         }
+        if prices_followed && events.iter().any(|e| matches!(e, Event::PriceUpdated(_) | Event::FundingSettled(_))) {
+            news.prices = Some(super::mark_prices(self, now_ms()));
+        }
+        feed::market(&room.out, news);
         if !diffs_followed {
             self.diffs.forget();
         }
@@ -195,7 +200,7 @@ impl SymbolStream {
             glommio::spawn_local(async move {
                 glommio::timer::sleep(after).await;
                 let (depth, diff) = read(&stream);
-                feed::market(&out, stream.index, Vec::new(), depth, diff);
+                feed::market(&out, MarketNews { symbol: stream.index, depth, diff, ..MarketNews::default() });
             })
             .detach();
         };
