@@ -74,8 +74,10 @@ pub const PATH: &str = "/v1/stream";
 /// slot, held for the session's life.
 pub struct Upgrade {
     api_key: Option<String>,
-    /// A Binance-dialect session: what its path asked for, and the user of its listen key.
-    binance: Option<(binance::Connect, Option<(UserId, String)>)>,
+    /// A Binance-dialect session: its connection, already in the hub with what its path
+    /// named (streams, a listen key's user stream) before the 101 is sent, so that the
+    /// client gets everything from its 101 on.
+    binance: Option<Registered>,
     _admitted: Admitted,
 }
 
@@ -123,6 +125,10 @@ pub fn upgrade(service: &Service, req: &HttpRequest<Incoming>, peer: IpAddr) -> 
         return Err(invalid("a stream is a WebSocket: it needs Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key"));
     };
     let admitted = service.admission.admit_stream(peer, service.shard.id)?;
+    let binance = match (binance, &service.hub) {
+        (Some((connect, listener)), Some(hub)) => Some(hub.register_binance(&connect, listener)),
+        _ => None,
+    };
     let switching = Response::builder()
         .status(hyper::StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "Upgrade")
@@ -151,8 +157,8 @@ where
         .read_buffer_size(READ_BUFFER);
     let mut ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
     let shard = service.shard.clone();
-    if let Some((connect, listener)) = upgrade.binance.take() {
-        let session = binance_session(hub.clone(), ws, connect, listener);
+    if let Some(registered) = upgrade.binance.take() {
+        let session = session(hub.clone(), ws, registered, Dialect::Binance);
         match glommio::spawn_local_into(session, hub.queue) {
             Ok(task) => task.await,
             Err(e) => tracing::error!(error = %e, "stream session not started"),
@@ -1055,21 +1061,21 @@ enum Dialect {
     Binance,
 }
 
-/// A Binance-dialect session (BINANCE.md, section 7): the streams its path named, then
-/// what its `SUBSCRIBE` messages add; a listen key's user data stream from the start.
-async fn binance_session<S>(hub: Rc<Hub>, ws: WebSocketStream<S>, connect: binance::Connect, listener: Option<(UserId, String)>)
-where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
-{
-    let user = listener.as_ref().map(|(user, _)| *user);
-    let conn = hub.opened(user, connect.combined, listener);
-    for topic in connect.streams.iter().filter_map(|name| binance::topic(&hub.map, name)) {
-        hub.follow(&conn, &topic.name, topic.symbol, topic.kind.followed(), true);
+impl Hub {
+    /// A Binance-dialect connection (BINANCE.md, section 7), in the hub before its 101:
+    /// the streams its path named and a listen key's user data stream follow it from the
+    /// start; its `SUBSCRIBE` messages add more.
+    fn register_binance(self: &Rc<Self>, connect: &binance::Connect, listener: Option<(UserId, String)>) -> Registered {
+        let user = listener.as_ref().map(|(user, _)| *user);
+        let conn = self.opened(user, connect.combined, listener);
+        for topic in connect.streams.iter().filter_map(|name| binance::topic(&self.map, name)) {
+            self.follow(&conn, &topic.name, topic.symbol, topic.kind.followed(), true);
+        }
+        if user.is_some() {
+            self.subscribe(&conn, "user");
+        }
+        Registered { hub: self.clone(), conn }
     }
-    if user.is_some() {
-        hub.subscribe(&conn, "user");
-    }
-    session(hub, ws, conn, Dialect::Binance).await;
 }
 
 /// A Binance control message: `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, answered
@@ -1105,14 +1111,16 @@ where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
     let conn = hub.opened(user, false, None);
-    session(hub, ws, conn, Dialect::Native(shard)).await;
+    session(hub.clone(), ws, Registered { hub, conn }, Dialect::Native(shard)).await;
 }
 
-async fn session<S>(hub: Rc<Hub>, ws: WebSocketStream<S>, conn: Rc<Conn>, dialect: Dialect)
+/// A session's reader and writer, for a connection registered in the hub, until it ends
+/// (which takes it out of the hub).
+async fn session<S>(hub: Rc<Hub>, ws: WebSocketStream<S>, registered: Registered, dialect: Dialect)
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
 {
-    let _registered = Registered { hub: hub.clone(), conn: conn.clone() };
+    let conn = registered.conn.clone();
     let (mut sink, mut incoming) = ws.split();
     // The reader is a task of its own, so waking the writer does not poll the socket.
     let reader = {
