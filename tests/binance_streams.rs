@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::stream::MaybeTlsStream;
 use async_tungstenite::tungstenite::{self, Message, WebSocket};
 use common::{Server, ADMIN};
@@ -206,6 +207,25 @@ fn a_listen_key_carries_the_users_orders_fills_and_account_until_it_is_closed() 
     assert_eq!(algo["e"], "ALGO_UPDATE", "{algo}");
     let o = &algo["o"];
     assert_eq!((o["X"].as_str(), o["o"].as_str(), o["caid"].as_str(), o["tp"].as_str(), o["cp"].as_bool()), (Some("NEW"), Some("STOP_MARKET"), Some("sl-1"), Some("45000"), Some(true)), "{algo}");
+
+    // A deposit: ACCOUNT_UPDATE (DEPOSIT, the change and the wallet), and the native
+    // user channel's balance.
+    let mut request = s.url("/v1/stream").replace("http://", "ws://").into_client_request().unwrap();
+    request.headers_mut().insert("x-api-key", key.parse().unwrap());
+    let (mut native, _) = tungstenite::connect(request).unwrap();
+    if let MaybeTlsStream::Plain(tcp) = native.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    native.send(Message::text(json!({"op": "subscribe", "channels": ["user"]}).to_string())).unwrap();
+    assert_eq!(next(&mut native).expect("subscribed")["op"], "subscribed");
+    assert_eq!(s.deposit("listener", "500", "more-listener").0, 200);
+    let deposit = next(&mut ws).expect("ACCOUNT_UPDATE");
+    let (_, balance) = s.get(&key, "/v1/balance");
+    assert_eq!((deposit["e"].as_str(), deposit["a"]["m"].as_str(), deposit["a"]["B"][0]["bc"].as_str()), (Some("ACCOUNT_UPDATE"), Some("DEPOSIT"), Some("500")), "{deposit}");
+    assert_eq!(deposit["a"]["B"][0]["wb"], balance["total"], "{deposit} {balance}");
+    let native_balance = next(&mut native).expect("a balance message");
+    assert_eq!((native_balance["channel"].as_str(), native_balance["data"]["type"].as_str()), (Some("user"), Some("balance")), "{native_balance}");
+    assert_eq!(native_balance["data"]["total"], balance["total"]);
 
     // A closed key ends the stream.
     assert_eq!(listen("DELETE", &key), (200, json!({})));

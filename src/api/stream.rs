@@ -905,6 +905,26 @@ impl Feed for HubFeed {
     fn user(&self, user: UserId, messages: &UserMessages) {
         self.0.post(Item::User { user, messages: messages.clone() });
     }
+
+    fn transfer(&self, shard: &Projections, user: UserId, amount: i128) {
+        let [native, binance] = shard.health.user_streamed(user.0);
+        if !native && !binance {
+            return;
+        }
+        let messages = {
+            let accounts = shard.ledger.borrow();
+            let Some(account) = accounts.user(user) else { return };
+            let mut balance = render::balance(account.total, account.available(), account.locked);
+            if let Some(o) = balance.as_object_mut() {
+                o.insert("type".to_owned(), "balance".into());
+            }
+            UserMessages {
+                native: if native { vec![balance.to_string()] } else { Vec::new() },
+                binance: if binance { vec![binance::balance_update(account, amount, crate::shard::core::now_ms())] } else { Vec::new() },
+            }
+        };
+        crate::shard::projections::feed::user(shard, user, messages);
+    }
 }
 
 /// A fill of `user`'s in `t`, as the account recorded it.

@@ -392,6 +392,21 @@ pub fn account_update(map: &ShardMap, account: &Account, symbol: usize, reason: 
     .to_string()
 }
 
+/// `ACCOUNT_UPDATE` after a deposit (`amount` > 0) or a withdrawal: the wallet, its
+/// change (`bc`), no position.
+pub fn balance_update(account: &Account, amount: i128, now: i64) -> String {
+    let wallet = units_to_usdt(account.total).to_string();
+    json!({
+        "e": "ACCOUNT_UPDATE", "E": now, "T": now,
+        "a": {
+            "m": if amount >= 0 { "DEPOSIT" } else { "WITHDRAW" },
+            "B": [{ "a": "USDT", "wb": wallet, "cw": wallet, "bc": units_to_usdt(amount).to_string() }],
+            "P": [],
+        },
+    })
+    .to_string()
+}
+
 /// `ALGO_UPDATE`: a conditional order (as `GET v1/algoOrder` shows it) that changed.
 pub fn algo_update(map: &ShardMap, symbol: usize, c: &Conditional, now: i64) -> String {
     let a = shapes::algo_order(map, symbol, c);

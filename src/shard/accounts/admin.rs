@@ -112,6 +112,9 @@ pub async fn transfer(room: &AccountRoom, name: &str, amount: i64, transfer_id: 
     if let Some(sync) = room.sync.as_ref().filter(|_| logged) {
         sync.deposit(user, amount).await.map_err(|e| Refusal::Unavailable(format!("PostgreSQL (synchronous baseline): {e}")))?;
     }
+    if logged {
+        crate::shard::projections::feed::transfer(&room.out, user, i128::from(amount));
+    }
     tracing::info!(user = name, transfer_id, amount = narrow(i128::from(amount)), "transfer");
     Ok(user)
 }

@@ -27,6 +27,8 @@ pub trait Feed {
     fn market(&self, out: &Projections, news: &MarketNews);
     /// Results just applied to the accounts owned by this core.
     fn accounts(&self, out: &Projections, symbol: usize, events: &[Event]);
+    /// A deposit (positive) or withdrawal just logged for `user`, owned by this core.
+    fn transfer(&self, out: &Projections, user: UserId, amount: i128);
     /// A user's messages (rendered by the account's owner), for this core's connections.
     fn user(&self, user: UserId, messages: &UserMessages);
     /// Notices for this core were dropped: its connections cannot be told everything.
@@ -80,6 +82,15 @@ pub fn accounts(out: &Projections, symbol: usize, events: &[Event]) {
         && let Some(feed) = feed(out)
     {
         feed.accounts(out, symbol, events);
+    }
+}
+
+/// On an account owner, after a deposit or withdrawal was logged.
+pub fn transfer(out: &Projections, user: UserId, amount: i128) {
+    if wanted(out)
+        && let Some(feed) = feed(out)
+    {
+        feed.transfer(out, user, amount);
     }
 }
 
