@@ -19,7 +19,7 @@
 //! A trailing stop ([`ConditionalKind::Trailing`], Binance's `TRAILING_STOP_MARKET`)
 //! waits in those queues for its activation price, if it has one; once active it follows
 //! the highest price since (a sell; a buy the lowest) and fires when the price comes back
-//! by its callback rate. Active ones are kept in a [`Trail`] per watched price and side.
+//! by its callback rate. Active ones are kept in a `Trail` per watched price and side.
 //!
 //! [`Command::PlaceConditional`]: super::Command::PlaceConditional
 //! [`Command::PlaceTriggered`]: super::Command::PlaceTriggered

@@ -2,7 +2,8 @@
 //! requests as the native API. It parses Binance's parameters into the native
 //! [`SymbolRequest`]s and [`AccountRequest`]s, asks the shards exactly as `/v1` does,
 //! and renders their answers in Binance's shapes and error codes ([`shapes`]); it owns
-//! no state and reaches nothing below the shard protocol.
+//! no state but the listen keys' lifetimes ([`stream::ListenKeys`]) and reaches nothing
+//! below the shard protocol.
 //!
 //! Signed calls carry the native API key in `X-MBX-APIKEY` and an HMAC-SHA256 of their
 //! parameters made with the key's API secret ([`sign`]).

@@ -1,7 +1,8 @@
 //! The Binance dialect's WebSocket (BINANCE.md, section 7): which paths open a session,
 //! the stream names, the control messages, listen keys, and the events' shapes. Sessions,
 //! their queues, bounds and fan-out are the native streams' (`api::stream`), which ask
-//! this module only to parse and to render.
+//! this module only to parse and to render. The one piece of state here is the listen
+//! keys' lifetimes ([`ListenKeys`]), made once by the server and shared by its cores.
 
 use std::sync::Mutex;
 
