@@ -205,23 +205,11 @@ pub enum CommandJson {
         event_id: String,
         user_id: String,
         symbol: String,
-        side: String,
-        #[serde(rename = "type")]
-        kind: String,
-        trigger_price: String,
-        working_type: String,
-        price: Option<String>,
+        #[serde(flatten)]
+        terms: ConditionalTermsJson,
         time_in_force: Option<String>,
-        quantity: Option<String>,
-        close_position: bool,
-        reduce_only: bool,
-        client_order_id: Option<String>,
         timestamp: i64,
         seq: u64,
-        /// A trailing stop's callback rate (percent); its `triggerPrice` is its activation
-        /// price, 0 for none.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        callback_rate: Option<String>,
     },
     /// Cancel a waiting conditional order of the user's (`None`: all on the symbol).
     ConditionalCancelRequested {
@@ -333,19 +321,10 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             event_id,
             user_id: account_id(c.user),
             symbol: spec.name.clone(),
-            side: c.side.as_str().to_owned(),
-            kind: c.type_name().to_owned(),
-            trigger_price: spec.ticks_to_price(c.trigger).to_string(),
-            working_type: c.working.as_str().to_owned(),
-            price: c.price.map(|p| spec.ticks_to_price(p).to_string()),
+            terms: ConditionalTermsJson::of(spec, &c),
             time_in_force: c.price.map(|_| c.tif.as_str().to_owned()),
-            quantity: (!c.close_position).then(|| spec.lots_to_quantity(c.quantity).to_string()),
-            close_position: c.close_position,
-            reduce_only: c.reduce_only,
-            client_order_id: c.client_order_id.map(|c| c.as_str().to_owned()),
             timestamp: c.timestamp,
             seq,
-            callback_rate: callback_rate(&c),
         },
         Command::CancelConditional { id, user, timestamp } => CommandJson::ConditionalCancelRequested {
             event_id,
@@ -529,18 +508,12 @@ fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, Str
         }
         CommandJson::ConditionalOrderSubmitted {
             user_id,
-            side,
-            kind,
-            trigger_price,
-            working_type,
-            price,
+            terms:
+                ConditionalTermsJson {
+                    side, kind, trigger_price, working_type, price, quantity, close_position, reduce_only, client_order_id, callback_rate,
+                },
             time_in_force,
-            quantity,
-            close_position,
-            reduce_only,
-            client_order_id,
             timestamp,
-            callback_rate,
             ..
         } => {
             let (kind, limited) = crate::engine::NewConditional::parse_type(&kind).ok_or_else(|| format!("type {kind:?}"))?;
@@ -715,7 +688,7 @@ pub enum ResultJson {
         kept_priority: bool,
         refused: Option<String>,
     },
-    /// On `orders.placed`: a conditional order accepted (`NEW`), triggered
+    /// On `orders.conditional`: a conditional order accepted (`NEW`), triggered
     /// (`TRIGGERING`), placed as `orderId` (`TRIGGERED`), cancelled or rejected (`reason`).
     ConditionalOrderUpdated {
         event_id: String,
@@ -724,21 +697,11 @@ pub enum ResultJson {
         timestamp: i64,
         conditional_id: String,
         user_id: String,
-        side: String,
-        #[serde(rename = "type")]
-        kind: String,
-        trigger_price: String,
-        working_type: String,
-        price: Option<String>,
-        quantity: Option<String>,
-        close_position: bool,
-        reduce_only: bool,
-        client_order_id: Option<String>,
+        #[serde(flatten)]
+        terms: ConditionalTermsJson,
         status: String,
         order_id: Option<String>,
         reason: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        callback_rate: Option<String>,
     },
     TradeExecuted {
         event_id: String,
@@ -871,9 +834,42 @@ fn position_json(spec: &SymbolSpec, p: &crate::engine::PositionState) -> Positio
 }
 
 /// A rate in parts of 1e8 as a decimal.
-/// A trailing stop's callback rate in percent (`None` for the other kinds).
-fn callback_rate(c: &crate::engine::NewConditional) -> Option<String> {
-    (c.callback != 0).then(|| crate::engine::conditional::callback_percent(c.callback).to_string())
+/// A conditional order's terms, as both its command (`ConditionalOrderSubmitted`) and
+/// its status changes (`ConditionalOrderUpdated`) carry them. `quantity` is absent with
+/// `closePosition`, `price` for the MARKET types; `callbackRate` (percent) is a trailing
+/// stop's, whose `triggerPrice` is its activation price (0: none).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionalTermsJson {
+    pub side: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub trigger_price: String,
+    pub working_type: String,
+    pub price: Option<String>,
+    pub quantity: Option<String>,
+    pub close_position: bool,
+    pub reduce_only: bool,
+    pub client_order_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_rate: Option<String>,
+}
+
+impl ConditionalTermsJson {
+    fn of(spec: &SymbolSpec, c: &crate::engine::NewConditional) -> Self {
+        Self {
+            side: c.side.as_str().to_owned(),
+            kind: c.type_name().to_owned(),
+            trigger_price: spec.ticks_to_price(c.trigger).to_string(),
+            working_type: c.working.as_str().to_owned(),
+            price: c.price.map(|p| spec.ticks_to_price(p).to_string()),
+            quantity: (!c.close_position).then(|| spec.lots_to_quantity(c.quantity).to_string()),
+            close_position: c.close_position,
+            reduce_only: c.reduce_only,
+            client_order_id: c.client_order_id.map(|c| c.as_str().to_owned()),
+            callback_rate: (c.callback != 0).then(|| crate::engine::conditional::callback_percent(c.callback).to_string()),
+        }
+    }
 }
 
 pub fn rate_decimal(rate: i64) -> Decimal {
@@ -938,19 +934,10 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
                     timestamp: c.updated,
                     conditional_id: ids::encode(IdKind::Conditional, spec.key, c.id).to_string(),
                     user_id: account_id(o.user),
-                    side: o.side.as_str().to_owned(),
-                    kind: o.type_name().to_owned(),
-                    trigger_price: spec.ticks_to_price(o.trigger).to_string(),
-                    working_type: o.working.as_str().to_owned(),
-                    price: o.price.map(|p| spec.ticks_to_price(p).to_string()),
-                    quantity: (!o.close_position).then(|| spec.lots_to_quantity(o.quantity).to_string()),
-                    close_position: o.close_position,
-                    reduce_only: o.reduce_only,
-                    client_order_id: o.client_order_id.map(|c| c.as_str().to_owned()),
+                    terms: ConditionalTermsJson::of(spec, o),
                     status: c.status.as_str().to_owned(),
                     order_id: c.order_id.map(order),
                     reason: c.reason.map(|r| r.as_str().to_owned()),
-                    callback_rate: callback_rate(o),
                 },
             )
         }

@@ -289,19 +289,13 @@ pub fn result(bytes: &[u8]) -> Result<Row, String> {
             timestamp,
             conditional_id,
             user_id,
-            side,
-            kind,
-            trigger_price,
-            working_type,
-            price,
-            quantity,
-            close_position,
-            reduce_only,
-            client_order_id,
+            terms:
+                crate::wire::ConditionalTermsJson {
+                    side, kind, trigger_price, working_type, price, quantity, close_position, reduce_only, client_order_id, callback_rate,
+                },
             status,
             order_id,
             reason,
-            callback_rate,
             ..
         } => Row::Conditional(ConditionalRow {
             id: uuid(&conditional_id)?,
