@@ -11,9 +11,11 @@ set -uo pipefail
 cd "$(dirname "$0")"
 export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
 log=$(mktemp)
+export TANSU_LOG
+TANSU_LOG=$(mktemp)
 broker=""
 cleanup() {
-  rm -f "$log"
+  rm -f "$log" "$TANSU_LOG"
   if [ -n "$broker" ]; then kill "$broker" 2>/dev/null; fi
 }
 trap cleanup EXIT
@@ -63,5 +65,9 @@ done
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '^test result: .* ([0-9]+) failed' "$log" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+if [ "$status" -ne 0 ] && [ -s "$TANSU_LOG" ]; then
+  echo "== the tansu broker's warnings and errors (last 40)"
+  grep -aiE 'warn|error|panic' "$TANSU_LOG" | tail -40
+fi
 echo "tests: $passed passed, $failed failed"
 exit "$status"

@@ -27,8 +27,9 @@ if ! command -v tansu >/dev/null 2>&1; then
   # Without --locked the build breaks; without a storage feature it exits at start.
   cargo install tansu --locked --features dynostore >&2
 fi
-log="${TMPDIR:-/tmp}/tansu-$$.log"
-nohup tansu broker \
+# TANSU_LOG names the broker's log file (test.sh shows its errors when a suite fails).
+log="${TANSU_LOG:-${TMPDIR:-/tmp}/tansu-$$.log}"
+RUST_LOG="${TANSU_RUST_LOG:-warn}" nohup tansu broker \
   --listener-url tcp://127.0.0.1:9092 \
   --advertised-listener-url tcp://127.0.0.1:9092 \
   --storage-engine memory://tansu/ >"$log" 2>&1 &

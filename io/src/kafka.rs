@@ -546,28 +546,27 @@ pub fn read_partition_to(brokers: &str, topic: &str, partition: i32, from: u64, 
         // The high watermark is where reading must at least get to; past it, reading goes on
         // until the partition stays quiet, because a broker may report a watermark behind
         // what it has acknowledged (tansu 0.6 reports the last batch's base offset + 1).
-        let mut waited = Duration::ZERO;
+        let mut quiet_since = std::time::Instant::now();
         loop {
             let reached = records.last().map_or(start, |r| r.offset + 1) >= high;
             let wait = if reached { Duration::from_millis(100) } else { Duration::from_millis(500) };
             match consumer.poll(wait) {
-                Some(Ok(m)) if m.offset() < start as i64 => waited = Duration::ZERO,
+                Some(Ok(m)) if m.offset() < start as i64 => quiet_since = std::time::Instant::now(),
                 Some(Ok(m)) => {
-                    waited = Duration::ZERO;
+                    quiet_since = std::time::Instant::now();
                     records.push(Record {
                         offset: u64::try_from(m.offset()).unwrap_or(0),
                         key: m.key().unwrap_or_default().to_vec(),
                         payload: m.payload().unwrap_or_default().to_vec(),
                     });
                 }
-                Some(Err(e)) => return Err(format!("{topic}/{partition}: {e}")),
+                Some(Err(e)) if !passing(&e) => return Err(format!("{topic}/{partition}: {e}")),
+                Some(Err(e)) => tracing::warn!(topic, partition, error = %e, "reading goes on: the Kafka client reconnects by itself"),
                 None if reached => break,
-                None => {
-                    waited += wait;
-                    if waited > patience {
-                        return Err(format!("{topic}/{partition}: no records for {patience:?} before offset {high}"));
-                    }
-                }
+                None => {}
+            }
+            if !reached && quiet_since.elapsed() > patience {
+                return Err(format!("{topic}/{partition}: no records for {patience:?} before offset {high}"));
             }
         }
         let end = records.last().map_or(start.max(high), |r| (r.offset + 1).max(high));
@@ -576,6 +575,28 @@ pub fn read_partition_to(brokers: &str, topic: &str, partition: i32, from: u64, 
     let result = read();
     close_aside(consumer);
     result
+}
+
+/// Whether a consumer's error only reports what librdkafka recovers from by itself: a
+/// connection the broker dropped (`AllBrokersDown` when every connection is down at
+/// once, as a busy broker's can be for a moment), a request that timed out, a leader
+/// that moved. librdkafka goes on reconnecting and fetching from the consumer's own
+/// position, so the reader goes on polling (its patience still bounds a silence);
+/// anything else (an offset out of range, a topic that is gone, an authorisation error)
+/// ends the read.
+fn passing(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+        )
+    )
 }
 
 /// Drops a consumer on a thread of its own: dropping one that has a `group.id` (which
@@ -684,7 +705,8 @@ impl Tail {
                     timestamp_ms: m.timestamp().to_millis(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 }),
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) if !passing(&e) => return Err(e.to_string()),
+                Some(Err(e)) => tracing::warn!(error = %e, "following goes on: the Kafka client reconnects by itself"),
                 None if !out.is_empty() => break,
                 None => {}
             }
