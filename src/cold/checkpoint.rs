@@ -62,16 +62,15 @@ fn run(url: &str, prefix: &str, map: &ShardMap, rx: &mpsc::Receiver<Checkpoint>)
         tracing::error!("no tokio runtime for checkpoints");
         return;
     };
-    // The newest checkpoint not yet stored, per partition or symbol.
-    let mut pending: BTreeMap<(Kind, String), Checkpoint> = BTreeMap::new();
+    let mut pending = Pending::default();
     let mut client: Option<tokio_postgres::Client> = None;
     loop {
         let wait = if pending.is_empty() { Duration::from_secs(3600) } else { Duration::from_secs(1) };
         match rx.recv_timeout(wait) {
             Ok(c) => {
-                pending.insert((c.kind, c.name.clone()), c);
+                pending.offer(c);
                 while let Ok(c) = rx.try_recv() {
-                    pending.insert((c.kind, c.name.clone()), c);
+                    pending.offer(c);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -79,7 +78,7 @@ fn run(url: &str, prefix: &str, map: &ShardMap, rx: &mpsc::Receiver<Checkpoint>)
             // Stopping with checkpoints still unstored: keep trying, at the same pace.
             Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_secs(1)),
         }
-        while let Some(((kind, name), c)) = pending.pop_first() {
+        while let Some(((kind, name), c)) = pending.pop() {
             // The timer needs the runtime, so it is made inside it.
             let stored = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), store(url, &mut client, prefix, map, &c)).await });
             let stored = stored.unwrap_or_else(|_| Err(anyhow::anyhow!("PostgreSQL did not answer")));
@@ -91,11 +90,48 @@ fn run(url: &str, prefix: &str, map: &ShardMap, rx: &mpsc::Receiver<Checkpoint>)
                     }
                     client = None;
                     // A newer one that arrived meanwhile wins.
-                    pending.entry((kind, name)).or_insert(c);
+                    pending.put_back(c);
                     break;
                 }
             }
         }
+    }
+}
+
+/// The checkpoints not yet stored: the newest per partition or symbol. Snapshot files
+/// are written on threads of their own, so two of one partition can arrive in either
+/// order; one older than a checkpoint already handed over is dropped, or it would take
+/// the newer one's place before that was stored, and the newest checkpoint (and the
+/// readable tables) would stay behind the state until the next snapshot. File names
+/// sort by age (a zero-padded log offset or time).
+#[derive(Default)]
+struct Pending {
+    waiting: BTreeMap<(Kind, String), Checkpoint>,
+    /// The newest file handed over so far, per partition or symbol.
+    newest: BTreeMap<(Kind, String), String>,
+}
+
+impl Pending {
+    fn offer(&mut self, c: Checkpoint) {
+        let key = (c.kind, c.name.clone());
+        if self.newest.get(&key).is_some_and(|file| *file >= c.file) {
+            return;
+        }
+        self.newest.insert(key.clone(), c.file.clone());
+        self.waiting.insert(key, c);
+    }
+
+    fn pop(&mut self) -> Option<((Kind, String), Checkpoint)> {
+        self.waiting.pop_first()
+    }
+
+    /// One that could not be stored waits again, unless a newer one came meanwhile.
+    fn put_back(&mut self, c: Checkpoint) {
+        self.waiting.entry((c.kind, c.name.clone())).or_insert(c);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
 
@@ -248,4 +284,33 @@ pub fn restore(url: &str, prefix: &str, data_dir: &Path, patience: Duration) -> 
         written += 1;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(kind: Kind, name: &str, file: &str) -> Checkpoint {
+        Checkpoint { kind, name: name.into(), file: file.into(), state: file.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn an_older_snapshot_that_arrives_late_never_takes_the_newer_ones_place() {
+        let mut pending = Pending::default();
+        pending.offer(checkpoint(Kind::Account, "03", "000000000000000000000002.snap"));
+        pending.offer(checkpoint(Kind::Account, "03", "000000000000000000000001.snap"));
+        pending.offer(checkpoint(Kind::Symbol, "BTC-PERP", "00000000000000000007.snap"));
+        let ((_, _), first) = pending.pop().unwrap();
+        assert_eq!(first.file, "000000000000000000000002.snap");
+        let ((_, name), second) = pending.pop().unwrap();
+        assert_eq!((name.as_str(), second.file.as_str()), ("BTC-PERP", "00000000000000000007.snap"));
+        assert!(pending.pop().is_none());
+        // Once stored, an older one is still refused; a newer one, and a failed one
+        // put back, wait again.
+        pending.offer(checkpoint(Kind::Account, "03", "000000000000000000000001.snap"));
+        assert!(pending.is_empty());
+        pending.offer(checkpoint(Kind::Account, "03", "000000000000000000000003.snap"));
+        pending.put_back(checkpoint(Kind::Account, "03", "000000000000000000000002.snap"));
+        assert_eq!(pending.pop().unwrap().1.file, "000000000000000000000003.snap");
+    }
 }
