@@ -313,3 +313,52 @@ fn a_second_process_on_the_same_topics_takes_over_and_the_first_stops() {
     let (_, health) = second.request("GET", "/health", &[], None);
     assert_eq!(health["status"], "ok", "{health}");
 }
+
+/// A reader whose broker connections all drop in the middle of a replay (librdkafka
+/// reports `AllBrokersDown`) goes on once they come back, and reads every record, in
+/// order: a start-up must not fail on a broker that was away for a moment.
+#[test]
+fn a_replay_reads_on_through_a_dropped_broker_connection() {
+    use exchange_io::kafka;
+    // The broker tells clients to come back through the proxy, so cutting the proxy
+    // drops every connection the reader has, bootstrap and partition leader alike.
+    let proxy_port = common::free_port();
+    let broker = Broker::start_advertising(&format!("127.0.0.1:{}", common::free_port()), &format!("127.0.0.1:{proxy_port}"));
+    let proxy = common::Proxy::start_on(proxy_port, &broker.addr);
+    let brokers = format!("127.0.0.1:{proxy_port}");
+    let topic = format!("replay-drop-{}", std::process::id());
+    let settings = kafka::TopicSettings { partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3_600_000 };
+    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], &settings)).unwrap();
+    let producer = kafka::producer(&brokers, Duration::from_secs(10)).unwrap();
+    let send = |range: std::ops::Range<u32>| {
+        let reports: Vec<_> = range.map(|i| kafka::send(&producer, &topic, 0, "k", format!("r{i}").as_bytes()).unwrap()).collect();
+        for r in reports {
+            futures_lite::future::block_on(kafka::delivered(r)).unwrap();
+        }
+    };
+    send(0..500);
+    // Reading up to offset 1000 makes the reader wait, polling, for records not sent yet.
+    let reader = {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        std::thread::spawn(move || kafka::read_partition_to(&brokers, &topic, 0, 0, 1000, Duration::from_secs(20)))
+    };
+    let gave_up = |reader: std::thread::JoinHandle<Result<(Vec<kafka::Record>, u64), String>>, when: &str| {
+        panic!("the reader gave up {when}: {:?}", reader.join().unwrap().map(|r| r.1));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    if reader.is_finished() {
+        gave_up(reader, "before the drop");
+    }
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(2));
+    if reader.is_finished() {
+        gave_up(reader, "on the drop");
+    }
+    proxy.restore();
+    send(500..1000);
+    let (records, end) = reader.join().unwrap().expect("the reader reads on once the broker is back");
+    assert_eq!(end, 1000);
+    let payloads: Vec<String> = records.iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect();
+    assert_eq!(payloads, (0..1000).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    assert!(records.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+}

@@ -539,9 +539,17 @@ pub fn read_partition_to(brokers: &str, topic: &str, partition: i32, from: u64, 
         .create()
         .map_err(|e| format!("kafka consumer: {e}"))?;
     let read = || -> Result<(Vec<Record>, u64), String> {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, patience)
-            .map_err(|e| format!("{topic}/{partition}: watermarks: {e}"))?;
+        let asked = std::time::Instant::now();
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, partition, patience) {
+                Ok(marks) => break marks,
+                Err(e) if passing(&e) && asked.elapsed() < patience => {
+                    tracing::warn!(topic, partition, error = %e, "asking again for the watermarks: the Kafka client reconnects by itself");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("{topic}/{partition}: watermarks: {e}")),
+            }
+        };
         let (low, high) = (u64::try_from(low).unwrap_or(0), u64::try_from(high).unwrap_or(0).max(at_least));
         let start = from.max(low);
         let mut records: Vec<Record> = Vec::new();

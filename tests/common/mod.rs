@@ -45,7 +45,7 @@ pub fn hot_redis() -> Option<String> {
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
@@ -329,6 +329,12 @@ impl Broker {
 
     /// A broker on a given address (a fresh one where a killed one was).
     pub fn start_at(addr: &str) -> Self {
+        Self::start_advertising(addr, addr)
+    }
+
+    /// A broker on `addr` that tells its clients to connect to `advertised` (a
+    /// [`Proxy`] in front of it, say).
+    pub fn start_advertising(addr: &str, advertised: &str) -> Self {
         let addr = addr.to_owned();
         let home = std::env::var("HOME").unwrap_or_default();
         let tansu = ["tansu".to_owned(), format!("{home}/.cargo/bin/tansu")]
@@ -336,7 +342,7 @@ impl Broker {
             .find(|t| Command::new(t).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
             .expect("the tansu broker must be installed (scripts/kafka-broker.sh installs it)");
         let child = Command::new(tansu)
-            .args(["broker", "--listener-url", &format!("tcp://{addr}"), "--advertised-listener-url", &format!("tcp://{addr}")])
+            .args(["broker", "--listener-url", &format!("tcp://{addr}"), "--advertised-listener-url", &format!("tcp://{advertised}")])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -479,9 +485,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(target: &str) -> Self {
+        Self::start_on(0, target)
+    }
+
+    /// A proxy listening on `port` (0: any free one).
+    pub fn start_on(port: u16, target: &str) -> Self {
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind proxy");
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
         let frozen = Arc::new(AtomicBool::new(false));
