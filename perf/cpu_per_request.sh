@@ -6,7 +6,9 @@
 # threads, 64 connections, SECS seconds each, default 8) against /health, then against
 # /v1/orders with one-lot GTC orders around 50,000 on BTC-PERP (perf/wrk/orders.lua).
 # CPU is the exchange's utime + stime from /proc over each run, divided by the requests
-# wrk completed. Prints one line per run and `cpu_per_request: orders/health ...`.
+# wrk completed; under each run, the same per kind of thread (shards, librdkafka's broker
+# threads, the Redis and cold-storage writers). Prints one line per run and
+# `cpu_per_request: orders/health ...`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -24,16 +26,22 @@ for i in $(seq 1 400); do
 done
 sed -i '/^$/d' "$work/keys.txt"
 ticks() { awk '{print $14+$15}' "/proc/$pid/stat"; }
+# utime + stime of each thread: "tid name ticks" (names with spaces joined by _).
+threads() { for t in /proc/$pid/task/*; do echo "${t##*/} $(tr ' ' _ < "$t/comm" 2>/dev/null) $(awk '{print $14+$15}' "$t/stat" 2>/dev/null)"; done | sort; }
 hz=$(getconf CLK_TCK)
 measure() { # label, wrk args...
   local label=$1; shift
   local t0; t0=$(ticks)
+  threads > "$work/threads0"
   local out; out=$(KEYS="$work/keys.txt" wrk -t2 -c64 -d"${SECS:-8}"s "$@" 2>&1)
   local t1; t1=$(ticks)
+  threads > "$work/threads1"
   local reqs; reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   local us; us=$(echo "($t1 - $t0) * 1000000 / $hz / $reqs" | bc -l)
   printf '%s: %.0f req/s, exchange CPU %.1f us/request\n' "$label" "$rps" "$us"
+  # Where it went: each kind of thread's CPU per request (threads of one name summed).
+  join "$work/threads0" "$work/threads1" | awk -v hz="$hz" -v n="$reqs" '{d[$2] += $5 - $3} END {for (k in d) if (d[k] > 0) printf "  %-18s %7.1f us/request\n", k, d[k] * 1000000 / hz / n}' | sort -k2 -rn
   echo "$rps $us" > "$work/$label"
 }
 measure health "http://$A/health"
