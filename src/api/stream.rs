@@ -914,12 +914,8 @@ impl Feed for HubFeed {
         let messages = {
             let accounts = shard.ledger.borrow();
             let Some(account) = accounts.user(user) else { return };
-            let mut balance = render::balance(account.total, account.available(), account.locked);
-            if let Some(o) = balance.as_object_mut() {
-                o.insert("type".to_owned(), "balance".into());
-            }
             UserMessages {
-                native: if native { vec![balance.to_string()] } else { Vec::new() },
+                native: if native { vec![typed("balance", render::balance(account.total, account.available(), account.locked))] } else { Vec::new() },
                 binance: if binance { vec![binance::balance_update(account, amount, crate::shard::core::now_ms())] } else { Vec::new() },
             }
         };
@@ -932,18 +928,20 @@ fn fill_of<'a>(account: &'a crate::accounts::Account, symbol: usize, t: &crate::
     account.fills.iter().find(|f| f.trade_seq == t.seq && f.symbol == symbol && f.order_id == order)
 }
 
+/// A native user message: `value` with its `type`.
+fn typed(kind: &str, mut value: serde_json::Value) -> String {
+    if let Some(o) = value.as_object_mut() {
+        o.insert("type".to_owned(), kind.into());
+    }
+    value.to_string()
+}
+
 /// `user`'s messages on the native `user` channel for events just applied: order updates
 /// first (each order once, as it is now), then fills, funding, conditional orders, and the
 /// position and balance when money moved.
 fn native_user_messages(map: &ShardMap, account: &crate::accounts::Account, user: UserId, symbol: usize, events: &[Event]) -> Vec<String> {
     let spec = &map.symbols[symbol];
     let mut out = Vec::new();
-    let typed = |kind: &str, mut value: serde_json::Value| {
-        if let Some(o) = value.as_object_mut() {
-            o.insert("type".to_owned(), kind.into());
-        }
-        value.to_string()
-    };
     let mut orders = Vec::new();
     let mut money = false;
     for e in events {
