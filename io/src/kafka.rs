@@ -40,22 +40,114 @@ fn linger_ms(var: &str, default: &str) -> String {
     std::env::var(var).ok().filter(|v| v.parse::<f64>().is_ok()).unwrap_or_else(|| default.into())
 }
 
-/// The producer of commands, which an acknowledgement waits for. A stream sends
-/// everything queued as one batch already, but each of its records still wakes
-/// librdkafka's broker thread when `linger.ms` is 0, and that thread then walks every
-/// partition it produces to: measured, the commands' broker thread took 37-39 % of a
-/// core at ~8,000 orders/s (about 50 µs an order). `linger.ms` 1 (the default) cuts that
-/// to a sixth and, under load, lowers the acknowledgement's tail (perf/RESULTS.md: p99
-/// 10-12 → 6.5 ms at 2,000 orders/s, 74 → 22 ms at 5,000) for about 1 ms more at the
-/// median when the exchange is quiet. `EXCHANGE_KAFKA_LINGER_MS` (fractions allowed)
-/// sets it; 0 is latency first.
+/// A producer that sends each record as soon as librdkafka's thread wakes (`linger.ms`
+/// 0): fences and records written at start, and the commands of a quiet stream.
 /// `timeout` bounds how long a record may wait for the broker before its delivery fails
 /// (and the request it carries is answered 503).
 ///
 /// # Errors
 /// An invalid setting.
 pub fn producer(brokers: &str, timeout: Duration) -> Result<Producer, String> {
-    producer_lingering(brokers, timeout, &linger_ms("EXCHANGE_KAFKA_LINGER_MS", "1"))
+    producer_lingering(brokers, timeout, "0")
+}
+
+/// The producers of commands, which an acknowledgement waits for; each stream chooses
+/// between them by how busy it is (see [`Pace`]).
+///
+/// Every record sent with `linger.ms` 0 wakes librdkafka's broker thread, and that
+/// thread then walks every partition it produces to: measured, the commands' broker
+/// thread took 37-39 % of a core at ~8,000 orders/s (about 50 µs an order). Lingering
+/// 1 ms cuts that to a sixth and, under load, lowers the acknowledgement's tail
+/// (perf/RESULTS.md: p99 10-12 → 6.5 ms at 2,000 orders/s, 74 → 22 ms at 5,000), but
+/// costs a quiet exchange about 1 ms at the median. So a stream sends through the
+/// prompt producer while its batches find the way clear, and through the lingering one
+/// while they queue behind each other.
+#[derive(Clone)]
+pub struct Commands {
+    /// `linger.ms` 0.
+    pub prompt: Producer,
+    /// `linger.ms` from `EXCHANGE_KAFKA_LINGER_MS` (fractions allowed; 1 by default);
+    /// `None` when that is 0 (every stream sends promptly).
+    pub lingering: Option<Producer>,
+}
+
+impl Commands {
+    /// # Errors
+    /// A producer could not be created (an invalid setting).
+    pub fn new(brokers: &str, timeout: Duration) -> Result<Self, String> {
+        let linger = linger_ms("EXCHANGE_KAFKA_LINGER_MS", "1");
+        let lingering = if linger.parse::<f64>().is_ok_and(|ms| ms > 0.0) { Some(producer_lingering(brokers, timeout, &linger)?) } else { None };
+        Ok(Self { prompt: producer(brokers, timeout)?, lingering })
+    }
+}
+
+/// A single producer serves every stream (no lingering).
+impl From<Producer> for Commands {
+    fn from(prompt: Producer) -> Self {
+        Self { prompt, lingering: None }
+    }
+}
+
+/// Which of the [`Commands`] producers a stream's batches go through.
+///
+/// The measure of load is how many earlier batches of the stream are still unconfirmed
+/// when a batch is sent, averaged over the last few batches: none when each batch
+/// finds the way clear, several when batches come faster than the broker's round trip.
+/// A stream starts to linger once that average reaches four ([`Pace::BUSY`]) and sends
+/// promptly again once it falls below one ([`Pace::QUIET`]); lingering makes each confirmation
+/// slower, so the same rate shows more batches ahead, and the gap between the two keeps
+/// a stream from flapping.
+///
+/// Two producers do not keep each other's order: a record sent through one may land
+/// after a record sent later through the other. So a stream changes producers only
+/// when none of its batches is in flight (every earlier record is in the log, or its
+/// batch failed and the stream settles with voids and a new epoch, as after a producer
+/// is renewed); until then it stays with the one it has, and asks its writer for a
+/// pause ([`EventLog::wants_quiet`]).
+#[derive(Default)]
+struct Pace {
+    lingering: bool,
+    /// Batches sent and not yet confirmed (shared with their confirmations).
+    in_flight: Rc<Cell<usize>>,
+    /// The average of batches ahead, in 1/256ths, weighted 1/8 to the newest.
+    ahead: u32,
+}
+
+impl Pace {
+    /// Four batches ahead: measured (perf/RESULTS.md, "A linger that follows the load"),
+    /// two switched streams to lingering at 2,000 orders/s, where the prompt producer
+    /// still answered at half the median; eight flapped at 5,000/s.
+    const BUSY: u32 = 4 * 256;
+    const QUIET: u32 = 256;
+
+    /// Whether the stream would linger now.
+    fn wanted(&self) -> bool {
+        if self.lingering { self.ahead >= Self::QUIET } else { self.ahead >= Self::BUSY }
+    }
+
+    /// Changes producers if the load asks for it and nothing is in flight.
+    fn choose(&mut self, can_linger: bool) {
+        if self.in_flight.get() == 0 {
+            self.lingering = can_linger && self.wanted();
+        }
+    }
+
+    /// Counts a batch sent; the returned guard counts it back when dropped.
+    fn sent(&mut self) -> InFlight {
+        let ahead = u32::try_from(self.in_flight.get()).unwrap_or(u32::MAX).min(64) * 256;
+        self.ahead = self.ahead - self.ahead / 8 + ahead / 8;
+        self.in_flight.set(self.in_flight.get() + 1);
+        InFlight(self.in_flight.clone())
+    }
+}
+
+/// A batch in flight, until its confirmation completes or is dropped.
+struct InFlight(Rc<Cell<usize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// The producer of result records, which nobody waits for: it lingers (5 ms by default,
@@ -230,7 +322,8 @@ fn murmur2(data: &[u8]) -> u32 {
 pub struct KafkaLog {
     brokers: String,
     timeout: Duration,
-    producer: Producer,
+    producers: Commands,
+    pace: Pace,
     topic: String,
     partition: i32,
     key: String,
@@ -260,7 +353,7 @@ struct Renewal {
     /// A replacement is being made.
     making: Cell<bool>,
     /// The replacement, made and not yet taken.
-    ready: std::cell::RefCell<Option<Producer>>,
+    ready: std::cell::RefCell<Option<Commands>>,
 }
 
 impl Renewal {
@@ -271,7 +364,7 @@ impl Renewal {
         }
         let (this, brokers) = (self.clone(), brokers.to_owned());
         glommio::spawn_local(async move {
-            match crate::offcore::run("kafka-clients", move || producer(&brokers, timeout)).await.and_then(|p| p) {
+            match crate::offcore::run("kafka-clients", move || Commands::new(&brokers, timeout)).await.and_then(|p| p) {
                 Ok(fresh) => *this.ready.borrow_mut() = Some(fresh),
                 Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer; trying again with the next record"),
             }
@@ -282,11 +375,12 @@ impl Renewal {
 }
 
 impl KafkaLog {
-    pub fn new(brokers: &str, timeout: Duration, producer: Producer, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
+    pub fn new(brokers: &str, timeout: Duration, producers: impl Into<Commands>, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
         Self {
             brokers: brokers.to_owned(),
             timeout,
-            producer,
+            producers: producers.into(),
+            pace: Pace::default(),
             topic: topic.to_owned(),
             partition,
             key: key.to_owned(),
@@ -316,13 +410,27 @@ impl KafkaLog {
         }
         if let Some(fresh) = self.renewal.ready.borrow_mut().take() {
             tracing::info!(topic = self.topic, key = self.key, "Kafka producer replaced");
-            self.producer = fresh;
+            self.producers = fresh;
         }
-        if is_fatal(&self.producer) {
+        if is_fatal(self.producer()) {
             self.renewal.start(&self.brokers, self.timeout);
             return Err(JournalError::Write("the Kafka producer failed for good and is being replaced".into()));
         }
         Ok(())
+    }
+
+    /// The producer this stream sends through now.
+    fn producer(&self) -> &Producer {
+        match (&self.producers.lingering, self.pace.lingering) {
+            (Some(lingering), true) => lingering,
+            _ => &self.producers.prompt,
+        }
+    }
+
+    /// Whether the stream sends through its lingering producer now (see [`Pace`]).
+    #[doc(hidden)]
+    pub fn is_lingering(&self) -> bool {
+        self.pace.lingering
     }
 
     /// Makes the producer hit a fatal error, as a fenced one or one that lost a
@@ -336,7 +444,7 @@ impl KafkaLog {
         // a NUL-terminated string librdkafka copies.
         unsafe {
             rdkafka::bindings::rd_kafka_test_fatal_error(
-                self.producer.client().native_ptr(),
+                self.producer().client().native_ptr(),
                 rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
                 reason.as_ptr(),
             );
@@ -378,10 +486,17 @@ async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration, tenancy: Optio
 
 impl EventLog for KafkaLog {
     fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
+        if self.pending.is_empty() {
+            let lingering = self.pace.lingering;
+            self.pace.choose(self.producers.lingering.is_some());
+            if self.pace.lingering != lingering {
+                tracing::debug!(topic = self.topic, key = self.key, lingering = self.pace.lingering, "commands' producer changed");
+            }
+        }
         self.usable()?;
         let record = FutureRecord::to(&self.topic).partition(self.partition).key(&self.key).payload(payload);
-        let delivery = self.producer.send_result(record).map_err(|(e, _)| {
-            if is_fatal(&self.producer) {
+        let delivery = self.producer().send_result(record).map_err(|(e, _)| {
+            if is_fatal(self.producer()) {
                 self.renewal.start(&self.brokers, self.timeout);
             }
             JournalError::Write(e.to_string())
@@ -404,8 +519,10 @@ impl EventLog for KafkaLog {
         let pending = std::mem::take(&mut self.pending);
         let (next_offset, renewal, timeout, brokers) = (self.next_offset.clone(), self.renewal.clone(), self.timeout, self.brokers.clone());
         let tenancy = self.tenancy.clone();
+        let in_flight = self.pace.sent();
         Some(Box::pin(async move {
             let confirmed = confirm(pending, timeout, tenancy).await;
+            drop(in_flight);
             match &confirmed {
                 Ok(offsets) => {
                     if let Some(last) = offsets.iter().max() {
@@ -421,6 +538,10 @@ impl EventLog for KafkaLog {
 
     fn next_offset(&self) -> u64 {
         self.next_offset.get()
+    }
+
+    fn wants_quiet(&self) -> bool {
+        self.pace.in_flight.get() > 0 && self.producers.lingering.is_some() && self.pace.wanted() != self.pace.lingering
     }
 
     fn read_back(&mut self, from: u64, patience: Duration) -> crate::ReadBack<'_> {
@@ -743,5 +864,42 @@ mod tests {
         assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58_897_971);
         assert_eq!(murmur2(b"abc") as i32, 479_470_107);
         assert!((0..8).contains(&partition_for(b"BTC-PERP", 8)));
+    }
+
+    #[test]
+    fn a_pace_changes_only_with_nothing_in_flight_and_does_not_flap() {
+        let mut pace = Pace::default();
+        // Batches sent with one ahead each: below BUSY, it stays prompt.
+        let first = pace.sent();
+        for _ in 0..50 {
+            drop(pace.sent());
+            pace.choose(true);
+        }
+        assert!(!pace.lingering && !pace.wanted(), "one batch ahead is not busy ({})", pace.ahead);
+        // Eight ahead: busy, but the change waits until nothing is in flight.
+        let held: Vec<_> = (0..7).map(|_| pace.sent()).collect();
+        for _ in 0..20 {
+            drop(pace.sent());
+        }
+        pace.choose(true);
+        assert!(pace.wanted() && !pace.lingering, "changed producers with batches in flight");
+        drop((first, held));
+        pace.choose(false);
+        assert!(!pace.lingering, "no lingering producer to change to");
+        pace.choose(true);
+        assert!(pace.lingering);
+        // Two ahead keep a lingering stream lingering; none ahead for a while ends it.
+        let first = (pace.sent(), pace.sent());
+        for _ in 0..50 {
+            drop(pace.sent());
+        }
+        drop(first);
+        pace.choose(true);
+        assert!(pace.lingering, "flapped back at two batches ahead ({})", pace.ahead);
+        for _ in 0..30 {
+            drop(pace.sent());
+            pace.choose(true);
+        }
+        assert!(!pace.lingering, "still lingering with nothing ahead ({})", pace.ahead);
     }
 }

@@ -78,6 +78,14 @@ pub trait EventLog {
     /// The offset the next appended record will get.
     fn next_offset(&self) -> u64;
 
+    /// Whether the log asks that every batch in flight be confirmed before the next one
+    /// is appended: it would change how it sends, which it may do only when nothing is
+    /// on its way (Kafka: another producer, whose records could overtake the first's).
+    /// A writer that goes on meanwhile loses nothing but the change.
+    fn wants_quiet(&self) -> bool {
+        false
+    }
+
     /// This stream's records from offset `from` on, as `(offset, payload)`: after a
     /// failed commit, what the log holds anyway. A file journal finds none (its next
     /// commit overwrites a failed one's bytes, and a torn tail is cut at start).

@@ -13,12 +13,13 @@ use futures_lite::StreamExt;
 
 /// The Kafka clients of the process, made once before the shards start (so that
 /// librdkafka's threads are not pinned to a shard's core) and shared by every shard:
-/// one producer of commands and one of results for the whole process means one set of
-/// librdkafka threads each, and the records of every core in the same requests.
+/// the producers of commands (a prompt and a lingering one) and one of results for the
+/// whole process mean one set of librdkafka threads each, and the records of every core
+/// in the same requests.
 #[derive(Clone)]
 pub struct Clients {
     pub tenancy: Arc<Tenancy>,
-    pub commands: Producer,
+    pub commands: kafka::Commands,
     pub results: Producer,
 }
 
@@ -26,7 +27,7 @@ impl Clients {
     /// # Errors
     /// A producer could not be created.
     pub fn new(brokers: &str, timeout: std::time::Duration, tenancy: Arc<Tenancy>) -> Result<Self, String> {
-        Ok(Self { tenancy, commands: kafka::producer(brokers, timeout)?, results: kafka::results_producer(brokers, timeout)? })
+        Ok(Self { tenancy, commands: kafka::Commands::new(brokers, timeout)?, results: kafka::results_producer(brokers, timeout)? })
     }
 }
 
@@ -35,8 +36,8 @@ pub struct KafkaBackend {
     pub brokers: String,
     pub partitions: i32,
     pub timeout: std::time::Duration,
-    /// The commands' producer, shared by the streams of every shard.
-    pub producer: Producer,
+    /// The commands' producers, shared by the streams of every shard.
+    pub producer: kafka::Commands,
     /// The results' producer: a connection of its own, so that result records never
     /// queue in front of the commands an acknowledgement waits for. Replaced when it
     /// fails for good.

@@ -267,11 +267,34 @@ struct Pipeline {
     /// may hold records whose clients were told they failed. Cleared once they are voided.
     failed_from: Cell<Option<u64>>,
     in_flight: Cell<usize>,
+    /// Told when the last batch in flight has been executed (see [`Pipeline::drained`]).
+    drain: RefCell<Option<oneshot::Sender<()>>>,
     /// The log refuses records as they are appended (a producer that failed for good,
     /// being replaced): `/health` says so until it takes one again.
     refusing: Cell<bool>,
     /// Wakes the committer when a batch fails, so that it settles at once.
     failed: mpsc::UnboundedSender<()>,
+}
+
+impl Pipeline {
+    /// A batch sent is executed (or refused).
+    fn done(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        if self.in_flight.get() == 0 {
+            if let Some(drained) = self.drain.borrow_mut().take() {
+                let _ = drained.send(());
+            }
+        }
+    }
+
+    /// Once every batch sent has been executed.
+    async fn drained(&self) {
+        if self.in_flight.get() > 0 {
+            let (tx, rx) = oneshot::channel();
+            *self.drain.borrow_mut() = Some(tx);
+            let _ = rx.await;
+        }
+    }
 }
 
 /// The committer task of one stream.
@@ -293,7 +316,7 @@ struct Pipeline {
 /// answers 503 and the health check says degraded.
 pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Log, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let (failed, mut failures) = mpsc::unbounded();
-    let pipeline = Rc::new(Pipeline { failed_from: Cell::new(None), in_flight: Cell::new(0), refusing: Cell::new(false), failed });
+    let pipeline = Rc::new(Pipeline { failed_from: Cell::new(None), in_flight: Cell::new(0), drain: RefCell::default(), refusing: Cell::new(false), failed });
     let (to_executor, sent) = glommio::channels::local_channel::new_bounded(IN_FLIGHT);
     glommio::spawn_local(execute_in_order(room.clone(), stream.clone(), pipeline.clone(), sent)).detach();
     loop {
@@ -316,9 +339,7 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
         room.metrics.queue_depth.set(batch.len() as i64);
         if let Some(from) = pipeline.failed_from.get() {
             let recover = async {
-                while pipeline.in_flight.get() > 0 {
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
+                pipeline.drained().await;
                 settle(&room, &stream, &mut journal, from).await
             };
             // Commands that arrive meanwhile are answered at once (a dead broker would
@@ -346,6 +367,14 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
         }
         if batch.is_empty() {
             continue;
+        }
+        if journal.wants_quiet() {
+            // The log changes how it sends (Kafka: to or from its lingering producer):
+            // the batch waits for those in flight, and takes in what queues meanwhile.
+            pipeline.drained().await;
+            while let Ok(job) = jobs.try_recv() {
+                batch.push(job);
+            }
         }
         let mut accepted = Vec::with_capacity(batch.len());
         let mut payloads = Vec::with_capacity(batch.len());
@@ -397,7 +426,7 @@ async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeli
         if pipelined && pipeline.failed_from.get().is_some() {
             refuse(&room, &stream, jobs, &payloads, "an earlier batch was not confirmed");
             let _ = confirmation.await;
-            pipeline.in_flight.set(pipeline.in_flight.get() - 1);
+            pipeline.done();
             continue;
         }
         let confirmed = confirmation.await;
@@ -450,7 +479,7 @@ async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeli
                 }
             }
         }
-        pipeline.in_flight.set(pipeline.in_flight.get() - 1);
+        pipeline.done();
     }
 }
 
