@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU per request of the exchange process, GET /health against POST /v1/orders, in one run:
-#   cargo build --release && perf/cpu_per_request.sh [ENV=VALUE ...]
+#   cargo build --release && perf/cpu_per_request.sh [ENV=VALUE ...]   (BIN=path: another build)
 # Starts target/release/exchange (embedded journal unless the environment given says
 # otherwise) on a free port with 400 funded users, then runs wrk (Debian's `wrk`; 2
 # threads, 64 connections, SECS seconds each, default 8) against /health, then against
@@ -15,7 +15,7 @@ work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 A=127.0.0.1:$port
 env EXCHANGE_ADMIN_KEY=k EXCHANGE_HTTP_ADDR=$A EXCHANGE_DATA_DIR=$work/data EXCHANGE_RATE_LIMIT=0 \
-  EXCHANGE_CHECK_INTERVAL_SECS=0 RUST_LOG=warn "$@" target/release/exchange serve > "$work/server.log" 2>&1 &
+  EXCHANGE_CHECK_INTERVAL_SECS=0 RUST_LOG=warn "$@" "${BIN:-target/release/exchange}" serve > "$work/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 1 200); do curl -s "$A/health" | grep -q '"status":"ok"' && break; sleep 0.1; done
