@@ -1,7 +1,8 @@
 //! Kafka as the event log, through rdkafka (librdkafka), without tokio.
 //!
-//! - One idempotent producer per shard (`enable.idempotence=true`, so `acks=all` and
-//!   ordered retries), batching with `linger.ms` and compression. Sends are never awaited
+//! - Idempotent producers made once for the process and shared by its shards
+//!   (`enable.idempotence=true`, so `acks=all` and ordered retries), batching with
+//!   `linger.ms` (chosen by load, see [`Commands`]) and compression. Sends are never awaited
 //!   one at a time: a stream appends every record of a batch, then awaits all of their
 //!   delivery reports together. The reports complete from librdkafka's own thread, so
 //!   they can be awaited on a glommio core.

@@ -155,17 +155,19 @@ fn connection<'a>(out: &Projections, hot: &'a RedisHot) -> &'a RedisBridge {
 /// The batch is plain commands, pipelined: to a single server one pipeline, its writes in
 /// one `MULTI`/`EXEC` so that readers never see a batch half-applied; to a cluster each
 /// command goes to its node as it comes (a transaction must stay within one slot).
-/// Before the writes, an `EXISTS` of each user's balance (but a new user's): a balance
-/// that is gone means Redis lost the user's state, which makes the state stale, so that
-/// a rewrite of everyone follows. A user to repair is rewritten by the script instead.
+/// Each user's writes start with the balance's `HSET`, whose reply counts the fields it
+/// created: any for a user Redis had before (all but a new one) means the balance was
+/// gone, so Redis lost the user's state, which makes the state stale, so that a rewrite
+/// of everyone follows (a separate `EXISTS` per user did the same for a sixth more
+/// commands). A user to repair is rewritten by the script instead.
 fn hand_over(out: &Projections, hot: &RedisHot) -> Option<futures_channel::oneshot::Receiver<()>> {
     let dirty = std::mem::take(&mut *hot.dirty.borrow_mut());
     if dirty.users.is_empty() && dirty.markets.is_empty() {
         return None;
     }
     let cluster = hot.bridge.is_cluster();
-    let (mut checks, mut writes) = (Vec::new(), Vec::new());
-    // Where the replies of the checks are, among the batch's replies (one per operation).
+    let mut writes = Vec::new();
+    // Where the replies of the balances that must have been there are, among the writes.
     let mut checked_at = Vec::new();
     {
         let accounts = out.ledger.borrow();
@@ -176,15 +178,7 @@ fn hand_over(out: &Projections, hot: &RedisHot) -> Option<futures_channel::onesh
                 continue;
             }
             if !touched.created {
-                let exists = Op::Cmd(redis::Cmd::exists(hot.keys.balance(user)));
-                // On a cluster the check goes with the user's writes, to the same node.
-                if cluster {
-                    checked_at.push(writes.len());
-                    writes.push(exists);
-                } else {
-                    checked_at.push(checks.len());
-                    checks.push(exists);
-                }
+                checked_at.push(writes.len());
             }
             writes.extend(changes(out, &hot.keys, user, account, touched).into_cmds().into_iter().map(Op::Cmd));
         }
@@ -195,22 +189,23 @@ fn hand_over(out: &Projections, hot: &RedisHot) -> Option<futures_channel::onesh
         let fields = [("index", price(prices.index)), ("mark", price(prices.mark)), ("insuranceFund", prices.fund.to_string())];
         writes.push(Op::Cmd(redis::Cmd::hset_multiple(hot.keys.market(&spec.name), &fields)));
     }
-    if writes.is_empty() && checks.is_empty() {
+    if writes.is_empty() {
         return None;
     }
-    let mut ops = checks;
-    if cluster {
-        ops.extend(writes);
+    let ops = if cluster {
+        writes
     } else {
+        let mut ops = Vec::with_capacity(writes.len() + 2);
         ops.push(Op::Cmd(redis::cmd("MULTI")));
         ops.extend(writes);
         ops.push(Op::Cmd(redis::cmd("EXEC")));
-    }
+        ops
+    };
     let (done, replied) = futures_channel::oneshot::channel();
     let (health, id, failed) = (hot.health.clone(), hot.shard, hot.rebuild_failed.clone());
     hot.bridge.submit::<Vec<redis::Value>, _>(Op::Batch(ops), move |result| {
         match result {
-            Ok(replies) if checked_at.iter().any(|i| matches!(replies.get(*i), Some(redis::Value::Int(0)))) => {
+            Ok(replies) if balance_was_gone(&replies, cluster, &checked_at) => {
                 lost(&health, id, "a user's balance is missing");
             }
             Ok(_) => {}
@@ -224,10 +219,23 @@ fn hand_over(out: &Projections, hot: &RedisHot) -> Option<futures_channel::onesh
     Some(replied)
 }
 
+/// Whether one of the balance writes at `checked_at` (indexes among a batch's writes)
+/// created a field. A single server's replies are `MULTI`'s, a `QUEUED` per write, and
+/// `EXEC`'s array of the writes' own; a cluster's are the writes' own.
+fn balance_was_gone(replies: &[redis::Value], cluster: bool, checked_at: &[usize]) -> bool {
+    let writes = match (cluster, replies.last()) {
+        (true, _) => replies,
+        (false, Some(redis::Value::Array(executed))) => executed.as_slice(),
+        (false, _) => return false,
+    };
+    checked_at.iter().any(|i| matches!(writes.get(*i), Some(redis::Value::Int(created)) if *created > 0))
+}
+
 /// The keys `touched` names, as the ledger has them now. Absolute values: writing them
 /// twice, or after a later change was already written, leaves Redis right.
 fn changes(out: &Projections, keys: &Keys, user: UserId, account: &Account, touched: &Touched) -> Writes {
     let mut w = Writes::new();
+    // First: its reply tells whether the balance was there (see [`hand_over`]).
     w.op("HSET", keys.balance(user), balance_fields(account));
     for &(id, locked) in &touched.orders {
         match account.orders.get(&id) {
