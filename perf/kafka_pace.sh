@@ -25,7 +25,7 @@ for setting in "$@"; do
       EXCHANGE_CHECK_INTERVAL_SECS=0 EXCHANGE_KAFKA_BROKERS=127.0.0.1:9092 RUST_LOG=warn "${envs[@]}" "$bin" serve > "$work/server.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 300); do curl -s "127.0.0.1:$port/health" | grep -q '"status":"ok"' && break; sleep 0.1; done
-    out=$(target/release/load --addr 127.0.0.1:$port --rate "$rate" --duration "${SECS:-8}" --users 400 2>&1 || true)
+    out=$(target/release/load --addr 127.0.0.1:$port --rate "$rate" --duration "${SECS:-8}" --users 400 ${LOAD_ARGS:-} 2>&1 || true)
     kill $pid; wait $pid 2>/dev/null || true
     # With RUST_LOG=exchange_io=debug in a setting: how often streams changed producers.
     changes=$(grep -c "commands' producer changed" "$work/server.log" || true)
