@@ -31,6 +31,7 @@ pub struct Metrics {
     ack: Family<ShardLabel, Histogram>,
     fsync: Family<ShardLabel, Histogram>,
     queue: Family<ShardLabel, Gauge>,
+    lingering: Family<ShardLabel, Gauge>,
     requests: Family<ShardLabel, Counter>,
     hot_state: Family<ShardLabel, Gauge>,
     rebuilds: Family<ShardLabel, Counter>,
@@ -64,6 +65,9 @@ pub struct ShardMetrics {
     pub ack_seconds: Histogram,
     pub fsync_seconds: Histogram,
     pub queue_depth: Gauge,
+    /// The shard's streams of commands that send through the lingering Kafka producer
+    /// now (busy ones; see `exchange_io::kafka::Commands`).
+    pub lingering_streams: Gauge,
     pub requests: Counter,
     /// Complete rewrites of the shard's hot state into Redis.
     pub hot_rebuilds: Counter,
@@ -90,6 +94,12 @@ impl Metrics {
         registry.register("exchange_order_ack_seconds", "Time from request to order acknowledgement", ack.clone());
         registry.register("exchange_log_fsync_seconds", "Event log group-commit (write + fdatasync) time", fsync.clone());
         registry.register("exchange_shard_queue_depth", "Commands waiting for the log on the shard", queue.clone());
+        let lingering = Family::<ShardLabel, Gauge>::default();
+        registry.register(
+            "exchange_shard_lingering_streams",
+            "Streams of commands on the shard sending through the lingering Kafka producer (busy ones)",
+            lingering.clone(),
+        );
         registry.register("exchange_http_requests", "HTTP requests served", requests.clone());
         let hot_state = Family::<ShardLabel, Gauge>::default();
         let rebuilds = Family::<ShardLabel, Counter>::default();
@@ -139,6 +149,7 @@ impl Metrics {
             ack,
             fsync,
             queue,
+            lingering,
             requests,
             hot_state,
             rebuilds,
@@ -163,6 +174,7 @@ impl Metrics {
             ack_seconds: self.ack.get_or_create(&label).clone(),
             fsync_seconds: self.fsync.get_or_create(&label).clone(),
             queue_depth: self.queue.get_or_create(&label).clone(),
+            lingering_streams: self.lingering.get_or_create(&label).clone(),
             requests: self.requests.get_or_create(&label).clone(),
             hot_rebuilds: self.rebuilds.get_or_create(&label).clone(),
             liquidations: self.liquidations.get_or_create(&label).clone(),

@@ -99,6 +99,7 @@ fn every_endpoint_answers_as_documented() {
     assert!(text.contains("exchange_orders_total"), "{text}");
     assert!(text.contains("exchange_log_fsync_seconds_bucket"));
     assert!(text.contains("exchange_shard_queue_depth"));
+    assert!(text.contains("exchange_shard_lingering_streams"));
 }
 
 #[test]

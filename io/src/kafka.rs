@@ -428,12 +428,6 @@ impl KafkaLog {
         }
     }
 
-    /// Whether the stream sends through its lingering producer now (see [`Pace`]).
-    #[doc(hidden)]
-    pub fn is_lingering(&self) -> bool {
-        self.pace.lingering
-    }
-
     /// Makes the producer hit a fatal error, as a fenced one or one that lost a
     /// sequence does (librdkafka cannot be made to produce either at will): for tests of
     /// what follows.
@@ -539,6 +533,10 @@ impl EventLog for KafkaLog {
 
     fn next_offset(&self) -> u64 {
         self.next_offset.get()
+    }
+
+    fn is_lingering(&self) -> bool {
+        self.pace.lingering
     }
 
     fn wants_quiet(&self) -> bool {

@@ -86,6 +86,12 @@ pub trait EventLog {
         false
     }
 
+    /// Whether the log sends through its lingering path now (Kafka: a busy stream's
+    /// lingering producer), for the metrics.
+    fn is_lingering(&self) -> bool {
+        false
+    }
+
     /// This stream's records from offset `from` on, as `(offset, payload)`: after a
     /// failed commit, what the log holds anyway. A file journal finds none (its next
     /// commit overwrites a failed one's bytes, and a torn tail is cut at start).

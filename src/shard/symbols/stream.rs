@@ -319,6 +319,8 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
     let pipeline = Rc::new(Pipeline { failed_from: Cell::new(None), in_flight: Cell::new(0), drain: RefCell::default(), refusing: Cell::new(false), failed });
     let (to_executor, sent) = glommio::channels::local_channel::new_bounded(IN_FLIGHT);
     glommio::spawn_local(execute_in_order(room.clone(), stream.clone(), pipeline.clone(), sent)).detach();
+    // Whether the log sent the last batch through its lingering path (for the metrics).
+    let mut lingering = false;
     loop {
         // After a failure the stream settles without waiting for a command to log: the
         // orders answered 504 are released only then, and their clients' retries (same
@@ -398,6 +400,10 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
                     let _ = job.done.send(Err(NotLogged::Refused(format!("event log unavailable: {e}"))));
                 }
             }
+        }
+        if journal.is_lingering() != lingering {
+            lingering = !lingering;
+            if lingering { room.metrics.lingering_streams.inc() } else { room.metrics.lingering_streams.dec() };
         }
         if accepted.is_empty() {
             continue;
