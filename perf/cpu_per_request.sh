@@ -8,7 +8,8 @@
 # CPU is the exchange's utime + stime from /proc over each run, divided by the requests
 # wrk completed; under each run, the same per kind of thread (shards, librdkafka's broker
 # threads, the Redis and cold-storage writers). Prints one line per run and
-# `cpu_per_request: orders/health ...`.
+# `cpu_per_request: orders/health ...`. BROKER_PID=<pid>: also the CPU per request of
+# that process (the Kafka broker), and after the orders run the commands per log batch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -32,9 +33,11 @@ hz=$(getconf CLK_TCK)
 measure() { # label, wrk args...
   local label=$1; shift
   local t0; t0=$(ticks)
+  local b0=0; [ -n "${BROKER_PID:-}" ] && b0=$(awk '{print $14+$15}' "/proc/$BROKER_PID/stat")
   threads > "$work/threads0"
   local out; out=$(KEYS="$work/keys.txt" wrk -t2 -c64 -d"${SECS:-8}"s "$@" 2>&1)
   local t1; t1=$(ticks)
+  local b1=0; [ -n "${BROKER_PID:-}" ] && b1=$(awk '{print $14+$15}' "/proc/$BROKER_PID/stat")
   threads > "$work/threads1"
   local reqs; reqs=$(echo "$out" | awk '/requests in/ {print $1}')
   local rps; rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -42,10 +45,12 @@ measure() { # label, wrk args...
   printf '%s: %.0f req/s, exchange CPU %.1f us/request\n' "$label" "$rps" "$us"
   # Where it went: each kind of thread's CPU per request (threads of one name summed).
   join "$work/threads0" "$work/threads1" | awk -v hz="$hz" -v n="$reqs" '{d[$2] += $5 - $3} END {for (k in d) if (d[k] > 0) printf "  %-18s %7.1f us/request\n", k, d[k] * 1000000 / hz / n}' | sort -k2 -rn
+  [ -n "${BROKER_PID:-}" ] && printf '  (broker process    %7.1f us/request)\n' "$(echo "($b1 - $b0) * 1000000 / $hz / $reqs" | bc -l)"
   echo "$rps $us" > "$work/$label"
 }
 measure health "http://$A/health"
 measure orders -s perf/wrk/orders.lua "http://$A/v1/orders"
+curl -s "$A/metrics" | awk '/^exchange_log_batch_commands_sum/ {s += $2} /^exchange_log_batch_commands_count/ {c += $2} END {if (c > 0) printf "commands per log batch: %.1f (%d batches)\n", s / c, c}'
 read -r hrps hus < "$work/health"
 read -r orps ous < "$work/orders"
 printf 'cpu_per_request: orders %.0f/s at %.1f us, health %.0f/s at %.1f us, orders/health throughput %.2f\n' "$orps" "$ous" "$hrps" "$hus" "$(echo "$orps / $hrps" | bc -l)"

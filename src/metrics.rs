@@ -31,6 +31,7 @@ pub struct Metrics {
     ack: Family<ShardLabel, Histogram>,
     fsync: Family<ShardLabel, Histogram>,
     queue: Family<ShardLabel, Gauge>,
+    batches: Family<ShardLabel, Histogram>,
     lingering: Family<ShardLabel, Gauge>,
     requests: Family<ShardLabel, Counter>,
     hot_state: Family<ShardLabel, Gauge>,
@@ -65,8 +66,10 @@ pub struct ShardMetrics {
     pub ack_seconds: Histogram,
     pub fsync_seconds: Histogram,
     pub queue_depth: Gauge,
-    /// The shard's streams of commands that send through the lingering Kafka producer
-    /// now (busy ones; see `exchange_io::kafka::Commands`).
+    /// Commands per batch a stream sent to its log (a batch is one record on Kafka).
+    pub batch_commands: Histogram,
+    /// The shard's streams of commands that gather their commands before sending them to
+    /// Kafka now (busy ones; see `exchange_io::kafka::Commands`).
     pub lingering_streams: Gauge,
     pub requests: Counter,
     /// Complete rewrites of the shard's hot state into Redis.
@@ -75,6 +78,11 @@ pub struct ShardMetrics {
     pub liquidations: Counter,
     /// Due positions a liquidation pass has still to take, over the shard's symbols.
     pub liquidations_due: Gauge,
+}
+
+/// 1 .. 4,096 commands.
+fn batch_sizes() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
 }
 
 fn latency() -> Histogram {
@@ -94,10 +102,12 @@ impl Metrics {
         registry.register("exchange_order_ack_seconds", "Time from request to order acknowledgement", ack.clone());
         registry.register("exchange_log_fsync_seconds", "Event log group-commit (write + fdatasync) time", fsync.clone());
         registry.register("exchange_shard_queue_depth", "Commands waiting for the log on the shard", queue.clone());
+        let batches = Family::<ShardLabel, Histogram>::new_with_constructor(batch_sizes as fn() -> Histogram);
+        registry.register("exchange_log_batch_commands", "Commands per batch a stream sent to the event log (one record on Kafka)", batches.clone());
         let lingering = Family::<ShardLabel, Gauge>::default();
         registry.register(
             "exchange_shard_lingering_streams",
-            "Streams of commands on the shard sending through the lingering Kafka producer (busy ones)",
+            "Streams of commands on the shard that gather their commands a moment before sending them to Kafka (busy ones)",
             lingering.clone(),
         );
         registry.register("exchange_http_requests", "HTTP requests served", requests.clone());
@@ -149,6 +159,7 @@ impl Metrics {
             ack,
             fsync,
             queue,
+            batches,
             lingering,
             requests,
             hot_state,
@@ -174,6 +185,7 @@ impl Metrics {
             ack_seconds: self.ack.get_or_create(&label).clone(),
             fsync_seconds: self.fsync.get_or_create(&label).clone(),
             queue_depth: self.queue.get_or_create(&label).clone(),
+            batch_commands: self.batches.get_or_create(&label).clone(),
             lingering_streams: self.lingering.get_or_create(&label).clone(),
             requests: self.requests.get_or_create(&label).clone(),
             hot_rebuilds: self.rebuilds.get_or_create(&label).clone(),

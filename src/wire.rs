@@ -268,20 +268,37 @@ fn decimal(text: &str) -> Result<Decimal, String> {
 
 /// A command log record as an `orders.submitted` record; `seq` numbers the symbol's.
 pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    append_command(spec, record, seq, &mut bytes);
+    bytes
+}
+
+/// Adds a command to an `orders.submitted` record being built: a record holds the
+/// commands of one batch of a symbol's stream, one JSON object per line, in the order
+/// they execute (see [`lines`]).
+pub fn append_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64, bytes: &mut Vec<u8>) {
+    if !bytes.is_empty() {
+        bytes.push(b'\n');
+    }
+    // Writing into a Vec fails only on a type serde cannot write, which these are not.
+    let _ = serde_json::to_writer(bytes, &command_json(spec, record, seq));
+}
+
+/// The commands of an `orders.submitted` record, one JSON object per line (serde_json
+/// writes no raw newline, so one inside a string is always escaped).
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|b| *b == b'\n')
+}
+
+fn command_json(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> CommandJson {
     let event_id = ids::encode(IdKind::Command, spec.key, seq).to_string();
     let command = match *record {
         StreamRecord::Command(c) => c,
-        StreamRecord::Void(offset) => {
-            let json = CommandJson::CommandVoided { event_id, symbol: spec.name.clone(), voided_offset: offset, seq };
-            return serde_json::to_vec(&json).unwrap_or_default();
-        }
-        StreamRecord::Epoch => {
-            let json = CommandJson::EpochStarted { event_id, symbol: spec.name.clone(), seq };
-            return serde_json::to_vec(&json).unwrap_or_default();
-        }
+        StreamRecord::Void(offset) => return CommandJson::CommandVoided { event_id, symbol: spec.name.clone(), voided_offset: offset, seq },
+        StreamRecord::Epoch => return CommandJson::EpochStarted { event_id, symbol: spec.name.clone(), seq },
     };
     let conditional = |n: u64| ids::encode(IdKind::Conditional, spec.key, n).to_string();
-    let json = match command {
+    match command {
         Command::Place(o) | Command::PlaceTriggered { order: o, .. } => {
             let (kind, price, time_in_force) = match o.kind {
                 OrderType::Limit { price, tif: t } => ("LIMIT", Some(spec.ticks_to_price(price).to_string()), Some(t.as_str().to_owned())),
@@ -383,11 +400,10 @@ pub fn encode_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64) -> Vec
             timestamp,
             seq,
         },
-    };
-    serde_json::to_vec(&json).unwrap_or_default()
+    }
 }
 
-/// Reads an `orders.submitted` record back into what it was made from.
+/// Reads an `orders.submitted` record of one command back into what it was made from.
 ///
 /// # Errors
 /// A message saying which field is not what the exchange writes.
@@ -426,6 +442,15 @@ pub fn decode_numbered(spec: &SymbolSpec, bytes: &[u8]) -> Result<(StreamRecord,
     let json = serde_json::from_slice::<CommandJson>(bytes).map_err(|e| e.to_string())?;
     let seq = json.seq();
     decode_json(spec, json).map(|record| (record, seq))
+}
+
+/// Every command of an `orders.submitted` record (see [`append_command`]), in order,
+/// each with its `seq`.
+///
+/// # Errors
+/// As [`decode_command`], for any line of the record.
+pub fn decode_record(spec: &SymbolSpec, bytes: &[u8]) -> Result<Vec<(StreamRecord, u64)>, String> {
+    lines(bytes).map(|line| decode_numbered(spec, line)).collect()
 }
 
 fn decode_json(spec: &SymbolSpec, json: CommandJson) -> Result<StreamRecord, String> {
@@ -1098,7 +1123,7 @@ mod tests {
         };
         let market = NewOrder { kind: OrderType::Market, client_order_id: None, ..order };
         let priced = NewOrder { kind: OrderType::MarketWithin { limit: 525_000 }, ..market };
-        for command in [
+        let commands = [
             Command::Place(order),
             Command::Place(market),
             Command::Place(priced),
@@ -1119,10 +1144,21 @@ mod tests {
             Command::CancelConditional { id: None, user: order.user, timestamp: 15 },
             Command::PlaceTriggered { conditional: 7, order: market },
             Command::RefuseTriggered { conditional: 7, user: order.user, reason: crate::engine::CancelReason::ReduceOnlyRejected, timestamp: 16 },
-        ] {
+        ];
+        for command in commands {
             let bytes = encode_command(&spec, &StreamRecord::Command(command), 42);
             assert_eq!(decode_command(&spec, &bytes), Ok(StreamRecord::Command(command)), "{}", String::from_utf8_lossy(&bytes));
         }
+        // A batch in one record: every command, in order, each with its own number.
+        let mut record = Vec::new();
+        let numbered: Vec<(StreamRecord, u64)> = commands.iter().zip(100..).map(|(c, seq)| (StreamRecord::Command(*c), seq)).collect();
+        for (command, seq) in &numbered {
+            append_command(&spec, command, *seq, &mut record);
+        }
+        assert_eq!(lines(&record).count(), commands.len());
+        assert_eq!(decode_record(&spec, &record), Ok(numbered));
+        record.extend_from_slice(b"\n{}");
+        assert!(decode_record(&spec, &record).is_err(), "one line that is not a command spoils the record");
         let void = encode_command(&spec, &StreamRecord::Void(17), 43);
         assert_eq!(decode_command(&spec, &void), Ok(StreamRecord::Void(17)));
         let epoch = encode_command(&spec, &StreamRecord::Epoch, 44);

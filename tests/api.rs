@@ -100,6 +100,13 @@ fn every_endpoint_answers_as_documented() {
     assert!(text.contains("exchange_log_fsync_seconds_bucket"));
     assert!(text.contains("exchange_shard_queue_depth"));
     assert!(text.contains("exchange_shard_lingering_streams"));
+    // Every command the test sent went to the log in some batch.
+    let batched: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("exchange_log_batch_commands_sum"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(batched >= 6.0, "{text}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ fn spec() -> SymbolSpec {
 /// Everything that reads bytes the exchange did not necessarily write.
 fn decode_everything(bytes: &[u8]) {
     let spec = spec();
-    let _ = wire::decode_command(&spec, bytes);
+    let _ = wire::decode_record(&spec, bytes);
     let _ = wire::decode_account(bytes);
     for topic in wire::TOPICS {
         let record = Located { topic: topic.to_owned(), partition: 0, offset: 0, timestamp_ms: None, payload: bytes.to_vec() };

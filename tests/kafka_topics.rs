@@ -9,18 +9,20 @@ use std::time::Duration;
 use common::{Broker, Server};
 use serde_json::Value;
 
-fn read_topic(brokers: &str, topic: &str) -> Vec<Value> {
+/// A topic's records, each as its JSON objects (a command record holds one a line).
+fn read_records(brokers: &str, topic: &str) -> Vec<Vec<Value>> {
     let mut out = Vec::new();
     for partition in 0..2 {
         let (records, _) = exchange_io::kafka::read_partition(brokers, topic, partition, 0, Duration::from_secs(10)).unwrap();
-        out.extend(
-            records
-                .iter()
-                .filter(|r| r.key != exchange_io::kafka::FENCE_KEY.as_bytes())
-                .map(|r| serde_json::from_slice::<Value>(&r.payload).expect("JSON record")),
-        );
+        out.extend(records.iter().filter(|r| r.key != exchange_io::kafka::FENCE_KEY.as_bytes()).map(|r| {
+            r.payload.split(|b| *b == b'\n').map(|line| serde_json::from_slice::<Value>(line).expect("JSON line")).collect()
+        }));
     }
     out
+}
+
+fn read_topic(brokers: &str, topic: &str) -> Vec<Value> {
+    read_records(brokers, topic).into_iter().flatten().collect()
 }
 
 /// A topic once it holds `n` records (results are published without being waited for,
@@ -76,6 +78,45 @@ fn results_are_json_and_republished_with_the_same_ids() {
         let id = t["eventId"].as_str().unwrap();
         assert_eq!(first.get(id), Some(t), "republished event {id} differs");
     }
+}
+
+/// Commands that queue up together are logged as one record, a line each: far fewer
+/// records (and delivery reports, and broker writes) than commands. Each line is a
+/// command as any reader reads it, numbered in order, and the replay after a crash
+/// brings back exactly the book and the accounts they made.
+#[test]
+fn commands_that_queue_together_share_a_record_and_replay_exactly() {
+    let broker = Broker::start();
+    let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TOPIC_PREFIX", "b.")]);
+    let keys: Vec<String> = (0..16).map(|i| s.funded(&format!("u{i}"), "100000")).collect();
+    std::thread::scope(|scope| {
+        for (i, key) in keys.iter().enumerate() {
+            let s = &s;
+            scope.spawn(move || {
+                for n in 0..20 {
+                    // Buys up to 50,000 and sells from it: some trade, some rest.
+                    let (side, price) = if i % 2 == 0 { ("BUY", 49_990 + n % 11) } else { ("SELL", 50_000 + n % 11) };
+                    s.limit(key, side, &price.to_string(), "0.001");
+                }
+            });
+        }
+    });
+    let records = read_records(&broker.addr, "b.orders.submitted");
+    let orders = |r: &Vec<Value>| r.iter().filter(|c| c["eventType"] == "OrderSubmitted").count();
+    let holding: Vec<&Vec<Value>> = records.iter().filter(|r| orders(r) > 0).collect();
+    assert_eq!(holding.iter().map(|r| orders(r)).sum::<usize>(), 320);
+    assert!(holding.len() < 320 * 3 / 4, "{} records for 320 orders sent 16 at a time", holding.len());
+    let seqs: Vec<u64> = records.iter().flatten().filter(|c| c["symbol"] == "BTC-PERP").map(|c| c["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "numbered in log order: {seqs:?}");
+
+    let state = |s: &Server| {
+        let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);
+        let accounts: Vec<(Value, Value)> = keys.iter().map(|k| (s.get(k, "/v1/balance").1, s.get(k, "/v1/positions").1)).collect();
+        (depth, accounts)
+    };
+    let before = state(&s);
+    s.restart();
+    assert_eq!(state(&s), before, "the replay of the batched records");
 }
 
 /// The copies the topics really have are read at every start and shown by `/health`:

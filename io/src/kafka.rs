@@ -1,10 +1,10 @@
 //! Kafka as the event log, through rdkafka (librdkafka), without tokio.
 //!
 //! - Idempotent producers made once for the process and shared by its shards
-//!   (`enable.idempotence=true`, so `acks=all` and ordered retries), batching with
-//!   `linger.ms` (chosen by load, see [`Commands`]) and compression. Sends are never awaited
-//!   one at a time: a stream appends every record of a batch, then awaits all of their
-//!   delivery reports together. The reports complete from librdkafka's own thread, so
+//!   (`enable.idempotence=true`, so `acks=all` and ordered retries), with compression;
+//!   commands are sent at once, a busy stream's gathered first (see [`Commands`]). Sends
+//!   are never awaited one at a time: a stream appends every record of a batch, then
+//!   awaits all of their delivery reports together. The reports complete from librdkafka's own thread, so
 //!   they can be awaited on a glommio core.
 //! - A stream writes one partition of a topic, chosen from its key with Kafka's own
 //!   partitioner (murmur2), so any producer keyed the same way lands in the same place.
@@ -42,9 +42,9 @@ fn linger_ms(var: &str, default: &str) -> String {
 }
 
 /// A producer that sends each record as soon as librdkafka's thread wakes (`linger.ms`
-/// 0): fences and records written at start, and the commands of a quiet stream.
-/// `timeout` bounds how long a record may wait for the broker before its delivery fails
-/// (and the request it carries is answered 503).
+/// 0): commands, which an acknowledgement waits for, and fences and records written at
+/// start. `timeout` bounds how long a record may wait for the broker before its
+/// delivery fails (and the request it carries is answered 503).
 ///
 /// # Errors
 /// An invalid setting.
@@ -52,91 +52,93 @@ pub fn producer(brokers: &str, timeout: Duration) -> Result<Producer, String> {
     producer_lingering(brokers, timeout, "0")
 }
 
-/// The producers of commands, which an acknowledgement waits for; each stream chooses
-/// between them by how busy it is (see [`Pace`]).
+/// The commands' producer, shared by every stream, and how long a busy stream gathers
+/// its commands before it sends them (see [`Pace`]).
 ///
-/// Every record sent with `linger.ms` 0 wakes librdkafka's broker thread, and that
-/// thread then walks every partition it produces to: measured, the commands' broker
-/// thread took 37-39 % of a core at ~8,000 orders/s (about 50 µs an order). Lingering
-/// 1 ms cuts that to a sixth and, under load, lowers the acknowledgement's tail
-/// (perf/RESULTS.md: p99 10-12 → 6.5 ms at 2,000 orders/s, 74 → 22 ms at 5,000), but
-/// costs a quiet exchange about 1 ms at the median. So a stream sends through the
-/// prompt producer while its batches find the way clear, and through the lingering one
-/// while they queue behind each other.
+/// Every record sent wakes librdkafka's broker thread, and that thread then walks every
+/// partition it produces to: measured, sending each batch at once cost the commands'
+/// broker thread 37-39 % of a core at ~8,000 orders/s (about 50 µs an order), and under
+/// load the acknowledgement's tail grew (perf/RESULTS.md, "Kafka linger"). Waiting a
+/// millisecond for more commands costs a quiet exchange that millisecond at the median.
+/// So a stream sends at once while its batches find the way clear, and gathers for
+/// `linger` while they queue behind each other; what it gathered goes out as one record
+/// (one line a command), where librdkafka's own `linger.ms` would still have made one
+/// record, one delivery report and one write at the broker for each command.
 #[derive(Clone)]
 pub struct Commands {
     /// `linger.ms` 0.
-    pub prompt: Producer,
-    /// `linger.ms` from `EXCHANGE_KAFKA_LINGER_MS` (fractions allowed; 1 by default);
-    /// `None` when that is 0 (every stream sends promptly).
-    pub lingering: Option<Producer>,
+    pub producer: Producer,
+    /// From `EXCHANGE_KAFKA_LINGER_MS` (fractions allowed; 1 by default); `None` when
+    /// that is 0 (every stream sends at once).
+    pub linger: Option<Duration>,
 }
 
 impl Commands {
     /// # Errors
-    /// A producer could not be created (an invalid setting).
+    /// The producer could not be created (an invalid setting).
     pub fn new(brokers: &str, timeout: Duration) -> Result<Self, String> {
-        let linger = linger_ms("EXCHANGE_KAFKA_LINGER_MS", "1");
-        let lingering = if linger.parse::<f64>().is_ok_and(|ms| ms > 0.0) { Some(producer_lingering(brokers, timeout, &linger)?) } else { None };
-        Ok(Self { prompt: producer(brokers, timeout)?, lingering })
+        let ms = linger_ms("EXCHANGE_KAFKA_LINGER_MS", "1").parse::<f64>().unwrap_or(1.0);
+        let linger = (ms > 0.0).then(|| Duration::from_secs_f64(ms.min(1_000.0) / 1_000.0));
+        Ok(Self { producer: producer(brokers, timeout)?, linger })
     }
 }
 
-/// A single producer serves every stream (no lingering).
+/// Every stream sends at once.
 impl From<Producer> for Commands {
-    fn from(prompt: Producer) -> Self {
-        Self { prompt, lingering: None }
+    fn from(producer: Producer) -> Self {
+        Self { producer, linger: None }
     }
 }
 
-/// Which of the [`Commands`] producers a stream's batches go through.
+/// Whether a stream gathers its commands before sending them ([`Commands`]).
 ///
 /// The measure of load is how many earlier batches of the stream are still unconfirmed
 /// when a batch is sent, averaged over the last few batches: none when each batch
 /// finds the way clear, several when batches come faster than the broker's round trip.
-/// A stream starts to linger once that average reaches four ([`Pace::BUSY`]) and sends
-/// promptly again once it falls below one ([`Pace::QUIET`]); lingering makes each confirmation
-/// slower, so the same rate shows more batches ahead, and the gap between the two keeps
-/// a stream from flapping.
-///
-/// Two producers do not keep each other's order: a record sent through one may land
-/// after a record sent later through the other. So a stream changes producers only
-/// when none of its batches is in flight (every earlier record is in the log, or its
-/// batch failed and the stream settles with voids and a new epoch, as after a producer
-/// is renewed); until then it stays with the one it has, and asks its writer for a
-/// pause ([`EventLog::wants_quiet`]).
+/// A stream starts to gather once that average reaches four ([`Pace::BUSY`]) and sends
+/// at once again when it falls below one ([`Pace::QUIET`]); gathering sends fewer,
+/// larger batches, so the same rate shows fewer of them ahead, and the gap between the
+/// two keeps a stream from flapping. A stream that sent nothing for [`Pace::IDLE`] is
+/// quiet whatever came before: the first command after a burst goes out at once.
 #[derive(Default)]
 struct Pace {
-    lingering: bool,
+    gathering: bool,
     /// Batches sent and not yet confirmed (shared with their confirmations).
     in_flight: Rc<Cell<usize>>,
     /// The average of batches ahead, in 1/256ths, weighted 1/8 to the newest.
     ahead: u32,
+    last_sent: Option<std::time::Instant>,
 }
 
 impl Pace {
     /// Four batches ahead: measured (perf/RESULTS.md, "A linger that follows the load"),
-    /// two switched streams to lingering at 2,000 orders/s, where the prompt producer
-    /// still answered at half the median; eight flapped at 5,000/s.
+    /// two switched streams to lingering at 2,000 orders/s, where sending at once still
+    /// answered at half the median; eight flapped at 5,000/s.
     const BUSY: u32 = 4 * 256;
     const QUIET: u32 = 256;
+    /// A busy stream sends about every linger (1 ms); ten times that without a batch is
+    /// not busy.
+    const IDLE: Duration = Duration::from_millis(10);
 
-    /// Whether the stream would linger now.
-    fn wanted(&self) -> bool {
-        if self.lingering { self.ahead >= Self::QUIET } else { self.ahead >= Self::BUSY }
+    /// Whether the next batch is gathered, `now`.
+    fn gathering(&self, now: std::time::Instant) -> bool {
+        self.gathering && self.last_sent.is_some_and(|at| now.duration_since(at) < Self::IDLE)
     }
 
-    /// Changes producers if the load asks for it and nothing is in flight.
-    fn choose(&mut self, can_linger: bool) {
-        if self.in_flight.get() == 0 {
-            self.lingering = can_linger && self.wanted();
+    /// Counts a batch sent (`now`), updates the choice for the next one, and returns a
+    /// guard that counts the batch back when dropped.
+    fn sent(&mut self, can_gather: bool, now: std::time::Instant) -> InFlight {
+        if !self.gathering(now) {
+            // After a pause, what came before says nothing of the load now.
+            self.gathering = false;
+            if self.last_sent.is_none_or(|at| now.duration_since(at) >= Self::IDLE) {
+                self.ahead = 0;
+            }
         }
-    }
-
-    /// Counts a batch sent; the returned guard counts it back when dropped.
-    fn sent(&mut self) -> InFlight {
+        self.last_sent = Some(now);
         let ahead = u32::try_from(self.in_flight.get()).unwrap_or(u32::MAX).min(64) * 256;
         self.ahead = self.ahead - self.ahead / 8 + ahead / 8;
+        self.gathering = can_gather && if self.gathering { self.ahead >= Self::QUIET } else { self.ahead >= Self::BUSY };
         self.in_flight.set(self.in_flight.get() + 1);
         InFlight(self.in_flight.clone())
     }
@@ -323,7 +325,7 @@ fn murmur2(data: &[u8]) -> u32 {
 pub struct KafkaLog {
     brokers: String,
     timeout: Duration,
-    producers: Commands,
+    commands: Commands,
     pace: Pace,
     topic: String,
     partition: i32,
@@ -376,11 +378,11 @@ impl Renewal {
 }
 
 impl KafkaLog {
-    pub fn new(brokers: &str, timeout: Duration, producers: impl Into<Commands>, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
+    pub fn new(brokers: &str, timeout: Duration, commands: impl Into<Commands>, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
         Self {
             brokers: brokers.to_owned(),
             timeout,
-            producers: producers.into(),
+            commands: commands.into(),
             pace: Pace::default(),
             topic: topic.to_owned(),
             partition,
@@ -411,7 +413,7 @@ impl KafkaLog {
         }
         if let Some(fresh) = self.renewal.ready.borrow_mut().take() {
             tracing::info!(topic = self.topic, key = self.key, "Kafka producer replaced");
-            self.producers = fresh;
+            self.commands = fresh;
         }
         if is_fatal(self.producer()) {
             self.renewal.start(&self.brokers, self.timeout);
@@ -420,12 +422,8 @@ impl KafkaLog {
         Ok(())
     }
 
-    /// The producer this stream sends through now.
     fn producer(&self) -> &Producer {
-        match (&self.producers.lingering, self.pace.lingering) {
-            (Some(lingering), true) => lingering,
-            _ => &self.producers.prompt,
-        }
+        &self.commands.producer
     }
 
     /// Makes the producer hit a fatal error, as a fenced one or one that lost a
@@ -481,13 +479,6 @@ async fn confirm(pending: Vec<DeliveryFuture>, timeout: Duration, tenancy: Optio
 
 impl EventLog for KafkaLog {
     fn append(&mut self, payload: &[u8]) -> Result<(), JournalError> {
-        if self.pending.is_empty() {
-            let lingering = self.pace.lingering;
-            self.pace.choose(self.producers.lingering.is_some());
-            if self.pace.lingering != lingering {
-                tracing::debug!(topic = self.topic, key = self.key, lingering = self.pace.lingering, "commands' producer changed");
-            }
-        }
         self.usable()?;
         let record = FutureRecord::to(&self.topic).partition(self.partition).key(&self.key).payload(payload);
         let delivery = self.producer().send_result(record).map_err(|(e, _)| {
@@ -514,7 +505,11 @@ impl EventLog for KafkaLog {
         let pending = std::mem::take(&mut self.pending);
         let (next_offset, renewal, timeout, brokers) = (self.next_offset.clone(), self.renewal.clone(), self.timeout, self.brokers.clone());
         let tenancy = self.tenancy.clone();
-        let in_flight = self.pace.sent();
+        let gathering = self.pace.gathering;
+        let in_flight = self.pace.sent(self.commands.linger.is_some(), std::time::Instant::now());
+        if self.pace.gathering != gathering {
+            tracing::debug!(topic = self.topic, key = self.key, gathering = self.pace.gathering, "the stream's pace changed");
+        }
         Some(Box::pin(async move {
             let confirmed = confirm(pending, timeout, tenancy).await;
             drop(in_flight);
@@ -535,12 +530,8 @@ impl EventLog for KafkaLog {
         self.next_offset.get()
     }
 
-    fn is_lingering(&self) -> bool {
-        self.pace.lingering
-    }
-
-    fn wants_quiet(&self) -> bool {
-        self.pace.in_flight.get() > 0 && self.producers.lingering.is_some() && self.pace.wanted() != self.pace.lingering
+    fn gathering(&self) -> Option<Duration> {
+        self.commands.linger.filter(|_| self.pace.gathering(std::time::Instant::now()))
     }
 
     fn read_back(&mut self, from: u64, patience: Duration) -> crate::ReadBack<'_> {
@@ -866,39 +857,51 @@ mod tests {
     }
 
     #[test]
-    fn a_pace_changes_only_with_nothing_in_flight_and_does_not_flap() {
+    fn a_stream_gathers_while_its_batches_queue_and_does_not_flap() {
         let mut pace = Pace::default();
-        // Batches sent with one ahead each: below BUSY, it stays prompt.
-        let first = pace.sent();
+        let mut now = std::time::Instant::now();
+        let mut send = |pace: &mut Pace, can_gather: bool| {
+            now += Duration::from_millis(1);
+            (pace.sent(can_gather, now), now)
+        };
+        // Batches sent with one ahead each: below BUSY, each is sent at once.
+        let first = send(&mut pace, true).0;
         for _ in 0..50 {
-            drop(pace.sent());
-            pace.choose(true);
+            drop(send(&mut pace, true));
         }
-        assert!(!pace.lingering && !pace.wanted(), "one batch ahead is not busy ({})", pace.ahead);
-        // Eight ahead: busy, but the change waits until nothing is in flight.
-        let held: Vec<_> = (0..7).map(|_| pace.sent()).collect();
+        assert!(!pace.gathering, "one batch ahead is not busy ({})", pace.ahead);
+        // Eight ahead: busy, unless there is no linger to gather for.
+        let held: Vec<_> = (0..7).map(|_| send(&mut pace, true).0).collect();
         for _ in 0..20 {
-            drop(pace.sent());
+            drop(send(&mut pace, false));
         }
-        pace.choose(true);
-        assert!(pace.wanted() && !pace.lingering, "changed producers with batches in flight");
+        assert!(!pace.gathering, "no linger configured");
+        let at = send(&mut pace, true).1;
+        assert!(pace.gathering(at), "eight batches ahead ({})", pace.ahead);
         drop((first, held));
-        pace.choose(false);
-        assert!(!pace.lingering, "no lingering producer to change to");
-        pace.choose(true);
-        assert!(pace.lingering);
-        // Two ahead keep a lingering stream lingering; none ahead for a while ends it.
-        let first = (pace.sent(), pace.sent());
+        // Two ahead keep a gathering stream gathering; none ahead for a while ends it.
+        let first = (send(&mut pace, true).0, send(&mut pace, true).0);
         for _ in 0..50 {
-            drop(pace.sent());
+            drop(send(&mut pace, true));
         }
+        assert!(pace.gathering, "flapped back at two batches ahead ({})", pace.ahead);
         drop(first);
-        pace.choose(true);
-        assert!(pace.lingering, "flapped back at two batches ahead ({})", pace.ahead);
         for _ in 0..30 {
-            drop(pace.sent());
-            pace.choose(true);
+            drop(send(&mut pace, true));
         }
-        assert!(!pace.lingering, "still lingering with nothing ahead ({})", pace.ahead);
+        assert!(!pace.gathering, "still gathering with nothing ahead ({})", pace.ahead);
+        // Busy again, then a pause: the first batch after it goes out at once, and
+        // the burst before it counts for nothing.
+        let held: Vec<_> = (0..8).map(|_| send(&mut pace, true).0).collect();
+        for _ in 0..30 {
+            drop(send(&mut pace, true));
+        }
+        let at = send(&mut pace, true).1;
+        assert!(pace.gathering(at));
+        drop(held);
+        let later = at + Pace::IDLE;
+        assert!(!pace.gathering(later), "gathering after a pause");
+        drop(pace.sent(true, later));
+        assert!(!pace.gathering(later) && pace.ahead == 0, "the burst still counts ({})", pace.ahead);
     }
 }

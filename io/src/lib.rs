@@ -78,18 +78,11 @@ pub trait EventLog {
     /// The offset the next appended record will get.
     fn next_offset(&self) -> u64;
 
-    /// Whether the log asks that every batch in flight be confirmed before the next one
-    /// is appended: it would change how it sends, which it may do only when nothing is
-    /// on its way (Kafka: another producer, whose records could overtake the first's).
-    /// A writer that goes on meanwhile loses nothing but the change.
-    fn wants_quiet(&self) -> bool {
-        false
-    }
-
-    /// Whether the log sends through its lingering path now (Kafka: a busy stream's
-    /// lingering producer), for the metrics.
-    fn is_lingering(&self) -> bool {
-        false
+    /// How long the writer should gather records before it sends the next batch, if at
+    /// all: a busy stream on Kafka sends fewer, larger batches (see
+    /// `kafka::Commands`); the journal's group commit batches by itself.
+    fn gathering(&self) -> Option<std::time::Duration> {
+        None
     }
 
     /// This stream's records from offset `from` on, as `(offset, payload)`: after a

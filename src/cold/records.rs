@@ -137,15 +137,19 @@ pub enum Row {
 }
 
 /// Reads a record as its topic says: `commands` (the prefixed `orders.submitted`) or a
-/// results topic.
-///
-/// # Errors
-/// A record the exchange did not write.
-pub fn read(commands: &str, record: &exchange_io::kafka::Located) -> Result<Row, String> {
-    if record.topic == commands { command(&record.payload, record.partition, record.offset) } else { result(&record.payload) }
+/// results topic: a row for each command of a command record (one a line, see
+/// [`crate::wire::append_command`]), or the result's one; an error for each that is not
+/// what the exchange writes.
+pub fn read(commands: &str, record: &exchange_io::kafka::Located) -> Vec<Result<Row, String>> {
+    if record.topic == commands {
+        crate::wire::lines(&record.payload).map(|line| command(line, record.partition, record.offset)).collect()
+    } else {
+        vec![result(&record.payload)]
+    }
 }
 
-/// Reads a record of `orders.submitted` (`partition`, `offset`: where it was read).
+/// Reads one command of a record of `orders.submitted` (`partition`, `offset`: where the
+/// record was read; every command of a record shares them).
 ///
 /// # Errors
 /// A record the exchange did not write.
@@ -376,6 +380,25 @@ mod tests {
         assert_eq!(row.client_order_id.as_deref(), Some("c-1"));
         let void = wire::encode_command(&spec, &StreamRecord::Void(41), 6);
         assert_eq!(command(&void, 3, 42).unwrap(), Row::Voided { symbol: spec.name.clone(), seq: 6, partition: 3, offset: 41 });
+
+        // A record of a batch: a row for each of its commands, all at the record's place,
+        // and an error for the line that is not the exchange's, not for the others.
+        let mut batch = Vec::new();
+        let second = NewOrder { id: OrderId(78), client_order_id: None, ..order };
+        for (n, o) in [order, second].into_iter().enumerate() {
+            wire::append_command(&spec, &StreamRecord::Command(Command::Place(o)), 7 + n as u64, &mut batch);
+        }
+        batch.extend_from_slice(b"\n{\"eventType\":\"OrderSubmitted\"}");
+        let record = exchange_io::kafka::Located { topic: "x.orders.submitted".into(), partition: 3, offset: 50, timestamp_ms: None, payload: batch };
+        let rows = read("x.orders.submitted", &record);
+        assert_eq!(rows.len(), 3);
+        let ids: Vec<_> = rows[..2].iter().map(|r| match r {
+            Ok(Row::Order(o)) => (o.id, o.seq, o.partition, o.offset),
+            other => panic!("not an order: {other:?}"),
+        }).collect();
+        let id = |n| crate::ids::encode(crate::ids::IdKind::Order, spec.key, n);
+        assert_eq!(ids, [(id(77), 7, 3, 50), (id(78), 8, 3, 50)]);
+        assert!(rows[2].is_err());
     }
 
     #[test]

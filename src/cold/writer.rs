@@ -264,47 +264,49 @@ impl Rows {
         let mut rows = Self { floors, ..Self::default() };
         // Empty records are fences (`exchange_io::kafka::fence`): nothing to store.
         for r in batch.iter().filter(|r| !r.payload.is_empty()) {
-            match records::read(commands, r) {
-                Ok(Row::Order(o)) => {
-                    if rows.floors.get(&o.symbol).copied().unwrap_or_default().admits(false, o.seq) {
-                        rows.orders.push(o);
-                    } else {
-                        tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, "a command older than its log's epoch landed late: not stored");
+            for row in records::read(commands, r) {
+                match row {
+                    Ok(Row::Order(o)) => {
+                        if rows.floors.get(&o.symbol).copied().unwrap_or_default().admits(false, o.seq) {
+                            rows.orders.push(o);
+                        } else {
+                            tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, "a command older than its log's epoch landed late: not stored");
+                        }
                     }
-                }
-                Ok(Row::Epoch { symbol, seq }) => {
-                    rows.floors.entry(symbol).or_default().admits(true, seq);
-                    rows.epochs_moved = true;
-                }
-                Ok(Row::Trade(t)) => rows.trades.push(t),
-                // Like the accounts: a duplicate-id refusal says nothing of the order it names.
-                Ok(Row::Closure(c)) if c.reason != CancelReason::DuplicateOrderId.as_str() => rows.closures.push(c),
-                Ok(Row::Voided { symbol, seq, partition, offset }) => {
-                    if rows.floors.get(&symbol).copied().unwrap_or_default().admits(false, seq) {
-                        rows.voids.push((partition, offset));
-                    } else {
-                        tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, "a void older than its log's epoch landed late: ignored");
+                    Ok(Row::Epoch { symbol, seq }) => {
+                        rows.floors.entry(symbol).or_default().admits(true, seq);
+                        rows.epochs_moved = true;
                     }
+                    Ok(Row::Trade(t)) => rows.trades.push(t),
+                    // Like the accounts: a duplicate-id refusal says nothing of the order it names.
+                    Ok(Row::Closure(c)) if c.reason != CancelReason::DuplicateOrderId.as_str() => rows.closures.push(c),
+                    Ok(Row::Voided { symbol, seq, partition, offset }) => {
+                        if rows.floors.get(&symbol).copied().unwrap_or_default().admits(false, seq) {
+                            rows.voids.push((partition, offset));
+                        } else {
+                            tracing::warn!(topic = r.topic, partition = r.partition, offset = r.offset, "a void older than its log's epoch landed late: ignored");
+                        }
+                    }
+                    Ok(Row::Funding(f)) => rows.funding.push(f),
+                    Ok(Row::Liquidation(l, m)) => {
+                        rows.liquidations.push(l);
+                        rows.market(m);
+                    }
+                    Ok(Row::Market(m)) => rows.market(m),
+                    Ok(Row::Conditional(c)) => match rows.conditionals.iter_mut().find(|x| x.id == c.id) {
+                        Some(x) if x.seq < c.seq => *x = c,
+                        Some(_) => {}
+                        None => rows.conditionals.push(c),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(
+                        topic = r.topic,
+                        partition = r.partition,
+                        offset = r.offset,
+                        error = e,
+                        "unreadable record skipped"
+                    ),
                 }
-                Ok(Row::Funding(f)) => rows.funding.push(f),
-                Ok(Row::Liquidation(l, m)) => {
-                    rows.liquidations.push(l);
-                    rows.market(m);
-                }
-                Ok(Row::Market(m)) => rows.market(m),
-                Ok(Row::Conditional(c)) => match rows.conditionals.iter_mut().find(|x| x.id == c.id) {
-                    Some(x) if x.seq < c.seq => *x = c,
-                    Some(_) => {}
-                    None => rows.conditionals.push(c),
-                },
-                Ok(_) => {}
-                Err(e) => tracing::error!(
-                    topic = r.topic,
-                    partition = r.partition,
-                    offset = r.offset,
-                    error = e,
-                    "unreadable record skipped"
-                ),
             }
         }
         rows

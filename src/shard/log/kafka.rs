@@ -13,9 +13,8 @@ use futures_lite::StreamExt;
 
 /// The Kafka clients of the process, made once before the shards start (so that
 /// librdkafka's threads are not pinned to a shard's core) and shared by every shard:
-/// the producers of commands (a prompt and a lingering one) and one of results for the
-/// whole process mean one set of librdkafka threads each, and the records of every core
-/// in the same requests.
+/// one producer of commands and one of results for the whole process mean one set of
+/// librdkafka threads each, and the records of every core in the same requests.
 #[derive(Clone)]
 pub struct Clients {
     pub tenancy: Arc<Tenancy>,
@@ -36,7 +35,7 @@ pub struct KafkaBackend {
     pub brokers: String,
     pub partitions: i32,
     pub timeout: std::time::Duration,
-    /// The commands' producers, shared by the streams of every shard.
+    /// The commands' producer, shared by the streams of every shard, and their linger.
     pub producer: kafka::Commands,
     /// The results' producer: a connection of its own, so that result records never
     /// queue in front of the commands an acknowledgement waits for. Replaced when it

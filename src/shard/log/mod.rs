@@ -28,6 +28,11 @@ pub use open::{append_voids, open, Opened, Stream};
 /// A stream's event log, whichever implementation was configured at start.
 pub type Log = Box<dyn EventLog>;
 
+/// The size past which a Kafka command record takes no more commands: far below the
+/// broker's and librdkafka's limit on a record (about 1 MB by default), and a record
+/// of hundreds of commands already costs the broker no more than one.
+pub const RECORD_BYTES: usize = 128 * 1024;
+
 pub struct LogRoom {
     pub core: Rc<Core>,
     /// Kafka, when it is the event log; `None`: the embedded journal.
@@ -57,26 +62,45 @@ impl LogRoom {
         Self { core, kafka, wire_seq: Cell::new(first_number), numbering, checkpoints }
     }
 
-    /// A command as its log stores it: compact postcard in the embedded journal, JSON on
-    /// Kafka (where any tool may read it).
+    /// A command as its log stores it, alone in a record: compact postcard in the
+    /// embedded journal, JSON on Kafka (where any tool may read it).
     pub fn encode_command(&self, symbol: usize, record: &StreamRecord) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.append_command(symbol, record, &mut bytes);
+        bytes
+    }
+
+    /// Whether a command log record being built takes one more command. On Kafka a
+    /// record holds a batch of a stream's commands (one line each, see
+    /// [`wire::append_command`]), up to [`RECORD_BYTES`]: one record, one delivery
+    /// report and one write at the broker for all of them. The embedded journal's
+    /// records hold one command each: its group commit already writes a batch at once.
+    pub fn has_room(&self, record: &[u8]) -> bool {
+        if self.kafka.is_some() { record.len() < RECORD_BYTES } else { record.is_empty() }
+    }
+
+    /// Adds a command to a command log record being built (see [`Self::has_room`]).
+    pub fn append_command(&self, symbol: usize, record: &StreamRecord, bytes: &mut Vec<u8>) {
         if self.kafka.is_some() {
-            wire::encode_command(&self.map.symbols[symbol], record, self.next_wire_seq())
+            wire::append_command(&self.map.symbols[symbol], record, self.next_wire_seq(), bytes);
         } else {
-            postcard::to_allocvec(record).unwrap_or_default()
+            let encoded = postcard::to_allocvec(record).unwrap_or_default();
+            if bytes.is_empty() { *bytes = encoded } else { bytes.extend(encoded) }
         }
     }
 
-    /// A command log record, with its `seq` on Kafka (the embedded journal's records are
-    /// not numbered: it cuts what it failed to write, so nothing lands late there).
+    /// The commands of a command log record, in order, each with its `seq` on Kafka (the
+    /// embedded journal's records are not numbered: it cuts what it failed to write, so
+    /// nothing lands late there).
     ///
     /// # Errors
     /// A record the exchange did not write.
-    pub fn decode_command(&self, symbol: usize, bytes: &[u8]) -> Result<(StreamRecord, Option<u64>), String> {
+    pub fn decode_commands(&self, symbol: usize, bytes: &[u8]) -> Result<Vec<(StreamRecord, Option<u64>)>, String> {
         if self.kafka.is_some() {
-            wire::decode_numbered(&self.map.symbols[symbol], bytes).map(|(record, seq)| (record, Some(seq)))
+            let found = wire::decode_record(&self.map.symbols[symbol], bytes)?;
+            Ok(found.into_iter().map(|(record, seq)| (record, Some(seq))).collect())
         } else {
-            postcard::from_bytes(bytes).map(|record| (record, None)).map_err(|e| e.to_string())
+            postcard::from_bytes(bytes).map(|record| vec![(record, None)]).map_err(|e| e.to_string())
         }
     }
 

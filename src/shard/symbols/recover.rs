@@ -46,18 +46,21 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
         *stream.history.borrow_mut() = candles.1;
         let mut records = Vec::with_capacity(found.len());
         for (offset, bytes) in &found {
-            let (record, seq) = room
-                .log.decode_command(index, bytes)
+            let decoded = room
+                .log
+                .decode_commands(index, bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("{}: undecodable command at {offset}", spec.name))?;
-            // Made before an epoch that precedes it in the log: void for every reader.
-            if let Some(seq) = seq {
-                if !floor.admits(record == StreamRecord::Epoch, seq) {
+            for (record, seq) in decoded {
+                // Made before an epoch that precedes it in the log: void for every reader.
+                if let Some(seq) = seq
+                    && !floor.admits(record == StreamRecord::Epoch, seq)
+                {
                     tracing::warn!(symbol = spec.name, offset, seq, floor = floor.0, "a record older than the log's epoch landed late: skipped");
                     continue;
                 }
+                records.push((*offset, record));
             }
-            records.push((*offset, record));
         }
         // Records voided later in the log were never acknowledged: they do not count.
         let voided: rustc_hash::FxHashSet<u64> =
@@ -100,7 +103,7 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
             shard = room.id,
             symbol = spec.name,
             snapshot_offset = from,
-            replayed = found.len(),
+            replayed = records.len(),
             ms = started.elapsed().as_millis() as u64,
             "command log replayed"
         );

@@ -3,7 +3,7 @@
 //!
 //! Requests hand their command to the stream's committer task and wait. The committer
 //! sends everything that queued up while the previous batch was being sent as one batch
-//! (one write + one fdatasync in the journal, one produce request in Kafka), and the
+//! (one write + one fdatasync in the journal, one record in Kafka), and the
 //! executor task executes each batch once the log has confirmed it, in the order sent,
 //! and forwards the results to the account owners in the same order. A command the log
 //! did not confirm is never executed.
@@ -255,6 +255,8 @@ struct Sent {
     jobs: Vec<Job>,
     /// The records as logged, to void them if the batch fails.
     payloads: Vec<Vec<u8>>,
+    /// How many of the jobs each record holds, in order.
+    spans: Vec<usize>,
     confirmation: Confirmation,
     started: Instant,
     /// Whether later batches were sent before this one was confirmed.
@@ -280,10 +282,10 @@ impl Pipeline {
     /// A batch sent is executed (or refused).
     fn done(&self) {
         self.in_flight.set(self.in_flight.get() - 1);
-        if self.in_flight.get() == 0 {
-            if let Some(drained) = self.drain.borrow_mut().take() {
-                let _ = drained.send(());
-            }
+        if self.in_flight.get() == 0
+            && let Some(drained) = self.drain.borrow_mut().take()
+        {
+            let _ = drained.send(());
         }
     }
 
@@ -319,8 +321,8 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
     let pipeline = Rc::new(Pipeline { failed_from: Cell::new(None), in_flight: Cell::new(0), drain: RefCell::default(), refusing: Cell::new(false), failed });
     let (to_executor, sent) = glommio::channels::local_channel::new_bounded(IN_FLIGHT);
     glommio::spawn_local(execute_in_order(room.clone(), stream.clone(), pipeline.clone(), sent)).detach();
-    // Whether the log sent the last batch through its lingering path (for the metrics).
-    let mut lingering = false;
+    // Whether the stream gathers its batches now (for the metrics).
+    let mut gathering = false;
     loop {
         // After a failure the stream settles without waiting for a command to log: the
         // orders answered 504 are released only then, and their clients' retries (same
@@ -370,18 +372,30 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
         if batch.is_empty() {
             continue;
         }
-        if journal.wants_quiet() {
-            // The log changes how it sends (Kafka: to or from its lingering producer):
-            // the batch waits for those in flight, and takes in what queues meanwhile.
-            pipeline.drained().await;
+        let linger = journal.gathering();
+        if linger.is_some() != gathering {
+            gathering = !gathering;
+            if gathering { room.metrics.lingering_streams.inc() } else { room.metrics.lingering_streams.dec() };
+        }
+        if let Some(linger) = linger {
+            // Busy (Kafka: batches queue behind each other): the batch waits a moment
+            // for the commands behind it, and they go out together, in one record.
+            glommio::timer::sleep(linger).await;
             while let Ok(job) = jobs.try_recv() {
                 batch.push(job);
             }
         }
+        // The batch as log records (one on Kafka, one a command in the journal, see
+        // `LogRoom::has_room`); a record the log refuses is refused to its commands.
         let mut accepted = Vec::with_capacity(batch.len());
-        let mut payloads = Vec::with_capacity(batch.len());
-        for job in batch {
-            let bytes = room.log.encode_command(stream.index, &StreamRecord::Command(job.command));
+        let (mut payloads, mut spans) = (Vec::new(), Vec::new());
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            let (first, mut bytes) = (accepted.len(), Vec::new());
+            while let Some(job) = batch.next_if(|_| room.log.has_room(&bytes)) {
+                room.log.append_command(stream.index, &StreamRecord::Command(job.command), &mut bytes);
+                accepted.push(job);
+            }
             let appended = journal.append(&bytes);
             if appended.is_ok() == pipeline.refusing.get() {
                 pipeline.refusing.set(appended.is_err());
@@ -393,21 +407,20 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
             }
             match appended {
                 Ok(()) => {
-                    accepted.push(job);
+                    spans.push(accepted.len() - first);
                     payloads.push(bytes);
                 }
                 Err(e) => {
-                    let _ = job.done.send(Err(NotLogged::Refused(format!("event log unavailable: {e}"))));
+                    for job in accepted.drain(first..) {
+                        let _ = job.done.send(Err(NotLogged::Refused(format!("event log unavailable: {e}"))));
+                    }
                 }
             }
-        }
-        if journal.is_lingering() != lingering {
-            lingering = !lingering;
-            if lingering { room.metrics.lingering_streams.inc() } else { room.metrics.lingering_streams.dec() };
         }
         if accepted.is_empty() {
             continue;
         }
+        room.metrics.batch_commands.observe(accepted.len() as f64);
         let started = Instant::now();
         let (confirmation, pipelined) = match journal.send() {
             Some(c) => (c, true),
@@ -417,7 +430,7 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
             }
         };
         pipeline.in_flight.set(pipeline.in_flight.get() + 1);
-        let sent = Sent { jobs: accepted, payloads, confirmation, started, pipelined };
+        let sent = Sent { jobs: accepted, payloads, spans, confirmation, started, pipelined };
         if to_executor.send(sent).await.is_err() {
             break;
         }
@@ -428,7 +441,7 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
 /// Executes confirmed batches in the order they were sent (see [`run`]).
 async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeline: Rc<Pipeline>, sent: LocalReceiver<Sent>) {
     let mut journal_down = false;
-    while let Some(Sent { jobs, payloads, confirmation, started, pipelined }) = sent.recv().await {
+    while let Some(Sent { jobs, payloads, spans, confirmation, started, pipelined }) = sent.recv().await {
         if pipelined && pipeline.failed_from.get().is_some() {
             refuse(&room, &stream, jobs, &payloads, "an earlier batch was not confirmed");
             let _ = confirmation.await;
@@ -438,13 +451,16 @@ async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeli
         let confirmed = confirmation.await;
         room.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
         match confirmed {
-            Ok(offsets) if offsets.len() == jobs.len() => {
+            Ok(offsets) if offsets.len() == payloads.len() => {
                 if std::mem::take(&mut journal_down) {
                     room.health.event_log_down.fetch_sub(1, Ordering::AcqRel);
                 }
-                for (job, offset) in jobs.into_iter().zip(offsets) {
-                    let outcome = stream.execute(&room, &job.command, offset, false);
-                    let _ = job.done.send(Ok(outcome));
+                let mut jobs = jobs.into_iter();
+                for (offset, span) in offsets.into_iter().zip(spans) {
+                    for job in jobs.by_ref().take(span) {
+                        let outcome = stream.execute(&room, &job.command, offset, false);
+                        let _ = job.done.send(Ok(outcome));
+                    }
                 }
                 if stream.next.get() - stream.snapshot_at.get() >= room.config.snapshot_every.max(1) {
                     room.snapshot_symbol(&stream);
@@ -462,7 +478,7 @@ async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeli
                 // The journal could not cut what the failed write left: those records may
                 // be read back at the next start, so they are voided like Kafka's.
                 let in_doubt = matches!(failed, Err(exchange_io::journal::JournalError::InDoubt(_)));
-                let e = failed.map_or_else(|e| e.to_string(), |o| format!("log returned {} offsets for {} records", o.len(), jobs.len()));
+                let e = failed.map_or_else(|e| e.to_string(), |o| format!("log returned {} offsets for {} records", o.len(), payloads.len()));
                 tracing::error!(symbol = stream.index, error = %e, "event log commit failed");
                 if in_doubt {
                     if !std::mem::replace(&mut journal_down, true) {
@@ -526,18 +542,21 @@ async fn settle(room: &Rc<SymbolRoom>, stream: &Rc<SymbolStream>, journal: &mut 
     let mut records = Vec::new();
     let mut floor = stream.epoch.get();
     for (offset, bytes) in &found {
-        let (record, seq) = room.log.decode_command(stream.index, bytes)?;
-        // As every reader: below the floor, a command needs no void and a void counts not.
-        let counts = seq.is_none_or(|seq| floor.admits(record == StreamRecord::Epoch, seq));
-        records.push((*offset, record, counts));
+        for (record, seq) in room.log.decode_commands(stream.index, bytes)? {
+            // As every reader: below the floor, a command needs no void and a void counts not.
+            let counts = seq.is_none_or(|seq| floor.admits(record == StreamRecord::Epoch, seq));
+            records.push((*offset, record, counts));
+        }
     }
     let voided: Vec<u64> =
         records.iter().filter_map(|(_, r, counts)| if let (StreamRecord::Void(o), true) = (r, counts) { Some(*o) } else { None }).collect();
-    let doubtful: Vec<u64> = records
+    let mut doubtful: Vec<u64> = records
         .iter()
         .filter(|(o, r, counts)| *counts && matches!(r, StreamRecord::Command(_)) && !voided.contains(o))
         .map(|(o, _, _)| *o)
         .collect();
+    // A record of several commands is voided once.
+    doubtful.dedup();
     for offset in &doubtful {
         journal.append(&room.log.encode_command(stream.index, &StreamRecord::Void(*offset))).map_err(|e| e.to_string())?;
     }
