@@ -14,6 +14,8 @@
 //!   exchange keeps its own offsets in its snapshots).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -71,6 +73,10 @@ pub struct Commands {
     /// From `EXCHANGE_KAFKA_LINGER_MS` (fractions allowed; 1 by default); `None` when
     /// that is 0 (every stream sends at once).
     pub linger: Option<Duration>,
+    /// Where the replacements of the producer are made, once for every stream that
+    /// shares it (see [`Renewals`]), and which of them this one is.
+    renewals: Arc<Renewals>,
+    generation: u64,
 }
 
 impl Commands {
@@ -79,15 +85,80 @@ impl Commands {
     pub fn new(brokers: &str, timeout: Duration) -> Result<Self, String> {
         let ms = linger_ms("EXCHANGE_KAFKA_LINGER_MS", "1").parse::<f64>().unwrap_or(1.0);
         let linger = (ms > 0.0).then(|| Duration::from_secs_f64(ms.min(1_000.0) / 1_000.0));
-        Ok(Self { producer: producer(brokers, timeout)?, linger })
+        Ok(Self { linger, ..Self::from(producer(brokers, timeout)?) })
+    }
+
+    /// The replacement made since this producer, if there is one.
+    fn newer(&self) -> Option<Self> {
+        if self.renewals.generation.load(Ordering::Acquire) == self.generation {
+            return None;
+        }
+        let state = self.renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (producer, generation) = state.newest.clone()?;
+        Some(Self { producer, generation, ..self.clone() })
+    }
+
+    /// Starts making a replacement for every stream that shares this producer, on a
+    /// thread of its own ([`crate::offcore`]: librdkafka starts threads per client, and
+    /// they must not inherit a shard's core; nor may a shard wait for the creation);
+    /// unless one is being made, or was made since this one.
+    fn renew(&self, brokers: &str, timeout: Duration) {
+        let mut state = self.renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.making || self.renewals.generation.load(Ordering::Acquire) != self.generation {
+            return;
+        }
+        state.making = true;
+        drop(state);
+        let (renewals, brokers) = (self.renewals.clone(), brokers.to_owned());
+        let started = crate::offcore::spawn("kafka-clients", move || {
+            let made = producer(&brokers, timeout);
+            let mut state = renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match made {
+                Ok(fresh) => {
+                    let generation = renewals.generation.load(Ordering::Acquire) + 1;
+                    state.newest = Some((fresh, generation));
+                    renewals.generation.store(generation, Ordering::Release);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer; trying again with the next record"),
+            }
+            state.making = false;
+        });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no thread to renew the Kafka producer on; trying again with the next record");
+            self.renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).making = false;
+        }
     }
 }
 
 /// Every stream sends at once.
 impl From<Producer> for Commands {
     fn from(producer: Producer) -> Self {
-        Self { producer, linger: None }
+        Self { producer, linger: None, renewals: Arc::default(), generation: 0 }
     }
+}
+
+/// Replacing the commands' producer after it failed.
+///
+/// An idempotent producer whose sends timed out may be fenced for good (a broker that
+/// cannot bump its epoch answers ProducerFenced), and one that hit a fatal error
+/// (sequence lost, fenced) refuses every record from then on: either way its streams
+/// start over with a new producer, which gets a new producer id. Every stream of the
+/// process shares the producer, so the first that finds it failed has one replacement
+/// made for all of them (not one each), and each takes it as soon as it may: with
+/// nothing of its own in flight (two producers do not keep each other's order), or at
+/// once if its producer failed for good (nothing more of it will land).
+#[derive(Default)]
+struct Renewals {
+    /// Of the newest replacement (0: none yet); read without the lock on every record.
+    generation: AtomicU64,
+    state: std::sync::Mutex<RenewalState>,
+}
+
+#[derive(Default)]
+struct RenewalState {
+    /// A replacement is being made.
+    making: bool,
+    newest: Option<(Producer, u64)>,
 }
 
 /// Whether a stream gathers its commands before sending them ([`Commands`]).
@@ -333,8 +404,6 @@ pub struct KafkaLog {
     pending: Vec<DeliveryFuture>,
     /// Shared with the confirmations in flight, which complete after `send` returned.
     next_offset: Rc<Cell<u64>>,
-    /// The producer's replacement (see [`Renewal`]).
-    renewal: Rc<Renewal>,
     /// This process's claim on the topics, and its track of this partition: batches are
     /// confirmed only while the claim holds.
     tenancy: Option<Guard>,
@@ -342,40 +411,6 @@ pub struct KafkaLog {
 
 /// A claim on the topics and the track of one partition (see [`crate::tenancy`]).
 type Guard = (std::sync::Arc<crate::tenancy::Tenancy>, std::sync::Arc<std::sync::Mutex<crate::tenancy::Track>>);
-
-/// Replacing a stream's producer after it failed.
-///
-/// An idempotent producer whose sends timed out may be fenced for good (a broker that
-/// cannot bump its epoch answers ProducerFenced), and one that hit a fatal error
-/// (sequence lost, fenced) refuses every record from then on: either way the stream
-/// starts over with a new producer, which gets a new producer id. The new one is made on
-/// a thread of its own ([`crate::offcore`]): librdkafka starts threads per client, and
-/// they must not inherit a shard's core; nor may a shard wait for the creation.
-#[derive(Default)]
-struct Renewal {
-    /// A replacement is being made.
-    making: Cell<bool>,
-    /// The replacement, made and not yet taken.
-    ready: std::cell::RefCell<Option<Commands>>,
-}
-
-impl Renewal {
-    /// Starts making a replacement, unless one is on its way.
-    fn start(self: &Rc<Self>, brokers: &str, timeout: Duration) {
-        if self.making.replace(true) {
-            return;
-        }
-        let (this, brokers) = (self.clone(), brokers.to_owned());
-        glommio::spawn_local(async move {
-            match crate::offcore::run("kafka-clients", move || Commands::new(&brokers, timeout)).await.and_then(|p| p) {
-                Ok(fresh) => *this.ready.borrow_mut() = Some(fresh),
-                Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer; trying again with the next record"),
-            }
-            this.making.set(false);
-        })
-        .detach();
-    }
-}
 
 impl KafkaLog {
     pub fn new(brokers: &str, timeout: Duration, commands: impl Into<Commands>, topic: &str, partition: i32, key: &str, next_offset: u64) -> Self {
@@ -389,7 +424,6 @@ impl KafkaLog {
             key: key.to_owned(),
             pending: Vec::new(),
             next_offset: Rc::new(Cell::new(next_offset)),
-            renewal: Rc::default(),
             tenancy: None,
         }
     }
@@ -402,8 +436,8 @@ impl KafkaLog {
         self
     }
 
-    /// Takes the replacement producer once it is made; starts making one if the
-    /// producer hit a fatal error.
+    /// Takes the producer's replacement once it is made and may be taken (see
+    /// [`Renewals`]); has one made if the producer hit a fatal error.
     ///
     /// # Errors
     /// The stream has no usable producer, or another process writes the log now.
@@ -411,15 +445,24 @@ impl KafkaLog {
         if let Some(why) = self.tenancy.as_ref().and_then(|(t, _)| t.lost()) {
             return Err(JournalError::Superseded(why));
         }
-        if let Some(fresh) = self.renewal.ready.borrow_mut().take() {
+        if (self.pace.in_flight.get() == 0 || is_fatal(self.producer()))
+            && let Some(fresh) = self.commands.newer()
+        {
             tracing::info!(topic = self.topic, key = self.key, "Kafka producer replaced");
             self.commands = fresh;
         }
         if is_fatal(self.producer()) {
-            self.renewal.start(&self.brokers, self.timeout);
+            self.commands.renew(&self.brokers, self.timeout);
             return Err(JournalError::Write("the Kafka producer failed for good and is being replaced".into()));
         }
         Ok(())
+    }
+
+    /// Which producer the stream sends through (for tests: streams that share one).
+    #[doc(hidden)]
+    pub fn producer_id(&self) -> usize {
+        use rdkafka::producer::Producer as _;
+        self.producer().client().native_ptr() as usize
     }
 
     fn producer(&self) -> &Producer {
@@ -483,7 +526,7 @@ impl EventLog for KafkaLog {
         let record = FutureRecord::to(&self.topic).partition(self.partition).key(&self.key).payload(payload);
         let delivery = self.producer().send_result(record).map_err(|(e, _)| {
             if is_fatal(self.producer()) {
-                self.renewal.start(&self.brokers, self.timeout);
+                self.commands.renew(&self.brokers, self.timeout);
             }
             JournalError::Write(e.to_string())
         })?;
@@ -503,7 +546,7 @@ impl EventLog for KafkaLog {
 
     fn send(&mut self) -> Option<Confirmation> {
         let pending = std::mem::take(&mut self.pending);
-        let (next_offset, renewal, timeout, brokers) = (self.next_offset.clone(), self.renewal.clone(), self.timeout, self.brokers.clone());
+        let (next_offset, commands, timeout, brokers) = (self.next_offset.clone(), self.commands.clone(), self.timeout, self.brokers.clone());
         let tenancy = self.tenancy.clone();
         let gathering = self.pace.gathering;
         let in_flight = self.pace.sent(self.commands.linger.is_some(), std::time::Instant::now());
@@ -520,7 +563,7 @@ impl EventLog for KafkaLog {
                     }
                 }
                 Err(JournalError::Superseded(_)) => {}
-                Err(_) => renewal.start(&brokers, timeout),
+                Err(_) => commands.renew(&brokers, timeout),
             }
             confirmed
         }))

@@ -96,32 +96,44 @@ fn topics_get_their_retention_and_the_replication_the_cluster_can_give() {
 }
 
 /// A producer that hit a fatal error (fenced, sequence lost) refuses records; the log
-/// says so at once and carries on with a new producer, made off the core.
+/// says so at once and carries on with a new producer, made off the core, and made once
+/// for every stream that shared the failed one.
 #[test]
-fn a_producer_that_failed_for_good_is_replaced() {
+fn a_producer_that_failed_for_good_is_replaced_once_for_all_its_streams() {
     let brokers = broker();
     let topic = format!("fatal-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], &kafka::TopicSettings { partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3_600_000 })).unwrap();
     let t = Duration::from_secs(5);
-    let mut log = KafkaLog::new(&brokers, t, kafka::producer(&brokers, t).unwrap(), &topic, 0, "A", 0);
+    let shared = kafka::Commands::from(kafka::producer(&brokers, t).unwrap());
+    let mut logs: Vec<KafkaLog> = ["A", "B", "C"].iter().map(|key| KafkaLog::new(&brokers, t, shared.clone(), &topic, 0, key, 0)).collect();
     let refused = on_glommio(async {
-        log.append(b"before").unwrap();
-        log.commit().await.unwrap();
-        log.inject_fatal_error();
+        for log in &mut logs {
+            log.append(b"before").unwrap();
+            log.commit().await.unwrap();
+        }
+        let failed = logs[0].producer_id();
+        logs[0].inject_fatal_error();
         let mut refused = 0;
         let started = std::time::Instant::now();
-        while log.append(b"after").is_err() {
-            refused += 1;
-            assert!(started.elapsed() < Duration::from_secs(10), "the producer was never replaced");
-            glommio::timer::sleep(Duration::from_millis(5)).await;
+        for log in &mut logs {
+            while log.append(b"after").is_err() {
+                refused += 1;
+                assert!(started.elapsed() < Duration::from_secs(10), "the producer was never replaced");
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(log.commit().await.unwrap().len(), 1);
         }
-        assert_eq!(log.commit().await.unwrap().len(), 1);
+        assert_ne!(logs[0].producer_id(), failed);
         refused
     });
     assert!(refused > 0, "a producer with a fatal error took a record");
+    let first = logs[0].producer_id();
+    assert!(logs.iter().all(|log| log.producer_id() == first), "one replacement for the three streams");
     let (records, _) = kafka::read_partition(&brokers, &topic, 0, 0, Duration::from_secs(10)).unwrap();
-    let payloads: Vec<&[u8]> = records.iter().filter(|r| r.key == b"A").map(|r| r.payload.as_slice()).collect();
-    assert_eq!(payloads, [b"before".as_slice(), b"after".as_slice()]);
+    for key in ["A", "B", "C"] {
+        let payloads: Vec<&[u8]> = records.iter().filter(|r| r.key == key.as_bytes()).map(|r| r.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"before".as_slice(), b"after".as_slice()], "{key}");
+    }
 }
 
 /// A stream whose batches queue behind each other asks its writer to gather commands
