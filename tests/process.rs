@@ -35,7 +35,7 @@ fn a_panic_on_any_thread_takes_the_whole_process_down_at_once() {
 
 #[test]
 fn a_redis_password_never_reaches_the_logs() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = exchange_io::ports::free_listen_port();
     let data = std::env::temp_dir().join(format!("exchange-secrets-{}-{port}", std::process::id()));
     // Nothing listens on port 1: the exchange logs that Redis is not reachable, with its URL.
     let mut child = Command::new(env!("CARGO_BIN_EXE_exchange"))

@@ -10,6 +10,7 @@ pub mod http;
 pub mod journal;
 pub mod kafka;
 pub mod offcore;
+pub mod ports;
 pub mod redis;
 pub mod tenancy;
 

@@ -46,7 +46,7 @@ pub fn hot_redis() -> Option<String> {
 static N: AtomicUsize = AtomicUsize::new(0);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    exchange_io::ports::free_listen_port()
 }
 
 impl Server {
