@@ -284,8 +284,9 @@ pub fn append_command(spec: &SymbolSpec, record: &StreamRecord, seq: u64, bytes:
     let _ = serde_json::to_writer(bytes, &command_json(spec, record, seq));
 }
 
-/// The commands of an `orders.submitted` record, one JSON object per line (serde_json
-/// writes no raw newline, so one inside a string is always escaped).
+/// The commands of an `orders.submitted` record, or the results of a result record: one
+/// JSON object per line (serde_json writes no raw newline, so one inside a string is
+/// always escaped).
 pub fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     bytes.split(|b| *b == b'\n')
 }
@@ -904,6 +905,14 @@ pub fn rate_decimal(rate: i64) -> Decimal {
 /// A result event as JSON, with the topic it belongs to. Ids derive from the symbol's
 /// sequence, so a result republished after a restart is recognisably the same event.
 pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>) {
+    let mut bytes = Vec::new();
+    let topic = append_event(spec, event, &mut bytes);
+    (topic, bytes)
+}
+
+/// Writes a result event as JSON at the end of `bytes` (see [`encode_event`]) and
+/// returns the topic it belongs to.
+pub fn append_event(spec: &SymbolSpec, event: &Event, bytes: &mut Vec<u8>) -> &'static str {
     let event_id = ids::encode(IdKind::Event, spec.key, event.seq()).to_string();
     let order = |id: OrderId| ids::encode(IdKind::Order, spec.key, id.0).to_string();
     let symbol = spec.name.clone();
@@ -1077,7 +1086,9 @@ pub fn encode_event(spec: &SymbolSpec, event: &Event) -> (&'static str, Vec<u8>)
             },
         ),
     };
-    (topic, serde_json::to_vec(&record).unwrap_or_default())
+    // Writing into a Vec fails only on a type serde cannot write, which these are not.
+    let _ = serde_json::to_writer(bytes, &record);
+    topic
 }
 
 #[cfg(test)]

@@ -170,7 +170,8 @@ fn results_that_never_reached_a_broker_are_sent_again_until_one_has_them() {
         let (records, _) = exchange_io::kafka::read_partition(&broker.addr, &topic, partition, 0, Duration::from_secs(10)).unwrap();
         let mut ids: Vec<String> = records
             .iter()
-            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
+            .flat_map(|r| r.payload.split(|b| *b == b'\n'))
+            .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
             .filter_map(|v| v["eventId"].as_str().map(str::to_owned))
             .collect();
         ids.sort();

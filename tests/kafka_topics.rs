@@ -85,7 +85,7 @@ fn results_are_json_and_republished_with_the_same_ids() {
 /// command as any reader reads it, numbered in order, and the replay after a crash
 /// brings back exactly the book and the accounts they made.
 #[test]
-fn commands_that_queue_together_share_a_record_and_replay_exactly() {
+fn commands_that_queue_together_share_a_record_so_do_their_results_and_replay_exactly() {
     let broker = Broker::start();
     let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TOPIC_PREFIX", "b.")]);
     let keys: Vec<String> = (0..16).map(|i| s.funded(&format!("u{i}"), "100000")).collect();
@@ -108,6 +108,25 @@ fn commands_that_queue_together_share_a_record_and_replay_exactly() {
     assert!(holding.len() < 320 * 3 / 4, "{} records for 320 orders sent 16 at a time", holding.len());
     let seqs: Vec<u64> = records.iter().flatten().filter(|c| c["symbol"] == "BTC-PERP").map(|c| c["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "numbered in log order: {seqs:?}");
+    // Their results too: what a core executes in one turn is a record per topic and
+    // symbol, a result a line, in order.
+    let settled = |topic: &str| {
+        let mut last = read_records(&broker.addr, topic);
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = read_records(&broker.addr, topic);
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let placed = settled("b.orders.placed");
+    let results: Vec<&Value> = placed.iter().flatten().collect();
+    assert!(results.len() >= 100, "{} orders placed", results.len());
+    assert!(placed.len() < results.len() * 3 / 4, "{} records for {} results of orders sent 16 at a time", placed.len(), results.len());
+    let seqs: Vec<u64> = results.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
 
     let state = |s: &Server| {
         let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);

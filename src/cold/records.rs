@@ -137,14 +137,14 @@ pub enum Row {
 }
 
 /// Reads a record as its topic says: `commands` (the prefixed `orders.submitted`) or a
-/// results topic: a row for each command of a command record (one a line, see
-/// [`crate::wire::append_command`]), or the result's one; an error for each that is not
-/// what the exchange writes.
+/// results topic: a row for each command or result of the record (one a line, see
+/// [`crate::wire::lines`]); an error for each that is not what the exchange writes.
 pub fn read(commands: &str, record: &exchange_io::kafka::Located) -> Vec<Result<Row, String>> {
+    let lines = crate::wire::lines(&record.payload);
     if record.topic == commands {
-        crate::wire::lines(&record.payload).map(|line| command(line, record.partition, record.offset)).collect()
+        lines.map(|line| command(line, record.partition, record.offset)).collect()
     } else {
-        vec![result(&record.payload)]
+        lines.map(result).collect()
     }
 }
 
@@ -444,5 +444,23 @@ mod tests {
         let Row::Closure(row) = result(&bytes).unwrap() else { panic!("not a closure") };
         assert_eq!(row.reason, CancelReason::UserRequest.as_str());
         assert_eq!(row.closed_ms, 6);
+
+        // A result record of a turn: a row for each of its results, in order.
+        let mut record = Vec::new();
+        for seq in [9, 11] {
+            let Event::TradeExecuted(t) = &trade else { unreachable!() };
+            let _ = wire::append_event(&spec, &Event::TradeExecuted(Trade { seq, ..*t }), &mut record);
+            record.push(b'\n');
+        }
+        record.pop();
+        let located = exchange_io::kafka::Located { topic: "x.trades.executed".into(), partition: 0, offset: 3, timestamp_ms: None, payload: record };
+        let seqs: Vec<i64> = read("x.orders.submitted", &located)
+            .into_iter()
+            .map(|r| match r {
+                Ok(Row::Trade(t)) => t.seq,
+                other => panic!("not a trade: {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, [9, 11]);
     }
 }

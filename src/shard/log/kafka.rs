@@ -1,7 +1,7 @@
 //! Kafka as the event log: the process's producers, a shard's connection to them, and
 //! the delivery of result records until Kafka has each one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use exchange_io::kafka::{self, DeliveryFuture, Producer};
 use exchange_io::tenancy::Tenancy;
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 /// The Kafka clients of the process, made once before the shards start (so that
 /// librdkafka's threads are not pinned to a shard's core) and shared by every shard:
@@ -37,10 +38,8 @@ pub struct KafkaBackend {
     pub timeout: std::time::Duration,
     /// The commands' producer, shared by the streams of every shard, and their linger.
     pub producer: kafka::Commands,
-    /// The results' producer: a connection of its own, so that result records never
-    /// queue in front of the commands an acknowledgement waits for. Replaced when it
-    /// fails for good.
-    results: Rc<RefCell<Producer>>,
+    /// The result records of this core: gathered each turn, then delivered.
+    results: Rc<Results>,
     /// Prepended to every topic name (several exchanges on one cluster, tests).
     pub topic_prefix: String,
     /// At start only: partitions already read, `(from, records, end)`.
@@ -48,10 +47,6 @@ pub struct KafkaBackend {
     /// At start only: the producer of fences, with the start's patience (a broker just
     /// started, or a topic just created, can take longer than the order path's timeout).
     pub(super) fences: RefCell<Option<Producer>>,
-    /// Result records on their way to Kafka (see [`deliver`]).
-    outbox: mpsc::UnboundedSender<Outgoing>,
-    /// Which of them Kafka does not have yet.
-    undelivered: Rc<Undelivered>,
     /// This process's claim on the topics (see [`exchange_io::tenancy`]).
     pub(super) tenancy: Arc<Tenancy>,
 }
@@ -138,6 +133,93 @@ struct Outgoing {
     ticket: u64,
 }
 
+/// The result records of one core. Everything the core executes in one turn of its
+/// executor (the commands of every stream batch that completed) publishes into records
+/// gathered per symbol and topic, a result a line; a task woken by the first of them,
+/// and so run behind every task that was runnable then, sends each as one record.
+/// A record's ticket is issued when it starts, so a snapshot taken meanwhile waits for it.
+struct Results {
+    /// A connection of its own, so that result records never queue in front of the
+    /// commands an acknowledgement waits for. Replaced when it fails for good.
+    producer: Rc<RefCell<Producer>>,
+    topic_prefix: String,
+    partitions: i32,
+    gathered: RefCell<Vec<Gathered>>,
+    /// One result's JSON, before it joins its record.
+    scratch: RefCell<Vec<u8>>,
+    /// Wakes the sender; `gathering` while a wake-up is outstanding.
+    wake: LocalSender<()>,
+    gathering: Cell<bool>,
+    /// Records on their way to Kafka (see [`deliver`]).
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Which of them Kafka does not have yet.
+    undelivered: Rc<Undelivered>,
+}
+
+/// A result record being gathered.
+struct Gathered {
+    topic: &'static str,
+    symbol: u32,
+    partition: i32,
+    key: String,
+    payload: Vec<u8>,
+    ticket: u64,
+}
+
+impl Results {
+    fn publish(&self, spec: &crate::engine::SymbolSpec, events: &[crate::engine::Event]) {
+        let mut gathered = self.gathered.borrow_mut();
+        let mut scratch = self.scratch.borrow_mut();
+        for event in events {
+            scratch.clear();
+            let topic = crate::wire::append_event(spec, event, &mut scratch);
+            let at = gathered.iter().position(|g| g.topic == topic && g.symbol == spec.key);
+            let record = match at {
+                Some(i) if gathered[i].payload.len() + scratch.len() < super::RECORD_BYTES => &mut gathered[i],
+                full => {
+                    if let Some(i) = full {
+                        self.send(gathered.swap_remove(i));
+                    }
+                    if !self.gathering.replace(true) {
+                        let _ = self.wake.try_send(());
+                    }
+                    let partition = kafka::partition_for(spec.name.as_bytes(), self.partitions);
+                    let ticket = self.undelivered.issue();
+                    gathered.push(Gathered { topic, symbol: spec.key, partition, key: spec.name.clone(), payload: Vec::new(), ticket });
+                    let last = gathered.len() - 1;
+                    &mut gathered[last]
+                }
+            };
+            if !record.payload.is_empty() {
+                record.payload.push(b'\n');
+            }
+            record.payload.extend_from_slice(&scratch);
+        }
+    }
+
+    /// Every record gathered, sent.
+    fn flush(&self) {
+        self.gathering.set(false);
+        let gathered = std::mem::take(&mut *self.gathered.borrow_mut());
+        for record in gathered {
+            self.send(record);
+        }
+    }
+
+    fn send(&self, g: Gathered) {
+        let topic = format!("{}{}", self.topic_prefix, g.topic);
+        let report = kafka::send(&self.producer.borrow(), &topic, g.partition, &g.key, &g.payload).ok();
+        let _ = self.outbox.unbounded_send(Outgoing { topic, partition: g.partition, key: g.key, payload: g.payload, report, ticket: g.ticket });
+    }
+}
+
+/// Sends a core's gathered result records each time the first of a turn wakes it.
+async fn send_gathered(results: Rc<Results>, woken: LocalReceiver<()>) {
+    while woken.recv().await.is_some() {
+        results.flush();
+    }
+}
+
 impl KafkaBackend {
     /// Takes the process's producers (see [`Clients`]) and starts the shard's result
     /// delivery task (on the calling executor).
@@ -147,6 +229,19 @@ impl KafkaBackend {
         let (outbox, pending) = mpsc::unbounded();
         let undelivered = Rc::new(Undelivered::default());
         glommio::spawn_local(deliver(brokers.to_owned(), timeout, results.clone(), pending, undelivered.clone())).detach();
+        let (wake, woken) = local_channel::new_unbounded();
+        let results = Rc::new(Results {
+            producer: results,
+            topic_prefix: topic_prefix.to_owned(),
+            partitions,
+            gathered: RefCell::default(),
+            scratch: RefCell::default(),
+            wake,
+            gathering: Cell::new(false),
+            outbox,
+            undelivered,
+        });
+        glommio::spawn_local(send_gathered(results.clone(), woken)).detach();
         Self {
             brokers: brokers.to_owned(),
             partitions,
@@ -156,33 +251,24 @@ impl KafkaBackend {
             topic_prefix: topic_prefix.to_owned(),
             read_cache: RefCell::default(),
             fences: RefCell::default(),
-            outbox,
-            undelivered,
             tenancy,
         }
     }
 
     /// The results not yet in Kafka.
     pub fn undelivered(&self) -> Rc<Undelivered> {
-        self.undelivered.clone()
+        self.results.undelivered.clone()
     }
 
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)
     }
 
-    /// Publishes a symbol's result events to their topics, keyed by symbol. Not awaited:
-    /// the delivery task makes sure each one reaches Kafka.
+    /// Publishes a symbol's result events to their topics, keyed by symbol, a record per
+    /// topic for all that this core executes in one turn (see [`Results`]). Not awaited:
+    /// the delivery task makes sure each record reaches Kafka.
     pub fn publish(&self, spec: &crate::engine::SymbolSpec, events: &[crate::engine::Event]) {
-        let partition = kafka::partition_for(spec.name.as_bytes(), self.partitions);
-        let producer = self.results.borrow();
-        for event in events {
-            let (topic, payload) = crate::wire::encode_event(spec, event);
-            let topic = self.topic(topic);
-            let report = kafka::send(&producer, &topic, partition, &spec.name, &payload).ok();
-            let ticket = self.undelivered.issue();
-            let _ = self.outbox.unbounded_send(Outgoing { topic, partition, key: spec.name.clone(), payload, report, ticket });
-        }
+        self.results.publish(spec, events);
     }
 }
 
