@@ -87,7 +87,8 @@ fn results_are_json_and_republished_with_the_same_ids() {
 #[test]
 fn commands_that_queue_together_share_a_record_so_do_their_results_and_replay_exactly() {
     let broker = Broker::start();
-    let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TOPIC_PREFIX", "b.")]);
+    // A snapshot every 300 commands: 320 commands in fewer records than that still make one.
+    let mut s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TOPIC_PREFIX", "b."), ("EXCHANGE_SNAPSHOT_EVERY", "300")]);
     let keys: Vec<String> = (0..16).map(|i| s.funded(&format!("u{i}"), "100000")).collect();
     std::thread::scope(|scope| {
         for (i, key) in keys.iter().enumerate() {
@@ -127,6 +128,12 @@ fn commands_that_queue_together_share_a_record_so_do_their_results_and_replay_ex
     assert!(placed.len() < results.len() * 3 / 4, "{} records for {} results of orders sent 16 at a time", placed.len(), results.len());
     let seqs: Vec<u64> = results.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
+    let snapshots = || std::fs::read_dir(s.data.join("snapshots/symbols/BTC-PERP")).map_or(0, |d| d.count());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while snapshots() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no snapshot after 320 commands in {} records", records.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let state = |s: &Server| {
         let (_, depth) = s.request("GET", "/v1/depth?symbol=BTC-PERP", &[], None);

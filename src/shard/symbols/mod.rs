@@ -393,7 +393,7 @@ impl SymbolRoom {
     /// sent, that the symbol got that far: time for each to snapshot its accounts.
     pub fn snapshot_symbol(&self, stream: &SymbolStream) {
         let offset = stream.next.get();
-        stream.snapshot_at.set(offset);
+        stream.since_snapshot.set(0);
         let snapshot = files::SymbolSnapshot {
             offset,
             market: stream.market.borrow().snapshot(),

@@ -40,7 +40,6 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
         }
         let (stream, jobs) = SymbolStream::new(index, market);
         stream.next.set(from);
-        stream.snapshot_at.set(from);
         stream.trades.borrow_mut().extend(trades);
         *stream.candles.borrow_mut() = candles.0;
         *stream.history.borrow_mut() = candles.1;

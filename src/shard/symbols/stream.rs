@@ -51,8 +51,10 @@ pub struct SymbolStream {
     pub history: RefCell<crate::shard::tape::PriceHistory>,
     /// Log offset of the next command to execute.
     pub next: Cell<u64>,
-    /// Offset of the last snapshot taken.
-    pub snapshot_at: Cell<u64>,
+    /// Commands executed since the last snapshot (or the one a recovery started from):
+    /// on Kafka a record holds a batch and a partition several symbols, so offsets do
+    /// not count commands.
+    pub since_snapshot: Cell<u64>,
     /// The floor of the log's latest epoch (Kafka): what a replay starting from a
     /// snapshot must know of the log before it.
     pub epoch: Cell<crate::wire::EpochFloor>,
@@ -81,7 +83,7 @@ impl SymbolStream {
             candles: RefCell::default(),
             history: RefCell::default(),
             next: Cell::new(0),
-            snapshot_at: Cell::new(0),
+            since_snapshot: Cell::new(0),
             epoch: Cell::default(),
             sweeping: Cell::new(false),
             due: Cell::new(0),
@@ -107,6 +109,7 @@ impl SymbolStream {
     pub fn execute(&self, room: &SymbolRoom, command: &Command, offset: u64, replayed: bool) -> Outcome {
         let mut events = Vec::new();
         self.next.set(offset + 1);
+        self.since_snapshot.set(self.since_snapshot.get() + 1);
         let result = self.market.borrow_mut().execute(command, &mut events);
         self.remember_trades(&events);
         if events.iter().any(|e| matches!(e, Event::PriceUpdated(_) | Event::LiquidationEnded(_) | Event::FundingSettled(_))) {
@@ -462,7 +465,7 @@ async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeli
                         let _ = job.done.send(Ok(outcome));
                     }
                 }
-                if stream.next.get() - stream.snapshot_at.get() >= room.config.snapshot_every.max(1) {
+                if stream.since_snapshot.get() >= room.config.snapshot_every.max(1) {
                     room.snapshot_symbol(&stream);
                 }
             }
