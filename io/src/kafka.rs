@@ -90,50 +90,50 @@ impl Commands {
 
     /// The replacement made since this producer, if there is one.
     fn newer(&self) -> Option<Self> {
-        if self.renewals.generation.load(Ordering::Acquire) == self.generation {
-            return None;
-        }
-        let state = self.renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (producer, generation) = state.newest.clone()?;
+        let (producer, generation) = self.renewals.newer(self.generation)?;
         Some(Self { producer, generation, ..self.clone() })
     }
 
-    /// Starts making a replacement for every stream that shares this producer, on a
-    /// thread of its own ([`crate::offcore`]: librdkafka starts threads per client, and
-    /// they must not inherit a shard's core; nor may a shard wait for the creation);
-    /// unless one is being made, or was made since this one.
+    /// Has a replacement made for every stream that shares this producer (see
+    /// [`Renewals::renew`]).
     fn renew(&self, brokers: &str, timeout: Duration) {
-        let mut state = self.renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if state.making || self.renewals.generation.load(Ordering::Acquire) != self.generation {
-            return;
-        }
-        state.making = true;
-        drop(state);
-        let (renewals, brokers) = (self.renewals.clone(), brokers.to_owned());
-        let started = crate::offcore::spawn("kafka-clients", move || {
-            let made = producer(&brokers, timeout);
-            let mut state = renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match made {
-                Ok(fresh) => {
-                    let generation = renewals.generation.load(Ordering::Acquire) + 1;
-                    state.newest = Some((fresh, generation));
-                    renewals.generation.store(generation, Ordering::Release);
-                }
-                Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer; trying again with the next record"),
-            }
-            state.making = false;
-        });
-        if let Err(e) = started {
-            tracing::warn!(error = %e, "no thread to renew the Kafka producer on; trying again with the next record");
-            self.renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).making = false;
-        }
+        self.renewals.renew(self.generation, brokers, timeout);
     }
 }
 
 /// Every stream sends at once.
 impl From<Producer> for Commands {
     fn from(producer: Producer) -> Self {
-        Self { producer, linger: None, renewals: Arc::default(), generation: 0 }
+        Self { producer, linger: None, renewals: Arc::new(Renewals::new(self::producer)), generation: 0 }
+    }
+}
+
+/// The producer of result records, shared by every core of the process, and its
+/// replacement after a failure, made once for all of them (see [`Renewals`]). Results
+/// carry their `eventId`, so a core takes a replacement at once, whatever it has in flight.
+#[derive(Clone)]
+pub struct Results {
+    pub producer: Producer,
+    renewals: Arc<Renewals>,
+    generation: u64,
+}
+
+impl Results {
+    /// # Errors
+    /// The producer could not be created (an invalid setting).
+    pub fn new(brokers: &str, timeout: Duration) -> Result<Self, String> {
+        Ok(Self { producer: results_producer(brokers, timeout)?, renewals: Arc::new(Renewals::new(results_producer)), generation: 0 })
+    }
+
+    /// The replacement made since this producer, if there is one.
+    pub fn newer(&self) -> Option<Self> {
+        let (producer, generation) = self.renewals.newer(self.generation)?;
+        Some(Self { producer, generation, renewals: self.renewals.clone() })
+    }
+
+    /// Has a replacement made for every core (see [`Renewals::renew`]).
+    pub fn renew(&self, brokers: &str, timeout: Duration) {
+        self.renewals.renew(self.generation, brokers, timeout);
     }
 }
 
@@ -147,11 +147,58 @@ impl From<Producer> for Commands {
 /// made for all of them (not one each), and each takes it as soon as it may: with
 /// nothing of its own in flight (two producers do not keep each other's order), or at
 /// once if its producer failed for good (nothing more of it will land).
-#[derive(Default)]
 struct Renewals {
     /// Of the newest replacement (0: none yet); read without the lock on every record.
     generation: AtomicU64,
     state: std::sync::Mutex<RenewalState>,
+    /// How a replacement is made.
+    make: fn(&str, Duration) -> Result<Producer, String>,
+}
+
+impl Renewals {
+    fn new(make: fn(&str, Duration) -> Result<Producer, String>) -> Self {
+        Self { generation: AtomicU64::new(0), state: std::sync::Mutex::default(), make }
+    }
+
+    /// The newest replacement, if it was made after `generation`.
+    fn newer(&self, generation: u64) -> Option<(Producer, u64)> {
+        if self.generation.load(Ordering::Acquire) == generation {
+            return None;
+        }
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.newest.clone()
+    }
+
+    /// Starts making a replacement for everyone who shares the producer of `generation`,
+    /// on a thread of its own ([`crate::offcore`]: librdkafka starts threads per client,
+    /// and they must not inherit a shard's core; nor may a shard wait for the creation);
+    /// unless one is being made, or was made since that one.
+    fn renew(self: &Arc<Self>, generation: u64, brokers: &str, timeout: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.making || self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        state.making = true;
+        drop(state);
+        let (renewals, brokers) = (self.clone(), brokers.to_owned());
+        let started = crate::offcore::spawn("kafka-clients", move || {
+            let made = (renewals.make)(&brokers, timeout);
+            let mut state = renewals.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match made {
+                Ok(fresh) => {
+                    let generation = renewals.generation.load(Ordering::Acquire) + 1;
+                    state.newest = Some((fresh, generation));
+                    renewals.generation.store(generation, Ordering::Release);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not renew the Kafka producer; trying again with the next record"),
+            }
+            state.making = false;
+        });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no thread to renew the Kafka producer on; trying again with the next record");
+            self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).making = false;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -474,17 +521,7 @@ impl KafkaLog {
     /// what follows.
     #[doc(hidden)]
     pub fn inject_fatal_error(&self) {
-        use rdkafka::producer::Producer as _;
-        let reason = c"injected by a test";
-        // SAFETY: the client pointer is valid while `self.producer` lives; the reason is
-        // a NUL-terminated string librdkafka copies.
-        unsafe {
-            rdkafka::bindings::rd_kafka_test_fatal_error(
-                self.producer().client().native_ptr(),
-                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-                reason.as_ptr(),
-            );
-        }
+        inject_fatal_error(self.producer());
     }
 }
 
@@ -650,6 +687,23 @@ pub async fn delivered(report: DeliveryFuture) -> Result<(), String> {
 pub fn is_fatal(producer: &Producer) -> bool {
     use rdkafka::producer::Producer as _;
     producer.client().fatal_error().is_some()
+}
+
+/// Makes `producer` hit a fatal error, as a fenced one or one that lost a sequence does
+/// (librdkafka cannot be made to produce either at will): for tests of what follows.
+#[doc(hidden)]
+pub fn inject_fatal_error(producer: &Producer) {
+    use rdkafka::producer::Producer as _;
+    let reason = c"injected by a test";
+    // SAFETY: the client pointer is valid while `producer` lives; the reason is a
+    // NUL-terminated string librdkafka copies.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
+    }
 }
 
 /// A record read back from a partition.

@@ -15,6 +15,13 @@ fn broker() -> String {
     std::env::var("EXCHANGE_KAFKA_TEST_BROKER").expect("EXCHANGE_KAFKA_TEST_BROKER must name the test broker (test.sh starts one)")
 }
 
+/// A new topic of one partition, named for its test.
+fn one_partition_topic(brokers: &str, test: &str) -> String {
+    let topic = format!("{test}-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    futures_lite::future::block_on(kafka::ensure_topics(brokers, &[&topic], &kafka::TopicSettings { partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3_600_000 })).unwrap();
+    topic
+}
+
 #[test]
 fn committed_records_read_back_in_order_with_their_offsets() {
     let brokers = broker();
@@ -101,8 +108,7 @@ fn topics_get_their_retention_and_the_replication_the_cluster_can_give() {
 #[test]
 fn a_producer_that_failed_for_good_is_replaced_once_for_all_its_streams() {
     let brokers = broker();
-    let topic = format!("fatal-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], &kafka::TopicSettings { partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3_600_000 })).unwrap();
+    let topic = one_partition_topic(&brokers, "fatal");
     let t = Duration::from_secs(5);
     let shared = kafka::Commands::from(kafka::producer(&brokers, t).unwrap());
     let mut logs: Vec<KafkaLog> = ["A", "B", "C"].iter().map(|key| KafkaLog::new(&brokers, t, shared.clone(), &topic, 0, key, 0)).collect();
@@ -136,14 +142,43 @@ fn a_producer_that_failed_for_good_is_replaced_once_for_all_its_streams() {
     }
 }
 
+/// The results' producer is shared by every core: after it failed, each core asks for a
+/// replacement, one is made, and every core takes that one.
+#[test]
+fn a_failed_results_producer_is_replaced_once_for_every_core() {
+    use rdkafka::producer::Producer as _;
+    let brokers = broker();
+    let topic = one_partition_topic(&brokers, "results-fatal");
+    let t = Duration::from_secs(5);
+    let first = kafka::Results::new(&brokers, t).unwrap();
+    let cores = [first.clone(), first.clone(), first];
+    let id = |r: &kafka::Results| r.producer.client().native_ptr() as usize;
+    kafka::inject_fatal_error(&cores[0].producer);
+    assert!(cores.iter().all(|c| kafka::is_fatal(&c.producer)), "one producer for every core");
+    assert!(cores[0].newer().is_none());
+    for core in &cores {
+        core.renew(&brokers, t);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cores[0].newer().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no replacement was made");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let taken: Vec<kafka::Results> = cores.iter().map(|c| c.newer().expect("the replacement")).collect();
+    assert!(taken.iter().all(|r| id(r) == id(&taken[0])), "one replacement for the three cores");
+    assert_ne!(id(&taken[0]), id(&cores[0]));
+    assert!(taken[0].newer().is_none(), "and no second one");
+    let report = kafka::send(&taken[1].producer, &topic, 0, "k", b"after").unwrap();
+    futures_lite::future::block_on(kafka::delivered(report)).unwrap();
+}
+
 /// A stream whose batches queue behind each other asks its writer to gather commands
 /// before it sends the next batch, a quiet one does not, and every record lands in the
 /// order it was sent.
 #[test]
 fn a_busy_stream_gathers_a_quiet_one_does_not() {
     let brokers = broker();
-    let topic = format!("pace-test-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    futures_lite::future::block_on(kafka::ensure_topics(&brokers, &[&topic], &kafka::TopicSettings { partitions: 1, replication_factor: 1, min_insync_replicas: 1, retention_ms: 3_600_000 })).unwrap();
+    let topic = one_partition_topic(&brokers, "pace");
     let t = Duration::from_secs(5);
     let commands = kafka::Commands::new(&brokers, t).unwrap();
     let linger = commands.linger.expect("EXCHANGE_KAFKA_LINGER_MS is 0 here: nothing to gather for");

@@ -20,14 +20,14 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 pub struct Clients {
     pub tenancy: Arc<Tenancy>,
     pub commands: kafka::Commands,
-    pub results: Producer,
+    pub results: kafka::Results,
 }
 
 impl Clients {
     /// # Errors
     /// A producer could not be created.
     pub fn new(brokers: &str, timeout: std::time::Duration, tenancy: Arc<Tenancy>) -> Result<Self, String> {
-        Ok(Self { tenancy, commands: kafka::Commands::new(brokers, timeout)?, results: kafka::results_producer(brokers, timeout)? })
+        Ok(Self { tenancy, commands: kafka::Commands::new(brokers, timeout)?, results: kafka::Results::new(brokers, timeout)? })
     }
 }
 
@@ -140,8 +140,8 @@ struct Outgoing {
 /// A record's ticket is issued when it starts, so a snapshot taken meanwhile waits for it.
 struct Results {
     /// A connection of its own, so that result records never queue in front of the
-    /// commands an acknowledgement waits for. Replaced when it fails for good.
-    producer: Rc<RefCell<Producer>>,
+    /// commands an acknowledgement waits for. Replaced when it fails.
+    producer: Rc<RefCell<kafka::Results>>,
     topic_prefix: String,
     partitions: i32,
     gathered: RefCell<Vec<Gathered>>,
@@ -208,7 +208,7 @@ impl Results {
 
     fn send(&self, g: Gathered) {
         let topic = format!("{}{}", self.topic_prefix, g.topic);
-        let report = kafka::send(&self.producer.borrow(), &topic, g.partition, &g.key, &g.payload).ok();
+        let report = kafka::send(&self.producer.borrow().producer, &topic, g.partition, &g.key, &g.payload).ok();
         let _ = self.outbox.unbounded_send(Outgoing { topic, partition: g.partition, key: g.key, payload: g.payload, report, ticket: g.ticket });
     }
 }
@@ -280,7 +280,7 @@ impl KafkaBackend {
 async fn deliver(
     brokers: String,
     timeout: std::time::Duration,
-    producer: Rc<RefCell<Producer>>,
+    producer: Rc<RefCell<kafka::Results>>,
     mut incoming: mpsc::UnboundedReceiver<Outgoing>,
     undelivered: Rc<Undelivered>,
 ) {
@@ -322,17 +322,27 @@ async fn deliver(
                 }
                 // An idempotent producer whose records timed out can stay stuck for good
                 // (it must bump its epoch, which tansu refuses, or re-register with a
-                // broker that lost it): a new one, at most once per timeout. Results carry
-                // their eventId, so one that lands twice does no harm.
-                if kafka::is_fatal(&producer.borrow()) || renewed.elapsed() > timeout {
-                    let b = brokers.clone();
-                    match exchange_io::offcore::run("kafka-clients", move || kafka::results_producer(&b, timeout)).await.and_then(|p| p) {
-                        Ok(fresh) => *producer.borrow_mut() = fresh,
-                        Err(e) => tracing::warn!(error = %e, "could not renew the results producer"),
-                    }
+                // broker that lost it): a new one, at most once per timeout, made once
+                // for every core (the first to ask has it made, the others take it).
+                // Results carry their eventId, so one that lands twice does no harm.
+                let newer = producer.borrow().newer();
+                if let Some(newer) = newer {
+                    *producer.borrow_mut() = newer;
+                } else if kafka::is_fatal(&producer.borrow().producer) || renewed.elapsed() > timeout {
+                    producer.borrow().renew(&brokers, timeout);
                     renewed = std::time::Instant::now();
+                    let newer = loop {
+                        let newer = producer.borrow().newer();
+                        if newer.is_some() || renewed.elapsed() > timeout {
+                            break newer;
+                        }
+                        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    };
+                    if let Some(newer) = newer {
+                        *producer.borrow_mut() = newer;
+                    }
                 }
-                o.report = kafka::send(&producer.borrow(), &o.topic, o.partition, &o.key, &o.payload).ok();
+                o.report = kafka::send(&producer.borrow().producer, &o.topic, o.partition, &o.key, &o.payload).ok();
                 line.push_back(o);
             }
         }
