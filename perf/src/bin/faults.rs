@@ -23,8 +23,11 @@
 //! - the books match a replay: the exchange is killed again, its snapshots removed, and
 //!   the state rebuilt from the logs alone must give the same depth, the same summary and
 //!   the same open orders.
+//!
 //! In the full mode, at the end, every acknowledged order of every round is in
-//! PostgreSQL (its `orders` table is keyed by orderId: at most once by construction).
+//! PostgreSQL (its `orders` table is keyed by orderId: at most once by construction),
+//! and every one that was closed when its round was checked has exactly its filled
+//! quantity in PostgreSQL's `trades` (its fills, from the results topics).
 //!
 //! It prints one line per round and a table per mode: rounds, orders acknowledged,
 //! faults, losses (must be 0).
@@ -385,8 +388,9 @@ fn state(addr: &str, keys: &[String]) -> (Vec<Value>, Value, Vec<Value>) {
     (depth, summary, open)
 }
 
-/// Every check after a round; the number of losses found (each one is printed).
-fn verify(stack: &Stack, keys: &[String], acked: &Acked) -> usize {
+/// Every check after a round; the number of losses found (each one is printed). Adds the
+/// filled quantity of each acknowledged order that is closed to `closed` (by orderId).
+fn verify(stack: &Stack, keys: &[String], acked: &Acked, closed: &mut BTreeMap<String, String>) -> usize {
     let addr = &stack.addr;
     let mut losses = 0;
     let mut ids = BTreeSet::new();
@@ -397,10 +401,15 @@ fn verify(stack: &Stack, keys: &[String], acked: &Acked) -> usize {
             losses += 1;
         }
         let (status, text) = call(&mut conn, "GET", &format!("/v1/orders/by-client-id/{cid}"), &[("x-api-key", &keys[*user])], "").unwrap();
-        let found = serde_json::from_str::<Value>(&text).ok().and_then(|o| o["orderId"].as_str().map(str::to_owned));
+        let order = serde_json::from_str::<Value>(&text).unwrap_or_default();
+        let found = order["orderId"].as_str().map(str::to_owned);
         if status != 200 || found.as_deref() != Some(id.as_str()) {
             println!("  LOSS: {cid} acknowledged as {id}, found {status} {found:?}");
             losses += 1;
+        } else if !matches!(order["status"].as_str(), Some("NEW" | "PARTIALLY_FILLED"))
+            && let Some(filled) = order["filledQuantity"].as_str()
+        {
+            closed.insert(id.clone(), decimal(filled));
         }
     }
     for key in keys {
@@ -452,24 +461,72 @@ fn replay_matches(stack: &mut Stack, keys: &[String]) -> usize {
     differences
 }
 
-/// Whether every acknowledged order is in PostgreSQL, waiting for the writer to catch up.
-fn all_in_postgres(url: &str, ids: &BTreeSet<String>) -> usize {
+/// A decimal without trailing zeros, to compare the API's and PostgreSQL's texts.
+fn decimal(text: &str) -> String {
+    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_owned() } else { text.to_owned() }
+}
+
+/// Runs `check` against PostgreSQL every half second until it finds nothing wrong or two
+/// minutes have passed (the writer catching up); what it found wrong the last time. It is
+/// told whether this is the last time, and reports what it finds when it finds nothing
+/// wrong or it is.
+fn until_postgres_agrees(url: &str, mut check: impl AsyncFnMut(&tokio_postgres::Client, bool) -> usize) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let rows = client.query("SELECT id::text FROM orders", &[]).await.map(|r| r.iter().map(|r| r.get::<_, String>(0)).collect::<BTreeSet<_>>());
-            let missing = rows.map_or(ids.len(), |stored| ids.difference(&stored).count());
-            if missing == 0 || Instant::now() > deadline {
-                if missing > 0 {
-                    println!("  LOSS: {missing} acknowledged orders never reached PostgreSQL");
-                }
-                return missing;
+            let last = Instant::now() > deadline;
+            let wrong = check(&client, last).await;
+            if wrong == 0 || last {
+                return wrong;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    })
+}
+
+/// Whether each closed order's filled quantity is what PostgreSQL's trades add up to for
+/// it; the number of orders that differ.
+fn fills_in_postgres(url: &str, closed: &BTreeMap<String, String>) -> usize {
+    until_postgres_agrees(url, async |client, last| {
+        let sums = client
+            .query(
+                "SELECT o::text, sum(q)::text FROM (SELECT buyer_order_id AS o, quantity AS q FROM trades
+                 UNION ALL SELECT seller_order_id, quantity FROM trades) t GROUP BY o",
+                &[],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| (r.get::<_, String>(0), decimal(&r.get::<_, String>(1)))).collect::<BTreeMap<_, _>>())
+            .unwrap_or_default();
+        let differ: Vec<(&String, &String, Option<&String>)> = closed
+            .iter()
+            .filter_map(|(id, filled)| {
+                let stored = sums.get(id);
+                (stored.map_or("0", String::as_str) != filled).then_some((id, filled, stored))
+            })
+            .collect();
+        if differ.is_empty() || last {
+            for (id, filled, stored) in differ.iter().take(10) {
+                println!("  LOSS: order {id} filled {filled}, its trades in PostgreSQL {stored:?}");
+            }
+            let filled = closed.values().filter(|f| f.as_str() != "0").count();
+            println!("fills: {} closed orders checked against PostgreSQL's trades, {filled} of them with fills", closed.len());
+        }
+        differ.len()
+    })
+}
+
+/// Whether every acknowledged order is in PostgreSQL.
+fn all_in_postgres(url: &str, ids: &BTreeSet<String>) -> usize {
+    until_postgres_agrees(url, async |client, last| {
+        let rows = client.query("SELECT id::text FROM orders", &[]).await.map(|r| r.iter().map(|r| r.get::<_, String>(0)).collect::<BTreeSet<_>>());
+        let missing = rows.map_or(ids.len(), |stored| ids.difference(&stored).count());
+        if missing > 0 && last {
+            println!("  LOSS: {missing} acknowledged orders never reached PostgreSQL");
+        }
+        missing
     })
 }
 
@@ -506,6 +563,7 @@ fn run_mode(args: &Args, mode: &str) -> Outcome {
     }
     let (mut orders, mut losses) = (0, 0);
     let mut every = BTreeSet::new();
+    let mut closed = BTreeMap::new();
     let mut rng = Rng::new(42);
     for (round, fault) in faults.iter().enumerate() {
         let stop = AtomicBool::new(false);
@@ -548,7 +606,7 @@ fn run_mode(args: &Args, mode: &str) -> Outcome {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        let mut lost = verify(&stack, &keys, &acked);
+        let mut lost = verify(&stack, &keys, &acked, &mut closed);
         lost += replay_matches(&mut stack, &keys);
         orders += acked.len();
         losses += lost;
@@ -562,6 +620,7 @@ fn run_mode(args: &Args, mode: &str) -> Outcome {
     }
     if let Some(url) = &stack.database {
         losses += all_in_postgres(url, &every);
+        losses += fills_in_postgres(url, &closed);
     }
     Outcome { mode: mode.to_owned(), rounds: faults.len(), orders, faults, losses }
 }
