@@ -41,8 +41,7 @@ pub struct Rpc {
     /// Per destination, the messages of the batch being gathered.
     outbox: RefCell<Vec<Batch>>,
     /// Wakes the flusher when a batch starts.
-    wake: LocalSender<()>,
-    gathering: Cell<bool>,
+    turn: TurnWake,
     /// Per destination, notices in the batch being gathered, and whether one was dropped.
     notices: RefCell<Vec<(usize, bool)>>,
 }
@@ -54,14 +53,13 @@ impl Rpc {
     /// The rpc of shard `me` among `shards`, and the flusher to run as a task of its own
     /// ([`flush`]).
     pub fn new(me: usize, shards: usize) -> (Self, LocalReceiver<()>) {
-        let (wake, woken) = local_channel::new_unbounded();
+        let (turn, woken) = TurnWake::new();
         let rpc = Self {
             me,
             pending: RefCell::default(),
             next_id: Cell::new(0),
             outbox: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
-            wake,
-            gathering: Cell::new(false),
+            turn,
             notices: RefCell::new(vec![(0, false); shards]),
         };
         (rpc, woken)
@@ -75,9 +73,7 @@ impl Rpc {
         if let Some(outbox) = self.outbox.borrow_mut().get_mut(to) {
             outbox.push(message);
         }
-        if !self.gathering.replace(true) {
-            let _ = self.wake.try_send(());
-        }
+        self.turn.raise();
     }
 
     /// Sends a request (in order with earlier sends to the same shard) and returns the
@@ -121,7 +117,7 @@ impl Rpc {
 
     /// Every destination's gathered batch, taken.
     fn take(&self) -> Vec<(usize, Batch)> {
-        self.gathering.set(false);
+        self.turn.lower();
         let mut outbox = self.outbox.borrow_mut();
         for (batch, (waiting, lost)) in outbox.iter_mut().zip(self.notices.borrow_mut().iter_mut()) {
             if std::mem::take(lost) {
@@ -138,6 +134,33 @@ impl Rpc {
         for id in ids {
             pending.remove(id);
         }
+    }
+}
+
+/// Work that gathers during a turn of the core and is handed on once, by a task of its
+/// own: the first [`Self::raise`] of a turn wakes that task, which then runs behind every
+/// task that was runnable (everything the core does in that turn); it [`Self::lower`]s
+/// before taking what gathered, so that what comes later wakes it again.
+pub struct TurnWake {
+    wake: LocalSender<()>,
+    raised: Cell<bool>,
+}
+
+impl TurnWake {
+    /// The wake and what the task waits on.
+    pub fn new() -> (Self, LocalReceiver<()>) {
+        let (wake, woken) = local_channel::new_unbounded();
+        (Self { wake, raised: Cell::new(false) }, woken)
+    }
+
+    pub fn raise(&self) {
+        if !self.raised.replace(true) {
+            let _ = self.wake.try_send(());
+        }
+    }
+
+    pub fn lower(&self) {
+        self.raised.set(false);
     }
 }
 

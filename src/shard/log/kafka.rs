@@ -1,7 +1,7 @@
 //! Kafka as the event log: the process's producers, a shard's connection to them, and
 //! the delivery of result records until Kafka has each one.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use exchange_io::kafka::{self, DeliveryFuture, Producer};
 use exchange_io::tenancy::Tenancy;
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::channels::local_channel::LocalReceiver;
+
+use crate::shard::rpc::TurnWake;
 
 /// The Kafka clients of the process, made once before the shards start (so that
 /// librdkafka's threads are not pinned to a shard's core) and shared by every shard:
@@ -147,9 +149,8 @@ struct Results {
     gathered: RefCell<Vec<Gathered>>,
     /// One result's JSON, before it joins its record.
     scratch: RefCell<Vec<u8>>,
-    /// Wakes the sender; `gathering` while a wake-up is outstanding.
-    wake: LocalSender<()>,
-    gathering: Cell<bool>,
+    /// Wakes the sender once a turn.
+    turn: TurnWake,
     /// Records on their way to Kafka (see [`deliver`]).
     outbox: mpsc::UnboundedSender<Outgoing>,
     /// Which of them Kafka does not have yet.
@@ -180,9 +181,7 @@ impl Results {
                     if let Some(i) = full {
                         self.send(gathered.swap_remove(i));
                     }
-                    if !self.gathering.replace(true) {
-                        let _ = self.wake.try_send(());
-                    }
+                    self.turn.raise();
                     let partition = kafka::partition_for(spec.name.as_bytes(), self.partitions);
                     let ticket = self.undelivered.issue();
                     gathered.push(Gathered { topic, symbol: spec.key, partition, key: spec.name.clone(), payload: Vec::new(), ticket });
@@ -199,7 +198,7 @@ impl Results {
 
     /// Every record gathered, sent.
     fn flush(&self) {
-        self.gathering.set(false);
+        self.turn.lower();
         let gathered = std::mem::take(&mut *self.gathered.borrow_mut());
         for record in gathered {
             self.send(record);
@@ -229,15 +228,14 @@ impl KafkaBackend {
         let (outbox, pending) = mpsc::unbounded();
         let undelivered = Rc::new(Undelivered::default());
         glommio::spawn_local(deliver(brokers.to_owned(), timeout, results.clone(), pending, undelivered.clone())).detach();
-        let (wake, woken) = local_channel::new_unbounded();
+        let (turn, woken) = TurnWake::new();
         let results = Rc::new(Results {
             producer: results,
             topic_prefix: topic_prefix.to_owned(),
             partitions,
             gathered: RefCell::default(),
             scratch: RefCell::default(),
-            wake,
-            gathering: Cell::new(false),
+            turn,
             outbox,
             undelivered,
         });
