@@ -15,6 +15,10 @@
 //! clients got every trade and how many were cut off, and the exchange's CPU time beyond
 //! the baseline run's per message delivered (the fan-out's cost per message per client).
 //!
+//! `FANOUT_IDLE_CLIENTS=1`: the clients follow only the markers' `trades:ETH-PERP` (ten
+//! messages a second each); `FANOUT_IDLE_CLIENTS=quiet`: they follow nothing, so what
+//! is measured is the cost of the connections alone.
+//!
 //! The last line is `fanout: <C> clients, ack p99 <B> ms -> <W> ms (<R>x), delivery p99 <D> ms,
 //! <G>/<C> got every trade, <N> ns CPU per message`.
 
@@ -101,6 +105,23 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// What `FANOUT_IDLE_CLIENTS` asks of the clients: nothing (unset), to follow only the
+/// markers' symbol (any value), or to follow nothing at all (`quiet`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    No,
+    Markers,
+    Quiet,
+}
+
+fn idle() -> Idle {
+    match std::env::var("FANOUT_IDLE_CLIENTS") {
+        Err(_) => Idle::No,
+        Ok(v) if v == "quiet" => Idle::Quiet,
+        Ok(_) => Idle::Markers,
+    }
+}
+
 /// What the clients saw.
 #[derive(Default)]
 struct Seen {
@@ -137,16 +158,18 @@ fn clients(addr: String, n: usize, nice: i32, depth: bool, ready: Arc<AtomicU64>
                         return;
                     };
                     // FANOUT_IDLE_CLIENTS: connected but following only the markers' symbol, to
-                    // tell the cost of connections from the cost of messages.
-                    let channels = if std::env::var_os("FANOUT_IDLE_CLIENTS").is_some() {
-                        r#"["trades:ETH-PERP"]"#
-                    } else if depth {
-                        r#"["trades:BTC-PERP","depth:BTC-PERP","trades:ETH-PERP"]"#
-                    } else {
-                        r#"["trades:BTC-PERP","trades:ETH-PERP"]"#
+                    // tell the cost of connections from the cost of messages; `quiet`:
+                    // connected and following nothing (pinged, never sent a message).
+                    let channels = match idle() {
+                        Idle::Quiet => None,
+                        Idle::Markers => Some(r#"["trades:ETH-PERP"]"#),
+                        Idle::No if depth => Some(r#"["trades:BTC-PERP","depth:BTC-PERP","trades:ETH-PERP"]"#),
+                        Idle::No => Some(r#"["trades:BTC-PERP","trades:ETH-PERP"]"#),
                     };
-                    let _ = ws.send(Message::text(format!(r#"{{"op":"subscribe","channels":{channels}}}"#))).await;
-                    let _ = ws.next().await;
+                    if let Some(channels) = channels {
+                        let _ = ws.send(Message::text(format!(r#"{{"op":"subscribe","channels":{channels}}}"#))).await;
+                        let _ = ws.next().await;
+                    }
                     ready.fetch_add(1, Ordering::AcqRel);
                     loop {
                         let next = futures_lite::future::or(async { Some(ws.next().await) }, async {
@@ -299,12 +322,11 @@ fn main() {
     let extra = cpu.saturating_sub(cpu_baseline * a.seconds / base_secs);
     let ns_per_message = if delivered > 0 { extra as f64 / hz * 1e9 / delivered as f64 } else { 0.0 };
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e6;
-    let followed = if std::env::var_os("FANOUT_IDLE_CLIENTS").is_some() {
-        "only the markers' trades:ETH-PERP"
-    } else if a.depth {
-        "trades:BTC-PERP and depth:BTC-PERP"
-    } else {
-        "trades:BTC-PERP"
+    let followed = match idle() {
+        Idle::Quiet => "nothing (connected only)",
+        Idle::Markers => "only the markers' trades:ETH-PERP",
+        Idle::No if a.depth => "trades:BTC-PERP and depth:BTC-PERP",
+        Idle::No => "trades:BTC-PERP",
     };
     println!("clients: {} subscribed to {followed} (their thread at nice {}); load: {} orders/s open loop, one lot, {} s", a.clients, a.client_nice, a.rate, a.seconds);
     println!(
