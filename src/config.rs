@@ -41,7 +41,7 @@
 //! | `EXCHANGE_STREAM_QUEUE_BYTES` | `limits.stream_queue_bytes` | `4194304` (a WebSocket's unsent bytes before it is cut off) |
 //! | `EXCHANGE_STREAM_PING_SECS` | `limits.stream_ping_secs` | `15` (idle WebSockets pinged; silent for twice that: closed) |
 //! | `EXCHANGE_STREAM_PER_ADDRESS` | `limits.stream_per_address` | `50` (stream connections one client address may hold, on all cores together) |
-//! | `EXCHANGE_STREAM_WRITE_TIMEOUT_MS` | `limits.stream_write_timeout_ms` | `3000` (a WebSocket write the peer has not taken by then: closed as not reading) |
+//! | `EXCHANGE_STREAM_WRITE_TIMEOUT_MS` | `limits.stream_write_timeout_ms` | `2000` (a WebSocket write the peer has not taken by then: closed as not reading) |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -190,7 +190,7 @@ impl Default for Limits {
             stream_queue_bytes: 4 * 1024 * 1024,
             stream_ping_secs: 15,
             stream_per_address: 50,
-            stream_write_timeout_ms: 3000,
+            stream_write_timeout_ms: 2000,
         }
     }
 }
