@@ -38,6 +38,7 @@ pub struct Metrics {
     rebuilds: Family<ShardLabel, Counter>,
     liquidations: Family<ShardLabel, Counter>,
     liquidations_due: Family<ShardLabel, Gauge>,
+    stream_delay: Family<ShardLabel, Histogram>,
     /// How far cold storage trails the event log, in ms (0 when caught up).
     pub cold_lag_ms: Gauge,
     /// Records of the event log stored in cold storage.
@@ -78,6 +79,10 @@ pub struct ShardMetrics {
     pub liquidations: Counter,
     /// Due positions a liquidation pass has still to take, over the shard's symbols.
     pub liquidations_due: Gauge,
+    /// The server's part of stream delivery: from a result reaching the core's stream
+    /// side to the completion of the socket write that carries it, per write (its oldest
+    /// message).
+    pub stream_delay_seconds: Histogram,
 }
 
 /// 1 .. 4,096 commands.
@@ -88,6 +93,11 @@ fn batch_sizes() -> Histogram {
 fn latency() -> Histogram {
     // 10 µs .. ~5 s
     Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+}
+
+/// 100 µs .. ~2.5 s, each bucket 1.5x the last: the stream delay's targets are tens of ms.
+fn stream_delay() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 1.5, 26))
 }
 
 impl Metrics {
@@ -153,6 +163,12 @@ impl Metrics {
         let stream_writes = Counter::default();
         registry.register("exchange_stream_messages", "Stream messages written to their sockets", stream_messages.clone());
         registry.register("exchange_stream_writes", "Socket writes of stream connections", stream_writes.clone());
+        let stream_delay = Family::<ShardLabel, Histogram>::new_with_constructor(stream_delay as fn() -> Histogram);
+        registry.register(
+            "exchange_stream_delay_seconds",
+            "Per stream write, time from its oldest message's result reaching the core's stream side to the write's completion",
+            stream_delay.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             orders,
@@ -166,6 +182,7 @@ impl Metrics {
             rebuilds,
             liquidations,
             liquidations_due,
+            stream_delay,
             cold_lag_ms,
             cold_records,
             consistency_checks,
@@ -191,6 +208,7 @@ impl Metrics {
             hot_rebuilds: self.rebuilds.get_or_create(&label).clone(),
             liquidations: self.liquidations.get_or_create(&label).clone(),
             liquidations_due: self.liquidations_due.get_or_create(&label).clone(),
+            stream_delay_seconds: self.stream_delay.get_or_create(&label).clone(),
         }
     }
 

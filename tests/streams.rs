@@ -580,3 +580,61 @@ fn a_connection_reading_many_channels_gets_each_ticks_messages_in_one_write() {
     assert!(sent >= 18, "eight trades, eight fills, order updates, balance: {sent} messages");
     assert!(written >= 1 && written * 4 <= sent, "{sent} messages took {written} socket writes, not one per tick");
 }
+
+/// `exchange_stream_delay_seconds` over every shard: (bucket bound in seconds, writes at
+/// or under it), `+Inf` last.
+fn delay_buckets(s: &Server) -> Vec<(f64, i64)> {
+    let (_, metrics) = s.request("GET", "/metrics", &[], None);
+    let mut buckets: Vec<(f64, i64)> = Vec::new();
+    for line in metrics.as_str().unwrap_or_default().lines().filter(|l| l.starts_with("exchange_stream_delay_seconds_bucket{")) {
+        let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+        let count: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += count,
+            None => buckets.push((le, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+#[test]
+fn each_write_reports_how_long_its_oldest_message_waited_on_the_server() {
+    let s = Server::start();
+    let alice = s.funded("alice", "100000");
+    let bob = s.funded("bob", "100000");
+    let mut ws = connect(&s, Some(&bob));
+    subscribe(&mut ws, &["trades:BTC-PERP", "user"]);
+    let before = delay_buckets(&s);
+    assert!(!before.is_empty(), "the histogram is exported");
+    // A delay counted from anything before the orders (the subscription, the last write)
+    // would be a second too long.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    trade(&s, &alice, &bob, "50000");
+    let mut trades = 0;
+    let mut balance = false;
+    while trades < 1 || !balance {
+        let m = next(&mut ws);
+        trades += usize::from(m["channel"] == "trades:BTC-PERP");
+        balance |= m["channel"] == "user" && m["data"]["type"] == "balance";
+    }
+    // The writer records its write once the socket took it: the client may read it first.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let writes = loop {
+        let after = delay_buckets(&s);
+        let writes = after.last().unwrap().1 - before.last().unwrap().1;
+        if writes >= 1 || Instant::now() > deadline {
+            break (after, writes);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (after, count) = writes;
+    // From before the orders to after the writes were recorded: none of them can have
+    // waited longer on the server.
+    let bound = started.elapsed().as_secs_f64();
+    assert!(count >= 1, "the writes that carried the trade and the balance were recorded");
+    let within = |buckets: &[(f64, i64)]| buckets.iter().find(|(le, _)| *le >= bound).map(|b| b.1).unwrap();
+    assert_eq!(within(&after) - within(&before), count, "every recorded write waited at most the {bound:.4} s the client saw");
+}

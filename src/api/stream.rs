@@ -243,6 +243,8 @@ struct Channel {
     subscribers: RefCell<Vec<Rc<Conn>>>,
     /// Has messages its subscribers were not yet woken for.
     dirty: Cell<bool>,
+    /// When the oldest of those reached this core's stream side.
+    since: Cell<Option<Instant>>,
 }
 
 impl Channel {
@@ -285,6 +287,8 @@ struct Conn {
     ping_due: Cell<bool>,
     /// In the hub's list of connections with messages of their own to write.
     dirty: Cell<bool>,
+    /// When the oldest message it has not yet written reached this core's stream side.
+    since: Cell<Option<Instant>>,
     last_heard: Cell<Instant>,
     last_ping: Cell<Instant>,
     /// Something to write or to close: the writer's wake-up (the hub's flush tick).
@@ -430,6 +434,8 @@ pub struct Hub {
     map: Arc<ShardMap>,
     health: Arc<Health>,
     metrics: Metrics,
+    /// This core's `exchange_stream_delay_seconds`.
+    delay: prometheus_client::metrics::histogram::Histogram,
     queue_bytes: usize,
     /// How long one write round may wait for the socket before the peer counts as not
     /// reading.
@@ -448,7 +454,7 @@ pub struct Hub {
     tick: Signal,
     /// Per symbol, the book after its latest change since the last tick: depth goes out
     /// at most once a tick.
-    depth: RefCell<FxHashMap<usize, Depth>>,
+    depth: RefCell<FxHashMap<usize, (Depth, Instant)>>,
     /// Results handed over by the shard, not yet fanned out: the order path only queues
     /// them; the publisher task renders and distributes them.
     inbox: RefCell<VecDeque<Item>>,
@@ -460,8 +466,15 @@ pub struct Hub {
 
 /// What the publisher has to fan out.
 enum Item {
-    Market(MarketNews),
-    User { user: UserId, messages: UserMessages },
+    Market(MarketNews, Instant),
+    User { user: UserId, messages: UserMessages, at: Instant },
+}
+
+/// Keeps the earlier of `cell` and `at`.
+fn earliest(cell: &Cell<Option<Instant>>, at: Option<Instant>) {
+    if let Some(at) = at {
+        cell.set(Some(cell.get().map_or(at, |t| t.min(at))));
+    }
 }
 
 /// The stream task queue's share of its core against the default queue's 1,000.
@@ -506,6 +519,7 @@ impl Hub {
             map: shard.map.clone(),
             health: shard.health.clone(),
             metrics: shard.all_metrics.clone(),
+            delay: shard.metrics.stream_delay_seconds.clone(),
             queue_bytes: shard.config.limits.stream_queue_bytes,
             write_deadline: Duration::from_millis(shard.config.limits.stream_write_timeout_ms.max(1)),
             ping: Duration::from_secs(shard.config.limits.stream_ping_secs.max(1)),
@@ -531,8 +545,8 @@ impl Hub {
                     let item = hub.inbox.borrow_mut().pop_front();
                     let Some(item) = item else { break };
                     match item {
-                        Item::Market(news) => hub.publish_market(news),
-                        Item::User { user, messages } => hub.publish_user(user, &messages),
+                        Item::Market(news, at) => hub.publish_market(news, at),
+                        Item::User { user, messages, at } => hub.publish_user(user, &messages, at),
                     }
                     glommio::yield_if_needed().await;
                 }
@@ -589,6 +603,7 @@ impl Hub {
         self.publish_depth();
         for ch in std::mem::take(&mut *self.dirty_channels.borrow_mut()) {
             ch.dirty.set(false);
+            let since = ch.since.take();
             let subscribers = ch.subscribers.borrow();
             let needed = subscribers.iter().filter_map(|c| c.cursor_next(&ch)).min().unwrap_or(ch.end());
             let mut log = ch.log.borrow_mut();
@@ -602,6 +617,7 @@ impl Hub {
                 if c.cursor_next(&ch).is_some_and(|next| next < ch.first.get()) {
                     c.cut_now(Why::Behind);
                 }
+                earliest(&c.since, since);
                 c.ready.notify();
             }
         }
@@ -612,11 +628,13 @@ impl Hub {
     }
 
     /// Appends a message to a public channel, if anyone here follows it.
-    fn broadcast(&self, channel: &str, data: impl FnOnce() -> String) {
+    /// `at`: when the result it renders reached this core's stream side.
+    fn broadcast(&self, channel: &str, at: Instant, data: impl FnOnce() -> String) {
         let Some(ch) = self.channels.borrow().get(channel).cloned() else { return };
         let tail = if ch.binance { Bytes::from(data()) } else { Bytes::from(format!(r#","data":{}}}"#, data())) };
         ch.bytes.set(ch.bytes.get() + tail.len());
         ch.log.borrow_mut().push_back(tail);
+        earliest(&ch.since, Some(at));
         if !ch.dirty.replace(true) {
             self.dirty_channels.borrow_mut().push(ch);
             self.tick.notify();
@@ -637,7 +655,7 @@ impl Hub {
         }
     }
 
-    fn publish_market(&self, news: MarketNews) {
+    fn publish_market(&self, news: MarketNews, at: Instant) {
         let MarketNews { symbol, trades, depth, diff, prices } = news;
         let spec = &self.map.symbols[symbol];
         let lower = binance::lower(spec);
@@ -645,23 +663,26 @@ impl Hub {
             let (channel, now) = (format!("trades:{}", spec.name), crate::shard::core::now_ms());
             let (plain, agg) = (format!("{lower}@trade"), format!("{lower}@aggTrade"));
             for trade in &trades {
-                self.broadcast(&channel, || render::public_trade(spec, trade).to_string());
-                self.broadcast(&plain, || binance::trade(spec, trade, now));
-                self.broadcast(&agg, || binance::agg_trade(spec, trade, now));
+                self.broadcast(&channel, at, || render::public_trade(spec, trade).to_string());
+                self.broadcast(&plain, at, || binance::trade(spec, trade, now));
+                self.broadcast(&agg, at, || binance::agg_trade(spec, trade, now));
             }
         }
         if let Some(diff) = diff {
             for name in binance::names(&lower, binance::Kind::Depth) {
-                self.broadcast(&name, || binance::depth_update(spec, &diff));
+                self.broadcast(&name, at, || binance::depth_update(spec, &diff));
             }
         }
         if let Some(prices) = prices {
             for name in binance::names(&lower, binance::Kind::MarkPrice) {
-                self.broadcast(&name, || binance::mark_price_update(spec, &prices));
+                self.broadcast(&name, at, || binance::mark_price_update(spec, &prices));
             }
         }
         if let Some(depth) = depth {
-            self.depth.borrow_mut().insert(symbol, depth);
+            // The latest book, since the first change not yet sent.
+            let mut pending = self.depth.borrow_mut();
+            let since = pending.get(&symbol).map_or(at, |(_, t)| *t);
+            pending.insert(symbol, (depth, since));
             self.tick.notify();
         }
     }
@@ -669,15 +690,15 @@ impl Hub {
     /// The latest depth of each symbol that changed since the last tick.
     fn publish_depth(&self) {
         let pending = std::mem::take(&mut *self.depth.borrow_mut());
-        for (symbol, depth) in pending {
+        for (symbol, (depth, at)) in pending {
             let spec = &self.map.symbols[symbol];
-            self.broadcast(&format!("depth:{}", spec.name), || render::depth(spec, depth.seq, &depth.bids, &depth.asks).to_string());
+            self.broadcast(&format!("depth:{}", spec.name), at, || render::depth(spec, depth.seq, &depth.bids, &depth.asks).to_string());
             let now = crate::shard::core::now_ms();
-            self.broadcast(&format!("{}@bookTicker", binance::lower(spec)), || binance::book_ticker(spec, &depth, now));
+            self.broadcast(&format!("{}@bookTicker", binance::lower(spec)), at, || binance::book_ticker(spec, &depth, now));
         }
     }
 
-    fn publish_user(&self, user: UserId, messages: &UserMessages) {
+    fn publish_user(&self, user: UserId, messages: &UserMessages, at: Instant) {
         let mut users = self.users.borrow_mut();
         let Some(subs) = users.get_mut(&user) else { return };
         let mut digits = itoa::Buffer::new();
@@ -686,6 +707,7 @@ impl Hub {
             for s in subs.iter_mut().filter(|s| !s.binance) {
                 s.seq += 1;
                 if s.conn.push(&[br#"{"channel":"user","seq":"#, digits.format(s.seq).as_bytes(), tail.as_bytes()]) {
+                    earliest(&s.conn.since, Some(at));
                     self.mark(&s.conn);
                 }
             }
@@ -693,6 +715,7 @@ impl Hub {
         for m in &messages.binance {
             for s in subs.iter_mut().filter(|s| s.binance) {
                 if s.conn.push(&[m.as_bytes()]) {
+                    earliest(&s.conn.since, Some(at));
                     self.mark(&s.conn);
                 }
             }
@@ -763,6 +786,7 @@ impl Hub {
                     bytes: Cell::new(0),
                     subscribers: RefCell::default(),
                     dirty: Cell::new(false),
+                    since: Cell::new(None),
                 })
             })
             .clone();
@@ -829,6 +853,7 @@ impl Hub {
             ended: Cell::new(None),
             ping_due: Cell::new(false),
             dirty: Cell::new(false),
+            since: Cell::new(None),
             last_heard: Cell::new(now),
             last_ping: Cell::new(now),
             ready: Signal::default(),
@@ -869,8 +894,8 @@ impl Drop for Registered {
 pub struct HubFeed(pub Rc<Hub>);
 
 impl Feed for HubFeed {
-    fn market(&self, _shard: &Projections, news: &MarketNews) {
-        self.0.post(Item::Market(news.clone()));
+    fn market(&self, _shard: &Projections, news: &MarketNews, at: Instant) {
+        self.0.post(Item::Market(news.clone(), at));
     }
 
     fn lost(&self) {
@@ -904,8 +929,8 @@ impl Feed for HubFeed {
         }
     }
 
-    fn user(&self, user: UserId, messages: &UserMessages) {
-        self.0.post(Item::User { user, messages: messages.clone() });
+    fn user(&self, user: UserId, messages: &UserMessages, at: Instant) {
+        self.0.post(Item::User { user, messages: messages.clone(), at });
     }
 
     fn transfer(&self, shard: &Projections, user: UserId, amount: i128) {
@@ -1185,9 +1210,12 @@ where
                 break;
             }
             let (pending, more) = conn.take();
+            let since = conn.since.take();
             if more {
                 // The rest at the next tick: the ticks' spacing is what keeps fan-out
-                // within its share of the core.
+                // within its share of the core. (Its delay is counted from this
+                // write's oldest message: an upper bound.)
+                earliest(&conn.since, since);
                 hub.mark(&conn);
             }
             if !pending.is_empty() {
@@ -1214,6 +1242,9 @@ where
                 match written {
                     Ok(true) => {
                         hub.metrics.stream_messages.inc_by(sent);
+                        if let Some(since) = since {
+                            hub.delay.observe(since.elapsed().as_secs_f64());
+                        }
                     }
                     // Cut off or stalled: the next turn sends the Close frame.
                     Ok(false) => continue,

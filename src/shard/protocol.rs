@@ -3,6 +3,8 @@
 //! Shards speak the domain: an [`ApiRequest`] is answered with an [`Answer`] or a
 //! [`Refusal`]; turning those into status codes and JSON is the HTTP layer's (`api`).
 
+use std::time::Instant;
+
 use crate::accounts::{AdminError, Fill, Income, IncomeKind, OrderView};
 use crate::engine::units::Units;
 use crate::engine::{ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
@@ -283,10 +285,11 @@ pub enum Request {
 /// A message for another core's stream connections: one way, never answered.
 #[derive(Debug)]
 pub enum Notice {
-    /// What some core follows of a symbol.
-    Market(MarketNews),
-    /// A user's stream messages.
-    User { user: UserId, messages: UserMessages },
+    /// What some core follows of a symbol, and when its owner handed it over (where a
+    /// stream message's delay starts: `exchange_stream_delay_seconds`).
+    Market(MarketNews, Instant),
+    /// A user's stream messages, and when its account owner handed them over.
+    User { user: UserId, messages: UserMessages, at: Instant },
     /// Notices from the sender were dropped (the receiver was that far behind): its
     /// stream connections cannot be told everything and are closed, to reconnect.
     Lost,

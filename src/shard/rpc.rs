@@ -186,7 +186,7 @@ mod tests {
     use crate::shard::rpc::{Rpc, NOTICES_WAITING};
 
     fn notice() -> Notice {
-        Notice::User { user: UserId(1), messages: crate::shard::protocol::UserMessages::default() }
+        Notice::User { user: UserId(1), messages: crate::shard::protocol::UserMessages::default(), at: std::time::Instant::now() }
     }
 
     #[test]

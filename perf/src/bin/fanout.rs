@@ -19,8 +19,13 @@
 //! messages a second each); `FANOUT_IDLE_CLIENTS=quiet`: they follow nothing, so what
 //! is measured is the cost of the connections alone.
 //!
-//! The last line is `fanout: <C> clients, ack p99 <B> ms -> <W> ms (<R>x), delivery p99 <D> ms,
-//! <G>/<C> got every trade, <N> ns CPU per message`.
+//! The server's own part of delivery is read from the exchange's
+//! `exchange_stream_delay_seconds` (per write: from its oldest message's result reaching
+//! the core's stream side to the write's completion, interpolated in its buckets): with the clients on
+//! the same cores, the marker delay also holds the time their thread waits for a core.
+//!
+//! The last line is `fanout: <C> clients, ack p99 <B> ms -> <W> ms (<R>x), delivery p99 <D> ms
+//! (server's part <S> ms), <G>/<C> got every trade, <N> ns CPU per message`.
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -91,6 +96,37 @@ fn funded(addr: &str, name: &str) -> String {
     let deposit = format!(r#"{{"userId":"{name}","currency":"USDT","amount":"100000000","transferId":"f-{name}"}}"#);
     http(addr, "POST", "/admin/v1/deposits", &admin, &deposit);
     key
+}
+
+/// The server's part of delivery from `/metrics`: `exchange_stream_delay_seconds` over
+/// every shard, as (each quantile in `qs`, in ms, interpolated within its bucket as
+/// Prometheus does; writes counted).
+fn server_delay(metrics: &str, qs: &[f64]) -> (Vec<f64>, u64) {
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for line in metrics.lines().filter(|l| l.starts_with("exchange_stream_delay_seconds_bucket{")) {
+        let le = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+        let count: u64 = line.rsplit(' ').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += count,
+            None => buckets.push((le, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0, |b| b.1);
+    // As Prometheus' histogram_quantile: linear within the bucket that holds the rank.
+    let at = |q: f64| {
+        let rank = q * total as f64;
+        let k = buckets.iter().position(|(_, c)| *c as f64 >= rank)?;
+        let (lo, below) = if k == 0 { (0.0, 0) } else { buckets[k - 1] };
+        let (hi, count) = buckets[k];
+        if hi.is_infinite() {
+            return Some(lo * 1e3);
+        }
+        Some((lo + (hi - lo) * (rank - below as f64) / (count - below).max(1) as f64) * 1e3)
+    };
+    let at = |q: f64| at(q).unwrap_or(f64::NAN);
+    (qs.iter().map(|q| at(*q)).collect(), total)
 }
 
 /// The process's resident memory, in KiB.
@@ -286,6 +322,7 @@ fn main() {
     let acks = marker_thread.join().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let (_, trades) = http(&addr, "GET", "/v1/trades?symbol=BTC-PERP&limit=1", &[], "");
+    let (server, writes) = server_delay(&http(&addr, "GET", "/metrics", &[], "").1, &[0.5, 0.99]);
     stop.store(true, Ordering::Release);
     reader.join().unwrap();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
@@ -348,6 +385,10 @@ fn main() {
         delay.max() as f64 / 1e6,
         delay.len()
     );
+    println!(
+        "the server's part (exchange_stream_delay_seconds: result on the core's stream side -> its write done, each write's oldest message; interpolated in 1.5x buckets): p50 {:.2} ms, p99 {:.2} ms over {writes} writes",
+        server[0], server[1]
+    );
     if windows.len() > 1 {
         for (w, h) in windows.iter().enumerate() {
             let from = w as u64 * window.as_secs();
@@ -361,12 +402,13 @@ fn main() {
         a.seconds
     );
     println!(
-        "fanout: {} clients, ack p99 {:.2} ms -> {:.2} ms ({:.2}x), delivery p99 {:.2} ms, {complete}/{} got every trade, {ns_per_message:.0} ns CPU per message",
+        "fanout: {} clients, ack p99 {:.2} ms -> {:.2} ms ({:.2}x), delivery p99 {:.2} ms (server's part {:.2} ms), {complete}/{} got every trade, {ns_per_message:.0} ns CPU per message",
         a.clients,
         baseline.ms(0.99),
         with.ms(0.99),
         with.ms(0.99) / baseline.ms(0.99).max(1e-9),
         ms(&delay, 0.99),
+        server[1],
         a.clients
     );
     drop(exchange);

@@ -14,7 +14,7 @@
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Projections;
 use crate::engine::{Event, UserId};
@@ -23,14 +23,16 @@ use crate::shard::protocol::{MarketNews, Notice, UserMessages};
 pub use crate::shard::protocol::Levels;
 
 pub trait Feed {
-    /// What some core follows of a symbol, on every core.
-    fn market(&self, out: &Projections, news: &MarketNews);
+    /// What some core follows of a symbol, on every core; `at` is when the symbol's owner
+    /// handed it over.
+    fn market(&self, out: &Projections, news: &MarketNews, at: Instant);
     /// Results just applied to the accounts owned by this core.
     fn accounts(&self, out: &Projections, symbol: usize, events: &[Event]);
     /// A deposit (positive) or withdrawal just logged for `user`, owned by this core.
     fn transfer(&self, out: &Projections, user: UserId, amount: i128);
-    /// A user's messages (rendered by the account's owner), for this core's connections.
-    fn user(&self, user: UserId, messages: &UserMessages);
+    /// A user's messages (rendered by the account's owner at `at`), for this core's
+    /// connections.
+    fn user(&self, user: UserId, messages: &UserMessages, at: Instant);
     /// Notices for this core were dropped: its connections cannot be told everything.
     fn lost(&self);
 }
@@ -73,7 +75,8 @@ pub fn market(out: &Projections, news: MarketNews) {
     if news.is_empty() {
         return;
     }
-    everywhere(out, || Notice::Market(news.clone()), |feed| feed.market(out, &news));
+    let at = Instant::now();
+    everywhere(out, || Notice::Market(news.clone(), at), |feed| feed.market(out, &news, at));
 }
 
 /// On an account owner, after results were applied (not during replay).
@@ -96,15 +99,16 @@ pub fn transfer(out: &Projections, user: UserId, amount: i128) {
 
 /// Delivers a user's messages on every core.
 pub fn user(out: &Projections, user: UserId, messages: UserMessages) {
-    everywhere(out, || Notice::User { user, messages: messages.clone() }, |feed| feed.user(user, &messages));
+    let at = Instant::now();
+    everywhere(out, || Notice::User { user, messages: messages.clone(), at }, |feed| feed.user(user, &messages, at));
 }
 
 /// A notice from another core.
 pub fn delivered(out: &Projections, notice: Notice) {
     let Some(feed) = feed(out) else { return };
     match notice {
-        Notice::Market(news) => feed.market(out, &news),
-        Notice::User { user, messages } => feed.user(user, &messages),
+        Notice::Market(news, at) => feed.market(out, &news, at),
+        Notice::User { user, messages, at } => feed.user(user, &messages, at),
         Notice::Lost => feed.lost(),
     }
 }
