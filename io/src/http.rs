@@ -5,7 +5,7 @@
 //! silent (idle keep-alive) or trickle (slowloris) without a timer inside hyper, whose
 //! `Timer` trait wants `Send` sleeps that glommio's thread-local timers are not.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -64,20 +64,22 @@ impl<T> HyperIo<T> {
 
 }
 
-impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        // SAFETY: the slice is zeroed before it is viewed as initialized bytes, and
-        // `advance` is called only with the count the read reported.
-        let slice = unsafe {
-            let uninit = buf.as_mut();
-            uninit.as_mut_ptr().write_bytes(0, uninit.len());
-            std::slice::from_raw_parts_mut(uninit.as_mut_ptr().cast::<u8>(), uninit.len())
-        };
-        match Pin::new(&mut self.inner).poll_read(cx, slice) {
+/// The most one read of a connection takes (a request is usually far smaller).
+const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a connection's read lands before hyper's buffer takes it, one per thread and
+    /// zeroed once: hyper offers its buffer uninitialized (8 KiB and up), and a
+    /// futures-io read wants initialized bytes, so reading into it directly would mean
+    /// zeroing all of it on every read, the reads that find nothing included; this costs
+    /// a copy of what arrived instead.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
+impl<T: AsyncRead + Unpin> HyperIo<T> {
+    fn read_into(&mut self, cx: &mut Context<'_>, buf: &mut hyper::rt::ReadBufCursor<'_>, scratch: &mut [u8]) -> Poll<io::Result<()>> {
+        let len = buf.remaining().min(scratch.len());
+        match Pin::new(&mut self.inner).poll_read(cx, &mut scratch[..len]) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
                     let now = Instant::now();
@@ -86,13 +88,22 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
                         self.activity.request_started.set(Some(now));
                     }
                 }
-                // SAFETY: `n` bytes were just written by the read.
-                unsafe { buf.advance(n) };
+                buf.put_slice(&scratch[..n]);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: hyper::rt::ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.read_into(cx, &mut buf, &mut scratch),
+            // Only if a read were polled from inside another on this thread.
+            Err(_) => self.read_into(cx, &mut buf, &mut [0; 1024]),
+        })
     }
 }
 
@@ -153,5 +164,39 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::MaybeUninit;
+    use std::task::Waker;
+
+    use super::*;
+
+    #[test]
+    fn reads_land_whole_through_the_scratch_and_in_order() {
+        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let mut io = HyperIo::new(futures_lite::io::Cursor::new(sent.clone()));
+        let mut storage = vec![MaybeUninit::<u8>::uninit(); 64 * 1024];
+        let mut buf = hyper::rt::ReadBuf::uninit(&mut storage);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut reads = 0;
+        loop {
+            let before = buf.filled().len();
+            match hyper::rt::Read::poll_read(Pin::new(&mut io), &mut cx, buf.unfilled()) {
+                Poll::Ready(Ok(())) => {}
+                other => panic!("a cursor is always ready: {other:?}"),
+            }
+            let got = buf.filled().len() - before;
+            if got == 0 {
+                break;
+            }
+            assert!(got <= SCRATCH_BYTES, "one read takes at most the scratch");
+            reads += 1;
+        }
+        assert_eq!(buf.filled(), &sent[..], "every byte, in order");
+        assert!(reads >= sent.len().div_ceil(SCRATCH_BYTES));
+        assert!(io.activity().request_started.get().is_some(), "bytes read start a request");
     }
 }
