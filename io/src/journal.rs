@@ -531,8 +531,11 @@ async fn open_append(path: &Path) -> Result<DmaFile, JournalError> {
 /// answer. So before its first journal file on a device, each thread opens a scratch
 /// file there for writing only: the probe's read fails, and glommio keeps every direct
 /// file of that device on the interrupt-driven ring (its one log message about the
-/// failed probe is filtered out at start, see `main.rs`). A test below checks that the
-/// journal's writes stay off the polled ring.
+/// failed probe is filtered out at start, see `main.rs`). The scratch file must be the
+/// thread's first direct file on the device to be probed, and it is: a shard opens its
+/// logs one after another at start (`recover_accounts`, then `recover_symbols`), and a
+/// file opened while the scratch file's probe was still running would be probed on its
+/// own. A test below checks that the journal's writes stay off the polled ring.
 async fn off_the_poll_ring(dir: &Path) {
     use std::os::unix::fs::MetadataExt;
     thread_local!(static DEVICES: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) });
