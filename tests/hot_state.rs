@@ -480,19 +480,27 @@ fn redis_keeps_no_more_closed_orders_per_user_than_the_ledger() {
         let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(conn).unwrap();
         keys.len()
     };
+    let client_order = |conn: &mut redis::Connection, cid: &str| -> Option<String> {
+        redis::cmd("GET").arg(k.client_order(user, &exchange::engine::ClientOrderId::new(cid).unwrap())).query(conn).unwrap()
+    };
+    // Written behind: Redis also holds 500 on its way up (the first 500 written, the last
+    // 20 not yet), so the wait is for the newest to be in as well. Then, as in the
+    // ledger, exactly the newest 500 are kept: the oldest are gone.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let orders = count(&mut conn, format!("{}*", k.order_prefix(user)));
         let cids = count(&mut conn, format!("{}*", k.client_order_prefix(user)));
-        if (orders, cids) == (500, 500) {
+        let (newest, oldest) = (client_order(&mut conn, "c-519"), client_order(&mut conn, "c-0"));
+        if (orders, cids) == (500, 500) && newest.is_some() && oldest.is_none() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{orders} orders and {cids} clientOrderIds kept in Redis, the ledger keeps 500");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{orders} orders and {cids} clientOrderIds kept in Redis (the ledger keeps 500); newest there: {}, oldest gone: {}",
+            newest.is_some(),
+            oldest.is_none()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The newest are there, the oldest gone, as in the ledger.
-    let newest: Option<String> = redis::cmd("GET").arg(k.client_order(user, &exchange::engine::ClientOrderId::new("c-519").unwrap())).query(&mut conn).unwrap();
-    let oldest: Option<String> = redis::cmd("GET").arg(k.client_order(user, &exchange::engine::ClientOrderId::new("c-0").unwrap())).query(&mut conn).unwrap();
-    assert!(newest.is_some() && oldest.is_none());
     assert_eq!(s.get(&alice, "/v1/orders/by-client-id/c-0").0, 404);
 }
