@@ -9,7 +9,8 @@
 # wrk completed; under each run, the same per kind of thread (shards, librdkafka's broker
 # threads, the Redis and cold-storage writers). Prints one line per run and
 # `cpu_per_request: orders/health ...`. BROKER_PID=<pid>: also the CPU per request of
-# that process (the Kafka broker), and after the orders run the commands per log batch.
+# that process (the Kafka broker). After the orders run: the commands per log batch, and
+# the messages between cores per order (over the whole process's life, setup included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -51,6 +52,7 @@ measure() { # label, wrk args...
 measure health "http://$A/health"
 measure orders -s perf/wrk/orders.lua "http://$A/v1/orders"
 curl -s "$A/metrics" | awk '/^exchange_log_batch_commands_sum/ {s += $2} /^exchange_log_batch_commands_count/ {c += $2} END {if (c > 0) printf "commands per log batch: %.1f (%d batches)\n", s / c, c}'
+curl -s "$A/metrics" | awk '/^exchange_orders_total/ {o += $2} /^exchange_mesh_messages_total/ {m += $2} /^exchange_mesh_batches_total/ {b += $2} END {if (o > 0 && b > 0) printf "mesh messages per order: %.2f (%.1f a batch)\n", m / o, m / b}'
 read -r hrps hus < "$work/health"
 read -r orps ous < "$work/orders"
 printf 'cpu_per_request: orders %.0f/s at %.1f us, health %.0f/s at %.1f us, orders/health throughput %.2f\n' "$orps" "$ous" "$hrps" "$hus" "$(echo "$orps / $hrps" | bc -l)"

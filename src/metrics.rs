@@ -39,6 +39,8 @@ pub struct Metrics {
     liquidations: Family<ShardLabel, Counter>,
     liquidations_due: Family<ShardLabel, Gauge>,
     stream_delay: Family<ShardLabel, Histogram>,
+    mesh_messages: Family<ShardLabel, Counter>,
+    mesh_batches: Family<ShardLabel, Counter>,
     /// How far cold storage trails the event log, in ms (0 when caught up).
     pub cold_lag_ms: Gauge,
     /// Records of the event log stored in cold storage.
@@ -83,6 +85,10 @@ pub struct ShardMetrics {
     /// side to the completion of the socket write that carries it, per write (its oldest
     /// message).
     pub stream_delay_seconds: Histogram,
+    /// Messages the shard sent to other cores (requests, results, replies, notices), and
+    /// the batches that carried them (one a destination core a turn).
+    pub mesh_messages: Counter,
+    pub mesh_batches: Counter,
 }
 
 /// 1 .. 4,096 commands.
@@ -169,6 +175,10 @@ impl Metrics {
             "Per stream write, time from its oldest message's result reaching the core's stream side to the write's completion",
             stream_delay.clone(),
         );
+        let mesh_messages = Family::<ShardLabel, Counter>::default();
+        let mesh_batches = Family::<ShardLabel, Counter>::default();
+        registry.register("exchange_mesh_messages", "Messages the shard sent to other cores: requests, results, replies, notices", mesh_messages.clone());
+        registry.register("exchange_mesh_batches", "Batches that carried the shard's messages to other cores, one a destination core a turn", mesh_batches.clone());
         Self {
             registry: Arc::new(registry),
             orders,
@@ -183,6 +193,8 @@ impl Metrics {
             liquidations,
             liquidations_due,
             stream_delay,
+            mesh_messages,
+            mesh_batches,
             cold_lag_ms,
             cold_records,
             consistency_checks,
@@ -209,6 +221,8 @@ impl Metrics {
             liquidations: self.liquidations.get_or_create(&label).clone(),
             liquidations_due: self.liquidations_due.get_or_create(&label).clone(),
             stream_delay_seconds: self.stream_delay.get_or_create(&label).clone(),
+            mesh_messages: self.mesh_messages.get_or_create(&label).clone(),
+            mesh_batches: self.mesh_batches.get_or_create(&label).clone(),
         }
     }
 

@@ -301,7 +301,8 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     })));
     let redis = redis.map(|bridge| crate::shard::projections::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id));
     let shard = Shard::new(log, Projections::new(core, ledger, redis));
-    glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes)).detach();
+    let counted = [shard.metrics.mesh_messages.clone(), shard.metrics.mesh_batches.clone()];
+    glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes, counted)).detach();
     listen_mesh(&shard, receivers);
     health.starting(id, "replaying account partitions");
     crate::shard::accounts::recover_accounts(&shard.accounts).await?;
@@ -354,7 +355,7 @@ async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
 /// and their replies join this core's next batch back; the rest get a task of their own
 /// so the loop never stalls.
 fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Batch>) {
-    for (_, rx) in receivers.streams() {
+    for (peer, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(batch) = rx.recv().await {
@@ -362,6 +363,8 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
                     match message {
                         Message::Reply { id, body } => shard.rpc.complete(id, body),
                         Message::Notice(notice) => crate::shard::projections::feed::delivered(&shard.out, notice),
+                        // Results only, which apply at once: in arrival order, like the inline requests.
+                        Message::Tell(body) => drop(dispatch::handle(shard.clone(), peer, body).await),
                         Message::Request { from, id, body } => {
                             let inline = matches!(
                                 body,
@@ -372,12 +375,12 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
                                     | Request::Prices
                             );
                             if inline {
-                                let reply = dispatch::handle(shard.clone(), body).await;
+                                let reply = dispatch::handle(shard.clone(), from, body).await;
                                 shard.rpc.reply(from, id, reply);
                             } else {
                                 let shard = shard.clone();
                                 glommio::spawn_local(async move {
-                                    let reply = dispatch::handle(shard.clone(), body).await;
+                                    let reply = dispatch::handle(shard.clone(), from, body).await;
                                     shard.rpc.reply(from, id, reply);
                                 })
                                 .detach();

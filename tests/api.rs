@@ -109,6 +109,33 @@ fn every_endpoint_answers_as_documented() {
     assert!(batched >= 6.0, "{text}");
 }
 
+/// An answer means the results are in every account they touch, whichever core the
+/// client's next request lands on: each read here comes on a new connection right after
+/// the answer (users spread over the account owners, connections over the cores).
+#[test]
+fn an_answered_fill_or_cancel_is_in_the_accounts_on_any_core_at_once() {
+    let s = Server::start();
+    let maker = s.funded("maker", "1000000");
+    for i in 0..24 {
+        let name = format!("taker-{i}");
+        let taker = s.funded(&name, "100000");
+        let resting = s.limit(&maker, "SELL", "50000", "0.002");
+        let bought = s.limit(&taker, "BUY", "50000", "0.001");
+        assert_eq!(bought["status"], "FILLED", "{bought}");
+        let (status, fills) = s.get_on_new_connection(&taker, "/v1/fills");
+        assert_eq!(status, 200, "{fills}");
+        assert_eq!(fills[0]["orderId"], bought["orderId"], "taker {i}: the fill is not in yet: {fills}");
+        let (_, fills) = s.get_on_new_connection(&maker, "/v1/fills?limit=1000");
+        assert_eq!(fills.as_array().map(Vec::len), Some(i + 1), "maker after taker {i}: {fills}");
+        let id = resting["orderId"].as_str().unwrap();
+        assert_eq!(s.delete(&maker, &format!("/v1/orders/{id}")).0, 200);
+        let (_, order) = s.get_on_new_connection(&maker, &format!("/v1/orders/{id}"));
+        assert_eq!(order["status"], "CANCELLED", "maker's order after taker {i}: {order}");
+        let (_, open) = s.get_on_new_connection(&maker, "/v1/orders");
+        assert_eq!(open.as_array().map(Vec::len), Some(0), "maker after taker {i}: {open}");
+    }
+}
+
 #[test]
 fn keys_are_required_and_orders_are_private() {
     let s = Server::start();

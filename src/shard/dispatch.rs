@@ -8,10 +8,13 @@ use std::rc::Rc;
 use super::protocol::{ApiRequest, Reply, Request};
 use super::{accounts, projections, Shard};
 
-pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Reply>>> {
+/// `from`: the core that asked (this one for its own requests); a command it causes sends
+/// that core its results without waiting for them to be applied there, since they reach
+/// it ahead of the answer.
+pub fn handle(shard: Rc<Shard>, from: usize, req: Request) -> Pin<Box<dyn Future<Output = Reply>>> {
     Box::pin(async move {
         match req {
-            Request::Api(api) => Reply::Api(answer(&shard, api).await),
+            Request::Api(api) => Reply::Api(answer(&shard, from, api).await),
             Request::Reserve { key, order, symbol } => Reply::Reserved(shard.accounts.reserve(key.as_deref(), order, symbol)),
             Request::Release { order } => {
                 shard.accounts.release(&order);
@@ -28,14 +31,14 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
                 }
                 Reply::Done
             }
-            Request::Amend { symbol, user, id, price, quantity } => Reply::Amended(shard.symbols.amend(symbol, user, id, price, quantity).await),
+            Request::Amend { symbol, user, id, price, quantity } => Reply::Amended(shard.symbols.amend(from, symbol, user, id, price, quantity).await),
             Request::ReserveAmend { user, id, added } => Reply::AmendReserved(shard.accounts.reserve_amend(user, id, added)),
             Request::SettleAmend { user, id, added } => {
                 shard.accounts.settle_amend(user, id, added);
                 Reply::Done
             }
-            Request::Cancel { symbol, user, id } => Reply::Cancelled(shard.symbols.cancel(symbol, user, Some(id)).await),
-            Request::CancelAll { symbol, user } => Reply::Cancelled(shard.symbols.cancel(symbol, user, None).await),
+            Request::Cancel { symbol, user, id } => Reply::Cancelled(shard.symbols.cancel(from, symbol, user, Some(id)).await),
+            Request::CancelAll { symbol, user } => Reply::Cancelled(shard.symbols.cancel(from, symbol, user, None).await),
             Request::Check => Reply::Checked(projections::hot::check(&shard.out).await),
             Request::Prices => Reply::Prices(shard.symbols.prices()),
             Request::Summary => Reply::Summary(shard.accounts.totals()),
@@ -45,9 +48,9 @@ pub fn handle(shard: Rc<Shard>, req: Request) -> Pin<Box<dyn Future<Output = Rep
 
 /// An API request, to the room that answers it: the order path and market data to the
 /// symbol's, everything about an account to the account's.
-async fn answer(shard: &Shard, req: ApiRequest) -> Result<super::protocol::Answer, super::protocol::Refusal> {
+async fn answer(shard: &Shard, from: usize, req: ApiRequest) -> Result<super::protocol::Answer, super::protocol::Refusal> {
     match req {
-        ApiRequest::Symbol(req) => shard.symbols.answer(req).await,
+        ApiRequest::Symbol(req) => shard.symbols.answer(from, req).await,
         ApiRequest::Account(req) => shard.accounts.answer(req).await,
     }
 }

@@ -63,8 +63,9 @@ impl Shard {
         let symbols = Rc::new(SymbolRoom::new(log.clone(), out.clone(), accounts.clone()));
         let shard = Rc::new(Self { core: log.core.clone(), log, out, accounts, symbols });
         let weak = Rc::downgrade(&shard);
+        let me = shard.core.id;
         shard.core.serve_locally(Box::new(move |req| match weak.upgrade() {
-            Some(shard) => dispatch::handle(shard, req),
+            Some(shard) => dispatch::handle(shard, me, req),
             None => Box::pin(async { protocol::Reply::Api(Err(protocol::Refusal::Unavailable("shard is stopping".into()))) }),
         }));
         shard

@@ -383,6 +383,9 @@ pub enum Reply {
 #[derive(Debug)]
 pub enum Message {
     Request { from: usize, id: u64, body: Request },
+    /// A request nobody waits for (results for the core a command's answer goes to,
+    /// which arrive before that answer on the same ring). Never dropped.
+    Tell(Request),
     Reply { id: u64, body: Reply },
     Notice(Notice),
 }

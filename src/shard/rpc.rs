@@ -24,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 
 use super::protocol::{Message, Notice, Reply, Request};
@@ -85,6 +86,12 @@ impl Rpc {
         self.pending.borrow_mut().insert(id, tx);
         self.post(to, Message::Request { from: self.me, id, body });
         rx
+    }
+
+    /// Sends a request that nobody waits for: its receiver handles it before anything
+    /// sent to it after, as with [`Self::send`], and answers nothing.
+    pub fn tell(&self, to: usize, body: Request) {
+        self.post(to, Message::Tell(body));
     }
 
     /// Sends a notice, which nobody answers; dropped if `to` is too far behind (see the
@@ -164,12 +171,15 @@ impl TurnWake {
     }
 }
 
-/// The flusher of one core: sends each gathered batch as one mesh item. `owner` holds the
-/// core's [`Rpc`].
-pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>) {
+/// The flusher of one core: sends each gathered batch as one mesh item, counting the
+/// batches and their messages in `counted`. `owner` holds the core's [`Rpc`].
+pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>, counted: [Counter; 2]) {
     let rpc = (*owner).as_ref();
+    let [messages, batches] = counted;
     while woken.recv().await.is_some() {
         for (to, batch) in rpc.take() {
+            messages.inc_by(batch.len() as u64);
+            batches.inc();
             let ids: Vec<u64> = batch.iter().filter_map(|m| if let Message::Request { id, .. } = m { Some(*id) } else { None }).collect();
             if senders.send_to(to, batch).await.is_err() {
                 // Shard gone (shutting down): the dropped senders make callers see `None`.
@@ -209,5 +219,26 @@ mod tests {
         let batches = rpc.take();
         assert_eq!(batches[0].1.len(), 1);
         assert!(matches!(batches[0].1[0], Message::Notice(Notice::User { .. })));
+    }
+
+    #[test]
+    fn a_told_request_keeps_its_place_in_the_batch_and_waits_for_no_reply() {
+        let (rpc, _woken) = Rpc::new(0, 2);
+        let _first = rpc.send(1, Request::Prices);
+        rpc.tell(1, Request::Summary);
+        let _last = rpc.send(1, Request::Check);
+        assert_eq!(rpc.pending.borrow().len(), 2, "only the two sent requests wait for replies");
+        let batches = rpc.take();
+        let kinds: Vec<&str> = batches[0]
+            .1
+            .iter()
+            .map(|m| match m {
+                Message::Request { body: Request::Prices, .. } => "prices",
+                Message::Tell(Request::Summary) => "told summary",
+                Message::Request { body: Request::Check, .. } => "check",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["prices", "told summary", "check"]);
     }
 }

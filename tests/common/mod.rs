@@ -267,6 +267,17 @@ impl Server {
         self.request("GET", path, &[("x-api-key", key)], None)
     }
 
+    /// A GET on a connection of its own (the kernel spreads connections over the cores, so
+    /// it may land on any of them).
+    pub fn get_on_new_connection(&self, key: &str, path: &str) -> (u16, Value) {
+        let response = match ureq::get(&self.url(path)).set("x-api-key", key).timeout(Duration::from_secs(20)).call() {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("GET {path}: {e}"),
+        };
+        let status = response.status();
+        (status, serde_json::from_str(&response.into_string().unwrap_or_default()).unwrap_or(Value::Null))
+    }
+
     pub fn delete(&self, key: &str, path: &str) -> (u16, Value) {
         self.request("DELETE", path, &[("x-api-key", key)], None)
     }

@@ -10,7 +10,10 @@
 //! 3. the stream executes it, in log order, and sends the results to the account owners
 //!    of everyone involved, in log order ([`SymbolRoom::forward_results`]), which apply
 //!    them;
-//! 4. once they have, the client gets the order as matched.
+//! 4. once they have, the client gets the order as matched. The core the answer goes to
+//!    (the edge that asked) is not waited for: its results travel ahead of the answer on
+//!    the same ring and apply on arrival, so they are in before the client has its
+//!    answer; only the other cores' acknowledgements cost a round trip.
 //!
 //! If step 2 fails, the lock is released and the client gets 503.
 //!
@@ -74,10 +77,16 @@ impl SymbolRoom {
         self.streams.borrow().iter().map(|(i, s)| (*i, s.prices())).collect()
     }
 
-    /// The API requests about a symbol, on its owner.
-    pub async fn answer(self: &Rc<Self>, req: SymbolRequest) -> Result<Answer, Refusal> {
+    /// The core that `from`'s answer goes to over the mesh, if not this one: the results
+    /// of the command it asked for need not wait for that core's acknowledgement.
+    fn answered_on(&self, from: usize) -> Option<usize> {
+        (from != self.id).then_some(from)
+    }
+
+    /// The API requests about a symbol, on its owner; `from` the core that asked.
+    pub async fn answer(self: &Rc<Self>, from: usize, req: SymbolRequest) -> Result<Answer, Refusal> {
         match req {
-            SymbolRequest::PlaceOrder { key, symbol, order } => self.place_order(key, symbol, order).await.map(Answer::Order),
+            SymbolRequest::PlaceOrder { key, symbol, order } => self.place_order(from, key, symbol, order).await.map(Answer::Order),
             SymbolRequest::Depth { symbol, limit } => {
                 let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
                 let market = stream.market.borrow();
@@ -208,7 +217,7 @@ impl SymbolRoom {
     }
 
     /// The order path on the symbol's owner (see the module doc).
-    async fn place_order(&self, key: String, symbol: usize, mut order: NewOrder) -> Result<OrderView, Refusal> {
+    async fn place_order(&self, from: usize, key: String, symbol: usize, mut order: NewOrder) -> Result<OrderView, Refusal> {
         let started = std::time::Instant::now();
         let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
         order.timestamp = now_ms();
@@ -244,7 +253,7 @@ impl SymbolRoom {
             }
             _ => return Err(Refusal::Unavailable("account owner unavailable".into())),
         };
-        let outcome = match stream.submit(Command::Place(order)).await {
+        let outcome = match stream.submit_for(Command::Place(order), self.answered_on(from)).await {
             Ok(outcome) => outcome,
             Err(e @ NotLogged::Refused(_)) => {
                 // Not executed, and never will be.
@@ -286,7 +295,7 @@ impl SymbolRoom {
     /// then logged and executed. The reservation is settled once the results are applied
     /// (or the log refused the command); after a 504 it stays held, which only over-locks,
     /// until a restart's replay settles the account from the log.
-    pub async fn amend(&self, symbol: usize, user: UserId, id: OrderId, price: Option<i64>, quantity: Option<i64>) -> Result<(), Refusal> {
+    pub async fn amend(&self, from: usize, symbol: usize, user: UserId, id: OrderId, price: Option<i64>, quantity: Option<i64>) -> Result<(), Refusal> {
         let stream = self.stream(symbol).ok_or(Refusal::UnknownSymbol)?;
         let (price, quantity, added) = {
             let market = stream.market.borrow();
@@ -303,7 +312,8 @@ impl SymbolRoom {
             Some(Reply::AmendReserved(Err(_))) => return Err(Refusal::OrderNotOpen),
             _ => return Err(Refusal::Unavailable("account owner unavailable".into())),
         }
-        let outcome = match stream.submit(Command::Amend { id, user, price, quantity, added_margin: added, timestamp: now_ms() }).await {
+        let amend = Command::Amend { id, user, price, quantity, added_margin: added, timestamp: now_ms() };
+        let outcome = match stream.submit_for(amend, self.answered_on(from)).await {
             Ok(outcome) => outcome,
             Err(e @ NotLogged::Refused(_)) => {
                 let _ = self.ask(owner, Request::SettleAmend { user, id, added }).await;
@@ -329,14 +339,14 @@ impl SymbolRoom {
 
     /// Logs and executes a cancel (one order, or all of a user's on the symbol); the ids
     /// cancelled, or `None` if there was nothing open to cancel.
-    pub async fn cancel(&self, symbol: usize, user: UserId, id: Option<OrderId>) -> Result<Option<Vec<OrderId>>, NotLogged> {
+    pub async fn cancel(&self, from: usize, symbol: usize, user: UserId, id: Option<OrderId>) -> Result<Option<Vec<OrderId>>, NotLogged> {
         let stream = self.stream(symbol).ok_or_else(|| NotLogged::Refused("symbol not owned here".into()))?;
         let timestamp = now_ms();
         let command = match id {
             Some(id) => Command::Cancel { id, user, timestamp },
             None => Command::CancelAll { user, timestamp },
         };
-        let outcome = stream.submit(command).await?;
+        let outcome = stream.submit_for(command, self.answered_on(from)).await?;
         for ack in outcome.applied {
             let _ = ack.await;
         }
@@ -359,8 +369,10 @@ impl SymbolRoom {
 
     /// Sends a symbol's results to the account owners involved, in log order. Applies
     /// them at once when the owner is this core; otherwise returns the pending
-    /// acknowledgements.
-    pub fn forward_results(&self, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event]) -> Vec<Pending> {
+    /// acknowledgements, except that of `answered_on`, the core the command's answer
+    /// goes to: the results reach it on the same ring ahead of the answer and apply on
+    /// arrival, so its client cannot read its account before they are in.
+    pub fn forward_results(&self, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event], answered_on: Option<usize>) -> Vec<Pending> {
         let mut owners: Vec<usize> = Vec::with_capacity(2);
         let mut add = |user: UserId| {
             let owner = self.account_owner(user);
@@ -383,7 +395,11 @@ impl SymbolRoom {
             } else {
                 let events = events.to_vec();
                 let req = Request::Apply { symbol, offset, logged, replayed, events, snapshot: false };
-                pending.push(self.rpc.send(owner, req));
+                if answered_on == Some(owner) {
+                    self.rpc.tell(owner, req);
+                } else {
+                    pending.push(self.rpc.send(owner, req));
+                }
             }
         }
         pending
@@ -412,7 +428,7 @@ impl SymbolRoom {
                 super::accounts::snapshot_accounts_soon(&self.accounts);
             } else {
                 let req = Request::Apply { symbol: stream.index, offset: at, logged: None, replayed: false, events: Vec::new(), snapshot: true };
-                drop(self.rpc.send(to, req));
+                self.rpc.tell(to, req);
             }
         }
     }

@@ -86,7 +86,7 @@ pub async fn recover_symbols(room: &Rc<SymbolRoom>) -> anyhow::Result<()> {
                 stream.next.set(stream.next.get().max(offset + 1));
                 continue;
             }
-            acks.extend(stream.execute(room, command, *offset, true).applied);
+            acks.extend(stream.execute(room, command, *offset, true, None).applied);
             if acks.len() >= 1024 {
                 for ack in acks.drain(..) {
                     let _ = ack.await;

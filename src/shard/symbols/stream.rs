@@ -40,6 +40,9 @@ pub struct Outcome {
 
 pub struct Job {
     pub command: Command,
+    /// The core the command's answer goes to over the mesh (see
+    /// [`SymbolRoom::forward_results`]).
+    pub answered_on: Option<usize>,
     pub done: oneshot::Sender<Result<Outcome, NotLogged>>,
 }
 
@@ -98,15 +101,21 @@ impl SymbolStream {
 
     /// Logs and executes a command; resolves once it is durable and executed.
     pub async fn submit(&self, command: Command) -> Result<Outcome, NotLogged> {
+        self.submit_for(command, None).await
+    }
+
+    /// [`Self::submit`] for a request whose answer goes to core `answered_on` over the
+    /// mesh: that core's results are not waited for.
+    pub async fn submit_for(&self, command: Command, answered_on: Option<usize>) -> Result<Outcome, NotLogged> {
         let (done, rx) = oneshot::channel();
         let stopping = || NotLogged::Refused("shard is stopping".to_owned());
-        self.queue.unbounded_send(Job { command, done }).map_err(|_| stopping())?;
+        self.queue.unbounded_send(Job { command, answered_on, done }).map_err(|_| stopping())?;
         rx.await.map_err(|_| stopping())?
     }
 
     /// Executes one logged command (at log `offset`) and forwards its results, at start
     /// and at run time.
-    pub fn execute(&self, room: &SymbolRoom, command: &Command, offset: u64, replayed: bool) -> Outcome {
+    pub fn execute(&self, room: &SymbolRoom, command: &Command, offset: u64, replayed: bool, answered_on: Option<usize>) -> Outcome {
         let mut events = Vec::new();
         self.next.set(offset + 1);
         self.since_snapshot.set(self.since_snapshot.get() + 1);
@@ -170,7 +179,7 @@ impl SymbolStream {
             kafka.publish(&room.map.symbols[self.index], &events);
         }
         let logged = command.order().copied();
-        let applied = room.forward_results(self.index, offset, logged, replayed, &events);
+        let applied = room.forward_results(self.index, offset, logged, replayed, &events, answered_on);
         Outcome { result, events, applied }
     }
 
@@ -461,7 +470,7 @@ async fn execute_in_order(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, pipeli
                 let mut jobs = jobs.into_iter();
                 for (offset, span) in offsets.into_iter().zip(spans) {
                     for job in jobs.by_ref().take(span) {
-                        let outcome = stream.execute(&room, &job.command, offset, false);
+                        let outcome = stream.execute(&room, &job.command, offset, false, job.answered_on);
                         let _ = job.done.send(Ok(outcome));
                     }
                 }
