@@ -363,3 +363,54 @@ fn a_replay_reads_on_through_a_dropped_broker_connection() {
     assert_eq!(payloads, (0..1000).map(|i| format!("r{i}")).collect::<Vec<_>>());
     assert!(records.iter().enumerate().all(|(i, r)| r.offset == i as u64));
 }
+
+/// A stream whose commands queue behind unconfirmed batches gathers its next batches
+/// (`exchange_shard_lingering_streams` counts it); once it goes quiet it stops, and the
+/// gauge says so without waiting for another command.
+#[test]
+fn a_stream_that_gathered_while_the_broker_stalled_stops_gathering_when_quiet() {
+    let broker = Broker::start();
+    let s = Server::start_kafka(&broker.addr, &[("EXCHANGE_KAFKA_TIMEOUT_MS", "5000")]);
+    let keys: Vec<String> = (0..15).map(|i| s.funded(&format!("u{i}"), "1000")).collect();
+    let gathering = || s.metric("exchange_shard_lingering_streams", "");
+    // Commands a few ms apart, each a batch that stays in flight: a stream gathers once
+    // about four of its batches are unconfirmed on average, while it sends at least every
+    // 10 ms. No more are sent once it gathers (fewer than its sixteen batches in flight):
+    // the stream then waits, quiet, and stops gathering. Batches that merge or a pause
+    // of the sender can keep a round from gathering at all: up to ten rounds.
+    for round in 0..10 {
+        let since = Instant::now();
+        while gathering() != 0 {
+            assert!(since.elapsed() < Duration::from_secs(2), "round {round}: the stream still gathers from the last round");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker.freeze(true);
+        let (gathered, still, answers) = std::thread::scope(|scope| {
+            let mut sent = Vec::new();
+            let mut gathered = false;
+            for (i, key) in keys.iter().enumerate() {
+                let s = &s;
+                sent.push(scope.spawn(move || s.order(key, &ORDER.replace("CID", &format!("c{round}-{i}"))).0));
+                std::thread::sleep(Duration::from_millis(3));
+                gathered = gathering() == 1;
+                if gathered {
+                    break;
+                }
+            }
+            let quiet = Instant::now();
+            let mut still = gathered;
+            while still && quiet.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(20));
+                still = gathering() != 0;
+            }
+            broker.freeze(false);
+            (gathered, still, sent.into_iter().map(|t| t.join().unwrap()).collect::<Vec<u16>>())
+        });
+        assert!(answers.iter().all(|a| *a == 200), "{answers:?}");
+        if gathered {
+            assert!(!still, "a quiet stream still counted as gathering");
+            return;
+        }
+    }
+    panic!("in ten rounds of up to 15 batches in flight, the stream never gathered");
+}

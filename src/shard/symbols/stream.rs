@@ -259,6 +259,10 @@ impl SymbolStream {
 /// 2 gave 12.1k: with few in flight, every batch also waits for the ones before it.
 const IN_FLIGHT: usize = 16;
 
+/// How long a gathering stream waits for its next command before it looks again whether
+/// it still gathers (it stops 10 ms after its last batch; see `exchange_io::kafka`).
+const GATHERING_RECHECK: Duration = Duration::from_millis(50);
+
 /// How often a stream whose log failed tries to settle when no command asks it to.
 const SETTLE_RETRY: Duration = Duration::from_millis(250);
 
@@ -339,9 +343,14 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
         // After a failure the stream settles without waiting for a command to log: the
         // orders answered 504 are released only then, and their clients' retries (same
         // clientOrderId) are refused before they reach the log until it has happened.
+        let recheck = gathering;
         let wake = async {
             if pipeline.failed_from.get().is_some() {
                 glommio::timer::sleep(SETTLE_RETRY).await;
+            } else if recheck {
+                // A gathering stream that goes quiet stops gathering (the log's `gathering`):
+                // it wakes to say so, or the gauge would hold it until its next command.
+                futures_lite::future::or(async { failures.next().await.unwrap_or_default() }, glommio::timer::sleep(GATHERING_RECHECK)).await;
             } else {
                 let _ = failures.next().await;
             }
@@ -381,13 +390,13 @@ pub async fn run(room: Rc<SymbolRoom>, stream: Rc<SymbolStream>, mut journal: Lo
                 }
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
         let linger = journal.gathering();
         if linger.is_some() != gathering {
             gathering = !gathering;
             if gathering { room.metrics.lingering_streams.inc() } else { room.metrics.lingering_streams.dec() };
+        }
+        if batch.is_empty() {
+            continue;
         }
         if let Some(linger) = linger {
             // Busy (Kafka: batches queue behind each other): the batch waits a moment
