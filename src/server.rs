@@ -301,8 +301,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     })));
     let redis = redis.map(|bridge| crate::shard::projections::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id));
     let shard = Shard::new(log, Projections::new(core, ledger, redis));
-    let counted = [shard.metrics.mesh_messages.clone(), shard.metrics.mesh_batches.clone()];
-    glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes, counted)).detach();
+    glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes, shard.metrics.clone())).detach();
     listen_mesh(&shard, receivers);
     health.starting(id, "replaying account partitions");
     crate::shard::accounts::recover_accounts(&shard.accounts).await?;

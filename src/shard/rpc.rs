@@ -24,10 +24,10 @@ use std::cell::{Cell, RefCell};
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
-use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 
 use super::protocol::{Message, Notice, Reply, Request};
+use crate::metrics::ShardMetrics;
 
 /// Notices one destination's batch may hold before further ones are dropped.
 pub const NOTICES_WAITING: usize = 65_536;
@@ -172,14 +172,13 @@ impl TurnWake {
 }
 
 /// The flusher of one core: sends each gathered batch as one mesh item, counting the
-/// batches and their messages in `counted`. `owner` holds the core's [`Rpc`].
-pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>, counted: [Counter; 2]) {
+/// batches and their messages in the shard's `metrics`. `owner` holds the core's [`Rpc`].
+pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>, metrics: ShardMetrics) {
     let rpc = (*owner).as_ref();
-    let [messages, batches] = counted;
     while woken.recv().await.is_some() {
         for (to, batch) in rpc.take() {
-            messages.inc_by(batch.len() as u64);
-            batches.inc();
+            metrics.mesh_messages.inc_by(batch.len() as u64);
+            metrics.mesh_batches.inc();
             let ids: Vec<u64> = batch.iter().filter_map(|m| if let Message::Request { id, .. } = m { Some(*id) } else { None }).collect();
             if senders.send_to(to, batch).await.is_err() {
                 // Shard gone (shutting down): the dropped senders make callers see `None`.

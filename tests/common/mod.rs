@@ -91,7 +91,7 @@ impl Server {
             port: free_port(),
             data,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build(),
+            agent: agent(),
             kafka,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
@@ -231,7 +231,12 @@ impl Server {
     }
 
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, Value) {
-        let mut req = self.agent.request(method, &self.url(path));
+        self.request_through(&self.agent, method, path, headers, body)
+    }
+
+    /// [`Self::request`] through `agent` (its pool of connections).
+    fn request_through(&self, agent: &ureq::Agent, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, Value) {
+        let mut req = agent.request(method, &self.url(path));
         for (k, v) in headers {
             req = req.set(k, v);
         }
@@ -270,12 +275,7 @@ impl Server {
     /// A GET on a connection of its own (the kernel spreads connections over the cores, so
     /// it may land on any of them).
     pub fn get_on_new_connection(&self, key: &str, path: &str) -> (u16, Value) {
-        let response = match ureq::get(&self.url(path)).set("x-api-key", key).timeout(Duration::from_secs(20)).call() {
-            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("GET {path}: {e}"),
-        };
-        let status = response.status();
-        (status, serde_json::from_str(&response.into_string().unwrap_or_default()).unwrap_or(Value::Null))
+        self.request_through(&agent(), "GET", path, &[("x-api-key", key)], None)
     }
 
     pub fn delete(&self, key: &str, path: &str) -> (u16, Value) {
@@ -317,6 +317,11 @@ impl Server {
         assert_eq!(status, 200, "{body}");
         body
     }
+}
+
+/// An HTTP client with a pool of connections of its own.
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build()
 }
 
 impl Drop for Server {
