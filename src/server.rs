@@ -288,7 +288,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
         )),
         _ => None,
     };
-    let (rpc, flushes) = Rpc::new(id, shards);
+    let (rpc, flushes, loopback) = Rpc::new(id, shards);
     let sync = sync.map(|s| Rc::new(s) as Rc<dyn crate::ports::SyncStore>);
     let core = Rc::new(Core::new((id, shards), map.clone(), config.clone(), rpc, metrics, health.clone(), sync));
     let checkpoints = cold.as_ref().map(|(_, c)| Arc::new(c.clone()) as Arc<dyn crate::ports::CheckpointSink>);
@@ -302,7 +302,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     let redis = redis.map(|bridge| crate::shard::projections::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id));
     let shard = Shard::new(log, Projections::new(core, ledger, redis));
     glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes, shard.metrics.clone())).detach();
-    listen_mesh(&shard, receivers);
+    listen_mesh(&shard, receivers, loopback);
     health.starting(id, "replaying account partitions");
     crate::shard::accounts::recover_accounts(&shard.accounts).await?;
     health.starting(id, "waiting for the other shards' accounts");
@@ -349,48 +349,77 @@ async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
     }
 }
 
-/// One task per peer: replies complete waiting callers; requests are handled. Results
-/// and risk steps are handled inline (they never wait), so they apply in arrival order,
-/// and their replies join this core's next batch back; the rest get a task of their own
-/// so the loop never stalls.
-fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Batch>) {
+/// One task per peer (this core's own requests included, through the rpc's loopback):
+/// replies complete waiting callers; requests are handled. Results and risk steps are
+/// handled inline (they never wait), so they apply in arrival order, and their replies
+/// join this core's next batch back; the rest of a batch runs as one task (see
+/// [`run_together`]) so the loop never stalls.
+fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Batch>, loopback: crate::shard::rpc::Loopback) {
     for (peer, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(batch) = rx.recv().await {
-                for message in batch {
-                    match message {
-                        Message::Reply { id, body } => shard.rpc.complete(id, body),
-                        Message::Notice(notice) => crate::shard::projections::feed::delivered(&shard.out, notice),
-                        // Results only, which apply at once: in arrival order, like the inline requests.
-                        Message::Tell(body) => drop(dispatch::handle(shard.clone(), peer, body).await),
-                        Message::Request { from, id, body } => {
-                            let inline = matches!(
-                                body,
-                                Request::Apply { .. }
-                                    | Request::Release { .. }
-                                    | Request::Hold { .. }
-                                    | Request::Reserve { .. }
-                                    | Request::Prices
-                            );
-                            if inline {
-                                let reply = dispatch::handle(shard.clone(), from, body).await;
-                                shard.rpc.reply(from, id, reply);
-                            } else {
-                                let shard = shard.clone();
-                                glommio::spawn_local(async move {
-                                    let reply = dispatch::handle(shard.clone(), from, body).await;
-                                    shard.rpc.reply(from, id, reply);
-                                })
-                                .detach();
-                            }
-                        }
-                    }
-                }
+                receive(&shard, peer, batch).await;
             }
         })
         .detach();
     }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        while let Some(batch) = loopback.recv().await {
+            receive(&shard, shard.id, batch).await;
+        }
+    })
+    .detach();
+}
+
+/// One batch of messages from `peer`, in order.
+async fn receive(shard: &Rc<Shard>, peer: usize, batch: crate::shard::rpc::Batch) {
+    let mut waiting = Vec::new();
+    for message in batch {
+        match message {
+            Message::Reply { id, body } => shard.rpc.complete(id, body),
+            Message::Notice(notice) => crate::shard::projections::feed::delivered(&shard.out, notice),
+            // Results only, which apply at once: in arrival order, like the inline requests.
+            Message::Tell(body) => drop(dispatch::handle(shard.clone(), peer, body).await),
+            Message::Request { from, id, body } => {
+                let inline = matches!(
+                    body,
+                    Request::Apply { .. } | Request::Release { .. } | Request::Hold { .. } | Request::Reserve { .. } | Request::Prices
+                );
+                if inline {
+                    let reply = dispatch::handle(shard.clone(), from, body).await;
+                    shard.rpc.reply(from, id, reply);
+                } else {
+                    waiting.push((from, id, body));
+                }
+            }
+        }
+    }
+    run_together(shard, waiting);
+}
+
+/// The requests of one batch that wait (orders for the log, asks of other cores) run
+/// together in one task, not a task each: each is started in arrival order and answered
+/// as soon as it is done. The task is the batch's own, so a connection that goes away
+/// stops none of them half-way (between a margin lock and its log write or release).
+fn run_together(shard: &Rc<Shard>, requests: Vec<(usize, u64, Request)>) {
+    if requests.is_empty() {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let mut running: futures_util::stream::FuturesUnordered<_> = requests
+            .into_iter()
+            .map(|(from, id, body)| {
+                let answering = dispatch::handle(shard.clone(), from, body);
+                let shard = shard.clone();
+                async move { shard.rpc.reply(from, id, answering.await) }
+            })
+            .collect();
+        while futures_util::StreamExt::next(&mut running).await.is_some() {}
+    })
+    .detach();
 }
 
 /// How long a start may go without any shard taking a step (a partition or symbol read,

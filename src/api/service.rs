@@ -225,14 +225,14 @@ impl Service {
         }
     }
 
-    /// Asks shard `to` (this one, or another over the mesh). Work that changes state
-    /// runs as a task of its own, so a client that disconnects (which drops this
-    /// request's future) cannot stop it half-way, between a margin lock and its log
-    /// write or release.
+    /// Asks shard `to` (this one, or another over the mesh). Work that changes state is
+    /// posted to its owner's next batch (this core's own too), which runs it whatever
+    /// becomes of this future: a client that disconnects drops only its wait for the
+    /// answer, never the work half-way (between a margin lock and its log write or
+    /// release). Reads are asked as they are (this core's own answered at once).
     pub(crate) async fn ask(&self, to: usize, req: ApiRequest) -> Result<Answer, ApiError> {
         let reply = if req.changes_state() {
-            let shard = self.shard.clone();
-            glommio::spawn_local(async move { shard.ask(to, Request::Api(req)).await }).detach().await.flatten()
+            self.shard.rpc.send(to, Request::Api(req)).await.ok()
         } else {
             self.shard.ask(to, Request::Api(req)).await
         };

@@ -13,6 +13,11 @@
 //! replies to a whole received batch) crosses to each other core as one message: one
 //! ring slot and at most one wakeup of the peer, instead of one per request.
 //!
+//! A request to this core itself takes the same way (the flusher hands its batch back to
+//! this core's own receiver, [`Loopback`]), so that work a connection asks for is run by
+//! the core's batch handler, not by the connection's task: a client that disconnects
+//! drops only its wait for the reply. A reply to this core completes its caller at once.
+//!
 //! Notices (stream fan-out) are one way: no id, no reply. They are the only messages a
 //! core may drop: while a destination's batch already holds [`NOTICES_WAITING`] of
 //! them (its core is that far behind), further ones are dropped, never waited for, and
@@ -45,16 +50,22 @@ pub struct Rpc {
     turn: TurnWake,
     /// Per destination, notices in the batch being gathered, and whether one was dropped.
     notices: RefCell<Vec<(usize, bool)>>,
+    /// Where the flusher hands this core's batch to itself.
+    loopback: LocalSender<Batch>,
 }
+
+/// The batches of requests this core sent to itself, as its receiver sees them.
+pub type Loopback = LocalReceiver<Batch>;
 
 /// A reply still on its way.
 pub type Pending = oneshot::Receiver<Reply>;
 
 impl Rpc {
-    /// The rpc of shard `me` among `shards`, and the flusher to run as a task of its own
-    /// ([`flush`]).
-    pub fn new(me: usize, shards: usize) -> (Self, LocalReceiver<()>) {
+    /// The rpc of shard `me` among `shards`, what wakes the flusher to run as a task of
+    /// its own ([`flush`]), and this core's batches to itself.
+    pub fn new(me: usize, shards: usize) -> (Self, LocalReceiver<()>, Loopback) {
         let (turn, woken) = TurnWake::new();
+        let (loopback, looped) = local_channel::new_unbounded();
         let rpc = Self {
             me,
             pending: RefCell::default(),
@@ -62,8 +73,9 @@ impl Rpc {
             outbox: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
             turn,
             notices: RefCell::new(vec![(0, false); shards]),
+            loopback,
         };
-        (rpc, woken)
+        (rpc, woken, looped)
     }
 
     pub fn me(&self) -> usize {
@@ -113,7 +125,11 @@ impl Rpc {
     }
 
     pub fn reply(&self, to: usize, id: u64, body: Reply) {
-        self.post(to, Message::Reply { id, body });
+        if to == self.me {
+            self.complete(id, body);
+        } else {
+            self.post(to, Message::Reply { id, body });
+        }
     }
 
     pub fn complete(&self, id: u64, body: Reply) {
@@ -171,16 +187,23 @@ impl TurnWake {
     }
 }
 
-/// The flusher of one core: sends each gathered batch as one mesh item, counting the
-/// batches and their messages in the shard's `metrics`. `owner` holds the core's [`Rpc`].
+/// The flusher of one core: sends each gathered batch as one mesh item (this core's own
+/// to its loopback), counting the mesh's batches and their messages in the shard's
+/// `metrics`. `owner` holds the core's [`Rpc`].
 pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>, metrics: ShardMetrics) {
     let rpc = (*owner).as_ref();
     while woken.recv().await.is_some() {
         for (to, batch) in rpc.take() {
-            metrics.mesh_messages.inc_by(batch.len() as u64);
-            metrics.mesh_batches.inc();
             let ids: Vec<u64> = batch.iter().filter_map(|m| if let Message::Request { id, .. } = m { Some(*id) } else { None }).collect();
-            if senders.send_to(to, batch).await.is_err() {
+            let sent = if to == rpc.me {
+                // This core's own: unbounded and local, it fails only when the receiver is gone.
+                rpc.loopback.try_send(batch).is_ok()
+            } else {
+                metrics.mesh_messages.inc_by(batch.len() as u64);
+                metrics.mesh_batches.inc();
+                senders.send_to(to, batch).await.is_ok()
+            };
+            if !sent {
                 // Shard gone (shutting down): the dropped senders make callers see `None`.
                 rpc.forget(&ids);
             }
@@ -200,7 +223,7 @@ mod tests {
 
     #[test]
     fn notices_past_the_bound_are_dropped_and_the_batch_says_so_but_requests_never_are() {
-        let (rpc, _woken) = Rpc::new(0, 2);
+        let (rpc, _woken, _looped) = Rpc::new(0, 2);
         for _ in 0..NOTICES_WAITING + 10 {
             rpc.notify(1, notice());
         }
@@ -221,8 +244,19 @@ mod tests {
     }
 
     #[test]
+    fn a_request_to_this_core_joins_its_own_batch_and_its_reply_completes_at_once() {
+        let (rpc, _woken, _looped) = Rpc::new(0, 2);
+        let mut reply = rpc.send(0, Request::Prices);
+        let batches = rpc.take();
+        assert!(matches!(batches.as_slice(), [(0, batch)] if matches!(batch.as_slice(), [Message::Request { from: 0, id: 1, body: Request::Prices }])));
+        rpc.reply(0, 1, crate::shard::protocol::Reply::Done);
+        assert!(matches!(reply.try_recv(), Ok(Some(crate::shard::protocol::Reply::Done))), "completed without a batch back");
+        assert!(rpc.take().is_empty(), "nothing posted for the reply");
+    }
+
+    #[test]
     fn a_told_request_keeps_its_place_in_the_batch_and_waits_for_no_reply() {
-        let (rpc, _woken) = Rpc::new(0, 2);
+        let (rpc, _woken, _looped) = Rpc::new(0, 2);
         let _first = rpc.send(1, Request::Prices);
         rpc.tell(1, Request::Summary);
         let _last = rpc.send(1, Request::Check);
