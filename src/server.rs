@@ -349,17 +349,24 @@ async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
     }
 }
 
-/// One task per peer (this core's own requests included, through the rpc's loopback):
-/// replies complete waiting callers; requests are handled. Results and risk steps are
-/// handled inline (they never wait), so they apply in arrival order, and their replies
-/// join this core's next batch back; the rest of a batch runs as one task (see
-/// [`run_together`]) so the loop never stalls.
+/// A request that waits for something (the log, another core): who asked, the id to
+/// answer (none for one told), the request.
+type Waiting = (usize, Option<u64>, Request);
+
+/// One task per peer (this core's own requests included, through the rpc's loopback)
+/// receives its batches ([`receive`]); one task runs every request among them that waits
+/// ([`run_waiting`]). None is spawned per request.
 fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Batch>, loopback: crate::shard::rpc::Loopback) {
+    let (work, todo) = glommio::channels::local_channel::new_unbounded();
+    glommio::spawn_local(run_waiting(shard.clone(), todo)).detach();
+    let work = Rc::new(work);
     for (peer, rx) in receivers.streams() {
-        let shard = shard.clone();
+        let (shard, work) = (shard.clone(), work.clone());
         glommio::spawn_local(async move {
+            // One poll a wakeup: a shared channel keeps the waker of every poll that
+            // found it empty until its next message.
             while let Some(batch) = rx.recv().await {
-                receive(&shard, peer, batch).await;
+                receive(&shard, peer, batch, &work);
             }
         })
         .detach();
@@ -367,59 +374,81 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
     let shard = shard.clone();
     glommio::spawn_local(async move {
         while let Some(batch) = loopback.recv().await {
-            receive(&shard, shard.id, batch).await;
+            receive(&shard, shard.id, batch, &work);
         }
     })
     .detach();
 }
 
-/// One batch of messages from `peer`, in order.
-async fn receive(shard: &Rc<Shard>, peer: usize, batch: crate::shard::rpc::Batch) {
+/// One batch from `peer`, in order: replies complete waiting callers; results and risk
+/// steps are answered at once (`dispatch::answer_now`), so they apply in arrival order,
+/// their replies joining this core's next batch back; the requests that wait go, as one
+/// list, to [`run_waiting`].
+fn receive(shard: &Rc<Shard>, peer: usize, batch: crate::shard::rpc::Batch, work: &glommio::channels::local_channel::LocalSender<Vec<Waiting>>) {
     let mut waiting = Vec::new();
     for message in batch {
-        match message {
-            Message::Reply { id, body } => shard.rpc.complete(id, body),
-            Message::Notice(notice) => crate::shard::projections::feed::delivered(&shard.out, notice),
-            // Results only, which apply at once: in arrival order, like the inline requests.
-            Message::Tell(body) => drop(dispatch::handle(shard.clone(), peer, body).await),
-            Message::Request { from, id, body } => {
-                let inline = matches!(
-                    body,
-                    Request::Apply { .. } | Request::Release { .. } | Request::Hold { .. } | Request::Reserve { .. } | Request::Prices
-                );
-                if inline {
-                    let reply = dispatch::handle(shard.clone(), from, body).await;
+        let (from, id, body) = match message {
+            Message::Reply { id, body } => {
+                shard.rpc.complete(id, body);
+                continue;
+            }
+            Message::Notice(notice) => {
+                crate::shard::projections::feed::delivered(&shard.out, notice);
+                continue;
+            }
+            // Results, which nobody waits for.
+            Message::Tell(body) => (peer, None, body),
+            Message::Request { from, id, body } => (from, Some(id), body),
+        };
+        match dispatch::answer_now(shard, body) {
+            Ok(reply) => {
+                if let Some(id) = id {
                     shard.rpc.reply(from, id, reply);
-                } else {
-                    waiting.push((from, id, body));
+                }
+            }
+            Err(body) => waiting.push((from, id, body)),
+        }
+    }
+    if !waiting.is_empty() {
+        // Unbounded and local: fails only once the runner is gone (shutting down).
+        let _ = work.try_send(waiting);
+    }
+}
+
+/// The one task of a core that runs the requests that wait: each is started as its
+/// batch comes in and answered as soon as it is done. They belong to this task, not to
+/// a connection, so a client that goes away stops none of them half-way (between a
+/// margin lock and its log write or release).
+async fn run_waiting(shard: Rc<Shard>, todo: glommio::channels::local_channel::LocalReceiver<Vec<Waiting>>) {
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    loop {
+        let more = if running.is_empty() {
+            todo.recv().await.map(Some)
+        } else {
+            futures_lite::future::or(async { todo.recv().await.map(Some) }, async {
+                futures_util::StreamExt::next(&mut running).await;
+                Some(None)
+            })
+            .await
+        };
+        match more {
+            None => break,
+            Some(None) => {}
+            Some(Some(list)) => {
+                for (from, id, body) in list {
+                    running.push(answer_later(shard.clone(), from, id, dispatch::handle(shard.clone(), from, body)));
                 }
             }
         }
     }
-    run_together(shard, waiting);
 }
 
-/// The requests of one batch that wait (orders for the log, asks of other cores) run
-/// together in one task, not a task each: each is started in arrival order and answered
-/// as soon as it is done. The task is the batch's own, so a connection that goes away
-/// stops none of them half-way (between a margin lock and its log write or release).
-fn run_together(shard: &Rc<Shard>, requests: Vec<(usize, u64, Request)>) {
-    if requests.is_empty() {
-        return;
+/// A request's answer once it is ready, sent to `from` if it asked for one (`id`).
+async fn answer_later(shard: Rc<Shard>, from: usize, id: Option<u64>, answering: crate::shard::core::Answering) {
+    let reply = answering.await;
+    if let Some(id) = id {
+        shard.rpc.reply(from, id, reply);
     }
-    let shard = shard.clone();
-    glommio::spawn_local(async move {
-        let mut running: futures_util::stream::FuturesUnordered<_> = requests
-            .into_iter()
-            .map(|(from, id, body)| {
-                let answering = dispatch::handle(shard.clone(), from, body);
-                let shard = shard.clone();
-                async move { shard.rpc.reply(from, id, answering.await) }
-            })
-            .collect();
-        while futures_util::StreamExt::next(&mut running).await.is_some() {}
-    })
-    .detach();
 }
 
 /// How long a start may go without any shard taking a step (a partition or symbol read,
