@@ -380,11 +380,19 @@ fn check_depth(body: &[u8], max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+thread_local! {
+    /// simd-json's working buffers, reused by every body this thread (a core) parses:
+    /// parsing never waits, so one set serves them all, grown at most to the body limit.
+    static JSON_BUFFERS: std::cell::RefCell<simd_json::Buffers> = std::cell::RefCell::new(simd_json::Buffers::default());
+}
+
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &mut [u8]) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(invalid("a JSON body is required"));
     }
-    simd_json::serde::from_slice(body).map_err(|e| invalid(format!("invalid JSON body: {e}")))
+    JSON_BUFFERS
+        .with_borrow_mut(|buffers| simd_json::serde::from_slice_with_buffers(body, buffers))
+        .map_err(|e| invalid(format!("invalid JSON body: {e}")))
 }
 
 fn decimal(text: &str, field: &str) -> Result<Decimal, ApiError> {

@@ -49,6 +49,8 @@ pub struct SymbolRoom {
     accounts: Rc<AccountRoom>,
     streams: RefCell<FxHashMap<usize, Rc<SymbolStream>>>,
     pub triggers: triggers::Triggers,
+    /// [`Self::forward_results`]'s list of owners, kept between calls.
+    owners: std::cell::Cell<Vec<usize>>,
 }
 
 impl std::ops::Deref for SymbolRoom {
@@ -60,7 +62,7 @@ impl std::ops::Deref for SymbolRoom {
 
 impl SymbolRoom {
     pub fn new(log: Rc<LogRoom>, out: Rc<Projections>, accounts: Rc<AccountRoom>) -> Self {
-        Self { core: log.core.clone(), log, out, accounts, streams: RefCell::default(), triggers: triggers::Triggers::default() }
+        Self { core: log.core.clone(), log, out, accounts, streams: RefCell::default(), triggers: triggers::Triggers::default(), owners: Default::default() }
     }
 
     pub fn stream(&self, symbol: usize) -> Option<Rc<SymbolStream>> {
@@ -373,7 +375,9 @@ impl SymbolRoom {
     /// goes to: the results reach it on the same ring ahead of the answer and apply on
     /// arrival, so its client cannot read its account before they are in.
     pub fn forward_results(&self, symbol: usize, offset: u64, logged: Option<NewOrder>, replayed: bool, events: &[Event], answered_on: Option<usize>) -> Vec<Pending> {
-        let mut owners: Vec<usize> = Vec::with_capacity(2);
+        // The owners involved, in order of first appearance, in a list kept between calls.
+        let mut owners = self.owners.take();
+        owners.clear();
         let mut add = |user: UserId| {
             let owner = self.account_owner(user);
             if !owners.contains(&owner) {
@@ -387,7 +391,7 @@ impl SymbolRoom {
             add(user);
         }
         let mut pending = Vec::new();
-        for owner in owners {
+        for &owner in &owners {
             let ours = |u: UserId| self.account_owner(u) == owner;
             let logged = logged.filter(|o| ours(o.user));
             if owner == self.id {
@@ -402,6 +406,7 @@ impl SymbolRoom {
                 }
             }
         }
+        self.owners.set(owners);
         pending
     }
 
