@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use exchange_io::http::{HyperIo, Prefixed};
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers};
+use glommio::channels::local_channel::LocalSender;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::accounts::Accounts;
@@ -288,7 +289,7 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
         )),
         _ => None,
     };
-    let (rpc, flushes, loopback) = Rpc::new(id, shards);
+    let (rpc, flushes) = Rpc::new(id, shards);
     let sync = sync.map(|s| Rc::new(s) as Rc<dyn crate::ports::SyncStore>);
     let core = Rc::new(Core::new((id, shards), map.clone(), config.clone(), rpc, metrics, health.clone(), sync));
     let checkpoints = cold.as_ref().map(|(_, c)| Arc::new(c.clone()) as Arc<dyn crate::ports::CheckpointSink>);
@@ -301,8 +302,10 @@ async fn shard_main(start: Startup, mesh: MeshBuilder<crate::shard::rpc::Batch, 
     })));
     let redis = redis.map(|bridge| crate::shard::projections::hot::RedisHot::new(bridge, crate::redis_state::Keys::new(&config.redis.prefix), health.clone(), id));
     let shard = Shard::new(log, Projections::new(core, ledger, redis));
-    glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes, shard.metrics.clone())).detach();
-    listen_mesh(&shard, receivers, loopback);
+    let work = listen_mesh(&shard, receivers);
+    let own = shard.clone();
+    let receive_own = move |batch| receive(&own, own.id, batch, &work);
+    glommio::spawn_local(crate::shard::rpc::flush(shard.core.clone(), senders, flushes, shard.metrics.clone(), receive_own)).detach();
     health.starting(id, "replaying account partitions");
     crate::shard::accounts::recover_accounts(&shard.accounts).await?;
     health.starting(id, "waiting for the other shards' accounts");
@@ -353,10 +356,10 @@ async fn rebuild_state(shard: &Rc<Shard>) -> anyhow::Result<()> {
 /// answer (none for one told), the request.
 type Waiting = (usize, Option<u64>, Request);
 
-/// One task per peer (this core's own requests included, through the rpc's loopback)
-/// receives its batches ([`receive`]); one task runs every request among them that waits
-/// ([`run_waiting`]). None is spawned per request.
-fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Batch>, loopback: crate::shard::rpc::Loopback) {
+/// One task per peer receives its batches ([`receive`]; this core's own batch is handed
+/// to it by the flusher); one task runs every request among them that waits
+/// ([`run_waiting`]), reached through what this returns. None is spawned per request.
+fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Batch>) -> Rc<LocalSender<Vec<Waiting>>> {
     let (work, todo) = glommio::channels::local_channel::new_unbounded();
     glommio::spawn_local(run_waiting(shard.clone(), todo)).detach();
     let work = Rc::new(work);
@@ -371,20 +374,14 @@ fn listen_mesh(shard: &Rc<Shard>, mut receivers: Receivers<crate::shard::rpc::Ba
         })
         .detach();
     }
-    let shard = shard.clone();
-    glommio::spawn_local(async move {
-        while let Some(batch) = loopback.recv().await {
-            receive(&shard, shard.id, batch, &work);
-        }
-    })
-    .detach();
+    work
 }
 
 /// One batch from `peer`, in order: replies complete waiting callers; results and risk
 /// steps are answered at once (`dispatch::answer_now`), so they apply in arrival order,
 /// their replies joining this core's next batch back; the requests that wait go, as one
 /// list, to [`run_waiting`].
-fn receive(shard: &Rc<Shard>, peer: usize, batch: crate::shard::rpc::Batch, work: &glommio::channels::local_channel::LocalSender<Vec<Waiting>>) {
+fn receive(shard: &Rc<Shard>, peer: usize, batch: crate::shard::rpc::Batch, work: &LocalSender<Vec<Waiting>>) {
     let mut waiting = Vec::new();
     for message in batch {
         let (from, id, body) = match message {
@@ -400,13 +397,13 @@ fn receive(shard: &Rc<Shard>, peer: usize, batch: crate::shard::rpc::Batch, work
             Message::Tell(body) => (peer, None, body),
             Message::Request { from, id, body } => (from, Some(id), body),
         };
-        match dispatch::answer_now(shard, body) {
-            Ok(reply) => {
+        match dispatch::answer_now(shard, &body) {
+            Some(reply) => {
                 if let Some(id) = id {
                     shard.rpc.reply(from, id, reply);
                 }
             }
-            Err(body) => waiting.push((from, id, body)),
+            None => waiting.push((from, id, body)),
         }
     }
     if !waiting.is_empty() {
@@ -436,7 +433,7 @@ async fn run_waiting(shard: Rc<Shard>, todo: glommio::channels::local_channel::L
             Some(None) => {}
             Some(Some(list)) => {
                 for (from, id, body) in list {
-                    running.push(answer_later(shard.clone(), from, id, dispatch::handle(shard.clone(), from, body)));
+                    running.push(answer_later(shard.clone(), from, id, body));
                 }
             }
         }
@@ -444,8 +441,8 @@ async fn run_waiting(shard: Rc<Shard>, todo: glommio::channels::local_channel::L
 }
 
 /// A request's answer once it is ready, sent to `from` if it asked for one (`id`).
-async fn answer_later(shard: Rc<Shard>, from: usize, id: Option<u64>, answering: crate::shard::core::Answering) {
-    let reply = answering.await;
+async fn answer_later(shard: Rc<Shard>, from: usize, id: Option<u64>, body: Request) {
+    let reply = dispatch::run(shard.clone(), from, body).await;
     if let Some(id) = id {
         shard.rpc.reply(from, id, reply);
     }

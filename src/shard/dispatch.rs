@@ -12,54 +12,56 @@ use super::{accounts, projections, Shard};
 /// that core its results without waiting for them to be applied there, since they reach
 /// it ahead of the answer.
 pub fn handle(shard: Rc<Shard>, from: usize, req: Request) -> Pin<Box<dyn Future<Output = Reply>>> {
-    Box::pin(async move {
-        let req = match answer_now(&shard, req) {
-            Ok(reply) => return reply,
-            Err(req) => req,
-        };
-        match req {
-            Request::Api(api) => Reply::Api(answer(&shard, from, api).await),
-            Request::Amend { symbol, user, id, price, quantity } => Reply::Amended(shard.symbols.amend(from, symbol, user, id, price, quantity).await),
-            Request::ReserveAmend { user, id, added } => Reply::AmendReserved(shard.accounts.reserve_amend(user, id, added)),
-            Request::SettleAmend { user, id, added } => {
-                shard.accounts.settle_amend(user, id, added);
-                Reply::Done
-            }
-            Request::Cancel { symbol, user, id } => Reply::Cancelled(shard.symbols.cancel(from, symbol, user, Some(id)).await),
-            Request::CancelAll { symbol, user } => Reply::Cancelled(shard.symbols.cancel(from, symbol, user, None).await),
-            Request::Check => Reply::Checked(projections::hot::check(&shard.out).await),
-            Request::Summary => Reply::Summary(shard.accounts.totals()),
-            Request::Reserve { .. } | Request::Release { .. } | Request::Hold { .. } | Request::Apply { .. } | Request::Prices => {
-                unreachable!("answered at once above")
-            }
+    Box::pin(run(shard, from, req))
+}
+
+/// [`handle`]'s work, unboxed, for a caller that keeps the future itself.
+pub async fn run(shard: Rc<Shard>, from: usize, req: Request) -> Reply {
+    if let Some(reply) = answer_now(&shard, &req) {
+        return reply;
+    }
+    match req {
+        Request::Api(api) => Reply::Api(answer(&shard, from, api).await),
+        Request::Amend { symbol, user, id, price, quantity } => Reply::Amended(shard.symbols.amend(from, symbol, user, id, price, quantity).await),
+        Request::ReserveAmend { user, id, added } => Reply::AmendReserved(shard.accounts.reserve_amend(user, id, added)),
+        Request::SettleAmend { user, id, added } => {
+            shard.accounts.settle_amend(user, id, added);
+            Reply::Done
         }
-    })
+        Request::Cancel { symbol, user, id } => Reply::Cancelled(shard.symbols.cancel(from, symbol, user, Some(id)).await),
+        Request::CancelAll { symbol, user } => Reply::Cancelled(shard.symbols.cancel(from, symbol, user, None).await),
+        Request::Check => Reply::Checked(projections::hot::check(&shard.out).await),
+        Request::Summary => Reply::Summary(shard.accounts.totals()),
+        Request::Reserve { .. } | Request::Release { .. } | Request::Hold { .. } | Request::Apply { .. } | Request::Prices => {
+            unreachable!("answered at once above")
+        }
+    }
 }
 
 /// The requests answered at once, in one step that never waits: results applied and the
 /// risk steps. A receiver handles these in arrival order, as they come, so that results
-/// apply in log order and a reservation sees every result sent before it. Any other
-/// request is given back.
-pub fn answer_now(shard: &Shard, req: Request) -> Result<Reply, Request> {
-    Ok(match req {
-        Request::Reserve { key, order, symbol } => Reply::Reserved(shard.accounts.reserve(key.as_deref(), order, symbol)),
+/// apply in log order and a reservation sees every result sent before it. `None` for
+/// any other request.
+pub fn answer_now(shard: &Shard, req: &Request) -> Option<Reply> {
+    Some(match req {
+        Request::Reserve { key, order, symbol } => Reply::Reserved(shard.accounts.reserve(key.as_deref(), *order, *symbol)),
         Request::Release { order } => {
-            shard.accounts.release(&order);
+            shard.accounts.release(order);
             Reply::Done
         }
         Request::Hold { user, id } => {
-            shard.accounts.hold(user, id);
+            shard.accounts.hold(*user, *id);
             Reply::Done
         }
         Request::Apply { symbol, offset, logged, replayed, events, snapshot } => {
-            shard.accounts.apply(symbol, offset, logged, replayed, &events);
-            if snapshot {
+            shard.accounts.apply(*symbol, *offset, *logged, *replayed, events);
+            if *snapshot {
                 accounts::snapshot_accounts_soon(&shard.accounts);
             }
             Reply::Done
         }
         Request::Prices => Reply::Prices(shard.symbols.prices()),
-        other => return Err(other),
+        _ => return None,
     })
 }
 

@@ -13,9 +13,9 @@
 //! replies to a whole received batch) crosses to each other core as one message: one
 //! ring slot and at most one wakeup of the peer, instead of one per request.
 //!
-//! A request to this core itself takes the same way (the flusher hands its batch back to
-//! this core's own receiver, [`Loopback`]), so that work a connection asks for is run by
-//! the core's batch handler, not by the connection's task: a client that disconnects
+//! A request to this core itself takes the same way (the flusher hands its batch to this
+//! core's own receiver, as it would a peer's), so that work a connection asks for is run
+//! by the core's batch handler, not by the connection's task: a client that disconnects
 //! drops only its wait for the reply. A reply to this core completes its caller at once.
 //!
 //! Notices (stream fan-out) are one way: no id, no reply. They are the only messages a
@@ -50,22 +50,16 @@ pub struct Rpc {
     turn: TurnWake,
     /// Per destination, notices in the batch being gathered, and whether one was dropped.
     notices: RefCell<Vec<(usize, bool)>>,
-    /// Where the flusher hands this core's batch to itself.
-    loopback: LocalSender<Batch>,
 }
-
-/// The batches of requests this core sent to itself, as its receiver sees them.
-pub type Loopback = LocalReceiver<Batch>;
 
 /// A reply still on its way.
 pub type Pending = oneshot::Receiver<Reply>;
 
 impl Rpc {
-    /// The rpc of shard `me` among `shards`, what wakes the flusher to run as a task of
-    /// its own ([`flush`]), and this core's batches to itself.
-    pub fn new(me: usize, shards: usize) -> (Self, LocalReceiver<()>, Loopback) {
+    /// The rpc of shard `me` among `shards`, and what wakes the flusher to run as a task
+    /// of its own ([`flush`]).
+    pub fn new(me: usize, shards: usize) -> (Self, LocalReceiver<()>) {
         let (turn, woken) = TurnWake::new();
-        let (loopback, looped) = local_channel::new_unbounded();
         let rpc = Self {
             me,
             pending: RefCell::default(),
@@ -73,9 +67,8 @@ impl Rpc {
             outbox: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
             turn,
             notices: RefCell::new(vec![(0, false); shards]),
-            loopback,
         };
-        (rpc, woken, looped)
+        (rpc, woken)
     }
 
     pub fn me(&self) -> usize {
@@ -187,23 +180,22 @@ impl TurnWake {
     }
 }
 
-/// The flusher of one core: sends each gathered batch as one mesh item (this core's own
-/// to its loopback), counting the mesh's batches and their messages in the shard's
-/// `metrics`. `owner` holds the core's [`Rpc`].
-pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>, metrics: ShardMetrics) {
+/// The flusher of one core: sends each gathered batch as one mesh item, counting the
+/// mesh's batches and their messages in the shard's `metrics`, and hands this core's own
+/// to `receive` (what a peer's batch is given to when it arrives). `owner` holds the
+/// core's [`Rpc`].
+pub async fn flush<C: AsRef<Rpc>>(owner: std::rc::Rc<C>, senders: Senders<Batch>, woken: LocalReceiver<()>, metrics: ShardMetrics, receive: impl Fn(Batch)) {
     let rpc = (*owner).as_ref();
     while woken.recv().await.is_some() {
         for (to, batch) in rpc.take() {
+            if to == rpc.me {
+                receive(batch);
+                continue;
+            }
             let ids: Vec<u64> = batch.iter().filter_map(|m| if let Message::Request { id, .. } = m { Some(*id) } else { None }).collect();
-            let sent = if to == rpc.me {
-                // This core's own: unbounded and local, it fails only when the receiver is gone.
-                rpc.loopback.try_send(batch).is_ok()
-            } else {
-                metrics.mesh_messages.inc_by(batch.len() as u64);
-                metrics.mesh_batches.inc();
-                senders.send_to(to, batch).await.is_ok()
-            };
-            if !sent {
+            metrics.mesh_messages.inc_by(batch.len() as u64);
+            metrics.mesh_batches.inc();
+            if senders.send_to(to, batch).await.is_err() {
                 // Shard gone (shutting down): the dropped senders make callers see `None`.
                 rpc.forget(&ids);
             }
@@ -223,7 +215,7 @@ mod tests {
 
     #[test]
     fn notices_past_the_bound_are_dropped_and_the_batch_says_so_but_requests_never_are() {
-        let (rpc, _woken, _looped) = Rpc::new(0, 2);
+        let (rpc, _woken) = Rpc::new(0, 2);
         for _ in 0..NOTICES_WAITING + 10 {
             rpc.notify(1, notice());
         }
@@ -245,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_request_to_this_core_joins_its_own_batch_and_its_reply_completes_at_once() {
-        let (rpc, _woken, _looped) = Rpc::new(0, 2);
+        let (rpc, _woken) = Rpc::new(0, 2);
         let mut reply = rpc.send(0, Request::Prices);
         let batches = rpc.take();
         assert!(matches!(batches.as_slice(), [(0, batch)] if matches!(batch.as_slice(), [Message::Request { from: 0, id: 1, body: Request::Prices }])));
@@ -256,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_told_request_keeps_its_place_in_the_batch_and_waits_for_no_reply() {
-        let (rpc, _woken, _looped) = Rpc::new(0, 2);
+        let (rpc, _woken) = Rpc::new(0, 2);
         let _first = rpc.send(1, Request::Prices);
         rpc.tell(1, Request::Summary);
         let _last = rpc.send(1, Request::Check);
