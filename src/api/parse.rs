@@ -64,7 +64,14 @@ pub struct Limits<'a> {
 /// # Errors
 /// The [`ApiError`] to answer with.
 pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> {
-    let segments: Vec<&str> = input.path.trim_end_matches('/').split('/').skip(1).collect();
+    // The path's segments, on the stack: no route has more than five.
+    let mut parts = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for segment in input.path.trim_end_matches('/').split('/').skip(1) {
+        *parts.get_mut(n).ok_or(ApiError::NotFound)? = segment;
+        n += 1;
+    }
+    let segments = &parts[..n];
     let query = Query::parse(input.query);
     let map = limits.map;
     let method = input.method;
@@ -73,7 +80,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
         let user = user_of_key(key).ok_or(ApiError::Unauthorized)?;
         Ok((key.to_owned(), partition_of(user)))
     };
-    let routed = match (method, segments.as_slice()) {
+    let routed = match (method, segments) {
         ("GET", []) => Routed::Page,
         ("GET", ["health"]) => Routed::Health,
         ("GET", ["metrics"]) => Routed::Metrics,
@@ -308,7 +315,7 @@ pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> 
             let p = partition_of_name(&body.user_id);
             Routed::Partition(p, AccountRequest::Transfer { name: body.user_id, amount, transfer_id: body.transfer_id })
         }
-        (_, ["health" | "metrics"] | ["v1", ..] | ["admin", ..]) if known_path(&segments) => {
+        (_, ["health" | "metrics"] | ["v1", ..] | ["admin", ..]) if known_path(segments) => {
             return Err(ApiError::MethodNotAllowed);
         }
         _ => return Err(ApiError::NotFound),
@@ -446,6 +453,9 @@ struct CountdownBody {
     symbol: String,
     countdown_time: i64,
 }
+
+/// Segments a path may have; a longer one names nothing here (404).
+const MAX_SEGMENTS: usize = 8;
 
 /// Orders one `POST /v1/orders/batch` may carry (as Binance's `batchOrders`).
 pub(crate) const MAX_BATCH: usize = 5;

@@ -23,20 +23,31 @@ pub fn order_uuid(spec: &SymbolSpec, id: crate::engine::OrderId) -> String {
     ids::encode(IdKind::Order, spec.key, id.0).to_string()
 }
 
+/// A value written as its `Display` text, straight into the output (no `String` first).
+pub struct Shown<T>(pub T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// An order as the API shows it, borrowing what it can and writing its numbers straight
+/// into the output: rendering it allocates nothing of its own.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OrderJson {
-    order_id: String,
-    client_order_id: Option<String>,
-    symbol: String,
+pub struct OrderJson<'a> {
+    order_id: uuid::Uuid,
+    client_order_id: Option<&'a str>,
+    symbol: &'a str,
     side: &'static str,
     #[serde(rename = "type")]
     kind: &'static str,
     time_in_force: Option<&'static str>,
-    price: Option<String>,
-    quantity: String,
-    filled_quantity: String,
-    avg_fill_price: Option<String>,
+    price: Option<Shown<Decimal>>,
+    quantity: Shown<Decimal>,
+    filled_quantity: Shown<Decimal>,
+    avg_fill_price: Option<Shown<Decimal>>,
     status: &'static str,
     reason: Option<&'static str>,
     created_at: i64,
@@ -51,28 +62,28 @@ pub struct OrderJson {
     good_till_date: Option<i64>,
 }
 
-pub fn order(map: &ShardMap, v: &OrderView) -> OrderJson {
+pub fn order<'a>(map: &'a ShardMap, v: &'a OrderView) -> OrderJson<'a> {
     let spec = &map.symbols[v.symbol];
     let (price, time_in_force, kind) = match v.kind {
-        OrderType::Limit { price, .. } if v.terms.good_till != 0 => (Some(spec.ticks_to_price(price).to_string()), Some("GTD"), "LIMIT"),
-        OrderType::Limit { price, tif: t } => (Some(spec.ticks_to_price(price).to_string()), Some(t.as_str()), "LIMIT"),
+        OrderType::Limit { price, .. } if v.terms.good_till != 0 => (Some(Shown(spec.ticks_to_price(price))), Some("GTD"), "LIMIT"),
+        OrderType::Limit { price, tif: t } => (Some(Shown(spec.ticks_to_price(price))), Some(t.as_str()), "LIMIT"),
         OrderType::Market | OrderType::MarketWithin { .. } => (None, None, "MARKET"),
-        OrderType::Liquidation { price } => (Some(spec.ticks_to_price(price).to_string()), Some("IOC"), "LIQUIDATION"),
+        OrderType::Liquidation { price } => (Some(Shown(spec.ticks_to_price(price))), Some("IOC"), "LIQUIDATION"),
     };
     let avg_fill_price = (v.filled > 0).then(|| {
         let ticks = Decimal::from_i128_with_scale(v.filled_value, 0) / Decimal::from(v.filled);
-        (ticks * spec.tick_size).round_dp(8).normalize().to_string()
+        Shown((ticks * spec.tick_size).round_dp(8).normalize())
     });
     OrderJson {
-        order_id: order_uuid(spec, v.id),
-        client_order_id: v.client_order_id.map(|c| c.as_str().to_owned()),
-        symbol: spec.name.clone(),
+        order_id: ids::encode(IdKind::Order, spec.key, v.id.0),
+        client_order_id: v.client_order_id.as_ref().map(|c| c.as_str()),
+        symbol: &spec.name,
         side: v.side.as_str(),
         kind,
         time_in_force,
         price,
-        quantity: spec.lots_to_quantity(v.quantity).to_string(),
-        filled_quantity: spec.lots_to_quantity(v.filled).to_string(),
+        quantity: Shown(spec.lots_to_quantity(v.quantity)),
+        filled_quantity: Shown(spec.lots_to_quantity(v.filled)),
         avg_fill_price,
         status: v.status.as_str(),
         reason: v.reason.map(|r| r.as_str()),

@@ -149,10 +149,9 @@ impl Service {
             body: &mut body,
         };
         let limits = Limits { map: &shard.map, admin_key: shard.config.admin_key.as_deref(), max_json_depth: shard.config.limits.max_json_depth };
-        let api_key = header("x-api-key").map(str::to_owned);
         let routed = match parse::route(input, &limits) {
             Ok(r) => r,
-            Err(e) => return self.refuse(e, api_key.as_deref()).await.reply(),
+            Err(e) => return self.refuse(e, header("x-api-key")).await.reply(),
         };
         let (to, req): (usize, ApiRequest) = match routed {
             Routed::Health => return health(shard),
