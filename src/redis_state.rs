@@ -14,7 +14,7 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{RedisWrite, Script, ToRedisArgs};
 
 use crate::engine::{ClientOrderId, OrderId, UserId};
 
@@ -24,8 +24,15 @@ pub struct Keys {
     prefix: String,
 }
 
-fn tag(user: UserId) -> String {
-    format!("{{u:{:016x}}}", user.0)
+/// The hash tag of a user's keys, written into the key where it is formatted.
+fn tag(user: UserId) -> impl std::fmt::Display {
+    struct Tag(u64);
+    impl std::fmt::Display for Tag {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{{u:{:016x}}}", self.0)
+        }
+    }
+    Tag(user.0)
 }
 
 impl Keys {
@@ -44,7 +51,7 @@ impl Keys {
 
     /// What an open order locked when it was placed.
     pub fn lock(&self, user: UserId, order: OrderId) -> String {
-        format!("{}{}", self.lock_prefix(user), order.0)
+        format!("{}margin_lock:{}:{}", self.prefix, tag(user), order.0)
     }
 
     /// The user's position on a symbol: `size`, `cost`, `margin`, `realizedPnl`, `fees`,
@@ -66,12 +73,12 @@ impl Keys {
 
     /// One order, as JSON.
     pub fn order(&self, user: UserId, order: OrderId) -> String {
-        format!("{}{}", self.order_prefix(user), order.0)
+        format!("{}order:{}:{}", self.prefix, tag(user), order.0)
     }
 
     /// The order a clientOrderId names.
     pub fn client_order(&self, user: UserId, cid: &ClientOrderId) -> String {
-        format!("{}{}", self.client_order_prefix(user), cid.as_str())
+        format!("{}client_order:{}:{}", self.prefix, tag(user), cid.as_str())
     }
 
     pub fn order_prefix(&self, user: UserId) -> String {
@@ -149,17 +156,29 @@ return written
 pub static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE));
 
 /// One user's list of writes: plain commands for a pipeline, or a segment of a
-/// [`WRITE`] call.
-#[derive(Debug, Default)]
+/// [`WRITE`] call. Each is built as the command it is sent as, its arguments written
+/// straight into it (no string of their own).
+#[derive(Default)]
 pub struct Writes {
-    ops: Vec<Write>,
+    cmds: Vec<redis::Cmd>,
 }
 
-#[derive(Debug)]
-struct Write {
-    command: &'static str,
-    key: String,
-    args: Vec<String>,
+/// An argument written as its `Display` text.
+pub struct Text<T>(pub T);
+
+impl<T: std::fmt::Display> ToRedisArgs for Text<T> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(&self.0);
+    }
+}
+
+/// An argument written as JSON.
+pub struct Json<'a, T>(pub &'a T);
+
+impl<T: serde::Serialize> ToRedisArgs for Json<'_, T> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let _ = serde_json::to_writer(out.writer_for_next_arg(), self.0);
+    }
 }
 
 impl Writes {
@@ -167,26 +186,25 @@ impl Writes {
         Self::default()
     }
 
-    /// Adds `command key args...`.
-    pub fn op<I, A>(&mut self, command: &'static str, key: String, args: I) -> &mut Self
-    where
-        I: IntoIterator<Item = A>,
-        A: ToString,
-    {
-        self.ops.push(Write { command, key, args: args.into_iter().map(|a| a.to_string()).collect() });
+    /// Adds `command key args...` (`args` one argument, or a tuple, list or array of them).
+    pub fn op(&mut self, command: &'static str, key: String, args: impl ToRedisArgs) -> &mut Self {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(key).arg(args);
+        self.cmds.push(cmd);
+        self
+    }
+
+    /// Adds `DEL key`.
+    pub fn del(&mut self, key: String) -> &mut Self {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(key);
+        self.cmds.push(cmd);
         self
     }
 
     /// The writes as plain commands, in order (none may be a pseudo-command).
     pub fn into_cmds(self) -> Vec<redis::Cmd> {
-        self.ops
-            .into_iter()
-            .map(|w| {
-                let mut cmd = redis::cmd(w.command);
-                cmd.arg(w.key).arg(w.args);
-                cmd
-            })
-            .collect()
+        self.cmds
     }
 
     /// The script call.
@@ -201,20 +219,58 @@ impl Writes {
         let mut args = Vec::new();
         for w in all {
             let base = keys.len();
-            args.push(w.ops.len().to_string());
-            for op in w.ops {
+            args.push(w.cmds.len().to_string());
+            for cmd in w.cmds {
+                let mut parts = cmd.args_iter().map(|a| match a {
+                    redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    redis::Arg::Cursor => String::new(),
+                });
+                let (command, key) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                let rest: Vec<String> = parts.collect();
                 // Each key once per segment (a user's keys repeat across its writes).
-                let index = match keys[base..].iter().position(|k| *k == op.key) {
+                let index = match keys[base..].iter().position(|k| *k == key) {
                     Some(i) => base + i + 1,
                     None => {
-                        keys.push(op.key);
+                        keys.push(key);
                         keys.len()
                     }
                 };
-                args.extend([op.command.to_owned(), index.to_string(), op.args.len().to_string()]);
-                args.extend(op.args);
+                args.extend([command, index.to_string(), rest.len().to_string()]);
+                args.extend(rest);
             }
         }
         exchange_io::redis::Op::Script { script: &WRITE_SCRIPT, keys, args }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Json, Text, Writes};
+
+    #[test]
+    fn a_write_is_the_command_it_would_be_with_its_arguments_as_strings() {
+        let mut w = Writes::new();
+        w.op("SET", "k".to_owned(), (Json(&serde_json::json!({"a": 1})), "EX", 86_400u32));
+        w.op("HSET", "b".to_owned(), ("total", -12_345_678_901_234_567_890i128, "leverage", Text(20u32)));
+        w.del("k".to_owned());
+        let packed: Vec<Vec<u8>> = w.into_cmds().iter().map(redis::Cmd::get_packed_command).collect();
+        let expected = [
+            redis::cmd("SET").arg("k").arg(r#"{"a":1}"#).arg("EX").arg("86400").get_packed_command(),
+            redis::cmd("HSET").arg("b").arg("total").arg("-12345678901234567890").arg("leverage").arg("20").get_packed_command(),
+            redis::cmd("DEL").arg("k").get_packed_command(),
+        ];
+        assert_eq!(packed, expected);
+    }
+
+    #[test]
+    fn a_script_segment_names_each_key_once_and_carries_every_argument() {
+        let mut w = Writes::new();
+        w.op("SADD", "active".to_owned(), 7u64);
+        w.op("FORGET_OPEN", "active".to_owned(), ("o:", "l:", "c:"));
+        w.del("fills".to_owned());
+        let exchange_io::redis::Op::Script { keys, args, .. } = w.into_op() else { panic!("a script call") };
+        assert_eq!(keys, ["active", "fills"]);
+        let expected = ["3", "SADD", "1", "1", "7", "FORGET_OPEN", "1", "3", "o:", "l:", "c:", "DEL", "2", "0"];
+        assert_eq!(args, expected);
     }
 }

@@ -50,7 +50,7 @@ fn run_op(c: &mut redis::Connection, op: Op) -> i64 {
 /// Writes a user's balance as absolute values.
 fn balance_writes(user: UserId, (t, a, l): (i64, i64, i64)) -> Writes {
     let mut w = Writes::new();
-    w.op("HSET", keys().balance(user), ["total".to_owned(), t.to_string(), "available".to_owned(), a.to_string(), "locked".to_owned(), l.to_string()]);
+    w.op("HSET", keys().balance(user), ("total", t, "available", a, "locked", l));
     w
 }
 
@@ -59,8 +59,8 @@ fn plain_commands_carry_every_argument_in_order() {
     let mut c = connection();
     let user = fresh_user();
     let mut w = balance_writes(user, (1_000, 400, 600));
-    w.op("SET", keys().lock(user, OrderId(1)), [600]);
-    w.op("SADD", keys().active(user), [1, 2]);
+    w.op("SET", keys().lock(user, OrderId(1)), 600);
+    w.op("SADD", keys().active(user), (1, 2));
     let mut pipe = redis::pipe();
     for cmd in w.into_cmds() {
         pipe.add_command(cmd);
@@ -112,8 +112,8 @@ fn a_rebuild_forgets_open_orders_the_log_does_not_know() {
     let _: () = c.set(k.lock(user, OrderId(9)), 100).unwrap();
     let _: () = c.sadd(k.active(user), 9).unwrap();
     let mut w = Writes::new();
-    w.op("FORGET_OPEN", k.active(user), [k.order_prefix(user), k.lock_prefix(user), k.client_order_prefix(user)]);
-    w.op("SADD", k.active(user), [10]);
+    w.op("FORGET_OPEN", k.active(user), (k.order_prefix(user), k.lock_prefix(user), k.client_order_prefix(user)));
+    w.op("SADD", k.active(user), 10);
     assert_eq!(run(&mut c, w), 1);
     for gone in [k.order(user, OrderId(9)), k.client_order(user, &cid), k.lock(user, OrderId(9))] {
         assert!(!c.exists::<_, bool>(&gone).unwrap(), "{gone} is left over");

@@ -41,7 +41,8 @@ use super::Projections;
 use crate::accounts::{Account, OrderView};
 use crate::shard::protocol::MarketPrices;
 use crate::engine::{CancelReason, ClientOrderId, Event, NewOrder, OrderId, PositionState, UserId};
-use crate::redis_state::{Keys, Writes};
+use crate::redis_state::{Json, Keys, Writes};
+use redis::ToRedisArgs;
 use crate::health::Health;
 
 pub use crate::health::hot::{DISABLED, READY, REBUILDING, STALE};
@@ -242,40 +243,40 @@ fn changes(out: &Projections, keys: &Keys, user: UserId, account: &Account, touc
             Some(view) if view.logged => {
                 write_order(&mut w, keys, user, view, false);
                 if locked && view.status.is_open() {
-                    w.op("SET", keys.lock(user, id), [view.reserved]);
+                    w.op("SET", keys.lock(user, id), view.reserved);
                 }
             }
             // Locked, not logged yet: the lock and the open set have it, so that a lock
             // whose order never reaches the log (a crash in between) is still found by a
             // rebuild and by the consistency check.
             Some(view) => {
-                w.op("SET", keys.lock(user, id), [view.reserved]);
-                w.op("SADD", keys.active(user), [id.0]);
+                w.op("SET", keys.lock(user, id), view.reserved);
+                w.op("SADD", keys.active(user), id.0);
             }
             // Released (never logged), or closed so long ago the ledger forgot it.
             None => {
-                w.op("SREM", keys.active(user), [id.0]);
-                w.op("DEL", keys.lock(user, id), [""; 0]);
+                w.op("SREM", keys.active(user), id.0);
+                w.del(keys.lock(user, id));
             }
         }
     }
     for &(id, cid) in &touched.forgotten {
-        w.op("DEL", keys.order(user, id), [""; 0]);
+        w.del(keys.order(user, id));
         if let Some(cid) = cid {
-            w.op("DEL", keys.client_order(user, &cid), [""; 0]);
+            w.del(keys.client_order(user, &cid));
         }
     }
     for &symbol in &touched.positions {
         let key = keys.position(user, &out.map.symbols[symbol].name);
         match account.positions.get(&symbol) {
             Some(p) => w.op("HSET", key, position_fields(p)),
-            None => w.op("DEL", key, [""; 0]),
+            None => w.del(key),
         };
     }
     if touched.fills > 0 {
         // The ledger's fills are newest first: pushed oldest first, they end up so.
-        w.op("LPUSH", keys.fills(user), account.fills.iter().take(touched.fills).rev().map(json));
-        w.op("LTRIM", keys.fills(user), [0, crate::accounts::FILLS_KEPT as i64 - 1]);
+        w.op("LPUSH", keys.fills(user), account.fills.iter().take(touched.fills).rev().map(Json).collect::<Vec<_>>());
+        w.op("LTRIM", keys.fills(user), (0, crate::accounts::FILLS_KEPT as i64 - 1));
     }
     w
 }
@@ -397,19 +398,8 @@ pub fn settle(out: &Projections, symbol: usize, logged: Option<&NewOrder>, event
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn balance_fields(account: &Account) -> [String; 6] {
-    [
-        "total".to_owned(),
-        account.total.to_string(),
-        "available".to_owned(),
-        account.available().to_string(),
-        "locked".to_owned(),
-        account.locked.to_string(),
-    ]
+fn balance_fields(account: &Account) -> impl ToRedisArgs {
+    ("total", account.total, "available", account.available(), "locked", account.locked)
 }
 
 /// An order's keys. A rebuild starts from no open orders, so it neither removes one from
@@ -418,49 +408,38 @@ fn write_order(w: &mut Writes, keys: &Keys, user: UserId, view: &OrderView, rebu
     let key = keys.order(user, view.id);
     let cid = view.client_order_id.map(|c| keys.client_order(user, &c));
     if view.status.is_open() {
-        w.op("SET", key, [json(view)]);
+        w.op("SET", key, Json(view));
         if let Some(cid) = cid {
-            w.op("SET", cid, [view.id.0]);
+            w.op("SET", cid, view.id.0);
         }
-        w.op("SADD", keys.active(user), [view.id.0]);
+        w.op("SADD", keys.active(user), view.id.0);
         if rebuilding {
-            w.op("SET", keys.lock(user, view.id), [view.reserved]);
+            w.op("SET", keys.lock(user, view.id), view.reserved);
         }
     } else {
-        let ttl = CLOSED_TTL_SECS.to_string();
-        w.op("SET", key, [json(view), "EX".to_owned(), ttl.clone()]);
+        w.op("SET", key, (Json(view), "EX", CLOSED_TTL_SECS));
         if let Some(cid) = cid {
-            w.op("SET", cid, [view.id.0.to_string(), "EX".to_owned(), ttl]);
+            w.op("SET", cid, (view.id.0, "EX", CLOSED_TTL_SECS));
         }
         if !rebuilding {
-            w.op("SREM", keys.active(user), [view.id.0]);
-            w.op("DEL", keys.lock(user, view.id), [""; 0]);
+            w.op("SREM", keys.active(user), view.id.0);
+            w.del(keys.lock(user, view.id));
         }
     }
 }
 
-fn position_fields(p: &PositionState) -> Vec<String> {
-    [
-        ("size", p.size.to_string()),
-        ("cost", p.cost.to_string()),
-        ("margin", p.margin.to_string()),
-        ("realizedPnl", p.realized_pnl.to_string()),
-        ("fees", p.fees.to_string()),
-        ("leverage", p.leverage.to_string()),
-    ]
-    .into_iter()
-    .flat_map(|(k, v)| [k.to_owned(), v])
-    .collect()
+fn position_fields(p: &PositionState) -> impl ToRedisArgs {
+    (("size", p.size), ("cost", p.cost), ("margin", p.margin), ("realizedPnl", p.realized_pnl), ("fees", p.fees), ("leverage", p.leverage))
 }
 
 /// Every key of one user, rewritten from the ledger.
 fn rebuild_user(out: &Projections, keys: &Keys, user: UserId, account: &Account) -> Writes {
     let mut w = Writes::new();
-    w.op("FORGET_OPEN", keys.active(user), [keys.order_prefix(user), keys.lock_prefix(user), keys.client_order_prefix(user)]);
-    w.op("DEL", keys.fills(user), [""; 0]);
+    w.op("FORGET_OPEN", keys.active(user), (keys.order_prefix(user), keys.lock_prefix(user), keys.client_order_prefix(user)));
+    w.del(keys.fills(user));
     w.op("HSET", keys.balance(user), balance_fields(account));
     for (symbol, spec) in out.map.symbols.iter().enumerate() {
-        w.op("DEL", keys.position(user, &spec.name), [""; 0]);
+        w.del(keys.position(user, &spec.name));
         if let Some(p) = account.positions.get(&symbol) {
             w.op("HSET", keys.position(user, &spec.name), position_fields(p));
         }
@@ -470,12 +449,12 @@ fn rebuild_user(out: &Projections, keys: &Keys, user: UserId, account: &Account)
             write_order(&mut w, keys, user, view, true);
         } else {
             // Locked, in flight to the log: as `changes` writes it.
-            w.op("SET", keys.lock(user, view.id), [view.reserved]);
-            w.op("SADD", keys.active(user), [view.id.0]);
+            w.op("SET", keys.lock(user, view.id), view.reserved);
+            w.op("SADD", keys.active(user), view.id.0);
         }
     }
     if !account.fills.is_empty() {
-        w.op("RPUSH", keys.fills(user), account.fills.iter().map(json));
+        w.op("RPUSH", keys.fills(user), account.fills.iter().map(Json).collect::<Vec<_>>());
     }
     w
 }
