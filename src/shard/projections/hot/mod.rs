@@ -89,7 +89,10 @@ struct Dirty {
 struct Touched {
     /// A user created since the last batch: their balance key does not exist yet.
     created: bool,
-    /// Orders changed, and whether their margin lock was taken since the last batch.
+    /// Orders changed, and whether their margin lock was taken since the last batch. Such
+    /// an order is new to Redis: every earlier batch, and every rewrite of the user (each
+    /// hands over what is marked first), was sent before it existed, so Redis has no
+    /// lock and no open-set entry of it to remove.
     orders: Vec<(OrderId, bool)>,
     /// Symbols whose position changed.
     positions: Vec<usize>,
@@ -241,7 +244,7 @@ fn changes(out: &Projections, keys: &Keys, user: UserId, account: &Account, touc
     for &(id, locked) in &touched.orders {
         match account.orders.get(&id) {
             Some(view) if view.logged => {
-                write_order(&mut w, keys, user, view, false);
+                write_order(&mut w, keys, user, view, if locked { OrderWrite::New } else { OrderWrite::Change });
                 if locked && view.status.is_open() {
                     w.op("SET", keys.lock(user, id), view.reserved);
                 }
@@ -253,7 +256,9 @@ fn changes(out: &Projections, keys: &Keys, user: UserId, account: &Account, touc
                 w.op("SET", keys.lock(user, id), view.reserved);
                 w.op("SADD", keys.active(user), id.0);
             }
-            // Released (never logged), or closed so long ago the ledger forgot it.
+            // Released (never logged), or closed so long ago the ledger forgot it; nothing
+            // to remove if Redis never had it.
+            None if locked => {}
             None => {
                 w.op("SREM", keys.active(user), id.0);
                 w.del(keys.lock(user, id));
@@ -402,9 +407,20 @@ fn balance_fields(account: &Account) -> impl ToRedisArgs {
     ("total", account.total, "available", account.available(), "locked", account.locked)
 }
 
-/// An order's keys. A rebuild starts from no open orders, so it neither removes one from
-/// the open set nor deletes its lock.
-fn write_order(w: &mut Writes, keys: &Keys, user: UserId, view: &OrderView, rebuilding: bool) {
+/// How an order's keys are written: what Redis may already hold of it.
+#[derive(Clone, Copy, PartialEq)]
+enum OrderWrite {
+    /// Anything: a closed order leaves the open set and its lock is deleted.
+    Change,
+    /// Nothing (locked since the last batch, see [`Touched::orders`]).
+    New,
+    /// A rewrite of the user, which starts from no open orders: an open one's lock is
+    /// written with it.
+    Rebuild,
+}
+
+/// An order's keys (see [`OrderWrite`]).
+fn write_order(w: &mut Writes, keys: &Keys, user: UserId, view: &OrderView, how: OrderWrite) {
     let key = keys.order(user, view.id);
     let cid = view.client_order_id.map(|c| keys.client_order(user, &c));
     if view.status.is_open() {
@@ -413,7 +429,7 @@ fn write_order(w: &mut Writes, keys: &Keys, user: UserId, view: &OrderView, rebu
             w.op("SET", cid, view.id.0);
         }
         w.op("SADD", keys.active(user), view.id.0);
-        if rebuilding {
+        if how == OrderWrite::Rebuild {
             w.op("SET", keys.lock(user, view.id), view.reserved);
         }
     } else {
@@ -421,7 +437,7 @@ fn write_order(w: &mut Writes, keys: &Keys, user: UserId, view: &OrderView, rebu
         if let Some(cid) = cid {
             w.op("SET", cid, (view.id.0, "EX", CLOSED_TTL_SECS));
         }
-        if !rebuilding {
+        if how == OrderWrite::Change {
             w.op("SREM", keys.active(user), view.id.0);
             w.del(keys.lock(user, view.id));
         }
@@ -446,7 +462,7 @@ fn rebuild_user(out: &Projections, keys: &Keys, user: UserId, account: &Account)
     }
     for view in account.orders.values() {
         if view.logged {
-            write_order(&mut w, keys, user, view, true);
+            write_order(&mut w, keys, user, view, OrderWrite::Rebuild);
         } else {
             // Locked, in flight to the log: as `changes` writes it.
             w.op("SET", keys.lock(user, view.id), view.reserved);
