@@ -64,11 +64,17 @@ pub struct Limits<'a> {
 /// # Errors
 /// The [`ApiError`] to answer with.
 pub fn route(input: Input<'_>, limits: &Limits<'_>) -> Result<Routed, ApiError> {
-    // The path's segments, on the stack: no route has more than five.
+    // The path's segments, on the stack: no route has more than five. A longer path keeps
+    // its first ones and ends in "/", which no segment can be: it is answered as it would
+    // be whole (a route that takes any rest asks for a key first, then finds nothing).
     let mut parts = [""; MAX_SEGMENTS];
     let mut n = 0;
     for segment in input.path.trim_end_matches('/').split('/').skip(1) {
-        *parts.get_mut(n).ok_or(ApiError::NotFound)? = segment;
+        if n == MAX_SEGMENTS {
+            parts[MAX_SEGMENTS - 1] = "/";
+            break;
+        }
+        parts[n] = segment;
         n += 1;
     }
     let segments = &parts[..n];
@@ -454,7 +460,7 @@ struct CountdownBody {
     countdown_time: i64,
 }
 
-/// Segments a path may have; a longer one names nothing here (404).
+/// Segments of a path that routing looks at (see [`route`]).
 const MAX_SEGMENTS: usize = 8;
 
 /// Orders one `POST /v1/orders/batch` may carry (as Binance's `batchOrders`).
@@ -753,6 +759,26 @@ mod tests {
         for wrong in ["secre", "secret ", "secrets", "SECRET", ""] {
             assert_eq!(admin(Some(wrong), Some("secret")), Err(ApiError::Unauthorized), "{wrong}");
         }
+    }
+
+    #[test]
+    fn a_path_longer_than_routing_looks_at_is_answered_as_it_would_be_whole() {
+        let map = map();
+        let key = "0000000100000001.000000000000000000000000000000000000000000000000";
+        let answer = |method, path: &str, api_key| {
+            let mut body = Vec::new();
+            let input = Input { method, path, query: None, api_key, admin_key: None, body: &mut body };
+            route(input, &Limits { map: &map, admin_key: None, max_json_depth: 8 }).err()
+        };
+        let long = format!("/v1/orders{}", "/a".repeat(20));
+        assert_eq!(answer("GET", long.as_str(), None), Some(ApiError::Unauthorized), "a key first");
+        assert_eq!(answer("GET", long.as_str(), Some(key)), Some(ApiError::NotFound));
+        assert_eq!(answer("PUT", long.as_str(), Some(key)), Some(ApiError::MethodNotAllowed));
+        assert_eq!(answer("GET", format!("/v2{}", "/a".repeat(20)).as_str(), Some(key)), Some(ApiError::NotFound));
+        // Just within: the same answers.
+        let seven = format!("/v1/orders{}", "/a".repeat(6));
+        assert_eq!(answer("GET", seven.as_str(), None), Some(ApiError::Unauthorized));
+        assert_eq!(answer("GET", seven.as_str(), Some(key)), Some(ApiError::NotFound));
     }
 
     #[test]
