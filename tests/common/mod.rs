@@ -130,7 +130,34 @@ impl Server {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Starts the exchange and waits until it is healthy. A start that fails to bind its
+    /// port is tried again on a fresh one, twice at most, after saying on the terminal
+    /// what holds the port then (`ss`). It happened in CI in the embedded pass (where the
+    /// exchange opens no connection of its own), though the port was free when picked
+    /// and is below the range the kernel gives outgoing connections: the shards bind
+    /// with SO_REUSEPORT as one user, so neither they nor an earlier exchange's
+    /// connections on the port conflict; some socket without it held the port, and which
+    /// is not known yet (the process stops at the first shard that fails, so only that
+    /// one is logged).
     fn spawn(&mut self) {
+        for attempt in 1.. {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => {
+                    let held = Command::new("ss").args(["-tanpe", &format!("( sport = :{} )", self.port)]).output();
+                    let held = held.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+                    let report = format!("exchange could not bind port {} (attempt {attempt}); what holds it:\n{held}\n", self.port);
+                    // Straight to the terminal: the test's own output is shown only if it fails.
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes());
+                    self.port = free_port();
+                }
+                Err(log) => panic!("exchange exited at start: {log}"),
+            }
+        }
+    }
+
+    /// One start: `Err` with its exit status and log if it exits before it is healthy.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_exchange"));
         cmd.arg("serve")
             .args(&self.args)
@@ -154,10 +181,10 @@ impl Server {
                 && r.status() == 200
                 && r.into_json::<Value>().is_ok_and(|h| h["status"] == "ok")
             {
-                return;
+                return Ok(());
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("exchange exited at start: {status}; its log:\n{}", self.log_tail());
+                return Err(format!("{status}; its log:\n{}", self.log_tail()));
             }
             assert!(Instant::now() < deadline, "exchange did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
