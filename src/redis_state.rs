@@ -163,15 +163,6 @@ pub struct Writes {
     cmds: Vec<redis::Cmd>,
 }
 
-/// An argument written as its `Display` text.
-pub struct Text<T>(pub T);
-
-impl<T: std::fmt::Display> ToRedisArgs for Text<T> {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        out.write_arg_fmt(&self.0);
-    }
-}
-
 /// An argument written as JSON.
 pub struct Json<'a, T>(pub &'a T);
 
@@ -245,13 +236,13 @@ impl Writes {
 
 #[cfg(test)]
 mod tests {
-    use super::{Json, Text, Writes};
+    use super::{Json, Writes};
 
     #[test]
     fn a_write_is_the_command_it_would_be_with_its_arguments_as_strings() {
         let mut w = Writes::new();
         w.op("SET", "k".to_owned(), (Json(&serde_json::json!({"a": 1})), "EX", 86_400u32));
-        w.op("HSET", "b".to_owned(), ("total", -12_345_678_901_234_567_890i128, "leverage", Text(20u32)));
+        w.op("HSET", "b".to_owned(), ("total", -12_345_678_901_234_567_890i128, "leverage", 20u32));
         w.del("k".to_owned());
         let packed: Vec<Vec<u8>> = w.into_cmds().iter().map(redis::Cmd::get_packed_command).collect();
         let expected = [

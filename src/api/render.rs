@@ -19,8 +19,9 @@ pub fn ok(body: &impl Serialize) -> HttpReply {
     HttpReply { status: 200, body: serde_json::to_vec(body).unwrap_or_default(), retry_after: None, close: false, content_type: super::JSON }
 }
 
-pub fn order_uuid(spec: &SymbolSpec, id: crate::engine::OrderId) -> String {
-    ids::encode(IdKind::Order, spec.key, id.0).to_string()
+/// An order's id as the API shows it (serialized as its text).
+pub fn order_uuid(spec: &SymbolSpec, id: crate::engine::OrderId) -> uuid::Uuid {
+    ids::encode(IdKind::Order, spec.key, id.0)
 }
 
 /// A value written as its `Display` text, straight into the output (no `String` first).
@@ -75,7 +76,7 @@ pub fn order<'a>(map: &'a ShardMap, v: &'a OrderView) -> OrderJson<'a> {
         Shown((ticks * spec.tick_size).round_dp(8).normalize())
     });
     OrderJson {
-        order_id: ids::encode(IdKind::Order, spec.key, v.id.0),
+        order_id: order_uuid(spec, v.id),
         client_order_id: v.client_order_id.as_ref().map(|c| c.as_str()),
         symbol: &spec.name,
         side: v.side.as_str(),
@@ -273,7 +274,7 @@ pub struct ConditionalJson {
     reduce_only: bool,
     status: &'static str,
     /// The order it placed once triggered.
-    order_id: Option<String>,
+    order_id: Option<uuid::Uuid>,
     reason: Option<&'static str>,
     created_at: i64,
     updated_at: i64,
@@ -391,7 +392,7 @@ pub fn answer(map: &ShardMap, answer: &Answer) -> HttpReply {
             }))
         }
         Answer::Cancelled(list) => {
-            let cancelled: Vec<String> = list.iter().map(|(s, id)| order_uuid(&map.symbols[*s], *id)).collect();
+            let cancelled: Vec<String> = list.iter().map(|(s, id)| order_uuid(&map.symbols[*s], *id).to_string()).collect();
             ok(&serde_json::json!({ "cancelled": cancelled }))
         }
         Answer::UserCreated { name, api_key, api_secret } => ok(&serde_json::json!({ "userId": name, "apiKey": api_key, "apiSecret": api_secret })),

@@ -363,7 +363,7 @@ pub fn order(map: &ShardMap, v: &OrderView) -> Value {
         (OrderStatus::Cancelled, _) => "EXPIRED",
         (s, _) => s.as_str(),
     };
-    let client_order_id = v.client_order_id.map_or_else(|| crate::api::render::order_uuid(spec, v.id), |c| c.as_str().to_owned());
+    let client_order_id = v.client_order_id.map_or_else(|| crate::api::render::order_uuid(spec, v.id).to_string(), |c| c.as_str().to_owned());
     json!({
         "orderId": order_id(v.id),
         "symbol": name(spec).0,
